@@ -1,0 +1,71 @@
+"""What the gateway knows about a project's tables: the registry, as immutable values.
+
+The metadata cache loads a ``ProjectCatalog`` in one query and shares it between
+requests, so these types are frozen: a request can never change what another sees.
+Identifiers that reach SQL come only from here (never from the request body).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+KeyType = Literal["public", "server", "admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    name: str
+    data_type: str  # as registered: "text", "bigint", "timestamptz", "text[]", ...
+    is_nullable: bool = True
+    is_primary_key: bool = False
+    is_sensitive: bool = False
+    allow_client_read: bool = True
+    allow_client_write: bool = True
+    has_default: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    name: str
+    columns: tuple[ColumnInfo, ...]
+    is_system_table: bool = False
+    allow_client_read: bool = True
+    allow_client_write: bool = True
+    realtime: bool = False
+    _by_name: dict[str, ColumnInfo] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {c.name: c for c in self.columns})
+
+    def column(self, name: str) -> ColumnInfo | None:
+        return self._by_name.get(name)
+
+    @property
+    def primary_key(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.is_primary_key)
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectCatalog:
+    project_id: str
+    schema_name: str
+    tables: dict[str, TableInfo]
+
+    def table(self, name: str) -> TableInfo | None:
+        return self.tables.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking: the key's type and scopes (the key itself never travels this far)."""
+
+    key_type: KeyType
+    scopes: frozenset[str] = frozenset({"read", "write"})
+
+    @property
+    def is_public(self) -> bool:
+        return self.key_type == "public"
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes

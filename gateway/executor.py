@@ -36,6 +36,8 @@ _SETUP = sql.SQL(
     "SELECT set_config('role', %s, true), set_config('statement_timeout', %s, true),"
     " set_config('TimeZone', 'UTC', true)"
 )
+_BEGIN = sql.SQL("BEGIN")
+_COMMIT = sql.SQL("COMMIT")
 _ROW_LIMIT = re.compile(re.escape(ROW_LIMIT_MARKER) + r"(\d+)")
 
 # SQLSTATE → (contract code, message for the API's user).
@@ -119,24 +121,35 @@ async def run_transaction(
     *,
     role: str,
     statement_timeout_ms: int,
+    batch: bool | None = None,
 ) -> list[StatementResult]:
     """Run ``statements`` all-or-nothing as ``role``; results in order.
 
-    A failing statement k raises its ``GatewayError`` with ``details["index"] = k`` and
-    nothing is committed. ``psycopg.OperationalError`` (connection lost, server shutting
-    down) propagates as is.
+    A failing statement k raises its ``GatewayError`` and nothing is committed. For a
+    batch (``batch=True``, or by default when there is more than one statement) its
+    ``details`` carry ``"index": k``; a single ``/query`` keeps the original's details.
+    ``psycopg.OperationalError`` (connection lost, server shutting down) propagates as is.
+    The connection is always left idle, with no transaction open.
     """
     if not statements:
         return []
+    in_batch = len(statements) > 1 if batch is None else batch
     setup = conn.cursor()
     cursors: list[psycopg.AsyncCursor[Any]] = []
     try:
-        async with conn.pipeline(), conn.transaction():
-            await setup.execute(_SETUP, [role, str(int(statement_timeout_ms))])
+        # Explicit BEGIN/COMMIT rather than conn.transaction(): the latter syncs (waits
+        # for the server) on entry and on exit, turning one round trip into four.
+        # prepare=False: psycopg's prepared-statement cache records a statement as
+        # prepared when its Parse is queued; if an earlier statement fails, the server
+        # skips that Parse and the next use of the "prepared" name fails (26000).
+        async with conn.pipeline():
+            await conn.execute(_BEGIN, prepare=False)
+            await setup.execute(_SETUP, [role, str(int(statement_timeout_ms))], prepare=False)
             for st in statements:
                 cur = conn.cursor()
-                await cur.execute(st.sql, st.params)
+                await cur.execute(st.sql, st.params, prepare=False)
                 cursors.append(cur)
+            await conn.execute(_COMMIT, prepare=False)
         rows = [await cur.fetchone() for cur in cursors]
     except psycopg.Error as exc:
         await _ensure_idle(conn)
@@ -151,7 +164,7 @@ async def run_transaction(
             )
         else:
             log.info("statement %s refused: sqlstate=%s", index, exc.sqlstate)
-        raise _with_index(err, index) from None
+        raise _with_index(err, index if in_batch else None) from None
     finally:
         await setup.close()
         for cur in cursors:
@@ -171,7 +184,7 @@ async def run_transaction(
                     f"the filters match {matched} rows, more than maxRows ({st.max_rows})",
                     details={"maxRows": st.max_rows, "matchedRows": matched},
                 ),
-                i,
+                i if in_batch else None,
             )
         results.append(StatementResult(data, int(count), st.operation, st.table, matched))
     return results

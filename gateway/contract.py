@@ -248,7 +248,7 @@ def _row(value: object, field: str) -> dict[str, Any]:
     if len(value) > MAX_COLUMNS:
         raise _invalid("INVALID_QUERY", field, f"at most {MAX_COLUMNS} columns")
     for key, item in value.items():
-        _identifier(key, f"{field}.{key}" if isinstance(key, str) else field, "INVALID_COLUMN")
+        _identifier(key, field, "INVALID_COLUMN")
         _check_value(item, f"{field}.{key}")
     return dict(value)
 

@@ -373,7 +373,7 @@ class Bench:
             if rows and table is not None:
                 c.execute(
                     f'INSERT INTO "{project.schema_name}"."{table["name"]}" (title, score, secret)'
-                    " SELECT 'item ' || g, g % 100, 's' || g FROM generate_series(1, %s) g",
+                    " SELECT 'item ' || g, g %% 100, 's' || g FROM generate_series(1, %s) g",
                     [rows],
                 )
             if own:
@@ -481,3 +481,52 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
     tmp.replace(path)
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+class HttpClient:
+    """A keep-alive HTTP/1.1 connection to one instance (stdlib: the least client overhead)."""
+
+    def __init__(self, base_url: str, key: str | None = None, timeout: float = 30.0) -> None:
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(base_url)
+        self._factory = lambda: http.client.HTTPConnection(
+            parts.hostname, parts.port, timeout=timeout
+        )
+        self.conn = self._factory()
+        self.headers = {"Content-Type": "application/json"}
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        payload = None if body is None else json.dumps(body).encode()
+        for attempt in (1, 2):
+            try:
+                self.conn.request(method, path, body=payload, headers=self.headers)
+                response = self.conn.getresponse()
+                return response.status, response.read()
+            except (ConnectionError, OSError):
+                self.conn.close()
+                self.conn = self._factory()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def query(self, query: dict[str, Any]) -> tuple[int, bytes]:
+        return self.request("POST", f"{BASE}/query", {"query": query})
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def select_by_pk(row_id: int, table: str = "items") -> dict[str, Any]:
+    return {
+        "operation": "select",
+        "table": table,
+        "columns": ["id", "title", "score"],
+        "filters": [{"column": "id", "op": "eq", "value": row_id}],
+    }

@@ -530,3 +530,58 @@ def select_by_pk(row_id: int, table: str = "items") -> dict[str, Any]:
         "columns": ["id", "title", "score"],
         "filters": [{"column": "id", "op": "eq", "value": row_id}],
     }
+
+
+# ---------------------------------------------------------------- CPU accounting
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user+system CPU seconds) of a live process, from /proc."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = raw[raw.rindex(")") + 2 :].split()
+    return int(rest[1]), (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def postgres_pids(bench: Bench) -> list[int]:
+    """The postmaster and every process it forked (backends, walwriter, ...)."""
+    try:
+        postmaster = int((bench.server.data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat and stat[0] == postmaster:
+                pids.append(int(entry.name))
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds spent by gateway processes and by PostgreSQL between start() and stop()."""
+
+    def __init__(self, bench: Bench, cluster: Cluster | None = None) -> None:
+        self.bench = bench
+        self.gateway_pids = [i.process.pid for i in cluster.instances] if cluster else []
+        self.before: dict[int, float] = {}
+        self.gateway_s = 0.0
+        self.postgres_s = 0.0
+
+    def _snapshot(self) -> tuple[dict[int, float], dict[int, float]]:
+        gw = {p: s[1] for p in self.gateway_pids if (s := _proc_stat(p))}
+        pg = {p: s[1] for p in postgres_pids(self.bench) if (s := _proc_stat(p))}
+        return gw, pg
+
+    def start(self) -> None:
+        self._gw0, self._pg0 = self._snapshot()
+
+    def stop(self) -> None:
+        gw1, pg1 = self._snapshot()
+        self.gateway_s = sum(v - self._gw0.get(p, 0.0) for p, v in gw1.items())
+        # a backend that started during the run counts from zero; one that ended is lost
+        self.postgres_s = sum(v - self._pg0.get(p, 0.0) for p, v in pg1.items())

@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway import contract, permissions
 from gateway.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
-from gateway.compiler import compile_query
+from gateway.compiler import CompiledStatement, compile_query
 from gateway.errors import GatewayError
 from gateway.executor import StatementResult, run_transaction
 from gateway.responses import data_body, error_body
@@ -151,7 +151,7 @@ class Pipeline:
                 contract.parse_batch_body(parsed) if batch else [contract.parse_query_body(parsed)]
             )
             catalog = await self.catalog(conn, ctx.project_id)
-            statements = [compile_query(q, catalog, ctx.principal) for q in queries]
+            statements = [_compile(q, i, catalog, ctx, batch) for i, q in enumerate(queries)]
             results = await run_transaction(
                 conn,
                 statements,
@@ -199,6 +199,19 @@ class Pipeline:
         out.headers = {**out.headers, **headers, **error.headers}
         out.error_code = error.code
         return out
+
+
+def _compile(
+    query: contract.Query, index: int, catalog: ProjectCatalog, ctx: KeyContext, batch: bool
+) -> CompiledStatement:
+    """Compile one query; in a batch, a refusal names the query's index."""
+    try:
+        return compile_query(query, catalog, ctx.principal)
+    except GatewayError as error:
+        if batch:
+            details = dict(error.details) if isinstance(error.details, dict) else {}
+            error.details = {**details, "index": index}
+        raise
 
 
 def _peek_table(parsed: Any) -> str | None:

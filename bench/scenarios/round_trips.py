@@ -10,7 +10,8 @@ shows up in full in the latency:
   second instance connected directly (the baseline);
 - original: ``bench/original_flow.py`` replaying the original's 8 awaited statements for
   one select, through the proxy and directly;
-- calibration: ``SELECT 1`` on a held connection through the proxy and directly. The
+- calibration: ``SELECT 1`` on a held asyncio connection (the same client machinery as
+  the original flow and the gateway) through the proxy and directly. The
   difference is the round-trip time the proxy really adds (the event loop's timers run
   a little late, so it is somewhat more than 2 x the delay): that measured figure is
   ``injected_rtt_ms`` and the divisor.
@@ -63,7 +64,7 @@ def run(bench: Bench) -> ScenarioResult:
     clients: dict[str, fw.HttpClient] = {}
     runner = asyncio.Runner()
     flows: dict[str, original_flow.OriginalFlow] = {}
-    calib: dict[str, psycopg.Connection[Any]] = {}
+    calib: dict[str, psycopg.AsyncConnection[Any]] = {}
     samples: dict[str, list[float]] = {}
     try:
         if gateway_ok:
@@ -87,7 +88,7 @@ def run(bench: Bench) -> ScenarioResult:
             flows[name] = original_flow.OriginalFlow(url, project["server_key"])
             runner.run(flows[name].open())
         for name, url in (("calib_direct", bench.url), ("calib_proxy", proxy_url)):
-            calib[name] = psycopg.connect(url, autocommit=True)
+            calib[name] = runner.run(psycopg.AsyncConnection.connect(url, autocommit=True))
 
         def one(name: str) -> float:
             row_id = random.randint(1, ROWS)
@@ -99,7 +100,7 @@ def run(bench: Bench) -> ScenarioResult:
             elif name.startswith("original"):
                 runner.run(flows[name].select(row_id))
             else:
-                calib[name].execute("SELECT 1").fetchone()
+                runner.run(_select_1(calib[name]))
             return time.perf_counter() - t0
 
         variants = [*calib, *flows, *clients]
@@ -116,9 +117,9 @@ def run(bench: Bench) -> ScenarioResult:
             client.close()
         for flow in flows.values():
             runner.run(flow.close())
-        runner.close()
         for conn in calib.values():
-            conn.close()
+            runner.run(conn.close())
+        runner.close()
         for cluster in clusters:
             bench.stop_cluster(cluster)
         bench.processes.stop(proxy)
@@ -195,6 +196,10 @@ def run(bench: Bench) -> ScenarioResult:
         "samples": {k: len(s) for k, s in samples.items()},
     }
     return ScenarioResult(NAME, keys, [table], targets, details, notes)
+
+
+async def _select_1(conn: psycopg.AsyncConnection[Any]) -> None:
+    await (await conn.execute("SELECT 1")).fetchone()
 
 
 def _r(value: float | None) -> float | None:

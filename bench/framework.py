@@ -355,6 +355,7 @@ class Bench:
         table: dict[str, Any] | None = ITEMS_TABLE,
         rows: int = 0,
         name: str | None = None,
+        public_key: bool = True,
     ) -> dict[str, Any]:
         """A project with an ``items`` table (``rows`` rows) and a public and a server key."""
         own = conn is None
@@ -368,8 +369,10 @@ class Bench:
             )
             if table is not None:
                 provisioning.create_table(c, project.id, tabledef.parse_table(table))
-            public = provisioning.create_key(c, project.id, key_type="public")
-            server = provisioning.create_key(c, project.id, key_type="server")
+            public = (
+                _create_key(c, project.id, "public") if public_key else {"key": None, "id": None}
+            )
+            server = _create_key(c, project.id, "server")
             if rows and table is not None:
                 c.execute(
                     f'INSERT INTO "{project.schema_name}"."{table["name"]}" (title, score, secret)'
@@ -446,6 +449,22 @@ class Bench:
             self.processes.stop(instance.process)
             with contextlib.suppress(ValueError):
                 self.processes.children.remove(instance.process)
+
+
+def _create_key(conn: psycopg.Connection[Any], project_id: str, key_type: str) -> dict[str, Any]:
+    """create_key, retried on a prefix collision.
+
+    The visible prefix (12 characters: ``sheen_sk_`` + 3 random base62 characters, 238,328
+    values per type) is UNIQUE in ``api_keys``: among 1000 keys of one type at least one
+    collision is likely (~88 %), and ``create_key`` does not retry by itself.
+    """
+    for attempt in range(5):
+        try:
+            return provisioning.create_key(conn, project_id, key_type=key_type)
+        except psycopg.errors.UniqueViolation:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 def gateway_routes_present() -> bool:

@@ -34,7 +34,7 @@ def _provision(bench: Bench, count: int) -> list[dict[str, Any]]:
         for start in range(0, count, BATCH):
             with conn.transaction():
                 projects += [
-                    bench.make_project(conn=conn, rows=ROWS)
+                    bench.make_project(conn=conn, rows=ROWS, public_key=False)
                     for _ in range(min(BATCH, count - start))
                 ]
     return projects

@@ -590,6 +590,8 @@ class CpuMeter:
         self.before: dict[int, float] = {}
         self.gateway_s = 0.0
         self.postgres_s = 0.0
+        self.total_gateway_s = 0.0
+        self.total_postgres_s = 0.0
 
     def _snapshot(self) -> tuple[dict[int, float], dict[int, float]]:
         gw = {p: s[1] for p in self.gateway_pids if (s := _proc_stat(p))}
@@ -604,3 +606,7 @@ class CpuMeter:
         self.gateway_s = sum(v - self._gw0.get(p, 0.0) for p, v in gw1.items())
         # a backend that started during the run counts from zero; one that ended is lost
         self.postgres_s = sum(v - self._pg0.get(p, 0.0) for p, v in pg1.items())
+
+    def accumulate(self) -> None:
+        self.total_gateway_s += self.gateway_s
+        self.total_postgres_s += self.postgres_s

@@ -140,3 +140,22 @@ def run(
         ),
         processes=parsed,
     )
+
+
+def combine(results: list[WrkResult]) -> WrkResult:
+    """Several consecutive runs of the same load as one (interleaved rounds)."""
+    seconds = sum(r.seconds for r in results)
+    requests = sum(r.requests for r in results)
+    non2xx = sum(r.non2xx for r in results)
+    p50 = sum(r.p50_ms * r.requests for r in results) / requests if requests else 0.0
+    return WrkResult(
+        requests=requests,
+        seconds=seconds,
+        non2xx=non2xx,
+        socket_errors=sum(r.socket_errors for r in results),
+        p50_ms=round(p50, 3),
+        p99_ms=max(r.p99_ms for r in results),
+        rps=round(sum(r.rps * r.seconds for r in results) / seconds, 1) if seconds else 0.0,
+        ok_rps=round(sum(r.ok_rps * r.seconds for r in results) / seconds, 1) if seconds else 0.0,
+        processes=[p for r in results for p in r.processes],
+    )

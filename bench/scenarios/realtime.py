@@ -48,12 +48,12 @@ def require_realtime(bench: Bench) -> None:
     paths = {getattr(r, "path", "") for r in routes.build_routes()}
     missing = []
     if f"{BASE}/realtime" not in paths:
-        missing.append(f"the {BASE}/realtime route")
+        missing.append(f"no {BASE}/realtime route")
     if not bench.has_relation("gateway.changes"):
-        missing.append("the gateway.changes table")
+        missing.append("no gateway.changes table")
     if missing:
         raise Skip(
-            f"realtime (issue 9) is not in this checkout: no {' and no '.join(missing)}; "
+            f"realtime (issue 9) is not in this checkout ({', '.join(missing)}): "
             "merge main once it lands"
         )
 

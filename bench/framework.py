@@ -104,7 +104,8 @@ def summarize_ms(samples_s: Sequence[float]) -> dict[str, float]:
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
-    return round(a / b, 3)
+    value = a / b
+    return round(value, 3) if abs(value) >= 0.01 else float(f"{value:.2g}")
 
 
 def fmt(value: Any) -> str:

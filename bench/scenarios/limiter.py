@@ -182,38 +182,48 @@ def _allowed_from_row(row: Any, cur: Any) -> bool:
 def _admitter_adapter(
     settings: Any, pool: Any, key: str, key_hash: str
 ) -> tuple[str, Decide] | None:
-    """Use gateway.admission's own entry point when it is there (same code as a request)."""
+    """The gateway's own admission, called exactly as a request calls it.
+
+    ``gateway.pipeline.Pipeline.admit(conn, key, cost)`` on a pool connection is what every
+    keyed request runs; a refusal is a ``GatewayError`` (429 when over the limit).
+    """
     try:
-        from gateway import admission
+        from gateway.errors import GatewayError
+        from gateway.pipeline import Pipeline
     except ImportError:
         return None
-    admitter_cls = getattr(admission, "Admitter", None)
-    if admitter_cls is None:
+    pipeline = Pipeline(settings, pool)
+    if not hasattr(pipeline, "admit"):
         return None
-    admitter = admitter_cls(settings, pool)
-    admit = admitter.admit
+    local_deny = {"RATE_LIMIT_EXCEEDED", "REQUEST_QUOTA_EXCEEDED"}
 
     async def decide() -> bool:
-        decision = await admit(key, 1)
-        return bool(getattr(decision, "allowed", getattr(decision, "admitted", False)))
+        try:
+            async with pool.connection() as conn:
+                await pipeline.admit(conn, key, 1)
+        except GatewayError as error:
+            if error.code in local_deny:
+                return False
+            raise
+        return True
 
-    return "gateway.admission.Admitter(settings, pool).admit(key, 1)", decide
+    return "gateway.pipeline.Pipeline(settings, pool).admit(conn, key, 1)", decide
 
 
 def postgres_available(bench: Bench) -> str | None:
     """None when our admission can be measured; else why not."""
     try:
-        from gateway import admission
+        from gateway.pipeline import Pipeline
 
-        if getattr(admission, "Admitter", None) is not None:
+        if hasattr(Pipeline, "admit"):
             return None
     except ImportError:
         pass
     if bench.has_function("gateway.admit"):
         return None
     return (
-        "the admission (gateway/admission.py, SQL function gateway.admit) is not in this "
-        "checkout yet: merge main once issue 4 lands"
+        "the gateway's admission (gateway.pipeline.Pipeline.admit or the SQL function "
+        "gateway.admit) is not in this checkout yet: merge main"
     )
 
 
@@ -360,6 +370,7 @@ def run(bench: Bench) -> ScenarioResult:
             bench.reset_stat_statements()
             speed["postgres"] = asyncio.run(_measure(pg, seconds))
             details["postgres_how"] = pg.how
+            notes.append(f"postgres contender: {pg.how}")
             details["postgres_top_statements"] = bench.top_statements(4)
 
         # exactness: a fresh project / key per contender, limit 100 per window

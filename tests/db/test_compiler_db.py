@@ -725,3 +725,43 @@ def test_run_transaction_is_one_round_trip(db: DB) -> None:
     assert [r.count for r in results] == [1, 1, 3]
     assert batch_turns == 1
     assert single_turns == 1
+
+
+# --- property: whatever compiles runs, or fails with a 4xx ---------------------------
+
+
+def test_compiled_fuzz_never_fails_with_500(db: DB) -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    from tests.unit.test_fuzz import shaped_queries
+
+    seen: dict[str, int] = {}
+
+    @settings(
+        max_examples=400,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(shaped_queries)
+    def run(query: dict[str, Any]) -> None:
+        if query["table"] not in ("todos", "notes", "comments"):
+            return  # catalog-only tables: PostgreSQL rightly answers 42P01 (a 500)
+        for principal in (SERVER, PUBLIC):
+            try:
+                statement = compile_query(parse_query(query), CATALOG, principal)
+            except GatewayError:
+                continue
+            try:
+                [result] = db.loop.run_until_complete(
+                    run_transaction(db.conn, [statement], role=ROLE, statement_timeout_ms=5000)
+                )
+                seen["ok"] = seen.get("ok", 0) + 1
+                if result.data_json is not None:
+                    json.loads(result.data_json)
+            except GatewayError as err:
+                seen[err.code] = seen.get(err.code, 0) + 1
+                assert err.status < 500, (query, err)
+            assert db.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+    run()
+    assert seen.get("ok", 0) > 20, seen

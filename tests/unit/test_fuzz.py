@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,7 @@ COLUMNS = sorted({c.name for t in CATALOG.tables.values() for c in t.columns})
 
 junk_text = st.text(
     alphabet=st.characters(codec="utf-8", categories=None)
-    | st.sampled_from(["\x00", '"', "'", ";"]),
+    | st.sampled_from(["\x00", '"', "'", ";", "\ud800", "\udfff"]),
     max_size=12,
 )
 scalars = st.one_of(
@@ -138,6 +139,7 @@ def _check(body: Any) -> None:
         except GatewayError as err:
             assert 400 <= err.status < 500, err
             assert isinstance(err.message, str) and "\x00" not in err.message
+            orjson.dumps(err.to_error())  # renderable: no lone surrogates in the answer
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

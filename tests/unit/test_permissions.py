@@ -126,14 +126,16 @@ def test_writes() -> None:
         (SERVER, "select", "all_secret", None),  # server keeps the sensitive column
         (SERVER, "insert", "readonly", None),  # table client flags bind public keys only
         (SERVER, "select", "writeonly", None),
-        (PUBLIC, "insert", "writeonly", "INSUFFICIENT_SCOPES"),  # default RETURNING empty
+        (PUBLIC, "insert", "writeonly", None),  # write-only table: no RETURNING
+        (PUBLIC, "delete", "writeonly", None),  # filters follow the column rules only
+        (PUBLIC, "insert", "all_secret", "INSUFFICIENT_SCOPES"),  # readable, no column left
         (PUBLIC_WRITE_ONLY, "insert", "writeonly", None),  # no read scope: no RETURNING
     ],
 )
 def test_table_matrix(principal: Principal, operation: str, table: str, code: str | None) -> None:
     obj: dict[str, Any] = {"operation": operation, "table": table}
     if operation == "insert":
-        obj["data"] = {"id": 1} if table != "todos" else {"title": "x"}
+        obj["data"] = {"todos": {"title": "x"}, "all_secret": {"a": "x"}}.get(table, {"id": 1})
     if operation == "delete":
         obj["filters"] = [{"column": "id", "op": "eq", "value": 1}]
     if code is None:
@@ -143,9 +145,13 @@ def test_table_matrix(principal: Principal, operation: str, table: str, code: st
         assert err.status in (403, 404)
 
 
-def test_write_only_key_cannot_ask_for_returning() -> None:
+def test_returning_needs_a_readable_table() -> None:
     obj = {"operation": "insert", "table": "writeonly", "data": {"id": 1}, "returning": ["id"]}
     refused(obj, PUBLIC_WRITE_ONLY, "INSUFFICIENT_SCOPES")
+    refused(obj, PUBLIC, "TABLE_NOT_READABLE")
+    assert compile_(obj, SERVER).sql is not None
+    default = compile_({**obj, "returning": None}, PUBLIC)
+    assert "RETURNING 1" in default.sql.as_string(None)
 
 
 def test_schema_view_public() -> None:

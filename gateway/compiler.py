@@ -393,7 +393,8 @@ def _returning_clause(cols: Sequence[ColumnInfo]) -> sql.Composable:
 def _data_expr(cols: Sequence[ColumnInfo], alias: str) -> sql.Composable:
     if not cols:
         return sql.SQL("NULL::text")
-    return sql.SQL("coalesce(json_agg({}), '[]')::text").format(sql.Identifier(alias))
+    # alias.* (not a bare alias): a bare name would mean a column if one had that name.
+    return sql.SQL("coalesce(json_agg({}.*), '[]')::text").format(sql.Identifier(alias))
 
 
 # --- the four operations --------------------------------------------------------------
@@ -410,7 +411,7 @@ def _compile_select(b: _Builder, query: Query) -> sql.Composable:
     return sql.SQL(
         "SELECT coalesce(json_agg(r.j ORDER BY r.n), '[]')::text AS data,"
         " count(*)::bigint AS count, NULL::bigint AS matched"
-        " FROM (SELECT to_json(v) AS j, {window} AS n"
+        " FROM (SELECT to_json(v.*) AS j, {window} AS n"
         " FROM {target} AS x CROSS JOIN LATERAL (SELECT {cols}) AS v{where}"
         "{order} LIMIT %s::bigint OFFSET %s::bigint) AS r"
     ).format(

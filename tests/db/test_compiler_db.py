@@ -18,7 +18,7 @@ from gateway.executor import StatementResult, run_transaction
 from tests.example_catalog import CATALOG, PUBLIC, ROLE, SCHEMA, SERVER
 
 SEED = f"""
-TRUNCATE {SCHEMA}.comments, {SCHEMA}.todos, {SCHEMA}.notes RESTART IDENTITY;
+TRUNCATE {SCHEMA}.comments, {SCHEMA}.todos, {SCHEMA}.notes, {SCHEMA}.tricky RESTART IDENTITY;
 INSERT INTO {SCHEMA}.todos
   (title, done, tags, meta, owner_email, internal_note, created_at, ext_id, price, due,
    priority, rank, ratio, scores)
@@ -551,6 +551,41 @@ def test_statements_run_as_the_project_role(db: DB) -> None:
         )
     assert info.value.code == "QUERY_FAILED" and info.value.status == 500
     assert "permission" not in info.value.message
+
+
+def test_columns_named_like_the_compilers_aliases(db: DB) -> None:
+    row = {"x": 1, **{name: name.upper() for name in "vwujncmr"}}
+    result = db.run({"operation": "insert", "table": "tricky", "data": [row, {**row, "x": 2}]})
+    assert json.loads(result.data_json or "")[0] == row
+    rows = db.rows(
+        {
+            "operation": "select",
+            "table": "tricky",
+            "filters": [{"column": "n", "op": "eq", "value": "N"}],
+            "sorts": [{"column": "x", "direction": "desc"}],
+        }
+    )
+    assert rows == [{**row, "x": 2}, row]
+    for max_rows in (None, 5):
+        result = db.run(
+            {
+                "operation": "update",
+                "table": "tricky",
+                "set": {"u": "changed"},
+                "filters": [{"column": "x", "op": "eq", "value": 1}],
+                "maxRows": max_rows,
+            }
+        )
+        assert json.loads(result.data_json or "") == [{**row, "u": "changed"}]
+    result = db.run(
+        {
+            "operation": "delete",
+            "table": "tricky",
+            "filters": [{"column": "c", "op": "eq", "value": "C"}],
+            "maxRows": 2,
+        }
+    )
+    assert result.count == 2 and result.matched == 2
 
 
 # --- batch, timeout, round trips -------------------------------------------------------

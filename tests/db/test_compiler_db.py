@@ -676,6 +676,18 @@ def test_connection_is_reusable_after_every_failure(db: DB) -> None:
         assert db.titles([{"column": "id", "op": "eq", "value": 1}]) == ["alpha"]
 
 
+def test_setup_failure_is_a_500_and_leaves_the_connection_idle(db: DB) -> None:
+    statement = compile_query(parse_query(sel(limit=1)), CATALOG, SERVER)
+    with pytest.raises(GatewayError) as info:
+        db.loop.run_until_complete(
+            run_transaction(db.conn, [statement], role="no_such_role", statement_timeout_ms=5000)
+        )
+    assert info.value.code == "QUERY_FAILED" and info.value.status == 500
+    assert info.value.details is None
+    assert db.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert db.sql("SELECT current_user") == [("postgres",)]
+
+
 def test_connection_failure_propagates(db: DB) -> None:
     other = DB(db.conn.info.dsn and _dsn(db))
     try:

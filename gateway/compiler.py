@@ -405,30 +405,37 @@ def _compile_select(b: _Builder, query: Query) -> sql.Composable:
     where = b.where(query.filters, f"{query.field}.filters")
     keys = b.sort_keys(query)
     b.params.extend([query.limit, query.offset])
-    # The inner query sorts and limits (top-N friendly); it also hands its sort keys out
-    # as k0, k1, ... so json_agg can order by them explicitly instead of relying on a
-    # sorted subquery being aggregated in order.
-    inner_order = sql.SQL(", ").join(sql.SQL("{} {}").format(ref, d) for ref, d in keys)
-    key_cols = sql.SQL("").join(
-        sql.SQL(", {} AS {}").format(ref, sql.Identifier(f"k{i}"))
-        for i, (ref, _) in enumerate(keys)
+    # The inner query filters, sorts and limits (a top-N sort) and passes the values on
+    # under generated names (c0.., and the sort keys as k0..), so no user column name can
+    # collide with them; the JSON is built only for the rows that survive the LIMIT, and
+    # json_agg orders by the sort keys explicitly rather than trusting a sorted subquery
+    # to be aggregated in order.
+    named = [(b.col(c), f"c{i}") for i, c in enumerate(cols)]
+    named += [(ref, f"k{i}") for i, (ref, _) in enumerate(keys)]
+    inner_cols = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(ref, sql.Identifier(name)) for ref, name in named
     )
+    row_cols = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(sql.Identifier("r", f"c{i}"), sql.Identifier(c.name))
+        for i, c in enumerate(cols)
+    )
+    inner_order = sql.SQL(", ").join(sql.SQL("{} {}").format(ref, d) for ref, d in keys)
     agg_order = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier("r", f"k{i}"), d) for i, (_, d) in enumerate(keys)
     )
     return sql.SQL(
-        "SELECT coalesce(json_agg(r.j{agg_order}), '[]')::text AS data,"
+        "SELECT coalesce(json_agg(to_json(v.*){agg_order}), '[]')::text AS data,"
         " count(*)::bigint AS count, NULL::bigint AS matched"
-        " FROM (SELECT to_json(v.*) AS j{key_cols}"
-        " FROM {target} AS x CROSS JOIN LATERAL (SELECT {cols}) AS v{where}"
-        "{order} LIMIT %s::bigint OFFSET %s::bigint) AS r"
+        " FROM (SELECT {inner_cols} FROM {target} AS x{where}{order}"
+        " LIMIT %s::bigint OFFSET %s::bigint) AS r"
+        " CROSS JOIN LATERAL (SELECT {row_cols}) AS v"
     ).format(
         agg_order=sql.SQL(" ORDER BY ") + agg_order if keys else sql.SQL(""),
-        key_cols=key_cols,
+        inner_cols=inner_cols,
         target=b.target,
-        cols=_column_list(cols),
         where=where,
         order=sql.SQL(" ORDER BY ") + inner_order if keys else sql.SQL(""),
+        row_cols=row_cols,
     )
 
 

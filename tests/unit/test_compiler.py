@@ -46,7 +46,9 @@ def test_select_shape() -> None:
     assert '"p_aaaaaaaaaaaa"."todos"' in sql
     assert '"x"."done" = %s::boolean AND "x"."id" = ANY(%s::bigint[])' in sql
     assert '"x"."created_at" DESC NULLS LAST' in sql
-    assert 'SELECT "x"."title", "x"."id"' in sql
+    assert 'SELECT "x"."title" AS "c0", "x"."id" AS "c1", "x"."created_at" AS "k0"' in sql
+    assert '(SELECT "r"."c0" AS "title", "r"."c1" AS "id") AS v' in sql
+    assert 'ORDER BY "r"."k0" DESC NULLS LAST' in sql
     assert st.operation == "select" and st.table == "todos" and st.max_rows is None
 
 

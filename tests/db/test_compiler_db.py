@@ -689,7 +689,7 @@ def test_setup_failure_is_a_500_and_leaves_the_connection_idle(db: DB) -> None:
 
 
 def test_connection_failure_propagates(db: DB) -> None:
-    other = DB(db.conn.info.dsn and _dsn(db))
+    other = DB(_dsn(db))
     try:
         pid = other.conn.info.backend_pid
         db.sql("SELECT pg_terminate_backend(%s)", [pid])

@@ -667,6 +667,18 @@ def test_statement_timeout_is_504(db: DB) -> None:
 
 
 def test_connection_is_reusable_after_every_failure(db: DB) -> None:
+    # More rounds than psycopg's prepare threshold (5): a statement skipped after a failure
+    # must not be remembered as prepared.
+    batch = [
+        {"operation": "select", "table": "notes", "limit": 1},
+        {"operation": "insert", "table": "todos", "data": {"title": "x", "price": -1}},
+        {"operation": "select", "table": "notes", "limit": 2},
+    ]
+    for _ in range(8):
+        with pytest.raises(GatewayError) as info:
+            db.run_many(batch)
+        assert info.value.code == "CHECK_VIOLATION" and info.value.details["index"] == 1
+    assert [r.count for r in db.run_many([batch[0], batch[2]])] == [1, 2]
     for _ in range(3):
         db.fails(sel(filters=[{"column": "title", "op": "like", "value": "a\\"}]), "INVALID_VALUE")
         db.fails(
@@ -674,6 +686,26 @@ def test_connection_is_reusable_after_every_failure(db: DB) -> None:
             "CHECK_VIOLATION",
         )
         assert db.titles([{"column": "id", "op": "eq", "value": 1}]) == ["alpha"]
+
+
+def test_bounded_mutation_waiting_on_a_lock_times_out_and_changes_nothing(
+    db: DB, project_db: str
+) -> None:
+    with psycopg.connect(project_db) as locker:
+        locker.execute(f"SELECT 1 FROM {SCHEMA}.todos WHERE id = 2 FOR UPDATE")
+        q = {
+            "operation": "update",
+            "table": "todos",
+            "set": {"title": "changed"},
+            "filters": [{"column": "id", "op": "lte", "value": 3}],
+            "maxRows": 10,
+        }
+        with pytest.raises(GatewayError) as info:
+            db.run(q, timeout_ms=200)
+        assert info.value.code == "QUERY_TIMEOUT"
+        locker.rollback()
+    assert db.sql(f"SELECT count(*) FROM {SCHEMA}.todos WHERE title = 'changed'") == [(0,)]
+    assert db.run(q).count == 3
 
 
 def test_setup_failure_is_a_500_and_leaves_the_connection_idle(db: DB) -> None:

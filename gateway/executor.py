@@ -156,7 +156,7 @@ async def run_transaction(
         await _ensure_idle(conn)
         if _propagates(exc):
             raise
-        if not _has_result(setup):
+        if not _has_result(setup) and exc.sqlstate != "57014":
             # BEGIN or the settings failed (e.g. the project role is missing): never the
             # API user's fault, whatever the SQLSTATE says.
             log.error("transaction setup failed: sqlstate=%s %s", exc.sqlstate, exc)

@@ -197,17 +197,28 @@ def _admitter_adapter(
         return None
     local_deny = {"RATE_LIMIT_EXCEEDED", "REQUEST_QUOTA_EXCEEDED"}
 
+    admitter = getattr(pipeline, "admitter", None)
+    check_local = getattr(admitter, "check_local", None)
+
     async def decide() -> bool:
         try:
-            async with pool.connection() as conn:
-                await pipeline.admit(conn, key, 1)
+            if check_local is not None:  # as Pipeline._admitted: the local deny first
+                hashed = check_local(key)
+                async with pool.connection() as conn:
+                    await pipeline.admit(conn, key, 1, key_hash=hashed)
+            else:
+                async with pool.connection() as conn:
+                    await pipeline.admit(conn, key, 1)
         except GatewayError as error:
             if error.code in local_deny:
                 return False
             raise
         return True
 
-    return "gateway.pipeline.Pipeline(settings, pool).admit(conn, key, 1)", decide
+    how = "Pipeline(settings, pool)"
+    how += ".admitter.check_local(key), then " if check_local else ": "
+    how += "pool.connection() -> Pipeline.admit(conn, key, 1)"
+    return how, decide
 
 
 def postgres_available(bench: Bench) -> str | None:

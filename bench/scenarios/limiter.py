@@ -113,6 +113,33 @@ class RedisContender(Contender):
         return int(count) <= self.limit
 
 
+class PostgresFloor(Contender):
+    """Not a contender: pool checkout + ``SELECT 1`` on the gateway's pool, the least any
+    PostgreSQL decision can cost from this client (shows how much is the statement)."""
+
+    name = "postgres_floor"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pool: Any = None
+
+    async def open(self) -> None:
+        from gateway.pool import create_pool
+        from gateway.settings import Settings
+
+        settings = Settings.from_env({"DATABASE_URL": self.url, "GATEWAY_INSTANCE_ID": "bench"})
+        self.pool = create_pool(settings)
+        await self.pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def decide(self) -> bool:
+        async with self.pool.connection() as conn:
+            await (await conn.execute("SELECT 1", prepare=True)).fetchone()
+        return True
+
+
 class PostgresContender(Contender):
     """The gateway's own admission statement, through the gateway's own pool."""
 
@@ -382,7 +409,14 @@ def run(bench: Bench) -> ScenarioResult:
             speed["postgres"] = asyncio.run(_measure(pg, seconds))
             details["postgres_how"] = pg.how
             notes.append(f"postgres contender: {pg.how}")
-            details["postgres_top_statements"] = bench.top_statements(4)
+            details["postgres_top_statements"] = top = bench.top_statements(4)
+            if top:
+                notes.append(
+                    f"PostgreSQL's own execution time for the top statement: {top[0]['mean_ms']} "
+                    f"ms mean ({top[0]['query'][:60]}...); the rest of the p50 is client, "
+                    "pool and network"
+                )
+            speed["postgres_floor"] = asyncio.run(_measure(PostgresFloor(bench.url), seconds))
 
         # exactness: a fresh project / key per contender, limit 100 per window
         _wait_for_fresh_window(bench)
@@ -430,6 +464,20 @@ def run(bench: Bench) -> ScenarioResult:
                 else None,
             ]
         )
+    floor = speed.get("postgres_floor")
+    if floor:
+        rows.append(
+            [
+                "(floor: gateway pool checkout + SELECT 1)",
+                floor["ops_per_s"],
+                floor["p50_ms"],
+                floor["p99_ms"],
+                fw.ratio(floor["p50_ms"], keys["limiter.redis.p50_ms"]),
+                fw.ratio(floor["ops_per_s"], keys["limiter.redis.ops_per_s"]),
+                None,
+            ]
+        )
+        details["postgres_floor"] = floor
     table = fw.markdown_table(
         [
             "contender",

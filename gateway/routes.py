@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
+import logging
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.metrics import CONTENT_TYPE
 from gateway.responses import json_response
+
+logger = logging.getLogger("gateway")
 
 BASE = "/v1/inhouse/db"
 READY_TIMEOUT_S = 1.0
@@ -31,7 +37,17 @@ async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+async def _check(check: Any) -> bool:
+    result = check()
+    if inspect.isawaitable(result):
+        result = await result
+    return bool(result)
+
+
 async def readyz(request: Request) -> Response:
+    """200 when the pool hands out a working connection within 1 s and every check in
+    ``extras["ready_checks"]`` (``(name, check)``, e.g. the listener) passes; else 503
+    naming what is down."""
     state = request.app.state.gw
     checks: dict[str, str] = {}
     try:
@@ -42,6 +58,12 @@ async def readyz(request: Request) -> Response:
         checks["database"] = "up"
     except Exception:
         checks["database"] = "down"
+    for name, check in list(state.extras.get("ready_checks", ())):
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                checks[name] = "up" if await _check(check) else "down"
+        except Exception:
+            checks[name] = "down"
     ready = all(v == "up" for v in checks.values())
     return json_response(
         {
@@ -53,9 +75,16 @@ async def readyz(request: Request) -> Response:
     )
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus text format, from this app's own registry."""
+    registry = request.app.state.gw.extras["metrics"]
+    return Response(registry.render(), media_type=CONTENT_TYPE)
+
+
 def build_routes() -> list[Route]:
     return [
         Route(f"{BASE}/health", health, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]

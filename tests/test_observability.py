@@ -601,3 +601,24 @@ def test_parse_since() -> None:
     for bad in ("", "1", "h", "-1h", "0m", "1y"):
         with pytest.raises(ValueError):
             parse_since(bad)
+
+
+@pytest.mark.slow
+def test_access_log_json_lines_from_a_real_instance(gateway_cluster) -> None:
+    import httpx
+
+    cluster = gateway_cluster(1, env={"GATEWAY_ACCESS_LOG": "json"})
+    instance = cluster.instances[0]
+    for _ in range(3):
+        assert httpx.get(instance.url + "/healthz", headers={"user-agent": "probe/1"}).is_success
+    assert httpx.get(instance.url + "/nowhere").status_code == 404
+    metrics_text = httpx.get(instance.url + "/metrics").text
+    assert instance.terminate() in (0, -15)  # uvicorn re-raises SIGTERM after a clean exit
+    lines = [json.loads(x) for x in instance.output().splitlines() if x.startswith("{")]
+    health = [x for x in lines if x["path"] == "/healthz"]
+    assert len(health) == 3
+    assert health[0]["status"] == 200 and health[0]["user_agent"] == "probe/1"
+    assert health[0]["instance"] == instance.instance_id and health[0]["route"] == "/healthz"
+    assert health[0]["duration_ms"] >= 0 and health[0]["bytes"] > 0
+    assert [x["route"] for x in lines if x["path"] == "/nowhere"] == ["unmatched"]
+    assert 'gateway_requests_total{route="/healthz",status="200"} 3.0' in metrics_text

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from gateway import routes
 from gateway.errors import GatewayError
 from gateway.observe import Observability, ObserveMiddleware
+from gateway.pipeline import Pipeline
 from gateway.pool import create_pool
 from gateway.responses import error_response
 from gateway.settings import Settings
@@ -49,6 +50,7 @@ class GatewayState:
 
     settings: Settings
     pool: AsyncConnectionPool | None = None
+    pipeline: Pipeline | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.pool = create_pool(settings)
         await state.pool.open(wait=True, timeout=30)
         observability.start(state.pool)
+        state.pipeline = Pipeline(settings, state.pool)
         logger.info("instance %s ready", settings.instance_id)
         try:
             yield

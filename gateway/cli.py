@@ -88,6 +88,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         log_level="warning",
         access_log=False,
+        # the gateway reads X-Forwarded-For itself, only from GATEWAY_TRUSTED_PROXIES
+        # (uvicorn would otherwise rewrite the peer address for any local proxy)
+        proxy_headers=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from gateway.metrics import Metrics
+from gateway.request_log import LogRecord, client_ip
 from gateway.settings import Settings
 
 access_logger = logging.getLogger("gateway.access")
@@ -142,6 +143,7 @@ class Observability:
         self.metrics.register_source("request_log", self.request_log.stats)
         self.metrics.register_source("maintenance", self.maintenance.stats)
         self.metrics.register_source("db_connections", lambda: self.sampler.current(stale_after))
+        extras["observability"] = self
         extras["metrics"] = self.metrics
         extras["request_log"] = self.request_log
         extras["maintenance"] = self.maintenance
@@ -161,3 +163,75 @@ class Observability:
     async def stop_request_log(self) -> None:
         """Flush and stop the request log (last, just before the pool closes)."""
         await self.request_log.stop()
+
+    def record_outcome(
+        self,
+        kind: str,
+        outcome: Any,
+        *,
+        request_id: str,
+        duration_ms: float,
+        peer: str | None,
+        forwarded_for: str | None,
+        user_agent: str | None,
+    ) -> None:
+        """After a query, batch or schema request: count the admission outcome and, when
+        the key was validated (the outcome names a project), queue one request-log row.
+        O(1), never raises."""
+        try:
+            admission = admission_outcome(outcome)
+            if admission is not None:
+                self.metrics.count_admission(admission)
+            if outcome.project_id is None:
+                return  # the key was never validated: nothing to attribute the row to
+            if kind == "batch":
+                method, path, table = "BATCH", "/db/batch", None
+            elif kind == "schema":
+                method, path, table = "SCHEMA", "/db/schema", None
+            else:
+                table = outcome.table
+                method = outcome.operation or "QUERY"
+                path = f"/db/{table}" if table else "/db/query"
+            self.request_log.record(
+                LogRecord(
+                    method=method,
+                    path=path,
+                    status_code=outcome.status,
+                    duration_ms=duration_ms,
+                    project_id=outcome.project_id,
+                    api_key_id=outcome.key_id,
+                    request_id=request_id,
+                    table_name=table,
+                    error_code=outcome.error_code,
+                    response_size_bytes=len(outcome.body),
+                    row_count=outcome.row_count,
+                    client_ip=client_ip(peer, forwarded_for, self.settings.trusted_proxies),
+                    user_agent=user_agent,
+                    instance_id=self.settings.instance_id,
+                )
+            )
+        except Exception:  # pragma: no cover - observation must never fail a request
+            logging.getLogger("gateway").exception("recording the request failed")
+
+
+KEY_ERRORS = frozenset(
+    {"INVALID_API_KEY", "REVOKED_API_KEY", "EXPIRED_API_KEY", "PROJECT_SUSPENDED"}
+)
+
+
+def admission_outcome(outcome: Any) -> str | None:
+    """admitted, rate_limited, quota_exceeded, unavailable, local_deny or invalid_key —
+    from the pipeline's outcome (an explicit ``outcome.admission`` wins)."""
+    explicit = getattr(outcome, "admission", None)
+    if isinstance(explicit, str):
+        return explicit
+    code = outcome.error_code
+    if code == "RATE_LIMIT_EXCEEDED":
+        return "rate_limited"
+    if code in ("REQUEST_QUOTA_EXCEEDED", "QUOTA_EXCEEDED"):
+        return "quota_exceeded"
+    if code in KEY_ERRORS:
+        return "invalid_key"
+    if outcome.project_id is None:
+        return "unavailable" if code == "SERVICE_UNAVAILABLE" else None
+    return "admitted"

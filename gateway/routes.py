@@ -105,10 +105,25 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _render(outcome: Outcome, request_id: str, started: float) -> Response:
+def _render(
+    request: Request, kind: str, outcome: Outcome, request_id: str, started: float
+) -> Response:
+    duration_ms = (time.perf_counter() - started) * 1000
     headers = dict(outcome.headers)
     headers["X-Request-Id"] = request_id
-    headers["X-Gateway-Duration-Ms"] = f"{(time.perf_counter() - started) * 1000:.2f}"
+    headers["X-Gateway-Duration-Ms"] = f"{duration_ms:.2f}"
+    observability = request.app.state.gw.extras.get("observability")
+    if observability is not None:
+        client = request.client
+        observability.record_outcome(
+            kind,
+            outcome,
+            request_id=request_id,
+            duration_ms=duration_ms,
+            peer=client.host if client else None,
+            forwarded_for=request.headers.get("x-forwarded-for"),
+            user_agent=request.headers.get("user-agent"),
+        )
     return Response(outcome.body, status_code=outcome.status, media_type=JSON, headers=headers)
 
 
@@ -131,7 +146,7 @@ async def _with_body(request: Request, batch: bool) -> Response:
     key = key_from_headers(request.headers)
     pipeline = state.pipeline
     outcome = await (pipeline.batch(key, body) if batch else pipeline.query(key, body))
-    return _render(outcome, request_id, started)
+    return _render(request, "batch" if batch else "query", outcome, request_id, started)
 
 
 async def query(request: Request) -> Response:
@@ -145,7 +160,7 @@ async def batch(request: Request) -> Response:
 async def schema(request: Request) -> Response:
     started = time.perf_counter()
     outcome = await request.app.state.gw.pipeline.schema(key_from_headers(request.headers))
-    return _render(outcome, _request_id(request), started)
+    return _render(request, "schema", outcome, _request_id(request), started)
 
 
 def build_routes() -> list[Route]:

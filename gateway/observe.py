@@ -134,6 +134,7 @@ class Observability:
         from gateway.request_log import RequestLog
 
         self.settings = settings
+        self.access_json = settings.access_log == "json"
         self.metrics = Metrics(settings)
         self.request_log = RequestLog(settings, None)
         self.maintenance = Maintenance(settings, None)

@@ -124,6 +124,14 @@ def _render(
             forwarded_for=request.headers.get("x-forwarded-for"),
             user_agent=request.headers.get("user-agent"),
         )
+        if observability.access_json:  # extra fields for the JSON access line
+            request.scope.setdefault("state", {})["gateway_log"] = {
+                "request_id": request_id,
+                "project_id": outcome.project_id,
+                "operation": outcome.operation,
+                "table": outcome.table,
+                "error_code": outcome.error_code,
+            }
     return Response(outcome.body, status_code=outcome.status, media_type=JSON, headers=headers)
 
 

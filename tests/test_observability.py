@@ -577,11 +577,18 @@ def test_parse_since() -> None:
 
 
 @pytest.mark.slow
-def test_access_log_json_lines_from_a_real_instance(gateway_cluster) -> None:
+def test_access_log_json_lines_from_a_real_instance(gateway_cluster, make_project) -> None:
     import httpx
 
+    project = make_project()
     cluster = gateway_cluster(1, env={"GATEWAY_ACCESS_LOG": "json"})
     instance = cluster.instances[0]
+    query = httpx.post(
+        instance.url + "/v1/inhouse/db/query",
+        json={"query": {"operation": "select", "table": "missing"}},
+        headers={"Authorization": f"Bearer {project['public_key']}"},
+    )
+    assert query.status_code == 404
     for _ in range(3):
         assert httpx.get(instance.url + "/healthz", headers={"user-agent": "probe/1"}).is_success
     assert httpx.get(instance.url + "/nowhere").status_code == 404
@@ -595,3 +602,7 @@ def test_access_log_json_lines_from_a_real_instance(gateway_cluster) -> None:
     assert health[0]["duration_ms"] >= 0 and health[0]["bytes"] > 0
     assert [x["route"] for x in lines if x["path"] == "/nowhere"] == ["unmatched"]
     assert 'gateway_requests_total{route="/healthz",status="200"} 3.0' in metrics_text
+    [line] = [x for x in lines if x["path"] == "/v1/inhouse/db/query"]
+    assert line["project_id"] == project["id"] and line["error_code"] == "TABLE_NOT_FOUND"
+    assert line["request_id"] == query.headers["X-Request-Id"] and line["status"] == 404
+    assert line["operation"] == "SELECT" and line["table"] == "missing"

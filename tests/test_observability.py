@@ -606,3 +606,30 @@ def test_access_log_json_lines_from_a_real_instance(gateway_cluster, make_projec
     assert line["project_id"] == project["id"] and line["error_code"] == "TABLE_NOT_FOUND"
     assert line["request_id"] == query.headers["X-Request-Id"] and line["status"] == 404
     assert line["operation"] == "SELECT" and line["table"] == "missing"
+
+
+def test_request_log_migration_round_trip(pg_url: str) -> None:
+    from gateway import migrate
+
+    name = f"mig_log_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = pg_url.rsplit("/", 1)[0] + "/" + name
+    indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'request_log' ORDER BY 1"
+    try:
+        migrate.upgrade(url)
+        with psycopg.connect(url) as conn:
+            assert [r[0] for r in conn.execute(indexes).fetchall()] == [
+                "request_log_created_at_idx",
+                "request_log_pkey",
+                "request_log_project_created_at_idx",
+            ]
+        migrate.downgrade(url, "base")
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT to_regclass('gateway.request_log')").fetchone() == (None,)
+        migrate.upgrade(url)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT to_regclass('gateway.request_log')").fetchone() != (None,)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

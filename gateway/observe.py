@@ -17,8 +17,9 @@ from typing import Any
 
 import orjson
 
+from gateway.maintenance import ConnectionSampler, Maintenance, install_default_jobs
 from gateway.metrics import Metrics
-from gateway.request_log import LogRecord, client_ip
+from gateway.request_log import LogRecord, RequestLog, client_ip
 from gateway.settings import Settings
 
 access_logger = logging.getLogger("gateway.access")
@@ -130,9 +131,6 @@ class Observability:
     """
 
     def __init__(self, settings: Settings, extras: dict[str, Any]) -> None:
-        from gateway.maintenance import ConnectionSampler, Maintenance, install_default_jobs
-        from gateway.request_log import RequestLog
-
         self.settings = settings
         self.access_json = settings.access_log == "json"
         self.metrics = Metrics(settings)

@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from gateway import routes
 from gateway.errors import GatewayError
+from gateway.observe import Observability, ObserveMiddleware
 from gateway.pipeline import Pipeline
 from gateway.pool import create_pool
 from gateway.responses import error_response
@@ -57,16 +58,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     settings.require_database()
     state = GatewayState(settings=settings)
+    observability = Observability(settings, state.extras)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.pool = create_pool(settings)
         await state.pool.open(wait=True, timeout=30)
+        observability.start(state.pool)
         state.pipeline = Pipeline(settings, state.pool)
         logger.info("instance %s ready", settings.instance_id)
         try:
             yield
         finally:
+            await observability.stop_background()
+            # the request log flushes LAST, just before the pool closes: nothing is lost
+            await observability.stop_request_log()
             await state.pool.close()
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -81,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes.build_routes(),
         middleware=[
+            Middleware(ObserveMiddleware, metrics=observability.metrics, settings=settings),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),

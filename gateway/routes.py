@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -47,12 +48,20 @@ async def readyz(request: Request) -> Response:
         checks["database"] = "up"
     except Exception:
         checks["database"] = "down"
+    body: dict[str, Any] = {}
+    if state.listener is not None:
+        # Without its LISTEN connection the instance can't hear about schema changes.
+        checks["listener"] = "up" if state.listener.connected else "down"
+        body["listener"] = state.listener.state()
+    if state.metadata is not None:
+        body["metadata"] = state.metadata.stats()
     ready = all(v == "up" for v in checks.values())
     return json_response(
         {
             "status": "ready" if ready else "unavailable",
             "instance": state.settings.instance_id,
             "checks": checks,
+            **body,
         },
         status=200 if ready else 503,
     )

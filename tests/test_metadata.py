@@ -279,7 +279,7 @@ def test_ttl_and_degraded_ttl(pg_url: str, make_project: Any) -> None:
     pid = project["id"]
 
     async def main() -> None:
-        settings = settings_for(pg_url, metadata_ttl_s=0.6, metadata_degraded_ttl_s=0.3)
+        settings = settings_for(pg_url, metadata_ttl_s=1.5, metadata_degraded_ttl_s=0.8)
         pool = create_pool(settings)
         await pool.open(wait=True)
         try:
@@ -288,7 +288,7 @@ def test_ttl_and_degraded_ttl(pg_url: str, make_project: Any) -> None:
             await cache.get(pid)
             await cache.get(pid)
             assert cache.stats()["loads"] == 1
-            await asyncio.sleep(0.7)  # the TTL safety net
+            await asyncio.sleep(1.6)  # the TTL safety net
             await cache.get(pid)
             assert cache.stats()["loads"] == 2
 
@@ -298,13 +298,13 @@ def test_ttl_and_degraded_ttl(pg_url: str, make_project: Any) -> None:
             state.disconnected_since = time.monotonic()
             await cache.get(pid)
             assert cache.stats()["loads"] == 2
-            await asyncio.sleep(0.35)
+            await asyncio.sleep(0.9)
             await cache.get(pid)  # expired: reloaded while disconnected
             assert cache.stats()["loads"] == 3
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
             await cache.get(pid)
             assert cache.stats()["loads"] == 3
-            await asyncio.sleep(0.3)  # loaded during the outage: degraded TTL from its load
+            await asyncio.sleep(0.7)  # loaded during the outage: degraded TTL from its load
             await cache.get(pid)
             assert cache.stats()["loads"] == 4
 
@@ -313,7 +313,7 @@ def test_ttl_and_degraded_ttl(pg_url: str, make_project: Any) -> None:
             state.disconnected_since = None
             cache.invalidate_all()
             await cache.get(pid)
-            await asyncio.sleep(0.35)
+            await asyncio.sleep(0.9)  # past the degraded TTL, within the full one
             await cache.get(pid)
             assert cache.stats()["loads"] == 5
         finally:

@@ -133,6 +133,12 @@ class MetadataListener:
         """Start in the background; returns at once (never waits for the database)."""
         if self._task is not None:
             return
+        if _looks_pooled(self.settings):
+            logger.warning(
+                "the metadata listener's URL looks like a transaction pooler (set "
+                "DATABASE_DIRECT_URL to the direct endpoint): LISTEN through it never "
+                "delivers, so the self-check will keep replacing the connection"
+            )
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name="gateway-metadata-listener")
 
@@ -367,6 +373,12 @@ class MetadataListener:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(1.0):
                 await conn.close()
+
+
+def _looks_pooled(settings: Settings) -> bool:
+    if settings.database_direct_url:
+        return "-pooler." in settings.database_direct_url
+    return settings.db_pooler == "transaction" or "-pooler." in settings.database_url
 
 
 def _abort(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -25,6 +25,7 @@ from gateway import routes
 from gateway.errors import GatewayError
 from gateway.listener import MetadataListener
 from gateway.metadata import MetadataCache
+from gateway.observe import Observability, ObserveMiddleware
 from gateway.pipeline import Pipeline
 from gateway.pool import create_pool
 from gateway.responses import error_response
@@ -72,12 +73,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings, on_project=state.metadata.invalidate, on_all=state.metadata.invalidate_all
     )
     state.metadata.attach_listener(state.listener)
+    observability = Observability(settings, state.extras)
+    listener, metadata = state.listener, state.metadata
+    # Without its LISTEN connection the instance can't hear about schema changes: 503.
+    state.extras["ready_checks"].append(("listener", lambda: listener.connected))
+    observability.metrics.register_source("metadata", metadata.stats)
+    observability.metrics.register_source(
+        "listener",
+        lambda: {"up": int(listener.connected), "reconnects": listener.reconnects},
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert state.metadata is not None and state.listener is not None
         state.pool = create_pool(settings)
         await state.pool.open(wait=True, timeout=30)
+        observability.start(state.pool)
         state.metadata.pool = state.pool
         state.pipeline = Pipeline(settings, state.pool, metadata=state.metadata)
         try:
@@ -87,6 +98,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await state.listener.stop()
+            await observability.stop_background()
+            # the request log flushes LAST, just before the pool closes: nothing is lost
+            await observability.stop_request_log()
             await state.pool.close()
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -101,6 +115,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes.build_routes(),
         middleware=[
+            Middleware(ObserveMiddleware, metrics=observability.metrics, settings=settings),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),

@@ -415,3 +415,7 @@ def test_the_cache_never_holds_more_than_its_bound(
         print(f"{url}: peak entries {peak[url]} (bound {MAX_PROJECTS}), {stats}")
         assert peak[url] <= MAX_PROJECTS
         assert stats["max_entries"] == MAX_PROJECTS and stats["evictions"] >= 3
+        # The same figures for Prometheus.
+        metrics = httpx.get(url + "/metrics", timeout=10).text
+        assert f"gateway_metadata_cache_entries {float(stats['entries'])}" in metrics
+        assert "gateway_listener_up 1.0" in metrics

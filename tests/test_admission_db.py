@@ -458,6 +458,35 @@ def test_window_rolls_and_table_stays_bounded(pg_url: str, db: Any, make_project
         assert row["day_used"] >= len(windows)  # the day's usage kept accumulating
 
 
+def test_counter_updates_are_hot(pg_url: str, db: Any, make_project: Any) -> None:
+    """Every counter update is a heap-only tuple update: no index is ever touched."""
+    project = make_project()
+    adm = admitter(pg_url)
+    stats_sql = (
+        "SELECT n_tup_upd AS upd, n_tup_hot_upd AS hot FROM pg_stat_user_tables "
+        "WHERE relid = 'gateway.admission_counters'::regclass"
+    )
+
+    async def scenario() -> None:
+        async with await aconnect(pg_url) as conn:
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            await adm.admit(conn, project["server_key"], 1)  # the INSERT
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            await conn.execute("SELECT 1")
+            before = db.execute(stats_sql).fetchone()
+            for _ in range(200):
+                await adm.admit(conn, project["server_key"], 1)
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            await conn.execute("SELECT 1")
+            after = db.execute(stats_sql).fetchone()
+            updates, hot = after["upd"] - before["upd"], after["hot"] - before["hot"]
+            print(f"{updates} counter updates, {hot} HOT")
+            assert updates >= 200
+            assert hot == updates
+
+    run(scenario())
+
+
 def test_last_used_at_written_at_most_once_a_minute(
     pg_url: str, db: Any, make_project: Any
 ) -> None:

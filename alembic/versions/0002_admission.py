@@ -90,12 +90,13 @@ CREATE FUNCTION gateway.admission_step(
     c_window_s integer, c_window_start bigint, c_count integer, c_prev integer,
     c_day date, c_used bigint,
     p_window_s integer, p_window_start bigint, p_epoch double precision, p_today date,
-    p_sliding boolean, p_cost integer, p_limit integer, p_quota bigint,
-    OUT window_s integer, OUT window_start bigint, OUT window_count integer,
-    OUT prev_count integer, OUT day date, OUT day_used bigint, OUT admitted boolean,
-    OUT changed boolean
+    p_sliding boolean, p_cost integer, p_limit integer, p_quota bigint
+) RETURNS TABLE (
+    window_s integer, window_start bigint, window_count integer, prev_count integer,
+    day date, day_used bigint, admitted boolean, changed boolean
 )
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+-- a set-returning single-SELECT SQL function: the planner inlines it into the upsert
+LANGUAGE sql IMMUTABLE PARALLEL SAFE ROWS 1 AS $fn$
     SELECT p_window_s,
            r.ws,
            r.cur + CASE WHEN r.ok THEN p_cost ELSE 0 END,

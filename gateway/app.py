@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import routes
+from gateway.admission import Admitter
 from gateway.errors import GatewayError
 from gateway.pipeline import Pipeline
 from gateway.pool import create_pool
@@ -50,6 +51,7 @@ class GatewayState:
     settings: Settings
     pool: AsyncConnectionPool | None = None
     pipeline: Pipeline | None = None
+    admitter: Admitter | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,12 +59,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     settings.require_database()
     state = GatewayState(settings=settings)
+    # the metadata listener calls state.admitter.forget_project(...) on NOTIFY and sets
+    # state.admitter.invalidation_live to report whether its channel is up
+    state.admitter = Admitter(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.pool = create_pool(settings)
         await state.pool.open(wait=True, timeout=30)
-        state.pipeline = Pipeline(settings, state.pool)
+        state.pipeline = Pipeline(settings, state.pool, state.admitter)
         logger.info("instance %s ready", settings.instance_id)
         try:
             yield

@@ -22,6 +22,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from gateway import contract, permissions
+from gateway.admission import Admitter, admission_headers
 from gateway.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
 from gateway.compiler import CompiledStatement, compile_query
 from gateway.errors import GatewayError
@@ -67,9 +68,12 @@ def _unavailable() -> GatewayError:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, pool: AsyncConnectionPool) -> None:
+    def __init__(
+        self, settings: Settings, pool: AsyncConnectionPool, admitter: Admitter | None = None
+    ) -> None:
         self.settings = settings
         self.pool = pool
+        self.admitter = admitter or Admitter(settings)
 
     # --- the pieces -----------------------------------------------------------------
 
@@ -81,33 +85,14 @@ class Pipeline:
     async def admit(
         self, conn: psycopg.AsyncConnection[Any], key: str | None, cost: int
     ) -> KeyContext:
-        """Validate the key (every request, against the database)."""
-        from gateway.auth import hash_key
-
-        if not key:
-            raise GatewayError("INVALID_API_KEY", "an API key is required")
-        cur = await conn.execute(
-            """
-            SELECT k.id::text, k.key_type, k.scopes, k.status,
-                   k.expires_at IS NOT NULL AND k.expires_at <= now(),
-                   p.id::text, p.schema_name, p.status
-              FROM gateway.api_keys k JOIN gateway.projects p ON p.id = k.project_id
-             WHERE k.key_hash = %s
-            """,
-            [hash_key(key)],
-        )
-        row = await cur.fetchone()
-        if row is None:
-            raise GatewayError("INVALID_API_KEY", "the API key is not valid")
-        key_id, key_type, scopes, status, expired, project_id, schema_name, project_status = row
-        if status == "revoked":
-            raise GatewayError("REVOKED_API_KEY", "the API key has been revoked")
-        if expired:
-            raise GatewayError("EXPIRED_API_KEY", "the API key has expired")
-        if project_status != "active":
-            raise GatewayError("PROJECT_SUSPENDED", "the project is suspended")
+        """Key, rate limit and daily quota: one statement, committed on its own."""
+        admission = await self.admitter.admit(conn, key, cost)
         return KeyContext(
-            project_id, schema_name, key_id, Principal(key_type, frozenset(scopes or ()))
+            admission.project_id,
+            admission.schema_name,
+            admission.key_id,
+            admission.principal,
+            admission_headers(admission),
         )
 
     async def catalog(self, conn: psycopg.AsyncConnection[Any], project_id: str) -> ProjectCatalog:
@@ -179,6 +164,9 @@ class Pipeline:
         out = Outcome(status=200, body=b"")
         headers: dict[str, str] = {}
         try:
+            # a project known to be over its limit is refused here: no pool connection,
+            # no round trip (the local deny; it never admits anything)
+            self.admitter.check_local(key)
             async with self.connection() as conn:
                 ctx = await self.admit(conn, key, cost)
                 headers = dict(ctx.headers)

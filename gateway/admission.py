@@ -138,6 +138,7 @@ class _LocalDeny:
     reset_epoch: int
     limit: int
     window_s: int
+    probe_at: float | None = None  # monotonic: a probe request is asking the database
 
 
 def _seconds(value: float) -> int:
@@ -162,6 +163,8 @@ class Admitter:
         self.sliding = settings.rate_limit_algorithm == "sliding"
         self.window_s = settings.rate_limit_window_s
         self.timeout_s = settings.admission_timeout_ms / 1000.0
+        # a probe that hasn't answered by then is presumed lost: the next request probes
+        self.probe_timeout_s = self.timeout_s + 2 * CANCEL_GRACE_S + 0.5
         # the server gives up on a held counter row a little before the client does, so
         # the usual timeout is a clean error (connection reusable), not a cancellation
         self.lock_timeout_ms = max(1, int(settings.admission_timeout_ms * 0.8))
@@ -196,8 +199,11 @@ class Admitter:
     def check_local(self, key: str | None) -> str:
         """Raise the local 429 if this key's project is known to be over its limit.
 
-        Costs no database round trip and no pool connection; returns the key's hash.
-        Routes may call it before acquiring a connection; ``admit`` calls it too.
+        Costs no database round trip and no pool connection; returns the key's hash, to
+        pass on to ``admit(..., key_hash=...)`` (routes call this before they acquire a
+        connection). When a deny's one-second cap has passed but the database's reset
+        hasn't, ONE request (the probe) goes to the database while the others keep
+        being refused locally until its answer is in.
         """
         if not key:
             raise GatewayError("INVALID_API_KEY", "Missing API key", status=401)
@@ -206,7 +212,10 @@ class Admitter:
             deny = self._denies.get(key_hash)
             if deny is not None:
                 now = self.clock()
-                if now < deny.check_until:
+                if now < deny.reset_mono and (
+                    now < deny.check_until
+                    or (deny.probe_at is not None and now - deny.probe_at < self.probe_timeout_s)
+                ):
                     self._stats["local_denied"] += 1
                     raise self._rate_limited(
                         deny.limit,
@@ -214,12 +223,26 @@ class Admitter:
                         _seconds(deny.reset_mono - now),
                         deny.window_s,
                     )
-                self._drop(key_hash, deny)
+                if now < deny.reset_mono:
+                    deny.probe_at = now  # this request asks the database for everyone
+                else:
+                    self._drop(key_hash, deny)  # the window has reset
         return key_hash
 
-    async def admit(self, conn: AsyncConnection[Any], key: str | None, cost: int = 1) -> Admission:
-        """Decide a request of ``cost`` units (a batch of N queries costs N)."""
-        key_hash = self.check_local(key)
+    async def admit(
+        self,
+        conn: AsyncConnection[Any],
+        key: str | None,
+        cost: int = 1,
+        *,
+        key_hash: str | None = None,
+    ) -> Admission:
+        """Decide a request of ``cost`` units (a batch of N queries costs N).
+
+        ``key_hash``: the caller already ran ``check_local`` for this request.
+        """
+        if key_hash is None:
+            key_hash = self.check_local(key)
         if cost < 1:
             raise ValueError("cost must be at least 1")
         if not conn.autocommit:
@@ -230,11 +253,17 @@ class Admitter:
             row = await self._call(conn, LOOKUP_SQL, (key_hash,))
             return self._key_only(row)
         sent_at = self.clock()
-        row = await self._call(
-            conn,
-            ADMIT_SQL,
-            (key_hash, cost, self.window_s, self.sliding, self.lock_timeout_ms),
-        )
+        try:
+            row = await self._call(
+                conn,
+                ADMIT_SQL,
+                (key_hash, cost, self.window_s, self.sliding, self.lock_timeout_ms),
+            )
+        except BaseException:
+            deny = self._denies.get(key_hash)
+            if deny is not None:
+                deny.probe_at = None  # the probe failed: the next request probes again
+            raise
         return self._decide(row, key_hash, sent_at)
 
     # --- the round trip -----------------------------------------------------------------
@@ -317,6 +346,11 @@ class Admitter:
             day_reset_in,
         ) = row
         self._stats["db_decisions"] += 1
+        if not (outcome == "rate_limited" and remaining == 0):
+            # the database answered something else than "full": no local deny for this key
+            deny = self._denies.get(key_hash)
+            if deny is not None:
+                self._drop(key_hash, deny)
         if outcome in _KEY_ERRORS:
             self._stats["db_key_refused"] += 1
             code, message = _KEY_ERRORS[outcome]

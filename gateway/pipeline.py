@@ -83,10 +83,15 @@ class Pipeline:
             yield conn
 
     async def admit(
-        self, conn: psycopg.AsyncConnection[Any], key: str | None, cost: int
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        key: str | None,
+        cost: int,
+        *,
+        key_hash: str | None = None,
     ) -> KeyContext:
         """Key, rate limit and daily quota: one statement, committed on its own."""
-        admission = await self.admitter.admit(conn, key, cost)
+        admission = await self.admitter.admit(conn, key, cost, key_hash=key_hash)
         return KeyContext(
             admission.project_id,
             admission.schema_name,
@@ -166,9 +171,9 @@ class Pipeline:
         try:
             # a project known to be over its limit is refused here: no pool connection,
             # no round trip (the local deny; it never admits anything)
-            self.admitter.check_local(key)
+            key_hash = self.admitter.check_local(key)
             async with self.connection() as conn:
-                ctx = await self.admit(conn, key, cost)
+                ctx = await self.admit(conn, key, cost, key_hash=key_hash)
                 headers = dict(ctx.headers)
                 out.project_id, out.key_id = ctx.project_id, ctx.key_id
                 out.headers = {**headers, "X-Project-Id": ctx.project_id}

@@ -677,6 +677,56 @@ def test_local_deny_skips_the_database_and_is_capped_without_invalidation(
     run(scenario())
 
 
+def test_after_the_cap_one_probe_asks_the_database_for_everyone(
+    pg_url: str, db: Any, make_project: Any
+) -> None:
+    project = make_project(rate_limit_per_minute=1)
+    offset = [0.0]
+    adm = Admitter(
+        Settings(database_url=pg_url, rate_limit_window_s=LONG_WINDOW_S),
+        clock=lambda: time.monotonic() + offset[0],
+    )
+    fresh_window(db, LONG_WINDOW_S, 60)
+    key = project["public_key"]
+
+    async def scenario() -> None:
+        async with await aconnect(pg_url) as conn:
+            await adm.admit(conn, key, 1)
+            assert await outcome(adm, conn, key) == "RATE_LIMIT_EXCEEDED"  # database
+            with pytest.raises(GatewayError):
+                adm.check_local(key)  # local
+            offset[0] += 1.5  # past the one-second cap, long before the window's reset
+            probe = adm.check_local(key)  # this request goes to the database...
+            for _ in range(5):
+                with pytest.raises(GatewayError):  # ...the others wait for its answer
+                    adm.check_local(key)
+            decisions = adm.stats()["db_decisions"]
+            assert await outcome_with_hash(adm, conn, key, probe) == "RATE_LIMIT_EXCEEDED"
+            assert adm.stats()["db_decisions"] == decisions + 1
+            with pytest.raises(GatewayError):  # renewed by the probe's answer
+                adm.check_local(key)
+            # the limit is raised: the next probe is admitted and drops the local deny
+            with provisioning.connect(pg_url) as pconn:
+                provisioning.set_limits(pconn, project["id"], rate_limit_per_minute=3)
+            offset[0] += 1.5
+            probe = adm.check_local(key)
+            assert await outcome_with_hash(adm, conn, key, probe) == "admitted"
+            assert adm.stats()["local_deny_entries"] == 0
+            assert await outcome(adm, conn, key) == "admitted"
+
+    run(scenario())
+
+
+async def outcome_with_hash(
+    adm: Admitter, conn: AsyncConnection[Any], key: str, key_hash: str
+) -> str:
+    try:
+        await adm.admit(conn, key, 1, key_hash=key_hash)
+        return "admitted"
+    except GatewayError as exc:
+        return exc.code
+
+
 def test_local_deny_lasts_until_reset_when_invalidation_is_live_and_forget_drops_it(
     pg_url: str, db: Any, make_project: Any
 ) -> None:

@@ -464,3 +464,62 @@ def _has_metadata_cache() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("gateway.metadata") is not None
+
+
+# --- when the database can't decide ---------------------------------------------------------------
+
+
+def test_held_counter_row_is_a_fast_503_through_http(
+    gateway_cluster: Any, pg_url: str, make_project: Any
+) -> None:
+    c = gateway_cluster(1, env={"GATEWAY_ADMISSION_TIMEOUT_MS": "300"})
+    project = make_project()
+    gw = c.urls[0]
+    assert one_request(gw, project["server_key"]).status == 200  # creates the counter row
+    with psycopg.connect(pg_url) as holder:
+        holder.execute(
+            "SELECT 1 FROM gateway.admission_counters WHERE project_id = %s FOR UPDATE",
+            [project["id"]],
+        )
+        started = time.monotonic()
+        reply = one_request(gw, project["server_key"])
+        took = time.monotonic() - started
+        holder.rollback()
+    print(f"503 after {took * 1000:.0f} ms (admission timeout 300 ms)")
+    assert (reply.status, reply.code) == (503, "SERVICE_UNAVAILABLE")
+    assert reply.headers["Retry-After"] == "1"
+    assert took < 5.0
+    assert one_request(gw, project["server_key"]).status == 200  # and it recovers
+
+
+def test_database_down_is_a_fast_503_never_a_pass(
+    gateway_cluster: Any, pg_control: Any, db: Any, make_project: Any
+) -> None:
+    c = gateway_cluster(1, env={"GATEWAY_ADMISSION_TIMEOUT_MS": "500"})
+    project = make_project()
+    gw = c.urls[0]
+    assert one_request(gw, project["server_key"]).status == 200
+    # the test server runs without durable commits: make the new project survive the crash
+    db.execute("CHECKPOINT")
+    pg_control.stop("immediate")
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            reply = one_request(gw, project["server_key"])
+            took = time.monotonic() - started
+            print(f"database down: {reply.status} {reply.code} after {took * 1000:.0f} ms")
+            assert reply.status == 503 and reply.code == "SERVICE_UNAVAILABLE"
+            assert reply.headers["Retry-After"] == "1"
+            assert took < 8.0
+    finally:
+        pg_control.start()
+    deadline = time.monotonic() + 30
+    seen = []
+    while time.monotonic() < deadline:
+        reply = one_request(gw, project["server_key"])
+        seen.append((reply.status, reply.code))
+        if reply.status == 200:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"the gateway did not recover after the database came back: {seen}")

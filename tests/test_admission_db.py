@@ -728,6 +728,76 @@ async def outcome_with_hash(
         return exc.code
 
 
+def test_used_up_daily_quota_is_refused_locally(pg_url: str, db: Any, make_project: Any) -> None:
+    project = make_project(rate_limit_per_minute=1000, requests_per_day=2)
+    adm = admitter(pg_url, invalidation_live=lambda: True)
+    fresh_window(db, LONG_WINDOW_S, 60)
+    key = project["public_key"]
+
+    async def scenario() -> None:
+        async with await aconnect(pg_url) as conn:
+            await adm.admit(conn, key, 1)
+            await adm.admit(conn, key, 1)
+            with pytest.raises(GatewayError) as first:
+                await adm.admit(conn, key, 1)  # from the database
+            decisions = adm.stats()["db_decisions"]
+            for _ in range(5):
+                with pytest.raises(GatewayError) as local:
+                    await adm.admit(conn, key, 1)
+                assert local.value.code == "REQUEST_QUOTA_EXCEEDED"
+                assert local.value.to_error() == first.value.to_error()
+                for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
+                    assert local.value.headers[name] == first.value.headers[name]
+                assert int(local.value.headers["Retry-After"]) >= 1
+            assert adm.stats()["db_decisions"] == decisions
+            assert adm.stats()["local_denied"] == 5
+            with provisioning.connect(pg_url) as pconn:
+                provisioning.set_limits(pconn, project["id"], requests_per_day=3)
+            adm.forget_project(project["id"])
+            admitted = await adm.admit(conn, key, 1)
+            assert admitted.quota_used == 3 and admitted.quota_limit == 3
+
+    run(scenario())
+    row = counter_row(db, project["id"])
+    assert row is not None and row["day_used"] == 3
+
+
+def test_local_quota_deny_headers_follow_the_rate_window(
+    pg_url: str, db: Any, make_project: Any
+) -> None:
+    project = make_project(rate_limit_per_minute=10, requests_per_day=1)
+    offset = [0.0]
+    window_s = 60
+    adm = Admitter(
+        Settings(database_url=pg_url, rate_limit_window_s=window_s),
+        invalidation_live=lambda: True,
+        clock=lambda: time.monotonic() + offset[0],
+    )
+    seconds_to_midnight = 86400 - db_epoch(db) % 86400
+    if seconds_to_midnight < 300:
+        pytest.skip("too close to UTC midnight")
+    fresh_window(db, window_s, 20)
+    key = project["public_key"]
+
+    async def scenario() -> None:
+        async with await aconnect(pg_url) as conn:
+            await adm.admit(conn, key, 1)
+            with pytest.raises(GatewayError) as first:
+                await adm.admit(conn, key, 1)
+            assert first.value.headers["X-RateLimit-Remaining"] == "9"
+            reset = int(first.value.headers["X-RateLimit-Reset"])
+            offset[0] += 2 * window_s + 1  # two windows later (still the same UTC day)
+            with pytest.raises(GatewayError) as later:
+                adm.check_local(key)
+            h = later.value.headers
+            assert later.value.code == "REQUEST_QUOTA_EXCEEDED"
+            assert h["X-RateLimit-Remaining"] == "10"  # nothing was admitted since
+            assert int(h["X-RateLimit-Reset"]) == reset + 2 * window_s
+            assert int(h["Retry-After"]) >= int(h["RateLimit"].rsplit("t=", 1)[1])
+
+    run(scenario())
+
+
 def test_local_deny_lasts_until_reset_when_invalidation_is_live_and_forget_drops_it(
     pg_url: str, db: Any, make_project: Any
 ) -> None:

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from gateway import routes
 from gateway.admission import Admitter
 from gateway.errors import GatewayError
+from gateway.observe import Observability, ObserveMiddleware
 from gateway.pipeline import Pipeline
 from gateway.pool import create_pool
 from gateway.responses import error_response
@@ -62,16 +63,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # the metadata listener calls state.admitter.forget_project(...) on NOTIFY and sets
     # state.admitter.invalidation_live to report whether its channel is up
     state.admitter = Admitter(settings)
+    observability = Observability(settings, state.extras)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.pool = create_pool(settings)
         await state.pool.open(wait=True, timeout=30)
+        observability.start(state.pool)
         state.pipeline = Pipeline(settings, state.pool, state.admitter)
         logger.info("instance %s ready", settings.instance_id)
         try:
             yield
         finally:
+            await observability.stop_background()
+            # the request log flushes LAST, just before the pool closes: nothing is lost
+            await observability.stop_request_log()
             await state.pool.close()
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -86,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes.build_routes(),
         middleware=[
+            Middleware(ObserveMiddleware, metrics=observability.metrics, settings=settings),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),

@@ -136,6 +136,7 @@ class _LocalDeny:
     ``reset_mono`` (rate limit: the window's reset; daily quota: UTC midnight)."""
 
     project_id: str
+    key_id: str
     check_until: float  # monotonic: ask the database again from here on
     reset_mono: float  # monotonic: when the database said room appears again
     # the rate-limit numbers of the database's answer, for the headers
@@ -224,7 +225,8 @@ class Admitter:
                     or (deny.probe_at is not None and now - deny.probe_at < self.probe_timeout_s)
                 ):
                     self._stats["local_denied"] += 1
-                    raise self._local_answer(deny, now)
+                    error = self._local_answer(deny, now)
+                    raise _tag(error, deny.project_id, deny.key_id, "local_deny")
                 if now < deny.reset_mono:
                     deny.probe_at = now  # this request asks the database for everyone
                 else:
@@ -388,6 +390,7 @@ class Admitter:
                     key_hash,
                     _LocalDeny(
                         project_id=project_id,
+                        key_id=str(key_id),
                         check_until=sent_at + reset_in,
                         reset_mono=sent_at + reset_in,
                         limit=rate_limit,
@@ -397,7 +400,12 @@ class Admitter:
                         window_s=window_s,
                     ),
                 )
-            raise self._rate_limited(rate_limit, reset_epoch, t, window_s, remaining)
+            raise _tag(
+                self._rate_limited(rate_limit, reset_epoch, t, window_s, remaining),
+                project_id,
+                str(key_id),
+                "rate_limited",
+            )
         if outcome == "quota_exceeded":
             self._stats["db_quota_exceeded"] += 1
             if full:
@@ -406,6 +414,7 @@ class Admitter:
                     key_hash,
                     _LocalDeny(
                         project_id=project_id,
+                        key_id=str(key_id),
                         check_until=sent_at + day_reset_in,
                         reset_mono=sent_at + day_reset_in,
                         limit=rate_limit,
@@ -418,7 +427,12 @@ class Admitter:
                 )
             headers = rate_limit_headers(rate_limit, remaining, reset_epoch, t, window_s)
             headers["Retry-After"] = str(max(t, _seconds(day_reset_in)))
-            raise QuotaExceeded([_violation(quota_used, quota_limit)], headers)
+            raise _tag(
+                QuotaExceeded([_violation(quota_used, quota_limit)], headers),
+                project_id,
+                str(key_id),
+                "quota_exceeded",
+            )
         raise RuntimeError(f"unknown admission outcome {outcome!r}")
 
     def _local_answer(self, deny: _LocalDeny, now: float) -> GatewayError:
@@ -484,6 +498,15 @@ class Admitter:
         for key_hash, deny in list(self._denies.items()):
             if deny.check_until <= now:
                 self._drop(key_hash, deny)
+
+
+def _tag(error: GatewayError, project_id: str, key_id: str, outcome: str) -> GatewayError:
+    """A refusal after the key was recognised names its project and key (for the request
+    log) and how it was decided (``rate_limited``, ``quota_exceeded`` or ``local_deny``)."""
+    error.project_id = project_id  # type: ignore[attr-defined]
+    error.key_id = key_id  # type: ignore[attr-defined]
+    error.admission = outcome  # type: ignore[attr-defined]
+    return error
 
 
 def _violation(used: int, limit: int) -> dict[str, Any]:

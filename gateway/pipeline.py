@@ -46,6 +46,8 @@ class Outcome:
     table: str | None = None
     error_code: str | None = None
     row_count: int | None = None
+    # how admission decided a refusal: "rate_limited", "quota_exceeded" or "local_deny"
+    admission: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,11 @@ class Pipeline:
 
     @staticmethod
     def _failed(out: Outcome, error: GatewayError, headers: dict[str, str]) -> Outcome:
+        if out.project_id is None and getattr(error, "project_id", None):
+            # refused by admission after the key was recognised: still the project's request
+            out.project_id = error.project_id  # type: ignore[attr-defined]
+            out.key_id = error.key_id  # type: ignore[attr-defined]
+        out.admission = getattr(error, "admission", None)
         out.status = error.status
         out.body = error_body(error)
         out.headers = {**out.headers, **headers, **error.headers}

@@ -524,3 +524,29 @@ def test_database_down_is_a_fast_503_never_a_pass(
         time.sleep(0.5)
     else:
         raise AssertionError(f"the gateway did not recover after the database came back: {seen}")
+
+
+# --- observability of admission -------------------------------------------------------------------
+
+
+def test_refusals_are_logged_for_their_project_and_local_denies_are_counted_apart(
+    gateway_cluster: Any, pg_url: str, db: Any, make_project: Any
+) -> None:
+    from tests.test_observability_e2e import parse_samples, rows_for, wait_rows
+
+    c = gateway_cluster(1)
+    instance = c.instances[0]
+    project = make_project(rate_limit_per_minute=2)
+    fresh_window(db, WINDOW_S, 20)
+    replies = [one_request(instance.url, project["public_key"]) for _ in range(6)]
+    assert [r.status for r in replies] == [200, 200, 429, 429, 429, 429]
+    wait_rows(pg_url, instance.instance_id, 6)
+    rows = rows_for(pg_url, instance.instance_id)
+    assert [r["status_code"] for r in rows] == [200, 200, 429, 429, 429, 429]
+    assert {str(r["project_id"]) for r in rows} == {project["id"]}
+    assert {str(r["api_key_id"]) for r in rows} == {project["public_key_id"]}
+    assert {r["error_code"] for r in rows[2:]} == {"RATE_LIMIT_EXCEEDED"}
+    samples = parse_samples(httpx.get(instance.url + "/metrics").text)
+    assert samples['gateway_admission_decisions_total{outcome="admitted"}'] == 2
+    assert samples['gateway_admission_decisions_total{outcome="rate_limited"}'] == 1
+    assert samples['gateway_admission_decisions_total{outcome="local_deny"}'] == 3

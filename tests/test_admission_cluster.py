@@ -420,6 +420,10 @@ def test_an_admitted_select_costs_two_round_trips(
             "GATEWAY_POOL_MAX": "1",
             "GATEWAY_POOL_MIN": "1",
             "GATEWAY_RATE_LIMIT_WINDOW_S": str(LONG_WINDOW_S),
+            # keep background traffic (request-log flushes, maintenance) off the proxy
+            # while counting: the log is flushed at shutdown
+            "GATEWAY_LOG_FLUSH_MS": "600000",
+            "GATEWAY_MAINTENANCE_INTERVAL_S": "3600",
         },
         log_dir=tmp_path,
         name="rt",

@@ -24,6 +24,8 @@ from starlette.responses import Response
 from gateway import routes
 from gateway.admission import Admitter
 from gateway.errors import GatewayError
+from gateway.listener import MetadataListener
+from gateway.metadata import MetadataCache
 from gateway.observe import Observability, ObserveMiddleware
 from gateway.pipeline import Pipeline
 from gateway.pool import create_pool
@@ -47,12 +49,20 @@ EXPOSED_HEADERS = [
 
 @dataclass
 class GatewayState:
-    """Everything an instance holds while it runs; routes reach it as ``request.app.state.gw``."""
+    """Everything an instance holds while it runs; routes reach it as ``request.app.state.gw``.
+
+    ``metadata`` is the per-instance catalog cache; ``listener`` the LISTEN connection that
+    invalidates it. Other components that must hear about a project's changes (limits,
+    status, keys, tables) register with ``listener.add_callbacks(on_project=..., on_all=...)``
+    and may read ``listener.connected`` to know whether invalidations are live.
+    """
 
     settings: Settings
     pool: AsyncConnectionPool | None = None
     pipeline: Pipeline | None = None
     admitter: Admitter | None = None
+    metadata: MetadataCache | None = None
+    listener: MetadataListener | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,21 +70,46 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     settings.require_database()
     state = GatewayState(settings=settings)
-    # the metadata listener calls state.admitter.forget_project(...) on NOTIFY and sets
-    # state.admitter.invalidation_live to report whether its channel is up
-    state.admitter = Admitter(settings)
+    state.metadata = MetadataCache(settings, pool=None)
+    state.listener = MetadataListener(
+        settings, on_project=state.metadata.invalidate, on_all=state.metadata.invalidate_all
+    )
+    state.metadata.attach_listener(state.listener)
+    # Local denies of admission: dropped on NOTIFY of a project's limits, status or keys
+    # (and all of them after a reconnect); while the listener is down they are re-checked
+    # with the database at least once a second.
+    listener_ = state.listener
+    state.admitter = Admitter(settings, invalidation_live=lambda: listener_.connected)
+    state.listener.add_callbacks(
+        on_project=state.admitter.forget_project, on_all=state.admitter.forget_all
+    )
     observability = Observability(settings, state.extras)
+    listener, metadata = state.listener, state.metadata
+    # Without its LISTEN connection the instance can't hear about schema changes: 503.
+    state.extras["ready_checks"].append(("listener", lambda: listener.connected))
+    observability.metrics.register_source("metadata", metadata.stats)
+    observability.metrics.register_source(
+        "listener",
+        lambda: {"up": int(listener.connected), "reconnects": listener.reconnects},
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        assert state.metadata is not None and state.listener is not None
         state.pool = create_pool(settings)
         await state.pool.open(wait=True, timeout=30)
         observability.start(state.pool)
-        state.pipeline = Pipeline(settings, state.pool, state.admitter)
-        logger.info("instance %s ready", settings.instance_id)
+        state.metadata.pool = state.pool
+        state.pipeline = Pipeline(
+            settings, state.pool, metadata=state.metadata, admitter=state.admitter
+        )
         try:
+            # In the background: /readyz says 503 until it listens; requests never wait.
+            await state.listener.start()
+            logger.info("instance %s ready", settings.instance_id)
             yield
         finally:
+            await state.listener.stop()
             await observability.stop_background()
             # the request log flushes LAST, just before the pool closes: nothing is lost
             await observability.stop_request_log()

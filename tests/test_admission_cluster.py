@@ -554,3 +554,20 @@ def test_refusals_are_logged_for_their_project_and_local_denies_are_counted_apar
     rate_limited = samples['gateway_admission_decisions_total{outcome="rate_limited"}']
     local = samples['gateway_admission_decisions_total{outcome="local_deny"}']
     assert rate_limited + local == 4 and rate_limited >= 1 and local >= 2
+
+
+def test_bench_switch_keeps_key_validation_but_no_counters(
+    gateway_cluster: Any, pg_url: str, db: Any, make_project: Any
+) -> None:
+    c = gateway_cluster(1, env={"GATEWAY_BENCH_DISABLE_ADMISSION": "true"})
+    gw = c.urls[0]
+    project = make_project(rate_limit_per_minute=1, requests_per_day=1)
+    for _ in range(3):
+        reply = one_request(gw, project["server_key"])
+        assert reply.status == 200
+        assert "X-RateLimit-Limit" not in reply.headers
+    assert one_request(gw, "sheen_sk_nope").status == 401
+    with provisioning.connect(pg_url) as conn:
+        provisioning.revoke_key(conn, project["server_key_id"])
+    assert one_request(gw, project["server_key"]).code == "REVOKED_API_KEY"
+    assert counter_row(db, project["id"]) is None

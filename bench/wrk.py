@@ -22,6 +22,8 @@ local keys = {%(keys)s}
 local mode = "%(mode)s"
 local max_id = %(max_id)d
 local path = "%(path)s"
+local sequential = %(sequential)s
+local next_key = 0
 
 init = function(args)
   math.randomseed(os.time() + %(seed)d)
@@ -45,7 +47,13 @@ local function body()
 end
 
 request = function()
-  local key = keys[math.random(#keys)]
+  local key
+  if sequential then
+    next_key = next_key %% #keys + 1
+    key = keys[next_key]
+  else
+    key = keys[math.random(#keys)]
+  end
   return wrk.format("POST", path,
     {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json"}, body())
 end
@@ -62,13 +70,27 @@ end
 
 
 def write_script(
-    path: Path, *, keys: list[str], mode: str, max_id: int = 1000, seed: int = 0
+    path: Path,
+    *,
+    keys: list[str],
+    mode: str,
+    max_id: int = 1000,
+    seed: int = 0,
+    sequential: bool = False,
 ) -> Path:
+    """``sequential``: walk the keys in order (a warm-up that reaches every project)."""
     assert mode in ("pk", "rows100", "insert")
     lua_keys = ",".join(f'"{k}"' for k in keys)
     path.write_text(
         LUA_TEMPLATE
-        % {"keys": lua_keys, "mode": mode, "max_id": max_id, "path": f"{BASE}/query", "seed": seed}
+        % {
+            "keys": lua_keys,
+            "mode": mode,
+            "max_id": max_id,
+            "path": f"{BASE}/query",
+            "seed": seed,
+            "sequential": "true" if sequential else "false",
+        }
     )
     return path
 

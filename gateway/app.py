@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from gateway import routes
 from gateway.errors import GatewayError
+from gateway.pipeline import Pipeline
 from gateway.pool import create_pool
 from gateway.responses import error_response
 from gateway.settings import Settings
@@ -48,6 +49,7 @@ class GatewayState:
 
     settings: Settings
     pool: AsyncConnectionPool | None = None
+    pipeline: Pipeline | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.pool = create_pool(settings)
         await state.pool.open(wait=True, timeout=30)
+        state.pipeline = Pipeline(settings, state.pool)
         logger.info("instance %s ready", settings.instance_id)
         try:
             yield

@@ -6,6 +6,7 @@ background pieces, and on shutdown stop them in reverse order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -21,10 +22,11 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import routes
+from gateway import realtime, routes
 from gateway.errors import GatewayError
 from gateway.pipeline import Pipeline
 from gateway.pool import create_pool
+from gateway.realtime import RealtimeHub
 from gateway.responses import error_response
 from gateway.settings import Settings
 
@@ -50,6 +52,7 @@ class GatewayState:
     settings: Settings
     pool: AsyncConnectionPool | None = None
     pipeline: Pipeline | None = None
+    realtime: RealtimeHub | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,10 +66,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.pool = create_pool(settings)
         await state.pool.open(wait=True, timeout=30)
         state.pipeline = Pipeline(settings, state.pool)
+        # realtime: the hub polls only while someone subscribes; retention runs everywhere
+        # (one instance deletes at a time) until a shared maintenance leader takes it over
+        state.realtime = RealtimeHub(settings, state.pool)
+        retention = asyncio.create_task(realtime.retention_loop(state.pool, settings))
         logger.info("instance %s ready", settings.instance_id)
         try:
             yield
         finally:
+            retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retention
+            await state.realtime.stop()
             await state.pool.close()
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -44,7 +44,15 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -52,6 +60,7 @@ import orjson
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.catalog import ProjectCatalog
 from gateway.errors import GatewayError
 from gateway.settings import Settings
 
@@ -572,8 +581,10 @@ class HubStats:
     rows_dispatched: int = 0
     rows_delivered: int = 0
     catchup_queries: int = 0
+    catalog_loads: int = 0
     overflows: int = 0
     resets: int = 0
+    send_timeouts: int = 0
     last_change_age_s: float = 0.0  # now - created_at of the last change read (DB clock)
     xmin_lag_xids: int = 0  # how far pg_snapshot_xmin trails the next xid
     last_poll_monotonic: float = field(default=0.0)
@@ -583,7 +594,7 @@ POLL_SQL = """
 SELECT s.xmin::text::bigint, (s.xmax::text::bigint - s.xmin::text::bigint),
        c.xid::text::bigint, c.id, c.op, c.pk::text, c.row::text,
        c.project_id::text, c.table_name,
-       extract(epoch FROM clock_timestamp() - c.created_at)
+       extract(epoch FROM clock_timestamp() - c.created_at), v.version
   FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
                pg_snapshot_xmax(pg_current_snapshot()) AS xmax) AS s
   LEFT JOIN LATERAL (
@@ -594,6 +605,7 @@ SELECT s.xmin::text::bigint, (s.xmax::text::bigint - s.xmin::text::bigint),
            AND project_id = ANY(%(projects)s::uuid[])
          ORDER BY xid, id
          LIMIT %(limit)s) AS c ON true
+  LEFT JOIN gateway.registry_versions v ON v.project_id = c.project_id
  ORDER BY c.xid, c.id
 """
 
@@ -628,10 +640,14 @@ class RealtimeHub:
         *,
         page_size: int = PAGE_SIZE,
         catchup_page_size: int = CATCHUP_PAGE_SIZE,
+        catalog_loader: Callable[[AsyncConnection[Any], str], Awaitable[ProjectCatalog]]
+        | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
-        self.page_size = page_size
+        # a page never holds more than one subscriber queue: a backlog released at once
+        # (after a long transaction ends) must not overflow subscribers that keep up
+        self.page_size = max(1, min(page_size, settings.realtime_queue_max))
         self.catchup_page_size = catchup_page_size
         self.stats = HubStats()
         self._index: dict[tuple[str, str], set[Subscription]] = {}
@@ -645,6 +661,9 @@ class RealtimeHub:
         self._init_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        # project id -> (registry version or None if unknown, catalog)
+        self._catalogs: dict[str, tuple[int | None, ProjectCatalog]] = {}
+        self._catalog_loader = catalog_loader
 
     # -- public --------------------------------------------------------------------------
 
@@ -672,8 +691,10 @@ class RealtimeHub:
             "rows_dispatched": s.rows_dispatched,
             "rows_delivered": s.rows_delivered,
             "catchup_queries": s.catchup_queries,
+            "catalog_loads": s.catalog_loads,
             "overflows": s.overflows,
             "resets": s.resets,
+            "send_timeouts": s.send_timeouts,
             "last_change_age_s": s.last_change_age_s,
             "xmin_lag_xids": s.xmin_lag_xids,
             "cursor": str(self._cursor) if self._cursor else None,
@@ -703,6 +724,7 @@ class RealtimeHub:
         column_types: Mapping[str, str] | None = None,
         columns: ColumnsFn = lambda: None,
         since: Cursor | None = None,
+        catalog: ProjectCatalog | None = None,
     ) -> Subscription:
         """Register a stream. 429 TOO_MANY_SUBSCRIPTIONS beyond the per-project limit.
 
@@ -735,6 +757,8 @@ class RealtimeHub:
         self._subscribers.add(sub)
         self._per_project[project_id] = self._per_project.get(project_id, 0) + 1
         self._index.setdefault((project_id, table), set()).add(sub)
+        if catalog is not None and project_id not in self._catalogs:
+            self._catalogs[project_id] = (None, catalog)  # version unknown: reload on use
         try:
             cursor = await self._ensure_cursor()
         except BaseException:
@@ -763,6 +787,7 @@ class RealtimeHub:
             self._per_project[sub.project_id] = left
         else:
             self._per_project.pop(sub.project_id, None)
+            self._catalogs.pop(sub.project_id, None)
         if sub.overflowed:
             self.stats.overflows += 1
         if not self._subscribers:
@@ -870,7 +895,35 @@ class RealtimeHub:
             if len(changes) < self.catchup_page_size:
                 pos = max(pos, target)  # everything up to the target has been read
 
-    async def _poll_once(self, cursor: Cursor, projects: list[str]) -> tuple[list[Change], int]:
+    def catalog(self, project_id: str) -> ProjectCatalog | None:
+        """The newest catalog the hub holds for a project with subscribers here."""
+        entry = self._catalogs.get(project_id)
+        return entry[1] if entry else None
+
+    async def _refresh_catalogs(self, versions: dict[str, int | None]) -> None:
+        for project_id, version in versions.items():
+            entry = self._catalogs.get(project_id)
+            if entry is not None and entry[0] is not None and entry[0] == version:
+                continue
+            if project_id not in self._per_project:
+                continue
+            async with self.pool.connection() as conn:
+                catalog = await self._load_catalog(conn, project_id)
+            self.stats.catalog_loads += 1
+            self._catalogs[project_id] = (version, catalog)
+
+    async def _load_catalog(self, conn: AsyncConnection[Any], project_id: str) -> ProjectCatalog:
+        loader = self._catalog_loader
+        if loader is None:
+            from gateway.pipeline import load_catalog
+
+            loader = load_catalog
+        result: ProjectCatalog = await loader(conn, project_id)
+        return result
+
+    async def _poll_once(
+        self, cursor: Cursor, projects: list[str]
+    ) -> tuple[list[Change], int, dict[str, int | None]]:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 POLL_SQL,
@@ -886,7 +939,8 @@ class RealtimeHub:
         xmin = int(first[0])
         self.stats.xmin_lag_xids = int(first[1])
         changes = [_change(r[7], r[8], r, 2, r[9]) for r in rows if r[2] is not None]
-        return changes, xmin
+        versions = {r[7]: int(r[10] or 0) for r in rows if r[2] is not None}
+        return changes, xmin, versions
 
     def _dispatch(self, changes: list[Change]) -> None:
         """Offer changes to live subscribers. Synchronous: runs between two awaits."""
@@ -923,7 +977,10 @@ class RealtimeHub:
             self._inflight = frozenset(projects)
             error: Exception | None = None
             try:
-                changes, xmin = await self._poll_once(cursor, projects)
+                changes, xmin, versions = await self._poll_once(cursor, projects)
+                # registry changed since the catalog we hold: reload before these changes
+                # are sent (same snapshot as the rows, so never older than the write)
+                await self._refresh_catalogs(versions)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -997,6 +1054,7 @@ PRUNE_SQL = """
 WITH doomed AS (
     SELECT xid, id FROM gateway.changes
      WHERE created_at < now() - make_interval(secs => %(seconds)s)
+       AND (SELECT pg_try_advisory_xact_lock(%(lock)s))
      LIMIT %(batch)s
 ), deleted AS (
     DELETE FROM gateway.changes c USING doomed
@@ -1023,17 +1081,25 @@ async def prune_changes(
     *,
     max_batches: int = 20,
 ) -> int:
-    """Delete changes older than the retention, ``batch`` rows per statement.
+    """Delete changes older than the retention, at most ``batch`` rows per statement.
 
-    Each batch also records per project the largest deleted ``(xid, id)`` (so resuming
-    below it answers ``reset``). On an autocommit connection every batch commits on its
-    own; at most ``max_batches`` run per call (the next call continues). Returns the
-    number of rows deleted.
+    Each batch is one statement that also records, per project, the largest deleted
+    ``(xid, id)`` (resuming below it answers ``reset``), and takes a transaction-scoped
+    advisory lock first: when instances prune at the same time only one deletes, the
+    others find nothing and stop. On an autocommit connection every batch commits on its
+    own, so no transaction stays open long (an open transaction holds realtime delivery
+    back). At most ``max_batches`` per call; the next call continues. Returns the number
+    of rows deleted.
     """
     total = 0
     for _ in range(max_batches):
         cur = await conn.execute(
-            PRUNE_SQL, {"seconds": float(retention_hours) * 3600.0, "batch": batch}
+            PRUNE_SQL,
+            {
+                "seconds": float(retention_hours) * 3600.0,
+                "batch": batch,
+                "lock": ADVISORY_LOCK_RETENTION,
+            },
         )
         row = await cur.fetchone()
         deleted = int(row[0]) if row else 0
@@ -1043,15 +1109,21 @@ async def prune_changes(
     return total
 
 
-async def prune_once_if_leader(pool: AsyncConnectionPool, settings: Settings) -> int | None:
-    """One retention run under a cluster-wide advisory lock; ``None`` if another holds it.
+async def retention_loop(pool: AsyncConnectionPool, settings: Settings) -> None:
+    """Prune every ``maintenance_interval_s`` (at least 1 s) until cancelled.
 
-    For instances without the shared maintenance leader: the lock is transaction-scoped
-    (works through a transaction pooler), so the batches of one run share a transaction.
+    Stand-in for the shared maintenance leader: register ``prune_changes`` there instead
+    when it exists. Safe on every instance at once (see ``prune_changes``).
     """
-    async with pool.connection() as conn, conn.transaction():
-        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [ADVISORY_LOCK_RETENTION])
-        row = await cur.fetchone()
-        if not row or not row[0]:
-            return None
-        return await prune_changes(conn, settings.realtime_retention_hours)
+    interval = max(settings.maintenance_interval_s, 1.0)
+    while True:
+        try:
+            async with pool.connection() as conn:
+                deleted = await prune_changes(conn, settings.realtime_retention_hours)
+            if deleted:
+                logger.info("realtime: retention deleted %d changes", deleted)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("realtime: retention failed: %s", exc)
+        await asyncio.sleep(interval)

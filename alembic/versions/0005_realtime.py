@@ -66,7 +66,44 @@ CREATE TABLE gateway.changes_pruned (
 COMMENT ON TABLE gateway.changes_pruned IS
     'Per project, the largest (xid, id) retention deleted: older resume cursors get reset.';
 
-REVOKE ALL ON gateway.changes, gateway.changes_pruned FROM PUBLIC;
+-- A per-project registry version, bumped by any change to the project's tables or
+-- columns (also by plain SQL). The poller reads it with each page of changes, in the same
+-- snapshot, and reloads the project's catalog before sending when it moved: a column made
+-- sensitive before a write is gone from that write's event, on every instance.
+CREATE TABLE gateway.registry_versions (
+    project_id uuid   PRIMARY KEY,
+    version    bigint NOT NULL DEFAULT 1
+);
+
+CREATE FUNCTION gateway.bump_registry_version() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, gateway
+AS $fn$
+DECLARE
+    project uuid;
+    tid     bigint;
+BEGIN
+    IF TG_TABLE_NAME = 'table_registry' THEN
+        IF TG_OP = 'DELETE' THEN project := OLD.project_id; ELSE project := NEW.project_id; END IF;
+    ELSE
+        IF TG_OP = 'DELETE' THEN tid := OLD.table_id; ELSE tid := NEW.table_id; END IF;
+        SELECT t.project_id INTO project FROM gateway.table_registry t WHERE t.id = tid;
+    END IF;
+    IF project IS NOT NULL THEN
+        INSERT INTO gateway.registry_versions AS v (project_id) VALUES (project)
+        ON CONFLICT (project_id) DO UPDATE SET version = v.version + 1;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER realtime_registry_version
+    AFTER INSERT OR UPDATE OR DELETE ON gateway.table_registry
+    FOR EACH ROW EXECUTE FUNCTION gateway.bump_registry_version();
+CREATE TRIGGER realtime_registry_version
+    AFTER INSERT OR UPDATE OR DELETE ON gateway.column_registry
+    FOR EACH ROW EXECUTE FUNCTION gateway.bump_registry_version();
+
+REVOKE ALL ON gateway.changes, gateway.changes_pruned, gateway.registry_versions FROM PUBLIC;
 REVOKE ALL ON SEQUENCE gateway.changes_id_seq FROM PUBLIC;
 
 CREATE FUNCTION gateway.capture_change() RETURNS trigger
@@ -124,6 +161,10 @@ DOWNGRADE = r"""
 -- CASCADE: every project table's capture trigger depends on the function.
 DROP FUNCTION IF EXISTS gateway.capture_change() CASCADE;
 UPDATE gateway.table_registry SET realtime = false WHERE realtime;
+DROP TRIGGER IF EXISTS realtime_registry_version ON gateway.column_registry;
+DROP TRIGGER IF EXISTS realtime_registry_version ON gateway.table_registry;
+DROP FUNCTION IF EXISTS gateway.bump_registry_version();
+DROP TABLE IF EXISTS gateway.registry_versions;
 DROP TABLE IF EXISTS gateway.changes_pruned;
 DROP TABLE IF EXISTS gateway.changes;
 """

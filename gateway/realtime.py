@@ -425,6 +425,9 @@ class Event:
 
 
 ColumnsFn = Callable[[], Collection[str] | None]
+KEY_FATAL_CODES = frozenset(
+    {"INVALID_API_KEY", "REVOKED_API_KEY", "EXPIRED_API_KEY", "PROJECT_SUSPENDED"}
+)
 
 
 class Subscription:
@@ -441,6 +444,8 @@ class Subscription:
         columns: ColumnsFn,
         since: Cursor | None,
         queue_max: int,
+        revalidate: Callable[[], Awaitable[None]] | None = None,
+        revalidate_s: float = 30.0,
     ) -> None:
         self.hub = hub
         self.project_id = project_id
@@ -456,6 +461,9 @@ class Subscription:
         self.overflowed = False
         self.closed = False
         self.delivered = 0
+        self.revalidate = revalidate
+        self.revalidate_s = revalidate_s
+        self._next_check = time.monotonic() + revalidate_s
 
     # called by the hub, synchronously, during dispatch
     def matches(self, change: Change) -> bool:
@@ -512,6 +520,20 @@ class Subscription:
                 )
         return readable, None
 
+    async def _revalidate(self) -> Event | None:
+        """Is the key still good? A revoked or expired key, or a suspended project, ends
+        the stream; anything else (rate limits, a database hiccup) does not."""
+        assert self.revalidate is not None
+        self._next_check = time.monotonic() + self.revalidate_s
+        try:
+            await self.revalidate()
+        except GatewayError as exc:
+            if exc.code in KEY_FATAL_CODES:
+                return Event("error", None, {"code": exc.code, "message": exc.message})
+        except Exception as exc:
+            logger.info("realtime: key revalidation failed: %s", exc)
+        return None
+
     async def events(self, heartbeat_s: float = HEARTBEAT_S) -> AsyncIterator[Event]:
         """Catch-up from ``since``, then the live stream; ends on overflow, error or close."""
         try:
@@ -537,6 +559,11 @@ class Subscription:
             while True:
                 if self.closed:
                     return
+                if self.revalidate is not None and time.monotonic() >= self._next_check:
+                    error = await self._revalidate()
+                    if error is not None:
+                        yield error
+                        return
                 if self.overflowed:
                     yield Event("overflow", None, {"cursor": str(self.position)})
                     return
@@ -725,6 +752,7 @@ class RealtimeHub:
         columns: ColumnsFn = lambda: None,
         since: Cursor | None = None,
         catalog: ProjectCatalog | None = None,
+        revalidate: Callable[[], Awaitable[None]] | None = None,
     ) -> Subscription:
         """Register a stream. 429 TOO_MANY_SUBSCRIPTIONS beyond the per-project limit.
 
@@ -751,6 +779,8 @@ class RealtimeHub:
             columns=columns,
             since=since,
             queue_max=self.settings.realtime_queue_max,
+            revalidate=revalidate,
+            revalidate_s=self.settings.realtime_revalidate_s,
         )
         # register first (reserves the slot; keeps the hub cursor alive), then start at
         # the hub's cursor if the client gave none: the catch-up joins it to the stream

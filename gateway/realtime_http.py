@@ -190,6 +190,12 @@ async def realtime_stream(request: Request) -> Response:
         info = _check_table(catalog, table, ctx.principal)
         for i, f in enumerate(filters):
             permissions.require_readable(info, f.column, ctx.principal, f"filters[{i}].column")
+
+        async def revalidate() -> None:
+            # the key is checked again now and then (cost 0): a revoked key's stream ends
+            async with pipeline.connection() as conn:
+                await pipeline.admit(conn, key, 0)
+
         sub = await hub.subscribe(
             ctx.project_id,
             table,
@@ -198,6 +204,7 @@ async def realtime_stream(request: Request) -> Response:
             columns=_readable_fn(hub, ctx.project_id, table, ctx.principal, catalog),
             since=since,
             catalog=catalog,
+            revalidate=revalidate,
         )
     except GatewayError as error:
         return error_response(error, headers)

@@ -31,6 +31,7 @@ TIMEOUT_S = 60.0
 ENV = {
     "GATEWAY_REALTIME_POLL_MAX_MS": "50",
     "GATEWAY_REALTIME_HEARTBEAT_S": "1",
+    "GATEWAY_REALTIME_REVALIDATE_S": "0.5",
     "GATEWAY_POOL_MAX": "8",
 }
 
@@ -555,7 +556,7 @@ def test_slow_client_is_closed_with_overflow(
 ) -> None:
     cluster = gateway_cluster(
         1,
-        env={**ENV, "GATEWAY_REALTIME_QUEUE_MAX": "5", "GATEWAY_REALTIME_SEND_TIMEOUT_S": "120"},
+        env={**ENV, "GATEWAY_REALTIME_QUEUE_MAX": "20", "GATEWAY_REALTIME_SEND_TIMEOUT_S": "120"},
     )
     project = make_project()
     url = cluster.urls[0]
@@ -568,14 +569,15 @@ def test_slow_client_is_closed_with_overflow(
         for s in (slow, fast):
             assert await s.wait_open() == 200
         slow.gate.clear()  # stops reading: TCP buffers fill, then its queue
-        for start in range(0, rows, 50):
+        # ~3 MB/s: the fast client (parsing in Python on a busy machine) keeps up
+        for start in range(0, rows, 10):
             db.execute(
                 sql.SQL(
                     "INSERT INTO {} (title) SELECT %s || g FROM generate_series(%s::int, %s::int) g"
                 ).format(todos(project)),
-                [big, start, start + 49],
+                [big, start, start + 9],
             )
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
         await fast.wait_for(rows, timeout=120)
         slow.gate.set()  # reads what was buffered, then the overflow, then the end
         await asyncio.wait_for(slow.ended.wait(), TIMEOUT_S)
@@ -620,5 +622,30 @@ def test_many_subscribers_one_poller(cluster: GatewayCluster, make_project: Any)
         assert len({len(s.changes) for s in streams}) == 1
         for s in streams:
             await s.close()
+
+    asyncio.run(main())
+
+
+def test_revoked_key_ends_its_open_stream(
+    cluster: GatewayCluster, pg_url: str, make_project: Any
+) -> None:
+    from gateway import provisioning
+
+    project = make_project()
+
+    async def main() -> None:
+        s = Stream(cluster.urls[0], key=project["public_key"])
+        other = Stream(cluster.urls[0], header_key=project["server_key"])
+        for x in (s, other):
+            assert await x.wait_open() == 200
+        with provisioning.connect(pg_url) as conn:
+            provisioning.revoke_key(conn, project["public_key_id"])
+        await asyncio.wait_for(s.ended.wait(), TIMEOUT_S)
+        assert s.events[-1].event == "error"
+        assert s.events[-1].data["code"] == "REVOKED_API_KEY"
+        again = Stream(cluster.urls[1], key=project["public_key"])
+        assert await again.wait_open() == 401
+        assert not other.ended.is_set()  # the server key's stream goes on
+        await other.close()
 
     asyncio.run(main())

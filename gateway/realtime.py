@@ -741,6 +741,7 @@ class RealtimeHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._poll_done.set()  # a catch-up waiting for a poll sees it is closed
 
     async def subscribe(
         self,
@@ -980,7 +981,14 @@ class RealtimeHub:
             if not subs:
                 continue
             for sub in tuple(subs):
-                if sub.live and change.cursor > sub.floor and sub.matches(change):
+                if not sub.live or change.cursor <= sub.floor:
+                    continue
+                try:
+                    matched = sub.matches(change)
+                except Exception:  # a filter must never stop the poller for everyone
+                    logger.exception("realtime: filter evaluation failed")
+                    matched = False
+                if matched:
                     sub.offer(change)
                     self.stats.rows_dispatched += 1
 
@@ -992,6 +1000,19 @@ class RealtimeHub:
                 await self._wake.wait()
 
     async def _run(self) -> None:
+        while True:
+            try:
+                await self._poll_loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # never leave subscribers without a poller; the cursor is still valid
+                logger.exception("realtime: poller failed; restarting")
+                self._inflight = None
+                self._poll_done.set()
+                await asyncio.sleep(1.0)
+
+    async def _poll_loop(self) -> None:
         max_delay = self.settings.realtime_poll_max_ms / 1000
         min_delay = min(POLL_MIN_MS / 1000, max_delay)
         delay = min_delay

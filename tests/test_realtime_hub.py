@@ -635,3 +635,32 @@ def test_stop_ends_every_stream(pg_url: str, make_project: Any) -> None:
                 await hub.subscribe(project["id"], "todos")
 
     run(main)
+
+
+def test_poller_survives_lost_connections(
+    pg_url: str, db: psycopg.Connection[Any], make_project: Any
+) -> None:
+    """Kill every connection of the hub's pool mid-stream: no change is lost or repeated."""
+    project = make_project()
+
+    async def main() -> None:
+        async with Hub(pg_url, instance_id="rt-kill") as hub:
+            reader = Reader(await hub.subscribe(project["id"], "todos"))
+            await insert_titles(pg_url, project, [f"a{i}" for i in range(20)])
+            await reader.wait_for(20)
+            for k in range(3):
+                db.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'gateway:rt-kill'"
+                )
+                await insert_titles(pg_url, project, [f"b{k}-{i}" for i in range(10)])
+                await asyncio.sleep(0.2)
+            events = await reader.wait_for(50)
+            await asyncio.sleep(0.3)
+            print(f"poll errors while connections were killed: {hub.stats.poll_errors}")
+            assert len(reader.changes) == 50
+            assert_ordered_unique(reader.changes)
+            assert len(set(titles(events))) == 50
+            await reader.stop()
+
+    run(main)

@@ -72,6 +72,7 @@ CATCHUP_PAGE_SIZE = 500
 POLL_MIN_MS = 5
 HEARTBEAT_S = 15.0
 RETRY_MS = 2000
+COALESCE_MAX = 64  # SSE blocks per write when a subscriber's queue has a backlog
 ADVISORY_LOCK_RETENTION = 0x6761_7465_7274  # "gatert": one pruner at a time
 
 
@@ -117,6 +118,11 @@ class Change:
     pk: dict[str, Any]
     row: dict[str, Any] | None  # None for deletes: only the primary key is kept
     age_s: float = 0.0  # database clock: how old the change was when it was read
+    # rendered SSE blocks by readable-column set: subscribers with the same permissions
+    # share one serialization instead of one per subscriber
+    rendered: dict[Any, tuple[dict[str, Any], bytes]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def image(self) -> dict[str, Any]:
@@ -422,6 +428,7 @@ class Event:
     kind: str  # insert | update | delete | reset | overflow | error | position | ping
     cursor: Cursor | None = None
     data: dict[str, Any] | None = None
+    raw: bytes | None = None  # the whole SSE block, when already rendered
 
 
 ColumnsFn = Callable[[], Collection[str] | None]
@@ -491,9 +498,25 @@ class Subscription:
             self.queue.put_nowait(None)  # wakes a consumer blocked on an empty queue
 
     def _render(self, change: Change, readable: Collection[str] | None) -> Event:
-        image = change.image
-        row = image if readable is None else {k: v for k, v in image.items() if k in readable}
-        return Event(change.op, change.cursor, {"table": self.table, "op": change.op, "row": row})
+        key = (
+            None
+            if readable is None
+            else readable
+            if isinstance(readable, frozenset)
+            else frozenset(readable)
+        )
+        cached = change.rendered.get(key)
+        if cached is None:
+            image = change.image
+            row = image if key is None else {k: v for k, v in image.items() if k in key}
+            data = {"table": self.table, "op": change.op, "row": row}
+            block = (
+                f"id: {change.cursor}\nevent: {change.op}\ndata: ".encode()
+                + orjson.dumps(data)
+                + b"\n\n"
+            )
+            cached = change.rendered[key] = (data, block)
+        return Event(change.op, change.cursor, cached[0], cached[1])
 
     def _readable(self) -> tuple[Collection[str] | None, Event | None]:
         """The columns to send now, or an error event that ends the stream."""
@@ -1070,6 +1093,8 @@ class RealtimeHub:
 
 def format_event(event: Event) -> bytes:
     """One ``text/event-stream`` block."""
+    if event.raw is not None:
+        return event.raw
     kind = event.kind
     if kind == "ping":
         if event.cursor is not None:
@@ -1092,9 +1117,16 @@ def format_event(event: Event) -> bytes:
 
 async def sse_stream(sub: Subscription, heartbeat_s: float = HEARTBEAT_S) -> AsyncIterator[bytes]:
     """The subscription as SSE bytes; closes the subscription when the stream ends."""
+    buffered: list[bytes] = []
     try:
         async for event in sub.events(heartbeat_s):
-            yield format_event(event)
+            buffered.append(format_event(event))
+            # changes already queued go out in one write; nothing waits for company
+            if len(buffered) >= COALESCE_MAX or sub.queue.empty():
+                yield b"".join(buffered)
+                buffered.clear()
+        if buffered:
+            yield b"".join(buffered)
     finally:
         sub.close()
 

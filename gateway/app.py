@@ -6,7 +6,6 @@ background pieces, and on shutdown stop them in reverse order.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from starlette.responses import Response
 
 from gateway import realtime, routes
 from gateway.errors import GatewayError
+from gateway.observe import Observability, ObserveMiddleware
 from gateway.pipeline import Pipeline
 from gateway.pool import create_pool
 from gateway.realtime import RealtimeHub
@@ -60,24 +60,26 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     settings.require_database()
     state = GatewayState(settings=settings)
+    observability = Observability(settings, state.extras)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.pool = create_pool(settings)
         await state.pool.open(wait=True, timeout=30)
+        observability.start(state.pool)
         state.pipeline = Pipeline(settings, state.pool)
-        # realtime: the hub polls only while someone subscribes; retention runs everywhere
-        # (one instance deletes at a time) until a shared maintenance leader takes it over
+        # realtime: the hub polls only while someone subscribes; retention is a job of
+        # the maintenance leader; the hub's figures are a metrics source
         state.realtime = RealtimeHub(settings, state.pool)
-        retention = asyncio.create_task(realtime.retention_loop(state.pool, settings))
+        realtime.install(state.realtime, state.extras)
         logger.info("instance %s ready", settings.instance_id)
         try:
             yield
         finally:
-            retention.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await retention
+            await observability.stop_background()
             await state.realtime.stop()
+            # the request log flushes LAST, just before the pool closes: nothing is lost
+            await observability.stop_request_log()
             await state.pool.close()
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -92,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes.build_routes(),
         middleware=[
+            Middleware(ObserveMiddleware, metrics=observability.metrics, settings=settings),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),

@@ -88,6 +88,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         log_level="warning",
         access_log=False,
+        # the gateway reads X-Forwarded-For itself, only from GATEWAY_TRUSTED_PROXIES
+        # (uvicorn would otherwise rewrite the peer address for any local proxy)
+        proxy_headers=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
@@ -193,6 +196,19 @@ def cmd_table_realtime(args: argparse.Namespace) -> None:
     _emit(args, result, f"realtime {state} for {result['table']}")
 
 
+def cmd_stats(args: argparse.Namespace) -> None:
+    from gateway import stats
+
+    try:
+        since = stats.parse_since(args.since)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with _connect() as conn:
+        report = stats.collect(conn, since)
+    report = {"since": args.since, **report}
+    _emit(args, report, stats.render_text(report, args.since))
+
+
 # --- the parser -------------------------------------------------------------------------
 
 
@@ -220,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--data", default=".pgdata", help="where the local database lives")
+
+    p = command(sub, "stats", cmd_stats, "request-log statistics: instances, projects, latency")
+    p.add_argument("--since", default="1h", help="how far back: 30m, 1h, 2d (default 1h)")
 
     project = sub.add_parser("project", help="projects").add_subparsers(
         dest="action", required=True, parser_class=_Parser

@@ -636,6 +636,7 @@ class HubStats:
     resets: int = 0
     send_timeouts: int = 0
     last_change_age_s: float = 0.0  # now - created_at of the last change read (DB clock)
+    held_back_s: float = 0.0  # age of the oldest visible change not yet deliverable
     xmin_lag_xids: int = 0  # how far pg_snapshot_xmin trails the next xid
     last_poll_monotonic: float = field(default=0.0)
 
@@ -644,7 +645,11 @@ POLL_SQL = """
 SELECT s.xmin::text::bigint, (s.xmax::text::bigint - s.xmin::text::bigint),
        c.xid::text::bigint, c.id, c.op, c.pk::text, c.row::text,
        c.project_id::text, c.table_name,
-       extract(epoch FROM clock_timestamp() - c.created_at), v.version
+       extract(epoch FROM clock_timestamp() - c.created_at), v.version,
+       extract(epoch FROM clock_timestamp() - (
+           SELECT min(h.created_at) FROM gateway.changes h
+            WHERE h.xid >= s.xmin AND (h.xid, h.id) > (CAST(%(xid)s AS text)::xid8, %(id)s)
+              AND h.project_id = ANY(%(projects)s::uuid[])))
   FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
                pg_snapshot_xmax(pg_current_snapshot()) AS xmax) AS s
   LEFT JOIN LATERAL (
@@ -746,6 +751,7 @@ class RealtimeHub:
             "resets": s.resets,
             "send_timeouts": s.send_timeouts,
             "last_change_age_s": s.last_change_age_s,
+            "held_back_s": s.held_back_s,
             "xmin_lag_xids": s.xmin_lag_xids,
             "cursor": str(self._cursor) if self._cursor else None,
         }
@@ -992,6 +998,8 @@ class RealtimeHub:
         first = rows[0]
         xmin = int(first[0])
         self.stats.xmin_lag_xids = int(first[1])
+        # committed changes held back by an older open transaction: how long they wait
+        self.stats.held_back_s = float(first[11] or 0.0)
         changes = [_change(r[7], r[8], r, 2, r[9]) for r in rows if r[2] is not None]
         versions = {r[7]: int(r[10] or 0) for r in rows if r[2] is not None}
         return changes, xmin, versions
@@ -1192,21 +1200,26 @@ async def prune_changes(
     return total
 
 
-async def retention_loop(pool: AsyncConnectionPool, settings: Settings) -> None:
-    """Prune every ``maintenance_interval_s`` (at least 1 s) until cancelled.
+def install(hub: RealtimeHub, extras: dict[str, Any]) -> None:
+    """Hook the hub into the instance: its figures as the ``realtime`` metrics source, and
+    retention as a job of the maintenance leader (one instance per tick).
 
-    Stand-in for the shared maintenance leader: register ``prune_changes`` there instead
-    when it exists. Safe on every instance at once (see ``prune_changes``).
+    The job deliberately does NOT delete inside the leader's transaction (the ``conn`` it
+    is given): every transaction that holds an xid holds realtime delivery back until it
+    ends, so each batch commits on its own connection in a few milliseconds instead of
+    staying open for the whole tick.
     """
-    interval = max(settings.maintenance_interval_s, 1.0)
-    while True:
-        try:
-            async with pool.connection() as conn:
-                deleted = await prune_changes(conn, settings.realtime_retention_hours)
-            if deleted:
-                logger.info("realtime: retention deleted %d changes", deleted)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.warning("realtime: retention failed: %s", exc)
-        await asyncio.sleep(interval)
+    metrics = extras.get("metrics")
+    if metrics is not None:
+        metrics.register_source("realtime", hub.snapshot)
+    maintenance = extras.get("maintenance")
+    if maintenance is None:
+        logger.warning("realtime: no maintenance leader; changes are not pruned")
+        return
+    settings, pool = hub.settings, hub.pool
+
+    async def realtime_retention(conn: AsyncConnection[Any]) -> int:
+        async with pool.connection() as own:
+            return await prune_changes(own, settings.realtime_retention_hours)
+
+    maintenance.register("realtime_retention", realtime_retention)

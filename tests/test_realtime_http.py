@@ -649,3 +649,86 @@ def test_revoked_key_ends_its_open_stream(
         await other.close()
 
     asyncio.run(main())
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_metrics_show_subscribers_and_held_back_delivery(
+    cluster: GatewayCluster, pg_url: str, make_project: Any
+) -> None:
+    """An open transaction holds delivery back; the lag metric shows it, nothing is lost."""
+    project = make_project()
+    insert = sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(todos(project))
+    url = cluster.urls[2]
+
+    async def main() -> None:
+        s = Stream(url, key=project["public_key"])
+        assert await s.wait_open() == 200
+        assert metric(url, "gateway_realtime_subscribers") == 1
+        async with await psycopg.AsyncConnection.connect(pg_url) as early:
+            await early.execute(insert, ["early"])  # holds an xid, uncommitted
+            async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as c:
+                await c.execute(insert, ["later"])
+            await asyncio.sleep(1.5)
+            held = metric(url, "gateway_realtime_held_back_seconds")
+            assert s.changes == []
+            assert held >= 1.0, held
+            await early.commit()
+        events = await s.wait_for(2)
+        assert [e.data["row"]["title"] for e in events] == ["early", "later"]
+        await asyncio.sleep(0.3)
+        print(f"held back {held:.2f}s by an open transaction, then delivered in order")
+        assert metric(url, "gateway_realtime_held_back_seconds") < 1.0
+        assert metric(url, "gateway_realtime_events_total") >= 2
+        await s.close()
+        await until(lambda: metric(url, "gateway_realtime_subscribers") == 0)
+
+    asyncio.run(main())
+
+
+def test_maintenance_leader_prunes_changes(
+    pg_url: str, gateway_cluster: Any, db: psycopg.Connection[Any], make_project: Any
+) -> None:
+    cluster = gateway_cluster(
+        2,
+        env={
+            **ENV,
+            "GATEWAY_MAINTENANCE_INTERVAL_S": "0.2",
+            "GATEWAY_REALTIME_RETENTION_HOURS": "1",
+        },
+    )
+    project = make_project()
+    db.execute(
+        sql.SQL("INSERT INTO {} (title) SELECT 'r' || g FROM generate_series(1, 30) g").format(
+            todos(project)
+        )
+    )
+    db.execute(
+        "UPDATE gateway.changes SET created_at = now() - interval '2 hours' "
+        "WHERE project_id = %s AND id IN (SELECT id FROM gateway.changes "
+        "WHERE project_id = %s ORDER BY xid, id LIMIT 20)",
+        [project["id"], project["id"]],
+    )
+
+    def left() -> int:
+        row = db.execute(
+            "SELECT count(*) AS n FROM gateway.changes WHERE project_id = %s", [project["id"]]
+        ).fetchone()
+        assert row is not None
+        return int(row["n"])
+
+    deadline = time.monotonic() + TIMEOUT_S
+    while left() != 10:
+        assert time.monotonic() < deadline, left()
+        time.sleep(0.1)
+    mark = db.execute(
+        "SELECT 1 FROM gateway.changes_pruned WHERE project_id = %s", [project["id"]]
+    ).fetchone()
+    assert mark is not None
+    assert cluster.urls

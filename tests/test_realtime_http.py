@@ -87,6 +87,7 @@ class Stream:
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         self.events: list[SSE] = []
+        self.error: Exception | None = None
         self.last_id: str | None = None
         self.comments = 0
         self.status: int | None = None
@@ -124,6 +125,8 @@ class Stream:
                     else:
                         name, _, value = line.partition(":")
                         fields[name] = value[1:] if value.startswith(" ") else value
+        except httpx.HTTPError as exc:
+            self.error = exc  # the server went away (a crashed instance)
         finally:
             self.opened.set()
             self.ended.set()
@@ -732,3 +735,41 @@ def test_maintenance_leader_prunes_changes(
     ).fetchone()
     assert mark is not None
     assert cluster.urls
+
+
+def test_instance_crash_mid_stream_resume_elsewhere(
+    gateway_cluster: Any, pg_url: str, make_project: Any
+) -> None:
+    """SIGKILL the instance serving a stream while writes go on; resume on the other one."""
+    cluster = gateway_cluster(2, env=ENV)
+    project = make_project()
+    insert = sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(todos(project))
+    total = 200
+
+    async def writer() -> None:
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            for i in range(total):
+                await conn.execute(insert, [f"t{i:04d}"])
+                await asyncio.sleep(0.005)
+
+    async def main() -> None:
+        first = Stream(cluster.urls[0], key=project["public_key"])
+        assert await first.wait_open() == 200
+        writing = asyncio.create_task(writer())
+        await first.wait_for(40)
+        cluster.instances[0].kill()
+        await asyncio.wait_for(first.ended.wait(), TIMEOUT_S)
+        assert isinstance(first.error, httpx.RemoteProtocolError)
+        seen = first.changes
+        second = Stream(cluster.urls[1], key=project["public_key"], last_event_id=first.last_id)
+        assert await second.wait_open() == 200
+        await writing
+        await second.wait_for(total - len(seen), timeout=120)
+        await asyncio.sleep(0.5)
+        combined = seen + second.changes
+        print(f"crash after {len(seen)} events; resumed elsewhere with {len(second.changes)}")
+        check_sequence(combined)
+        assert [e.data["row"]["title"] for e in combined] == [f"t{i:04d}" for i in range(total)]
+        await second.close()
+
+    asyncio.run(main())

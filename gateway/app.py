@@ -23,6 +23,8 @@ from starlette.responses import Response
 
 from gateway import realtime, routes
 from gateway.errors import GatewayError
+from gateway.listener import MetadataListener
+from gateway.metadata import MetadataCache
 from gateway.observe import Observability, ObserveMiddleware
 from gateway.pipeline import Pipeline
 from gateway.pool import create_pool
@@ -47,11 +49,19 @@ EXPOSED_HEADERS = [
 
 @dataclass
 class GatewayState:
-    """Everything an instance holds while it runs; routes reach it as ``request.app.state.gw``."""
+    """Everything an instance holds while it runs; routes reach it as ``request.app.state.gw``.
+
+    ``metadata`` is the per-instance catalog cache; ``listener`` the LISTEN connection that
+    invalidates it. Other components that must hear about a project's changes (limits,
+    status, keys, tables) register with ``listener.add_callbacks(on_project=..., on_all=...)``
+    and may read ``listener.connected`` to know whether invalidations are live.
+    """
 
     settings: Settings
     pool: AsyncConnectionPool | None = None
     pipeline: Pipeline | None = None
+    metadata: MetadataCache | None = None
+    listener: MetadataListener | None = None
     realtime: RealtimeHub | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -60,22 +70,40 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     settings.require_database()
     state = GatewayState(settings=settings)
+    state.metadata = MetadataCache(settings, pool=None)
+    state.listener = MetadataListener(
+        settings, on_project=state.metadata.invalidate, on_all=state.metadata.invalidate_all
+    )
+    state.metadata.attach_listener(state.listener)
     observability = Observability(settings, state.extras)
+    listener, metadata = state.listener, state.metadata
+    # Without its LISTEN connection the instance can't hear about schema changes: 503.
+    state.extras["ready_checks"].append(("listener", lambda: listener.connected))
+    observability.metrics.register_source("metadata", metadata.stats)
+    observability.metrics.register_source(
+        "listener",
+        lambda: {"up": int(listener.connected), "reconnects": listener.reconnects},
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        assert state.metadata is not None and state.listener is not None
         state.pool = create_pool(settings)
         await state.pool.open(wait=True, timeout=30)
         observability.start(state.pool)
-        state.pipeline = Pipeline(settings, state.pool)
+        state.metadata.pool = state.pool
+        state.pipeline = Pipeline(settings, state.pool, metadata=state.metadata)
         # realtime: the hub polls only while someone subscribes; retention is a job of
         # the maintenance leader; the hub's figures are a metrics source
         state.realtime = RealtimeHub(settings, state.pool)
         realtime.install(state.realtime, state.extras)
-        logger.info("instance %s ready", settings.instance_id)
         try:
+            # In the background: /readyz says 503 until it listens; requests never wait.
+            await state.listener.start()
+            logger.info("instance %s ready", settings.instance_id)
             yield
         finally:
+            await state.listener.stop()
             await observability.stop_background()
             await state.realtime.stop()
             # the request log flushes LAST, just before the pool closes: nothing is lost

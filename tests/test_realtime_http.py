@@ -136,7 +136,7 @@ class Stream:
     def changes(self) -> list[SSE]:
         return [e for e in self.events if e.event in ("insert", "update", "delete")]
 
-    def error(self) -> dict[str, Any]:
+    def error_body(self) -> dict[str, Any]:
         body = json.loads(self.body)
         assert body["data"] is None
         return body["error"]
@@ -211,7 +211,7 @@ def test_refusals(cluster: GatewayCluster, make_project: Any) -> None:
     async def refused(status: int, code: str, **kwargs: Any) -> None:
         s = Stream(url, **kwargs)
         assert await s.wait_open() == status, s.body
-        assert s.error()["code"] == code, s.body
+        assert s.error_body()["code"] == code, s.body
         await s.close()
 
     async def main() -> None:
@@ -255,7 +255,7 @@ def test_stream_limit_per_project(pg_url: str, gateway_cluster: Any, make_projec
             assert await s.wait_open() == 200
         third = Stream(url, key=project["public_key"])
         assert await third.wait_open() == 429
-        assert third.error()["code"] == "TOO_MANY_SUBSCRIPTIONS"
+        assert third.error_body()["code"] == "TOO_MANY_SUBSCRIPTIONS"
         await streams[0].close()
         await asyncio.sleep(0.3)
         again = Stream(url, key=project["public_key"])

@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # the maintenance leader; the hub's figures are a metrics source
         state.realtime = RealtimeHub(settings, state.pool)
         realtime.install(state.realtime, state.extras)
+        realtime.drain_on_signals(state.realtime)
         try:
             # In the background: /readyz says 503 until it listens; requests never wait.
             await state.listener.start()

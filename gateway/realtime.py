@@ -42,6 +42,8 @@ import datetime as dt
 import decimal
 import logging
 import re
+import signal
+import threading
 import time
 import uuid
 from collections.abc import (
@@ -760,6 +762,15 @@ class RealtimeHub:
         if self._task is None and not self._stopped:
             self._task = asyncio.create_task(self._run(), name="realtime-poller")
 
+    def drain(self) -> None:
+        """Shutdown has begun: refuse new streams (503) and end every open one now, so
+        clients reconnect to another instance at once instead of when the server gives up
+        waiting for them."""
+        self._stopped = True
+        for sub in list(self._subscribers):
+            sub.close()
+        self._poll_done.set()
+
     async def stop(self) -> None:
         """Stop polling and end every stream (each consumer returns at its next step)."""
         self._stopped = True
@@ -1198,6 +1209,34 @@ async def prune_changes(
         if deleted < batch:
             break
     return total
+
+
+def drain_on_signals(hub: RealtimeHub) -> None:
+    """Chain SIGTERM/SIGINT: drain the hub, then whatever handler was there (uvicorn's).
+
+    uvicorn waits for open connections before it runs the lifespan shutdown; SSE streams
+    never finish on their own, so without this a SIGTERM would hold every stream (and the
+    exit) for the whole graceful-shutdown timeout. Only possible in the main thread (not
+    under a test client); uvicorn restores its own handlers when it exits.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(hub.drain)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+
+        try:
+            signal.signal(sig, handler)
+        except (ValueError, OSError):  # pragma: no cover - not the main thread after all
+            return
 
 
 def install(hub: RealtimeHub, extras: dict[str, Any]) -> None:

@@ -773,3 +773,39 @@ def test_instance_crash_mid_stream_resume_elsewhere(
         await second.close()
 
     asyncio.run(main())
+
+
+def test_sigterm_ends_streams_at_once_and_clients_resume_elsewhere(
+    gateway_cluster: Any, pg_url: str, make_project: Any
+) -> None:
+    cluster = gateway_cluster(2, env=ENV)
+    project = make_project()
+    insert = sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(todos(project))
+
+    async def main() -> None:
+        first = Stream(cluster.urls[0], key=project["public_key"])
+        assert await first.wait_open() == 200
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            for i in range(5):
+                await conn.execute(insert, [f"a{i}"])
+            await first.wait_for(5)
+            started = time.monotonic()
+            code = await asyncio.to_thread(cluster.instances[0].terminate)
+            stopped = time.monotonic() - started
+            await asyncio.wait_for(first.ended.wait(), TIMEOUT_S)
+            print(f"SIGTERM with an open stream: exited in {stopped:.2f}s (code {code})")
+            assert stopped < 5.0  # not the 10 s graceful-shutdown timeout
+            assert first.error is None  # a clean end of stream, not a broken connection
+            for i in range(5):
+                await conn.execute(insert, [f"b{i}"])
+        second = Stream(cluster.urls[1], key=project["public_key"], last_event_id=first.last_id)
+        assert await second.wait_open() == 200
+        await second.wait_for(5)
+        combined = first.changes + second.changes
+        check_sequence(combined)
+        assert [e.data["row"]["title"] for e in combined] == [f"a{i}" for i in range(5)] + [
+            f"b{i}" for i in range(5)
+        ]
+        await second.close()
+
+    asyncio.run(main())

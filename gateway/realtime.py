@@ -72,6 +72,7 @@ MAX_BIGINT = 2**63 - 1
 PAGE_SIZE = 500
 CATCHUP_PAGE_SIZE = 500
 POLL_MIN_MS = 5
+LINGER_S = 0.5  # keep polling at the minimum interval this long after the last change
 HEARTBEAT_S = 15.0
 RETRY_MS = 2000
 COALESCE_MAX = 64  # SSE blocks per write when a subscriber's queue has a backlog
@@ -1058,6 +1059,7 @@ class RealtimeHub:
         max_delay = self.settings.realtime_poll_max_ms / 1000
         min_delay = min(POLL_MIN_MS / 1000, max_delay)
         delay = min_delay
+        last_rows_at = 0.0
         while True:
             if not self._subscribers or self._cursor is None:
                 self._wake.clear()
@@ -1103,7 +1105,14 @@ class RealtimeHub:
                 delay = min_delay
                 await asyncio.sleep(0)
                 continue
-            delay = min_delay if changes else min(max(delay * 2, min_delay), max_delay)
+            now = time.monotonic()
+            if changes:
+                last_rows_at = now
+                delay = min_delay
+            elif now - last_rows_at < LINGER_S:
+                delay = min_delay  # changes were flowing a moment ago: stay quick
+            else:
+                delay = min(max(delay * 2, min_delay), max_delay)
             await self._sleep(delay)
 
 

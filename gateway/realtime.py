@@ -361,6 +361,13 @@ def _compile_one(f: FilterLike, data_type: str | None) -> Predicate:
         raise _invalid_value(column, f"{op} needs an array or jsonb column")
 
     # eq neq gt gte lt lte
+    if is_json and op in ("gt", "gte", "lt", "lte"):
+        # jsonb's own total order (objects > arrays > booleans > numbers > strings, ...)
+        # is not reproduced here: refused rather than answered differently from /query
+        raise GatewayError(
+            "INVALID_FILTER",
+            f"filter on '{column}': {op} on a jsonb column is not supported in realtime",
+        )
     if is_array:
         if not isinstance(value, list):
             raise _invalid_value(column, "compare an array column with an array")
@@ -802,7 +809,11 @@ class RealtimeHub:
         it is called for every event sent.
         """
         if self._stopped:
-            raise GatewayError("SERVICE_UNAVAILABLE", "the instance is shutting down")
+            raise GatewayError(
+                "SERVICE_UNAVAILABLE",
+                "the instance is shutting down",
+                headers={"Retry-After": "1"},
+            )
         predicate, filter_columns = compile_filters(filters, column_types)
         limit = self.settings.realtime_max_streams_per_project
         if self._per_project.get(project_id, 0) >= limit:

@@ -272,6 +272,10 @@ def _like_regex(pattern: str, insensitive: bool) -> re.Pattern[str]:
 Predicate = Callable[[Mapping[str, Any]], bool]
 
 
+def _array_key(values: list[Any]) -> list[tuple[Any, ...]]:
+    return [(1,) if x is None else (0, x) for x in values]
+
+
 def _compile_one(f: FilterLike, data_type: str | None) -> Predicate:
     column, op, value = f.column, f.op, f.value
     if op not in FILTER_OPS:
@@ -386,13 +390,19 @@ def _compile_one(f: FilterLike, data_type: str | None) -> Predicate:
                 return _json_equal(v, target)
             if op == "neq":
                 return not _json_equal(v, target)
+            if is_array:
+                # PostgreSQL orders arrays element by element, a NULL element after
+                # every value, then by length
+                v, compared = _array_key(v), _array_key(target)
+            else:
+                compared = target
             if op == "gt":
-                return bool(v > target)
+                return bool(v > compared)
             if op == "gte":
-                return bool(v >= target)
+                return bool(v >= compared)
             if op == "lt":
-                return bool(v < target)
-            return bool(v <= target)
+                return bool(v < compared)
+            return bool(v <= compared)
         except TypeError:
             return False
 

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import realtime, routes
+from gateway.admission import Admitter
 from gateway.errors import GatewayError
 from gateway.listener import MetadataListener
 from gateway.metadata import MetadataCache
@@ -60,6 +61,7 @@ class GatewayState:
     settings: Settings
     pool: AsyncConnectionPool | None = None
     pipeline: Pipeline | None = None
+    admitter: Admitter | None = None
     metadata: MetadataCache | None = None
     listener: MetadataListener | None = None
     realtime: RealtimeHub | None = None
@@ -75,6 +77,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings, on_project=state.metadata.invalidate, on_all=state.metadata.invalidate_all
     )
     state.metadata.attach_listener(state.listener)
+    # Local denies of admission: dropped on NOTIFY of a project's limits, status or keys
+    # (and all of them after a reconnect); while the listener is down they are re-checked
+    # with the database at least once a second.
+    listener_ = state.listener
+    state.admitter = Admitter(settings, invalidation_live=lambda: listener_.connected)
+    state.listener.add_callbacks(
+        on_project=state.admitter.forget_project, on_all=state.admitter.forget_all
+    )
     observability = Observability(settings, state.extras)
     listener, metadata = state.listener, state.metadata
     # Without its LISTEN connection the instance can't hear about schema changes: 503.
@@ -92,7 +102,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await state.pool.open(wait=True, timeout=30)
         observability.start(state.pool)
         state.metadata.pool = state.pool
-        state.pipeline = Pipeline(settings, state.pool, metadata=state.metadata)
+        state.pipeline = Pipeline(
+            settings, state.pool, metadata=state.metadata, admitter=state.admitter
+        )
         # realtime: the hub polls only while someone subscribes; retention is a job of
         # the maintenance leader; the hub's figures are a metrics source
         state.realtime = RealtimeHub(settings, state.pool)

@@ -565,7 +565,7 @@ class Subscription:
 
     async def _revalidate(self) -> Event | None:
         """Is the key still good? A revoked or expired key, or a suspended project, ends
-        the stream; anything else (rate limits, a database hiccup) does not."""
+        the stream; anything else (a database hiccup) does not."""
         assert self.revalidate is not None
         self._next_check = time.monotonic() + self.revalidate_s
         try:

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import contract, permissions
-from gateway.auth import key_from_headers, looks_like_secret
+from gateway.auth import hash_key, key_from_headers, looks_like_secret
 from gateway.catalog import Principal, ProjectCatalog, TableInfo
 from gateway.errors import GatewayError
 from gateway.realtime import RealtimeHub, Subscription, parse_cursor, sse_stream
@@ -103,6 +103,28 @@ class SSEResponse(Response):
                 logger.info("realtime: closing a stream whose client stopped reading")
             elif exc is not None and not isinstance(exc, OSError):
                 logger.warning("realtime: stream failed: %r", exc)
+
+
+KEY_CHECK_SQL = """
+SELECT k.status, k.expires_at IS NOT NULL AND k.expires_at <= now(), p.status
+  FROM gateway.api_keys k JOIN gateway.projects p ON p.id = k.project_id
+ WHERE k.key_hash = %s
+"""
+
+
+async def check_key(conn: psycopg.AsyncConnection[Any], key: str) -> None:
+    """Is the key still usable? Raises the admission's codes; counts nothing."""
+    cur = await conn.execute(KEY_CHECK_SQL, [hash_key(key)])
+    row = await cur.fetchone()
+    if row is None:
+        raise GatewayError("INVALID_API_KEY", "Invalid API key")
+    status, expired, project_status = row
+    if status != "active":
+        raise GatewayError("REVOKED_API_KEY", "API key has been revoked")
+    if expired:
+        raise GatewayError("EXPIRED_API_KEY", "API key has expired")
+    if project_status != "active":
+        raise GatewayError("PROJECT_SUSPENDED", "Project is suspended")
 
 
 def _readable_fn(
@@ -192,9 +214,10 @@ async def realtime_stream(request: Request) -> Response:
             permissions.require_readable(info, f.column, ctx.principal, f"filters[{i}].column")
 
         async def revalidate() -> None:
-            # the key is checked again now and then (cost 0): a revoked key's stream ends
+            # the key is checked again now and then (without counting a request): a
+            # revoked or expired key, or a suspended project, ends the stream
             async with pipeline.connection() as conn:
-                await pipeline.admit(conn, key, 0)
+                await check_key(conn, key or "")
 
         sub = await hub.subscribe(
             ctx.project_id,

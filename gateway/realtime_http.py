@@ -205,8 +205,12 @@ async def realtime_stream(request: Request) -> Response:
         table, filters, since = _parse_request(request)
         hub: RealtimeHub = state.realtime
         pipeline = state.pipeline
+        # a project known to be over its limit is refused locally, as for /query
+        admitter = getattr(pipeline, "admitter", None)
+        key_hash = admitter.check_local(key) if admitter is not None else None
         async with pipeline.connection() as conn:
-            ctx = await pipeline.admit(conn, key, 1)  # opening a stream costs one request
+            # opening a stream costs one request; events cost nothing
+            ctx = await pipeline.admit(conn, key, 1, key_hash=key_hash)
             headers = {**ctx.headers, "X-Project-Id": ctx.project_id}
             catalog = await pipeline.catalog(conn, ctx.project_id)
         info = _check_table(catalog, table, ctx.principal)

@@ -809,3 +809,33 @@ def test_sigterm_ends_streams_at_once_and_clients_resume_elsewhere(
         await second.close()
 
     asyncio.run(main())
+
+
+def test_opening_a_stream_costs_one_request(cluster: GatewayCluster, make_project: Any) -> None:
+    project = make_project(rate_limit_per_minute=2)
+
+    async def main() -> None:
+        streams = [Stream(cluster.urls[i], key=project["public_key"]) for i in range(2)]
+        for s in streams:
+            assert await s.wait_open() == 200
+            assert s.headers is not None and "x-ratelimit-limit" in s.headers
+        third = Stream(cluster.urls[2], key=project["public_key"])
+        assert await third.wait_open() == 429
+        assert third.error_body()["code"] == "RATE_LIMIT_EXCEEDED"
+        # the open streams keep flowing: events are not requests
+        async with await psycopg.AsyncConnection.connect(
+            cluster_db_url(cluster), autocommit=True
+        ) as conn:
+            for i in range(5):
+                await conn.execute(
+                    sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(todos(project)), [f"x{i}"]
+                )
+        for s in streams:
+            assert len(await s.wait_for(5)) == 5
+            await s.close()
+
+    asyncio.run(main())
+
+
+def cluster_db_url(cluster: GatewayCluster) -> str:
+    return cluster.database_url

@@ -1008,7 +1008,7 @@ class RealtimeHub:
     async def _load_catalog(self, conn: AsyncConnection[Any], project_id: str) -> ProjectCatalog:
         loader = self._catalog_loader
         if loader is None:
-            from gateway.pipeline import load_catalog
+            from gateway.metadata import load_catalog
 
             loader = load_catalog
         result: ProjectCatalog = await loader(conn, project_id)

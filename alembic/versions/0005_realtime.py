@@ -1,7 +1,7 @@
 """Realtime capture: one changes table, a definer trigger function, a retention watermark.
 
 Revision ID: 0005
-Revises: 0001
+Revises: 0004
 Create Date: 2026-11-26
 
 Every project table with realtime on has an AFTER INSERT/UPDATE/DELETE FOR EACH ROW
@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0001"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

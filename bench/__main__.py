@@ -49,6 +49,9 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
 
 def run_scenario(bench: fw.Bench, name: str) -> fw.ScenarioResult:
     module = importlib.import_module(f"bench.scenarios.{name}")
+    waited = bench.settle()
+    if waited > 2:
+        print(f"(waited {waited:.0f} s for autovacuum to finish before {name})", file=sys.stderr)
     started = time.perf_counter()
     try:
         result: fw.ScenarioResult = module.run(bench)

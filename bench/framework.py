@@ -327,6 +327,22 @@ class Bench:
             )
         )
 
+    def settle(self, timeout: float = 30.0) -> float:
+        """Let the previous scenario's after-effects pass: a CHECKPOINT, then wait (bounded)
+        until no autovacuum worker runs (1000 freshly filled tables keep autovacuum busy
+        for a while and skew the next scenario). Returns the seconds waited."""
+        start = time.monotonic()
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+            while time.monotonic() - start < timeout:
+                busy = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+                ).fetchone()
+                if not busy or busy[0] == 0:
+                    break
+                time.sleep(0.5)
+        return time.monotonic() - start
+
     def reset_stat_statements(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute("SELECT pg_stat_statements_reset()")

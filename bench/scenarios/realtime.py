@@ -212,6 +212,7 @@ def run(bench: Bench) -> ScenarioResult:
     # 1. write cost of the capture trigger
     rates: dict[str, list[float]] = {"with": [], "without": []}
     with psycopg.connect(bench.url, autocommit=True) as conn:
+        asyncio.run(_max_rate(bench.url, table, 1.0))  # warm-up (connections, plpgsql)
         for variant in ("with", "without", "without", "with"):
             verb = "ENABLE" if variant == "with" else "DISABLE"
             conn.execute(sql.SQL("ALTER TABLE {} " + verb + " TRIGGER USER").format(table))

@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -501,16 +501,6 @@ def require_query_api() -> None:
             f"the gateway has no {BASE}/query route yet (the query API is not wired into "
             'this checkout): merge main after the "Wire the query API" commit'
         )
-
-
-@contextlib.contextmanager
-def timed() -> Iterator[list[float]]:
-    box: list[float] = []
-    start = time.perf_counter()
-    try:
-        yield box
-    finally:
-        box.append(time.perf_counter() - start)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

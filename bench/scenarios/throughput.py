@@ -2,7 +2,8 @@
 
 Two clusters of 2 gateway instances run side by side on the same database: one as
 shipped, one with ``GATEWAY_BENCH_DISABLE_ADMISSION=1`` and
-``GATEWAY_BENCH_DISABLE_REQUEST_LOG=1`` (bench-only settings). For each case, ``wrk``
+``GATEWAY_BENCH_DISABLE_REQUEST_LOG=1`` (bench-only settings; "off" still looks the key up,
+one round trip without counters, as the admission implements the switch). For each case, ``wrk``
 (one process per instance, 16 connections each, a Lua script that sets the key header
 and picks a random primary key) runs against the "on" cluster, then the "off" cluster.
 Cases: select by primary key, a 100-row select (range on the key, ordered), and a single

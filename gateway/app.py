@@ -23,11 +23,13 @@ from starlette.responses import Response
 
 from gateway import routes
 from gateway.errors import GatewayError
-from gateway.pool import create_pool
+from gateway.pool import PlanError, PoolPlan, create_pool, plan_for
 from gateway.responses import error_response
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway")
+
+POOL_OPEN_TIMEOUT_S = 30.0
 
 EXPOSED_HEADERS = [
     "X-RateLimit-Limit",
@@ -48,6 +50,7 @@ class GatewayState:
 
     settings: Settings
     pool: AsyncConnectionPool | None = None
+    pool_plan: PoolPlan | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,9 +61,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state.pool = create_pool(settings)
-        await state.pool.open(wait=True, timeout=30)
-        logger.info("instance %s ready", settings.instance_id)
+        try:
+            state.pool_plan = await plan_for(settings, timeout=POOL_OPEN_TIMEOUT_S)
+        except PlanError as exc:
+            logger.error("%s", exc)
+            raise
+        state.pool = create_pool(settings, state.pool_plan)
+        await state.pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
+        logger.info("instance %s ready: %s", settings.instance_id, state.pool_plan.summary())
         try:
             yield
         finally:

@@ -1,0 +1,195 @@
+"""Overload and outage with real gateway processes (issue 6).
+
+Three instances are planned against a budget that gives each a pool of 3. While 200
+closed-loop clients hammer them, a sampler counts the gateway's connections in
+``pg_stat_activity`` every 50 ms: never more than planned. Every answer is 200, 429 or
+503 within the pool timeout + 1 s. After the load the pools shrink back. Then an outage:
+PostgreSQL stops during the load and starts again; meanwhile answers are fast 503s, and
+within 5 s after it is back every instance answers again without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.harness import GatewayCluster
+from tests.loadgen import Load, Result, summarize
+
+pytestmark = pytest.mark.slow
+
+POOL_TIMEOUT_S = 2.0
+# (18 − 3 reserved − 3 admin − 3 × 1 listener) / 3 = 3 pooled connections per instance
+BUDGET_ENV = {
+    "GATEWAY_INSTANCES": "3",
+    "GATEWAY_DB_MAX_CONNECTIONS": "18",
+    "GATEWAY_DB_RESERVED_CONNECTIONS": "3",
+    "GATEWAY_DB_ADMIN_CONNECTIONS": "3",
+    "GATEWAY_POOL_MIN": "1",
+    "GATEWAY_POOL_TIMEOUT_S": str(POOL_TIMEOUT_S),
+    "GATEWAY_POOL_MAX_IDLE_S": "1",
+}
+POOL_MAX = 3
+DIRECT = 1
+
+
+@dataclass
+class ActivitySampler:
+    """Counts connections per ``application_name LIKE 'gateway:%'`` every ``interval``."""
+
+    url: str
+    interval: float = 0.05
+    samples: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(
+                        self.url, autocommit=True, connect_timeout=2, application_name="sampler"
+                    )
+                rows = conn.execute(
+                    "SELECT application_name, count(*) FROM pg_stat_activity "
+                    "WHERE application_name LIKE 'gateway:%' GROUP BY 1"
+                ).fetchall()
+                self.samples.append((time.monotonic(), {name: int(n) for name, n in rows}))
+            except psycopg.Error:
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self._stop.wait(self.interval)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> ActivitySampler:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def max_per_instance(self) -> int:
+        return max((max(s.values(), default=0) for _, s in self.samples), default=0)
+
+    def max_total(self) -> int:
+        return max((sum(s.values()) for _, s in self.samples), default=0)
+
+    def last_total(self) -> int:
+        return sum(self.samples[-1][1].values()) if self.samples else 0
+
+
+@contextlib.contextmanager
+def sampling(url: str) -> Iterator[ActivitySampler]:
+    with ActivitySampler(url) as sampler:
+        yield sampler
+
+
+def gateway_connections(pg_url: str) -> dict[str, int]:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT application_name, count(*) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'gateway:%' GROUP BY 1"
+        ).fetchall()
+    return {name: int(n) for name, n in rows}
+
+
+def run_load(load: Load, clients: int, duration: float) -> list[Result]:
+    return asyncio.run(load.run(clients, duration))
+
+
+def check_answers(results: list[Result], allowed: set[int], bound_s: float) -> None:
+    statuses = {r.status for r in results}
+    assert statuses <= allowed, f"unexpected statuses: {statuses - allowed}"
+    slowest = max(r.seconds for r in results)
+    assert slowest <= bound_s, f"slowest answer {slowest:.2f} s > {bound_s} s"
+
+
+def start_cluster(start: Callable[..., GatewayCluster]) -> GatewayCluster:
+    return start(3, env=dict(BUDGET_ENV))
+
+
+def test_overload_stays_within_the_plan_and_answers_fast(
+    pg_url: str, gateway_cluster: Callable[..., GatewayCluster]
+) -> None:
+    cluster = start_cluster(gateway_cluster)
+    load = Load(cluster.urls)
+    with sampling(pg_url) as sampler:
+        results = run_load(load, clients=200, duration=10.0)
+        settle_until = time.monotonic() + 15.0
+        while time.monotonic() < settle_until:
+            time.sleep(0.25)
+            if sampler.last_total() <= 3 * (1 + DIRECT):
+                break
+    print(f"\noverload: {summarize(results)}")
+    print(
+        f"pg_stat_activity: max per instance {sampler.max_per_instance()} "
+        f"(planned {POOL_MAX} + {DIRECT}), max total {sampler.max_total()} "
+        f"(planned {3 * (POOL_MAX + DIRECT)}), after the load {sampler.last_total()}, "
+        f"{len(sampler.samples)} samples"
+    )
+    assert len(sampler.samples) > 100
+    assert sampler.max_per_instance() <= POOL_MAX + DIRECT
+    assert sampler.max_total() <= 3 * (POOL_MAX + DIRECT)
+    check_answers(results, {200, 429, 503}, POOL_TIMEOUT_S + 1.0)
+    assert any(r.status == 200 for r in results)
+    # the pools shrink back towards GATEWAY_POOL_MIN once the load is gone
+    assert sampler.last_total() <= 3 * (1 + DIRECT), gateway_connections(pg_url)
+
+
+def test_outage_answers_503_fast_and_heals_without_restarts(
+    pg_url: str, pg_control: Any, gateway_cluster: Callable[..., GatewayCluster]
+) -> None:
+    cluster = start_cluster(gateway_cluster)
+    load = Load(cluster.urls)
+    pids = [i.process.pid for i in cluster.instances]
+    stopped_at: list[float] = []
+    back_at: list[float] = []
+
+    def outage() -> None:
+        time.sleep(2.0)
+        pg_control.stop()
+        stopped_at.append(time.monotonic())
+        time.sleep(3.0)
+        pg_control.start()
+        back_at.append(time.monotonic())
+
+    fault = threading.Thread(target=outage)
+    fault.start()
+    results = run_load(load, clients=30, duration=12.0)
+    fault.join(120)
+    assert stopped_at and back_at
+    down_from, down_to = stopped_at[0], back_at[0]
+    during = [r for r in results if down_from + 0.5 <= r.started <= down_to - 0.5]
+    print(f"\noutage: all {summarize(results)}")
+    print(f"while down ({down_to - down_from:.1f} s): {summarize(during)}")
+    assert during, "no request was sent while the database was down"
+    check_answers(during, {503}, POOL_TIMEOUT_S + 1.0)
+
+    # within 5 s after the database is back every instance answers again (under load)
+    first_ok: dict[int, float] = {}
+    for r in sorted(results, key=lambda r: r.started):
+        if r.started >= down_to and r.status == 200:
+            first_ok.setdefault(r.instance, r.started + r.seconds - down_to)
+    print(f"first 200 per instance after the database was back (s): {first_ok}")
+    assert load.last_started() > down_to + 5.0, "the load ended too early to judge"
+    assert sorted(first_ok) == [0, 1, 2], first_ok
+    assert all(t <= 5.0 for t in first_ok.values()), first_ok
+    # …without a restart: the same processes, all alive and ready
+    assert [i.process.pid for i in cluster.instances] == pids
+    for url in cluster.urls:
+        assert httpx.get(url + "/readyz", timeout=5.0).status_code == 200

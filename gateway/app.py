@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from gateway import routes
 from gateway.errors import GatewayError
+from gateway.pipeline import Pipeline
 from gateway.pool import PlanError, PoolPlan, create_pool, plan_for
 from gateway.responses import error_response
 from gateway.settings import Settings
@@ -51,6 +52,7 @@ class GatewayState:
     settings: Settings
     pool: AsyncConnectionPool | None = None
     pool_plan: PoolPlan | None = None
+    pipeline: Pipeline | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise
         state.pool = create_pool(settings, state.pool_plan)
         await state.pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
+        state.pipeline = Pipeline(settings, state.pool)
         logger.info("instance %s ready: %s", settings.instance_id, state.pool_plan.summary())
         try:
             yield

@@ -67,7 +67,7 @@ def ensure_demo(database_url: str, keys_file: Path) -> dict[str, Any]:
     return saved
 
 
-def banner(keys: dict[str, Any], base_url: str) -> str:
+def banner(keys: dict[str, Any], base_url: str, *, local_database: bool) -> str:
     body = '{"query":{"operation":"select","table":"todos","limit":5}}'
     return "\n".join(
         [
@@ -83,7 +83,7 @@ def banner(keys: dict[str, Any], base_url: str) -> str:
             f"    -d '{body}'",
             "",
             f"Serving on {base_url} (Ctrl-C stops the server"
-            + (" and the local database)" if not os.environ.get("DATABASE_URL") else ")"),
+            + (" and the local database)" if local_database else ")"),
             "",
         ]
     )
@@ -105,7 +105,7 @@ def run(host: str, port: int, data_root: Path) -> None:
         settings = Settings.from_env()
         migrate.upgrade(settings.direct_url)
         keys = ensure_demo(settings.direct_url, data_root / "demo-keys.json")
-        print(banner(keys, f"http://{host}:{port}"), flush=True)
+        print(banner(keys, f"http://{host}:{port}", local_database=server is not None), flush=True)
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:
         if server is not None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
+import uuid
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.responses import json_response
+from gateway.auth import key_from_headers
+from gateway.errors import GatewayError
+from gateway.pipeline import Outcome
+from gateway.responses import JSON, error_response, json_response
 
 BASE = "/v1/inhouse/db"
 READY_TIMEOUT_S = 1.0
@@ -53,8 +58,73 @@ async def readyz(request: Request) -> Response:
     )
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _render(outcome: Outcome, request_id: str, started: float) -> Response:
+    headers = dict(outcome.headers)
+    headers["X-Request-Id"] = request_id
+    headers["X-Gateway-Duration-Ms"] = f"{(time.perf_counter() - started) * 1000:.2f}"
+    return Response(outcome.body, status_code=outcome.status, media_type=JSON, headers=headers)
+
+
+def _request_id(request: Request) -> str:
+    return uuid.uuid4().hex
+
+
+async def _with_body(request: Request, batch: bool) -> Response:
+    started = time.perf_counter()
+    request_id = _request_id(request)
+    state = request.app.state.gw
+    try:
+        body = await read_body(request, state.settings.max_body_bytes)
+    except BodyTooLarge:
+        limit_kb = state.settings.max_body_bytes // 1024
+        error = GatewayError("PAYLOAD_TOO_LARGE", f"the request body exceeds {limit_kb} KB")
+        return error_response(error, {"X-Request-Id": request_id})
+    except ClientDisconnect:
+        return Response(status_code=400)
+    key = key_from_headers(request.headers)
+    pipeline = state.pipeline
+    outcome = await (pipeline.batch(key, body) if batch else pipeline.query(key, body))
+    return _render(outcome, request_id, started)
+
+
+async def query(request: Request) -> Response:
+    return await _with_body(request, batch=False)
+
+
+async def batch(request: Request) -> Response:
+    return await _with_body(request, batch=True)
+
+
+async def schema(request: Request) -> Response:
+    started = time.perf_counter()
+    outcome = await request.app.state.gw.pipeline.schema(key_from_headers(request.headers))
+    return _render(outcome, _request_id(request), started)
+
+
 def build_routes() -> list[Route]:
     return [
+        Route(f"{BASE}/query", query, methods=["POST"]),
+        Route(f"{BASE}/batch", batch, methods=["POST"]),
+        Route(f"{BASE}/schema", schema, methods=["GET"]),
         Route(f"{BASE}/health", health, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -1,0 +1,551 @@
+"""Typed query + catalog + key → one SQL statement, with no I/O.
+
+Safety by construction:
+
+* identifiers come only from the catalog (``ProjectCatalog.schema_name``, ``TableInfo``,
+  ``ColumnInfo``) and reach SQL only through ``psycopg.sql.Identifier``;
+* values reach SQL only as parameters, each cast to its column's type with a cast taken
+  from a fixed allowlist in this module (never the catalog's string spliced as SQL), and
+  each converted in Python first, so a wrong value is a 400 ``INVALID_VALUE`` naming the
+  column rather than a PostgreSQL error.
+
+Every statement answers exactly ONE row ``(data text, count bigint, matched bigint)``:
+``data`` is the JSON array text of the rows (columns in the requested order) or NULL when
+the statement returns no rows by design; ``count`` is rows returned/affected; ``matched``
+is the number of rows a bounded UPDATE/DELETE matched. The executor therefore never
+converts row values in Python: it splices ``data`` into the response as is.
+
+A bounded mutation (``maxRows``) locks the matching rows, counts them, and changes them
+only if the count fits, in one statement. When it does not fit, the statement raises a
+cast error whose input carries ``ROW_LIMIT_MARKER`` and the count, which aborts the whole
+transaction (so a batch stays all-or-nothing even though the executor only reads results
+after COMMIT was sent); the executor turns that into 400 ``ROW_LIMIT_EXCEEDED``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from gateway import permissions as perm
+from gateway.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
+from gateway.contract import Filter, Query
+from gateway.errors import GatewayError
+
+PUBLIC_DEFAULT_MAX_ROWS = 50
+ROW_LIMIT_MARKER = "gateway_row_limit_exceeded:"
+
+# The registry's allowlisted types → the cast we write. Aliases PostgreSQL itself prints
+# are accepted so a registry filled from information_schema or format_type still works.
+_BASE_TYPES: dict[str, str] = {
+    "text": "text",
+    "character varying": "text",
+    "varchar": "text",
+    "integer": "integer",
+    "int": "integer",
+    "int4": "integer",
+    "bigint": "bigint",
+    "int8": "bigint",
+    "smallint": "smallint",
+    "int2": "smallint",
+    "boolean": "boolean",
+    "bool": "boolean",
+    "numeric": "numeric",
+    "decimal": "numeric",
+    "real": "real",
+    "float4": "real",
+    "double precision": "double precision",
+    "float8": "double precision",
+    "uuid": "uuid",
+    "date": "date",
+    "timestamptz": "timestamptz",
+    "timestamp with time zone": "timestamptz",
+    "jsonb": "jsonb",
+}
+
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "smallint": (-(2**15), 2**15 - 1),
+    "integer": (-(2**31), 2**31 - 1),
+    "bigint": (-(2**63), 2**63 - 1),
+}
+_INT_TEXT = re.compile(r"-?[0-9]{1,20}")
+_NUMERIC_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,4})?")
+_MAX_NUMERIC_CHARS = 1000
+
+_OPERATORS: dict[str, str] = {
+    "eq": "=",
+    "neq": "<>",
+    "gt": ">",
+    "gte": ">=",
+    "lt": "<",
+    "lte": "<=",
+    "like": "LIKE",
+    "ilike": "ILIKE",
+    "contains": "@>",
+    "containedBy": "<@",
+    "overlaps": "&&",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledStatement:
+    sql: sql.Composed
+    params: list[Any]
+    operation: str
+    table: str
+    max_rows: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnType:
+    """A column's registered type, resolved against the allowlist."""
+
+    base: str  # canonical base type, e.g. "bigint"
+    is_array: bool
+
+    @property
+    def cast(self) -> sql.SQL:
+        return sql.SQL(self.base + ("[]" if self.is_array else ""))
+
+    @property
+    def element_array_cast(self) -> sql.SQL:
+        return sql.SQL(self.base + "[]")
+
+
+def column_type(column: ColumnInfo) -> ColumnType | None:
+    raw = column.data_type.strip().lower()
+    is_array = raw.endswith("[]")
+    if is_array:
+        raw = raw[:-2].strip()
+    base = _BASE_TYPES.get(raw)
+    return None if base is None else ColumnType(base, is_array)
+
+
+# --- value conversion -----------------------------------------------------------------
+
+
+class _Bad(Exception):
+    """A value that does not fit its column; carries the reason only."""
+
+
+def _to_int(base: str) -> Callable[[Any], Any]:
+    lo, hi = _INT_RANGES[base]
+
+    def convert(v: Any) -> int:
+        if isinstance(v, bool):
+            raise _Bad(f"expected an integer ({base})")
+        # Numeric strings (JS clients send big ints that way) and 1e3-style integral floats.
+        integral_float = isinstance(v, float) and v.is_integer()
+        if integral_float or (isinstance(v, str) and _INT_TEXT.fullmatch(v)):
+            v = int(v)
+        if not isinstance(v, int):
+            raise _Bad(f"expected an integer ({base})")
+        if not lo <= v <= hi:
+            raise _Bad(f"integer out of range for {base}")
+        return v
+
+    return convert
+
+
+def _to_text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Bad("expected a string")
+    if "\x00" in v:
+        raise _Bad("strings must not contain NUL characters")
+    return v
+
+
+def _to_bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Bad("expected true or false")
+    return v
+
+
+def _to_numeric(v: Any) -> Decimal:
+    if isinstance(v, bool):
+        raise _Bad("expected a number")
+    if isinstance(v, int):
+        if abs(v) >= 10**_MAX_NUMERIC_CHARS:
+            raise _Bad("number too large")
+        return Decimal(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise _Bad("numbers must be finite")
+        return Decimal(repr(v))
+    if isinstance(v, str) and len(v) <= _MAX_NUMERIC_CHARS and _NUMERIC_TEXT.fullmatch(v):
+        try:
+            d = Decimal(v)
+        except InvalidOperation as exc:  # pragma: no cover - the regex already vets it
+            raise _Bad("expected a number") from exc
+        # numeric's exponent range; beyond it PostgreSQL would reject the value anyway.
+        if d != 0 and not -16383 <= d.adjusted() <= 131071:
+            raise _Bad("number out of range for numeric")
+        return d
+    raise _Bad("expected a number or a numeric string")
+
+
+def _to_float(base: str) -> Callable[[Any], Any]:
+    limit = 3.4028234663852886e38 if base == "real" else math.inf
+
+    def convert(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise _Bad("expected a number")
+        try:
+            f = float(v)
+        except OverflowError as exc:
+            raise _Bad(f"number out of range for {base}") from exc
+        if not math.isfinite(f) or abs(f) > limit:
+            raise _Bad(f"number out of range for {base}")
+        return f
+
+    return convert
+
+
+def _to_uuid(v: Any) -> uuid.UUID:
+    if not isinstance(v, str) or len(v) > 64:
+        raise _Bad("expected a UUID string")
+    try:
+        return uuid.UUID(v)
+    except ValueError as exc:
+        raise _Bad("expected a UUID string") from exc
+
+
+def _to_date(v: Any) -> dt.date:
+    if not isinstance(v, str) or len(v) > 32:
+        raise _Bad("expected an ISO date string (YYYY-MM-DD)")
+    try:
+        return dt.date.fromisoformat(v)
+    except ValueError as exc:
+        raise _Bad("expected an ISO date string (YYYY-MM-DD)") from exc
+
+
+def _to_timestamptz(v: Any) -> dt.datetime:
+    if not isinstance(v, str) or len(v) > 64:
+        raise _Bad("expected an ISO 8601 timestamp string")
+    try:
+        ts = dt.datetime.fromisoformat(v)
+    except ValueError as exc:
+        raise _Bad("expected an ISO 8601 timestamp string") from exc
+    # A timestamp without an offset is read as UTC, never as the server's time zone.
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=dt.UTC)
+
+
+def _to_jsonb(v: Any) -> Jsonb:
+    return Jsonb(v)
+
+
+def _scalar_converter(base: str) -> Callable[[Any], Any]:
+    if base in _INT_RANGES:
+        return _to_int(base)
+    if base in ("real", "double precision"):
+        return _to_float(base)
+    return {
+        "text": _to_text,
+        "boolean": _to_bool,
+        "numeric": _to_numeric,
+        "uuid": _to_uuid,
+        "date": _to_date,
+        "timestamptz": _to_timestamptz,
+        "jsonb": _to_jsonb,
+    }[base]
+
+
+def _convert(ctype: ColumnType, value: Any, *, as_array: bool) -> Any:
+    """A JSON value → the Python value psycopg binds; ``None`` stays SQL NULL."""
+    if value is None:
+        return None
+    scalar = _scalar_converter(ctype.base)
+    if not as_array:
+        return scalar(value)
+    if not isinstance(value, list):
+        raise _Bad(f"expected an array of {ctype.base}")
+    out = []
+    for item in value:
+        if isinstance(item, list):
+            raise _Bad("nested arrays are not supported")
+        out.append(None if item is None else scalar(item))
+    return out
+
+
+# --- building blocks ------------------------------------------------------------------
+
+
+class _Builder:
+    def __init__(self, catalog: ProjectCatalog, table: TableInfo, principal: Principal) -> None:
+        self.catalog = catalog
+        self.table = table
+        self.principal = principal
+        self.params: list[Any] = []
+        self.target = sql.Identifier(catalog.schema_name, table.name)
+
+    def ctype(self, column: ColumnInfo) -> ColumnType:
+        ctype = column_type(column)
+        if ctype is None:
+            raise GatewayError(
+                "INVALID_COLUMN",
+                f"column '{column.name}' has a type the gateway cannot take values for",
+                details={"column": column.name, "type": column.data_type},
+            )
+        return ctype
+
+    def value(self, column: ColumnInfo, value: Any, field: str, *, as_array: bool | None = None):
+        """``%s::<type>`` with the converted value bound; ``as_array`` forces ``<base>[]``."""
+        ctype = self.ctype(column)
+        array = ctype.is_array if as_array is None else as_array
+        try:
+            converted = _convert(ctype, value, as_array=array)
+        except _Bad as exc:
+            raise GatewayError(
+                "INVALID_VALUE",
+                f"{field}: invalid value for column '{column.name}': {exc}",
+                details={"field": field, "column": column.name},
+            ) from None
+        self.params.append(converted)
+        cast = ctype.element_array_cast if array else ctype.cast
+        return sql.SQL("%s::{}").format(cast)
+
+    def col(self, column: ColumnInfo, alias: str = "x") -> sql.Composable:
+        return sql.Identifier(alias, column.name)
+
+    def where(self, filters: Sequence[Filter], field: str) -> sql.Composable:
+        parts = [self.filter(f, f"{field}[{i}]") for i, f in enumerate(filters)]
+        if not parts:
+            return sql.SQL("")
+        return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts)
+
+    def filter(self, f: Filter, field: str) -> sql.Composable:
+        column = perm.require_readable(self.table, f.column, self.principal, f"{field}.column")
+        ctype = self.ctype(column)
+        ref = self.col(column)
+        vfield = f"{field}.value"
+        if f.op == "is":
+            word = {None: "NULL", True: "TRUE", False: "FALSE"}[f.value]
+            if f.value is not None and (ctype.base != "boolean" or ctype.is_array):
+                raise self._bad_filter(field, f"'is {word.lower()}' needs a boolean column")
+            return sql.SQL("{} IS " + word).format(ref)
+        if f.op == "in":
+            if ctype.is_array or ctype.base == "jsonb":
+                raise self._bad_filter(field, "'in' needs a scalar column")
+            return sql.SQL("{} = ANY({})").format(
+                ref, self.value(column, f.value, vfield, as_array=True)
+            )
+        if f.op in ("like", "ilike"):
+            if ctype.base != "text" or ctype.is_array:
+                raise self._bad_filter(field, f"'{f.op}' needs a text column")
+        elif f.op in ("contains", "containedBy", "overlaps") and not (
+            ctype.is_array or (ctype.base == "jsonb" and f.op != "overlaps")
+        ):
+            allowed = "an array column" if f.op == "overlaps" else "an array or jsonb column"
+            raise self._bad_filter(field, f"'{f.op}' needs {allowed}")
+        op = sql.SQL(_OPERATORS[f.op])
+        return sql.SQL("{} {} {}").format(ref, op, self.value(column, f.value, vfield))
+
+    @staticmethod
+    def _bad_filter(field: str, message: str) -> GatewayError:
+        return GatewayError(
+            "INVALID_FILTER", f"{field}: {message}", details={"field": f"{field}.op"}
+        )
+
+    def order_by(self, query: Query) -> sql.Composable:
+        items = []
+        for i, s in enumerate(query.sorts):
+            column = perm.require_readable(
+                self.table, s.column, self.principal, f"{query.field}.sorts[{i}].column"
+            )
+            items.append(
+                sql.SQL("{} {} {}").format(
+                    self.col(column),
+                    sql.SQL("DESC" if s.descending else "ASC"),
+                    sql.SQL("NULLS FIRST" if s.nulls_first else "NULLS LAST"),
+                )
+            )
+        return sql.SQL(", ").join(items)
+
+    def returning(self, query: Query) -> tuple[ColumnInfo, ...]:
+        return perm.returning_columns(
+            self.table,
+            query.returning,
+            self.principal,
+            f"{query.field}.returning",
+            explicit=query.returning is not None,
+        )
+
+
+def _column_list(cols: Sequence[ColumnInfo], alias: str = "x") -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(alias, c.name) for c in cols)
+
+
+def _returning_clause(cols: Sequence[ColumnInfo]) -> sql.Composable:
+    if not cols:
+        return sql.SQL(" RETURNING 1 AS gateway_one")
+    return sql.SQL(" RETURNING ") + _column_list(cols)
+
+
+def _data_expr(cols: Sequence[ColumnInfo], alias: str) -> sql.Composable:
+    if not cols:
+        return sql.SQL("NULL::text")
+    return sql.SQL("coalesce(json_agg({}), '[]')::text").format(sql.Identifier(alias))
+
+
+# --- the four operations --------------------------------------------------------------
+
+
+def _compile_select(b: _Builder, query: Query) -> sql.Composable:
+    cols = perm.select_columns(b.table, query.columns, b.principal, f"{query.field}.columns")
+    where = b.where(query.filters, f"{query.field}.filters")
+    order = b.order_by(query)
+    b.params.extend([query.limit, query.offset])
+    window = sql.SQL("row_number() OVER (ORDER BY {})").format(order) if query.sorts else None
+    # The row number fixes the JSON array's order: json_agg(... ORDER BY n) does not
+    # rely on a sorted subquery being aggregated in order.
+    return sql.SQL(
+        "SELECT coalesce(json_agg(r.j ORDER BY r.n), '[]')::text AS data,"
+        " count(*)::bigint AS count, NULL::bigint AS matched"
+        " FROM (SELECT to_json(v) AS j, {window} AS n"
+        " FROM {target} AS x CROSS JOIN LATERAL (SELECT {cols}) AS v{where}"
+        "{order} LIMIT %s::bigint OFFSET %s::bigint) AS r"
+    ).format(
+        window=window if window is not None else sql.SQL("row_number() OVER ()"),
+        target=b.target,
+        cols=_column_list(cols),
+        where=where,
+        order=sql.SQL(" ORDER BY ") + order if query.sorts else sql.SQL(""),
+    )
+
+
+def _compile_insert(b: _Builder, query: Query) -> sql.Composable:
+    assert query.data is not None
+    field = f"{query.field}.data"
+    single = len(query.data) == 1
+    columns = [
+        perm.require_writable(b.table, name, b.principal, f"{field}.{name}")
+        for name in query.data_columns
+    ]
+    ret = b.returning(query)
+    if not columns:
+        body = sql.SQL("DEFAULT VALUES")
+    else:
+        rows = []
+        for i, row in enumerate(query.data):
+            rfield = field if single else f"{field}[{i}]"
+            rows.append(
+                sql.SQL("({})").format(
+                    sql.SQL(", ").join(
+                        b.value(c, row[c.name], f"{rfield}.{c.name}") for c in columns
+                    )
+                )
+            )
+        body = sql.SQL("({}) VALUES {}").format(
+            sql.SQL(", ").join(sql.Identifier(c.name) for c in columns),
+            sql.SQL(", ").join(rows),
+        )
+    return sql.SQL(
+        "WITH w AS (INSERT INTO {target} AS x {body}{returning})"
+        " SELECT {data} AS data, count(*)::bigint AS count, NULL::bigint AS matched FROM w"
+    ).format(
+        target=b.target, body=body, returning=_returning_clause(ret), data=_data_expr(ret, "w")
+    )
+
+
+def _effective_max_rows(query: Query, principal: Principal) -> int | None:
+    if query.max_rows is not None:
+        return query.max_rows
+    return PUBLIC_DEFAULT_MAX_ROWS if principal.is_public else None
+
+
+def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Composable:
+    if not query.filters:
+        raise GatewayError(
+            "FILTERLESS_MUTATION",
+            f"{query.field}: {query.operation} needs at least one filter",
+            details={"field": f"{query.field}.filters"},
+            hint="add a filter that selects the rows to change",
+        )
+    # Placeholders must be bound in textual order, and the bounded form puts WHERE (in
+    # the CTE) before SET, so each part collects its parameters separately.
+    outer = b.params
+    b.params = where_params = []
+    where = b.where(query.filters, f"{query.field}.filters")
+    b.params = set_params = []
+    set_clause: sql.Composable = sql.SQL("")
+    if query.operation == "update":
+        assert query.set is not None
+        sets = []
+        for name, val in query.set:
+            f = f"{query.field}.set.{name}"
+            column = perm.require_writable(b.table, name, b.principal, f)
+            sets.append(sql.SQL("{} = {}").format(sql.Identifier(name), b.value(column, val, f)))
+        set_clause = sql.SQL(", ").join(sets)
+    b.params = outer
+    ret = b.returning(query)
+
+    def change(condition: sql.Composable) -> sql.Composable:
+        if query.operation == "update":
+            head = sql.SQL("UPDATE {} AS x SET {}").format(b.target, set_clause)
+        else:
+            head = sql.SQL("DELETE FROM {} AS x").format(b.target)
+        return sql.SQL("{}{}{}").format(head, condition, _returning_clause(ret))
+
+    if max_rows is None:
+        b.params.extend(set_params + where_params)
+        return sql.SQL(
+            "WITH u AS ({change}) SELECT {data} AS data, count(*)::bigint AS count,"
+            " count(*)::bigint AS matched FROM u"
+        ).format(change=change(where), data=_data_expr(ret, "u"))
+
+    # Bounded: lock what matches, count it, change it only if the count fits. The key is
+    # the primary key when there is one (robust to concurrent updates), else ctid.
+    pk = [c for c in b.table.columns if c.is_primary_key]
+    key_cols = sql.SQL(", ").join(sql.Identifier("x", c.name) for c in pk) if pk else None
+    if key_cols is not None:
+        key_sel = sql.SQL(", ").join(sql.Identifier(c.name) for c in pk)
+        match = sql.SQL("({}) IN (SELECT {} FROM m)").format(key_cols, key_sel)
+        m_cols = key_cols
+    else:
+        match = sql.SQL("x.ctid IN (SELECT ctid FROM m)")
+        m_cols = sql.SQL("x.ctid")
+    condition = sql.SQL(" WHERE {} AND (SELECT n FROM c) <= %s::bigint").format(match)
+    # m's WHERE, then u's SET and its guard, then the guard that aborts the transaction.
+    b.params.extend([*where_params, *set_params, max_rows, max_rows])
+    return sql.SQL(
+        "WITH m AS (SELECT {m_cols} FROM {target} AS x{where} FOR UPDATE OF x),"
+        " c AS (SELECT count(*)::bigint AS n FROM m),"
+        " u AS ({change})"
+        " SELECT {data} AS data, count(*)::bigint AS count,"
+        " (SELECT CASE WHEN c.n > %s::bigint"
+        " THEN ({marker} || c.n::text)::bigint ELSE c.n END FROM c) AS matched"
+        " FROM u"
+    ).format(
+        m_cols=m_cols,
+        target=b.target,
+        where=where,
+        change=change(condition),
+        data=_data_expr(ret, "u"),
+        marker=sql.Literal(ROW_LIMIT_MARKER),
+    )
+
+
+def compile_query(query: Query, catalog: ProjectCatalog, principal: Principal) -> CompiledStatement:
+    """The one statement for ``query``; every refusal is a ``GatewayError``."""
+    write = query.operation != "select"
+    table = perm.resolve_table(catalog, query.table, principal, write=write)
+    b = _Builder(catalog, table, principal)
+    max_rows: int | None = None
+    if query.operation == "select":
+        composed = _compile_select(b, query)
+    elif query.operation == "insert":
+        composed = _compile_insert(b, query)
+    else:
+        max_rows = _effective_max_rows(query, principal)
+        composed = _compile_mutation(b, query, max_rows)
+    assert isinstance(composed, sql.Composed)
+    return CompiledStatement(composed, b.params, query.operation, table.name, max_rows)

@@ -1,0 +1,297 @@
+"""One request's way through the gateway: admission → plan → SQL → response.
+
+The routes hand over the key and the raw body; the pipeline answers with an ``Outcome``
+(status, body bytes, headers, and the facts the request log needs). No Starlette here,
+so tests and benchmarks can drive it without HTTP.
+
+Database round trips per admitted request: one for admission (key, rate limit and
+quota in one statement, committed on its own), one for the query (BEGIN, settings,
+statement and COMMIT pipelined). A metadata cache miss adds one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from gateway import contract, permissions
+from gateway.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
+from gateway.compiler import CompiledStatement, compile_query
+from gateway.errors import GatewayError
+from gateway.executor import StatementResult, run_transaction
+from gateway.responses import data_body, error_body
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.pipeline")
+
+
+@dataclass
+class Outcome:
+    """What the route sends back, and what the request log records about it."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    project_id: str | None = None
+    key_id: str | None = None
+    operation: str | None = None
+    table: str | None = None
+    error_code: str | None = None
+    row_count: int | None = None
+
+
+@dataclass(frozen=True)
+class KeyContext:
+    """Who the key belongs to, as admission decided it."""
+
+    project_id: str
+    schema_name: str
+    key_id: str
+    principal: Principal
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _unavailable() -> GatewayError:
+    return GatewayError(
+        "SERVICE_UNAVAILABLE",
+        "the database is unavailable, retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool) -> None:
+        self.settings = settings
+        self.pool = pool
+
+    # --- the pieces -----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self.pool.connection() as conn:
+            yield conn
+
+    async def admit(
+        self, conn: psycopg.AsyncConnection[Any], key: str | None, cost: int
+    ) -> KeyContext:
+        """Validate the key (every request, against the database)."""
+        from gateway.auth import hash_key
+
+        if not key:
+            raise GatewayError("INVALID_API_KEY", "an API key is required")
+        cur = await conn.execute(
+            """
+            SELECT k.id::text, k.key_type, k.scopes, k.status,
+                   k.expires_at IS NOT NULL AND k.expires_at <= now(),
+                   p.id::text, p.schema_name, p.status
+              FROM gateway.api_keys k JOIN gateway.projects p ON p.id = k.project_id
+             WHERE k.key_hash = %s
+            """,
+            [hash_key(key)],
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise GatewayError("INVALID_API_KEY", "the API key is not valid")
+        key_id, key_type, scopes, status, expired, project_id, schema_name, project_status = row
+        if status == "revoked":
+            raise GatewayError("REVOKED_API_KEY", "the API key has been revoked")
+        if expired:
+            raise GatewayError("EXPIRED_API_KEY", "the API key has expired")
+        if project_status != "active":
+            raise GatewayError("PROJECT_SUSPENDED", "the project is suspended")
+        return KeyContext(
+            project_id, schema_name, key_id, Principal(key_type, frozenset(scopes or ()))
+        )
+
+    async def catalog(self, conn: psycopg.AsyncConnection[Any], project_id: str) -> ProjectCatalog:
+        return await load_catalog(conn, project_id)
+
+    # --- the endpoints --------------------------------------------------------------
+
+    async def query(self, key: str | None, body: bytes) -> Outcome:
+        return await self._run(key, body, batch=False)
+
+    async def batch(self, key: str | None, body: bytes) -> Outcome:
+        return await self._run(key, body, batch=True)
+
+    async def schema(self, key: str | None) -> Outcome:
+        async def work(conn: psycopg.AsyncConnection[Any], ctx: KeyContext, out: Outcome) -> None:
+            catalog = await self.catalog(conn, ctx.project_id)
+            out.body = orjson.dumps(permissions.schema_view(catalog, ctx.principal))
+
+        return await self._admitted(key, cost=1, work=work)
+
+    # --- plumbing -------------------------------------------------------------------
+
+    async def _run(self, key: str | None, body: bytes, *, batch: bool) -> Outcome:
+        cost = 1
+        parsed: Any = None
+        parse_error: GatewayError | None = None
+        try:
+            parsed = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            parse_error = GatewayError("INVALID_QUERY", "the request body is not valid JSON")
+        if batch and isinstance(parsed, dict) and isinstance(parsed.get("queries"), list):
+            # A batch costs one request per query (bounded by the contract's maximum).
+            cost = max(1, min(len(parsed["queries"]), contract.MAX_BATCH))
+
+        async def work(conn: psycopg.AsyncConnection[Any], ctx: KeyContext, out: Outcome) -> None:
+            if parse_error is not None:
+                raise parse_error
+            out.table = "batch" if batch else _peek_table(parsed)
+            out.operation = "BATCH" if batch else _peek_operation(parsed)
+            queries = (
+                contract.parse_batch_body(parsed) if batch else [contract.parse_query_body(parsed)]
+            )
+            catalog = await self.catalog(conn, ctx.project_id)
+            statements = [_compile(q, i, catalog, ctx, batch) for i, q in enumerate(queries)]
+            results = await run_transaction(
+                conn,
+                statements,
+                role=ctx.schema_name,
+                statement_timeout_ms=self.settings.statement_timeout_ms,
+                batch=batch,
+            )
+            if batch:
+                out.body = _batch_body(results)
+                out.row_count = sum(r.count for r in results)
+            else:
+                result = results[0]
+                out.body = data_body(result.data_json, result.count)
+                out.row_count = result.count
+
+        return await self._admitted(key, cost=cost, work=work)
+
+    async def _admitted(
+        self,
+        key: str | None,
+        *,
+        cost: int,
+        work: Callable[[psycopg.AsyncConnection[Any], KeyContext, Outcome], Any],
+    ) -> Outcome:
+        out = Outcome(status=200, body=b"")
+        headers: dict[str, str] = {}
+        try:
+            async with self.connection() as conn:
+                ctx = await self.admit(conn, key, cost)
+                headers = dict(ctx.headers)
+                out.project_id, out.key_id = ctx.project_id, ctx.key_id
+                out.headers = {**headers, "X-Project-Id": ctx.project_id}
+                await work(conn, ctx, out)
+            return out
+        except GatewayError as error:
+            return self._failed(out, error, headers)
+        except psycopg.OperationalError as exc:
+            log.warning("database unavailable: %s", str(exc).strip().splitlines()[:1])
+            return self._failed(out, _unavailable(), headers)
+
+    @staticmethod
+    def _failed(out: Outcome, error: GatewayError, headers: dict[str, str]) -> Outcome:
+        out.status = error.status
+        out.body = error_body(error)
+        out.headers = {**out.headers, **headers, **error.headers}
+        out.error_code = error.code
+        return out
+
+
+def _compile(
+    query: contract.Query, index: int, catalog: ProjectCatalog, ctx: KeyContext, batch: bool
+) -> CompiledStatement:
+    """Compile one query; in a batch, a refusal names the query's index."""
+    try:
+        return compile_query(query, catalog, ctx.principal)
+    except GatewayError as error:
+        if batch:
+            details = dict(error.details) if isinstance(error.details, dict) else {}
+            error.details = {**details, "index": index}
+        raise
+
+
+def _peek_table(parsed: Any) -> str | None:
+    query = parsed.get("query") if isinstance(parsed, dict) else None
+    table = query.get("table") if isinstance(query, dict) else None
+    return table[:128] if isinstance(table, str) else None
+
+
+def _peek_operation(parsed: Any) -> str | None:
+    query = parsed.get("query") if isinstance(parsed, dict) else None
+    operation = query.get("operation") if isinstance(query, dict) else None
+    return operation.upper()[:16] if isinstance(operation, str) else None
+
+
+def _batch_body(results: list[StatementResult]) -> bytes:
+    parts = [
+        b'{"data":'
+        + (r.data_json.encode() if r.data_json is not None else b"null")
+        + b',"count":'
+        + str(r.count).encode()
+        + b"}"
+        for r in results
+    ]
+    return b'{"data":[' + b",".join(parts) + b'],"error":null,"status":200}'
+
+
+CATALOG_QUERY = """
+SELECT p.schema_name,
+       coalesce((
+         SELECT json_agg(json_build_object(
+                  'name', t.name, 'system', t.is_system_table,
+                  'read', t.allow_client_read, 'write', t.allow_client_write,
+                  'realtime', t.realtime,
+                  'columns', (
+                    SELECT coalesce(json_agg(json_build_object(
+                             'name', c.name, 'type', c.data_type, 'nullable', c.is_nullable,
+                             'pk', c.is_primary_key, 'default', c.has_default,
+                             'sensitive', c.is_sensitive, 'read', c.allow_client_read,
+                             'write', c.allow_client_write) ORDER BY c.ordinal), '[]')
+                      FROM gateway.column_registry c WHERE c.table_id = t.id))
+                  ORDER BY t.name)
+           FROM gateway.table_registry t WHERE t.project_id = p.id), '[]')::text
+  FROM gateway.projects p
+ WHERE p.id = %s
+"""
+
+
+def catalog_from_json(
+    project_id: str, schema_name: str, tables_json: str | bytes
+) -> ProjectCatalog:
+    tables: dict[str, TableInfo] = {}
+    for t in orjson.loads(tables_json):
+        columns = tuple(
+            ColumnInfo(
+                name=c["name"],
+                data_type=c["type"],
+                is_nullable=c["nullable"],
+                is_primary_key=c["pk"],
+                is_sensitive=c["sensitive"],
+                allow_client_read=c["read"],
+                allow_client_write=c["write"],
+                has_default=c["default"],
+            )
+            for c in t["columns"]
+        )
+        tables[t["name"]] = TableInfo(
+            name=t["name"],
+            columns=columns,
+            is_system_table=t["system"],
+            allow_client_read=t["read"],
+            allow_client_write=t["write"],
+            realtime=t["realtime"],
+        )
+    return ProjectCatalog(project_id=project_id, schema_name=schema_name, tables=tables)
+
+
+async def load_catalog(conn: psycopg.AsyncConnection[Any], project_id: str) -> ProjectCatalog:
+    """A project's tables and columns with their permission flags, in one query."""
+    cur = await conn.execute(CATALOG_QUERY, [project_id])
+    row = await cur.fetchone()
+    if row is None:
+        raise GatewayError("INVALID_API_KEY", "the API key's project no longer exists")
+    return catalog_from_json(project_id, row[0], row[1])

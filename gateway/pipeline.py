@@ -26,6 +26,7 @@ from gateway.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
 from gateway.compiler import CompiledStatement, compile_query
 from gateway.errors import GatewayError
 from gateway.executor import StatementResult, run_transaction
+from gateway.pool import acquire, run_with_retry
 from gateway.responses import data_body, error_body
 from gateway.settings import Settings
 
@@ -75,7 +76,8 @@ class Pipeline:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with self.pool.connection() as conn:
+        """A live pooled connection; pool exhausted or database unreachable → 503."""
+        async with acquire(self.pool) as conn:
             yield conn
 
     async def admit(
@@ -178,13 +180,19 @@ class Pipeline:
     ) -> Outcome:
         out = Outcome(status=200, body=b"")
         headers: dict[str, str] = {}
+
+        async def unit(conn: psycopg.AsyncConnection[Any]) -> None:
+            nonlocal headers
+            ctx = await self.admit(conn, key, cost)
+            headers = dict(ctx.headers)
+            out.project_id, out.key_id = ctx.project_id, ctx.key_id
+            out.headers = {**headers, "X-Project-Id": ctx.project_id}
+            await work(conn, ctx, out)
+
         try:
-            async with self.connection() as conn:
-                ctx = await self.admit(conn, key, cost)
-                headers = dict(ctx.headers)
-                out.project_id, out.key_id = ctx.project_id, ctx.key_id
-                out.headers = {**headers, "X-Project-Id": ctx.project_id}
-                await work(conn, ctx, out)
+            # Pool exhausted, queue full or database down → 503 with Retry-After within
+            # GATEWAY_POOL_TIMEOUT_S; a session the server ended is run again once.
+            await run_with_retry(self.pool, unit)
             return out
         except GatewayError as error:
             return self._failed(out, error, headers)

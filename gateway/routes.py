@@ -14,6 +14,7 @@ from starlette.routing import Route
 from gateway.auth import key_from_headers
 from gateway.errors import GatewayError
 from gateway.pipeline import Outcome
+from gateway.pool import acquire
 from gateway.responses import JSON, error_response, json_response
 
 BASE = "/v1/inhouse/db"
@@ -41,8 +42,7 @@ async def readyz(request: Request) -> Response:
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            assert state.pool is not None
-            async with state.pool.connection(timeout=READY_TIMEOUT_S) as conn:
+            async with acquire(state.pool, timeout=READY_TIMEOUT_S) as conn:
                 await conn.execute("SELECT 1")
         checks["database"] = "up"
     except Exception:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import psycopg
@@ -110,6 +111,7 @@ class PgBouncer:
                     "unix_socket_dir =",
                     "auth_type = trust",
                     f"auth_file = {self.dir / 'userlist.txt'}",
+                    f"admin_users = {self.user}",
                     f"pool_mode = {self.pool_mode}",
                     f"max_client_conn = {self.max_client_conn}",
                     f"default_pool_size = {self.default_pool_size}",
@@ -163,6 +165,16 @@ class PgBouncer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+    def show(self, what: str) -> list[dict[str, Any]]:
+        """``SHOW <what>`` on PgBouncer's admin console (``CLIENTS``, ``POOLS``, ``STATS``…)."""
+        admin_url = f"postgresql://{self.user}@127.0.0.1:{self.port}/pgbouncer"
+        with psycopg.connect(
+            admin_url, autocommit=True, cursor_factory=psycopg.ClientCursor
+        ) as conn:
+            cur = conn.execute(f"SHOW {what}")
+            columns = [c.name for c in cur.description or ()]
+            return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -492,3 +492,60 @@ def test_pool_through_pgbouncer_transaction_mode(pgbouncer_url: str) -> None:  #
             assert results == [2 * i for i in range(200)]
 
     asyncio.run(main())
+
+
+# --- the app: the plan at start-up, 503 through HTTP ----------------------------------
+
+
+def test_app_plans_its_pool_and_answers_503_when_it_is_exhausted(
+    pg_url: str, make_project: Any
+) -> None:
+    from starlette.testclient import TestClient
+
+    from gateway.app import create_app
+
+    project = make_project()
+    settings = settings_for(
+        pg_url, GATEWAY_INSTANCES="2", GATEWAY_POOL_MAX="1", GATEWAY_POOL_TIMEOUT_S="0.5"
+    )
+    app = create_app(settings)
+    body = {"query": {"operation": "select", "table": "todos"}}
+    headers = {"Authorization": f"Bearer {project['server_key']}"}
+    with TestClient(app) as client:
+        state = app.state.gw
+        plan = state.pool_plan
+        assert plan is not None and state.pool is not None
+        assert (plan.instances, plan.pool_max, plan.max_connections) == (2, 1, 300)
+        assert plan.budget_per_instance == (300 - 3 - 3 - 2) // 2
+        assert state.pool.max_size == 1
+        assert client.post("/v1/inhouse/db/query", json=body, headers=headers).status_code == 200
+
+        held = client.portal.call(state.pool.getconn)  # the only pooled connection
+        try:
+            started = time.monotonic()
+            busy = client.post("/v1/inhouse/db/query", json=body, headers=headers)
+            waited = time.monotonic() - started
+            ready = client.get("/readyz")
+        finally:
+            client.portal.call(state.pool.putconn, held)
+        print(f"503 after {waited * 1000:.0f} ms: {busy.text}")
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+        assert busy.json()["status"] == 503
+        assert waited < 0.5 + 1.0
+        assert ready.status_code == 503
+        assert client.post("/v1/inhouse/db/query", json=body, headers=headers).status_code == 200
+    assert state.pool.closed
+
+
+def test_app_refuses_an_impossible_plan_in_process(pg_url: str) -> None:
+    from starlette.testclient import TestClient
+
+    from gateway.app import create_app
+
+    app = create_app(settings_for(pg_url, GATEWAY_DB_MAX_CONNECTIONS="7"))
+    with pytest.raises(PlanError) as excinfo, TestClient(app):
+        pass
+    assert "pool_max = floor((7 − 3 − 3 − 1 × 1) / 1) = 0 < 1" in str(excinfo.value)
+    assert app.state.gw.pool is None

@@ -297,7 +297,9 @@ class _Builder:
             )
         return ctype
 
-    def value(self, column: ColumnInfo, value: Any, field: str, *, as_array: bool | None = None):
+    def value(
+        self, column: ColumnInfo, value: Any, field: str, *, as_array: bool | None = None
+    ) -> sql.Composed:
         """``%s::<type>`` with the converted value bound; ``as_array`` forces ``<base>[]``."""
         ctype = self.ctype(column)
         array = ctype.is_array if as_array is None else as_array
@@ -324,14 +326,14 @@ class _Builder:
 
     def filter(self, f: Filter, field: str) -> sql.Composable:
         column = perm.require_readable(self.table, f.column, self.principal, f"{field}.column")
-        ctype = self.ctype(column)
         ref = self.col(column)
         vfield = f"{field}.value"
         if f.op == "is":
             word = {None: "NULL", True: "TRUE", False: "FALSE"}[f.value]
-            if f.value is not None and (ctype.base != "boolean" or ctype.is_array):
+            if f.value is not None and column_type(column) != ColumnType("boolean", False):
                 raise self._bad_filter(field, f"'is {word.lower()}' needs a boolean column")
             return sql.SQL("{} IS " + word).format(ref)
+        ctype = self.ctype(column)
         if f.op == "in":
             if ctype.is_array or ctype.base == "jsonb":
                 raise self._bad_filter(field, "'in' needs a scalar column")
@@ -355,20 +357,18 @@ class _Builder:
             "INVALID_FILTER", f"{field}: {message}", details={"field": f"{field}.op"}
         )
 
-    def order_by(self, query: Query) -> sql.Composable:
-        items = []
+    def sort_keys(self, query: Query) -> list[tuple[sql.Composable, sql.SQL]]:
+        """Each sort as (column reference, "ASC NULLS LAST"-style direction)."""
+        keys = []
         for i, s in enumerate(query.sorts):
             column = perm.require_readable(
                 self.table, s.column, self.principal, f"{query.field}.sorts[{i}].column"
             )
-            items.append(
-                sql.SQL("{} {} {}").format(
-                    self.col(column),
-                    sql.SQL("DESC" if s.descending else "ASC"),
-                    sql.SQL("NULLS FIRST" if s.nulls_first else "NULLS LAST"),
-                )
+            direction = ("DESC" if s.descending else "ASC") + (
+                " NULLS FIRST" if s.nulls_first else " NULLS LAST"
             )
-        return sql.SQL(", ").join(items)
+            keys.append((self.col(column), sql.SQL(direction)))
+        return keys
 
     def returning(self, query: Query) -> tuple[ColumnInfo, ...]:
         return perm.returning_columns(
@@ -393,7 +393,8 @@ def _returning_clause(cols: Sequence[ColumnInfo]) -> sql.Composable:
 def _data_expr(cols: Sequence[ColumnInfo], alias: str) -> sql.Composable:
     if not cols:
         return sql.SQL("NULL::text")
-    return sql.SQL("coalesce(json_agg({}), '[]')::text").format(sql.Identifier(alias))
+    # alias.* (not a bare alias): a bare name would mean a column if one had that name.
+    return sql.SQL("coalesce(json_agg({}.*), '[]')::text").format(sql.Identifier(alias))
 
 
 # --- the four operations --------------------------------------------------------------
@@ -402,23 +403,39 @@ def _data_expr(cols: Sequence[ColumnInfo], alias: str) -> sql.Composable:
 def _compile_select(b: _Builder, query: Query) -> sql.Composable:
     cols = perm.select_columns(b.table, query.columns, b.principal, f"{query.field}.columns")
     where = b.where(query.filters, f"{query.field}.filters")
-    order = b.order_by(query)
+    keys = b.sort_keys(query)
     b.params.extend([query.limit, query.offset])
-    window = sql.SQL("row_number() OVER (ORDER BY {})").format(order) if query.sorts else None
-    # The row number fixes the JSON array's order: json_agg(... ORDER BY n) does not
-    # rely on a sorted subquery being aggregated in order.
+    # The inner query filters, sorts and limits (a top-N sort) and passes the values on
+    # under generated names (c0.., and the sort keys as k0..), so no user column name can
+    # collide with them; the JSON is built only for the rows that survive the LIMIT, and
+    # json_agg orders by the sort keys explicitly rather than trusting a sorted subquery
+    # to be aggregated in order.
+    named = [(b.col(c), f"c{i}") for i, c in enumerate(cols)]
+    named += [(ref, f"k{i}") for i, (ref, _) in enumerate(keys)]
+    inner_cols = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(ref, sql.Identifier(name)) for ref, name in named
+    )
+    row_cols = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(sql.Identifier("r", f"c{i}"), sql.Identifier(c.name))
+        for i, c in enumerate(cols)
+    )
+    inner_order = sql.SQL(", ").join(sql.SQL("{} {}").format(ref, d) for ref, d in keys)
+    agg_order = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier("r", f"k{i}"), d) for i, (_, d) in enumerate(keys)
+    )
     return sql.SQL(
-        "SELECT coalesce(json_agg(r.j ORDER BY r.n), '[]')::text AS data,"
+        "SELECT coalesce(json_agg(to_json(v.*){agg_order}), '[]')::text AS data,"
         " count(*)::bigint AS count, NULL::bigint AS matched"
-        " FROM (SELECT to_json(v) AS j, {window} AS n"
-        " FROM {target} AS x CROSS JOIN LATERAL (SELECT {cols}) AS v{where}"
-        "{order} LIMIT %s::bigint OFFSET %s::bigint) AS r"
+        " FROM (SELECT {inner_cols} FROM {target} AS x{where}{order}"
+        " LIMIT %s::bigint OFFSET %s::bigint) AS r"
+        " CROSS JOIN LATERAL (SELECT {row_cols}) AS v"
     ).format(
-        window=window if window is not None else sql.SQL("row_number() OVER ()"),
+        agg_order=sql.SQL(" ORDER BY ") + agg_order if keys else sql.SQL(""),
+        inner_cols=inner_cols,
         target=b.target,
-        cols=_column_list(cols),
         where=where,
-        order=sql.SQL(" ORDER BY ") + order if query.sorts else sql.SQL(""),
+        order=sql.SQL(" ORDER BY ") + inner_order if keys else sql.SQL(""),
+        row_cols=row_cols,
     )
 
 

@@ -16,6 +16,7 @@ cannot hold them), non-finite floats, absurd nesting, and wrong JSON types.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,6 +56,9 @@ MAX_INSERT_ROWS = 1000
 MAX_BATCH = 20
 MAX_IDENTIFIER_CHARS = 256
 MAX_VALUE_DEPTH = 32
+# NUL cannot be stored in text or jsonb; lone surrogates (which Python's json accepts
+# from "\ud800" escapes) cannot be encoded to UTF-8 for the server or the response.
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +121,10 @@ def _check_value(value: object, field: str, depth: int = 0) -> None:
             raise _invalid("INVALID_VALUE", field, "numbers must be finite")
         return
     if isinstance(value, str):
-        if "\x00" in value:
-            raise _invalid("INVALID_VALUE", field, "strings must not contain NUL characters")
+        if _BAD_TEXT.search(value):
+            raise _invalid(
+                "INVALID_VALUE", field, "strings must not contain NUL or lone surrogates"
+            )
         return
     if isinstance(value, list):
         for i, item in enumerate(value):
@@ -128,8 +134,10 @@ def _check_value(value: object, field: str, depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _invalid("INVALID_VALUE", field, "object keys must be strings")
-            if "\x00" in key:
-                raise _invalid("INVALID_VALUE", field, "keys must not contain NUL characters")
+            if _BAD_TEXT.search(key):
+                raise _invalid(
+                    "INVALID_VALUE", field, "keys must not contain NUL or lone surrogates"
+                )
             _check_value(item, f"{field}.{key}", depth + 1)
         return
     raise _invalid("INVALID_VALUE", field, "not a JSON value")
@@ -142,8 +150,8 @@ def _identifier(value: object, field: str, code: str = "INVALID_QUERY") -> str:
         raise _invalid(code, field, "must not be empty")
     if len(value) > MAX_IDENTIFIER_CHARS:
         raise _invalid(code, field, "is too long")
-    if "\x00" in value:
-        raise _invalid(code, field, "must not contain NUL characters")
+    if _BAD_TEXT.search(value):
+        raise _invalid(code, field, "must not contain NUL characters or lone surrogates")
     return value
 
 

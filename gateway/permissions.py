@@ -20,9 +20,15 @@ Choices the original left open, made here:
   except ``is_system_table`` ones, which no key reaches through this API (403
   ``TABLE_NOT_READABLE`` / ``TABLE_NOT_WRITABLE``). Column flags apply to every key type.
   Admin keys are treated exactly like server keys.
-* A write by a key without the ``read`` scope gets no RETURNING by default (``data`` is
-  null, ``count`` still says how many rows); asking for ``returning`` explicitly without
-  the ``read`` scope is 403 ``INSUFFICIENT_SCOPES``. RETURNING would otherwise be a read.
+* RETURNING is a read. A write on a table the key cannot read at all (no ``read`` scope,
+  or a public key on an ``allow_client_read = false`` table: a write-only table such as
+  a feedback form) gets no RETURNING by default: ``data`` is null and ``count`` says how
+  many rows changed. Asking for ``returning`` explicitly there is 403
+  (``INSUFFICIENT_SCOPES`` without the scope, else ``TABLE_NOT_READABLE``). When the
+  table is readable but no column is, the default RETURNING is 403
+  ``INSUFFICIENT_SCOPES`` as in the original.
+* Filters of UPDATE/DELETE follow the column rules only (as in the original), so a
+  write-only table can still be updated by a filter on its readable columns.
 * Scopes are checked before the table is looked up, so a key without the scope cannot
   probe which tables exist.
 """
@@ -113,14 +119,12 @@ def _column(table: TableInfo, name: str, field: str) -> ColumnInfo:
 
 
 def require_readable(table: TableInfo, name: str, principal: Principal, field: str) -> ColumnInfo:
-    """A column the query reads, filters or sorts on: it must exist and be readable."""
+    """A column the query reads, filters or sorts on: it must exist and be readable.
+
+    Only the column rule: the table rule is the caller's (``resolve_table`` for reads,
+    ``returning_columns`` for RETURNING).
+    """
     column = _column(table, name, field)
-    if not _table_readable(table, principal):
-        raise GatewayError(
-            "TABLE_NOT_READABLE",
-            f"{field}: table '{table.name}' is not readable with this API key",
-            details={"field": field, "table": table.name},
-        )
     if not column_readable(column, principal):
         sensitive_only = column.allow_client_read and column.is_sensitive
         code = "SENSITIVE_COLUMN_ACCESS" if sensitive_only else "COLUMN_NOT_READABLE"
@@ -173,15 +177,21 @@ def returning_columns(
     *,
     explicit: bool,
 ) -> tuple[ColumnInfo, ...]:
-    """RETURNING of a write: empty means "no RETURNING" (only for keys without ``read``)."""
-    if not principal.has_scope("read"):
-        if explicit:
+    """RETURNING of a write: empty means "no RETURNING" (table unreadable for this key)."""
+    if not _table_readable(table, principal):
+        if not explicit:
+            return ()
+        if not principal.has_scope("read"):
             raise GatewayError(
                 "INSUFFICIENT_SCOPES",
                 f"{field}: returning rows needs the 'read' scope",
                 details={"field": field, "requiredScope": "read"},
             )
-        return ()
+        raise GatewayError(
+            "TABLE_NOT_READABLE",
+            f"{field}: table '{table.name}' is not readable with this API key",
+            details={"field": field, "table": table.name},
+        )
     return select_columns(table, requested, principal, field)
 
 

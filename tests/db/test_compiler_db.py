@@ -18,7 +18,7 @@ from gateway.executor import StatementResult, run_transaction
 from tests.example_catalog import CATALOG, PUBLIC, ROLE, SCHEMA, SERVER
 
 SEED = f"""
-TRUNCATE {SCHEMA}.comments, {SCHEMA}.todos, {SCHEMA}.notes RESTART IDENTITY;
+TRUNCATE {SCHEMA}.comments, {SCHEMA}.todos, {SCHEMA}.notes, {SCHEMA}.tricky RESTART IDENTITY;
 INSERT INTO {SCHEMA}.todos
   (title, done, tags, meta, owner_email, internal_note, created_at, ext_id, price, due,
    priority, rank, ratio, scores)
@@ -553,6 +553,41 @@ def test_statements_run_as_the_project_role(db: DB) -> None:
     assert "permission" not in info.value.message
 
 
+def test_columns_named_like_the_compilers_aliases(db: DB) -> None:
+    row = {"x": 1, **{name: name.upper() for name in "vwujncmr"}}
+    result = db.run({"operation": "insert", "table": "tricky", "data": [row, {**row, "x": 2}]})
+    assert json.loads(result.data_json or "")[0] == row
+    rows = db.rows(
+        {
+            "operation": "select",
+            "table": "tricky",
+            "filters": [{"column": "n", "op": "eq", "value": "N"}],
+            "sorts": [{"column": "x", "direction": "desc"}],
+        }
+    )
+    assert rows == [{**row, "x": 2}, row]
+    for max_rows in (None, 5):
+        result = db.run(
+            {
+                "operation": "update",
+                "table": "tricky",
+                "set": {"u": "changed"},
+                "filters": [{"column": "x", "op": "eq", "value": 1}],
+                "maxRows": max_rows,
+            }
+        )
+        assert json.loads(result.data_json or "") == [{**row, "u": "changed"}]
+    result = db.run(
+        {
+            "operation": "delete",
+            "table": "tricky",
+            "filters": [{"column": "c", "op": "eq", "value": "C"}],
+            "maxRows": 2,
+        }
+    )
+    assert result.count == 2 and result.matched == 2
+
+
 # --- batch, timeout, round trips -------------------------------------------------------
 
 
@@ -632,6 +667,18 @@ def test_statement_timeout_is_504(db: DB) -> None:
 
 
 def test_connection_is_reusable_after_every_failure(db: DB) -> None:
+    # More rounds than psycopg's prepare threshold (5): a statement skipped after a failure
+    # must not be remembered as prepared.
+    batch = [
+        {"operation": "select", "table": "notes", "limit": 1},
+        {"operation": "insert", "table": "todos", "data": {"title": "x", "price": -1}},
+        {"operation": "select", "table": "notes", "limit": 2},
+    ]
+    for _ in range(8):
+        with pytest.raises(GatewayError) as info:
+            db.run_many(batch)
+        assert info.value.code == "CHECK_VIOLATION" and info.value.details["index"] == 1
+    assert [r.count for r in db.run_many([batch[0], batch[2]])] == [1, 2]
     for _ in range(3):
         db.fails(sel(filters=[{"column": "title", "op": "like", "value": "a\\"}]), "INVALID_VALUE")
         db.fails(
@@ -641,8 +688,40 @@ def test_connection_is_reusable_after_every_failure(db: DB) -> None:
         assert db.titles([{"column": "id", "op": "eq", "value": 1}]) == ["alpha"]
 
 
+def test_bounded_mutation_waiting_on_a_lock_times_out_and_changes_nothing(
+    db: DB, project_db: str
+) -> None:
+    with psycopg.connect(project_db) as locker:
+        locker.execute(f"SELECT 1 FROM {SCHEMA}.todos WHERE id = 2 FOR UPDATE")
+        q = {
+            "operation": "update",
+            "table": "todos",
+            "set": {"title": "changed"},
+            "filters": [{"column": "id", "op": "lte", "value": 3}],
+            "maxRows": 10,
+        }
+        with pytest.raises(GatewayError) as info:
+            db.run(q, timeout_ms=200)
+        assert info.value.code == "QUERY_TIMEOUT"
+        locker.rollback()
+    assert db.sql(f"SELECT count(*) FROM {SCHEMA}.todos WHERE title = 'changed'") == [(0,)]
+    assert db.run(q).count == 3
+
+
+def test_setup_failure_is_a_500_and_leaves_the_connection_idle(db: DB) -> None:
+    statement = compile_query(parse_query(sel(limit=1)), CATALOG, SERVER)
+    with pytest.raises(GatewayError) as info:
+        db.loop.run_until_complete(
+            run_transaction(db.conn, [statement], role="no_such_role", statement_timeout_ms=5000)
+        )
+    assert info.value.code == "QUERY_FAILED" and info.value.status == 500
+    assert info.value.details is None
+    assert db.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert db.sql("SELECT current_user") == [("postgres",)]
+
+
 def test_connection_failure_propagates(db: DB) -> None:
-    other = DB(db.conn.info.dsn and _dsn(db))
+    other = DB(_dsn(db))
     try:
         pid = other.conn.info.backend_pid
         db.sql("SELECT pg_terminate_backend(%s)", [pid])
@@ -725,3 +804,43 @@ def test_run_transaction_is_one_round_trip(db: DB) -> None:
     assert [r.count for r in results] == [1, 1, 3]
     assert batch_turns == 1
     assert single_turns == 1
+
+
+# --- property: whatever compiles runs, or fails with a 4xx ---------------------------
+
+
+def test_compiled_fuzz_never_fails_with_500(db: DB) -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    from tests.unit.test_fuzz import shaped_queries
+
+    seen: dict[str, int] = {}
+
+    @settings(
+        max_examples=400,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(shaped_queries)
+    def run(query: dict[str, Any]) -> None:
+        if query["table"] not in ("todos", "notes", "comments"):
+            return  # catalog-only tables: PostgreSQL rightly answers 42P01 (a 500)
+        for principal in (SERVER, PUBLIC):
+            try:
+                statement = compile_query(parse_query(query), CATALOG, principal)
+            except GatewayError:
+                continue
+            try:
+                [result] = db.loop.run_until_complete(
+                    run_transaction(db.conn, [statement], role=ROLE, statement_timeout_ms=5000)
+                )
+                seen["ok"] = seen.get("ok", 0) + 1
+                if result.data_json is not None:
+                    json.loads(result.data_json)
+            except GatewayError as err:
+                seen[err.code] = seen.get(err.code, 0) + 1
+                assert err.status < 500, (query, err)
+            assert db.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+    run()
+    assert seen.get("ok", 0) > 20, seen

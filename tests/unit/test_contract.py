@@ -240,3 +240,11 @@ def test_returning() -> None:
     assert parse_query({**ins, "returning": ["a"]}).returning == ("a",)
     assert parse_query({**ins, "returning": ["*"]}).returning is None
     bad({**ins, "returning": "a"}, "INVALID_QUERY", "query.returning")
+
+
+def test_lone_surrogates_refused() -> None:
+    bad(q(table="t\ud800"), "INVALID_TABLE", "query.table")
+    flt = [{"column": "a", "op": "eq", "value": "x\udc00"}]
+    bad(q(filters=flt), "INVALID_VALUE", "query.filters[0].value")
+    ins = {"operation": "insert", "table": "t", "data": {"a": {"k\ud800": 1}}}
+    bad(ins, "INVALID_VALUE", "query.data.a")

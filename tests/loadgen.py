@@ -31,6 +31,7 @@ class Load:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     request_timeout: float = 30.0
+    honor_retry_after: bool = False  # sleep Retry-After seconds after a 503/429
     results: list[Result] = field(default_factory=list)
 
     def _request(self, host: str) -> bytes:
@@ -50,6 +51,7 @@ class Load:
         while time.monotonic() < stop_at:
             started = time.monotonic()
             status = 0
+            retry_after = 0.0
             try:
                 async with asyncio.timeout(self.request_timeout):
                     if writer is None:
@@ -57,7 +59,7 @@ class Load:
                     assert reader is not None
                     writer.write(request)
                     await writer.drain()
-                    status, keep = await _read_response(reader)
+                    status, keep, retry_after = await _read_response(reader)
                 if not keep:
                     writer.close()
                     writer = None
@@ -69,6 +71,8 @@ class Load:
             self.results.append(Result(started, status, seconds, instance))
             if status == 0:
                 await asyncio.sleep(0.05)  # a refused connection: don't spin
+            elif self.honor_retry_after and retry_after:
+                await asyncio.sleep(min(retry_after, max(0.0, stop_at - time.monotonic())))
         if writer is not None:
             writer.close()
             with contextlib.suppress(OSError):
@@ -83,13 +87,14 @@ class Load:
         return self.results
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, float]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
     length = 0
     keep = True
     chunked = False
+    retry_after = 0.0
     for line in lines[1:]:
         name, _, value = line.partition(":")
         name = name.strip().lower()
@@ -99,6 +104,8 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
             keep = False
         elif name == "transfer-encoding" and "chunked" in value.lower():
             chunked = True
+        elif name == "retry-after" and value.strip().isdigit():
+            retry_after = float(value.strip())
     if chunked:
         while True:
             size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
@@ -107,7 +114,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
                 break
     elif length:
         await reader.readexactly(length)
-    return status, keep
+    return status, keep, retry_after
 
 
 def summarize(results: list[Result]) -> str:

@@ -185,6 +185,7 @@ def test_outage_answers_503_fast_and_heals_without_restarts(
     stopped_at: list[float] = []
     restarting_at: list[float] = []
     back_at: list[float] = []
+    ready_after: dict[int, tuple[float, dict[str, Any]]] = {}
 
     def outage() -> None:
         time.sleep(2.0)
@@ -194,6 +195,15 @@ def test_outage_answers_503_fast_and_heals_without_restarts(
         restarting_at.append(time.monotonic())
         pg_control.start()
         back_at.append(time.monotonic())
+        # every instance ready again (database, and the listener once it exists): /readyz
+        for index, url in enumerate(cluster.urls):
+            while time.monotonic() - back_at[0] < 10.0:
+                with contextlib.suppress(httpx.HTTPError):
+                    response = httpx.get(url + "/readyz", timeout=2.0)
+                    if response.status_code == 200:
+                        ready_after[index] = (time.monotonic() - back_at[0], response.json())
+                        break
+                time.sleep(0.05)
 
     fault = threading.Thread(target=outage)
     fault.start()
@@ -227,6 +237,12 @@ def test_outage_answers_503_fast_and_heals_without_restarts(
     assert load.last_started() > down_to + 5.0, "the load ended too early to judge"
     assert sorted(first_ok) == [0, 1, 2], first_ok
     assert all(t <= 5.0 for t in first_ok.values()), first_ok
+    # /readyz is 200 again on every instance within 5 s: the pool and, when the instance
+    # has one, the metadata listener reconnected by themselves
+    print("ready again after (s):", {i: round(t, 2) for i, (t, _) in ready_after.items()})
+    print("readyz checks:", {i: body.get("checks") for i, (_, body) in ready_after.items()})
+    assert sorted(ready_after) == [0, 1, 2], ready_after
+    assert all(t <= 5.0 for t, _ in ready_after.values()), ready_after
     # …without a restart: the same processes, all alive and ready
     assert [i.process.pid for i in cluster.instances] == pids
     for url in cluster.urls:

@@ -110,7 +110,14 @@ def gateway_connections(pg_url: str) -> dict[str, int]:
 
 
 def run_load(load: Load, clients: int, duration: float) -> list[Result]:
-    return asyncio.run(load.run(clients, duration))
+    try:  # uvloop (from uvicorn[standard]) halves the generator's own CPU
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(load.run(clients, duration))
 
 
 def check_answers(results: list[Result], allowed: set[int], bound_s: float) -> None:

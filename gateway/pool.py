@@ -415,6 +415,8 @@ async def checkout(pool: AsyncConnectionPool, deadline: float) -> AsyncConnectio
         if not connection_is_dead(conn):
             return conn
         logger.info("discarding a connection the server closed while it was idle")
+        with contextlib.suppress(Exception):
+            await conn.close()
         await pool.putconn(conn)  # a closed connection is dropped and replaced by the pool
 
 

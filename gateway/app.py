@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from gateway import routes
 from gateway.errors import GatewayError
+from gateway.observe import Observability, ObserveMiddleware
 from gateway.pipeline import Pipeline
 from gateway.pool import PlanError, PoolPlan, create_pool, plan_for
 from gateway.responses import error_response
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     settings.require_database()
     state = GatewayState(settings=settings)
+    observability = Observability(settings, state.extras)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -70,11 +72,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise
         state.pool = create_pool(settings, state.pool_plan)
         await state.pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
+        observability.start(state.pool)
+        plan = state.pool_plan
+        observability.metrics.register_source("pool_plan", plan.as_json)
         state.pipeline = Pipeline(settings, state.pool)
         logger.info("instance %s ready: %s", settings.instance_id, state.pool_plan.summary())
         try:
             yield
         finally:
+            await observability.stop_background()
+            # the request log flushes LAST, just before the pool closes: nothing is lost
+            await observability.stop_request_log()
             await state.pool.close()
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -89,6 +97,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes.build_routes(),
         middleware=[
+            Middleware(ObserveMiddleware, metrics=observability.metrics, settings=settings),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),

@@ -112,6 +112,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         log_level="warning",
         access_log=False,
+        # the gateway reads X-Forwarded-For itself, only from GATEWAY_TRUSTED_PROXIES
+        # (uvicorn would otherwise rewrite the peer address for any local proxy)
+        proxy_headers=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
@@ -242,6 +245,19 @@ def cmd_table_create(args: argparse.Namespace) -> None:
     _emit(args, result, f"created table {table.name} in {result['schema_name']}")
 
 
+def cmd_stats(args: argparse.Namespace) -> None:
+    from gateway import stats
+
+    try:
+        since = stats.parse_since(args.since)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with _connect() as conn:
+        report = stats.collect(conn, since)
+    report = {"since": args.since, **report}
+    _emit(args, report, stats.render_text(report, args.since))
+
+
 # --- the parser -------------------------------------------------------------------------
 
 
@@ -280,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=_positive_int, metavar="M")
     p.add_argument("--reserved", type=_non_negative_int, metavar="R")
     p.add_argument("--neon-cu", metavar="CU", help="0.25, 0.5, 1, 2, … (Neon's table)")
+
+    p = command(sub, "stats", cmd_stats, "request-log statistics: instances, projects, latency")
+    p.add_argument("--since", default="1h", help="how far back: 30m, 1h, 2d (default 1h)")
 
     project = sub.add_parser("project", help="projects").add_subparsers(
         dest="action", required=True, parser_class=_Parser

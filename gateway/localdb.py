@@ -133,7 +133,7 @@ class LocalPostgres:
             "shared_preload_libraries": "pg_stat_statements",
         }
         if not self.durable:
-            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+            settings.update(fsync="off", full_page_writes="off")
         settings.update(self.extra_settings)
         return " ".join(f"-c {name}={value}" for name, value in settings.items())
 

@@ -7,21 +7,25 @@ Alembic's env reads ``metadata`` from here; the running gateway never uses SQLAl
 from __future__ import annotations
 
 from sqlalchemy import (
+    REAL,
     BigInteger,
     Boolean,
     CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
+    Identity,
+    Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, INET, UUID
 
 SCHEMA = "gateway"
 TIERS = ("free", "starter", "growth", "scale", "enterprise")
@@ -125,4 +129,30 @@ column_registry = Table(
     Column("allow_client_read", Boolean, nullable=False, server_default=text("true")),
     Column("allow_client_write", Boolean, nullable=False, server_default=text("true")),
     UniqueConstraint("table_id", "name", name="column_registry_table_name_key"),
+)
+
+# Written by the instances in COPY batches (gateway/request_log.py); no foreign keys, so a
+# deleted project never cascades into the log. Retention: batched DELETE by the
+# maintenance leader (alembic/versions/0004_request_log.py explains the choice).
+request_log = Table(
+    "request_log",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("project_id", UUID(as_uuid=True)),
+    Column("api_key_id", UUID(as_uuid=True)),
+    Column("instance_id", Text, nullable=False),
+    Column("request_id", Text),
+    Column("method", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("table_name", Text),
+    Column("status_code", SmallInteger, nullable=False),
+    Column("error_code", Text),
+    Column("duration_ms", REAL, nullable=False),
+    Column("response_size_bytes", Integer),
+    Column("row_count", Integer),
+    Column("client_ip", INET),
+    Column("user_agent", Text),
+    Index("request_log_created_at_idx", "created_at"),
+    Index("request_log_project_created_at_idx", "project_id", "created_at"),
 )

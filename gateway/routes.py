@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
+import logging
 import time
 import uuid
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -13,9 +16,12 @@ from starlette.routing import Route
 
 from gateway.auth import key_from_headers
 from gateway.errors import GatewayError
+from gateway.metrics import CONTENT_TYPE
 from gateway.pipeline import Outcome
 from gateway.pool import acquire
 from gateway.responses import JSON, error_response, json_response
+
+logger = logging.getLogger("gateway")
 
 BASE = "/v1/inhouse/db"
 READY_TIMEOUT_S = 1.0
@@ -37,7 +43,17 @@ async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+async def _check(check: Any) -> bool:
+    result = check()
+    if inspect.isawaitable(result):
+        result = await result
+    return bool(result)
+
+
 async def readyz(request: Request) -> Response:
+    """200 when the pool hands out a working connection within 1 s and every check in
+    ``extras["ready_checks"]`` (``(name, check)``, e.g. the listener) passes; else 503
+    naming what is down."""
     state = request.app.state.gw
     checks: dict[str, str] = {}
     try:
@@ -47,6 +63,12 @@ async def readyz(request: Request) -> Response:
         checks["database"] = "up"
     except Exception:
         checks["database"] = "down"
+    for name, check in list(state.extras.get("ready_checks", ())):
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                checks[name] = "up" if await _check(check) else "down"
+        except Exception:
+            checks[name] = "down"
     ready = all(v == "up" for v in checks.values())
     return json_response(
         {
@@ -56,6 +78,12 @@ async def readyz(request: Request) -> Response:
         },
         status=200 if ready else 503,
     )
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format, from this app's own registry."""
+    registry = request.app.state.gw.extras["metrics"]
+    return Response(registry.render(), media_type=CONTENT_TYPE)
 
 
 class BodyTooLarge(Exception):
@@ -77,10 +105,33 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _render(outcome: Outcome, request_id: str, started: float) -> Response:
+def _render(
+    request: Request, kind: str, outcome: Outcome, request_id: str, started: float
+) -> Response:
+    duration_ms = (time.perf_counter() - started) * 1000
     headers = dict(outcome.headers)
     headers["X-Request-Id"] = request_id
-    headers["X-Gateway-Duration-Ms"] = f"{(time.perf_counter() - started) * 1000:.2f}"
+    headers["X-Gateway-Duration-Ms"] = f"{duration_ms:.2f}"
+    observability = request.app.state.gw.extras.get("observability")
+    if observability is not None:
+        client = request.client
+        observability.record_outcome(
+            kind,
+            outcome,
+            request_id=request_id,
+            duration_ms=duration_ms,
+            peer=client.host if client else None,
+            forwarded_for=request.headers.get("x-forwarded-for"),
+            user_agent=request.headers.get("user-agent"),
+        )
+        if observability.access_json:  # extra fields for the JSON access line
+            request.scope.setdefault("state", {})["gateway_log"] = {
+                "request_id": request_id,
+                "project_id": outcome.project_id,
+                "operation": outcome.operation,
+                "table": outcome.table,
+                "error_code": outcome.error_code,
+            }
     return Response(outcome.body, status_code=outcome.status, media_type=JSON, headers=headers)
 
 
@@ -103,7 +154,7 @@ async def _with_body(request: Request, batch: bool) -> Response:
     key = key_from_headers(request.headers)
     pipeline = state.pipeline
     outcome = await (pipeline.batch(key, body) if batch else pipeline.query(key, body))
-    return _render(outcome, request_id, started)
+    return _render(request, "batch" if batch else "query", outcome, request_id, started)
 
 
 async def query(request: Request) -> Response:
@@ -117,7 +168,7 @@ async def batch(request: Request) -> Response:
 async def schema(request: Request) -> Response:
     started = time.perf_counter()
     outcome = await request.app.state.gw.pipeline.schema(key_from_headers(request.headers))
-    return _render(outcome, _request_id(request), started)
+    return _render(request, "schema", outcome, _request_id(request), started)
 
 
 def build_routes() -> list[Route]:
@@ -128,4 +179,5 @@ def build_routes() -> list[Route]:
         Route(f"{BASE}/health", health, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]

@@ -1,0 +1,284 @@
+"""Prometheus metrics of one instance, on a registry of its own (several apps can live in
+one process, e.g. in tests). No label ever carries a project: cardinality stays fixed.
+
+Two kinds of families:
+- observed on the request path: ``gateway_requests_total{route,status}``,
+  ``gateway_request_duration_seconds{route}``, ``gateway_admission_decisions_total{outcome}``
+  (``count_admission``);
+- read at scrape time from *sources*: callables other components register with
+  ``register_source(name, fn)`` that return a stats dict. This module never reaches
+  into their internals; the expected keys are listed in ``SOURCES`` below. A family whose
+  source is not registered is still exposed (HELP/TYPE, no sample).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+import gateway
+from gateway.settings import Settings
+
+logger = logging.getLogger("gateway.metrics")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+DURATION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+ADMISSION_OUTCOMES = (
+    "admitted",
+    "rate_limited",
+    "quota_exceeded",
+    "unavailable",
+    "local_deny",
+    "invalid_key",
+)
+
+# source name -> the stats keys read from it (documented contract for other components)
+SOURCES: dict[str, tuple[str, ...]] = {
+    "admission": ADMISSION_OUTCOMES,  # cumulative counts per outcome
+    "metadata": ("hits", "misses", "loads", "invalidations", "entries"),
+    "listener": ("up", "reconnects"),
+    "pool": ("pool_size", "pool_available", "requests_waiting", "requests_errors"),
+    "pool_plan": ("pool_max",),
+    "db_connections": (),  # {instance_id: connections}
+    "request_log": ("depth", "dropped", "written", "flush_errors"),
+    "maintenance": ("is_leader",),
+}
+
+Source = Callable[[], Mapping[str, Any] | None]
+
+
+class Metrics:
+    def __init__(self, settings: Settings, version: str | None = None) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._sources: dict[str, Source] = {}
+        self._admission: dict[str, int] = {}
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "HTTP requests answered, by route and status code",
+            ["route", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request start to response end, by route",
+            ["route"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+        Info("gateway_build", "The instance id and the gateway version", registry=r).info(
+            {"instance_id": settings.instance_id, "version": version or gateway.__version__}
+        )
+        r.register(_SourceCollector(self))
+
+    # --- request path ------------------------------------------------------------------
+
+    def observe_request(self, route: str, status: int, duration_s: float) -> None:
+        try:
+            self.requests.labels(route, str(status)).inc()
+            self.duration.labels(route).observe(duration_s)
+        except Exception:  # pragma: no cover - metrics must never fail a request
+            logger.exception("metrics: observe failed")
+
+    def count_admission(self, outcome: str) -> None:
+        """For callers without a stats source of their own (summed with the source)."""
+        self._admission[outcome] = self._admission.get(outcome, 0) + 1
+
+    # --- sources -----------------------------------------------------------------------
+
+    def register_source(self, name: str, fn: Source) -> None:
+        self._sources[name] = fn
+
+    def read(self, name: str) -> Mapping[str, Any]:
+        fn = self._sources.get(name)
+        if fn is None:
+            return {}
+        try:
+            return fn() or {}
+        except Exception as exc:
+            logger.warning("metrics: source %s failed: %s", name, exc)
+            return {}
+
+    def has(self, name: str) -> bool:
+        return name in self._sources
+
+    # --- exposition --------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _num(stats: Mapping[str, Any], key: str) -> float:
+    value = stats.get(key, 0)
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+class _SourceCollector(Collector):
+    """Families read from the registered sources at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # families are dynamic; skip the registry's duplicate check
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+
+        # admission
+        fam = CounterMetricFamily(
+            "gateway_admission_decisions",
+            "Admission decisions by outcome (admitted, rate_limited, quota_exceeded, "
+            "unavailable, local_deny, invalid_key)",
+            labels=["outcome"],
+        )
+        counts = dict(m._admission)
+        for key, value in m.read("admission").items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                counts[key] = counts.get(key, 0) + value
+        if counts or m.has("admission"):
+            for outcome in ADMISSION_OUTCOMES:
+                counts.setdefault(outcome, 0)
+        for outcome, value in sorted(counts.items()):
+            fam.add_metric([outcome], value)
+        yield fam
+
+        # metadata cache and listener
+        meta = m.read("metadata")
+        present = m.has("metadata")
+        for key, help_text in (
+            ("hits", "Metadata cache hits"),
+            ("misses", "Metadata cache misses"),
+            ("loads", "Metadata loads from the database"),
+            ("invalidations", "Metadata invalidations received (NOTIFY)"),
+        ):
+            fam = CounterMetricFamily(f"gateway_metadata_cache_{key}", help_text)
+            if present:
+                fam.add_metric([], _num(meta, key))
+            yield fam
+        yield _gauge(
+            "gateway_metadata_cache_entries",
+            "Projects in the metadata cache",
+            _num(meta, "entries") if present else None,
+        )
+        listener = m.read("listener")
+        present = m.has("listener")
+        yield _gauge(
+            "gateway_listener_up",
+            "1 while the LISTEN connection is connected",
+            _num(listener, "up") if present else None,
+        )
+        fam = CounterMetricFamily("gateway_listener_reconnects", "Listener reconnections")
+        if present:
+            fam.add_metric([], _num(listener, "reconnects"))
+        yield fam
+
+        # pool
+        pool = m.read("pool")
+        present = m.has("pool")
+        for name, key, help_text in (
+            ("gateway_pool_size", "pool_size", "Connections open in the pool"),
+            ("gateway_pool_available", "pool_available", "Idle connections in the pool"),
+            ("gateway_pool_waiting", "requests_waiting", "Requests waiting for a connection"),
+        ):
+            yield _gauge(name, help_text, _num(pool, key) if present else None)
+        fam = CounterMetricFamily(
+            "gateway_pool_timeouts",
+            "Connection requests that failed (timeout or queue full)",
+        )
+        if present:
+            fam.add_metric([], _num(pool, "requests_errors"))
+        yield fam
+        fam = CounterMetricFamily(
+            "gateway_pool_connection_errors", "Failed attempts to open a connection"
+        )
+        if present:
+            fam.add_metric([], _num(pool, "connections_errors"))
+        yield fam
+        fam = CounterMetricFamily("gateway_pool_connections_lost", "Pool connections found broken")
+        if present:
+            fam.add_metric([], _num(pool, "connections_lost"))
+        yield fam
+        plan = m.read("pool_plan")
+        planned = _num(plan, "pool_max") if m.has("pool_plan") else None
+        if planned is None and present:
+            planned = _num(pool, "pool_max")
+        yield _gauge("gateway_pool_max", "The planned pool maximum of this instance", planned)
+
+        # connections in pg_stat_activity, sampled by the maintenance leader
+        fam = GaugeMetricFamily(
+            "gateway_db_connections",
+            "Gateway connections in pg_stat_activity per instance (reported by the "
+            "maintenance leader only; take max by gateway_instance)",
+            labels=["gateway_instance"],
+        )
+        for instance, count in sorted(m.read("db_connections").items()):
+            fam.add_metric([str(instance)], float(count))
+        yield fam
+        maint = m.read("maintenance")
+        yield _gauge(
+            "gateway_maintenance_leader",
+            "1 when this instance led the last maintenance tick",
+            _num(maint, "is_leader") if m.has("maintenance") else None,
+        )
+
+        # request log
+        log = m.read("request_log")
+        present = m.has("request_log")
+        yield _gauge(
+            "gateway_request_log_buffer_rows",
+            "Request-log rows waiting in memory",
+            _num(log, "depth") if present else None,
+        )
+        for key, help_text in (
+            ("dropped", "Request-log rows dropped (buffer full or unreachable at shutdown)"),
+            ("written", "Request-log rows written"),
+            ("flush_errors", "Failed request-log flushes"),
+        ):
+            fam = CounterMetricFamily(f"gateway_request_log_{key}_rows", help_text)
+            if key == "flush_errors":
+                fam = CounterMetricFamily("gateway_request_log_flush_errors", help_text)
+            if present:
+                fam.add_metric([], _num(log, key))
+            yield fam
+
+
+def _gauge(name: str, help_text: str, value: float | None) -> GaugeMetricFamily:
+    fam = GaugeMetricFamily(name, help_text)
+    if value is not None:
+        fam.add_metric([], value)
+    return fam

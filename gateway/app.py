@@ -23,6 +23,8 @@ from starlette.responses import Response
 
 from gateway import routes
 from gateway.errors import GatewayError
+from gateway.listener import MetadataListener
+from gateway.metadata import MetadataCache
 from gateway.observe import Observability, ObserveMiddleware
 from gateway.pipeline import Pipeline
 from gateway.pool import PlanError, PoolPlan, create_pool, plan_for
@@ -48,12 +50,20 @@ EXPOSED_HEADERS = [
 
 @dataclass
 class GatewayState:
-    """Everything an instance holds while it runs; routes reach it as ``request.app.state.gw``."""
+    """Everything an instance holds while it runs; routes reach it as ``request.app.state.gw``.
+
+    ``metadata`` is the per-instance catalog cache; ``listener`` the LISTEN connection that
+    invalidates it. Other components that must hear about a project's changes (limits,
+    status, keys, tables) register with ``listener.add_callbacks(on_project=..., on_all=...)``
+    and may read ``listener.connected`` to know whether invalidations are live.
+    """
 
     settings: Settings
     pool: AsyncConnectionPool | None = None
     pool_plan: PoolPlan | None = None
     pipeline: Pipeline | None = None
+    metadata: MetadataCache | None = None
+    listener: MetadataListener | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,10 +71,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     settings.require_database()
     state = GatewayState(settings=settings)
+    state.metadata = MetadataCache(settings, pool=None)
+    state.listener = MetadataListener(
+        settings, on_project=state.metadata.invalidate, on_all=state.metadata.invalidate_all
+    )
+    state.metadata.attach_listener(state.listener)
     observability = Observability(settings, state.extras)
+    listener, metadata = state.listener, state.metadata
+    # Without its LISTEN connection the instance can't hear about schema changes: 503.
+    state.extras["ready_checks"].append(("listener", lambda: listener.connected))
+    observability.metrics.register_source("metadata", metadata.stats)
+    observability.metrics.register_source(
+        "listener",
+        lambda: {"up": int(listener.connected), "reconnects": listener.reconnects},
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        assert state.metadata is not None and state.listener is not None
         try:
             state.pool_plan = await plan_for(settings, timeout=POOL_OPEN_TIMEOUT_S)
         except PlanError as exc:
@@ -73,13 +97,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.pool = create_pool(settings, state.pool_plan)
         await state.pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
         observability.start(state.pool)
-        plan = state.pool_plan
-        observability.metrics.register_source("pool_plan", plan.as_json)
-        state.pipeline = Pipeline(settings, state.pool)
-        logger.info("instance %s ready: %s", settings.instance_id, state.pool_plan.summary())
+        observability.metrics.register_source("pool_plan", state.pool_plan.as_json)
+        state.metadata.pool = state.pool
+        state.pipeline = Pipeline(settings, state.pool, metadata=state.metadata)
         try:
+            # In the background: /readyz says 503 until it listens; requests never wait.
+            await state.listener.start()
+            logger.info("instance %s ready: %s", settings.instance_id, state.pool_plan.summary())
             yield
         finally:
+            await state.listener.stop()
             await observability.stop_background()
             # the request log flushes LAST, just before the pool closes: nothing is lost
             await observability.stop_request_log()

@@ -245,6 +245,74 @@ def cmd_table_create(args: argparse.Namespace) -> None:
     _emit(args, result, f"created table {table.name} in {result['schema_name']}")
 
 
+def _default_value(raw: str | None) -> tuple[bool, Any]:
+    """``--default``: a JSON literal, or now() / gen_random_uuid()."""
+    if raw is None:
+        return False, None
+    if raw.strip().lower() in ("now()", "gen_random_uuid()"):
+        return True, raw.strip().lower()
+    try:
+        return True, json.loads(raw)
+    except ValueError:
+        raise UsageError(
+            f"--default {raw!r} is not a JSON literal (strings need quotes: '\"text\"'), "
+            "now() or gen_random_uuid()"
+        ) from None
+
+
+def cmd_table_add_column(args: argparse.Namespace) -> None:
+    from gateway import provisioning, tabledef
+
+    has_default, default = _default_value(args.default)
+    raw: dict[str, Any] = {
+        "name": args.name,
+        "type": args.type,
+        "nullable": args.nullable,
+        "sensitive": args.sensitive,
+        "client_read": args.client_read,
+        "client_write": args.client_write,
+    }
+    if has_default:
+        raw["default"] = default
+    column = tabledef.parse_column(raw, "--name/--type")
+    tabledef.check_name(args.table, "table name")
+    with _connect() as conn:
+        result = provisioning.add_column(conn, args.project, args.table, column)
+    _emit(
+        args,
+        result,
+        f"added column {column.name} {column.type} to {args.table} in {result['schema_name']}",
+    )
+
+
+def cmd_table_set_access(args: argparse.Namespace) -> None:
+    from gateway import provisioning, tabledef
+
+    tabledef.check_name(args.table, "table name")
+    with _connect() as conn:
+        result = provisioning.set_access(
+            conn,
+            args.project,
+            args.table,
+            column=args.column,
+            client_read=args.client_read,
+            client_write=args.client_write,
+            sensitive=args.sensitive,
+        )
+    target = args.table if args.column is None else f"{args.table}.{args.column}"
+    flags = ", ".join(f"{k}={str(v).lower()}" for k, v in result.items() if isinstance(v, bool))
+    _emit(args, result, f"{target}: {flags}")
+
+
+def cmd_table_drop(args: argparse.Namespace) -> None:
+    from gateway import provisioning, tabledef
+
+    tabledef.check_name(args.table, "table name")
+    with _connect() as conn:
+        result = provisioning.drop_table(conn, args.project, args.table)
+    _emit(args, result, f"dropped table {args.table} from {result['schema_name']}")
+
+
 def cmd_stats(args: argparse.Namespace) -> None:
     from gateway import stats
 
@@ -331,6 +399,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(table, "create", cmd_table_create, "create a table from a JSON definition")
     p.add_argument("project")
     p.add_argument("--file", required=True)
+
+    p = command(table, "add-column", cmd_table_add_column, "add a column to a table")
+    p.add_argument("project")
+    p.add_argument("table")
+    p.add_argument("--name", required=True)
+    p.add_argument("--type", required=True)
+    p.add_argument("--nullable", action="store_true", help="allow NULL (default: NOT NULL)")
+    p.add_argument("--default", help="a JSON literal, now() or gen_random_uuid()")
+    p.add_argument("--sensitive", action="store_true", help="never shown to public keys")
+    p.add_argument("--client-read", type=_bool, default=True, metavar="true|false")
+    p.add_argument("--client-write", type=_bool, default=True, metavar="true|false")
+
+    p = command(
+        table, "set-access", cmd_table_set_access, "change a table's or a column's access flags"
+    )
+    p.add_argument("project")
+    p.add_argument("table")
+    p.add_argument("--column", help="change this column's flags instead of the table's")
+    p.add_argument("--client-read", type=_bool, metavar="true|false")
+    p.add_argument("--client-write", type=_bool, metavar="true|false")
+    p.add_argument("--sensitive", type=_bool, metavar="true|false", help="needs --column")
+
+    p = command(table, "drop", cmd_table_drop, "drop a table and unregister it")
+    p.add_argument("project")
+    p.add_argument("table")
     return parser
 
 

@@ -26,6 +26,7 @@ from gateway.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
 from gateway.compiler import CompiledStatement, compile_query
 from gateway.errors import GatewayError
 from gateway.executor import StatementResult, run_transaction
+from gateway.metadata import MetadataCache, ProjectNotFound
 from gateway.pool import acquire, run_with_retry
 from gateway.responses import data_body, error_body
 from gateway.settings import Settings
@@ -68,9 +69,18 @@ def _unavailable() -> GatewayError:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, pool: AsyncConnectionPool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: AsyncConnectionPool,
+        *,
+        metadata: MetadataCache | None = None,
+    ) -> None:
         self.settings = settings
         self.pool = pool
+        # The instance's metadata cache (gateway/metadata.py); without one, every request
+        # loads its catalog (tests and benchmarks that want no cache).
+        self.metadata = metadata
 
     # --- the pieces -----------------------------------------------------------------
 
@@ -113,7 +123,15 @@ class Pipeline:
         )
 
     async def catalog(self, conn: psycopg.AsyncConnection[Any], project_id: str) -> ProjectCatalog:
-        return await load_catalog(conn, project_id)
+        if self.metadata is None:
+            return await load_catalog(conn, project_id)
+        try:
+            # A miss loads on the connection the request already holds (no 2nd checkout).
+            return await self.metadata.get(project_id, conn=conn)
+        except ProjectNotFound:
+            raise GatewayError(
+                "INVALID_API_KEY", "the API key's project no longer exists"
+            ) from None
 
     # --- the endpoints --------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 
 from gateway import auth
 from gateway.models import KEY_STATUSES, TIERS
-from gateway.tabledef import TableDef, check_name, create_table_ddl
+from gateway.tabledef import ColumnDef, TableDef, check_name, column_ddl, create_table_ddl
 
 PROJECT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SCOPES = ("read", "write")
@@ -301,3 +301,207 @@ def register_table(conn: psycopg.Connection[Any], project_id: str, table: TableD
 def install_table_hooks(conn: psycopg.Connection[Any], project: Project, table: TableDef) -> None:
     """Extension point for per-table triggers (realtime capture installs its own here)."""
     check_name(table.name, "table name")
+
+
+# --- changing a table (each change reaches every instance through the registry triggers) ---
+
+
+def _registered_table(
+    conn: psycopg.Connection[Any], project: Project, table: str
+) -> dict[str, Any]:
+    check_name(table, "table name")
+    row = conn.execute(
+        "SELECT * FROM gateway.table_registry WHERE project_id = %s AND name = %s FOR UPDATE",
+        [project.id, table],
+    ).fetchone()
+    if row is None:
+        raise ProvisioningError(f"no table {table!r} in project {project.name}")
+    return row
+
+
+def _as_project_role(conn: psycopg.Connection[Any], project: Project) -> None:
+    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(project.schema_name)))
+
+
+def add_column(
+    conn: psycopg.Connection[Any], ref: str, table: str, column: ColumnDef
+) -> dict[str, Any]:
+    """ALTER TABLE … ADD COLUMN as the project's role, and the registry row, in one transaction.
+
+    A NOT NULL column without a default can't be added to a table that has rows: refused
+    before any change, with what to do instead.
+    """
+    if column.primary_key or column.identity:
+        raise ProvisioningError("add-column can't add a primary key or identity column")
+    with conn.transaction():
+        project = find_project(conn, ref)
+        registered = _registered_table(conn, project, table)
+        taken = conn.execute(
+            "SELECT 1 FROM gateway.column_registry WHERE table_id = %s AND name = %s",
+            [registered["id"], column.name],
+        ).fetchone()
+        if taken:
+            raise ProvisioningError(f"table {table!r} already has a column {column.name!r}")
+        qualified = sql.SQL("{}.{}").format(
+            sql.Identifier(project.schema_name), sql.Identifier(table)
+        )
+        _as_project_role(conn, project)
+        try:
+            if not column.nullable and not column.has_default:
+                found = conn.execute(
+                    sql.SQL("SELECT EXISTS (SELECT 1 FROM {}) AS has_rows").format(qualified)
+                ).fetchone()
+                if found is not None and found["has_rows"]:
+                    raise ProvisioningError(
+                        f"table {table!r} has rows: a NOT NULL column without a default can't "
+                        "be added (give --nullable or --default)"
+                    )
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(qualified, column_ddl(column))
+            )
+        except psycopg.errors.DuplicateColumn:
+            raise ProvisioningError(
+                f"column {column.name!r} already exists in the table (but not in the registry)"
+            ) from None
+        except psycopg.errors.UndefinedTable:
+            raise ProvisioningError(
+                f"table {table!r} is registered but missing from the project's schema"
+            ) from None
+        except psycopg.errors.NotNullViolation:
+            raise ProvisioningError(
+                f"table {table!r} has rows: a NOT NULL column without a default can't be added"
+            ) from None
+        except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as exc:
+            raise ProvisioningError(f"invalid default: {exc.diag.message_primary}") from None
+        conn.execute("RESET ROLE")
+        row = conn.execute(
+            """
+            INSERT INTO gateway.column_registry
+                (table_id, name, ordinal, data_type, is_nullable, is_primary_key, has_default,
+                 is_sensitive, allow_client_read, allow_client_write)
+            SELECT %s, %s, coalesce(max(ordinal), 0) + 1, %s, %s, false, %s, %s, %s, %s
+              FROM gateway.column_registry WHERE table_id = %s
+            RETURNING ordinal
+            """,
+            [
+                registered["id"],
+                column.name,
+                column.type,
+                column.nullable,
+                column.has_default,
+                column.sensitive,
+                column.client_read,
+                column.client_write,
+                registered["id"],
+            ],
+        ).fetchone()
+    assert row is not None
+    return {
+        "project_id": project.id,
+        "schema_name": project.schema_name,
+        "table": table,
+        "column": {
+            "name": column.name,
+            "type": column.type,
+            "ordinal": row["ordinal"],
+            "nullable": column.nullable,
+            "has_default": column.has_default,
+            "sensitive": column.sensitive,
+            "client_read": column.client_read,
+            "client_write": column.client_write,
+        },
+    }
+
+
+def set_access(
+    conn: psycopg.Connection[Any],
+    ref: str,
+    table: str,
+    *,
+    column: str | None = None,
+    client_read: bool | None = None,
+    client_write: bool | None = None,
+    sensitive: bool | None = None,
+) -> dict[str, Any]:
+    """Table flags (no ``column``) or one column's flags; ``sensitive`` is a column flag."""
+    if client_read is None and client_write is None and sensitive is None:
+        raise ProvisioningError(
+            "nothing to change: give --client-read, --client-write or --sensitive"
+        )
+    if sensitive is not None and column is None:
+        raise ProvisioningError("--sensitive is a column flag: give --column too")
+    if column is not None:
+        check_name(column, "column name")
+    with conn.transaction():
+        project = find_project(conn, ref)
+        registered = _registered_table(conn, project, table)
+        if column is None:
+            row = conn.execute(
+                """
+                UPDATE gateway.table_registry
+                   SET allow_client_read = coalesce(%s, allow_client_read),
+                       allow_client_write = coalesce(%s, allow_client_write)
+                 WHERE id = %s
+                RETURNING allow_client_read, allow_client_write
+                """,
+                [client_read, client_write, registered["id"]],
+            ).fetchone()
+            assert row is not None
+            return {
+                "project_id": project.id,
+                "table": table,
+                "column": None,
+                "client_read": row["allow_client_read"],
+                "client_write": row["allow_client_write"],
+            }
+        row = conn.execute(
+            """
+            UPDATE gateway.column_registry
+               SET allow_client_read = coalesce(%s, allow_client_read),
+                   allow_client_write = coalesce(%s, allow_client_write),
+                   is_sensitive = coalesce(%s, is_sensitive)
+             WHERE table_id = %s AND name = %s
+            RETURNING allow_client_read, allow_client_write, is_sensitive
+            """,
+            [client_read, client_write, sensitive, registered["id"], column],
+        ).fetchone()
+        if row is None:
+            raise ProvisioningError(f"table {table!r} has no column {column!r}")
+    return {
+        "project_id": project.id,
+        "table": table,
+        "column": column,
+        "client_read": row["allow_client_read"],
+        "client_write": row["allow_client_write"],
+        "sensitive": row["is_sensitive"],
+    }
+
+
+def drop_table(conn: psycopg.Connection[Any], ref: str, table: str) -> dict[str, Any]:
+    """DROP TABLE as the project's role and unregister it (columns cascade), atomically."""
+    with conn.transaction():
+        project = find_project(conn, ref)
+        registered = _registered_table(conn, project, table)
+        _as_project_role(conn, project)
+        try:
+            conn.execute(
+                sql.SQL("DROP TABLE IF EXISTS {}.{}").format(
+                    sql.Identifier(project.schema_name), sql.Identifier(table)
+                )
+            )
+        except psycopg.errors.DependentObjectsStillExist as exc:
+            detail = (exc.diag.message_detail or "other objects depend on it").replace("\n", "; ")
+            raise ProvisioningError(f"table {table!r} can't be dropped: {detail}") from None
+        conn.execute("RESET ROLE")
+        remove_table_hooks(conn, project, table)
+        conn.execute("DELETE FROM gateway.table_registry WHERE id = %s", [registered["id"]])
+    return {
+        "project_id": project.id,
+        "schema_name": project.schema_name,
+        "table": table,
+        "dropped": True,
+    }
+
+
+def remove_table_hooks(conn: psycopg.Connection[Any], project: Project, table: str) -> None:
+    """Extension point mirroring ``install_table_hooks`` (runs before unregistering)."""

@@ -69,12 +69,18 @@ async def readyz(request: Request) -> Response:
                 checks[name] = "up" if await _check(check) else "down"
         except Exception:
             checks[name] = "down"
+    body: dict[str, Any] = {}
+    if state.listener is not None:
+        body["listener"] = state.listener.state()
+    if state.metadata is not None:
+        body["metadata"] = state.metadata.stats()
     ready = all(v == "up" for v in checks.values())
     return json_response(
         {
             "status": "ready" if ready else "unavailable",
             "instance": state.settings.instance_id,
             "checks": checks,
+            **body,
         },
         status=200 if ready else 503,
     )

@@ -154,21 +154,6 @@ def test_query_api_admission_and_metadata_through_pgbouncer(
     stats = {s["database"]: s for s in pgbouncer.show("STATS")}
     assert int(stats[pgbouncer.dbname]["total_xact_count"]) > 100
 
-    # admission: a revoked key is refused on the very next request on every instance
-    with provisioning.connect(pg_url) as conn:
-        provisioning.revoke_key(conn, project["public_key_id"])
-    for url in cluster.urls:
-        refused = query(url, public, operation="select", table="todos")
-        assert refused.status_code == 401, refused.text
-        assert refused.json()["error"]["code"] == "REVOKED_API_KEY"
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_limits(conn, project["id"], status="suspended")
-    for url in cluster.urls:
-        refused = query(url, server, operation="select", table="todos")
-        assert refused.status_code == 403, refused.text
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_limits(conn, project["id"], status="active")
-
     # metadata: a column added with plain SQL is served by every instance within 1 s
     schema = project["schema_name"]
     db.execute(f'ALTER TABLE "{schema}".todos ADD COLUMN priority integer')
@@ -191,3 +176,44 @@ def test_query_api_admission_and_metadata_through_pgbouncer(
     print(
         f"new column served by both instances {time.monotonic() - changed:.3f} s after the change"
     )
+
+    # …and a change sent THROUGH PgBouncer (NOTIFY works through a transaction pooler; only
+    # LISTEN doesn't, which is why the listener uses DATABASE_DIRECT_URL)
+    with psycopg.connect(pgbouncer.url, autocommit=True, prepare_threshold=None) as via:
+        via.execute(
+            """
+            UPDATE gateway.column_registry c SET is_sensitive = true
+              FROM gateway.table_registry t
+             WHERE c.table_id = t.id AND t.project_id = %s AND c.name = 'priority'
+            """,
+            [project["id"]],
+        )
+    changed = time.monotonic()
+    for url in cluster.urls:
+        while True:
+            row = ok(query(url, public, operation="select", table="todos", limit=1))[0]
+            if "priority" not in row:
+                break
+            assert time.monotonic() - changed < 1.0, row
+            time.sleep(0.02)
+    print(f"sensitive column hidden on both instances after {time.monotonic() - changed:.3f} s")
+
+    # the metadata listener runs on the direct URL, and is up on every instance
+    for url in cluster.urls:
+        ready = httpx.get(url + "/readyz", timeout=5).json()
+        assert ready["checks"].get("listener", "up") == "up", ready
+
+    # admission: a revoked key is refused on the very next request on every instance
+    with provisioning.connect(pg_url) as conn:
+        provisioning.revoke_key(conn, project["public_key_id"])
+    for url in cluster.urls:
+        refused = query(url, public, operation="select", table="todos")
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"]["code"] == "REVOKED_API_KEY"
+    with provisioning.connect(pg_url) as conn:
+        provisioning.set_limits(conn, project["id"], status="suspended")
+    for url in cluster.urls:
+        refused = query(url, server, operation="select", table="todos")
+        assert refused.status_code == 403, refused.text
+    with provisioning.connect(pg_url) as conn:
+        provisioning.set_limits(conn, project["id"], status="active")

@@ -173,28 +173,9 @@ def create_key(
         raise ProvisioningError(f"--scopes must be a comma-separated subset of {','.join(SCOPES)}")
     if expires_in_s is not None and not 0 < expires_in_s <= 10 * 365 * 86400:
         raise ProvisioningError("--expires-in must be a positive number of seconds (max 10 years)")
-    new_key = auth.generate_key(key_type)
     with conn.transaction():
         project = find_project(conn, ref)
-        row = conn.execute(
-            """
-            INSERT INTO gateway.api_keys (project_id, key_prefix, key_hash, key_type, scopes,
-                                          expires_at)
-            VALUES (%s, %s, %s, %s, %s,
-                    CASE WHEN %s::int IS NULL THEN NULL
-                         ELSE now() + make_interval(secs => %s::int) END)
-            RETURNING id, expires_at
-            """,
-            [
-                project.id,
-                new_key.prefix,
-                new_key.key_hash,
-                key_type,
-                scopes,
-                expires_in_s,
-                expires_in_s,
-            ],
-        ).fetchone()
+        new_key, row = _insert_key(conn, project.id, key_type, scopes, expires_in_s)
     assert row is not None
     expires_at: dt.datetime | None = row["expires_at"]
     return {
@@ -206,6 +187,43 @@ def create_key(
         "expires_at": expires_at.isoformat() if expires_at else None,
         "project_id": project.id,
     }
+
+
+KEY_INSERT = """
+    INSERT INTO gateway.api_keys (project_id, key_prefix, key_hash, key_type, scopes, expires_at)
+    VALUES (%s, %s, %s, %s, %s,
+            CASE WHEN %s::int IS NULL THEN NULL ELSE now() + make_interval(secs => %s::int) END)
+    RETURNING id, expires_at
+"""
+PREFIX_ATTEMPTS = 20
+
+
+def _insert_key(
+    conn: psycopg.Connection[Any],
+    project_id: str,
+    key_type: str,
+    scopes: list[str],
+    expires_in_s: int | None,
+) -> tuple[auth.NewKey, dict[str, Any]]:
+    """Insert a fresh key, drawing again when its visible prefix is already taken.
+
+    The 12-character prefix holds only three random characters after ``sheen_pk_``, and
+    the contract keeps it unique, so collisions are expected once there are a few
+    hundred keys; each draw runs in a savepoint so a collision costs one retry.
+    """
+    for _ in range(PREFIX_ATTEMPTS):
+        new_key = auth.generate_key(key_type)
+        params = [project_id, new_key.prefix, new_key.key_hash, key_type, scopes]
+        try:
+            with conn.transaction():
+                row = conn.execute(KEY_INSERT, [*params, expires_in_s, expires_in_s]).fetchone()
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name == "api_keys_key_prefix_key":
+                continue
+            raise
+        assert row is not None
+        return new_key, row
+    raise ProvisioningError("could not find a free key prefix; try again")
 
 
 def revoke_key(conn: psycopg.Connection[Any], key_id: str) -> dict[str, Any]:

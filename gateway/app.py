@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import routes
+from gateway.admission import Admitter
 from gateway.errors import GatewayError
 from gateway.listener import MetadataListener
 from gateway.metadata import MetadataCache
@@ -62,6 +63,7 @@ class GatewayState:
     pool: AsyncConnectionPool | None = None
     pool_plan: PoolPlan | None = None
     pipeline: Pipeline | None = None
+    admitter: Admitter | None = None
     metadata: MetadataCache | None = None
     listener: MetadataListener | None = None
     extras: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +78,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings, on_project=state.metadata.invalidate, on_all=state.metadata.invalidate_all
     )
     state.metadata.attach_listener(state.listener)
+    # Local denies of admission: dropped on NOTIFY of a project's limits, status or keys
+    # (and all of them after a reconnect); while the listener is down they are re-checked
+    # with the database at least once a second.
+    listener_ = state.listener
+    state.admitter = Admitter(settings, invalidation_live=lambda: listener_.connected)
+    state.listener.add_callbacks(
+        on_project=state.admitter.forget_project, on_all=state.admitter.forget_all
+    )
     observability = Observability(settings, state.extras)
     listener, metadata = state.listener, state.metadata
     # Without its LISTEN connection the instance can't hear about schema changes: 503.
@@ -99,7 +109,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         observability.start(state.pool)
         observability.metrics.register_source("pool_plan", state.pool_plan.as_json)
         state.metadata.pool = state.pool
-        state.pipeline = Pipeline(settings, state.pool, metadata=state.metadata)
+        state.pipeline = Pipeline(
+            settings, state.pool, metadata=state.metadata, admitter=state.admitter
+        )
         try:
             # In the background: /readyz says 503 until it listens; requests never wait.
             await state.listener.start()

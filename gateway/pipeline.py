@@ -22,6 +22,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from gateway import contract, permissions
+from gateway.admission import Admitter, admission_headers
 from gateway.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
 from gateway.compiler import CompiledStatement, compile_query
 from gateway.errors import GatewayError
@@ -47,6 +48,8 @@ class Outcome:
     table: str | None = None
     error_code: str | None = None
     row_count: int | None = None
+    # how admission decided a refusal: "rate_limited", "quota_exceeded" or "local_deny"
+    admission: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,15 @@ class Pipeline:
         pool: AsyncConnectionPool,
         *,
         metadata: MetadataCache | None = None,
+        admitter: Admitter | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         # The instance's metadata cache (gateway/metadata.py); without one, every request
         # loads its catalog (tests and benchmarks that want no cache).
         self.metadata = metadata
+        # Key, rate limit and quota in one statement; keeps this instance's local denies.
+        self.admitter = admitter or Admitter(settings)
 
     # --- the pieces -----------------------------------------------------------------
 
@@ -91,35 +97,21 @@ class Pipeline:
             yield conn
 
     async def admit(
-        self, conn: psycopg.AsyncConnection[Any], key: str | None, cost: int
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        key: str | None,
+        cost: int,
+        *,
+        key_hash: str | None = None,
     ) -> KeyContext:
-        """Validate the key (every request, against the database)."""
-        from gateway.auth import hash_key
-
-        if not key:
-            raise GatewayError("INVALID_API_KEY", "an API key is required")
-        cur = await conn.execute(
-            """
-            SELECT k.id::text, k.key_type, k.scopes, k.status,
-                   k.expires_at IS NOT NULL AND k.expires_at <= now(),
-                   p.id::text, p.schema_name, p.status
-              FROM gateway.api_keys k JOIN gateway.projects p ON p.id = k.project_id
-             WHERE k.key_hash = %s
-            """,
-            [hash_key(key)],
-        )
-        row = await cur.fetchone()
-        if row is None:
-            raise GatewayError("INVALID_API_KEY", "the API key is not valid")
-        key_id, key_type, scopes, status, expired, project_id, schema_name, project_status = row
-        if status == "revoked":
-            raise GatewayError("REVOKED_API_KEY", "the API key has been revoked")
-        if expired:
-            raise GatewayError("EXPIRED_API_KEY", "the API key has expired")
-        if project_status != "active":
-            raise GatewayError("PROJECT_SUSPENDED", "the project is suspended")
+        """Key, rate limit and daily quota: one statement, committed on its own."""
+        admission = await self.admitter.admit(conn, key, cost, key_hash=key_hash)
         return KeyContext(
-            project_id, schema_name, key_id, Principal(key_type, frozenset(scopes or ()))
+            admission.project_id,
+            admission.schema_name,
+            admission.key_id,
+            admission.principal,
+            admission_headers(admission),
         )
 
     async def catalog(self, conn: psycopg.AsyncConnection[Any], project_id: str) -> ProjectCatalog:
@@ -201,13 +193,16 @@ class Pipeline:
 
         async def unit(conn: psycopg.AsyncConnection[Any]) -> None:
             nonlocal headers
-            ctx = await self.admit(conn, key, cost)
+            ctx = await self.admit(conn, key, cost, key_hash=key_hash)
             headers = dict(ctx.headers)
             out.project_id, out.key_id = ctx.project_id, ctx.key_id
             out.headers = {**headers, "X-Project-Id": ctx.project_id}
             await work(conn, ctx, out)
 
         try:
+            # a project known to be over its limit is refused here: no pool connection,
+            # no round trip (the local deny; it never admits anything)
+            key_hash = self.admitter.check_local(key)
             # Pool exhausted, queue full or database down → 503 with Retry-After within
             # GATEWAY_POOL_TIMEOUT_S; a session the server ended is run again once.
             await run_with_retry(self.pool, unit)
@@ -220,6 +215,11 @@ class Pipeline:
 
     @staticmethod
     def _failed(out: Outcome, error: GatewayError, headers: dict[str, str]) -> Outcome:
+        if out.project_id is None and getattr(error, "project_id", None):
+            # refused by admission after the key was recognised: still the project's request
+            out.project_id = error.project_id  # type: ignore[attr-defined]
+            out.key_id = error.key_id  # type: ignore[attr-defined]
+        out.admission = getattr(error, "admission", None)
         out.status = error.status
         out.body = error_body(error)
         out.headers = {**out.headers, **headers, **error.headers}

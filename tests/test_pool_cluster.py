@@ -254,3 +254,36 @@ def test_outage_answers_503_fast_and_heals_without_restarts(
     assert [i.process.pid for i in cluster.instances] == pids
     for url in cluster.urls:
         assert httpx.get(url + "/readyz", timeout=5.0).status_code == 200
+
+
+def test_pool_connections_the_server_dropped_are_replaced_without_an_error(
+    pg_url: str,
+    db: psycopg.Connection[Any],
+    make_project: Callable[..., dict[str, Any]],
+    gateway_cluster: Callable[..., GatewayCluster],
+) -> None:
+    """pg_terminate_backend on every idle pooled connection: the next requests succeed."""
+    cluster = gateway_cluster(1, env={"GATEWAY_POOL_MIN": "3"})
+    instance = cluster.instances[0]
+    project = make_project()
+    body = {"query": {"operation": "select", "table": "todos", "limit": 1}}
+    headers = {"Authorization": f"Bearer {project['server_key']}"}
+    url = f"{instance.url}/v1/inhouse/db/query"
+    with httpx.Client(timeout=10) as client:
+        for round_ in range(3):
+            assert client.post(url, json=body, headers=headers).status_code == 200
+            rows = db.execute(
+                """
+                SELECT pid FROM pg_stat_activity
+                 WHERE application_name = %s AND state = 'idle'
+                   AND query NOT ILIKE 'LISTEN%%' AND query NOT ILIKE '%%notify%%'
+                """,
+                [f"gateway:{instance.instance_id}"],
+            ).fetchall()
+            pids = [r["pid"] for r in rows]
+            assert pids, "no idle pooled connection to terminate"
+            for pid in pids:
+                db.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+            statuses = [client.post(url, json=body, headers=headers).status_code for _ in range(10)]
+            print(f"round {round_}: terminated {len(pids)} pooled connections → {statuses}")
+            assert statuses == [200] * 10

@@ -422,7 +422,21 @@ async def checkout(pool: AsyncConnectionPool, deadline: float) -> AsyncConnectio
 
 def connection_lost(conn: AsyncConnection[Any], exc: BaseException) -> bool:
     """``exc`` broke ``conn``: an OperationalError that left the connection closed."""
-    return isinstance(exc, psycopg.OperationalError) and conn.closed
+    return lost_connection_error(conn, exc) is not None
+
+
+def lost_connection_error(
+    conn: AsyncConnection[Any], exc: BaseException
+) -> psycopg.OperationalError | None:
+    """The OperationalError that broke ``conn``: ``exc`` itself, or the cause of a
+    ``GatewayError`` 503 a component raised for it (``raise unavailable(...) from exc``)."""
+    if not conn.closed:
+        return None
+    if isinstance(exc, psycopg.OperationalError):
+        return exc
+    if isinstance(exc, GatewayError) and isinstance(exc.__cause__, psycopg.OperationalError):
+        return exc.__cause__
+    return None
 
 
 def retry_is_safe(exc: BaseException, *, idempotent: bool) -> bool:
@@ -486,12 +500,15 @@ async def run_with_retry(
         try:
             async with conn:
                 return await fn(conn)
-        except psycopg.OperationalError as exc:
-            if not connection_lost(conn, exc):
+        except (psycopg.OperationalError, GatewayError) as exc:
+            lost = lost_connection_error(conn, exc)
+            if lost is None:
                 raise
-            if attempt == 2 or not retry_is_safe(exc, idempotent=idempotent):
+            if attempt == 2 or not retry_is_safe(lost, idempotent=idempotent):
+                if isinstance(exc, GatewayError):
+                    raise
                 raise unavailable("the database connection was lost; retry shortly") from exc
-            logger.info("retrying once on a fresh connection: %s (%s)", exc.sqlstate, exc)
+            logger.info("retrying once on a fresh connection: %s (%s)", lost.sqlstate, lost)
             # the retry gets at least a moment to find a connection
             deadline = max(deadline, time.monotonic() + min(pool.timeout, 1.0))
         finally:

@@ -549,3 +549,58 @@ def test_app_refuses_an_impossible_plan_in_process(pg_url: str) -> None:
         pass
     assert "pool_max = floor((7 − 3 − 3 − 1 × 1) / 1) = 0 < 1" in str(excinfo.value)
     assert app.state.gw.pool is None
+
+
+def test_request_whose_session_the_server_ends_before_admission_is_retried_once(
+    pg_url: str, make_project: Any
+) -> None:
+    """A real ``pg_terminate_backend`` between checkout and the admission statement."""
+    from starlette.testclient import TestClient
+
+    from gateway.app import create_app
+
+    project = make_project()
+    app = create_app(settings_for(pg_url, GATEWAY_POOL_MAX="2", GATEWAY_POOL_MIN="2"))
+    body = {"query": {"operation": "select", "table": "todos"}}
+    headers = {"Authorization": f"Bearer {project['server_key']}"}
+    with TestClient(app) as client:
+        admitter = app.state.gw.pipeline.admitter
+        original = admitter.admit
+        pids: list[int] = []
+
+        async def admit_after_a_fault(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            pids.append(conn.info.backend_pid)
+            if len(pids) == 1:  # the server ends this session before admission runs
+                await asyncio.to_thread(terminate, pg_url, conn.info.backend_pid)
+            return await original(conn, *args, **kwargs)
+
+        admitter.admit = admit_after_a_fault
+        try:
+            response = client.post("/v1/inhouse/db/query", json=body, headers=headers)
+        finally:
+            admitter.admit = original
+        print(f"admission ran on backends {pids}: {response.status_code}")
+        assert response.status_code == 200, response.text
+        assert len(pids) == 2 and pids[0] != pids[1]
+
+
+def test_a_503_raised_for_a_lost_connection_is_retried_like_the_loss(pg_url: str) -> None:
+    async def main() -> None:
+        async with real_pool(pg_url, GATEWAY_POOL_MAX="2", GATEWAY_POOL_MIN="2") as pool:
+            calls = 0
+
+            async def unit(conn: psycopg.AsyncConnection[Any]) -> str:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    await asyncio.to_thread(terminate, pg_url, conn.info.backend_pid)
+                try:
+                    await conn.execute("SELECT 1")
+                except psycopg.OperationalError as exc:
+                    raise GatewayError("SERVICE_UNAVAILABLE", "lost", status=503) from exc
+                return "ok"
+
+            assert await run_with_retry(pool, unit) == "ok"
+            assert calls == 2
+
+    asyncio.run(main())

@@ -269,7 +269,8 @@ async def discover_limits(settings: Settings, *, timeout: float = 30.0) -> tuple
     """``(max_connections, reserved, source)``: from the settings, else from the database.
 
     Asks ``SHOW max_connections`` and ``SHOW superuser_reserved_connections`` (plus
-    ``reserved_connections`` on PostgreSQL 16+) on one short direct connection. On Neon
+    ``reserved_connections`` on PostgreSQL 16+) on one short connection to
+    ``DATABASE_DIRECT_URL``, or to ``DATABASE_URL`` when that can't be reached. On Neon
     (host ``*.neon.tech``) at least Neon's 7 reserved connections are assumed. A database
     that doesn't answer yet is asked again until ``timeout``.
     """
@@ -277,21 +278,28 @@ async def discover_limits(settings: Settings, *, timeout: float = 30.0) -> tuple
     reserved = settings.db_reserved_connections
     if max_connections is not None and reserved is not None:
         return max_connections, reserved, "settings"
-    url = settings.direct_url
+    # the direct URL first; if it can't be reached, the pool's URL (a pooler forwards SHOW
+    # to the server): an unreachable direct URL is the listener's problem, reported by
+    # /readyz, and must not keep the instance from serving
+    urls = list(dict.fromkeys(u for u in (settings.direct_url, settings.database_url) if u))
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            conn = await AsyncConnection.connect(
-                url,
-                autocommit=True,
-                application_name=SETUP_APPLICATION_NAME,
-                connect_timeout=5,
-                prepare_threshold=None,
-            )
-            break
-        except psycopg.OperationalError:
-            if time.monotonic() + 0.5 > deadline:
-                raise
+    conn: AsyncConnection[Any] | None = None
+    url = urls[0]
+    while conn is None:
+        for url in urls:
+            try:
+                conn = await AsyncConnection.connect(
+                    url,
+                    autocommit=True,
+                    application_name=SETUP_APPLICATION_NAME,
+                    connect_timeout=5,
+                    prepare_threshold=None,
+                )
+                break
+            except psycopg.OperationalError:
+                if url == urls[-1] and time.monotonic() + 0.5 > deadline:
+                    raise
+        if conn is None:
             await asyncio.sleep(0.5)
     source = "database" if max_connections is None and reserved is None else "settings + database"
     async with conn:

@@ -141,6 +141,16 @@ def test_discover_limits_asks_the_database_unless_told(pg_url: str) -> None:
     assert asyncio.run(discover_limits(told)) == (50, 4, "settings")
     half = settings_for(pg_url, GATEWAY_DB_MAX_CONNECTIONS="50")
     assert asyncio.run(discover_limits(half)) == (50, 3, "settings + database")
+    # an unreachable DATABASE_DIRECT_URL (the listener's problem) doesn't stop start-up
+    dead_direct = settings_for(
+        pg_url, DATABASE_DIRECT_URL="postgresql://postgres@127.0.0.1:1/postgres"
+    )
+    assert asyncio.run(discover_limits(dead_direct, timeout=0))[:2] == (300, 3)
+
+
+def test_discover_limits_through_pgbouncer(pgbouncer_url: str) -> None:  # noqa: F811
+    settings = settings_for(pgbouncer_url, GATEWAY_DB_POOLER="transaction")
+    assert asyncio.run(discover_limits(settings, timeout=0))[:2] == (300, 3)
 
 
 def test_pool_plan_cli_json_and_human(pg_url: str) -> None:

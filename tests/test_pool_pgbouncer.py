@@ -203,6 +203,23 @@ def test_query_api_admission_and_metadata_through_pgbouncer(
         ready = httpx.get(url + "/readyz", timeout=5).json()
         assert ready["checks"].get("listener", "up") == "up", ready
 
+    # admission: the rate limit counts exactly across both instances through PgBouncer
+    # (answers grouped by their window, in case the burst straddles a minute boundary)
+    limited = make_project(rate_limit_per_minute=6)
+    statuses = [
+        query(cluster.urls[i % 2], limited["server_key"], operation="select", table="todos")
+        for i in range(9)
+    ]
+    print("rate limit 6/minute through PgBouncer:", [r.status_code for r in statuses])
+    refused = [r for r in statuses if r.status_code == 429]
+    assert refused, "no request was refused"
+    assert refused[0].json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    assert "retry-after" in refused[0].headers
+    window = refused[0].headers["x-ratelimit-reset"]
+    same_window = [r for r in statuses if r.headers.get("x-ratelimit-reset") == window]
+    assert sum(r.status_code == 200 for r in same_window) == 6
+    assert {r.status_code for r in statuses} == {200, 429}
+
     # admission: a revoked key is refused on the very next request on every instance
     with provisioning.connect(pg_url) as conn:
         provisioning.revoke_key(conn, project["public_key_id"])

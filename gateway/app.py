@@ -21,7 +21,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import routes
+from gateway import realtime, routes
 from gateway.admission import Admitter
 from gateway.errors import GatewayError
 from gateway.listener import MetadataListener
@@ -29,6 +29,7 @@ from gateway.metadata import MetadataCache
 from gateway.observe import Observability, ObserveMiddleware
 from gateway.pipeline import Pipeline
 from gateway.pool import PlanError, PoolPlan, create_pool, plan_for
+from gateway.realtime import RealtimeHub
 from gateway.responses import error_response
 from gateway.settings import Settings
 
@@ -66,6 +67,7 @@ class GatewayState:
     admitter: Admitter | None = None
     metadata: MetadataCache | None = None
     listener: MetadataListener | None = None
+    realtime: RealtimeHub | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,6 +114,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.pipeline = Pipeline(
             settings, state.pool, metadata=state.metadata, admitter=state.admitter
         )
+        # realtime: the hub polls only while someone subscribes; retention is a job of
+        # the maintenance leader; the hub's figures are a metrics source
+        state.realtime = RealtimeHub(settings, state.pool)
+        realtime.install(state.realtime, state.extras)
+        realtime.drain_on_signals(state.realtime)
         try:
             # In the background: /readyz says 503 until it listens; requests never wait.
             await state.listener.start()
@@ -120,6 +127,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await state.listener.stop()
             await observability.stop_background()
+            await state.realtime.stop()
             # the request log flushes LAST, just before the pool closes: nothing is lost
             await observability.stop_request_log()
             await state.pool.close()

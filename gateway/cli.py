@@ -245,6 +245,17 @@ def cmd_table_create(args: argparse.Namespace) -> None:
     _emit(args, result, f"created table {table.name} in {result['schema_name']}")
 
 
+def cmd_table_realtime(args: argparse.Namespace) -> None:
+    from gateway import provisioning
+
+    if args.enable == args.disable:
+        raise UsageError("give exactly one of --enable or --disable")
+    with _connect() as conn:
+        result = provisioning.set_realtime(conn, args.project, args.table, enabled=args.enable)
+    state = "enabled" if result["realtime"] else "disabled"
+    _emit(args, result, f"realtime {state} for {result['table']}")
+
+
 def _default_value(raw: str | None) -> tuple[bool, Any]:
     """``--default``: a JSON literal, or now() / gen_random_uuid()."""
     if raw is None:
@@ -399,6 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(table, "create", cmd_table_create, "create a table from a JSON definition")
     p.add_argument("project")
     p.add_argument("--file", required=True)
+    p = command(
+        table,
+        "realtime",
+        cmd_table_realtime,
+        "turn realtime capture (the change-log trigger) on or off for a table",
+    )
+    p.add_argument("project")
+    p.add_argument("table")
+    p.add_argument("--enable", action="store_true")
+    p.add_argument("--disable", action="store_true")
 
     p = command(table, "add-column", cmd_table_add_column, "add a column to a table")
     p.add_argument("project")

@@ -372,3 +372,8 @@ def parse_batch_body(body: object) -> list[Query]:
     if not 1 <= len(queries) <= MAX_BATCH:
         raise _invalid("INVALID_QUERY", "queries", f"must hold 1 to {MAX_BATCH} queries")
     return [parse_query(q, f"queries[{i}]") for i, q in enumerate(queries)]
+
+
+def parse_filters(value: object, field: str = "filters") -> tuple[Filter, ...]:
+    """A filter array on its own (the realtime endpoint's ``filters`` parameter)."""
+    return _filters(value, field)

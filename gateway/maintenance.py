@@ -258,7 +258,10 @@ def install_default_jobs(maintenance: Maintenance, sampler: ConnectionSampler) -
     retention_days = maintenance.settings.log_retention_days
 
     async def retention(conn: AsyncConnection[Any]) -> int:
-        return await delete_expired_request_log(conn, retention_days)
+        # Not in the leader's transaction: a DELETE takes an xid, and every open xid holds
+        # realtime delivery back, so each batch commits on its own (autocommit) connection.
+        async with maintenance.pool.connection() as own:
+            return await delete_expired_request_log(own, retention_days)
 
     maintenance.register("request_log_retention", retention)
     maintenance.register(

@@ -69,6 +69,18 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "db_connections": (),  # {instance_id: connections}
     "request_log": ("depth", "dropped", "written", "flush_errors"),
     "maintenance": ("is_leader",),
+    "realtime": (
+        "subscribers",
+        "polls",
+        "poll_errors",
+        "rows_delivered",
+        "overflows",
+        "send_timeouts",
+        "resets",
+        "held_back_s",
+        "last_change_age_s",
+        "xmin_lag_xids",
+    ),
 }
 
 Source = Callable[[], Mapping[str, Any] | None]
@@ -274,6 +286,42 @@ class _SourceCollector(Collector):
                 fam = CounterMetricFamily("gateway_request_log_flush_errors", help_text)
             if present:
                 fam.add_metric([], _num(log, key))
+            yield fam
+
+        # realtime (gateway.realtime.RealtimeHub.snapshot)
+        rt = m.read("realtime")
+        present = m.has("realtime")
+        for name, key, help_text in (
+            ("gateway_realtime_subscribers", "subscribers", "Open realtime streams"),
+            (
+                "gateway_realtime_held_back_seconds",
+                "held_back_s",
+                "Age of the oldest committed change not yet deliverable because an older "
+                "transaction is still open (delivery waits for it)",
+            ),
+            (
+                "gateway_realtime_last_change_age_seconds",
+                "last_change_age_s",
+                "now - created_at of the last change the poller read (database clock)",
+            ),
+            (
+                "gateway_realtime_xmin_lag_xids",
+                "xmin_lag_xids",
+                "Transaction ids between the oldest open transaction and the next one",
+            ),
+        ):
+            yield _gauge(name, help_text, _num(rt, key) if present else None)
+        for name, key, help_text in (
+            ("gateway_realtime_polls", "polls", "Change-log polls"),
+            ("gateway_realtime_poll_errors", "poll_errors", "Failed change-log polls"),
+            ("gateway_realtime_events", "rows_delivered", "Change events sent to subscribers"),
+            ("gateway_realtime_overflows", "overflows", "Streams closed with overflow"),
+            ("gateway_realtime_send_timeouts", "send_timeouts", "Streams dropped on send timeout"),
+            ("gateway_realtime_resets", "resets", "Resets sent (cursor older than retention)"),
+        ):
+            fam = CounterMetricFamily(name, help_text)
+            if present:
+                fam.add_metric([], _num(rt, key))
             yield fam
 
 

@@ -23,11 +23,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway import contract, permissions
 from gateway.admission import Admitter, admission_headers
-from gateway.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
+from gateway.catalog import Principal, ProjectCatalog
 from gateway.compiler import CompiledStatement, compile_query
 from gateway.errors import GatewayError
 from gateway.executor import StatementResult, run_transaction
-from gateway.metadata import MetadataCache, ProjectNotFound
+from gateway.metadata import MetadataCache, ProjectNotFound, load_catalog
 from gateway.pool import acquire, run_with_retry
 from gateway.responses import data_body, error_body
 from gateway.settings import Settings
@@ -262,62 +262,3 @@ def _batch_body(results: list[StatementResult]) -> bytes:
         for r in results
     ]
     return b'{"data":[' + b",".join(parts) + b'],"error":null,"status":200}'
-
-
-CATALOG_QUERY = """
-SELECT p.schema_name,
-       coalesce((
-         SELECT json_agg(json_build_object(
-                  'name', t.name, 'system', t.is_system_table,
-                  'read', t.allow_client_read, 'write', t.allow_client_write,
-                  'realtime', t.realtime,
-                  'columns', (
-                    SELECT coalesce(json_agg(json_build_object(
-                             'name', c.name, 'type', c.data_type, 'nullable', c.is_nullable,
-                             'pk', c.is_primary_key, 'default', c.has_default,
-                             'sensitive', c.is_sensitive, 'read', c.allow_client_read,
-                             'write', c.allow_client_write) ORDER BY c.ordinal), '[]')
-                      FROM gateway.column_registry c WHERE c.table_id = t.id))
-                  ORDER BY t.name)
-           FROM gateway.table_registry t WHERE t.project_id = p.id), '[]')::text
-  FROM gateway.projects p
- WHERE p.id = %s
-"""
-
-
-def catalog_from_json(
-    project_id: str, schema_name: str, tables_json: str | bytes
-) -> ProjectCatalog:
-    tables: dict[str, TableInfo] = {}
-    for t in orjson.loads(tables_json):
-        columns = tuple(
-            ColumnInfo(
-                name=c["name"],
-                data_type=c["type"],
-                is_nullable=c["nullable"],
-                is_primary_key=c["pk"],
-                is_sensitive=c["sensitive"],
-                allow_client_read=c["read"],
-                allow_client_write=c["write"],
-                has_default=c["default"],
-            )
-            for c in t["columns"]
-        )
-        tables[t["name"]] = TableInfo(
-            name=t["name"],
-            columns=columns,
-            is_system_table=t["system"],
-            allow_client_read=t["read"],
-            allow_client_write=t["write"],
-            realtime=t["realtime"],
-        )
-    return ProjectCatalog(project_id=project_id, schema_name=schema_name, tables=tables)
-
-
-async def load_catalog(conn: psycopg.AsyncConnection[Any], project_id: str) -> ProjectCatalog:
-    """A project's tables and columns with their permission flags, in one query."""
-    cur = await conn.execute(CATALOG_QUERY, [project_id])
-    row = await cur.fetchone()
-    if row is None:
-        raise GatewayError("INVALID_API_KEY", "the API key's project no longer exists")
-    return catalog_from_json(project_id, row[0], row[1])

@@ -316,9 +316,97 @@ def register_table(conn: psycopg.Connection[Any], project_id: str, table: TableD
     return int(row["id"])
 
 
+CAPTURE_TRIGGER = "gateway_realtime_capture"
+
+
 def install_table_hooks(conn: psycopg.Connection[Any], project: Project, table: TableDef) -> None:
-    """Extension point for per-table triggers (realtime capture installs its own here)."""
+    """Per-table triggers: realtime capture, unless the definition says ``"realtime": false``.
+
+    Runs inside ``create_table``'s transaction, after ``register_table`` wrote
+    ``table_registry.realtime`` from the same definition.
+    """
     check_name(table.name, "table name")
+    if table.realtime:
+        primary_key = [c.name for c in table.columns if c.primary_key]
+        _create_capture_trigger(conn, project, table.name, primary_key)
+
+
+def _create_capture_trigger(
+    conn: psycopg.Connection[Any], project: Project, table: str, primary_key: list[str]
+) -> None:
+    """AFTER INSERT/UPDATE/DELETE FOR EACH ROW → ``gateway.capture_change(project, pk...)``.
+
+    Identifiers are checked names from the registry; the arguments are literals.
+    """
+    check_name(table, "table name")
+    if not primary_key:
+        raise ProvisioningError(f"table {table!r} has no primary key: realtime needs one")
+    args = [sql.Literal(project.id)] + [sql.Literal(check_name(c, "column")) for c in primary_key]
+    conn.execute(
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {}.{} "
+            "FOR EACH ROW EXECUTE FUNCTION gateway.capture_change({})"
+        ).format(
+            sql.Identifier(CAPTURE_TRIGGER),
+            sql.Identifier(project.schema_name),
+            sql.Identifier(table),
+            sql.SQL(", ").join(args),
+        )
+    )
+
+
+def _drop_capture_trigger(conn: psycopg.Connection[Any], project: Project, table: str) -> None:
+    conn.execute(
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}.{}").format(
+            sql.Identifier(CAPTURE_TRIGGER),
+            sql.Identifier(project.schema_name),
+            sql.Identifier(check_name(table, "table name")),
+        )
+    )
+
+
+def set_realtime(
+    conn: psycopg.Connection[Any], ref: str, table: str, *, enabled: bool
+) -> dict[str, Any]:
+    """``gateway table realtime``: install or drop the capture trigger and flip the registry.
+
+    One transaction; idempotent (enabling an enabled table recreates its trigger, so a
+    trigger lost to manual DDL comes back).
+    """
+    with conn.transaction():
+        project = find_project(conn, ref)
+        row = conn.execute(
+            """
+            SELECT id, name FROM gateway.table_registry
+             WHERE project_id = %s AND name = %s
+               FOR UPDATE
+            """,
+            [project.id, table],
+        ).fetchone()
+        if row is None:
+            raise ProvisioningError(f"no table {table!r} in {project.name}")
+        primary_key = [
+            r["name"]
+            for r in conn.execute(
+                """
+                SELECT name FROM gateway.column_registry
+                 WHERE table_id = %s AND is_primary_key ORDER BY ordinal
+                """,
+                [row["id"]],
+            ).fetchall()
+        ]
+        _drop_capture_trigger(conn, project, row["name"])
+        if enabled:
+            _create_capture_trigger(conn, project, row["name"], primary_key)
+        conn.execute(
+            "UPDATE gateway.table_registry SET realtime = %s WHERE id = %s", [enabled, row["id"]]
+        )
+    return {
+        "project_id": project.id,
+        "table": row["name"],
+        "table_id": int(row["id"]),
+        "realtime": enabled,
+    }
 
 
 # --- changing a table (each change reaches every instance through the registry triggers) ---

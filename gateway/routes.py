@@ -19,6 +19,7 @@ from gateway.errors import GatewayError
 from gateway.metrics import CONTENT_TYPE
 from gateway.pipeline import Outcome
 from gateway.pool import acquire
+from gateway.realtime_http import realtime_stream
 from gateway.responses import JSON, error_response, json_response
 
 logger = logging.getLogger("gateway")
@@ -182,6 +183,7 @@ def build_routes() -> list[Route]:
         Route(f"{BASE}/query", query, methods=["POST"]),
         Route(f"{BASE}/batch", batch, methods=["POST"]),
         Route(f"{BASE}/schema", schema, methods=["GET"]),
+        Route(f"{BASE}/realtime", realtime_stream, methods=["GET"]),
         Route(f"{BASE}/health", health, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -78,6 +78,9 @@ class Settings:
     realtime_poll_max_ms: int = 250
     realtime_queue_max: int = 1000
     realtime_max_streams_per_project: int = 100
+    realtime_heartbeat_s: float = 15.0
+    realtime_send_timeout_s: float = 10.0
+    realtime_revalidate_s: float = 30.0
 
     @property
     def direct_url(self) -> str:
@@ -138,6 +141,9 @@ class Settings:
             realtime_max_streams_per_project=r.int(
                 "GATEWAY_REALTIME_MAX_STREAMS_PER_PROJECT", 100, minimum=1
             ),
+            realtime_heartbeat_s=r.float("GATEWAY_REALTIME_HEARTBEAT_S", 15.0, minimum=0.05),
+            realtime_send_timeout_s=r.float("GATEWAY_REALTIME_SEND_TIMEOUT_S", 10.0, minimum=0.05),
+            realtime_revalidate_s=r.float("GATEWAY_REALTIME_REVALIDATE_S", 30.0, minimum=0.05),
         )
         if settings.pool_max is not None and settings.pool_min > settings.pool_max:
             raise SettingsError(

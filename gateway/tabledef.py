@@ -70,7 +70,8 @@ class TableDef:
     columns: tuple[ColumnDef, ...]
     client_read: bool = True
     client_write: bool = True
-    realtime: bool = False
+    # capture triggers are installed unless the definition says "realtime": false
+    realtime: bool = True
 
 
 def check_name(name: object, what: str) -> str:
@@ -180,7 +181,7 @@ def parse_table(raw: object) -> TableDef:
         columns=columns,
         client_read=_flag(raw, "client_read", True, "table"),
         client_write=_flag(raw, "client_write", True, "table"),
-        realtime=_flag(raw, "realtime", False, "table"),
+        realtime=_flag(raw, "realtime", True, "table"),
     )
 
 

@@ -18,23 +18,10 @@ import pytest
 from psycopg.rows import dict_row
 
 from gateway import migrate, provisioning, tabledef
+from gateway.devserver import DEMO_TABLE
 from tests.harness import GatewayCluster, LocalServerControl
 
-TODOS_TABLE: dict[str, Any] = {
-    "name": "todos",
-    "client_read": True,
-    "client_write": True,
-    "columns": [
-        {"name": "id", "type": "bigint", "primary_key": True, "identity": True},
-        {"name": "title", "type": "text", "nullable": False},
-        {"name": "done", "type": "boolean", "default": False},
-        {"name": "tags", "type": "text[]"},
-        {"name": "meta", "type": "jsonb"},
-        {"name": "owner_email", "type": "text", "sensitive": True},
-        {"name": "internal_note", "type": "text", "client_read": False, "client_write": False},
-        {"name": "created_at", "type": "timestamptz", "default": "now()"},
-    ],
-}
+TODOS_TABLE: dict[str, Any] = DEMO_TABLE  # the demo project's table, as `make run` creates it
 
 
 @pytest.fixture(scope="session")

@@ -90,10 +90,11 @@ def test_catalog_is_loaded_in_one_query_with_every_field(
     assert catalog.schema_name == project["schema_name"]
     todos = catalog.table("todos")
     assert todos is not None
+    # tables get realtime capture unless their definition says "realtime": false
     assert (todos.allow_client_read, todos.allow_client_write, todos.realtime) == (
         True,
         True,
-        False,
+        True,
     )
     assert [c.name for c in todos.columns] == [
         "id",

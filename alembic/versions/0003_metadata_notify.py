@@ -20,7 +20,7 @@ Sources:
   migrating role may not, the migration skips it and logs why.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-26
 """
 
@@ -33,7 +33,7 @@ from alembic import op
 from sqlalchemy import text
 
 revision: str = "0003"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """Request log: one row per keyed request, written in batches with COPY.
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0003
 Create Date: 2026-11-26
 
 A plain (unpartitioned) table with retention by batched DELETE, not daily partitions:
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0001"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

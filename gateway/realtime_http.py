@@ -1,0 +1,253 @@
+"""``GET /v1/inhouse/db/realtime``: a subscription as ``text/event-stream``.
+
+The order of checks: a server key in the URL is refused before any database work (400
+``SECRET_KEY_IN_URL``); then the parameters are parsed (table, filters, cursor); then
+admission (one request) and the catalog; then table and filter permissions with the same
+codes as ``/query``; then the hub registers the stream (429 ``TOO_MANY_SUBSCRIPTIONS``).
+
+The response is a small ASGI app of its own rather than Starlette's StreamingResponse:
+every ``send`` has a timeout (a client that stops reading can't hold a stream forever),
+and a disconnect ends the stream at once whatever the ASGI spec version (uvicorn reports
+2.3, under which a send to a closed connection doesn't fail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Collection
+from typing import Any
+
+import orjson
+import psycopg
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway import contract, permissions
+from gateway.auth import hash_key, key_from_headers, looks_like_secret
+from gateway.catalog import Principal, ProjectCatalog, TableInfo
+from gateway.errors import GatewayError
+from gateway.realtime import RealtimeHub, Subscription, parse_cursor, sse_stream
+from gateway.responses import error_response
+
+logger = logging.getLogger("gateway.realtime")
+
+MAX_FILTERS_PARAM = 16 * 1024
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+    "Connection": "keep-alive",
+}
+
+
+class SSEResponse(Response):
+    """Streams a subscription; per-send timeout; ends on disconnect, overflow or shutdown."""
+
+    def __init__(
+        self,
+        sub: Subscription,
+        *,
+        headers: dict[str, str],
+        heartbeat_s: float,
+        send_timeout_s: float,
+    ) -> None:
+        self.sub = sub
+        self.heartbeat_s = heartbeat_s
+        self.send_timeout_s = send_timeout_s
+        self.status_code = 200
+        self.background = None
+        self.media_type = "text/event-stream"
+        self.init_headers({**SSE_HEADERS, **headers})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = sse_stream(self.sub, self.heartbeat_s)
+        timeout = self.send_timeout_s
+
+        async def pump() -> None:
+            async with asyncio.timeout(timeout):
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                )
+            async for chunk in stream:
+                async with asyncio.timeout(timeout):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            async with asyncio.timeout(timeout):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+
+        pumping = asyncio.create_task(pump())
+        watching = asyncio.create_task(watch())
+        try:
+            await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pumping, watching):
+                task.cancel()
+            for task in (pumping, watching):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+            self.sub.close()
+        if pumping.done() and not pumping.cancelled():
+            exc = pumping.exception()
+            if isinstance(exc, TimeoutError):
+                # the client stopped reading: drop the connection; it resumes from its id
+                self.sub.hub.stats.send_timeouts += 1
+                logger.info("realtime: closing a stream whose client stopped reading")
+            elif exc is not None and not isinstance(exc, OSError):
+                logger.warning("realtime: stream failed: %r", exc)
+
+
+KEY_CHECK_SQL = """
+SELECT k.status, k.expires_at IS NOT NULL AND k.expires_at <= now(), p.status
+  FROM gateway.api_keys k JOIN gateway.projects p ON p.id = k.project_id
+ WHERE k.key_hash = %s
+"""
+
+
+async def check_key(conn: psycopg.AsyncConnection[Any], key: str) -> None:
+    """Is the key still usable? Raises the admission's codes; counts nothing."""
+    cur = await conn.execute(KEY_CHECK_SQL, [hash_key(key)])
+    row = await cur.fetchone()
+    if row is None:
+        raise GatewayError("INVALID_API_KEY", "Invalid API key")
+    status, expired, project_status = row
+    if status != "active":
+        raise GatewayError("REVOKED_API_KEY", "API key has been revoked")
+    if expired:
+        raise GatewayError("EXPIRED_API_KEY", "API key has expired")
+    if project_status != "active":
+        raise GatewayError("PROJECT_SUSPENDED", "Project is suspended")
+
+
+def _readable_fn(
+    hub: RealtimeHub, project_id: str, table: str, principal: Principal, first: ProjectCatalog
+) -> Any:
+    """Readable columns for the current catalog, memoized per catalog object."""
+    memo: dict[str, Any] = {"table": None, "columns": None}
+
+    def columns() -> Collection[str]:
+        catalog = hub.catalog(project_id) or first
+        info = catalog.table(table)
+        if info is None:
+            raise GatewayError("TABLE_NOT_FOUND", f"table '{table}' does not exist")
+        if memo["table"] is not info:
+            memo["table"] = info
+            memo["columns"] = frozenset(permissions.readable_columns(info, principal))
+        result: Collection[str] = memo["columns"]
+        return result
+
+    return columns
+
+
+def _parse_request(request: Request) -> tuple[str, Any, Any]:
+    params = request.query_params
+    table = params.get("table")
+    if not table:
+        raise GatewayError(
+            "INVALID_QUERY", "table: the 'table' query parameter is required",
+            details={"field": "table"},
+        )  # fmt: skip
+    raw_filters = params.get("filters")
+    filters: tuple[contract.Filter, ...] = ()
+    if raw_filters:
+        if len(raw_filters) > MAX_FILTERS_PARAM:
+            raise GatewayError("INVALID_QUERY", "filters: too long", details={"field": "filters"})
+        try:
+            decoded = orjson.loads(raw_filters)
+        except orjson.JSONDecodeError:
+            raise GatewayError(
+                "INVALID_QUERY", "filters: must be a JSON array of filters",
+                details={"field": "filters"},
+            ) from None  # fmt: skip
+        filters = contract.parse_filters(decoded, "filters")
+    # a browser's reconnect sends Last-Event-ID; it wins over the ?since= of the URL
+    raw_cursor = request.headers.get("last-event-id") or params.get("since")
+    since = parse_cursor(raw_cursor) if raw_cursor else None
+    return table, filters, since
+
+
+def _check_table(catalog: ProjectCatalog, table: str, principal: Principal) -> TableInfo:
+    info = permissions.resolve_table(catalog, table, principal, write=False)
+    if not info.realtime:
+        raise GatewayError(
+            "INVALID_TABLE",
+            f"table '{table}' does not have realtime enabled",
+            details={"table": table},
+            hint=f"gateway table realtime <project> {table} --enable",
+        )
+    return info
+
+
+async def realtime_stream(request: Request) -> Response:
+    state = request.app.state.gw
+    settings = state.settings
+    url_key = request.query_params.get("apikey")
+    # before anything touches the database: a secret in a URL is refused outright
+    if url_key is not None and looks_like_secret(url_key):
+        return error_response(
+            GatewayError(
+                "SECRET_KEY_IN_URL",
+                "only public keys may be passed in the URL; send server keys in the "
+                "Authorization header",
+            )
+        )
+    key = key_from_headers(request.headers) or url_key
+    headers: dict[str, str] = {}
+    try:
+        table, filters, since = _parse_request(request)
+        hub: RealtimeHub = state.realtime
+        pipeline = state.pipeline
+        # a project known to be over its limit is refused locally, as for /query
+        admitter = getattr(pipeline, "admitter", None)
+        key_hash = admitter.check_local(key) if admitter is not None else None
+        async with pipeline.connection() as conn:
+            # opening a stream costs one request; events cost nothing
+            ctx = await pipeline.admit(conn, key, 1, key_hash=key_hash)
+            headers = {**ctx.headers, "X-Project-Id": ctx.project_id}
+            catalog = await pipeline.catalog(conn, ctx.project_id)
+        info = _check_table(catalog, table, ctx.principal)
+        for i, f in enumerate(filters):
+            permissions.require_readable(info, f.column, ctx.principal, f"filters[{i}].column")
+
+        async def revalidate() -> None:
+            # the key is checked again now and then (without counting a request): a
+            # revoked or expired key, or a suspended project, ends the stream
+            async with pipeline.connection() as conn:
+                await check_key(conn, key or "")
+
+        sub = await hub.subscribe(
+            ctx.project_id,
+            table,
+            filters=filters,
+            column_types={c.name: c.data_type for c in info.columns},
+            columns=_readable_fn(hub, ctx.project_id, table, ctx.principal, catalog),
+            since=since,
+            catalog=catalog,
+            revalidate=revalidate,
+        )
+    except GatewayError as error:
+        return error_response(error, headers)
+    except psycopg.OperationalError as exc:
+        logger.warning("realtime: database unavailable: %s", str(exc).strip()[:200])
+        return error_response(
+            GatewayError(
+                "SERVICE_UNAVAILABLE",
+                "the database is unavailable, retry shortly",
+                headers={"Retry-After": "1"},
+            ),
+            headers,
+        )
+    return SSEResponse(
+        sub,
+        headers=headers,
+        heartbeat_s=settings.realtime_heartbeat_s,
+        send_timeout_s=settings.realtime_send_timeout_s,
+    )

@@ -293,7 +293,9 @@ class Admitter:
             except psycopg.OperationalError as exc:
                 self._stats["unavailable"] += 1
                 logger.warning("admission failed: %s", type(exc).__name__)
-                raise service_unavailable() from None
+                # chained: gateway.pool.run_with_retry sees the lost connection behind the
+                # 503 and runs the request once more on a fresh one when that is safe
+                raise service_unavailable() from exc
         # timed out: cancel on the server; give it a moment, then close the connection
         self._stats["unavailable"] += 1
         task.cancel()

@@ -28,12 +28,14 @@ from gateway.listener import MetadataListener
 from gateway.metadata import MetadataCache
 from gateway.observe import Observability, ObserveMiddleware
 from gateway.pipeline import Pipeline
-from gateway.pool import create_pool
+from gateway.pool import PlanError, PoolPlan, create_pool, plan_for
 from gateway.realtime import RealtimeHub
 from gateway.responses import error_response
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway")
+
+POOL_OPEN_TIMEOUT_S = 30.0
 
 EXPOSED_HEADERS = [
     "X-RateLimit-Limit",
@@ -60,6 +62,7 @@ class GatewayState:
 
     settings: Settings
     pool: AsyncConnectionPool | None = None
+    pool_plan: PoolPlan | None = None
     pipeline: Pipeline | None = None
     admitter: Admitter | None = None
     metadata: MetadataCache | None = None
@@ -98,9 +101,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert state.metadata is not None and state.listener is not None
-        state.pool = create_pool(settings)
-        await state.pool.open(wait=True, timeout=30)
+        try:
+            state.pool_plan = await plan_for(settings, timeout=POOL_OPEN_TIMEOUT_S)
+        except PlanError as exc:
+            logger.error("%s", exc)
+            raise
+        state.pool = create_pool(settings, state.pool_plan)
+        await state.pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
         observability.start(state.pool)
+        observability.metrics.register_source("pool_plan", state.pool_plan.as_json)
         state.metadata.pool = state.pool
         state.pipeline = Pipeline(
             settings, state.pool, metadata=state.metadata, admitter=state.admitter
@@ -113,7 +122,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             # In the background: /readyz says 503 until it listens; requests never wait.
             await state.listener.start()
-            logger.info("instance %s ready", settings.instance_id)
+            logger.info("instance %s ready: %s", settings.instance_id, state.pool_plan.summary())
             yield
         finally:
             await state.listener.stop()

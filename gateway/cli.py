@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import orjson
 import psycopg
 
+from gateway.pool import PlanError
 from gateway.provisioning import ProvisioningError
 from gateway.settings import Settings, SettingsError
 from gateway.tabledef import DefinitionError
@@ -76,10 +77,33 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     _emit(args, {"status": "ok", "revision": "head"}, "migrated to head")
 
 
+def _positive_int(value: str) -> int:
+    number = _non_negative_int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, not {value}")
+    return number
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
+    import asyncio
+    import os
+
     import uvicorn
 
-    _settings()  # fail fast, with the variable's name, before uvicorn starts
+    from gateway.pool import plan_for
+
+    settings = _settings()  # fail fast, with the variable's name, before uvicorn starts
+    if args.workers > settings.instances:
+        # every worker process is an instance with its own pool
+        print(
+            f"gateway: note: {args.workers} workers are {args.workers} instances: "
+            f"planning the pools with GATEWAY_INSTANCES={args.workers}",
+            file=sys.stderr,
+        )
+        os.environ["GATEWAY_INSTANCES"] = str(args.workers)
+        settings = settings.with_changes(instances=args.workers)
+    # an impossible connection plan stops here with one line (PlanError), not a traceback
+    asyncio.run(plan_for(settings))
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
@@ -106,6 +130,42 @@ def _connect() -> psycopg.Connection[Any]:
     from gateway.provisioning import connect
 
     return connect(_settings().direct_url)
+
+
+def cmd_pool_plan(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from gateway import pool
+
+    settings = Settings.from_env()
+    if args.instances is not None:
+        settings = settings.with_changes(instances=args.instances)
+    if args.neon_cu is not None and args.max_connections is not None:
+        raise UsageError("give --max-connections or --neon-cu, not both")
+    if args.neon_cu is not None:
+        max_connections, reserved = pool.neon_limits(args.neon_cu)
+        if args.reserved is not None:
+            reserved = args.reserved
+        source = f"Neon {args.neon_cu} CU"
+    elif args.max_connections is not None:
+        max_connections = args.max_connections
+        reserved = args.reserved
+        if reserved is None:
+            reserved = settings.db_reserved_connections
+        if reserved is None:
+            reserved = 3  # PostgreSQL's default superuser_reserved_connections
+        source = "--max-connections"
+    else:
+        if not settings.database_url and not settings.database_direct_url:
+            raise UsageError(
+                "give --max-connections or --neon-cu, or set DATABASE_DIRECT_URL/DATABASE_URL "
+                "to ask the database"
+            )
+        if args.reserved is not None:
+            settings = settings.with_changes(db_reserved_connections=args.reserved)
+        max_connections, reserved, source = asyncio.run(pool.discover_limits(settings, timeout=0))
+    plan = pool.plan_pool(settings, max_connections, reserved, source=source)
+    _emit(args, plan.as_json(), plan.summary())
 
 
 def cmd_project_create(args: argparse.Namespace) -> None:
@@ -305,6 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--data", default=".pgdata", help="where the local database lives")
 
+    p = command(
+        sub,
+        "pool-plan",
+        cmd_pool_plan,
+        "print the per-instance connection pool plan against the database's budget",
+    )
+    p.add_argument("--instances", type=_positive_int, help="default: GATEWAY_INSTANCES")
+    p.add_argument("--max-connections", type=_positive_int, metavar="M")
+    p.add_argument("--reserved", type=_non_negative_int, metavar="R")
+    p.add_argument("--neon-cu", metavar="CU", help="0.25, 0.5, 1, 2, … (Neon's table)")
+
     p = command(sub, "stats", cmd_stats, "request-log statistics: instances, projects, latency")
     p.add_argument("--since", default="1h", help="how far back: 30m, 1h, 2d (default 1h)")
 
@@ -382,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.handler(args)
-    except (UsageError, ProvisioningError, DefinitionError, SettingsError) as exc:
+    except (UsageError, ProvisioningError, DefinitionError, SettingsError, PlanError) as exc:
         print(f"gateway: error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     except psycopg.OperationalError as exc:

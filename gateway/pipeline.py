@@ -28,6 +28,7 @@ from gateway.compiler import CompiledStatement, compile_query
 from gateway.errors import GatewayError
 from gateway.executor import StatementResult, run_transaction
 from gateway.metadata import MetadataCache, ProjectNotFound, load_catalog
+from gateway.pool import acquire, run_with_retry
 from gateway.responses import data_body, error_body
 from gateway.settings import Settings
 
@@ -91,7 +92,8 @@ class Pipeline:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with self.pool.connection() as conn:
+        """A live pooled connection; pool exhausted or database unreachable → 503."""
+        async with acquire(self.pool) as conn:
             yield conn
 
     async def admit(
@@ -188,16 +190,22 @@ class Pipeline:
     ) -> Outcome:
         out = Outcome(status=200, body=b"")
         headers: dict[str, str] = {}
+
+        async def unit(conn: psycopg.AsyncConnection[Any]) -> None:
+            nonlocal headers
+            ctx = await self.admit(conn, key, cost, key_hash=key_hash)
+            headers = dict(ctx.headers)
+            out.project_id, out.key_id = ctx.project_id, ctx.key_id
+            out.headers = {**headers, "X-Project-Id": ctx.project_id}
+            await work(conn, ctx, out)
+
         try:
             # a project known to be over its limit is refused here: no pool connection,
             # no round trip (the local deny; it never admits anything)
             key_hash = self.admitter.check_local(key)
-            async with self.connection() as conn:
-                ctx = await self.admit(conn, key, cost, key_hash=key_hash)
-                headers = dict(ctx.headers)
-                out.project_id, out.key_id = ctx.project_id, ctx.key_id
-                out.headers = {**headers, "X-Project-Id": ctx.project_id}
-                await work(conn, ctx, out)
+            # Pool exhausted, queue full or database down → 503 with Retry-After within
+            # GATEWAY_POOL_TIMEOUT_S; a session the server ended is run again once.
+            await run_with_retry(self.pool, unit)
             return out
         except GatewayError as error:
             return self._failed(out, error, headers)

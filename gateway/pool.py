@@ -1,19 +1,326 @@
-"""The instance's connection pool to ``DATABASE_URL``.
+"""The instance's connection pool, sized against the database's connection budget.
 
-Pool connections are in autocommit: admission is a statement that must commit on its
-own before the tenant query starts, and the executor opens its own explicit transaction.
+Three parts:
+
+- **The plan** (``PoolPlan``, ``plan_pool``): every instance opens its own pool, so the
+  pools of all instances together must fit the database's ``max_connections``::
+
+      pool_max = floor((max_connections − reserved − admin − instances × direct) / instances)
+
+  capped by ``GATEWAY_POOL_MAX``. ``direct`` is what one instance holds outside its pool:
+  the metadata listener (1). The request log, maintenance and the realtime poller borrow
+  pool connections. An impossible plan is a ``PlanError`` whose one-line message shows the
+  arithmetic; ``gateway serve`` refuses to start with it.
+- **The pool** (``create_pool``): psycopg_pool ``AsyncConnectionPool``, opened by the
+  lifespan. Connections are in autocommit: admission is a statement that must commit on
+  its own before the tenant query starts, and the executor opens its own explicit
+  transaction. Behind a transaction pooler (``GATEWAY_DB_POOLER=transaction``) no
+  server-side prepared statements are used.
+- **Checkout** (``acquire``, ``run_with_retry``): no connection within
+  ``GATEWAY_POOL_TIMEOUT_S``, a full wait queue, or a database that can't be reached is a
+  ``GatewayError`` 503 ``SERVICE_UNAVAILABLE`` with ``Retry-After: 1`` — never a hang. A
+  connection the server closed while it sat idle in the pool is noticed at checkout
+  without a round trip (its socket is readable: the server's goodbye or EOF is waiting)
+  and replaced before anything is sent on it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import logging
+import math
+import select
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg.pq import ConnStatus, TransactionStatus
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
+from gateway.errors import GatewayError
 from gateway.settings import Settings
 
-DEFAULT_POOL_MAX = 10
+logger = logging.getLogger("gateway.pool")
+
+T = TypeVar("T")
+
+DEFAULT_POOL_MAX = 10  # only when no plan is given (create_pool(settings) without a plan)
+DIRECT_CONNECTIONS_PER_INSTANCE = 1  # the metadata listener (LISTEN needs its own session)
+WAITING_PER_CONNECTION = 8  # default GATEWAY_POOL_MAX_WAITING = 8 × pool max
+RECONNECT_TIMEOUT_S = 5.0
+MAX_LIFETIME_S = 30 * 60.0
+SETUP_APPLICATION_NAME = "gateway-setup"
+RETRY_AFTER = {"Retry-After": "1"}
+
+# Neon: max_connections by compute size (Neon docs, connection pooling page, 2026); 7 of
+# them are reserved for Neon's superuser.
+NEON_RESERVED_CONNECTIONS = 7
+NEON_MAX_CONNECTIONS: dict[str, int] = {
+    "0.25": 104,
+    "0.5": 209,
+    "1": 419,
+    "2": 839,
+    "3": 1258,
+    "4": 1678,
+    "5": 2098,
+    "6": 2517,
+    "7": 2937,
+    "8": 3357,
+    **{str(cu): 4000 for cu in range(9, 57)},
+}
+
+# SQLSTATEs with which PostgreSQL announces that it ended the session itself. The server
+# rolls back whatever was in flight, and a statement that committed had its reply sent
+# before the goodbye, so running the unit again cannot apply it twice.
+SESSION_ENDED_BY_SERVER = frozenset(
+    {
+        "57P01",  # admin_shutdown: pg_terminate_backend, fast/immediate shutdown
+        "57P03",  # cannot_connect_now: the server is starting or stopping
+        "57P05",  # idle_session_timeout: only ever sent to an idle session
+    }
+)
+
+
+class PlanError(ValueError):
+    """A connection plan that can't work; the message is one line with the arithmetic."""
+
+
+# --- the plan -------------------------------------------------------------------------
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """How many connections one instance may hold, and why."""
+
+    instances: int
+    max_connections: int
+    reserved: int
+    admin: int
+    direct_per_instance: int
+    pool_max: int
+    pool_min: int
+    max_waiting: int
+    timeout: float
+    source: str
+    budget_per_instance: int  # the formula's result before GATEWAY_POOL_MAX
+    cap: int | None = None  # GATEWAY_POOL_MAX
+
+    @property
+    def budget_expression(self) -> str:
+        return (
+            f"floor(({self.max_connections} − {self.reserved} − {self.admin} − "
+            f"{self.instances} × {self.direct_per_instance}) / {self.instances})"
+        )
+
+    @property
+    def per_instance_connections(self) -> int:
+        """Pool plus direct connections: the most one instance ever holds."""
+        return self.pool_max + self.direct_per_instance
+
+    @property
+    def planned_connections(self) -> int:
+        """The most all planned instances hold together (admin head-room not included)."""
+        return self.instances * self.per_instance_connections
+
+    def arithmetic(self) -> str:
+        """One line, e.g. ``pool_max = floor((104 − 7 − 3 − 3 × 1) / 3) = 30``."""
+        if self.cap is not None:
+            return (
+                f"pool_max = min(GATEWAY_POOL_MAX {self.cap}, "
+                f"{self.budget_expression} = {self.budget_per_instance}) = {self.pool_max}"
+            )
+        return f"pool_max = {self.budget_expression} = {self.pool_max}"
+
+    def summary(self) -> str:
+        return (
+            f"{self.arithmetic()}; per instance {self.pool_max} pooled + "
+            f"{self.direct_per_instance} direct, {self.instances} instance(s) hold at most "
+            f"{self.planned_connections} of {self.max_connections} connections "
+            f"({self.reserved} reserved, {self.admin} for admin) [limits: {self.source}]"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["arithmetic"] = self.arithmetic()
+        payload["per_instance_connections"] = self.per_instance_connections
+        payload["planned_connections"] = self.planned_connections
+        return payload
+
+
+def plan_pool(
+    settings: Settings,
+    max_connections: int,
+    reserved: int,
+    *,
+    source: str = "settings",
+    instances: int | None = None,
+) -> PoolPlan:
+    """The per-instance pool for ``settings`` against a database of ``max_connections``.
+
+    Raises ``PlanError`` (one line, with the arithmetic) when the budget leaves less than
+    one pooled connection per instance, or when ``GATEWAY_POOL_MAX`` asks for more than
+    the budget gives.
+    """
+    instances = instances if instances is not None else settings.instances
+    if instances < 1:
+        raise PlanError(f"impossible connection plan: instances = {instances} (at least 1)")
+    admin = settings.db_admin_connections
+    direct = DIRECT_CONNECTIONS_PER_INSTANCE
+    budget = (max_connections - reserved - admin - instances * direct) // instances
+    cap = settings.pool_max
+    pool_max = budget if cap is None else min(cap, budget)
+    plan = PoolPlan(
+        instances=instances,
+        max_connections=max_connections,
+        reserved=reserved,
+        admin=admin,
+        direct_per_instance=direct,
+        pool_max=pool_max,
+        pool_min=max(0, min(settings.pool_min, pool_max)),
+        max_waiting=(
+            settings.pool_max_waiting
+            if settings.pool_max_waiting is not None
+            else WAITING_PER_CONNECTION * max(pool_max, 1)
+        ),
+        timeout=settings.pool_timeout_s,
+        source=source,
+        budget_per_instance=budget,
+        cap=cap,
+    )
+    if budget < 1:
+        raise PlanError(
+            f"impossible connection plan: pool_max = {plan.budget_expression} = {budget} < 1 "
+            f"[limits: {source}]; raise max_connections or lower GATEWAY_INSTANCES or "
+            f"GATEWAY_DB_ADMIN_CONNECTIONS"
+        )
+    if cap is not None and cap > budget:
+        raise PlanError(
+            f"impossible connection plan: GATEWAY_POOL_MAX={cap} overflows the budget: "
+            f"{plan.budget_expression} = {budget} per instance [limits: {source}]"
+        )
+    return plan
+
+
+def static_plan(settings: Settings, max_size: int | None = None) -> PoolPlan:
+    """A plan without a budget (no database asked): the explicit size or the default."""
+    size = max_size or settings.pool_max or DEFAULT_POOL_MAX
+    return PoolPlan(
+        instances=settings.instances,
+        max_connections=0,
+        reserved=0,
+        admin=settings.db_admin_connections,
+        direct_per_instance=DIRECT_CONNECTIONS_PER_INSTANCE,
+        pool_max=size,
+        pool_min=min(settings.pool_min, size),
+        max_waiting=(
+            settings.pool_max_waiting
+            if settings.pool_max_waiting is not None
+            else WAITING_PER_CONNECTION * size
+        ),
+        timeout=settings.pool_timeout_s,
+        source="fixed size, no budget",
+        budget_per_instance=size,
+        cap=None,
+    )
+
+
+def neon_limits(cu: str) -> tuple[int, int]:
+    """``(max_connections, reserved)`` of a Neon compute of ``cu`` compute units."""
+    key = cu.strip()
+    try:
+        number = float(key)
+    except ValueError:
+        number = math.nan
+    if not math.isnan(number):
+        key = _num(number)
+    if key not in NEON_MAX_CONNECTIONS:
+        sizes = "0.25, 0.5, 1, 2, 3, 4, 5, 6, 7, 8, 9…56"
+        raise PlanError(f"unknown Neon compute size {cu!r}: one of {sizes}")
+    return NEON_MAX_CONNECTIONS[key], NEON_RESERVED_CONNECTIONS
+
+
+def _is_neon(url: str) -> bool:
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    return host.endswith(".neon.tech") or host.endswith(".neon.build")
+
+
+async def _show(conn: AsyncConnection[Any], name: str) -> int | None:
+    try:
+        cur = await conn.execute(f"SHOW {name}")  # a fixed name from this module, never input
+    except psycopg.errors.UndefinedObject:
+        return None
+    row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
+async def discover_limits(settings: Settings, *, timeout: float = 30.0) -> tuple[int, int, str]:
+    """``(max_connections, reserved, source)``: from the settings, else from the database.
+
+    Asks ``SHOW max_connections`` and ``SHOW superuser_reserved_connections`` (plus
+    ``reserved_connections`` on PostgreSQL 16+) on one short connection to
+    ``DATABASE_DIRECT_URL``, or to ``DATABASE_URL`` when that can't be reached. On Neon
+    (host ``*.neon.tech``) at least Neon's 7 reserved connections are assumed. A database
+    that doesn't answer yet is asked again until ``timeout``.
+    """
+    max_connections = settings.db_max_connections
+    reserved = settings.db_reserved_connections
+    if max_connections is not None and reserved is not None:
+        return max_connections, reserved, "settings"
+    # the direct URL first; if it can't be reached, the pool's URL (a pooler forwards SHOW
+    # to the server): an unreachable direct URL is the listener's problem, reported by
+    # /readyz, and must not keep the instance from serving
+    urls = list(dict.fromkeys(u for u in (settings.direct_url, settings.database_url) if u))
+    deadline = time.monotonic() + timeout
+    conn: AsyncConnection[Any] | None = None
+    url = urls[0]
+    while conn is None:
+        for url in urls:
+            try:
+                conn = await AsyncConnection.connect(
+                    url,
+                    autocommit=True,
+                    application_name=SETUP_APPLICATION_NAME,
+                    connect_timeout=5,
+                    prepare_threshold=None,
+                )
+                break
+            except psycopg.OperationalError:
+                if url == urls[-1] and time.monotonic() + 0.5 > deadline:
+                    raise
+        if conn is None:
+            await asyncio.sleep(0.5)
+    source = "database" if max_connections is None and reserved is None else "settings + database"
+    async with conn:
+        if max_connections is None:
+            max_connections = await _show(conn, "max_connections") or 100
+        if reserved is None:
+            superuser = await _show(conn, "superuser_reserved_connections") or 0
+            others = await _show(conn, "reserved_connections") or 0  # PostgreSQL 16+
+            reserved = superuser + others
+            if _is_neon(url):
+                reserved = max(reserved, NEON_RESERVED_CONNECTIONS)
+    return max_connections, reserved, source
+
+
+async def plan_for(settings: Settings, *, timeout: float = 30.0) -> PoolPlan:
+    """The plan this instance runs with: discover the limits, then ``plan_pool``."""
+    max_connections, reserved, source = await discover_limits(settings, timeout=timeout)
+    return plan_pool(settings, max_connections, reserved, source=source)
+
+
+# --- the pool -------------------------------------------------------------------------
 
 
 def connection_kwargs(settings: Settings) -> dict[str, Any]:
@@ -21,24 +328,197 @@ def connection_kwargs(settings: Settings) -> dict[str, Any]:
         "autocommit": True,
         "application_name": settings.application_name,
         "connect_timeout": 5,
+        # a peer that vanished without a FIN (half-open TCP) is noticed in ~45 s, not 2 h
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
     }
     if settings.db_pooler == "transaction":
         kwargs["prepare_threshold"] = None  # no server-side prepared statements via PgBouncer
     return kwargs
 
 
-def create_pool(settings: Settings, *, max_size: int | None = None) -> AsyncConnectionPool:
-    size = max_size or settings.pool_max or DEFAULT_POOL_MAX
+def create_pool(
+    settings: Settings, plan: PoolPlan | None = None, *, max_size: int | None = None
+) -> AsyncConnectionPool:
+    """The instance's pool (not opened: the lifespan calls ``await pool.open(wait=True)``).
+
+    No ``check`` callback: a check per checkout costs a round trip. ``acquire`` instead
+    tests the socket without a round trip, and ``run_with_retry`` retries once when the
+    server ended the session.
+    """
+    plan = plan or static_plan(settings, max_size)
     return AsyncConnectionPool(
         settings.database_url,
-        min_size=min(settings.pool_min, size),
-        max_size=size,
-        timeout=settings.pool_timeout_s,
-        max_waiting=settings.pool_max_waiting or 8 * size,
-        max_idle=60.0,
-        reconnect_timeout=5.0,
+        min_size=plan.pool_min,
+        max_size=plan.pool_max,
+        timeout=plan.timeout,
+        max_waiting=plan.max_waiting,
+        max_idle=settings.pool_max_idle_s,
+        max_lifetime=MAX_LIFETIME_S,
+        reconnect_timeout=RECONNECT_TIMEOUT_S,
         kwargs=connection_kwargs(settings),
         connection_class=AsyncConnection,
         open=False,
         name=settings.application_name,
     )
+
+
+# --- checkout: overload and outage answers --------------------------------------------
+
+
+def unavailable(message: str) -> GatewayError:
+    return GatewayError("SERVICE_UNAVAILABLE", message, status=503, headers=dict(RETRY_AFTER))
+
+
+def connection_is_dead(conn: AsyncConnection[Any]) -> bool:
+    """Did the server close this idle connection? Decided without a round trip.
+
+    An idle connection has nothing to read. If its socket is readable, the server sent
+    something while it sat in the pool: usually its goodbye (``FATAL: terminating
+    connection``) followed by EOF; rarely a harmless notice or parameter status. Read it:
+    EOF or an error makes the connection dead.
+    """
+    pgconn = conn.pgconn
+    if pgconn.status != ConnStatus.OK:
+        return True
+    if pgconn.transaction_status != TransactionStatus.IDLE:
+        return False  # not ours to judge: the pool resets it
+    try:
+        poller = select.poll()
+        poller.register(pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+        for _ in range(4):
+            if not poller.poll(0):
+                return False
+            pgconn.consume_input()  # raises on EOF ("server closed the connection")
+            pgconn.is_busy()  # parses what arrived (a goodbye while idle becomes a notice)
+            if pgconn.status != ConnStatus.OK:
+                return True
+    except (psycopg.OperationalError, OSError, ValueError):
+        return True
+    return pgconn.status != ConnStatus.OK
+
+
+async def checkout(pool: AsyncConnectionPool, deadline: float) -> AsyncConnection[Any]:
+    """A live connection before ``deadline`` (monotonic), else ``GatewayError`` 503."""
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise PoolTimeout("deadline passed")
+            conn: AsyncConnection[Any] = await pool.getconn(timeout=remaining)
+        except TooManyRequests:
+            raise unavailable(
+                "the gateway is overloaded: too many requests are waiting for a database "
+                "connection; retry shortly"
+            ) from None
+        except PoolTimeout:
+            raise unavailable(
+                f"no database connection within {pool.timeout:g} s: the database is "
+                "overloaded or unreachable; retry shortly"
+            ) from None
+        except PoolClosed:
+            raise unavailable("the gateway is shutting down; retry shortly") from None
+        if not connection_is_dead(conn):
+            return conn
+        logger.info("discarding a connection the server closed while it was idle")
+        with contextlib.suppress(Exception):
+            await conn.close()
+        await pool.putconn(conn)  # a closed connection is dropped and replaced by the pool
+
+
+def connection_lost(conn: AsyncConnection[Any], exc: BaseException) -> bool:
+    """``exc`` broke ``conn``: an OperationalError that left the connection closed."""
+    return lost_connection_error(conn, exc) is not None
+
+
+def lost_connection_error(
+    conn: AsyncConnection[Any], exc: BaseException
+) -> psycopg.OperationalError | None:
+    """The OperationalError that broke ``conn``: ``exc`` itself, or the cause of a
+    ``GatewayError`` 503 a component raised for it (``raise unavailable(...) from exc``)."""
+    if not conn.closed:
+        return None
+    if isinstance(exc, psycopg.OperationalError):
+        return exc
+    if isinstance(exc, GatewayError) and isinstance(exc.__cause__, psycopg.OperationalError):
+        return exc.__cause__
+    return None
+
+
+def retry_is_safe(exc: BaseException, *, idempotent: bool) -> bool:
+    """May a unit that failed with ``exc`` on a lost connection be run again?
+
+    Yes when PostgreSQL itself said it ended the session (``SESSION_ENDED_BY_SERVER``):
+    whatever was in flight was rolled back. A connection that just vanished (EOF, reset,
+    no SQLSTATE) is ambiguous — a COMMIT may have landed before the reply was lost — so
+    only an ``idempotent`` unit is run again.
+    """
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in SESSION_ENDED_BY_SERVER:
+        return True
+    return idempotent and sqlstate is None
+
+
+@contextlib.asynccontextmanager
+async def acquire(
+    pool: AsyncConnectionPool | None, timeout: float | None = None
+) -> AsyncIterator[AsyncConnection[Any]]:
+    """``async with acquire(pool) as conn``: a live pooled connection, or a 503.
+
+    No connection within ``timeout`` (default: the pool's), a full wait queue, a pool that
+    can't connect, or the connection lost while in use → ``GatewayError`` 503
+    ``SERVICE_UNAVAILABLE`` with ``Retry-After: 1``.
+    """
+    if pool is None:
+        raise unavailable("the gateway is starting; retry shortly")
+    deadline = time.monotonic() + (pool.timeout if timeout is None else timeout)
+    conn = await checkout(pool, deadline)
+    try:
+        async with conn:
+            yield conn
+    except psycopg.OperationalError as exc:
+        if connection_lost(conn, exc):
+            raise unavailable("the database connection was lost; retry shortly") from exc
+        raise
+    finally:
+        await pool.putconn(conn)
+
+
+async def run_with_retry(
+    pool: AsyncConnectionPool | None,
+    fn: Callable[[AsyncConnection[Any]], Awaitable[T]],
+    *,
+    timeout: float | None = None,
+    idempotent: bool = False,
+) -> T:
+    """``await fn(conn)`` on a pooled connection; once more on a fresh one if it was lost.
+
+    The unit is retried once when the connection broke and ``retry_is_safe`` says running
+    it again cannot apply anything twice. Anything else about a lost connection, and any
+    checkout failure, is ``GatewayError`` 503 with ``Retry-After: 1``. ``timeout`` bounds
+    the waits for a connection (both attempts together).
+    """
+    if pool is None:
+        raise unavailable("the gateway is starting; retry shortly")
+    deadline = time.monotonic() + (pool.timeout if timeout is None else timeout)
+    for attempt in (1, 2):
+        conn = await checkout(pool, deadline)
+        try:
+            async with conn:
+                return await fn(conn)
+        except (psycopg.OperationalError, GatewayError) as exc:
+            lost = lost_connection_error(conn, exc)
+            if lost is None:
+                raise
+            if attempt == 2 or not retry_is_safe(lost, idempotent=idempotent):
+                if isinstance(exc, GatewayError):
+                    raise
+                raise unavailable("the database connection was lost; retry shortly") from exc
+            logger.info("retrying once on a fresh connection: %s (%s)", lost.sqlstate, lost)
+            # the retry gets at least a moment to find a connection
+            deadline = max(deadline, time.monotonic() + min(pool.timeout, 1.0))
+        finally:
+            await pool.putconn(conn)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -18,6 +18,7 @@ from gateway.auth import key_from_headers
 from gateway.errors import GatewayError
 from gateway.metrics import CONTENT_TYPE
 from gateway.pipeline import Outcome
+from gateway.pool import acquire
 from gateway.realtime_http import realtime_stream
 from gateway.responses import JSON, error_response, json_response
 
@@ -58,8 +59,7 @@ async def readyz(request: Request) -> Response:
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            assert state.pool is not None
-            async with state.pool.connection(timeout=READY_TIMEOUT_S) as conn:
+            async with acquire(state.pool, timeout=READY_TIMEOUT_S) as conn:
                 await conn.execute("SELECT 1")
         checks["database"] = "up"
     except Exception:

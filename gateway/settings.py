@@ -62,6 +62,7 @@ class Settings:
     pool_min: int = 1
     pool_timeout_s: float = 2.0
     pool_max_waiting: int | None = None
+    pool_max_idle_s: float = 60.0
 
     # request log and observability
     log_flush_ms: int = 250
@@ -126,6 +127,7 @@ class Settings:
             pool_min=r.int("GATEWAY_POOL_MIN", 1, minimum=0),
             pool_timeout_s=r.float("GATEWAY_POOL_TIMEOUT_S", 2.0, minimum=0.01),
             pool_max_waiting=r.optional_int("GATEWAY_POOL_MAX_WAITING", minimum=0),
+            pool_max_idle_s=r.float("GATEWAY_POOL_MAX_IDLE_S", 60.0, minimum=0.1),
             log_flush_ms=r.int("GATEWAY_LOG_FLUSH_MS", 250, minimum=1),
             log_buffer_max=r.int("GATEWAY_LOG_BUFFER_MAX", 50_000, minimum=1),
             log_retention_days=r.int("GATEWAY_LOG_RETENTION_DAYS", 30, minimum=1),

@@ -83,6 +83,8 @@ class GatewayCluster:
             "DATABASE_URL": self.database_url,
             "GATEWAY_INSTANCE_ID": instance_id,
             "PYTHONUNBUFFERED": "1",
+            # the pools of a cluster share the test database's budget
+            "GATEWAY_INSTANCES": str(self.count),
             **self.env,
         }
         if self.direct_url:

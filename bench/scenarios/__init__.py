@@ -1,0 +1,1 @@
+"""One module per scenario: ``NAME``, ``KEYS`` and ``run(bench) -> ScenarioResult``."""

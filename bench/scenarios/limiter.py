@@ -1,0 +1,546 @@
+"""``limiter``: one rate-limit decision — our PostgreSQL admission vs Redis vs a dict.
+
+Part 1, speed: one Python process, 16 concurrent asyncio tasks, each contender for the
+same time; every decision is timed on the client (``perf_counter`` around the await).
+All three decide for ONE project (a single hot counter), the worst case for a shared
+store.
+
+- postgres: the gateway's own admission — ``gateway.admission`` when it offers an
+  ``Admitter``, else the ``gateway.admit`` SQL function — through the pool the gateway
+  uses (``gateway.pool.create_pool``: autocommit, prepared statements).
+- redis: ``INCR`` + ``EXPIRE`` in one Lua script (``EVALSHA``) through redis-py's asyncio
+  client against a local ``redis-server`` (no persistence), what the seed's notes
+  recommended.
+- memory: the original's per-process map ``{(project, window): count}``.
+
+Part 2, exactness: 3 processes x 200 decisions against a limit of 100 in one window;
+the admitted total for each contender (a dict admits ~300: every process has its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import time
+import uuid
+from array import array
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bench import framework as fw
+from bench.framework import Bench, ScenarioResult, Skip
+
+NAME = "limiter"
+KEYS = [
+    f"limiter.{c}.{k}"
+    for c in ("postgres", "redis", "memory")
+    for k in ("ops_per_s", "p50_ms", "p99_ms", "admitted_of_100")
+] + ["limiter.postgres_vs_redis_p50_ratio"]
+
+TASKS = 16
+EXACT_PROCESSES = 3
+EXACT_REQUESTS = 200
+EXACT_LIMIT = 100
+WINDOW_S = 60
+
+REDIS_SCRIPT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+Decide = Callable[[], Awaitable[bool]]
+
+
+# ---------------------------------------------------------------- contenders
+
+
+class Contender:
+    name = ""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def decide(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class MemoryContender(Contender):
+    """The original: a per-process dict, fixed 60 s windows."""
+
+    name = "memory"
+
+    def __init__(self, limit: int, project: str = "p") -> None:
+        self.limit = limit
+        self.project = project
+        self.counts: dict[tuple[str, int], int] = {}
+
+    async def decide(self) -> bool:
+        key = (self.project, int(time.time()) // WINDOW_S)
+        count = self.counts.get(key, 0) + 1
+        self.counts[key] = count
+        return count <= self.limit
+
+
+class RedisContender(Contender):
+    name = "redis"
+
+    def __init__(self, port: int, limit: int, project: str) -> None:
+        self.port = port
+        self.limit = limit
+        self.project = project
+        self.client: Any = None
+        self.script: Any = None
+
+    async def open(self) -> None:
+        import redis.asyncio as redis_asyncio
+
+        self.client = redis_asyncio.Redis(host="127.0.0.1", port=self.port, max_connections=TASKS)
+        self.script = self.client.register_script(REDIS_SCRIPT)
+        await self.client.ping()
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def decide(self) -> bool:
+        window = int(time.time()) // WINDOW_S
+        count = await self.script(keys=[f"rl:{self.project}:{window}"], args=[WINDOW_S * 2])
+        return int(count) <= self.limit
+
+
+def _settings(url: str) -> Any:
+    """The gateway's settings, with as many pool connections as tasks (the Redis client
+    gets as many): with the default 10, six tasks would always queue for a connection and
+    the figure would measure the pool's size, not the decision."""
+    from gateway.settings import Settings
+
+    return Settings.from_env(
+        {
+            "DATABASE_URL": url,
+            "GATEWAY_INSTANCE_ID": "bench",
+            "GATEWAY_POOL_MAX": str(TASKS),
+            "GATEWAY_POOL_MIN": str(TASKS),
+        }
+    )
+
+
+class PostgresFloor(Contender):
+    """Not a contender: pool checkout + ``SELECT 1`` on the gateway's pool, the least any
+    PostgreSQL decision can cost from this client (shows how much is the statement)."""
+
+    name = "postgres_floor"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pool: Any = None
+
+    async def open(self) -> None:
+        from gateway.pool import create_pool
+
+        settings = _settings(self.url)
+        self.pool = create_pool(settings)
+        await self.pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def decide(self) -> bool:
+        async with self.pool.connection() as conn:
+            await (await conn.execute("SELECT 1", prepare=True)).fetchone()
+        return True
+
+
+class PostgresContender(Contender):
+    """The gateway's own admission statement, through the gateway's own pool."""
+
+    name = "postgres"
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url
+        self.key = key
+        self.pool: Any = None
+        self.how = ""
+        self._decide: Decide | None = None
+
+    async def open(self) -> None:
+        from gateway.auth import hash_key
+        from gateway.pool import create_pool
+
+        settings = _settings(self.url)
+        self.pool = create_pool(settings)
+        await self.pool.open(wait=True, timeout=30)
+        key_hash = hash_key(self.key)
+        adapter = _admitter_adapter(settings, self.pool, self.key, key_hash)
+        if adapter is not None:
+            self.how, self._decide = adapter
+            return
+        pool = self.pool
+
+        async def via_function() -> bool:
+            async with pool.connection() as conn:
+                cur = await conn.execute(ADMIT_SQL, [key_hash])
+                row = await cur.fetchone()
+            return _allowed_from_row(row, cur)
+
+        self.how = "SELECT * FROM gateway.admit(key_hash, 1) via gateway.pool.create_pool"
+        self._decide = via_function
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def decide(self) -> bool:
+        assert self._decide is not None
+        return await self._decide()
+
+
+ADMIT_SQL = "SELECT * FROM gateway.admit(%s, 1)"
+
+
+def _allowed_from_row(row: Any, cur: Any) -> bool:
+    """Read the decision from gateway.admit's row, whatever the column is called."""
+    if row is None:
+        return False
+    names = [d.name for d in (cur.description or [])]
+    values = dict(zip(names, row, strict=False))
+    for flag in ("allowed", "admitted", "ok", "decision"):
+        if flag in values:
+            v = values[flag]
+            return v is True or v in ("ok", "allowed", "admit", "admitted")
+    # fall back: count vs limit
+    count = values.get("rate_count") or values.get("count")
+    limit = values.get("rate_limit") or values.get("limit")
+    if count is not None and limit is not None:
+        return int(count) <= int(limit)
+    raise RuntimeError(f"cannot read a decision from gateway.admit's columns {names}")
+
+
+def _admitter_adapter(
+    settings: Any, pool: Any, key: str, key_hash: str
+) -> tuple[str, Decide] | None:
+    """The gateway's own admission, called exactly as a request calls it.
+
+    ``gateway.pipeline.Pipeline.admit(conn, key, cost)`` on a pool connection is what every
+    keyed request runs; a refusal is a ``GatewayError`` (429 when over the limit).
+    """
+    try:
+        from gateway.errors import GatewayError
+        from gateway.pipeline import Pipeline
+    except ImportError:
+        return None
+    pipeline = Pipeline(settings, pool)
+    if not hasattr(pipeline, "admit"):
+        return None
+    local_deny = {"RATE_LIMIT_EXCEEDED", "REQUEST_QUOTA_EXCEEDED"}
+
+    admitter = getattr(pipeline, "admitter", None)
+    check_local = getattr(admitter, "check_local", None)
+
+    async def decide() -> bool:
+        try:
+            if check_local is not None:  # as Pipeline._admitted: the local deny first
+                hashed = check_local(key)
+                async with pool.connection() as conn:
+                    await pipeline.admit(conn, key, 1, key_hash=hashed)
+            else:
+                async with pool.connection() as conn:
+                    await pipeline.admit(conn, key, 1)
+        except GatewayError as error:
+            if error.code in local_deny:
+                return False
+            raise
+        return True
+
+    how = "Pipeline(settings, pool)"
+    how += ".admitter.check_local(key), then " if check_local else ": "
+    how += "pool.connection() -> Pipeline.admit(conn, key, 1)"
+    return how, decide
+
+
+def postgres_available(bench: Bench) -> str | None:
+    """None when our admission can be measured; else why not."""
+    try:
+        from gateway.pipeline import Pipeline
+
+        if hasattr(Pipeline, "admit"):
+            return None
+    except ImportError:
+        pass
+    if bench.has_function("gateway.admit"):
+        return None
+    return (
+        "the gateway's admission (gateway.pipeline.Pipeline.admit or the SQL function "
+        "gateway.admit) is not in this checkout yet: merge main"
+    )
+
+
+# ---------------------------------------------------------------- speed
+
+
+async def _measure(contender: Contender, seconds: float) -> dict[str, Any]:
+    await contender.open()
+    try:
+        # warm up: connections, prepared statements, script cache
+        warm_until = time.perf_counter() + min(1.0, seconds / 5)
+        while time.perf_counter() < warm_until:
+            await asyncio.gather(*(contender.decide() for _ in range(TASKS)))
+        samples: list[array[float]] = [array("d") for _ in range(TASKS)]
+        yields = isinstance(contender, MemoryContender)
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def worker(out: array[float]) -> None:
+            clock = time.perf_counter
+            decide = contender.decide
+            while clock() < deadline:
+                t0 = clock()
+                await decide()
+                out.append(clock() - t0)
+                if yields:  # a dict never awaits: let the other tasks run
+                    await asyncio.sleep(0)
+
+        await asyncio.gather(*(worker(s) for s in samples))
+        elapsed = time.perf_counter() - start
+    finally:
+        await contender.close()
+    merged = [x for s in samples for x in s]
+    stats = fw.summarize_ms(merged)
+    return {
+        "ops_per_s": round(len(merged) / elapsed, 1),
+        "p50_ms": stats["p50_ms"],
+        "p99_ms": stats["p99_ms"],
+        "n": len(merged),
+    }
+
+
+# ---------------------------------------------------------------- exactness
+
+
+def _exact_worker(kind: str, params: dict[str, Any], barrier: Any, out: Any) -> None:
+    async def run() -> int:
+        if kind == "memory":
+            contender: Contender = MemoryContender(EXACT_LIMIT, params["project"])
+        elif kind == "redis":
+            contender = RedisContender(params["port"], EXACT_LIMIT, params["project"])
+        else:
+            contender = PostgresContender(params["url"], params["key"])
+        await contender.open()
+        try:
+            barrier.wait(30)
+            sem = asyncio.Semaphore(TASKS)
+
+            async def one() -> bool:
+                async with sem:
+                    return await contender.decide()
+
+            results = await asyncio.gather(*(one() for _ in range(EXACT_REQUESTS)))
+        finally:
+            await contender.close()
+        return sum(1 for r in results if r)
+
+    out.put((os.getpid(), asyncio.run(run())))
+
+
+def _exactness(kind: str, params: dict[str, Any]) -> int:
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(EXACT_PROCESSES)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_exact_worker, args=(kind, params, barrier, out), daemon=True)
+        for _ in range(EXACT_PROCESSES)
+    ]
+    for p in procs:
+        p.start()
+    admitted = [out.get(timeout=90)[1] for _ in procs]
+    for p in procs:
+        p.join(10)
+    return sum(admitted)
+
+
+def _wait_for_fresh_window(bench: Bench, needed_s: float = 15.0) -> None:
+    """Don't straddle a window boundary by accident: the windows come from the DB clock."""
+    into = float(bench.scalar("SELECT extract(epoch FROM clock_timestamp())::float8")) % WINDOW_S
+    if WINDOW_S - into < needed_s:
+        time.sleep(WINDOW_S - into + 0.3)
+
+
+# ---------------------------------------------------------------- the scenario
+
+
+def run(bench: Bench) -> ScenarioResult:
+    seconds = fw.duration(10.0, 2.0)
+    notes: list[str] = []
+    details: dict[str, Any] = {}
+    speed: dict[str, dict[str, Any]] = {}
+    exact: dict[str, int | None] = {"postgres": None, "redis": None, "memory": None}
+
+    redis_child = None
+    redis_port = None
+    redis_missing = None
+    try:
+        fw.require_binary("redis-server", "redis-server")
+        redis_port = fw.free_port()
+        redis_child = bench.processes.start(
+            [
+                "redis-server",
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ],
+            log=bench.logs / "redis.log",
+        )
+        _wait_redis(redis_port)
+    except Skip as exc:
+        redis_missing = str(exc)
+        notes.append(f"redis contender skipped: {exc}")
+    pg_missing = postgres_available(bench)
+    if pg_missing:
+        notes.append(f"postgres contender skipped: {pg_missing}")
+
+    try:
+        hot = bench.make_project(table=None)
+        # speed: one hot project each
+        speed["memory"] = asyncio.run(_measure(MemoryContender(fw.UNREACHABLE_LIMIT), seconds))
+        if redis_port and not redis_missing:
+            speed["redis"] = asyncio.run(
+                _measure(RedisContender(redis_port, fw.UNREACHABLE_LIMIT, hot["id"]), seconds)
+            )
+        if not pg_missing:
+            pg = PostgresContender(bench.url, hot["server_key"])
+            bench.reset_stat_statements()
+            speed["postgres"] = asyncio.run(_measure(pg, seconds))
+            details["postgres_how"] = pg.how
+            notes.append(f"postgres contender: {pg.how}")
+            details["postgres_top_statements"] = top = bench.top_statements(4)
+            if top:
+                notes.append(
+                    f"PostgreSQL's own execution time for the top statement: {top[0]['mean_ms']} "
+                    f"ms mean ({top[0]['query'][:60]}...); the rest of the p50 is client, "
+                    "pool and network"
+                )
+            speed["postgres_floor"] = asyncio.run(_measure(PostgresFloor(bench.url), seconds))
+
+        # exactness: a fresh project / key per contender, limit 100 per window
+        _wait_for_fresh_window(bench)
+        exact["memory"] = _exactness("memory", {"project": uuid.uuid4().hex})
+        if redis_port and not redis_missing:
+            exact["redis"] = _exactness("redis", {"port": redis_port, "project": uuid.uuid4().hex})
+        if not pg_missing:
+            limited = bench.make_project(table=None, rate_limit_per_minute=EXACT_LIMIT)
+            exact["postgres"] = _exactness(
+                "postgres", {"url": bench.url, "key": limited["server_key"]}
+            )
+    finally:
+        if redis_child is not None:
+            bench.processes.stop(redis_child)
+
+    if not speed.get("postgres") and not speed.get("redis"):
+        pass  # memory alone still prints
+    keys: dict[str, Any] = {}
+    for c in ("postgres", "redis", "memory"):
+        s = speed.get(c, {})
+        keys[f"limiter.{c}.ops_per_s"] = s.get("ops_per_s")
+        keys[f"limiter.{c}.p50_ms"] = s.get("p50_ms")
+        keys[f"limiter.{c}.p99_ms"] = s.get("p99_ms")
+        keys[f"limiter.{c}.admitted_of_100"] = exact[c]
+    pg_vs_redis = fw.ratio(keys["limiter.postgres.p50_ms"], keys["limiter.redis.p50_ms"])
+    keys["limiter.postgres_vs_redis_p50_ratio"] = pg_vs_redis
+
+    rows = []
+    for c, label in (
+        ("postgres", "PostgreSQL (our admission)"),
+        ("redis", "Redis INCR+EXPIRE"),
+        ("memory", "in-process dict (original)"),
+    ):
+        p50 = keys[f"limiter.{c}.p50_ms"]
+        rows.append(
+            [
+                label,
+                keys[f"limiter.{c}.ops_per_s"],
+                p50,
+                keys[f"limiter.{c}.p99_ms"],
+                fw.ratio(p50, keys["limiter.redis.p50_ms"]),
+                fw.ratio(keys[f"limiter.{c}.ops_per_s"], keys["limiter.redis.ops_per_s"]),
+                f"{exact[c]} of {EXACT_PROCESSES * EXACT_REQUESTS}"
+                if exact[c] is not None
+                else None,
+            ]
+        )
+    floor = speed.get("postgres_floor")
+    if floor:
+        rows.append(
+            [
+                "(floor: gateway pool checkout + SELECT 1)",
+                floor["ops_per_s"],
+                floor["p50_ms"],
+                floor["p99_ms"],
+                fw.ratio(floor["p50_ms"], keys["limiter.redis.p50_ms"]),
+                fw.ratio(floor["ops_per_s"], keys["limiter.redis.ops_per_s"]),
+                None,
+            ]
+        )
+        details["postgres_floor"] = floor
+    table = fw.markdown_table(
+        [
+            "contender",
+            "decisions/s",
+            "p50 ms",
+            "p99 ms",
+            "p50 ÷ Redis",
+            "rate ÷ Redis",
+            f"admitted (limit {EXACT_LIMIT})",
+        ],
+        rows,
+    )
+    targets = [
+        fw.target(
+            "limiter: PostgreSQL p50 ≤ 1.5 x Redis p50",
+            "≤ 1.5",
+            pg_vs_redis,
+            pg_vs_redis is not None and pg_vs_redis <= 1.5,
+        ),
+        fw.target(
+            "limiter: PostgreSQL exact across 3 processes",
+            "= 100",
+            exact["postgres"],
+            exact["postgres"] == EXACT_LIMIT,
+        ),
+    ]
+    notes.insert(
+        0,
+        f"PostgreSQL pool and Redis client: {TASKS} connections each (= tasks), the gateway's "
+        "own pool code and statement settings otherwise.",
+    )
+    notes.insert(
+        0,
+        f"{TASKS} tasks x {seconds:g} s per contender, one hot project; "
+        f"exactness: {EXACT_PROCESSES} processes x {EXACT_REQUESTS} decisions, "
+        f"limit {EXACT_LIMIT}.",
+    )
+    return ScenarioResult(NAME, keys, [table], targets, details, notes)
+
+
+def _wait_redis(port: int, timeout: float = 10.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise Skip(f"redis-server did not start on port {port}")

@@ -1,0 +1,169 @@
+"""``throughput``: requests/s through 2 instances, everything on vs admission and log off.
+
+Two clusters of 2 gateway instances run side by side on the same database: one as
+shipped, one with ``GATEWAY_BENCH_DISABLE_ADMISSION=1`` and
+``GATEWAY_BENCH_DISABLE_REQUEST_LOG=1`` (bench-only settings; "off" still looks the key up,
+one round trip without counters, as the admission implements the switch). For each case, ``wrk``
+(one process per instance, 16 connections each, a Lua script that sets the key header
+and picks a random primary key) runs against the "on" cluster, then the "off" cluster.
+Cases: select by primary key, a 100-row select (range on the key, ordered), and a single
+insert. All requests use one project's server key (one hot admission row).
+
+Duration: the issue asks for 30 s per case and under 2 minutes per scenario; 3 cases x
+2 variants x 30 s would not fit, so each case gets 30 s of load split in two: 15 s on,
+15 s off (``BENCH_THROUGHPUT_S`` overrides the per-variant length), after a 1 s warm-up.
+The 15 s run in 5 rounds of 3 s, alternating on/off, off/on, on/off, ..., so that the
+other load on a shared machine hits both variants alike.
+
+rps counts 2xx answers only (non-2xx are shown). CPU per request comes from /proc: the
+gateway processes' and all PostgreSQL processes' user+system time during the run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from bench import framework as fw
+from bench import wrk
+from bench.framework import Bench, ScenarioResult
+
+NAME = "throughput"
+CASES = [("select_by_pk", "pk"), ("select_100", "rows100"), ("insert", "insert")]
+KEYS = [
+    f"throughput.{case}.{k}"
+    for case, _ in CASES
+    for k in ("rps", "p50_ms", "p99_ms", "on_vs_off_ratio")
+]
+ROWS = 10_000
+OFF_ENV = {"GATEWAY_BENCH_DISABLE_ADMISSION": "1", "GATEWAY_BENCH_DISABLE_REQUEST_LOG": "1"}
+CONNECTIONS = 16
+
+
+def run(bench: Bench) -> ScenarioResult:
+    wrk_bin = fw.require_binary("wrk", "wrk")
+    fw.require_query_api()
+    seconds = float(os.environ.get("BENCH_THROUGHPUT_S") or fw.duration(15.0, 3.0))
+    rounds = max(1, min(5, int(seconds // 3)))  # wrk runs of >= 3 s
+    project = bench.make_project(rows=ROWS)
+    clusters: dict[str, fw.Cluster] = {}
+    figures: dict[str, dict[str, Any]] = {}
+    details: dict[str, Any] = {}
+    try:
+        clusters["on"] = bench.start_cluster(2, name="tp-on")
+        clusters["off"] = bench.start_cluster(2, env=OFF_ENV, name="tp-off")
+        for case, mode in CASES:
+            script = wrk.write_script(
+                bench.root / f"tp-{mode}.lua",
+                keys=[project["server_key"]],
+                mode=mode,
+                max_id=ROWS,
+            )
+            for variant in ("on", "off"):  # warm-up: pools, caches, prepared statements
+                wrk.run(wrk_bin, clusters[variant].urls, script, seconds=1, connections=CONNECTIONS)
+            runs: dict[str, list[wrk.WrkResult]] = {"on": [], "off": []}
+            meters = {v: fw.CpuMeter(bench, clusters[v]) for v in ("on", "off")}
+            if case == "select_by_pk":
+                bench.reset_stat_statements()
+            for r in range(rounds):
+                # alternate the order so that drifting machine load hits both alike
+                for variant in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                    meters[variant].start()
+                    runs[variant].append(
+                        wrk.run(
+                            wrk_bin,
+                            clusters[variant].urls,
+                            script,
+                            seconds=seconds / rounds,
+                            connections=CONNECTIONS,
+                        )
+                    )
+                    meters[variant].stop()
+                    meters[variant].accumulate()
+            if case == "select_by_pk":
+                details["pg_stat_statements_select_by_pk_on_and_off"] = bench.top_statements(6)
+            for variant in ("on", "off"):
+                result = wrk.combine(runs[variant])
+                meter = meters[variant]
+                ok = max(result.requests - result.non2xx, 1)
+                figures[f"{case}.{variant}"] = {
+                    "rps": result.ok_rps,
+                    "p50_ms": result.p50_ms,
+                    "p99_ms": result.p99_ms,
+                    "non2xx": result.non2xx,
+                    "socket_errors": result.socket_errors,
+                    "gateway_cpu_ms_per_req": round(meter.total_gateway_s * 1000 / ok, 3),
+                    "postgres_cpu_ms_per_req": round(meter.total_postgres_s * 1000 / ok, 3),
+                }
+    finally:
+        for cluster in clusters.values():
+            bench.stop_cluster(cluster)
+
+    keys: dict[str, Any] = {}
+    rows = []
+    targets = []
+    for case, _ in CASES:
+        on, off = figures[f"{case}.on"], figures[f"{case}.off"]
+        r = fw.ratio(on["rps"], off["rps"])
+        keys[f"throughput.{case}.rps"] = on["rps"]
+        keys[f"throughput.{case}.p50_ms"] = on["p50_ms"]
+        keys[f"throughput.{case}.p99_ms"] = on["p99_ms"]
+        keys[f"throughput.{case}.on_vs_off_ratio"] = r
+        rows.append(
+            [
+                case,
+                on["rps"],
+                on["p50_ms"],
+                on["p99_ms"],
+                off["rps"],
+                off["p50_ms"],
+                off["p99_ms"],
+                r,
+                on["gateway_cpu_ms_per_req"],
+                off["gateway_cpu_ms_per_req"],
+                on["postgres_cpu_ms_per_req"],
+                off["postgres_cpu_ms_per_req"],
+                f"{on['non2xx'] + on['socket_errors']} / {off['non2xx'] + off['socket_errors']}",
+            ]
+        )
+        targets.append(
+            fw.target(
+                f"throughput {case}: on >= 0.8 x off", ">= 0.8", r, r is not None and r >= 0.8
+            )
+        )
+    pk = keys["throughput.select_by_pk.rps"]
+    targets.insert(
+        0,
+        fw.target(
+            "select-by-pk >= 1,500 req/s with 2 instances",
+            ">= 1500",
+            pk,
+            pk is not None and pk >= 1500,
+        ),
+    )
+    table = fw.markdown_table(
+        [
+            "case",
+            "on rps",
+            "on p50 ms",
+            "on p99 ms",
+            "off rps",
+            "off p50 ms",
+            "off p99 ms",
+            "on/off",
+            "gw CPU ms/req on",
+            "gw CPU ms/req off",
+            "PG CPU ms/req on",
+            "PG CPU ms/req off",
+            "errors on / off",
+        ],
+        rows,
+    )
+    details["figures"] = figures
+    notes = [
+        f"2 instances per variant, wrk x 2 (one per instance) x {CONNECTIONS} connections, "
+        f"{seconds:g} s per variant in {rounds} alternating round(s) after a 1 s warm-up; "
+        "'off' = admission and request log disabled; one project, server key; items table of "
+        f"{ROWS:,} rows; rps counts 2xx answers."
+    ]
+    return ScenarioResult(NAME, keys, [table], targets, details, notes)

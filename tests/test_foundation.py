@@ -16,34 +16,8 @@ import pytest
 
 from gateway import migrate
 from gateway.settings import Settings, SettingsError
+from tests.cli import assert_refused, cli_json, run_cli
 from tests.conftest import TODOS_TABLE
-
-
-def run_cli(pg_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": pg_url}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def cli_json(pg_url: str, *args: str) -> dict[str, Any]:
-    result = run_cli(pg_url, *args, "--json")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1, result.stdout
-    return json.loads(lines[0])
-
-
-def assert_refused(result: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert fragment in result.stderr
-
 
 # --- settings ---------------------------------------------------------------------------
 

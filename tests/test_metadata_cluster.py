@@ -8,9 +8,6 @@ and printed. The 1 s bound is the issue's; the measured figures are milliseconds
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +18,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.cli import cli_json
 from tests.harness import GatewayCluster
 
 BASE = "/v1/inhouse/db"
@@ -67,14 +65,7 @@ def readyz(url: str) -> dict[str, Any]:
 
 
 def run_cli(pg_url: str, *args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", *args, "--json"],
-        env={**os.environ, "DATABASE_URL": pg_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    cli_json(pg_url, *args)
 
 
 def propagation(

@@ -9,9 +9,6 @@ import ipaddress
 import itertools
 import json
 import logging
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,6 +28,7 @@ from gateway.metrics import Metrics
 from gateway.pool import create_pool
 from gateway.request_log import LogRecord, RequestLog, client_ip
 from gateway.settings import Settings
+from tests.cli import run_cli
 from tests.harness import LocalServerControl
 
 T = Any
@@ -484,17 +482,6 @@ def test_app_metrics_readyz_and_checks(pg_url: str) -> None:
 
 
 # --- gateway stats -----------------------------------------------------------------------
-
-
-def run_cli(pg_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": pg_url}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_stats_cli_reports_the_log(pg_url: str, db: psycopg.Connection[T], make_project) -> None:

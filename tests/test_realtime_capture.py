@@ -10,8 +10,8 @@ import pytest
 from psycopg import sql
 
 from gateway import migrate, provisioning, tabledef
+from tests.cli import assert_refused, cli_json, run_cli
 from tests.conftest import TODOS_TABLE
-from tests.test_foundation import assert_refused, cli_json, run_cli
 
 
 def changes(db: psycopg.Connection[Any], project_id: str) -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ from psycopg.rows import tuple_row
 
 from gateway.auth import hash_key
 from gateway.catalog import Principal
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, service_unavailable
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.admission")
@@ -124,10 +124,6 @@ def admission_headers(admission: Admission) -> dict[str, str]:
         admission.rate_reset_in,
         admission.window_s,
     )
-
-
-def service_unavailable(message: str = "Admission is unavailable: try again") -> GatewayError:
-    return GatewayError("SERVICE_UNAVAILABLE", message, status=503, headers={"Retry-After": "1"})
 
 
 @dataclass(slots=True)
@@ -295,7 +291,7 @@ class Admitter:
                 logger.warning("admission failed: %s", type(exc).__name__)
                 # chained: gateway.pool.run_with_retry sees the lost connection behind the
                 # 503 and runs the request once more on a fresh one when that is safe
-                raise service_unavailable() from exc
+                raise service_unavailable("Admission is unavailable: try again") from exc
         # timed out: cancel on the server; give it a moment, then close the connection
         self._stats["unavailable"] += 1
         task.cancel()

@@ -93,3 +93,10 @@ class GatewayError(Exception):
 
     def __repr__(self) -> str:
         return f"GatewayError({self.code!r}, {self.message!r}, status={self.status})"
+
+
+def service_unavailable(
+    message: str = "the database is unavailable, retry shortly",
+) -> GatewayError:
+    """The one answer to overload and outages: 503 at once, with ``Retry-After: 1``."""
+    return GatewayError("SERVICE_UNAVAILABLE", message, status=503, headers={"Retry-After": "1"})

@@ -107,7 +107,8 @@ def map_pg_error(exc: psycopg.Error, max_rows: int | None = None) -> GatewayErro
     return GatewayError(code, message, details=details or None)
 
 
-def _with_index(err: GatewayError, index: int | None) -> GatewayError:
+def with_index(err: GatewayError, index: int | None) -> GatewayError:
+    """In a batch, an error names the failing query's index in its ``details``."""
     if index is None:
         return err
     details = dict(err.details) if isinstance(err.details, dict) else {}
@@ -170,7 +171,7 @@ async def run_transaction(
             )
         else:
             log.info("statement %s refused: sqlstate=%s", index, exc.sqlstate)
-        raise _with_index(err, index if in_batch else None) from None
+        raise with_index(err, index if in_batch else None) from None
     except Exception:
         # Not from PostgreSQL (e.g. a value psycopg cannot encode): leave the connection
         # idle for the pool and let the caller answer 500.
@@ -184,12 +185,12 @@ async def run_transaction(
     results: list[StatementResult] = []
     for i, (st, row) in enumerate(zip(statements, rows, strict=True)):
         if row is None:  # pragma: no cover - every compiled statement answers one row
-            raise _with_index(GatewayError(*_QUERY_FAILED), i)
+            raise with_index(GatewayError(*_QUERY_FAILED), i)
         data, count, matched = row
         if st.max_rows is not None and matched is not None and matched > st.max_rows:
             # Unreachable while the compiler's guard aborts the transaction; kept so a
             # compiler change can never turn into a silent over-limit write report.
-            raise _with_index(
+            raise with_index(
                 GatewayError(
                     "ROW_LIMIT_EXCEEDED",
                     f"the filters match {matched} rows, more than maxRows ({st.max_rows})",

@@ -25,8 +25,8 @@ from gateway import contract, permissions
 from gateway.admission import Admitter, admission_headers
 from gateway.catalog import Principal, ProjectCatalog
 from gateway.compiler import CompiledStatement, compile_query
-from gateway.errors import GatewayError
-from gateway.executor import StatementResult, run_transaction
+from gateway.errors import GatewayError, service_unavailable
+from gateway.executor import StatementResult, run_transaction, with_index
 from gateway.metadata import MetadataCache, ProjectNotFound, load_catalog
 from gateway.pool import acquire, run_with_retry
 from gateway.responses import data_body, error_body
@@ -61,14 +61,6 @@ class KeyContext:
     key_id: str
     principal: Principal
     headers: dict[str, str] = field(default_factory=dict)
-
-
-def _unavailable() -> GatewayError:
-    return GatewayError(
-        "SERVICE_UNAVAILABLE",
-        "the database is unavailable, retry shortly",
-        headers={"Retry-After": "1"},
-    )
 
 
 class Pipeline:
@@ -211,7 +203,7 @@ class Pipeline:
             return self._failed(out, error, headers)
         except psycopg.OperationalError as exc:
             log.warning("database unavailable: %s", str(exc).strip().splitlines()[:1])
-            return self._failed(out, _unavailable(), headers)
+            return self._failed(out, service_unavailable(), headers)
 
     @staticmethod
     def _failed(out: Outcome, error: GatewayError, headers: dict[str, str]) -> Outcome:
@@ -234,10 +226,7 @@ def _compile(
     try:
         return compile_query(query, catalog, ctx.principal)
     except GatewayError as error:
-        if batch:
-            details = dict(error.details) if isinstance(error.details, dict) else {}
-            error.details = {**details, "index": index}
-        raise
+        raise with_index(error, index if batch else None) from None
 
 
 def _peek_table(parsed: Any) -> str | None:

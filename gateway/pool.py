@@ -42,7 +42,7 @@ from psycopg import AsyncConnection
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, service_unavailable
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.pool")
@@ -55,7 +55,6 @@ WAITING_PER_CONNECTION = 8  # default GATEWAY_POOL_MAX_WAITING = 8 × pool max
 RECONNECT_TIMEOUT_S = 5.0
 MAX_LIFETIME_S = 30 * 60.0
 SETUP_APPLICATION_NAME = "gateway-setup"
-RETRY_AFTER = {"Retry-After": "1"}
 
 # Neon: max_connections by compute size (Neon docs, connection pooling page, 2026); 7 of
 # them are reserved for Neon's superuser.
@@ -368,10 +367,6 @@ def create_pool(
 # --- checkout: overload and outage answers --------------------------------------------
 
 
-def unavailable(message: str) -> GatewayError:
-    return GatewayError("SERVICE_UNAVAILABLE", message, status=503, headers=dict(RETRY_AFTER))
-
-
 def connection_is_dead(conn: AsyncConnection[Any]) -> bool:
     """Did the server close this idle connection? Decided without a round trip.
 
@@ -409,17 +404,17 @@ async def checkout(pool: AsyncConnectionPool, deadline: float) -> AsyncConnectio
                 raise PoolTimeout("deadline passed")
             conn: AsyncConnection[Any] = await pool.getconn(timeout=remaining)
         except TooManyRequests:
-            raise unavailable(
+            raise service_unavailable(
                 "the gateway is overloaded: too many requests are waiting for a database "
                 "connection; retry shortly"
             ) from None
         except PoolTimeout:
-            raise unavailable(
+            raise service_unavailable(
                 f"no database connection within {pool.timeout:g} s: the database is "
                 "overloaded or unreachable; retry shortly"
             ) from None
         except PoolClosed:
-            raise unavailable("the gateway is shutting down; retry shortly") from None
+            raise service_unavailable("the gateway is shutting down; retry shortly") from None
         if not connection_is_dead(conn):
             return conn
         logger.info("discarding a connection the server closed while it was idle")
@@ -437,7 +432,7 @@ def lost_connection_error(
     conn: AsyncConnection[Any], exc: BaseException
 ) -> psycopg.OperationalError | None:
     """The OperationalError that broke ``conn``: ``exc`` itself, or the cause of a
-    ``GatewayError`` 503 a component raised for it (``raise unavailable(...) from exc``)."""
+    ``GatewayError`` 503 a component raised for it (``raise service_unavailable(...) from exc``)."""
     if not conn.closed:
         return None
     if isinstance(exc, psycopg.OperationalError):
@@ -472,7 +467,7 @@ async def acquire(
     ``SERVICE_UNAVAILABLE`` with ``Retry-After: 1``.
     """
     if pool is None:
-        raise unavailable("the gateway is starting; retry shortly")
+        raise service_unavailable("the gateway is starting; retry shortly")
     deadline = time.monotonic() + (pool.timeout if timeout is None else timeout)
     conn = await checkout(pool, deadline)
     try:
@@ -480,7 +475,7 @@ async def acquire(
             yield conn
     except psycopg.OperationalError as exc:
         if connection_lost(conn, exc):
-            raise unavailable("the database connection was lost; retry shortly") from exc
+            raise service_unavailable("the database connection was lost; retry shortly") from exc
         raise
     finally:
         await pool.putconn(conn)
@@ -501,7 +496,7 @@ async def run_with_retry(
     the waits for a connection (both attempts together).
     """
     if pool is None:
-        raise unavailable("the gateway is starting; retry shortly")
+        raise service_unavailable("the gateway is starting; retry shortly")
     deadline = time.monotonic() + (pool.timeout if timeout is None else timeout)
     for attempt in (1, 2):
         conn = await checkout(pool, deadline)
@@ -515,7 +510,9 @@ async def run_with_retry(
             if attempt == 2 or not retry_is_safe(lost, idempotent=idempotent):
                 if isinstance(exc, GatewayError):
                     raise
-                raise unavailable("the database connection was lost; retry shortly") from exc
+                raise service_unavailable(
+                    "the database connection was lost; retry shortly"
+                ) from exc
             logger.info("retrying once on a fresh connection: %s (%s)", lost.sqlstate, lost)
             # the retry gets at least a moment to find a connection
             deadline = max(deadline, time.monotonic() + min(pool.timeout, 1.0))

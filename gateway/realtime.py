@@ -63,7 +63,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.catalog import ProjectCatalog
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, service_unavailable
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.realtime")
@@ -819,11 +819,7 @@ class RealtimeHub:
         it is called for every event sent.
         """
         if self._stopped:
-            raise GatewayError(
-                "SERVICE_UNAVAILABLE",
-                "the instance is shutting down",
-                headers={"Retry-After": "1"},
-            )
+            raise service_unavailable("the instance is shutting down")
         predicate, filter_columns = compile_filters(filters, column_types)
         limit = self.settings.realtime_max_streams_per_project
         if self._per_project.get(project_id, 0) >= limit:
@@ -905,9 +901,7 @@ class RealtimeHub:
                     head = await self._head()
                 except Exception as exc:
                     logger.warning("realtime: can't read the head cursor: %s", exc)
-                    raise GatewayError(
-                        "SERVICE_UNAVAILABLE", "realtime is unavailable, retry shortly"
-                    ) from None
+                    raise service_unavailable("realtime is unavailable, retry shortly") from None
                 if self._cursor is None:
                     self._cursor = head
             assert self._cursor is not None

@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import contract, permissions
 from gateway.auth import hash_key, key_from_headers, looks_like_secret
 from gateway.catalog import Principal, ProjectCatalog, TableInfo
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, service_unavailable
 from gateway.realtime import RealtimeHub, Subscription, parse_cursor, sse_stream
 from gateway.responses import error_response
 
@@ -206,8 +206,7 @@ async def realtime_stream(request: Request) -> Response:
         hub: RealtimeHub = state.realtime
         pipeline = state.pipeline
         # a project known to be over its limit is refused locally, as for /query
-        admitter = getattr(pipeline, "admitter", None)
-        key_hash = admitter.check_local(key) if admitter is not None else None
+        key_hash = pipeline.admitter.check_local(key)
         async with pipeline.connection() as conn:
             # opening a stream costs one request; events cost nothing
             ctx = await pipeline.admit(conn, key, 1, key_hash=key_hash)
@@ -237,14 +236,7 @@ async def realtime_stream(request: Request) -> Response:
         return error_response(error, headers)
     except psycopg.OperationalError as exc:
         logger.warning("realtime: database unavailable: %s", str(exc).strip()[:200])
-        return error_response(
-            GatewayError(
-                "SERVICE_UNAVAILABLE",
-                "the database is unavailable, retry shortly",
-                headers={"Retry-After": "1"},
-            ),
-            headers,
-        )
+        return error_response(service_unavailable(), headers)
     return SSEResponse(
         sub,
         headers=headers,

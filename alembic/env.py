@@ -7,8 +7,8 @@ import os
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
-from gateway.migrate import sqlalchemy_url
-from gateway.models import SCHEMA, metadata
+from gateway.db.migrate import sqlalchemy_url
+from gateway.db.models import SCHEMA, metadata
 
 config = context.config
 

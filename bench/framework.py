@@ -32,8 +32,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from gateway import migrate, provisioning, tabledef
-from gateway.localdb import LocalPostgres, free_port
+from gateway.control import provisioning, tabledef
+from gateway.db import migrate
+from gateway.db.localdb import LocalPostgres, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -488,7 +489,7 @@ def _create_key(conn: psycopg.Connection[Any], project_id: str, key_type: str) -
 def gateway_routes_present() -> bool:
     """True once the query API is wired (the lead's "Wire the query API" commit)."""
     try:
-        from gateway import routes
+        from gateway.http import routes
     except ImportError:
         return False
     paths = {getattr(r, "path", "") for r in routes.build_routes()}

@@ -36,7 +36,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.auth import hash_key
+from gateway.auth.keys import hash_key
 
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS bench_original;

@@ -16,10 +16,10 @@ from typing import Any, NoReturn
 import orjson
 import psycopg
 
-from gateway.pool import PlanError
-from gateway.provisioning import ProvisioningError
+from gateway.control.provisioning import ProvisioningError
+from gateway.control.tabledef import DefinitionError
+from gateway.db.pool import PlanError
 from gateway.settings import Settings, SettingsError
-from gateway.tabledef import DefinitionError
 
 EXIT_USAGE = 2
 
@@ -70,7 +70,7 @@ def _non_negative_int(value: str) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
-    from gateway import migrate
+    from gateway.db import migrate
 
     settings = _settings()
     migrate.upgrade(settings.direct_url)
@@ -90,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     import uvicorn
 
-    from gateway.pool import plan_for
+    from gateway.db.pool import plan_for
 
     settings = _settings()  # fail fast, with the variable's name, before uvicorn starts
     if args.workers > settings.instances:
@@ -105,7 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # an impossible connection plan stops here with one line (PlanError), not a traceback
     asyncio.run(plan_for(settings))
     uvicorn.run(
-        "gateway.app:create_app",
+        "gateway.http.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
@@ -121,13 +121,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
-    from gateway import devserver
+    from gateway.control import devserver
 
     devserver.run(host=args.host, port=args.port, data_root=Path(args.data))
 
 
 def _connect() -> psycopg.Connection[Any]:
-    from gateway.provisioning import connect
+    from gateway.control.provisioning import connect
 
     return connect(_settings().direct_url)
 
@@ -135,7 +135,7 @@ def _connect() -> psycopg.Connection[Any]:
 def cmd_pool_plan(args: argparse.Namespace) -> None:
     import asyncio
 
-    from gateway import pool
+    from gateway.db import pool
 
     settings = Settings.from_env()
     if args.instances is not None:
@@ -169,7 +169,7 @@ def cmd_pool_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_project_create(args: argparse.Namespace) -> None:
-    from gateway import provisioning
+    from gateway.control import provisioning
 
     with _connect() as conn:
         project = provisioning.create_project(
@@ -189,7 +189,7 @@ def cmd_project_create(args: argparse.Namespace) -> None:
 
 
 def cmd_project_set_limits(args: argparse.Namespace) -> None:
-    from gateway import provisioning
+    from gateway.control import provisioning
 
     if args.rate_limit_per_minute is None and args.requests_per_day is None and not args.status:
         raise UsageError(
@@ -212,7 +212,7 @@ def cmd_project_set_limits(args: argparse.Namespace) -> None:
 
 
 def cmd_key_create(args: argparse.Namespace) -> None:
-    from gateway import provisioning
+    from gateway.control import provisioning
 
     scopes = [s.strip() for s in args.scopes.split(",")] if args.scopes else None
     with _connect() as conn:
@@ -223,7 +223,7 @@ def cmd_key_create(args: argparse.Namespace) -> None:
 
 
 def cmd_key_revoke(args: argparse.Namespace) -> None:
-    from gateway import provisioning
+    from gateway.control import provisioning
 
     with _connect() as conn:
         result = provisioning.revoke_key(conn, args.key_id)
@@ -231,7 +231,7 @@ def cmd_key_revoke(args: argparse.Namespace) -> None:
 
 
 def cmd_table_create(args: argparse.Namespace) -> None:
-    from gateway import provisioning, tabledef
+    from gateway.control import provisioning, tabledef
 
     try:
         raw = json.loads(Path(args.file).read_text())
@@ -246,7 +246,7 @@ def cmd_table_create(args: argparse.Namespace) -> None:
 
 
 def cmd_table_realtime(args: argparse.Namespace) -> None:
-    from gateway import provisioning
+    from gateway.control import provisioning
 
     if args.enable == args.disable:
         raise UsageError("give exactly one of --enable or --disable")
@@ -272,7 +272,7 @@ def _default_value(raw: str | None) -> tuple[bool, Any]:
 
 
 def cmd_table_add_column(args: argparse.Namespace) -> None:
-    from gateway import provisioning, tabledef
+    from gateway.control import provisioning, tabledef
 
     has_default, default = _default_value(args.default)
     raw: dict[str, Any] = {
@@ -297,7 +297,7 @@ def cmd_table_add_column(args: argparse.Namespace) -> None:
 
 
 def cmd_table_set_access(args: argparse.Namespace) -> None:
-    from gateway import provisioning, tabledef
+    from gateway.control import provisioning, tabledef
 
     tabledef.check_name(args.table, "table name")
     with _connect() as conn:
@@ -316,7 +316,7 @@ def cmd_table_set_access(args: argparse.Namespace) -> None:
 
 
 def cmd_table_drop(args: argparse.Namespace) -> None:
-    from gateway import provisioning, tabledef
+    from gateway.control import provisioning, tabledef
 
     tabledef.check_name(args.table, "table name")
     with _connect() as conn:
@@ -325,7 +325,7 @@ def cmd_table_drop(args: argparse.Namespace) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
-    from gateway import stats
+    from gateway.ops import stats
 
     try:
         since = stats.parse_since(args.since)

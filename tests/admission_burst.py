@@ -15,7 +15,7 @@ from collections import Counter
 
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.admission import Admitter
+from gateway.admission.admitter import Admitter
 from gateway.errors import GatewayError
 from gateway.settings import Settings
 

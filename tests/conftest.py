@@ -17,8 +17,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from gateway import migrate, provisioning, tabledef
-from gateway.devserver import DEMO_TABLE
+from gateway.control import provisioning, tabledef
+from gateway.control.devserver import DEMO_TABLE
+from gateway.db import migrate
 from tests.harness import GatewayCluster, LocalServerControl
 
 TODOS_TABLE: dict[str, Any] = DEMO_TABLE  # the demo project's table, as `make run` creates it
@@ -30,7 +31,7 @@ def pg_server() -> Iterator[LocalServerControl | None]:
     if os.environ.get("TEST_DATABASE_URL"):
         yield None
         return
-    from gateway.localdb import LocalPostgres
+    from gateway.db.localdb import LocalPostgres
 
     root = Path(tempfile.mkdtemp(prefix="gateway-test-pg-"))
     root.chmod(0o755)

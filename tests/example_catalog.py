@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
+from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
 
 SCHEMA = "p_aaaaaaaaaaaa"
 ROLE = SCHEMA

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.localdb import LocalPostgres, free_port
+from gateway.db.localdb import LocalPostgres, free_port
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0

@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 import pytest
 
-from gateway.localdb import SERVICE_USER, free_port
+from gateway.db.localdb import SERVICE_USER, free_port
 
 START_TIMEOUT_S = 15.0
 CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")

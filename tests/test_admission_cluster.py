@@ -20,7 +20,7 @@ import httpx
 import psycopg
 import pytest
 
-from gateway import provisioning
+from gateway.control import provisioning
 from tests.harness import GatewayCluster
 from tests.test_admission_db import counter_row, db_epoch, fresh_window, wait_for_window_position
 

@@ -23,8 +23,10 @@ import psycopg
 import pytest
 from psycopg import AsyncConnection
 
-from gateway import provisioning
-from gateway.admission import Admission, Admitter, admission_headers
+from gateway.admission.admitter import Admitter
+from gateway.admission.decision import Admission
+from gateway.admission.headers import admission_headers
+from gateway.control import provisioning
 from gateway.errors import GatewayError
 from gateway.settings import Settings
 

@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from gateway import migrate
+from gateway.db import migrate
 from gateway.settings import Settings, SettingsError
 from tests.cli import assert_refused, cli_json, run_cli
 from tests.conftest import TODOS_TABLE

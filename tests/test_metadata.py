@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from gateway import migrate
-from gateway.listener import MetadataListener
-from gateway.metadata import MetadataCache, ProjectNotFound, load_catalog
-from gateway.pool import create_pool
+from gateway.db import migrate
+from gateway.db.pool import create_pool
+from gateway.metadata.cache import MetadataCache, ProjectNotFound, load_catalog
+from gateway.metadata.listener import MetadataListener
 from gateway.settings import Settings
 from tests.tcpproxy import TcpProxy
 
@@ -559,7 +559,7 @@ def test_listener_delivers_and_reconnects_after_terminate(pg_url: str, make_proj
 def test_listener_backs_off_while_the_server_refuses(pg_url: str) -> None:
     async def main() -> None:
         # Nothing listens on this port: every attempt fails fast, the delay grows to 2 s.
-        from gateway.localdb import free_port
+        from gateway.db.localdb import free_port
 
         dead = make_conninfo(pg_url, port=str(free_port()))
         listener = MetadataListener(settings_for(dead, database_direct_url=dead), None, None)

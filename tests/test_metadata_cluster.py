@@ -269,7 +269,7 @@ def test_terminated_listeners_reconnect_and_serve_the_change_within_5s(
 def test_readyz_is_503_naming_the_listener_while_it_cannot_connect(
     pg_url: str, tmp_path: Any
 ) -> None:
-    from gateway.localdb import free_port
+    from gateway.db.localdb import free_port
 
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     c = GatewayCluster(

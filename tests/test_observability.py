@@ -18,15 +18,15 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.maintenance import (
+from gateway.db.pool import create_pool
+from gateway.ops.maintenance import (
     ConnectionSampler,
     Maintenance,
     delete_expired_request_log,
     install_default_jobs,
 )
-from gateway.metrics import Metrics
-from gateway.pool import create_pool
-from gateway.request_log import LogRecord, RequestLog, client_ip
+from gateway.ops.metrics import Metrics
+from gateway.ops.request_log import LogRecord, RequestLog, client_ip
 from gateway.settings import Settings
 from tests.cli import run_cli
 from tests.harness import LocalServerControl
@@ -438,7 +438,7 @@ def test_metrics_registries_are_per_app() -> None:
 def test_app_metrics_readyz_and_checks(pg_url: str) -> None:
     from starlette.testclient import TestClient
 
-    from gateway.app import create_app
+    from gateway.http.app import create_app
 
     settings = settings_for(pg_url, maintenance_interval_s=0.1)
     app = create_app(settings)
@@ -552,7 +552,7 @@ def test_stats_on_an_empty_window(pg_url: str) -> None:
 
 
 def test_parse_since() -> None:
-    from gateway.stats import parse_since
+    from gateway.ops.stats import parse_since
 
     assert parse_since("30m") == dt.timedelta(minutes=30)
     assert parse_since("1h") == dt.timedelta(hours=1)
@@ -596,7 +596,7 @@ def test_access_log_json_lines_from_a_real_instance(gateway_cluster, make_projec
 
 
 def test_request_log_migration_round_trip(pg_url: str) -> None:
-    from gateway import migrate
+    from gateway.db import migrate
 
     name = f"mig_log_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_url, autocommit=True) as conn:

@@ -21,8 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway.errors import GatewayError
-from gateway.pool import (
+from gateway.db.pool import (
     NEON_MAX_CONNECTIONS,
     PlanError,
     connection_is_dead,
@@ -32,7 +31,8 @@ from gateway.pool import (
     plan_pool,
     run_with_retry,
 )
-from gateway.pool import acquire as acquire_conn
+from gateway.db.pool import acquire as acquire_conn
+from gateway.errors import GatewayError
 from gateway.settings import Settings
 from tests.pgbouncer import pgbouncer, pgbouncer_url  # noqa: F401 (fixtures)
 
@@ -512,7 +512,7 @@ def test_app_plans_its_pool_and_answers_503_when_it_is_exhausted(
 ) -> None:
     from starlette.testclient import TestClient
 
-    from gateway.app import create_app
+    from gateway.http.app import create_app
 
     project = make_project()
     settings = settings_for(
@@ -561,7 +561,7 @@ def test_app_plans_its_pool_and_answers_503_when_it_is_exhausted(
 def test_app_refuses_an_impossible_plan_in_process(pg_url: str) -> None:
     from starlette.testclient import TestClient
 
-    from gateway.app import create_app
+    from gateway.http.app import create_app
 
     app = create_app(settings_for(pg_url, GATEWAY_DB_MAX_CONNECTIONS="7"))
     with pytest.raises(PlanError) as excinfo, TestClient(app):
@@ -576,7 +576,7 @@ def test_request_whose_session_the_server_ends_before_admission_is_retried_once(
     """A real ``pg_terminate_backend`` between checkout and the admission statement."""
     from starlette.testclient import TestClient
 
-    from gateway.app import create_app
+    from gateway.http.app import create_app
 
     project = make_project()
     app = create_app(settings_for(pg_url, GATEWAY_POOL_MAX="4", GATEWAY_POOL_MIN="2"))

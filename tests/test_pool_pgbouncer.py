@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 
-from gateway import provisioning
+from gateway.control import provisioning
 from tests.harness import GatewayCluster
 from tests.pgbouncer import PgBouncer, pgbouncer  # noqa: F401 (fixture)
 

@@ -359,7 +359,7 @@ def test_permission_matrix(
     assert server.ok(operation="select", table="todos", columns=["owner_email"], limit=1)
 
     # read-only keys and client flags
-    from gateway import provisioning
+    from gateway.control import provisioning
 
     with provisioning.connect(pg_url) as conn:
         reader = provisioning.create_key(conn, project["id"], key_type="public", scopes=["read"])
@@ -416,7 +416,7 @@ def test_key_errors(project: dict[str, Any], client: httpx.Client, pg_url: str) 
     assert bad.status_code == 401 and bad.json()["error"]["code"] == "INVALID_API_KEY"
     via_header = client.post("/query", json=body, headers={"x-api-key": project["public_key"]})
     assert via_header.status_code == 200
-    from gateway import provisioning
+    from gateway.control import provisioning
 
     with provisioning.connect(pg_url) as conn:
         provisioning.revoke_key(conn, project["public_key_id"])

@@ -9,7 +9,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from gateway import migrate, provisioning, tabledef
+from gateway.control import provisioning, tabledef
+from gateway.db import migrate
 from tests.cli import assert_refused, cli_json, run_cli
 from tests.conftest import TODOS_TABLE
 

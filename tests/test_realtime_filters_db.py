@@ -1,7 +1,7 @@
 """Realtime filters (evaluated in Python) agree with the query API's SQL filters.
 
 Differential test: the same filter runs through the query compiler against PostgreSQL and
-through ``realtime.compile_filters`` against the rows as the capture trigger serializes
+through ``compile_filters`` against the rows as the capture trigger serializes
 them (``to_jsonb``). Hypothesis draws filters from per-column value pools that include
 the stored values, neighbours, NULL-ish and coercible strings.
 """
@@ -18,12 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from gateway import contract, realtime
-from gateway.catalog import Principal
-from gateway.compiler import compile_query
 from gateway.errors import GatewayError
-from gateway.executor import run_transaction
-from gateway.pipeline import load_catalog
+from gateway.metadata.catalog import Principal
+from gateway.query import contract
+from gateway.query.compiler import compile_query
+from gateway.query.executor import run_transaction
+from gateway.query.pipeline import load_catalog
+from gateway.realtime.filters import compile_filters
 
 THINGS = {
     "name": "things",
@@ -154,7 +155,7 @@ async def _compare(pg_url: str, things: dict[str, Any], f: dict[str, Any]) -> No
     types = {c.name: c.data_type for c in info.columns}
     flt = contract.parse_filters([f])
     try:
-        predicate, _ = realtime.compile_filters(flt, types)
+        predicate, _ = compile_filters(flt, types)
     except GatewayError as exc:
         if types[f["column"]] == "jsonb" and f["op"] in ("gt", "gte", "lt", "lte"):
             return  # documented: jsonb ordering is refused by realtime filters

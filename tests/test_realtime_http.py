@@ -21,8 +21,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from gateway import realtime
-from gateway.realtime import Cursor
+from gateway.realtime.events import Cursor, parse_cursor
+from gateway.realtime.retention import prune_changes
 from tests.conftest import TODOS_TABLE
 from tests.harness import GatewayCluster
 
@@ -57,7 +57,7 @@ class SSE:
     @property
     def cursor(self) -> Cursor:
         assert self.id is not None
-        return realtime.parse_cursor(self.id)
+        return parse_cursor(self.id)
 
 
 class Stream:
@@ -505,7 +505,7 @@ def test_retention_and_reset_over_sse(
             [project["id"]],
         )
         async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
-            assert await realtime.prune_changes(conn, 24.0) >= 2
+            assert await prune_changes(conn, 24.0) >= 2
         again = Stream(cluster.urls[1], key=project["public_key"], since=stale)
         assert await again.wait_open() == 200
         await until(lambda: any(e.event == "reset" for e in again.events))
@@ -632,7 +632,7 @@ def test_many_subscribers_one_poller(cluster: GatewayCluster, make_project: Any)
 def test_revoked_key_ends_its_open_stream(
     cluster: GatewayCluster, pg_url: str, make_project: Any
 ) -> None:
-    from gateway import provisioning
+    from gateway.control import provisioning
 
     project = make_project()
 

@@ -16,10 +16,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from gateway import realtime
+from gateway.db.pool import create_pool
 from gateway.errors import GatewayError
-from gateway.pool import create_pool
-from gateway.realtime import Cursor, Event, Filter, RealtimeHub, Subscription
+from gateway.realtime.events import Cursor, Event, parse_cursor
+from gateway.realtime.filters import Filter, compile_filters
+from gateway.realtime.hub import RealtimeHub
+from gateway.realtime.retention import prune_changes
+from gateway.realtime.sse import format_event
+from gateway.realtime.subscription import Subscription
 from gateway.settings import Settings
 
 TIMEOUT_S = 30.0
@@ -129,30 +133,30 @@ async def eventually(check: Callable[[], bool], timeout: float = TIMEOUT_S) -> N
 
 
 def test_parse_cursor_is_strict() -> None:
-    assert realtime.parse_cursor("123-45") == Cursor(123, 45)
+    assert parse_cursor("123-45") == Cursor(123, 45)
     assert str(Cursor(123, 45)) == "123-45"
-    assert realtime.parse_cursor(str(Cursor(2**63 - 1, 0))) == Cursor(2**63 - 1, 0)
+    assert parse_cursor(str(Cursor(2**63 - 1, 0))) == Cursor(2**63 - 1, 0)
     fullwidth_one = "\uff11"
     for bad in ["", "1", "1-", "-1", "a-1", "1-2-3", "1 - 2", "-1-2", "1.0-2", "0x1-2",
                 "99999999999999999999-1", str(2**63) + "-1", "1-" + str(2**63),
                 fullwidth_one + "-2"]:  # fmt: skip
         with pytest.raises(GatewayError) as info:
-            realtime.parse_cursor(bad)
+            parse_cursor(bad)
         assert info.value.code == "INVALID_QUERY"
         assert info.value.status == 400
 
 
 def test_format_event() -> None:
-    change = realtime.format_event(
+    change = format_event(
         Event("insert", Cursor(7, 9), {"table": "todos", "op": "insert", "row": {"id": 1}})
     )
     assert change == (
         b'id: 7-9\nevent: insert\ndata: {"table":"todos","op":"insert","row":{"id":1}}\n\n'
     )
-    assert realtime.format_event(Event("ping")) == b": ping\n\n"
-    assert realtime.format_event(Event("ping", Cursor(1, 2))) == b": ping\nid: 1-2\n\n"
-    assert realtime.format_event(Event("position", Cursor(1, 0))).endswith(b"id: 1-0\n\n")
-    overflow = realtime.format_event(Event("overflow", None, {"cursor": "1-2"}))
+    assert format_event(Event("ping")) == b": ping\n\n"
+    assert format_event(Event("ping", Cursor(1, 2))) == b": ping\nid: 1-2\n\n"
+    assert format_event(Event("position", Cursor(1, 0))).endswith(b"id: 1-0\n\n")
+    overflow = format_event(Event("overflow", None, {"cursor": "1-2"}))
     assert overflow == b'event: overflow\ndata: {"cursor":"1-2"}\n\n'
 
 
@@ -235,13 +239,13 @@ ROW = {
     ],
 )
 def test_filter_operators(column: str, op: str, value: Any, expected: bool) -> None:
-    predicate, columns = realtime.compile_filters([Filter(column, op, value)], TYPES)
+    predicate, columns = compile_filters([Filter(column, op, value)], TYPES)
     assert predicate(ROW) is expected
     assert columns == (column,)
 
 
 def test_filters_combine_with_and_and_refuse_bad_values() -> None:
-    predicate, columns = realtime.compile_filters(
+    predicate, columns = compile_filters(
         [Filter("done", "eq", False), Filter("id", "gt", 10)], TYPES
     )
     assert predicate(ROW) is False
@@ -249,12 +253,12 @@ def test_filters_combine_with_and_and_refuse_bad_values() -> None:
     for bad in [Filter("id", "eq", "five"), Filter("at", "gt", "yesterday"),
                 Filter("ref", "eq", "x"), Filter("tags", "contains", "a")]:  # fmt: skip
         with pytest.raises(GatewayError) as info:
-            realtime.compile_filters([bad], TYPES)
+            compile_filters([bad], TYPES)
         assert info.value.code == "INVALID_VALUE"
     for bad in [Filter("id", "near", 1), Filter("id", "in", 1), Filter("id", "eq", None),
                 Filter("done", "is", "yes"), Filter("title", "like", 1)]:  # fmt: skip
         with pytest.raises(GatewayError) as info:
-            realtime.compile_filters([bad], TYPES)
+            compile_filters([bad], TYPES)
         assert info.value.code == "INVALID_FILTER"
 
 
@@ -540,7 +544,7 @@ def test_retention_and_reset(pg_url: str, db: psycopg.Connection[Any], make_proj
                 [[project["id"], other["id"]]],
             )
             async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
-                deleted = await realtime.prune_changes(conn, 1.0, batch=2, max_batches=100)
+                deleted = await prune_changes(conn, 1.0, batch=2, max_batches=100)
             assert deleted >= 4
             left = db.execute(
                 "SELECT count(*) AS n FROM gateway.changes WHERE project_id = %s",
@@ -588,7 +592,7 @@ def test_prune_keeps_recent_changes(pg_url: str, db: psycopg.Connection[Any],
     async def main() -> None:
         await insert_titles(pg_url, project, ["recent"])
         async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
-            await realtime.prune_changes(conn, 24.0)
+            await prune_changes(conn, 24.0)
         n = db.execute(
             "SELECT count(*) AS n FROM gateway.changes WHERE project_id = %s", [project["id"]]
         ).fetchone()

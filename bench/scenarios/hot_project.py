@@ -28,7 +28,7 @@ BATCH = 50
 
 
 def _provision(bench: Bench, count: int) -> list[dict[str, Any]]:
-    from gateway import provisioning
+    from gateway.control import provisioning
 
     projects = []
     with provisioning.connect(bench.url) as conn:

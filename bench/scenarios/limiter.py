@@ -138,7 +138,7 @@ class PostgresFloor(Contender):
         self.pool: Any = None
 
     async def open(self) -> None:
-        from gateway.pool import create_pool
+        from gateway.db.pool import create_pool
 
         settings = _settings(self.url)
         self.pool = create_pool(settings)
@@ -166,8 +166,8 @@ class PostgresContender(Contender):
         self._decide: Decide | None = None
 
     async def open(self) -> None:
-        from gateway.auth import hash_key
-        from gateway.pool import create_pool
+        from gateway.auth.keys import hash_key
+        from gateway.db.pool import create_pool
 
         settings = _settings(self.url)
         self.pool = create_pool(settings)
@@ -228,7 +228,7 @@ def _admitter_adapter(
     """
     try:
         from gateway.errors import GatewayError
-        from gateway.pipeline import Pipeline
+        from gateway.query.pipeline import Pipeline
     except ImportError:
         return None
     pipeline = Pipeline(settings, pool)
@@ -263,7 +263,7 @@ def _admitter_adapter(
 def postgres_available(bench: Bench) -> str | None:
     """None when our admission can be measured; else why not."""
     try:
-        from gateway.pipeline import Pipeline
+        from gateway.query.pipeline import Pipeline
 
         if hasattr(Pipeline, "admit"):
             return None

@@ -45,7 +45,7 @@ REALTIME_TABLE = {**fw.ITEMS_TABLE, "name": "items", "realtime": True}
 
 
 def require_realtime(bench: Bench) -> None:
-    from gateway import routes
+    from gateway.http import routes
 
     paths = {getattr(r, "path", "") for r in routes.build_routes()}
     missing = []

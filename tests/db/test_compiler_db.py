@@ -10,11 +10,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway.catalog import Principal
-from gateway.compiler import compile_query
-from gateway.contract import parse_batch_body, parse_query
 from gateway.errors import GatewayError
-from gateway.executor import StatementResult, run_transaction
+from gateway.metadata.catalog import Principal
+from gateway.query.compiler import compile_query
+from gateway.query.contract import parse_batch_body, parse_query
+from gateway.query.executor import StatementResult, run_transaction
 from tests.example_catalog import CATALOG, PUBLIC, ROLE, SCHEMA, SERVER
 
 SEED = f"""
@@ -538,7 +538,7 @@ def test_statements_run_as_the_project_role(db: DB) -> None:
     # holds even if the catalog were wrong.
     from dataclasses import replace
 
-    from gateway.catalog import ColumnInfo, ProjectCatalog
+    from gateway.metadata.catalog import ColumnInfo, ProjectCatalog
 
     outside = replace(
         CATALOG.tables["notes"], name="outside", columns=(ColumnInfo("x", "integer"),)

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from psycopg.types.json import Jsonb
 
-from gateway.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
-from gateway.compiler import CompiledStatement, column_type, compile_query
-from gateway.contract import parse_query
 from gateway.errors import GatewayError
+from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
+from gateway.query.compiler import CompiledStatement, column_type, compile_query
+from gateway.query.contract import parse_query
 from tests.example_catalog import CATALOG, PUBLIC, SERVER
 
 

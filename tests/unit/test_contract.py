@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.contract import (
+from gateway.errors import GatewayError
+from gateway.query.contract import (
     Filter,
     Query,
     Sort,
@@ -14,7 +15,6 @@ from gateway.contract import (
     parse_query,
     parse_query_body,
 )
-from gateway.errors import GatewayError
 
 
 def bad(obj: Any, code: str, field: str) -> GatewayError:

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from gateway.executor import _propagates, map_pg_error
+from gateway.query.executor import _propagates, map_pg_error
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.compiler import compile_query
-from gateway.contract import FILTER_OPS, parse_batch_body, parse_query_body
 from gateway.errors import GatewayError
+from gateway.query.compiler import compile_query
+from gateway.query.contract import FILTER_OPS, parse_batch_body, parse_query_body
 from tests.example_catalog import (
     ADMIN,
     CATALOG,

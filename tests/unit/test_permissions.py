@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from gateway.catalog import Principal
-from gateway.compiler import compile_query
-from gateway.contract import parse_query
 from gateway.errors import GatewayError
-from gateway.permissions import readable_columns, schema_view
+from gateway.metadata.catalog import Principal
+from gateway.query.compiler import compile_query
+from gateway.query.contract import parse_query
+from gateway.query.permissions import readable_columns, schema_view
 from tests.example_catalog import (
     ADMIN,
     CATALOG,

@@ -27,8 +27,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from gateway.compiler import ROW_LIMIT_MARKER, CompiledStatement
 from gateway.errors import GatewayError
+from gateway.query.compiler import ROW_LIMIT_MARKER, CompiledStatement
 
 log = logging.getLogger("gateway.executor")
 

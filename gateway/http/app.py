@@ -21,16 +21,17 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import realtime, routes
-from gateway.admission import Admitter
+from gateway.admission.admitter import Admitter
+from gateway.db.pool import PlanError, PoolPlan, create_pool, plan_for
 from gateway.errors import GatewayError
-from gateway.listener import MetadataListener
-from gateway.metadata import MetadataCache
-from gateway.observe import Observability, ObserveMiddleware
-from gateway.pipeline import Pipeline
-from gateway.pool import PlanError, PoolPlan, create_pool, plan_for
-from gateway.realtime import RealtimeHub
-from gateway.responses import error_response
+from gateway.http import routes
+from gateway.http.responses import error_response
+from gateway.metadata.cache import MetadataCache
+from gateway.metadata.listener import MetadataListener
+from gateway.ops.observe import Observability, ObserveMiddleware
+from gateway.query.pipeline import Pipeline
+from gateway.realtime import hub as realtime_hub
+from gateway.realtime.hub import RealtimeHub
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway")
@@ -117,8 +118,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # realtime: the hub polls only while someone subscribes; retention is a job of
         # the maintenance leader; the hub's figures are a metrics source
         state.realtime = RealtimeHub(settings, state.pool)
-        realtime.install(state.realtime, state.extras)
-        realtime.drain_on_signals(state.realtime)
+        realtime_hub.install(state.realtime, state.extras)
+        realtime_hub.drain_on_signals(state.realtime)
         try:
             # In the background: /readyz says 503 until it listens; requests never wait.
             await state.listener.start()

@@ -19,9 +19,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from gateway import auth
-from gateway.models import KEY_STATUSES, TIERS
-from gateway.tabledef import ColumnDef, TableDef, check_name, column_ddl, create_table_ddl
+from gateway.auth import keys as auth
+from gateway.control.tabledef import ColumnDef, TableDef, check_name, column_ddl, create_table_ddl
+from gateway.db.models import KEY_STATUSES, TIERS
 
 PROJECT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SCOPES = ("read", "write")

@@ -21,15 +21,16 @@ import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from gateway import contract, permissions
-from gateway.admission import Admitter, admission_headers
-from gateway.catalog import Principal, ProjectCatalog
-from gateway.compiler import CompiledStatement, compile_query
+from gateway.admission.admitter import Admitter
+from gateway.admission.headers import admission_headers
+from gateway.db.pool import acquire, run_with_retry
 from gateway.errors import GatewayError, service_unavailable
-from gateway.executor import StatementResult, run_transaction, with_index
-from gateway.metadata import MetadataCache, ProjectNotFound, load_catalog
-from gateway.pool import acquire, run_with_retry
-from gateway.responses import data_body, error_body
+from gateway.http.responses import data_body, error_body
+from gateway.metadata.cache import MetadataCache, ProjectNotFound, load_catalog
+from gateway.metadata.catalog import Principal, ProjectCatalog
+from gateway.query import contract, permissions
+from gateway.query.compiler import CompiledStatement, compile_query
+from gateway.query.executor import StatementResult, run_transaction, with_index
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.pipeline")

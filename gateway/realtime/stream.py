@@ -25,12 +25,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway import contract, permissions
-from gateway.auth import hash_key, key_from_headers, looks_like_secret
-from gateway.catalog import Principal, ProjectCatalog, TableInfo
+from gateway.auth.keys import hash_key, key_from_headers, looks_like_secret
 from gateway.errors import GatewayError, service_unavailable
-from gateway.realtime import RealtimeHub, Subscription, parse_cursor, sse_stream
-from gateway.responses import error_response
+from gateway.http.responses import error_response
+from gateway.metadata.catalog import Principal, ProjectCatalog, TableInfo
+from gateway.query import contract, permissions
+from gateway.realtime.events import parse_cursor
+from gateway.realtime.hub import RealtimeHub
+from gateway.realtime.sse import sse_stream
+from gateway.realtime.subscription import Subscription
 
 logger = logging.getLogger("gateway.realtime")
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from gateway.maintenance import ConnectionSampler, Maintenance, install_default_jobs
-from gateway.metrics import Metrics
-from gateway.request_log import LogRecord, RequestLog, client_ip
+from gateway.ops.maintenance import ConnectionSampler, Maintenance, install_default_jobs
+from gateway.ops.metrics import Metrics
+from gateway.ops.request_log import LogRecord, RequestLog, client_ip
 from gateway.settings import Settings
 
 access_logger = logging.getLogger("gateway.access")

@@ -36,10 +36,10 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from gateway import permissions as perm
-from gateway.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
-from gateway.contract import Filter, Query
 from gateway.errors import GatewayError
+from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
+from gateway.query import permissions as perm
+from gateway.query.contract import Filter, Query
 
 PUBLIC_DEFAULT_MAX_ROWS = 50
 ROW_LIMIT_MARKER = "gateway_row_limit_exceeded:"

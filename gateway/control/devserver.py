@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gateway import migrate, provisioning, tabledef
-from gateway.localdb import LocalPostgres
+from gateway.control import provisioning, tabledef
+from gateway.db import migrate
+from gateway.db.localdb import LocalPostgres
 
 DEMO_PROJECT = "demo"
 DEMO_TABLE: dict[str, Any] = {
@@ -92,7 +93,7 @@ def banner(keys: dict[str, Any], base_url: str, *, local_database: bool) -> str:
 def run(host: str, port: int, data_root: Path) -> None:
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.settings import Settings
 
     server: LocalPostgres | None = None

@@ -37,8 +37,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
 from gateway.errors import GatewayError
+from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
 
 
 def _table_readable(table: TableInfo, principal: Principal) -> bool:

@@ -32,7 +32,7 @@ import orjson
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.catalog import ColumnInfo, ProjectCatalog, TableInfo
+from gateway.metadata.catalog import ColumnInfo, ProjectCatalog, TableInfo
 from gateway.settings import Settings
 
 # One statement: the project row plus every table with its columns, as JSON text (parsed

@@ -14,13 +14,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.auth import key_from_headers
+from gateway.auth.keys import key_from_headers
+from gateway.db.pool import acquire
 from gateway.errors import GatewayError
-from gateway.metrics import CONTENT_TYPE
-from gateway.pipeline import Outcome
-from gateway.pool import acquire
-from gateway.realtime_http import realtime_stream
-from gateway.responses import JSON, error_response, json_response
+from gateway.http.responses import JSON, error_response, json_response
+from gateway.ops.metrics import CONTENT_TYPE
+from gateway.query.pipeline import Outcome
+from gateway.realtime.stream import realtime_stream
 
 logger = logging.getLogger("gateway")
 

@@ -35,9 +35,11 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
 
-from gateway.auth import hash_key
-from gateway.catalog import Principal
+from gateway.admission.decision import Admission, QuotaExceeded
+from gateway.admission.headers import rate_limit_headers
+from gateway.auth.keys import hash_key
 from gateway.errors import GatewayError, service_unavailable
+from gateway.metadata.catalog import Principal
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.admission")
@@ -59,71 +61,6 @@ _KEY_ERRORS = {
     "expired": ("EXPIRED_API_KEY", "API key has expired"),
     "suspended": ("PROJECT_SUSPENDED", "Project is suspended"),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """An admitted request: who is asking and the rate-limit numbers for the headers."""
-
-    project_id: str
-    schema_name: str  # the project's schema and the role its queries run as
-    key_id: str
-    principal: Principal
-    rate_limit: int | None = None  # None when admission counters are disabled (bench)
-    rate_remaining: int = 0
-    rate_reset_epoch: int = 0  # X-RateLimit-Reset: epoch seconds, database clock
-    rate_reset_in: int = 0  # whole seconds to the reset (≥ 1)
-    window_s: int = 60
-    quota_used: int | None = None
-    quota_limit: int | None = None
-
-    @property
-    def key_type(self) -> str:
-        return self.principal.key_type
-
-
-class QuotaExceeded(GatewayError):
-    """429 ``REQUEST_QUOTA_EXCEEDED``; ``violations`` in ``details`` and at the top level."""
-
-    def __init__(self, violations: list[dict[str, Any]], headers: dict[str, str]) -> None:
-        v = violations[0]
-        super().__init__(
-            "REQUEST_QUOTA_EXCEEDED",
-            f"Daily request quota exceeded ({v['used']} of {v['limit']} requests used)",
-            details={"violations": violations},
-            headers=headers,
-        )
-        self.violations = violations
-
-    def to_error(self) -> dict[str, Any]:
-        error = super().to_error()
-        error["violations"] = self.violations
-        return error
-
-
-def rate_limit_headers(
-    limit: int, remaining: int, reset_epoch: int, reset_in: int, window_s: int
-) -> dict[str, str]:
-    return {
-        "X-RateLimit-Limit": str(limit),
-        "X-RateLimit-Remaining": str(remaining),
-        "X-RateLimit-Reset": str(reset_epoch),
-        "RateLimit-Policy": f'"minute";q={limit};w={window_s}',
-        "RateLimit": f'"minute";r={remaining};t={reset_in}',
-    }
-
-
-def admission_headers(admission: Admission) -> dict[str, str]:
-    """The headers every response after admission carries (none with counters disabled)."""
-    if admission.rate_limit is None:
-        return {}
-    return rate_limit_headers(
-        admission.rate_limit,
-        admission.rate_remaining,
-        admission.rate_reset_epoch,
-        admission.rate_reset_in,
-        admission.window_s,
-    )
 
 
 @dataclass(slots=True)

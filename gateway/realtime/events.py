@@ -1,0 +1,95 @@
+"""Positions in the change log, the changes read from it, and the events a stream yields."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import (
+    Sequence,
+)
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import orjson
+
+from gateway.errors import GatewayError
+
+MAX_BIGINT = 2**63 - 1
+
+
+# --- cursors ------------------------------------------------------------------------------
+
+
+class Cursor(NamedTuple):
+    """A position in the change log: ``(xid, id)``; tuples compare like the SQL row value."""
+
+    xid: int
+    id: int
+
+    def __str__(self) -> str:
+        return f"{self.xid}-{self.id}"
+
+
+_CURSOR_RE = re.compile(r"^([0-9]{1,19})-([0-9]{1,19})$")
+
+
+def parse_cursor(raw: str) -> Cursor:
+    """``<xid>-<id>``, both decimal, at most 2**63-1; anything else is 400 INVALID_QUERY."""
+    match = _CURSOR_RE.match(raw.strip()) if isinstance(raw, str) else None
+    if match:
+        xid, id_ = int(match.group(1)), int(match.group(2))
+        if xid <= MAX_BIGINT and id_ <= MAX_BIGINT:
+            return Cursor(xid, id_)
+    raise GatewayError(
+        "INVALID_QUERY",
+        "invalid realtime cursor: expected '<xid>-<id>' as sent in an event's id",
+        details={"field": "since"},
+    )
+
+
+# --- changes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    cursor: Cursor
+    project_id: str
+    table: str
+    op: str  # insert | update | delete
+    pk: dict[str, Any]
+    row: dict[str, Any] | None  # None for deletes: only the primary key is kept
+    age_s: float = 0.0  # database clock: how old the change was when it was read
+    # rendered SSE blocks by readable-column set: subscribers with the same permissions
+    # share one serialization instead of one per subscriber
+    rendered: dict[Any, tuple[dict[str, Any], bytes]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @property
+    def image(self) -> dict[str, Any]:
+        return self.row if self.row is not None else self.pk
+
+
+def change_from_row(project_id: str, table: str, r: Sequence[Any], offset: int, age: Any) -> Change:
+    xid, id_, op, pk, row = r[offset : offset + 5]
+    return Change(
+        cursor=Cursor(int(xid), int(id_)),
+        project_id=project_id,
+        table=table,
+        op=op,
+        pk=orjson.loads(pk),
+        row=orjson.loads(row) if row is not None else None,
+        age_s=float(age or 0.0),
+    )
+
+
+# --- subscriptions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What a subscription yields: a change, or a control event, or a heartbeat."""
+
+    kind: str  # insert | update | delete | reset | overflow | error | position | ping
+    cursor: Cursor | None = None
+    data: dict[str, Any] | None = None
+    raw: bytes | None = None  # the whole SSE block, when already rendered

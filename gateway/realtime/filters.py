@@ -1,0 +1,309 @@
+"""Realtime filters: the query contract's operators evaluated in Python against a row image."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import re
+import uuid
+from collections.abc import (
+    Callable,
+    Iterable,
+    Mapping,
+)
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.errors import GatewayError
+
+# --- filters, evaluated in Python against the row image -----------------------------------
+
+
+class FilterLike(Protocol):
+    column: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """The query contract's filter (``gateway.contract.Filter`` has the same shape)."""
+
+    column: str
+    op: str
+    value: Any
+
+
+FILTER_OPS = frozenset(
+    {"eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "in", "is", "contains",
+     "containedBy", "overlaps"}
+)  # fmt: skip
+_MISSING = object()
+
+
+def _invalid_value(column: str, message: str) -> GatewayError:
+    return GatewayError(
+        "INVALID_VALUE",
+        f"filter on '{column}': {message}",
+        details={"column": column},
+    )
+
+
+def _scalar_converter(base: str) -> Callable[[Any], Any]:
+    def to_int(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError("not an integer")
+        if isinstance(v, float) and not v.is_integer():
+            raise ValueError("not an integer")
+        return int(v)
+
+    def to_decimal(v: Any) -> decimal.Decimal:
+        if isinstance(v, bool):
+            raise ValueError("not a number")
+        return decimal.Decimal(str(v))
+
+    def to_bool(v: Any) -> bool:
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.lower() in ("true", "false"):
+            return v.lower() == "true"
+        raise ValueError("not a boolean")
+
+    def to_datetime(v: Any) -> dt.datetime:
+        value = dt.datetime.fromisoformat(v)
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+    def to_date(v: Any) -> dt.date:
+        return dt.date.fromisoformat(v)
+
+    def to_uuid(v: Any) -> uuid.UUID:
+        return uuid.UUID(v)
+
+    def to_text(v: Any) -> str:
+        if not isinstance(v, str):
+            raise ValueError("not a string")
+        return v
+
+    return {
+        "integer": to_int,
+        "bigint": to_int,
+        "smallint": to_int,
+        "numeric": to_decimal,
+        "real": to_decimal,
+        "double precision": to_decimal,
+        "boolean": to_bool,
+        "timestamptz": to_datetime,
+        "date": to_date,
+        "uuid": to_uuid,
+        "text": to_text,
+    }.get(base, lambda v: v)  # jsonb and unknown types compare as JSON values
+
+
+def _converter(data_type: str | None) -> tuple[Callable[[Any], Any], bool]:
+    """(convert one value, is an array type)."""
+    data_type = data_type or "jsonb"
+    if data_type.endswith("[]"):
+        return _scalar_converter(data_type[:-2]), True
+    return _scalar_converter(data_type), False
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a is b
+    return bool(a == b)
+
+
+def jsonb_contains(a: Any, b: Any) -> bool:
+    """PostgreSQL's ``a @> b`` for jsonb values."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and all(k in a and jsonb_contains(a[k], v) for k, v in b.items())
+    if isinstance(a, list):
+        if isinstance(b, list):
+            return all(any(jsonb_contains(x, y) for x in a) for y in b)
+        if isinstance(b, dict):
+            return False
+        return any(not isinstance(x, (dict, list)) and _json_equal(x, b) for x in a)
+    return not isinstance(b, (dict, list)) and _json_equal(a, b)
+
+
+def _like_regex(pattern: str, insensitive: bool) -> re.Pattern[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
+        i += 1
+    return re.compile("".join(out), re.DOTALL | (re.IGNORECASE if insensitive else 0))
+
+
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+
+def _array_key(values: list[Any]) -> list[tuple[Any, ...]]:
+    return [(1,) if x is None else (0, x) for x in values]
+
+
+def _compile_one(f: FilterLike, data_type: str | None) -> Predicate:
+    column, op, value = f.column, f.op, f.value
+    if op not in FILTER_OPS:
+        raise GatewayError("INVALID_FILTER", f"unknown filter operator {op!r}")
+    conv, is_array = _converter(data_type)
+    is_json = (data_type or "jsonb") == "jsonb"
+
+    def convert(v: Any) -> Any:
+        try:
+            return conv(v)
+        except (ValueError, TypeError, ArithmeticError):
+            raise _invalid_value(column, f"{v!r} is not a valid {data_type}") from None
+
+    def row_value(row: Mapping[str, Any]) -> Any:
+        v = row.get(column)
+        if v is None:
+            return None
+        try:
+            if is_array:
+                return [None if x is None else conv(x) for x in v] if isinstance(v, list) else v
+            return conv(v)
+        except (ValueError, TypeError, ArithmeticError):
+            return _MISSING
+
+    if op == "is":
+        if value is None:
+            return lambda row: row.get(column) is None
+        if not isinstance(value, bool):
+            raise GatewayError(
+                "INVALID_FILTER", f"filter on '{column}': is takes null, true or false"
+            )
+        return lambda row: row.get(column) is value
+
+    if op in ("like", "ilike"):
+        if not isinstance(value, str):
+            raise GatewayError("INVALID_FILTER", f"filter on '{column}': {op} takes a string")
+        regex = _like_regex(value, op == "ilike")
+
+        def like(row: Mapping[str, Any]) -> bool:
+            v = row.get(column)
+            return isinstance(v, str) and regex.fullmatch(v) is not None
+
+        return like
+
+    if value is None:
+        raise GatewayError("INVALID_FILTER", f"filter on '{column}': {op} can't compare with null")
+
+    if op == "in":
+        if not isinstance(value, list):
+            raise GatewayError("INVALID_FILTER", f"filter on '{column}': in takes an array")
+        if is_json:
+            choices = list(value)
+            return lambda row: any(_json_equal(row.get(column), c) for c in choices)
+        allowed = [convert(v) for v in value if v is not None]
+
+        def in_(row: Mapping[str, Any]) -> bool:
+            v = row_value(row)
+            return v is not None and v is not _MISSING and any(_json_equal(v, a) for a in allowed)
+
+        return in_
+
+    if op in ("contains", "containedBy", "overlaps"):
+        if is_array:
+            if not isinstance(value, list):
+                raise _invalid_value(column, f"{op} takes an array")
+            wanted = [convert(v) for v in value]
+
+            def array_op(row: Mapping[str, Any]) -> bool:
+                have = row_value(row)
+                if not isinstance(have, list):
+                    return False
+                if op == "contains":
+                    return all(w in have for w in wanted)
+                if op == "containedBy":
+                    return all(h in wanted for h in have)
+                return any(h in wanted for h in have if h is not None)
+
+            return array_op
+        if is_json and op != "overlaps":
+            if op == "contains":
+                return lambda row: (
+                    row.get(column) is not None and jsonb_contains(row.get(column), value)
+                )
+            return lambda row: (
+                row.get(column) is not None and jsonb_contains(value, row.get(column))
+            )
+        raise _invalid_value(column, f"{op} needs an array or jsonb column")
+
+    # eq neq gt gte lt lte
+    if is_json and op in ("gt", "gte", "lt", "lte"):
+        # jsonb's own total order (objects > arrays > booleans > numbers > strings, ...)
+        # is not reproduced here: refused rather than answered differently from /query
+        raise GatewayError(
+            "INVALID_FILTER",
+            f"filter on '{column}': {op} on a jsonb column is not supported in realtime",
+        )
+    if is_array:
+        if not isinstance(value, list):
+            raise _invalid_value(column, "compare an array column with an array")
+        target: Any = [convert(v) for v in value]
+    elif is_json:
+        target = value
+    else:
+        target = convert(value)
+
+    def compare(row: Mapping[str, Any]) -> bool:
+        v = row.get(column) if is_json else row_value(row)
+        if v is None or v is _MISSING:
+            return False
+        try:
+            if op == "eq":
+                return _json_equal(v, target)
+            if op == "neq":
+                return not _json_equal(v, target)
+            if is_array:
+                # PostgreSQL orders arrays element by element, a NULL element after
+                # every value, then by length
+                v, compared = _array_key(v), _array_key(target)
+            else:
+                compared = target
+            if op == "gt":
+                return bool(v > compared)
+            if op == "gte":
+                return bool(v >= compared)
+            if op == "lt":
+                return bool(v < compared)
+            return bool(v <= compared)
+        except TypeError:
+            return False
+
+    return compare
+
+
+def compile_filters(
+    filters: Iterable[FilterLike], column_types: Mapping[str, str] | None = None
+) -> tuple[Predicate, tuple[str, ...]]:
+    """A predicate on a row image (AND of all filters) and the columns they use.
+
+    ``column_types`` maps column names to registry types (``text``, ``bigint[]``, ...) so
+    values compare as their type (timestamps as instants, numerics as decimals); a column
+    without a type compares as JSON.
+    """
+    types = column_types or {}
+    compiled: list[tuple[str, Predicate]] = []
+    for f in filters:
+        compiled.append((f.column, _compile_one(f, types.get(f.column))))
+    columns = tuple(dict.fromkeys(c for c, _ in compiled))
+    if not compiled:
+        return (lambda row: True), ()
+
+    def predicate(row: Mapping[str, Any]) -> bool:
+        return all(p(row) for _, p in compiled)
+
+    # A delete carries only the primary key: filters on other columns can't be checked
+    # there, so deletes are matched on the filters whose columns they carry.
+    def partial(row: Mapping[str, Any]) -> bool:
+        return all(p(row) for c, p in compiled if c in row)
+
+    predicate.partial = partial  # type: ignore[attr-defined]
+    return predicate, columns

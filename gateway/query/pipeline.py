@@ -22,18 +22,21 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.admission.admitter import Admitter
+from gateway.admission.decision import Admission
 from gateway.admission.headers import admission_headers
 from gateway.db.pool import acquire, run_with_retry
 from gateway.errors import GatewayError, service_unavailable
-from gateway.http.responses import data_body, error_body
 from gateway.metadata.cache import MetadataCache, ProjectNotFound, load_catalog
-from gateway.metadata.catalog import Principal, ProjectCatalog
+from gateway.metadata.catalog import ProjectCatalog
 from gateway.query import contract, permissions
 from gateway.query.compiler import CompiledStatement, compile_query
+from gateway.query.envelope import data_body, error_body
 from gateway.query.executor import StatementResult, run_transaction, with_index
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.pipeline")
+
+Conn = psycopg.AsyncConnection[Any]
 
 
 @dataclass
@@ -51,17 +54,6 @@ class Outcome:
     row_count: int | None = None
     # how admission decided a refusal: "rate_limited", "quota_exceeded" or "local_deny"
     admission: str | None = None
-
-
-@dataclass(frozen=True)
-class KeyContext:
-    """Who the key belongs to, as admission decided it."""
-
-    project_id: str
-    schema_name: str
-    key_id: str
-    principal: Principal
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -96,16 +88,9 @@ class Pipeline:
         cost: int,
         *,
         key_hash: str | None = None,
-    ) -> KeyContext:
+    ) -> Admission:
         """Key, rate limit and daily quota: one statement, committed on its own."""
-        admission = await self.admitter.admit(conn, key, cost, key_hash=key_hash)
-        return KeyContext(
-            admission.project_id,
-            admission.schema_name,
-            admission.key_id,
-            admission.principal,
-            admission_headers(admission),
-        )
+        return await self.admitter.admit(conn, key, cost, key_hash=key_hash)
 
     async def catalog(self, conn: psycopg.AsyncConnection[Any], project_id: str) -> ProjectCatalog:
         if self.metadata is None:
@@ -127,9 +112,11 @@ class Pipeline:
         return await self._run(key, body, batch=True)
 
     async def schema(self, key: str | None) -> Outcome:
-        async def work(conn: psycopg.AsyncConnection[Any], ctx: KeyContext, out: Outcome) -> None:
-            catalog = await self.catalog(conn, ctx.project_id)
-            out.body = orjson.dumps(permissions.schema_view(catalog, ctx.principal))
+        async def work(
+            conn: psycopg.AsyncConnection[Any], admission: Admission, out: Outcome
+        ) -> None:
+            catalog = await self.catalog(conn, admission.project_id)
+            out.body = orjson.dumps(permissions.schema_view(catalog, admission.principal))
 
         return await self._admitted(key, cost=1, work=work)
 
@@ -147,7 +134,9 @@ class Pipeline:
             # A batch costs one request per query (bounded by the contract's maximum).
             cost = max(1, min(len(parsed["queries"]), contract.MAX_BATCH))
 
-        async def work(conn: psycopg.AsyncConnection[Any], ctx: KeyContext, out: Outcome) -> None:
+        async def work(
+            conn: psycopg.AsyncConnection[Any], admission: Admission, out: Outcome
+        ) -> None:
             if parse_error is not None:
                 raise parse_error
             out.table = "batch" if batch else _peek_table(parsed)
@@ -155,12 +144,12 @@ class Pipeline:
             queries = (
                 contract.parse_batch_body(parsed) if batch else [contract.parse_query_body(parsed)]
             )
-            catalog = await self.catalog(conn, ctx.project_id)
-            statements = [_compile(q, i, catalog, ctx, batch) for i, q in enumerate(queries)]
+            catalog = await self.catalog(conn, admission.project_id)
+            statements = [_compile(q, i, catalog, admission, batch) for i, q in enumerate(queries)]
             results = await run_transaction(
                 conn,
                 statements,
-                role=ctx.schema_name,
+                role=admission.schema_name,
                 statement_timeout_ms=self.settings.statement_timeout_ms,
                 batch=batch,
             )
@@ -179,18 +168,18 @@ class Pipeline:
         key: str | None,
         *,
         cost: int,
-        work: Callable[[psycopg.AsyncConnection[Any], KeyContext, Outcome], Any],
+        work: Callable[[psycopg.AsyncConnection[Any], Admission, Outcome], Any],
     ) -> Outcome:
         out = Outcome(status=200, body=b"")
         headers: dict[str, str] = {}
 
         async def unit(conn: psycopg.AsyncConnection[Any]) -> None:
             nonlocal headers
-            ctx = await self.admit(conn, key, cost, key_hash=key_hash)
-            headers = dict(ctx.headers)
-            out.project_id, out.key_id = ctx.project_id, ctx.key_id
-            out.headers = {**headers, "X-Project-Id": ctx.project_id}
-            await work(conn, ctx, out)
+            admission = await self.admit(conn, key, cost, key_hash=key_hash)
+            headers = admission_headers(admission)
+            out.project_id, out.key_id = admission.project_id, admission.key_id
+            out.headers = {**headers, "X-Project-Id": admission.project_id}
+            await work(conn, admission, out)
 
         try:
             # a project known to be over its limit is refused here: no pool connection,
@@ -221,11 +210,11 @@ class Pipeline:
 
 
 def _compile(
-    query: contract.Query, index: int, catalog: ProjectCatalog, ctx: KeyContext, batch: bool
+    query: contract.Query, index: int, catalog: ProjectCatalog, admission: Admission, batch: bool
 ) -> CompiledStatement:
     """Compile one query; in a batch, a refusal names the query's index."""
     try:
-        return compile_query(query, catalog, ctx.principal)
+        return compile_query(query, catalog, admission.principal)
     except GatewayError as error:
         raise with_index(error, index if batch else None) from None
 

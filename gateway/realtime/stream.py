@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.admission.headers import admission_headers
 from gateway.auth.keys import hash_key, key_from_headers, looks_like_secret
 from gateway.errors import GatewayError, service_unavailable
 from gateway.http.responses import error_response
@@ -213,7 +214,7 @@ async def realtime_stream(request: Request) -> Response:
         async with pipeline.connection() as conn:
             # opening a stream costs one request; events cost nothing
             ctx = await pipeline.admit(conn, key, 1, key_hash=key_hash)
-            headers = {**ctx.headers, "X-Project-Id": ctx.project_id}
+            headers = {**admission_headers(ctx), "X-Project-Id": ctx.project_id}
             catalog = await pipeline.catalog(conn, ctx.project_id)
         info = _check_table(catalog, table, ctx.principal)
         for i, f in enumerate(filters):

@@ -83,8 +83,9 @@ def canonical_string(
     return head.encode() + body
 
 
-def signature(secret: str, method: str, path: str, query: str, timestamp: str, nonce: str,
-              body: bytes) -> str:  # fmt: skip
+def signature(
+    secret: str, method: str, path: str, query: str, timestamp: str, nonce: str, body: bytes
+) -> str:
     message = canonical_string(method, path, query, timestamp, nonce, body)
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 

@@ -97,10 +97,13 @@ def _parse(model: type[BaseModel] | None, raw: bytes) -> BaseModel | None:
 
 async def _authenticate(request: Request, settings: Settings, body: bytes) -> None:
     """Raise ``SignatureError`` unless the signature holds and the nonce is new."""
+    # the path as sent (still percent-encoded), as the original signs and checks it
+    raw_path = request.scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else request.url.path
     verified = signing.verify(
         settings.admin_hmac_secrets,
         request.method,
-        request.url.path,
+        path,
         request.url.query,
         {k.lower(): v for k, v in request.headers.items()},
         body,

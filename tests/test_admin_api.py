@@ -617,3 +617,16 @@ def test_openapi_document_is_valid_and_its_examples_work(
                 assert r.status_code < 300, (method, path, value, r.text)
                 sent += 1
     assert sent >= 9
+
+
+def test_a_locked_table_answers_503_instead_of_holding_a_connection(
+    a: AdminClient, pg_url: str
+) -> None:
+    project = new_project(a)
+    p = f"/projects/{project['name']}"
+    with psycopg.connect(pg_url) as holder:
+        holder.execute(f"LOCK TABLE {project['schema_name']}.todos IN ACCESS SHARE MODE")
+        r = a.call("DELETE", p + "/tables/todos")  # waits lock_timeout, then gives up
+        holder.rollback()
+    assert r.status_code == 503 and r.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert a.ok("DELETE", p + "/tables/todos")["dropped"] is True  # nothing was half-done

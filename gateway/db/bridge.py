@@ -11,6 +11,9 @@ handed back to the event loop with ``run_coroutine_threadsafe``. Admin calls are
 so a thread per call and a hop per statement cost nothing that matters, and the event
 loop keeps serving other requests meanwhile.
 
+Each outermost transaction sets ``lock_timeout`` (5 s) and ``statement_timeout`` (60 s)
+locally: a CLI user can wait, an HTTP call holding a pooled connection must not.
+
 Rows come back as dicts (``dict_row``), as with ``provisioning.connect``. Exceptions
 (``psycopg.errors.*``) are raised in the worker thread unchanged, so provisioning's own
 ``except`` clauses work the same under both faces.
@@ -24,12 +27,20 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.db.pool import acquire
 
 T = TypeVar("T")
+
+LOCK_TIMEOUT_MS = 5_000
+STATEMENT_TIMEOUT_MS = 60_000
+BOUNDS = (
+    f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}; "
+    f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"
+)
 
 
 class SyncResult:
@@ -93,8 +104,13 @@ class SyncConnection:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """A transaction (or a savepoint inside one), committed unless the block raises."""
+        outermost = self.aconn.info.transaction_status == TransactionStatus.IDLE
         tx = self.aconn.transaction()
         self.call(tx.__aenter__())
+        if outermost:
+            # DDL waits for locks held by tenant queries: bounded, so an admin call can't
+            # hold a pool connection (and queue every query behind its lock) for long
+            self.execute(BOUNDS)
         try:
             yield
         except BaseException as exc:

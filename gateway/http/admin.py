@@ -20,6 +20,7 @@ import logging
 from typing import Any
 
 import orjson
+import psycopg
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -158,6 +159,10 @@ def _handler(route: AdminRoute, settings: Settings) -> Any:
             return refuse(400, "VALIDATION_ERROR", str(exc), field=getattr(exc, "field", None))
         except GatewayError as exc:
             return refuse(exc.status, exc.code, exc.message)
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+            return refuse(
+                503, "SERVICE_UNAVAILABLE", "the object is busy (locked by queries); retry shortly"
+            )
         except Exception:
             logger.exception("admin %s %s failed", route.method, route.full_path)
             return refuse(500, "INTERNAL_ERROR", "internal error")

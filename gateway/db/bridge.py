@@ -129,4 +129,12 @@ async def run_sync(
     """``fn(SyncConnection, *args)`` in a worker thread on one pooled connection."""
     loop = asyncio.get_running_loop()
     async with acquire(pool, timeout) as aconn:
-        return await asyncio.to_thread(fn, SyncConnection(aconn, loop), *args)
+        work = asyncio.ensure_future(asyncio.to_thread(fn, SyncConnection(aconn, loop), *args))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # a thread can't be cancelled: the connection goes back to the pool only once
+            # the thread is done with it (its transaction then commits or rolls back)
+            with contextlib.suppress(BaseException):
+                await work
+            raise

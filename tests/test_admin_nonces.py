@@ -4,6 +4,7 @@ and the synchronous bridge runs provisioning on a pooled connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -107,3 +108,39 @@ def test_the_bridge_runs_provisioning_and_rolls_back_on_refusal(
     assert rows.fetchone()["n"] == 1
     # the role and schema of the first exist; nothing of the refused one was left behind
     assert db.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [made.schema_name]).fetchone()
+
+
+def test_a_cancelled_bridge_call_finishes_before_its_connection_is_reused(
+    pg_url: str, db: psycopg.Connection[Any]
+) -> None:
+    nonce = uuid.uuid4().hex
+
+    def slow_write(conn: Any) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_sleep(0.5)")
+            conn.execute(
+                "INSERT INTO gateway.admin_nonces VALUES (%s, now() + interval '1 minute')",
+                [nonce],
+            )
+
+    async def scenario() -> dict[str, int]:
+        pool = AsyncConnectionPool(pg_url, min_size=1, max_size=1, open=False,
+                                   kwargs={"autocommit": True})  # fmt: skip
+        await pool.open(wait=True)
+        try:
+            task = asyncio.create_task(run_sync(pool, slow_write))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            # the one connection is back, idle, and works
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+            return pool.get_stats()
+        finally:
+            await pool.close()
+
+    stats = run(scenario())
+    assert stats["pool_available"] == 1
+    found = db.execute("SELECT 1 FROM gateway.admin_nonces WHERE nonce = %s", [nonce]).fetchone()
+    assert found is not None  # the thread's transaction completed and committed

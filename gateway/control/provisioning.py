@@ -300,7 +300,9 @@ def create_table(conn: psycopg.Connection[Any], ref: str, table: TableDef) -> di
                 f"table {table.name!r} already exists in the project's schema", field="name"
             ) from None
         except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as exc:
-            raise ProvisioningError(f"invalid default: {exc.diag.message_primary}") from None
+            raise ProvisioningError(
+                f"invalid default: {exc.diag.message_primary}", field="default"
+            ) from None
         conn.execute("RESET ROLE")
         table_id = register_table(conn, project.id, table)
         install_table_hooks(conn, project, table)
@@ -473,7 +475,9 @@ def add_column(
     before any change, with what to do instead.
     """
     if column.primary_key or column.identity:
-        raise ProvisioningError("add-column can't add a primary key or identity column")
+        raise ProvisioningError(
+            "add-column can't add a primary key or identity column", field="primary_key"
+        )
     with conn.transaction():
         project = find_project(conn, ref)
         registered = _registered_table(conn, project, table)
@@ -497,7 +501,8 @@ def add_column(
                 if found is not None and found["has_rows"]:
                     raise ProvisioningError(
                         f"table {table!r} has rows: a NOT NULL column without a default can't "
-                        "be added (give --nullable or --default)"
+                        "be added (give --nullable or --default)",
+                        field="nullable",
                     )
             conn.execute(
                 sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(qualified, column_ddl(column))
@@ -515,7 +520,9 @@ def add_column(
                 f"table {table!r} has rows: a NOT NULL column without a default can't be added"
             ) from None
         except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as exc:
-            raise ProvisioningError(f"invalid default: {exc.diag.message_primary}") from None
+            raise ProvisioningError(
+                f"invalid default: {exc.diag.message_primary}", field="default"
+            ) from None
         conn.execute("RESET ROLE")
         row = conn.execute(
             """
@@ -572,7 +579,7 @@ def set_access(
             "nothing to change: give --client-read, --client-write or --sensitive"
         )
     if sensitive is not None and column is None:
-        raise ProvisioningError("--sensitive is a column flag: give --column too")
+        raise ProvisioningError("--sensitive is a column flag: give --column too", field="column")
     if column is not None:
         check_name(column, "column name")
     with conn.transaction():

@@ -121,3 +121,14 @@ def test_each_call_draws_a_fresh_nonce() -> None:
     nonces = {sign_request(SECRET, "GET", "/v1/admin/projects")["x-sheen-nonce"] for _ in range(50)}
     assert len(nonces) == 50
     assert all(signing.NONCE_RE.match(n) for n in nonces)
+
+
+def test_the_secret_setting() -> None:
+    from gateway.settings import Settings, SettingsError
+
+    assert Settings.from_env({}).admin_hmac_secrets == ()
+    two = Settings.from_env({"GATEWAY_ADMIN_HMAC_SECRET": f"{SECRET}, second-secret-012345 "})
+    assert two.admin_hmac_secrets == (SECRET, "second-secret-012345")
+    assert SECRET not in repr(two)  # settings may be logged; secrets never are
+    with pytest.raises(SettingsError, match="GATEWAY_ADMIN_HMAC_SECRET"):
+        Settings.from_env({"GATEWAY_ADMIN_HMAC_SECRET": "short"})

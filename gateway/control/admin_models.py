@@ -8,6 +8,9 @@ in ``tabledef`` and ``provisioning``: a body that passes here is handed, as a pl
 dict, to the very function the CLI calls. Bodies are validated in strict mode (``"5"``
 is not an integer and ``"yes"`` not a boolean); query strings in lax mode (they are
 text by nature).
+
+Pure: no psycopg, no I/O (the bounds it shares with provisioning are checked equal by
+``tests/unit/test_admin_models.py``).
 """
 
 from __future__ import annotations
@@ -16,15 +19,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from gateway.control.provisioning import MAX_LIMIT, PAGE_MAX
-from gateway.db.models import TIERS
-
+# the same bounds as provisioning's (a unit test checks): this module stays pure, no psycopg
+MAX_LIMIT = 2**31 - 1
+PAGE_MAX = 100
 PROJECT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 TEN_YEARS_S = 10 * 365 * 86400
 
-Tier = Literal["free", "starter", "growth", "scale", "enterprise"]
-assert set(Tier.__args__) == set(TIERS)  # type: ignore[attr-defined]
+Tier = Literal["free", "starter", "growth", "scale", "enterprise"]  # = db.models.TIERS
 
 
 class Body(BaseModel):

@@ -154,6 +154,18 @@ def test_bodies_are_strict(model: type[BaseModel], body: dict[str, Any]) -> None
         model.model_validate_json(dumps(body))
 
 
+def test_the_models_bounds_are_provisionings() -> None:
+    from typing import get_args
+
+    from gateway.control import provisioning
+    from gateway.db.models import TIERS
+
+    assert (m.MAX_LIMIT, m.PAGE_MAX) == (provisioning.MAX_LIMIT, provisioning.PAGE_MAX)
+    assert provisioning.PROJECT_NAME_RE.pattern == m.PROJECT_NAME_PATTERN
+    assert tabledef.NAME_RE.pattern == m.NAME_PATTERN
+    assert set(get_args(m.Tier)) == set(TIERS)
+
+
 def test_query_strings_are_lax_but_bounded() -> None:
     assert m.ProjectListQuery.model_validate({"limit": "5"}).limit == 5
     for bad in ({"limit": "0"}, {"limit": "101"}, {"offset": "-1"}, {"page": "2"}):

@@ -82,6 +82,10 @@ class Settings:
     realtime_send_timeout_s: float = 10.0
     realtime_revalidate_s: float = 30.0
 
+    # admin API (issue 15): HMAC secrets, several for rotation; empty = the API is off.
+    # Never in repr: settings may be logged.
+    admin_hmac_secrets: tuple[str, ...] = field(default=(), repr=False)
+
     @property
     def direct_url(self) -> str:
         """LISTEN, migrations and session locks never go through a transaction pooler."""
@@ -144,6 +148,7 @@ class Settings:
             realtime_heartbeat_s=r.float("GATEWAY_REALTIME_HEARTBEAT_S", 15.0, minimum=0.05),
             realtime_send_timeout_s=r.float("GATEWAY_REALTIME_SEND_TIMEOUT_S", 10.0, minimum=0.05),
             realtime_revalidate_s=r.float("GATEWAY_REALTIME_REVALIDATE_S", 30.0, minimum=0.05),
+            admin_hmac_secrets=_admin_secrets(r.list("GATEWAY_ADMIN_HMAC_SECRET", ())),
         )
         if settings.pool_max is not None and settings.pool_min > settings.pool_max:
             raise SettingsError(
@@ -155,6 +160,20 @@ class Settings:
     def require_database(self) -> None:
         if not self.database_url:
             raise SettingsError("DATABASE_URL is not set: it must name the PostgreSQL database")
+
+
+ADMIN_SECRET_MIN_LENGTH = 16
+
+
+def _admin_secrets(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """A short shared secret can be guessed offline from one signed request."""
+    for secret in secrets:
+        if len(secret) < ADMIN_SECRET_MIN_LENGTH:
+            raise SettingsError(
+                f"GATEWAY_ADMIN_HMAC_SECRET: each secret needs at least "
+                f"{ADMIN_SECRET_MIN_LENGTH} characters"
+            )
+    return secrets
 
 
 class _Reader:

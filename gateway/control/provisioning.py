@@ -29,7 +29,23 @@ MAX_LIMIT = 2**31 - 1
 
 
 class ProvisioningError(ValueError):
-    """Input we refuse; the message is one line for the person at the terminal."""
+    """Input we refuse; the message is one line for the person at the terminal.
+
+    ``field`` names the input at fault when there is one (the admin API returns it);
+    the two subclasses let the API answer 404 and 409 where the CLI just prints.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFoundError(ProvisioningError):
+    """The project, key or table named doesn't exist."""
+
+
+class ConflictError(ProvisioningError):
+    """The name is taken, or the thing is in a state that refuses the change."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +102,7 @@ def find_project(conn: psycopg.Connection[Any], ref: str) -> Project:
     else:
         row = conn.execute("SELECT * FROM gateway.projects WHERE name = %s", [ref]).fetchone()
     if row is None:
-        raise ProvisioningError(f"no project {ref!r}")
+        raise NotFoundError(f"no project {ref!r}")
     return _project_from_row(row)
 
 
@@ -109,7 +125,7 @@ def create_project(
     schema = "p_" + secrets.token_hex(6)
     with conn.transaction():
         if conn.execute("SELECT 1 FROM gateway.projects WHERE name = %s", [name]).fetchone():
-            raise ProvisioningError(f"a project named {name!r} already exists")
+            raise ConflictError(f"a project named {name!r} already exists", field="name")
         row = conn.execute(
             """
             INSERT INTO gateway.projects
@@ -134,11 +150,19 @@ def set_limits(
     rate_limit_per_minute: int | None = None,
     requests_per_day: int | None = None,
     status: str | None = None,
+    tier: str | None = None,
 ) -> Project:
+    if rate_limit_per_minute is None and requests_per_day is None and not status and not tier:
+        raise ProvisioningError(
+            "nothing to change: give --rate-limit-per-minute, --requests-per-day, --status "
+            "or --tier"
+        )
     _check_limit(rate_limit_per_minute, "--rate-limit-per-minute")
     _check_limit(requests_per_day, "--requests-per-day")
     if status is not None and status not in ("active", "suspended"):
-        raise ProvisioningError("status must be active or suspended")
+        raise ProvisioningError("status must be active or suspended", field="status")
+    if tier is not None and tier not in TIERS:
+        raise ProvisioningError(f"tier {tier!r} is not one of {', '.join(TIERS)}", field="tier")
     with conn.transaction():
         project = find_project(conn, ref)
         row = conn.execute(
@@ -147,11 +171,12 @@ def set_limits(
                SET rate_limit_per_minute = coalesce(%s, rate_limit_per_minute),
                    requests_limit_daily = coalesce(%s, requests_limit_daily),
                    status = coalesce(%s, status),
+                   tier = coalesce(%s, tier),
                    updated_at = now()
              WHERE id = %s
             RETURNING *
             """,
-            [rate_limit_per_minute, requests_per_day, status, project.id],
+            [rate_limit_per_minute, requests_per_day, status, tier, project.id],
         ).fetchone()
     assert row is not None
     return _project_from_row(row)
@@ -226,23 +251,31 @@ def _insert_key(
     raise ProvisioningError("could not find a free key prefix; try again")
 
 
-def revoke_key(conn: psycopg.Connection[Any], key_id: str) -> dict[str, Any]:
+def _key_id(key_id: str) -> uuid.UUID:
     try:
-        parsed = uuid.UUID(key_id)
+        return uuid.UUID(key_id)
     except ValueError:
-        raise ProvisioningError(f"{key_id!r} is not a key id (a UUID)") from None
+        raise ProvisioningError(f"{key_id!r} is not a key id (a UUID)", field="key_id") from None
+
+
+def revoke_key(
+    conn: psycopg.Connection[Any], key_id: str, *, project: str | None = None
+) -> dict[str, Any]:
+    """Revoke a key (idempotent). ``project`` (id or name), when given, must own the key."""
+    parsed = _key_id(key_id)
     with conn.transaction():
+        owner = find_project(conn, project).id if project is not None else None
         row = conn.execute(
             """
             UPDATE gateway.api_keys
                SET status = 'revoked', revoked_at = coalesce(revoked_at, now())
-             WHERE id = %s
+             WHERE id = %s AND (%s::uuid IS NULL OR project_id = %s::uuid)
             RETURNING id, status
             """,
-            [parsed],
+            [parsed, owner, owner],
         ).fetchone()
     if row is None:
-        raise ProvisioningError(f"no key with id {key_id}")
+        raise NotFoundError(f"no key with id {key_id}")
     assert row["status"] in KEY_STATUSES
     return {"id": str(row["id"]), "status": row["status"]}
 
@@ -256,16 +289,20 @@ def create_table(conn: psycopg.Connection[Any], ref: str, table: TableDef) -> di
             [project.id, table.name],
         ).fetchone()
         if exists:
-            raise ProvisioningError(f"table {table.name!r} already exists in {project.name}")
+            raise ConflictError(
+                f"table {table.name!r} already exists in {project.name}", field="name"
+            )
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(project.schema_name)))
         try:
             conn.execute(create_table_ddl(project.schema_name, table))
         except psycopg.errors.DuplicateTable:
-            raise ProvisioningError(
-                f"table {table.name!r} already exists in the project's schema"
+            raise ConflictError(
+                f"table {table.name!r} already exists in the project's schema", field="name"
             ) from None
         except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as exc:
-            raise ProvisioningError(f"invalid default: {exc.diag.message_primary}") from None
+            raise ProvisioningError(
+                f"invalid default: {exc.diag.message_primary}", field="default"
+            ) from None
         conn.execute("RESET ROLE")
         table_id = register_table(conn, project.id, table)
         install_table_hooks(conn, project, table)
@@ -384,7 +421,7 @@ def set_realtime(
             [project.id, table],
         ).fetchone()
         if row is None:
-            raise ProvisioningError(f"no table {table!r} in {project.name}")
+            raise NotFoundError(f"no table {table!r} in {project.name}")
         primary_key = [
             r["name"]
             for r in conn.execute(
@@ -421,7 +458,7 @@ def _registered_table(
         [project.id, table],
     ).fetchone()
     if row is None:
-        raise ProvisioningError(f"no table {table!r} in project {project.name}")
+        raise NotFoundError(f"no table {table!r} in project {project.name}")
     return row
 
 
@@ -438,7 +475,9 @@ def add_column(
     before any change, with what to do instead.
     """
     if column.primary_key or column.identity:
-        raise ProvisioningError("add-column can't add a primary key or identity column")
+        raise ProvisioningError(
+            "add-column can't add a primary key or identity column", field="primary_key"
+        )
     with conn.transaction():
         project = find_project(conn, ref)
         registered = _registered_table(conn, project, table)
@@ -447,7 +486,9 @@ def add_column(
             [registered["id"], column.name],
         ).fetchone()
         if taken:
-            raise ProvisioningError(f"table {table!r} already has a column {column.name!r}")
+            raise ConflictError(
+                f"table {table!r} already has a column {column.name!r}", field="name"
+            )
         qualified = sql.SQL("{}.{}").format(
             sql.Identifier(project.schema_name), sql.Identifier(table)
         )
@@ -460,7 +501,8 @@ def add_column(
                 if found is not None and found["has_rows"]:
                     raise ProvisioningError(
                         f"table {table!r} has rows: a NOT NULL column without a default can't "
-                        "be added (give --nullable or --default)"
+                        "be added (give --nullable or --default)",
+                        field="nullable",
                     )
             conn.execute(
                 sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(qualified, column_ddl(column))
@@ -478,7 +520,9 @@ def add_column(
                 f"table {table!r} has rows: a NOT NULL column without a default can't be added"
             ) from None
         except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as exc:
-            raise ProvisioningError(f"invalid default: {exc.diag.message_primary}") from None
+            raise ProvisioningError(
+                f"invalid default: {exc.diag.message_primary}", field="default"
+            ) from None
         conn.execute("RESET ROLE")
         row = conn.execute(
             """
@@ -535,7 +579,7 @@ def set_access(
             "nothing to change: give --client-read, --client-write or --sensitive"
         )
     if sensitive is not None and column is None:
-        raise ProvisioningError("--sensitive is a column flag: give --column too")
+        raise ProvisioningError("--sensitive is a column flag: give --column too", field="column")
     if column is not None:
         check_name(column, "column name")
     with conn.transaction():
@@ -572,7 +616,7 @@ def set_access(
             [client_read, client_write, sensitive, registered["id"], column],
         ).fetchone()
         if row is None:
-            raise ProvisioningError(f"table {table!r} has no column {column!r}")
+            raise NotFoundError(f"table {table!r} has no column {column!r}", field="column")
     return {
         "project_id": project.id,
         "table": table,
@@ -611,3 +655,217 @@ def drop_table(conn: psycopg.Connection[Any], ref: str, table: str) -> dict[str,
 
 def remove_table_hooks(conn: psycopg.Connection[Any], project: Project, table: str) -> None:
     """Extension point mirroring ``install_table_hooks`` (runs before unregistering)."""
+
+
+# --- reading, deleting, regenerating (shared by the CLI and the admin API) ---------------
+
+PAGE_MAX = 100
+
+
+def _project_json(row: dict[str, Any]) -> dict[str, Any]:
+    created: dt.datetime | None = row.get("created_at")
+    updated: dt.datetime | None = row.get("updated_at")
+    return {
+        **_project_from_row(row).as_json(),
+        "created_at": created.isoformat() if created else None,
+        "updated_at": updated.isoformat() if updated else None,
+    }
+
+
+def list_projects(
+    conn: psycopg.Connection[Any], *, limit: int = 20, offset: int = 0
+) -> dict[str, Any]:
+    """One page of projects, oldest first (a stable order while projects are added)."""
+    if not 1 <= limit <= PAGE_MAX:
+        raise ProvisioningError(f"limit must be between 1 and {PAGE_MAX}", field="limit")
+    if not 0 <= offset <= MAX_LIMIT:
+        raise ProvisioningError("offset must be 0 or more", field="offset")
+    rows = conn.execute(
+        """
+        SELECT *, count(*) OVER () AS total FROM gateway.projects
+         ORDER BY created_at, id LIMIT %s OFFSET %s
+        """,
+        [limit, offset],
+    ).fetchall()
+    if rows:
+        total = int(rows[0]["total"])
+    else:
+        found = conn.execute("SELECT count(*) AS n FROM gateway.projects").fetchone()
+        total = int(found["n"]) if found else 0
+    return {
+        "projects": [_project_json(r) for r in rows],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "hasMore": offset + len(rows) < total,
+    }
+
+
+def get_project(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any]:
+    """The project, its tables' names and its active keys' count."""
+    project = find_project(conn, ref)
+    row = conn.execute(
+        """
+        SELECT p.*,
+               (SELECT coalesce(array_agg(t.name ORDER BY t.name), '{}')
+                  FROM gateway.table_registry t WHERE t.project_id = p.id) AS tables,
+               (SELECT count(*) FROM gateway.api_keys k
+                 WHERE k.project_id = p.id AND k.status = 'active') AS active_keys
+          FROM gateway.projects p WHERE p.id = %s
+        """,
+        [project.id],
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no project {ref!r}")
+    return {**_project_json(row), "tables": list(row["tables"]), "active_keys": row["active_keys"]}
+
+
+def delete_project(conn: psycopg.Connection[Any], ref: str, *, confirm: str) -> dict[str, Any]:
+    """Drop the project's schema (every table in it) and role, and its rows (keys, registry,
+    counters cascade), in one transaction — only when ``confirm`` is the project's name."""
+    with conn.transaction():
+        project = find_project(conn, ref)
+        if confirm != project.name:
+            raise ProvisioningError(
+                f"confirm must be the project's name ({project.name!r}) to delete it",
+                field="confirm",
+            )
+        role = sql.Identifier(project.schema_name)
+        conn.execute(
+            "SELECT id FROM gateway.projects WHERE id = %s FOR UPDATE", [project.id]
+        ).fetchone()
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(role))
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        conn.execute("DELETE FROM gateway.projects WHERE id = %s", [project.id])
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+        # every instance forgets the project's metadata and local denies now
+        conn.execute("SELECT pg_notify('gateway_metadata', %s)", [project.id])
+    return {"id": project.id, "name": project.name, "deleted": True}
+
+
+def _key_json(row: dict[str, Any]) -> dict[str, Any]:
+    def iso(value: dt.datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": str(row["id"]),
+        "prefix": row["key_prefix"],
+        "type": row["key_type"],
+        "scopes": list(row["scopes"]),
+        "status": row["status"],
+        "created_at": iso(row["created_at"]),
+        "expires_at": iso(row["expires_at"]),
+        "last_used_at": iso(row["last_used_at"]),
+        "revoked_at": iso(row["revoked_at"]),
+    }
+
+
+def list_keys(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any]:
+    """The project's keys without any secret: the visible prefix and the metadata."""
+    project = find_project(conn, ref)
+    rows = conn.execute(
+        "SELECT * FROM gateway.api_keys WHERE project_id = %s ORDER BY created_at, id",
+        [project.id],
+    ).fetchall()
+    return {"project_id": project.id, "keys": [_key_json(r) for r in rows]}
+
+
+def regenerate_key(
+    conn: psycopg.Connection[Any], key_id: str, *, project: str | None = None
+) -> dict[str, Any]:
+    """Revoke a key and create its replacement (same project, type and scopes, and the same
+    lifetime counted from now if it had one) in one transaction; the new secret is
+    returned once. A revoked key can't be regenerated (create a new one instead)."""
+    parsed = _key_id(key_id)
+    with conn.transaction():
+        owner = find_project(conn, project).id if project is not None else None
+        old = conn.execute(
+            """
+            SELECT *, extract(epoch FROM expires_at - created_at)::int AS lifetime_s
+              FROM gateway.api_keys
+             WHERE id = %s AND (%s::uuid IS NULL OR project_id = %s::uuid)
+               FOR UPDATE
+            """,
+            [parsed, owner, owner],
+        ).fetchone()
+        if old is None:
+            raise NotFoundError(f"no key with id {key_id}")
+        if old["status"] != "active":
+            raise ConflictError(f"key {key_id} is revoked: create a new key instead")
+        if old["key_type"] not in ("public", "server"):
+            raise ConflictError(f"key {key_id} is an {old['key_type']} key: not regenerated here")
+        lifetime = old["lifetime_s"]
+        lifetime = max(1, int(lifetime)) if lifetime is not None else None
+        conn.execute(
+            "UPDATE gateway.api_keys SET status = 'revoked', revoked_at = now() WHERE id = %s",
+            [parsed],
+        )
+        project_id = str(old["project_id"])
+        scopes = list(old["scopes"])
+        new_key, row = _insert_key(conn, project_id, old["key_type"], scopes, lifetime)
+    expires_at: dt.datetime | None = row["expires_at"]
+    return {
+        "id": str(row["id"]),
+        "key": new_key.key,
+        "prefix": new_key.prefix,
+        "type": old["key_type"],
+        "scopes": scopes,
+        "expires_at": expires_at.isoformat() if expires_at else None,
+        "project_id": project_id,
+        "replaces": str(parsed),
+    }
+
+
+def list_tables(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any]:
+    """The project's registered tables with their flags and columns."""
+    project = find_project(conn, ref)
+    rows = conn.execute(
+        """
+        SELECT t.name, t.allow_client_read, t.allow_client_write, t.realtime,
+               coalesce(json_agg(json_build_object(
+                   'name', c.name, 'type', c.data_type, 'nullable', c.is_nullable,
+                   'primary_key', c.is_primary_key, 'has_default', c.has_default,
+                   'sensitive', c.is_sensitive, 'client_read', c.allow_client_read,
+                   'client_write', c.allow_client_write) ORDER BY c.ordinal)
+                 FILTER (WHERE c.id IS NOT NULL), '[]') AS columns
+          FROM gateway.table_registry t
+          LEFT JOIN gateway.column_registry c ON c.table_id = t.id
+         WHERE t.project_id = %s
+         GROUP BY t.id ORDER BY t.name
+        """,
+        [project.id],
+    ).fetchall()
+    return {
+        "project_id": project.id,
+        "tables": [
+            {
+                "name": r["name"],
+                "client_read": r["allow_client_read"],
+                "client_write": r["allow_client_write"],
+                "realtime": r["realtime"],
+                "columns": r["columns"],
+            }
+            for r in rows
+        ],
+    }
+
+
+def create_table_from_definition(
+    conn: psycopg.Connection[Any], ref: str, definition: object
+) -> dict[str, Any]:
+    """``gateway table create --file`` and ``POST …/tables``: the definition JSON, parsed
+    and checked by ``tabledef.parse_table``, then ``create_table``."""
+    from gateway.control.tabledef import parse_table
+
+    return create_table(conn, ref, parse_table(definition))
+
+
+def add_column_from_definition(
+    conn: psycopg.Connection[Any], ref: str, table: str, definition: object
+) -> dict[str, Any]:
+    """``gateway table add-column`` and ``POST …/columns``: one column definition (the
+    same fields as in a table definition), parsed by ``tabledef.parse_column``."""
+    from gateway.control.tabledef import parse_column
+
+    check_name(table, "table name")
+    return add_column(conn, ref, table, parse_column(definition, "column"))

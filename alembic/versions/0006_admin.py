@@ -1,6 +1,6 @@
 """Admin API: the nonce table that makes a signed request single-use across instances.
 
-Revision ID: 0011
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-29
 
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0011"
+revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

@@ -1,0 +1,185 @@
+"""Realtime capture of TRUNCATE, and the old values of an UPDATE's changed columns.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-29
+
+* **TRUNCATE.** Row triggers don't fire for ``TRUNCATE``, so a truncated table used to
+  vanish from subscribers' views without a word. Every captured table now also has a
+  statement-level ``AFTER TRUNCATE`` trigger (``gateway_realtime_truncate``) calling the
+  same ``gateway.capture_change(<project id>)``, which appends ONE change row with
+  ``op = 'truncate'`` (``pk = {}``, no row) per truncated table, whatever the row count.
+  The upgrade installs it on every table that has the row capture trigger today (found in
+  ``pg_trigger``, the truth, rather than in the registry flag).
+* **Rows leaving a filter.** An update row now carries ``old_values``: the old values of
+  the columns the update changed (``{}`` when none did). The old row image is the new row
+  overlaid with them, so the hub can tell, per subscriber, that the row matched its
+  filter before and doesn't any more, and send ``leave``. Only changed columns are kept
+  (not the whole old row): an update flipping ``done`` on a row with a large text body
+  stores a few bytes more, not the body twice. Inserts and deletes have ``NULL``.
+
+``op`` accepts ``'truncate'``. The new CHECK is added ``NOT VALID``: every existing row
+satisfied the old, stricter one, and skipping the scan keeps this migration's exclusive
+lock on ``gateway.changes`` short (every captured write waits on it).
+
+Downgrade drops the TRUNCATE triggers and the truncate rows, restores 0005's function and
+CHECK, and drops ``old_values``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0006"
+down_revision: str | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# the row-level body shared by both versions of the function; {update} is the UPDATE branch
+_FUNCTION = r"""
+CREATE OR REPLACE FUNCTION gateway.capture_change() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, gateway
+AS $fn$
+DECLARE
+    project uuid := TG_ARGV[0]::uuid;
+    new_row jsonb;
+    old_row jsonb;
+    new_pk  jsonb := '{}'::jsonb;
+    old_pk  jsonb := '{}'::jsonb;
+    changed jsonb;
+    i       int;
+BEGIN
+{truncate}
+    IF TG_OP <> 'DELETE' THEN
+        new_row := to_jsonb(NEW);
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        old_row := to_jsonb(OLD);
+    END IF;
+    FOR i IN 1 .. TG_NARGS - 1 LOOP
+        IF new_row IS NOT NULL THEN
+            new_pk := new_pk || jsonb_build_object(TG_ARGV[i], new_row -> TG_ARGV[i]);
+        END IF;
+        IF old_row IS NOT NULL THEN
+            old_pk := old_pk || jsonb_build_object(TG_ARGV[i], old_row -> TG_ARGV[i]);
+        END IF;
+    END LOOP;
+
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
+        VALUES (project, TG_TABLE_NAME, 'insert', new_pk, new_row);
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
+        VALUES (project, TG_TABLE_NAME, 'delete', old_pk, NULL);
+    ELSIF new_pk = old_pk THEN
+{update}
+    ELSE
+        -- the primary key changed: subscribers see the old key go and the new row come
+        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
+        VALUES (project, TG_TABLE_NAME, 'delete', old_pk, NULL),
+               (project, TG_TABLE_NAME, 'insert', new_pk, new_row);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+REVOKE ALL ON FUNCTION gateway.capture_change() FROM PUBLIC;
+"""
+
+_TRUNCATE_BRANCH = r"""
+    IF TG_OP = 'TRUNCATE' THEN
+        -- statement level: one change for the whole table, no key, no row
+        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
+        VALUES (project, TG_TABLE_NAME, 'truncate', '{}'::jsonb, NULL);
+        RETURN NULL;
+    END IF;
+"""
+
+_UPDATE_WITH_OLD = r"""
+        -- the old values of the columns that changed: with the new row they give the
+        -- old row image, which tells the hub whether the row left a subscriber's filter
+        SELECT coalesce(jsonb_object_agg(o.key, o.value), '{}'::jsonb) INTO changed
+          FROM jsonb_each(old_row) AS o
+         WHERE new_row -> o.key IS DISTINCT FROM o.value;
+        INSERT INTO gateway.changes (project_id, table_name, op, pk, row, old_values)
+        VALUES (project, TG_TABLE_NAME, 'update', new_pk, new_row, changed);"""
+
+_UPDATE_0005 = r"""
+        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
+        VALUES (project, TG_TABLE_NAME, 'update', new_pk, new_row);"""
+
+UPGRADE = (
+    r"""
+ALTER TABLE gateway.changes ADD COLUMN old_values jsonb;
+COMMENT ON COLUMN gateway.changes.old_values IS
+    'For an update: the old values of the columns it changed (the old row image is row '
+    'overlaid with them); NULL otherwise.';
+ALTER TABLE gateway.changes DROP CONSTRAINT changes_op_check;
+ALTER TABLE gateway.changes ADD CONSTRAINT changes_op_check
+    CHECK (op IN ('insert', 'update', 'delete', 'truncate')) NOT VALID;
+"""
+    + _FUNCTION.replace("{truncate}", _TRUNCATE_BRANCH).replace("{update}", _UPDATE_WITH_OLD)
+    + r"""
+COMMENT ON FUNCTION gateway.capture_change() IS
+    'Realtime capture trigger. Arguments: project id, then the primary-key column names '
+    '(row triggers); the project id alone for the statement-level TRUNCATE trigger.';
+
+-- every table captured today gets the TRUNCATE trigger too (same project id argument)
+DO $do$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN
+        SELECT tg.tgrelid::regclass AS rel,
+               split_part(encode(tg.tgargs, 'escape'), '\000', 1)::uuid AS project
+          FROM pg_trigger tg
+         WHERE tg.tgname = 'gateway_realtime_capture' AND NOT tg.tgisinternal
+           AND tg.tgfoid = 'gateway.capture_change()'::regprocedure
+    LOOP
+        EXECUTE format(
+            'CREATE TRIGGER gateway_realtime_truncate AFTER TRUNCATE ON %s '
+            'FOR EACH STATEMENT EXECUTE FUNCTION gateway.capture_change(%L)',
+            t.rel, t.project);
+    END LOOP;
+END
+$do$;
+"""
+)
+
+DOWNGRADE = (
+    r"""
+DO $do$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN
+        SELECT tg.tgrelid::regclass AS rel FROM pg_trigger tg
+         WHERE tg.tgname = 'gateway_realtime_truncate' AND NOT tg.tgisinternal
+    LOOP
+        EXECUTE format('DROP TRIGGER gateway_realtime_truncate ON %s', t.rel);
+    END LOOP;
+END
+$do$;
+DELETE FROM gateway.changes WHERE op = 'truncate';
+"""
+    + _FUNCTION.replace("{truncate}", "").replace("{update}", _UPDATE_0005)
+    + r"""
+COMMENT ON FUNCTION gateway.capture_change() IS
+    'Realtime capture trigger. Arguments: project id, then the primary-key column names.';
+ALTER TABLE gateway.changes DROP CONSTRAINT changes_op_check;
+ALTER TABLE gateway.changes ADD CONSTRAINT changes_op_check
+    CHECK (op IN ('insert', 'update', 'delete'));
+ALTER TABLE gateway.changes DROP COLUMN old_values;
+"""
+)
+
+
+def upgrade() -> None:
+    op.execute(UPGRADE)
+
+
+def downgrade() -> None:
+    op.execute(DOWNGRADE)

@@ -1,0 +1,168 @@
+"""TRUNCATE as one ``truncate`` event, and ``leave`` for rows an update moves out of a
+subscriber's filter: the capture (migration 0006) and the hub, against a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from gateway.control import provisioning, tabledef
+from gateway.db import migrate
+from gateway.realtime.events import Event
+from gateway.realtime.filters import Filter
+from tests.conftest import TODOS_TABLE
+from tests.test_realtime_capture import changes, trigger_count
+from tests.test_realtime_hub import Hub, Reader, awrite, eventually, run, todos
+
+TRUNCATE_TRIGGER = "gateway_realtime_truncate"
+
+
+def truncate_trigger_count(db: psycopg.Connection[Any], schema: str, table: str) -> int:
+    row = db.execute(
+        """
+        SELECT count(*) AS n FROM pg_trigger t
+          JOIN pg_class c ON c.oid = t.tgrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = %s AND c.relname = %s AND t.tgname = %s
+        """,
+        [schema, table, TRUNCATE_TRIGGER],
+    ).fetchone()
+    assert row is not None
+    return int(row["n"] if isinstance(row, dict) else row[0])
+
+
+# --- capture ----------------------------------------------------------------------------
+
+
+def test_truncate_is_captured_once_per_table(
+    db: psycopg.Connection[Any], make_project: Any
+) -> None:
+    project = make_project()
+    schema = project["schema_name"]
+    assert truncate_trigger_count(db, schema, "todos") == 1
+    t = todos(project)
+    db.execute(sql.SQL("INSERT INTO {} (title) SELECT 'x' || g FROM generate_series(1, 50) g")
+               .format(t))  # fmt: skip
+    db.execute(sql.SQL("TRUNCATE {}").format(t))
+    got = changes(db, project["id"])
+    assert [c["op"] for c in got].count("insert") == 50
+    assert got[-1]["op"] == "truncate"
+    assert got[-1]["pk"] == {} and got[-1]["row"] is None
+    assert [c["op"] for c in got].count("truncate") == 1  # one event, not one per row
+
+
+def test_truncate_as_the_project_role_is_captured(
+    db: psycopg.Connection[Any], make_project: Any
+) -> None:
+    project = make_project()
+    with db.transaction():
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(project["schema_name"])))
+        db.execute(sql.SQL("TRUNCATE {}").format(todos(project)))
+    assert [c["op"] for c in changes(db, project["id"])] == ["truncate"]
+
+
+def test_update_records_old_values_of_changed_columns(
+    db: psycopg.Connection[Any], make_project: Any
+) -> None:
+    project = make_project()
+    t = todos(project)
+    db.execute(sql.SQL("INSERT INTO {} (id, title, tags) VALUES (7, 'a', '{{x}}')").format(t))
+    db.execute(sql.SQL("UPDATE {} SET done = true, tags = '{{y}}' WHERE id = 7").format(t))
+    db.execute(sql.SQL("UPDATE {} SET title = title WHERE id = 7").format(t))
+    db.execute(sql.SQL("DELETE FROM {} WHERE id = 7").format(t))
+    rows = db.execute(
+        "SELECT op, old_values FROM gateway.changes WHERE project_id = %s ORDER BY xid, id",
+        [project["id"]],
+    ).fetchall()
+    assert rows == [
+        {"op": "insert", "old_values": None},
+        {"op": "update", "old_values": {"done": False, "tags": ["x"]}},
+        {"op": "update", "old_values": {}},  # nothing changed
+        {"op": "delete", "old_values": None},
+    ]
+
+
+def test_realtime_disable_and_enable_handle_the_truncate_trigger(
+    db: psycopg.Connection[Any], pg_url: str, make_project: Any
+) -> None:
+    project = make_project()
+    schema = project["schema_name"]
+    with provisioning.connect(pg_url) as conn:
+        provisioning.set_realtime(conn, project["id"], "todos", enabled=False)
+    assert truncate_trigger_count(db, schema, "todos") == 0
+    db.execute(sql.SQL("TRUNCATE {}").format(todos(project)))
+    assert changes(db, project["id"]) == []
+    with provisioning.connect(pg_url) as conn:
+        provisioning.set_realtime(conn, project["id"], "todos", enabled=True)
+        provisioning.set_realtime(conn, project["id"], "todos", enabled=True)  # idempotent
+    assert truncate_trigger_count(db, schema, "todos") == 1
+    assert trigger_count(db, schema, "todos") == 1
+
+
+def test_upgrade_adds_the_truncate_trigger_to_captured_tables(pg_url: str) -> None:
+    """Tables captured before 0006 get the TRUNCATE trigger from the upgrade; the
+    downgrade removes it and restores 0005's capture."""
+    name = f"rt_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = pg_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        migrate.upgrade(url, "0005")
+        with provisioning.connect(url) as conn:
+            project = provisioning.create_project(conn, "rt-0006")
+            provisioning.create_table(conn, project.id, tabledef.parse_table(TODOS_TABLE))
+            quiet = tabledef.parse_table({**TODOS_TABLE, "name": "quiet", "realtime": False})
+            provisioning.create_table(conn, project.id, quiet)
+            # as 0005 left them: the row trigger only (today's provisioning adds both)
+            conn.execute(
+                sql.SQL("DROP TRIGGER {} ON {}").format(
+                    sql.Identifier(TRUNCATE_TRIGGER), sql.Identifier(project.schema_name, "todos")
+                )
+            )
+            conn.commit()
+        with psycopg.connect(url, autocommit=True) as conn:
+            n = conn.execute(
+                "SELECT count(*) FROM pg_trigger WHERE tgname = %s", [TRUNCATE_TRIGGER]
+            ).fetchone()
+            assert n == (0,)
+        migrate.upgrade(url)
+        t = sql.Identifier(project.schema_name, "todos")
+        with psycopg.connect(url, autocommit=True) as conn:
+            rels = conn.execute(
+                "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = %s",
+                [TRUNCATE_TRIGGER],
+            ).fetchall()
+            assert rels == [(f"{project.schema_name}.todos",)]  # not on the uncaptured table
+            conn.execute(sql.SQL("INSERT INTO {} (title) VALUES ('a')").format(t))
+            conn.execute(sql.SQL("UPDATE {} SET done = true").format(t))
+            conn.execute(sql.SQL("TRUNCATE {}").format(t))
+            got = conn.execute(
+                "SELECT project_id::text, op, old_values FROM gateway.changes ORDER BY xid, id"
+            ).fetchall()
+            assert got == [
+                (project.id, "insert", None),
+                (project.id, "update", {"done": False}),
+                (project.id, "truncate", None),
+            ]
+        migrate.downgrade(url, "0005")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM pg_trigger WHERE tgname = %s", [TRUNCATE_TRIGGER]
+            ).fetchone() == (0,)
+            assert conn.execute(
+                "SELECT count(*) FROM gateway.changes WHERE op = 'truncate'"
+            ).fetchone() == (0,)
+            conn.execute(sql.SQL("INSERT INTO {} (title) VALUES ('b')").format(t))  # 0005's
+            conn.execute(sql.SQL("UPDATE {} SET done = true").format(t))
+            conn.execute(sql.SQL("TRUNCATE {}").format(t))  # not captured, not failing
+            ops = conn.execute("SELECT op FROM gateway.changes ORDER BY xid, id").fetchall()
+            assert ops == [("insert",), ("update",), ("insert",), ("update",)]
+        migrate.upgrade(url)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

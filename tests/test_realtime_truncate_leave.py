@@ -13,7 +13,7 @@ from psycopg import sql
 
 from gateway.control import provisioning, tabledef
 from gateway.db import migrate
-from gateway.realtime.events import Event
+from gateway.realtime.events import CHANGE_KINDS, Event
 from gateway.realtime.filters import Filter
 from tests.conftest import TODOS_TABLE
 from tests.test_realtime_capture import changes, trigger_count
@@ -66,9 +66,7 @@ def test_truncate_as_the_project_role_is_captured(
     assert [c["op"] for c in changes(db, project["id"])] == ["truncate"]
 
 
-def test_update_records_the_old_row(
-    db: psycopg.Connection[Any], make_project: Any
-) -> None:
+def test_update_records_the_old_row(db: psycopg.Connection[Any], make_project: Any) -> None:
     project = make_project()
     t = todos(project)
     db.execute(sql.SQL("INSERT INTO {} (id, title, tags) VALUES (7, 'a', '{{x}}')").format(t))
@@ -165,3 +163,108 @@ def test_upgrade_adds_the_truncate_trigger_to_captured_tables(pg_url: str) -> No
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# --- the hub ----------------------------------------------------------------------------
+
+
+def delivered(reader: Reader) -> list[Event]:
+    return [e for e in reader.events if e.kind in CHANGE_KINDS]
+
+
+async def wait_delivered(reader: Reader, n: int) -> list[Event]:
+    await eventually(lambda: len(delivered(reader)) >= n or reader.done.is_set())
+    got = delivered(reader)
+    assert len(got) >= n, reader.events
+    return got
+
+
+def test_truncate_reaches_every_subscriber_as_one_event(pg_url: str, make_project: Any) -> None:
+    project = make_project()
+    t = todos(project)
+
+    async def main() -> None:
+        async with Hub(pg_url) as hub:
+            everything = Reader(await hub.subscribe(project["id"], "todos"))
+            done_only = Reader(
+                await hub.subscribe(
+                    project["id"], "todos",
+                    filters=[Filter("done", "eq", True)], column_types={"done": "boolean"},
+                )
+            )  # fmt: skip
+            await awrite(pg_url, sql.SQL("INSERT INTO {} (title) SELECT 'r' || g "
+                                         "FROM generate_series(1, 20) g").format(t))  # fmt: skip
+            await awrite(pg_url, sql.SQL("TRUNCATE {}").format(t))
+            await awrite(pg_url, sql.SQL("INSERT INTO {} (title, done) VALUES ('after', true)")
+                         .format(t))  # fmt: skip
+            got = await wait_delivered(everything, 22)
+            assert [e.kind for e in got] == ["insert"] * 20 + ["truncate", "insert"]
+            assert got[20].data == {"table": "todos", "op": "truncate"}
+            # a filter doesn't hide a truncate: every row of the table is gone
+            got = await wait_delivered(done_only, 2)
+            assert [e.kind for e in got] == ["truncate", "insert"]
+            assert got[0].cursor == delivered(everything)[20].cursor
+            await asyncio.sleep(0.3)
+            assert len(delivered(everything)) == 22 and len(delivered(done_only)) == 2
+            since = delivered(everything)[0].cursor
+            await everything.stop()
+            await done_only.stop()
+        # resuming from before the truncate (another hub: the catch-up path) gets it too
+        async with Hub(pg_url) as other:
+            resumed = Reader(await other.subscribe(project["id"], "todos", since=since))
+            got = await wait_delivered(resumed, 21)
+            assert [e.kind for e in got] == ["insert"] * 19 + ["truncate", "insert"]
+            await resumed.stop()
+
+    run(main)
+
+
+def test_update_out_of_the_filter_is_leave_with_the_key_only(
+    pg_url: str, make_project: Any
+) -> None:
+    project = make_project()
+    t = todos(project)
+    open_only = [Filter("done", "eq", False)]
+    types = {"done": "boolean"}
+
+    async def main() -> None:
+        async with Hub(pg_url) as hub:
+            filtered = Reader(
+                await hub.subscribe(project["id"], "todos", filters=open_only, column_types=types)
+            )
+            everything = Reader(await hub.subscribe(project["id"], "todos"))
+            steps = [
+                "INSERT INTO {} (id, title) VALUES (1, 'a')",  # insert (matches)
+                "UPDATE {} SET title = 'b' WHERE id = 1",  # update (still matches)
+                "UPDATE {} SET done = true WHERE id = 1",  # leave
+                "UPDATE {} SET title = 'c' WHERE id = 1",  # nothing (matched neither time)
+                "UPDATE {} SET done = false WHERE id = 1",  # update (back in)
+                "INSERT INTO {} (id, title, done) VALUES (2, 'x', true)",  # nothing
+            ]
+            for step in steps:
+                await awrite(pg_url, sql.SQL(step).format(t))
+            got = await wait_delivered(everything, 6)
+            assert [e.kind for e in got] == ["insert", "update", "update", "update", "update",
+                                             "insert"]  # fmt: skip
+            got = await wait_delivered(filtered, 4)
+            await asyncio.sleep(0.3)
+            got = delivered(filtered)
+            assert [e.kind for e in got] == ["insert", "update", "leave", "update"]
+            assert got[2].data == {"table": "todos", "op": "leave", "row": {"id": 1}}
+            assert got[2].cursor == delivered(everything)[2].cursor
+            assert got[3].data["row"]["title"] == "c"
+            since = got[0].cursor
+            await filtered.stop()
+            await everything.stop()
+        # the catch-up path decides the same
+        async with Hub(pg_url) as other:
+            resumed = Reader(
+                await other.subscribe(
+                    project["id"], "todos", filters=open_only, column_types=types, since=since
+                )
+            )
+            got = await wait_delivered(resumed, 3)
+            assert [e.kind for e in got] == ["update", "leave", "update"]
+            await resumed.stop()
+
+    run(main)

@@ -16,7 +16,7 @@ Create Date: 2026-11-29
   subscriber's filter on it too and sends ``leave`` (primary key only) to a subscriber
   whose filter the row matched before and doesn't any more. Inserts and deletes have
   ``NULL``. The whole old row rather than only the changed columns: a diff needs a query
-  inside the trigger (``jsonb_each``), measured at +40–100 % of the trigger's CPU per
+  inside the trigger (``jsonb_each``), measured at +40 to 100 % of the trigger's CPU per
   update on this machine, while storing the image already computed costs about nothing
   there; the price is bytes (an update's change row is about twice as large, for the
   retention period).

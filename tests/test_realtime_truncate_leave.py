@@ -13,7 +13,8 @@ from psycopg import sql
 
 from gateway.control import provisioning, tabledef
 from gateway.db import migrate
-from gateway.realtime.events import CHANGE_KINDS, Event
+from gateway.metadata.cache import load_catalog
+from gateway.realtime.events import CHANGE_KINDS, Cursor, Event
 from gateway.realtime.filters import Filter
 from tests.conftest import TODOS_TABLE
 from tests.test_realtime_capture import changes, trigger_count
@@ -266,5 +267,49 @@ def test_update_out_of_the_filter_is_leave_with_the_key_only(
             got = await wait_delivered(resumed, 3)
             assert [e.kind for e in got] == ["update", "leave", "update"]
             await resumed.stop()
+
+    run(main)
+
+
+def test_catch_up_applies_the_registry_as_of_its_changes(
+    pg_url: str, db: psycopg.Connection[Any], make_project: Any
+) -> None:
+    """A resuming stream opened with a stale catalog (the metadata cache lags NOTIFY by up
+    to a debounce window) still sends its catch-up without a column made sensitive."""
+    project = make_project()
+    t = todos(project)
+    db.execute(sql.SQL("INSERT INTO {} (title) VALUES ('before')").format(t))
+    first = changes(db, project["id"])[0]
+    since = Cursor(first["xid"], first["id"])
+    db.execute(sql.SQL("INSERT INTO {} (title) VALUES ('a')").format(t))
+
+    async def main() -> None:
+        async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+            stale = await load_catalog(conn, project["id"])
+        db.execute(
+            """
+            UPDATE gateway.column_registry c SET is_sensitive = true
+              FROM gateway.table_registry t
+             WHERE t.id = c.table_id AND t.project_id = %s AND t.name = 'todos'
+               AND c.name = 'title'
+            """,
+            [project["id"]],
+        )
+        async with Hub(pg_url) as hub:
+
+            def readable() -> frozenset[str]:
+                catalog = hub.catalog(project["id"]) or stale
+                info = catalog.table("todos")
+                assert info is not None
+                return frozenset(c.name for c in info.columns if not c.is_sensitive)
+
+            reader = Reader(
+                await hub.subscribe(
+                    project["id"], "todos", since=since, catalog=stale, columns=readable
+                )
+            )
+            (event,) = await wait_delivered(reader, 1)
+            assert event.data["row"]["id"] is not None and "title" not in event.data["row"]
+            await reader.stop()
 
     run(main)

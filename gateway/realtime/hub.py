@@ -119,9 +119,10 @@ CATCHUP_SQL = """
 SELECT w.xid::text::bigint, w.id,
        pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
        c.xid::text::bigint, c.id, c.op, c.pk::text, c.row::text, c.old_row::text,
-       extract(epoch FROM clock_timestamp() - c.created_at)
+       extract(epoch FROM clock_timestamp() - c.created_at), v.version
   FROM (SELECT 1) AS one
   LEFT JOIN gateway.changes_pruned w ON w.project_id = %(project)s::uuid
+  LEFT JOIN gateway.registry_versions v ON v.project_id = %(project)s::uuid
   LEFT JOIN LATERAL (
         SELECT xid, id, op, pk, row, old_row, created_at
           FROM gateway.changes
@@ -406,6 +407,21 @@ class RealtimeHub:
                 for r in rows
                 if r[3] is not None
             ]
+            if changes:
+                # as in a poll: the registry version read with these changes; a catalog
+                # older than it (e.g. the one the stream was opened with) is reloaded
+                # before they are sent
+                try:
+                    await self._refresh_catalogs({sub.project_id: int(first[10] or 0)})
+                except Exception as exc:
+                    logger.warning("realtime: catalog reload failed: %s", exc)
+                    yield Event(
+                        "error",
+                        None,
+                        {"code": "SERVICE_UNAVAILABLE", "message": "catch-up failed, reconnect"},
+                    )
+                    sub.close()
+                    return
             for change in changes:
                 if sub.closed:
                     return

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
@@ -163,6 +164,49 @@ def test_opening_a_stream_is_in_the_request_log(
         assert refused["method"] == "REALTIME" and refused["table_name"] == "nope"
         assert refused["status_code"] == 404 and refused["error_code"] == "TABLE_NOT_FOUND"
         for s in [ok, missing, no_key]:
+            await s.close()
+
+    asyncio.run(main())
+
+
+def local_denies(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith('gateway_admission_decisions_total{outcome="local_deny"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no local_deny figure in /metrics")
+
+
+def test_stream_openings_take_the_query_path_through_admission(
+    cluster: GatewayCluster, pg_url: str, make_project: Any
+) -> None:
+    """Over its limit, a project's next opening is refused by the local deny, without the
+    database, exactly as a /query would be; all three openings are in the request log."""
+    project = make_project(rate_limit_per_minute=1)
+    url = cluster.urls[0]
+    key = project["public_key"]
+
+    async def main() -> None:
+        before = local_denies(url)
+        first = Stream(url, key=key)
+        assert await first.wait_open() == 200
+        second = Stream(url, key=key)  # the database refuses: this instance remembers
+        assert await second.wait_open() == 429
+        third = Stream(url, key=key)  # refused locally (within the deny's 1 s)
+        assert await third.wait_open() == 429
+        for s in (second, third):
+            assert s.error_body()["code"] == "RATE_LIMIT_EXCEEDED"
+            assert s.headers is not None and s.headers["retry-after"]
+        assert local_denies(url) == before + 1
+        with psycopg.connect(pg_url, autocommit=True, row_factory=dict_row) as db:
+            deadline = time.monotonic() + TIMEOUT_S
+            while len(rows := log_rows(db, project["id"])) < 3:
+                assert time.monotonic() < deadline, rows
+                await asyncio.sleep(0.05)
+        assert [(r["method"], r["status_code"]) for r in rows] == [
+            ("REALTIME", 200), ("REALTIME", 429), ("REALTIME", 429)
+        ]  # fmt: skip
+        for s in (first, second, third):
             await s.close()
 
     asyncio.run(main())

@@ -354,6 +354,8 @@ def register_table(conn: psycopg.Connection[Any], project_id: str, table: TableD
 
 
 CAPTURE_TRIGGER = "gateway_realtime_capture"
+# statement level: row triggers don't fire for TRUNCATE (migration 0007)
+TRUNCATE_TRIGGER = "gateway_realtime_truncate"
 
 
 def install_table_hooks(conn: psycopg.Connection[Any], project: Project, table: TableDef) -> None:
@@ -371,7 +373,9 @@ def install_table_hooks(conn: psycopg.Connection[Any], project: Project, table: 
 def _create_capture_trigger(
     conn: psycopg.Connection[Any], project: Project, table: str, primary_key: list[str]
 ) -> None:
-    """AFTER INSERT/UPDATE/DELETE FOR EACH ROW → ``gateway.capture_change(project, pk...)``.
+    """AFTER INSERT/UPDATE/DELETE FOR EACH ROW → ``gateway.capture_change(project, pk...)``,
+    and AFTER TRUNCATE FOR EACH STATEMENT → ``gateway.capture_change(project)`` (one
+    ``truncate`` change per truncated table).
 
     Identifiers are checked names from the registry; the arguments are literals.
     """
@@ -390,16 +394,28 @@ def _create_capture_trigger(
             sql.SQL(", ").join(args),
         )
     )
+    conn.execute(
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER TRUNCATE ON {}.{} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION gateway.capture_change({})"
+        ).format(
+            sql.Identifier(TRUNCATE_TRIGGER),
+            sql.Identifier(project.schema_name),
+            sql.Identifier(table),
+            sql.Literal(project.id),
+        )
+    )
 
 
 def _drop_capture_trigger(conn: psycopg.Connection[Any], project: Project, table: str) -> None:
-    conn.execute(
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}.{}").format(
-            sql.Identifier(CAPTURE_TRIGGER),
-            sql.Identifier(project.schema_name),
-            sql.Identifier(check_name(table, "table name")),
+    for trigger in (CAPTURE_TRIGGER, TRUNCATE_TRIGGER):
+        conn.execute(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}.{}").format(
+                sql.Identifier(trigger),
+                sql.Identifier(project.schema_name),
+                sql.Identifier(check_name(table, "table name")),
+            )
         )
-    )
 
 
 def set_realtime(

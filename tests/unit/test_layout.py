@@ -31,6 +31,8 @@ PURE_MODULES = [
     "realtime/filters.py",
     "realtime/sse.py",
     "auth/keys.py",
+    "control/signing.py",
+    "control/admin_models.py",
 ]
 
 

@@ -82,6 +82,11 @@ class Settings:
     realtime_send_timeout_s: float = 10.0
     realtime_revalidate_s: float = 30.0
 
+    # overload: the gate in front of the database routes (gateway/overload); None = derived
+    # from the pool plan (2 × pool_max in flight, 64 × pool_max waiting)
+    overload_inflight_max: int | None = None
+    overload_queue_max: int | None = None
+
     @property
     def direct_url(self) -> str:
         """LISTEN, migrations and session locks never go through a transaction pooler."""
@@ -144,6 +149,8 @@ class Settings:
             realtime_heartbeat_s=r.float("GATEWAY_REALTIME_HEARTBEAT_S", 15.0, minimum=0.05),
             realtime_send_timeout_s=r.float("GATEWAY_REALTIME_SEND_TIMEOUT_S", 10.0, minimum=0.05),
             realtime_revalidate_s=r.float("GATEWAY_REALTIME_REVALIDATE_S", 30.0, minimum=0.05),
+            overload_inflight_max=r.optional_int("GATEWAY_OVERLOAD_INFLIGHT_MAX", minimum=1),
+            overload_queue_max=r.optional_int("GATEWAY_OVERLOAD_QUEUE_MAX", minimum=0),
         )
         if settings.pool_max is not None and settings.pool_min > settings.pool_max:
             raise SettingsError(

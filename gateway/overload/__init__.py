@@ -1,0 +1,1 @@
+"""Overload: keep serving at capacity when more requests arrive than the pool can serve."""

@@ -103,7 +103,7 @@ class Front:
             if settings.overload_queue_max is not None
             else WAITING_PER_CONNECTION * plan.pool_max
         )
-        self.gate = Gate(capacity, queue_max)
+        self.gate = Gate(capacity, queue_max, lifo_after_s=plan.timeout / 2)
         self.budget_s = plan.timeout
         self.metrics.register_source("overload", self.gate.stats)
         return self.gate
@@ -129,7 +129,7 @@ class Front:
             return
         arrived = time.monotonic()
         if not gate.try_enter():
-            reason = gate.refusal(self.budget_s)
+            reason = gate.refusal()
             if reason is not None or not await gate.wait(self.budget_s):
                 error = (
                     service_unavailable(OVERLOADED)
@@ -199,14 +199,18 @@ class Front:
         raw.append((b"content-length", str(len(body)).encode("latin-1")))
         raw.append((b"content-type", b"application/json"))
 
-        async def respond(scope: Scope, receive: Receive, send: Send) -> None:
-            await send({"type": "http.response.start", "status": error.status, "headers": raw})
-            await send({"type": "http.response.body", "body": body})
-
+        start = {"type": "http.response.start", "status": error.status, "headers": raw}
+        end = {"type": "http.response.body", "body": body}
         if self.cors is not None and "origin" in extra:
+
+            async def respond(scope: Scope, receive: Receive, send: Send) -> None:
+                await send(start)
+                await send(end)
+
             await CORSMiddleware(respond, **self.cors)(scope, receive, send)
         else:
-            await respond(scope, receive, send)
+            await send(start)
+            await send(end)
         route = ROUTE_OF_KIND[kind]
         duration = time.perf_counter() - started
         self.metrics.observe_request(route, error.status, duration)

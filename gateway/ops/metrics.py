@@ -111,13 +111,20 @@ class Metrics:
             {"instance_id": settings.instance_id, "version": version or gateway.__version__}
         )
         r.register(_SourceCollector(self))
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     # --- request path ------------------------------------------------------------------
 
     def observe_request(self, route: str, status: int, duration_s: float) -> None:
         try:
-            self.requests.labels(route, str(status)).inc()
-            self.duration.labels(route).observe(duration_s)
+            # the labelled children, looked up once per (route, status): prometheus_client's
+            # labels() costs more than the increment (route is a template, never a raw path)
+            children = self._children.get((route, status))
+            if children is None:
+                children = (self.requests.labels(route, str(status)), self.duration.labels(route))
+                self._children[(route, status)] = children
+            children[0].inc()
+            children[1].observe(duration_s)
         except Exception:  # pragma: no cover - metrics must never fail a request
             logger.exception("metrics: observe failed")
 

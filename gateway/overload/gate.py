@@ -10,19 +10,20 @@ requests that did hold a connection waited for an event loop busy with refusals,
 The gate fixes the order of things. A request for a database route passes the gate
 before anything is parsed; at most ``capacity`` requests (by default 2 × the pool's
 ``pool_max``: one holding each connection, one getting ready) are past it. Others wait
-— a parked future, no CPU — in arrival order, and each is let in when a request ahead
-of it finishes. A waiter is refused (503, ``Retry-After: 1``) only when it can't get a
-connection in time:
+— a parked future, no CPU — and each is let in when a request ahead of it finishes:
+oldest first while the queue moves, newest first once the oldest has waited longer
+than ``lifo_after_s`` (half the pool timeout; adaptive LIFO). A waiter is answered 503
+(``Retry-After: 1``) only
 
-- at once, when the queue holds ``queue_max`` waiters, or when the instance's recent
-  pace (completions per second) says the requests ahead of it would take longer than
-  its budget (``GATEWAY_POOL_TIMEOUT_S`` from its arrival);
-- at its deadline, when it is still waiting then (the pace changed, the database
-  stalled).
+- at once, when ``queue_max`` requests already wait (a memory bound, far above what the
+  pool's pace drains within the timeout), or
+- at its deadline: still waiting ``GATEWAY_POOL_TIMEOUT_S`` after its arrival.
 
-So a storm of 200 connections becomes a queue that drains at the pool's pace: each
-client waits its turn (~connections ÷ pace), 2xx answers keep coming at capacity, and
-the few refusals cost almost nothing. Pure asyncio: no database, no HTTP.
+It is not refused early on a forecast of its wait: most clients retry at once, so an
+early 503 only brings the same request back a millisecond later — the storm the gate is
+there to stop. A storm of 200 connections thus becomes a queue that drains at the
+pool's pace: 2xx answers keep coming at capacity, and the refusals are few and cheap.
+Pure asyncio: no database, no HTTP.
 """
 
 from __future__ import annotations
@@ -43,16 +44,18 @@ class Gate:
         capacity: int,
         queue_max: int,
         *,
+        lifo_after_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self.queue_max = max(0, queue_max)
+        self.lifo_after_s = lifo_after_s
         self.clock = clock
         self.inflight = 0
         self.waiting = 0
-        self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[bool], float]] = deque()
         # pace: completions per second, measured in buckets of >= PACE_BUCKET_S
         self._pace = 0.0
         self._bucket_start = clock()
@@ -61,8 +64,8 @@ class Gate:
             "entered": 0,
             "entered_after_wait": 0,
             "shed_queue_full": 0,
-            "shed_too_late": 0,
             "shed_deadline": 0,
+            "served_newest_first": 0,
         }
 
     # --- figures --------------------------------------------------------------------------
@@ -94,16 +97,15 @@ class Gate:
             return True
         return False
 
-    def refusal(self, budget_s: float) -> str | None:
-        """Why a request that would wait now can't be let in within ``budget_s``: the
-        queue is full, or the measured pace says its turn comes too late. ``None``: wait."""
+    def refusal(self) -> str | None:
+        """``"queue_full"`` when no more requests may wait; ``None``: wait for a turn.
+
+        No refusal on the measured pace: a client refused at once is back a moment later
+        (most retry at once), so an early 503 buys nothing but another request to refuse;
+        a parked waiter costs nothing until its turn or its deadline."""
         if self.waiting >= self.queue_max:
             self.counts["shed_queue_full"] += 1
             return "queue_full"
-        pace = self.pace()
-        if pace > 0 and (self.waiting + 1) / pace > budget_s:
-            self.counts["shed_too_late"] += 1
-            return "too_late"
         return None
 
     async def wait(self, budget_s: float) -> bool:
@@ -111,7 +113,7 @@ class Gate:
         budget ran out first."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
-        self._waiters.append(fut)
+        self._waiters.append((fut, self.clock()))
         self.waiting += 1
         timer = loop.call_later(max(0.0, budget_s), self._expire, fut)
         try:
@@ -138,14 +140,30 @@ class Gate:
             fut.set_result(False)  # it stays in the deque; leave() skips it
 
     def leave(self) -> None:
-        """A holder is done: hand its place to the first live waiter, else free it."""
+        """A holder is done: hand its place to a waiter, else free it.
+
+        Oldest first, unless the oldest live waiter has waited longer than
+        ``lifo_after_s``: then the queue is congested and the NEWEST waiter goes first
+        (adaptive LIFO). Under a backlog that can't be served in time, the requests that
+        get through then get through fast (far inside the deadline, so their answer
+        comes well within the pool timeout), and the oldest ones, which would have been
+        served late or not at all, get their 503 at their deadline."""
         self._completed()
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                self.waiting -= 1
-                fut.set_result(True)  # inflight unchanged: the place changes hands
-                return
+        waiters = self._waiters
+        while waiters and waiters[0][0].done():
+            waiters.popleft()
+        if waiters:
+            fut, since = waiters[0]
+            if self.clock() - since > self.lifo_after_s:
+                while waiters[-1][0].done():
+                    waiters.pop()
+                fut, _ = waiters.pop()
+                self.counts["served_newest_first"] += 1
+            else:
+                waiters.popleft()
+            self.waiting -= 1
+            fut.set_result(True)  # inflight unchanged: the place changes hands
+            return
         self.inflight -= 1
 
     def _completed(self) -> None:

@@ -90,6 +90,7 @@ class Front:
         self.cors = cors
         self.gate: Gate | None = None
         self.budget_s = state.settings.pool_timeout_s
+        self.counts = {"early_local_deny": 0, "shed": 0}
 
     def _gate(self) -> Gate | None:
         """Made once the pool plan is known (after the lifespan planned the pool)."""
@@ -105,7 +106,8 @@ class Front:
         )
         self.gate = Gate(capacity, queue_max, lifo_after_s=plan.timeout / 2)
         self.budget_s = plan.timeout
-        self.metrics.register_source("overload", self.gate.stats)
+        gate = self.gate
+        self.metrics.register_source("overload", lambda: {**gate.stats(), **self.counts})
         return self.gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -121,6 +123,7 @@ class Front:
         if admitter is not None and admitter.local.entries:
             error = admitter.deny_early(key_from_headers(_first_headers(scope, KEY_HEADERS)))
             if error is not None:
+                self.counts["early_local_deny"] += 1
                 await self._answer(scope, receive, send, kind, error, started)
                 return
         gate = self.gate or self._gate()
@@ -139,6 +142,7 @@ class Front:
                         "is overloaded or unreachable; retry shortly"
                     )
                 )
+                self.counts["shed"] += 1
                 await self._answer(scope, receive, send, kind, error, started)
                 return
         token = REQUEST_DEADLINE.set(arrived + self.budget_s)

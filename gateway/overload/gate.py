@@ -119,11 +119,12 @@ class Gate:
         try:
             admitted = await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled() and fut.result():
-                self.leave()  # the turn was handed over just as we were cancelled
-            elif not fut.done():
+            # cancelling the task cancels ``fut`` too: then it was still waiting
+            if fut.cancelled() or not fut.done():
                 fut.cancel()
                 self.waiting -= 1
+            elif fut.result():
+                self.leave()  # the turn was handed over just as we were cancelled
             raise
         finally:
             timer.cancel()

@@ -161,6 +161,7 @@ def test_early_local_deny_answers_exactly_as_the_pipeline(
     # the pipeline call above counted too: every early deny plus it, and none lost
     assert samples['gateway_admission_decisions_total{outcome="local_deny"}'] >= attempt + 3
     assert samples[f'gateway_requests_total{{route="{QUERY}",status="429"}}'] == attempt + 2
+    assert samples["gateway_overload_early_local_denies_total"] == attempt + 3
 
 
 def _log_rows(pg_url: str, instance_id: str) -> list[dict[str, Any]]:

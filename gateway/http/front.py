@@ -91,6 +91,10 @@ class Front:
         self.gate: Gate | None = None
         self.budget_s = state.settings.pool_timeout_s
         self.counts = {"early_local_deny": 0, "shed": 0}
+        self.metrics.register_source("overload", self.stats)
+
+    def stats(self) -> dict[str, float]:
+        return {**(self.gate.stats() if self.gate else {}), **self.counts}
 
     def _gate(self) -> Gate | None:
         """Made once the pool plan is known (after the lifespan planned the pool)."""
@@ -106,8 +110,6 @@ class Front:
         )
         self.gate = Gate(capacity, queue_max, lifo_after_s=plan.timeout / 2)
         self.budget_s = plan.timeout
-        gate = self.gate
-        self.metrics.register_source("overload", lambda: {**gate.stats(), **self.counts})
         return self.gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -252,6 +252,31 @@ class _SourceCollector(Collector):
         if present:
             fam.add_metric([], _num(pool, "connections_lost"))
         yield fam
+
+        # the overload gate and the early local deny (gateway/http/front.py)
+        gate = m.read("overload")
+        present = m.has("overload")
+        for name, key, help_text in (
+            ("gateway_overload_inflight", "inflight", "Requests past the overload gate"),
+            ("gateway_overload_waiting", "waiting", "Requests waiting at the overload gate"),
+        ):
+            yield _gauge(name, help_text, _num(gate, key) if present else None)
+        fam = CounterMetricFamily(
+            "gateway_overload_shed",
+            "Requests answered 503 by the overload gate (queue_full, deadline)",
+            labels=["reason"],
+        )
+        if present:
+            fam.add_metric(["queue_full"], _num(gate, "shed_queue_full"))
+            fam.add_metric(["deadline"], _num(gate, "shed_deadline"))
+        yield fam
+        fam = CounterMetricFamily(
+            "gateway_overload_early_local_denies",
+            "Local denies answered before routing and body reading",
+        )
+        if present:
+            fam.add_metric([], _num(gate, "early_local_deny"))
+        yield fam
         plan = m.read("pool_plan")
         planned = _num(plan, "pool_max") if m.has("pool_plan") else None
         if planned is None and present:

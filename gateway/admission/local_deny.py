@@ -54,6 +54,9 @@ class LocalDeny:
     window_s: int
     quota: tuple[int, int] | None = None  # (used, limit) when the daily quota is the reason
     probe_at: float | None = None  # monotonic: a probe request is asking the database
+    # the last rate-limit answer given without side effects, and its Retry-After second:
+    # the same answer serves every request of that second (the HTTP front never raises it)
+    shared: tuple[int, GatewayError] | None = None
 
 
 def seconds_up(value: float) -> int:
@@ -116,7 +119,9 @@ class LocalDenies:
         ``probe=True``: when the deny's re-check is due, this request becomes the probe
         (it goes to the database for everyone) and ``None`` is returned; a deny past its
         reset is dropped. ``probe=False``: no side effects; ``None`` leaves the decision
-        to a later ``refuse(..., probe=True)``.
+        to a later ``refuse(..., probe=True)``, and a rate-limit answer is one shared
+        object per second (read it, never raise it: a raised exception keeps its
+        traceback).
         """
         deny = self.entries.get(key_hash)
         if deny is None:
@@ -126,7 +131,15 @@ class LocalDenies:
             now < deny.check_until
             or (deny.probe_at is not None and now - deny.probe_at < self.probe_timeout_s)
         ):
-            return tag(self.answer(deny, now), deny.project_id, deny.key_id, "local_deny")
+            if probe or deny.quota is not None:
+                return tag(self.answer(deny, now), deny.project_id, deny.key_id, "local_deny")
+            # without side effects (the front): one answer object per Retry-After second
+            t = seconds_up(deny.reset_mono - now)
+            shared = deny.shared
+            if shared is None or shared[0] != t:
+                error = tag(self.answer(deny, now), deny.project_id, deny.key_id, "local_deny")
+                shared = deny.shared = (t, error)
+            return shared[1]
         if probe:
             if now < deny.reset_mono:
                 deny.probe_at = now  # this request asks the database for everyone

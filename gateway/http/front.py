@@ -62,17 +62,22 @@ OVERLOADED = (
 )
 
 
-def _first_headers(scope: Scope, wanted: tuple[bytes, ...]) -> dict[str, str]:
-    """The first value of each ``wanted`` header, decoded as Starlette's ``Headers`` does."""
+def _wanted_headers(scope: Scope) -> dict[str, str]:
+    """The first value of each header the front reads, decoded as Starlette's ``Headers``
+    does (one pass over the raw list)."""
     found: dict[str, str] = {}
     for name, value in scope.get("headers") or ():
-        if name in wanted:
-            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        text = WANTED_HEADERS.get(name)
+        if text is not None and text not in found:
+            found[text] = value.decode("latin-1")
     return found
 
 
-KEY_HEADERS = (b"authorization", b"x-api-key")
-LOG_HEADERS = (b"x-forwarded-for", b"user-agent", b"origin")
+# the key (as key_from_headers reads it) and what the request log and CORS need
+WANTED_HEADERS = {
+    name: name.decode("latin-1")
+    for name in (b"authorization", b"x-api-key", b"x-forwarded-for", b"user-agent", b"origin")
+}
 
 
 class Front:
@@ -123,10 +128,11 @@ class Front:
         started = time.perf_counter()
         admitter = self.state.admitter
         if admitter is not None and admitter.local.entries:
-            error = admitter.deny_early(key_from_headers(_first_headers(scope, KEY_HEADERS)))
+            wanted = _wanted_headers(scope)
+            error = admitter.deny_early(key_from_headers(wanted))
             if error is not None:
                 self.counts["early_local_deny"] += 1
-                await self._answer(scope, receive, send, kind, error, started)
+                await self._answer(scope, receive, send, kind, error, started, wanted)
                 return
         gate = self.gate or self._gate()
         if gate is None:  # not started yet: the routes answer (503 while the pool is None)
@@ -162,25 +168,34 @@ class Front:
         kind: str,
         error: GatewayError,
         started: float,
+        wanted: dict[str, str] | None = None,
     ) -> None:
         """The answer the routes would give for ``error`` (``_render``), with the same
         request-log row, metrics and access-log line."""
         request_id = uuid.uuid4().hex
-        body = error_body(error)
+        # the body and the error's own headers, rendered once per (shared) error object
+        rendered = getattr(error, "_front_rendered", None)
+        if rendered is None:
+            rendered = (
+                error_body(error),
+                [
+                    (k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in error.headers.items()
+                ],
+            )
+            error._front_rendered = rendered  # type: ignore[attr-defined]
+        body, error_raw = rendered
         outcome = Outcome(
             status=error.status,
             body=body,
-            headers=dict(error.headers),
+            headers=error.headers,
             project_id=getattr(error, "project_id", None),
             key_id=getattr(error, "key_id", None),
             error_code=error.code,
             admission=getattr(error, "admission", None),
         )
         duration_ms = (time.perf_counter() - started) * 1000
-        headers = dict(outcome.headers)
-        headers["X-Request-Id"] = request_id
-        headers["X-Gateway-Duration-Ms"] = f"{duration_ms:.2f}"
-        extra = _first_headers(scope, LOG_HEADERS)
+        extra = wanted if wanted is not None else _wanted_headers(scope)
         client = scope.get("client")
         observability = self.observability
         observability.record_outcome(
@@ -200,10 +215,15 @@ class Front:
                 "table": None,
                 "error_code": outcome.error_code,
             }
-        # as starlette.responses.Response renders them: given headers, then length and type
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        raw.append((b"content-length", str(len(body)).encode("latin-1")))
-        raw.append((b"content-type", b"application/json"))
+        # as starlette.responses.Response renders the routes' answer: the error's headers,
+        # request id, duration, then length and type
+        raw = [
+            *error_raw,
+            (b"x-request-id", request_id.encode("latin-1")),
+            (b"x-gateway-duration-ms", f"{duration_ms:.2f}".encode("latin-1")),
+            (b"content-length", str(len(body)).encode("latin-1")),
+            (b"content-type", b"application/json"),
+        ]
 
         start = {"type": "http.response.start", "status": error.status, "headers": raw}
         end = {"type": "http.response.body", "body": body}

@@ -57,7 +57,10 @@ def run(bench: Bench) -> ScenarioResult:
                 meter.start()
                 runs[name].append(
                     wrk.run(
-                        wrk_bin, [url], scripts[name], seconds=seconds / rounds,
+                        wrk_bin,
+                        [url],
+                        scripts[name],
+                        seconds=seconds / rounds,
                         connections=CONNECTIONS,
                     )
                 )
@@ -102,5 +105,6 @@ def run(bench: Bench) -> ScenarioResult:
         f"1 instance, wrk x {CONNECTIONS} connections, {seconds:g} s per kind in {rounds} "
         "alternating rounds; select by primary key; gateway process CPU from /proc."
     ]
-    return ScenarioResult(NAME, {"local_deny.cpu_ratio": cpu_ratio}, [table], targets,
-                          {"figures": figures}, notes)
+    return ScenarioResult(
+        NAME, {"local_deny.cpu_ratio": cpu_ratio}, [table], targets, {"figures": figures}, notes
+    )

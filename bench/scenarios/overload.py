@@ -12,9 +12,13 @@ ignore ``Retry-After``, the worst case for the gateway.
 - ``goodput_ratio`` = overload_rps ÷ knee_rps (target ≥ 0.8).
 - ``max_ms``: the slowest answer of any kind at 200 connections (target: pool timeout
   + 1 s = 3,000 ms).
-- ``shed_cpu_ms_per_req``: gateway CPU per shed (non-2xx) answer at 200 connections,
-  estimated as (gateway CPU − 2xx answers × the knee's CPU per 2xx) ÷ shed answers;
-  ``null`` when nothing was shed.
+- ``shed_cpu_ms_per_req``: gateway CPU per refused (non-2xx) answer. Measured on a second
+  cluster of 3 that refuses at once whatever can't be served now
+  (``GATEWAY_OVERLOAD_QUEUE_MAX=0``: no waiting at the overload gate; a gateway without
+  the gate ignores the variable and refuses at its pool's full queue), under the same
+  200 connections for half the time: (gateway CPU − its 2xx answers × the knee's CPU
+  per 2xx) ÷ its refusals. (At 200 connections on the main cluster few requests are
+  refused, most of them only at their deadline, which says little about their cost.)
 """
 
 from __future__ import annotations
@@ -78,14 +82,30 @@ def run(bench: Bench) -> ScenarioResult:
                 cpu[phase] += meter.gateway_s
     finally:
         bench.stop_cluster(cluster)
+    # the cost of a refusal: a cluster that refuses at once instead of queueing
+    refusing = bench.start_cluster(
+        INSTANCES, env={**BUDGET_ENV, "GATEWAY_OVERLOAD_QUEUE_MAX": "0"}, name="refusing"
+    )
+    try:
+        wrk.run(wrk_bin, refusing.urls, script, seconds=1, connections=KNEE_CONNECTIONS)
+        meter = fw.CpuMeter(bench, refusing)
+        meter.start()
+        refused = wrk.run(
+            wrk_bin, refusing.urls, script, seconds=seconds / 2, connections=OVERLOAD_CONNECTIONS
+        )
+        meter.stop()
+        cpu["refusing"] = meter.gateway_s
+    finally:
+        bench.stop_cluster(refusing)
     knee, over = wrk.combine(runs["knee"]), wrk.combine(runs["overload"])
     knee_ok = max(knee.requests - knee.non2xx, 1)
-    over_ok = over.requests - over.non2xx
     knee_cpu_ms = cpu["knee"] * 1000 / knee_ok
     shed = over.non2xx + over.socket_errors
     shed_cpu: float | None = None
-    if over.non2xx:
-        shed_cpu = round(max(0.0, cpu["overload"] * 1000 - over_ok * knee_cpu_ms) / over.non2xx, 4)
+    if refused.non2xx:
+        refused_ok = refused.requests - refused.non2xx
+        spent_ms = cpu["refusing"] * 1000 - refused_ok * knee_cpu_ms
+        shed_cpu = round(max(0.0, spent_ms) / refused.non2xx, 4)
     goodput = fw.ratio(over.ok_rps, knee.ok_rps)
     bound_ms = (POOL_TIMEOUT_S + 1.0) * 1000
     keys = {
@@ -100,6 +120,7 @@ def run(bench: Bench) -> ScenarioResult:
     for phase, res, conns in (
         ("knee", knee, KNEE_CONNECTIONS),
         ("overload", over, OVERLOAD_CONNECTIONS),
+        ("refusing", refused, OVERLOAD_CONNECTIONS),
     ):
         ok = res.requests - res.non2xx
         figures[phase] = {
@@ -148,8 +169,9 @@ def run(bench: Bench) -> ScenarioResult:
         f"{INSTANCES} instances x pool 3, wrk {'+'.join(map(str, KNEE_CONNECTIONS))} vs "
         f"{'+'.join(map(str, OVERLOAD_CONNECTIONS))} connections, {seconds:g} s each in "
         f"{rounds} round(s); select by primary key; clients ignore Retry-After. "
-        f"Shed at 200 connections: {shed} answers (non-2xx {over.non2xx}, socket errors "
-        f"{over.socket_errors}); shed CPU per answer estimated from the knee's CPU per 2xx "
-        f"({knee_cpu_ms:.3f} ms)."
+        f"Refused at 200 connections: {shed} answers (non-2xx {over.non2xx}, socket errors "
+        f"{over.socket_errors}). 'refusing': another cluster with GATEWAY_OVERLOAD_QUEUE_MAX=0, "
+        f"{seconds / 2:g} s; shed CPU per refusal = its CPU minus its 2xx answers at the "
+        f"knee's CPU per 2xx ({knee_cpu_ms:.3f} ms)."
     ]
     return ScenarioResult(NAME, keys, [table], targets, {"figures": figures}, notes)

@@ -34,6 +34,7 @@ from starlette.middleware.cors import CORSMiddleware
 from gateway.auth.keys import key_from_headers
 from gateway.db.pool import REQUEST_DEADLINE
 from gateway.errors import GatewayError, service_unavailable
+from gateway.http.routes import ARRIVED
 from gateway.ops.observe import Observability, access_line
 from gateway.overload.gate import Gate
 from gateway.query.envelope import error_body
@@ -139,6 +140,7 @@ class Front:
             await self.app(scope, receive, send)
             return
         arrived = time.monotonic()
+        scope[ARRIVED] = started  # durations (metrics, log, header) include the gate's wait
         if not gate.try_enter():
             reason = gate.refusal()
             if reason is not None or not await gate.wait(self.budget_s):

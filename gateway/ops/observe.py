@@ -61,7 +61,9 @@ class ObserveMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        # arrival at the HTTP front, if it held the request at the overload gate
+        arrived = scope.get("gateway.arrived")
+        started = arrived if isinstance(arrived, float) else time.perf_counter()
         status = 500
         size = 0
         request_id: str | None = None

@@ -63,6 +63,13 @@ OVERLOADED = (
 )
 
 
+# the key (as key_from_headers reads it) and what the request log and CORS need
+WANTED_HEADERS = {
+    name: name.decode("latin-1")
+    for name in (b"authorization", b"x-api-key", b"x-forwarded-for", b"user-agent", b"origin")
+}
+
+
 def _wanted_headers(scope: Scope) -> dict[str, str]:
     """The first value of each header the front reads, decoded as Starlette's ``Headers``
     does (one pass over the raw list)."""
@@ -74,14 +81,9 @@ def _wanted_headers(scope: Scope) -> dict[str, str]:
     return found
 
 
-# the key (as key_from_headers reads it) and what the request log and CORS need
-WANTED_HEADERS = {
-    name: name.decode("latin-1")
-    for name in (b"authorization", b"x-api-key", b"x-forwarded-for", b"user-agent", b"origin")
-}
-
-
 class Front:
+    """The early local deny and the overload gate around the app's middleware stack."""
+
     def __init__(
         self,
         app: ASGIApp,

@@ -62,9 +62,9 @@ done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'BENCHJSON {"requests":%%d,"duration_us":%%d,"non2xx":%%d,"connect":%%d,"read":%%d,' ..
-    '"write":%%d,"timeout":%%d,"p50_us":%%d,"p99_us":%%d,"mean_us":%%.1f}\n',
+    '"write":%%d,"timeout":%%d,"p50_us":%%d,"p99_us":%%d,"mean_us":%%.1f,"max_us":%%d}\n',
     summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.mean))
+    latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
 end
 """
 
@@ -106,6 +106,7 @@ class WrkResult:
     rps: float  # the sum of each wrk's requests / its own duration
     ok_rps: float  # the same, counting only 2xx answers
     processes: list[dict[str, Any]]
+    max_ms: float = 0.0  # the slowest answer of any process
 
 
 def run(
@@ -114,9 +115,11 @@ def run(
     script: Path,
     *,
     seconds: float,
-    connections: int = 16,
+    connections: int | list[int] = 16,
     threads: int = 1,
 ) -> WrkResult:
+    """``connections``: per process, or one figure per URL (e.g. 67, 67, 66 = 200)."""
+    per_url = connections if isinstance(connections, list) else [connections] * len(urls)
     procs = [
         subprocess.Popen(
             [
@@ -124,7 +127,7 @@ def run(
                 "-t",
                 str(threads),
                 "-c",
-                str(connections),
+                str(conns),
                 "-d",
                 f"{max(1, round(seconds))}s",
                 "--timeout",
@@ -137,7 +140,7 @@ def run(
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for url in urls
+        for url, conns in zip(urls, per_url, strict=True)
     ]
     parsed = []
     for p in procs:
@@ -161,6 +164,7 @@ def run(
             sum((r["requests"] - r["non2xx"]) / (r["duration_us"] / 1e6) for r in parsed), 1
         ),
         processes=parsed,
+        max_ms=round(max(r.get("max_us", 0) for r in parsed) / 1000, 3),
     )
 
 
@@ -180,4 +184,5 @@ def combine(results: list[WrkResult]) -> WrkResult:
         rps=round(sum(r.rps * r.seconds for r in results) / seconds, 1) if seconds else 0.0,
         ok_rps=round(sum(r.ok_rps * r.seconds for r in results) / seconds, 1) if seconds else 0.0,
         processes=[p for r in results for p in r.processes],
+        max_ms=max(r.max_ms for r in results),
     )

@@ -85,6 +85,10 @@ class Settings:
     # admin API (issue 15): HMAC secrets, several for rotation; empty = the API is off.
     # Never in repr: settings may be logged.
     admin_hmac_secrets: tuple[str, ...] = field(default=(), repr=False)
+    # overload: the gate in front of the database routes (gateway/admission/gate.py); None = derived
+    # from the pool plan (2 × pool_max in flight, 64 × pool_max waiting)
+    overload_inflight_max: int | None = None
+    overload_queue_max: int | None = None
 
     @property
     def direct_url(self) -> str:
@@ -149,6 +153,8 @@ class Settings:
             realtime_send_timeout_s=r.float("GATEWAY_REALTIME_SEND_TIMEOUT_S", 10.0, minimum=0.05),
             realtime_revalidate_s=r.float("GATEWAY_REALTIME_REVALIDATE_S", 30.0, minimum=0.05),
             admin_hmac_secrets=_admin_secrets(r.list("GATEWAY_ADMIN_HMAC_SECRET", ())),
+            overload_inflight_max=r.optional_int("GATEWAY_OVERLOAD_INFLIGHT_MAX", minimum=1),
+            overload_queue_max=r.optional_int("GATEWAY_OVERLOAD_QUEUE_MAX", minimum=0),
         )
         if settings.pool_max is not None and settings.pool_min > settings.pool_max:
             raise SettingsError(

@@ -21,6 +21,7 @@ class Result:
     status: int
     seconds: float
     instance: int
+    retry_after: float = 0.0  # the answer's Retry-After (0: none)
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Load:
                     writer.close()
                     writer = None
             seconds = time.monotonic() - started
-            self.results.append(Result(started, status, seconds, instance))
+            self.results.append(Result(started, status, seconds, instance, retry_after))
             if status == 0:
                 await asyncio.sleep(0.05)  # a refused connection: don't spin
             elif self.honor_retry_after and retry_after:

@@ -30,6 +30,11 @@ ISSUE_KEYS = {
     "invalidation": ["invalidation.p50_ms", "invalidation.p99_ms", "invalidation.max_ms"],
     "hot_project": ["hot_project.single_rps", "hot_project.spread_rps", "hot_project.ratio"],
     "realtime": ["realtime.p50_ms", "realtime.p99_ms", "realtime.write_ratio_with_trigger"],
+    "overload": [
+        f"overload.{k}"
+        for k in ("knee_rps", "overload_rps", "goodput_ratio", "max_ms", "shed_cpu_ms_per_req")
+    ],
+    "local_deny": ["local_deny.cpu_ratio"],
 }
 
 

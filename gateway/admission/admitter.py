@@ -12,7 +12,8 @@ key locally until the moment the database said room could appear again — no ro
 trip. It never admits anything locally, so the limit stays exact. The local deny is
 dropped by ``forget_project`` (called on NOTIFY of limit/status/key changes) and, while
 no invalidation channel is live, it is re-checked with the database at least once a
-second.
+second. The bookkeeping lives in ``gateway/admission/local_deny.py``; ``deny_early`` lets
+the HTTP front answer such a request before routing and body reading.
 
 When the database can't decide within ``GATEWAY_ADMISSION_TIMEOUT_MS`` the answer is
 503 ``SERVICE_UNAVAILABLE`` with ``Retry-After: 1``: never a hang, never a free pass.
@@ -28,7 +29,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -37,6 +37,14 @@ from psycopg.rows import tuple_row
 
 from gateway.admission.decision import Admission, QuotaExceeded
 from gateway.admission.headers import rate_limit_headers
+from gateway.admission.local_deny import (
+    LocalDenies,
+    LocalDeny,
+    quota_violation,
+    rate_limited_error,
+    seconds_up,
+    tag,
+)
 from gateway.auth.keys import hash_key
 from gateway.errors import GatewayError, service_unavailable
 from gateway.metadata.catalog import Principal
@@ -47,13 +55,9 @@ logger = logging.getLogger("gateway.admission")
 ADMIT_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s)"
 LOOKUP_SQL = "SELECT * FROM gateway.lookup_key(%s)"
 
-# While no invalidation channel (LISTEN/NOTIFY) is live, a local deny is re-checked with
-# the database at least this often, so a raised limit or a new key takes effect quickly.
-UNVERIFIED_DENY_CAP_S = 1.0
 # After a timeout the cancelled call gets this long to finish before its connection is
 # closed (psycopg would otherwise wait up to 5 s + 5 s for an unreachable server).
 CANCEL_GRACE_S = 0.25
-LOCAL_DENY_MAX_ENTRIES = 100_000
 
 _KEY_ERRORS = {
     "invalid_key": ("INVALID_API_KEY", "Invalid API key"),
@@ -61,30 +65,6 @@ _KEY_ERRORS = {
     "expired": ("EXPIRED_API_KEY", "API key has expired"),
     "suspended": ("PROJECT_SUSPENDED", "Project is suspended"),
 }
-
-
-@dataclass(slots=True)
-class _LocalDeny:
-    """The database said: this key's project has no room even for one request until
-    ``reset_mono`` (rate limit: the window's reset; daily quota: UTC midnight)."""
-
-    project_id: str
-    key_id: str
-    check_until: float  # monotonic: ask the database again from here on
-    reset_mono: float  # monotonic: when the database said room appears again
-    # the rate-limit numbers of the database's answer, for the headers
-    limit: int
-    remaining: int
-    rate_reset_mono: float
-    rate_reset_epoch: int
-    window_s: int
-    quota: tuple[int, int] | None = None  # (used, limit) when the daily quota is the reason
-    probe_at: float | None = None  # monotonic: a probe request is asking the database
-
-
-def _seconds(value: float) -> int:
-    """Whole seconds, rounded up, at least 1 (Retry-After and ``t``)."""
-    return max(1, math.ceil(value - 1e-9))
 
 
 class Admitter:
@@ -110,8 +90,11 @@ class Admitter:
         # the usual timeout is a clean error (connection reusable), not a cancellation
         self.lock_timeout_ms = max(1, int(settings.admission_timeout_ms * 0.8))
         self.prepare = settings.db_pooler != "transaction"
-        self._denies: dict[str, _LocalDeny] = {}
-        self._denied_keys_by_project: dict[str, set[str]] = {}
+        self.local = LocalDenies(
+            invalidation_live=lambda: self.invalidation_live(),
+            probe_timeout_s=self.probe_timeout_s,
+            clock=lambda: self.clock(),
+        )
         self._stats: dict[str, int] = {
             "local_denied": 0,
             "db_decisions": 0,
@@ -125,17 +108,15 @@ class Admitter:
     # --- public -------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        return {**self._stats, "local_deny_entries": len(self._denies)}
+        return {**self._stats, "local_deny_entries": len(self.local)}
 
     def forget_project(self, project_id: str) -> None:
         """Drop this project's local denies (its limits, status or keys changed)."""
-        for key_hash in self._denied_keys_by_project.pop(str(project_id), ()):
-            self._denies.pop(key_hash, None)
+        self.local.forget_project(project_id)
 
     def forget_all(self) -> None:
         """Drop every local deny (e.g. the invalidation channel reconnected)."""
-        self._denies.clear()
-        self._denied_keys_by_project.clear()
+        self.local.forget_all()
 
     def check_local(self, key: str | None) -> str:
         """Raise the local 429 if this key's project is known to be over its limit.
@@ -149,22 +130,24 @@ class Admitter:
         if not key:
             raise GatewayError("INVALID_API_KEY", "Missing API key", status=401)
         key_hash = hash_key(key)
-        if self._denies:
-            deny = self._denies.get(key_hash)
-            if deny is not None:
-                now = self.clock()
-                if now < deny.reset_mono and (
-                    now < deny.check_until
-                    or (deny.probe_at is not None and now - deny.probe_at < self.probe_timeout_s)
-                ):
-                    self._stats["local_denied"] += 1
-                    error = self._local_answer(deny, now)
-                    raise _tag(error, deny.project_id, deny.key_id, "local_deny")
-                if now < deny.reset_mono:
-                    deny.probe_at = now  # this request asks the database for everyone
-                else:
-                    self._drop(key_hash, deny)  # the window has reset
+        if self.local.entries:
+            error = self.local.refuse(key_hash, probe=True)
+            if error is not None:
+                self._stats["local_denied"] += 1
+                raise error
         return key_hash
+
+    def deny_early(self, key: str | None) -> GatewayError | None:
+        """The local 429 for ``key`` if its project is known to be over its limit, else
+        ``None`` — with no side effects besides the count, so the HTTP front can ask
+        before routing and body reading and leave everything else (a missing key, the
+        probe when a re-check is due) to the pipeline's ``check_local``."""
+        if not key or not self.local.entries:
+            return None
+        error = self.local.refuse(hash_key(key), probe=False)
+        if error is not None:
+            self._stats["local_denied"] += 1
+        return error
 
     async def admit(
         self,
@@ -197,9 +180,7 @@ class Admitter:
                 (key_hash, cost, self.window_s, self.sliding, self.lock_timeout_ms),
             )
         except BaseException:
-            deny = self._denies.get(key_hash)
-            if deny is not None:
-                deny.probe_at = None  # the probe failed: the next request probes again
+            self.local.probe_failed(key_hash)  # the next request probes again
             raise
         return self._decide(row, key_hash, sent_at)
 
@@ -290,16 +271,14 @@ class Admitter:
         )
         if not full:
             # the database answered something else than "full": no local deny for this key
-            deny = self._denies.get(key_hash)
-            if deny is not None:
-                self._drop(key_hash, deny)
+            self.local.discard(key_hash)
         if outcome in _KEY_ERRORS:
             self._stats["db_key_refused"] += 1
             code, message = _KEY_ERRORS[outcome]
             raise GatewayError(code, message)
         project_id = str(project_id)
         reset_epoch = math.ceil(reset_at)
-        t = _seconds(reset_in)
+        t = seconds_up(reset_in)
         if outcome == "admitted":
             self._stats["db_admitted"] += 1
             return Admission(
@@ -321,9 +300,9 @@ class Admitter:
                 # not even one request fits until reset_in: deny locally until then.
                 # Measured from when the call was SENT, so the local deny always ends at or
                 # before the database's own reset (never denies what the database would admit).
-                self._remember(
+                self.local.remember(
                     key_hash,
-                    _LocalDeny(
+                    LocalDeny(
                         project_id=project_id,
                         key_id=str(key_id),
                         check_until=sent_at + reset_in,
@@ -335,8 +314,8 @@ class Admitter:
                         window_s=window_s,
                     ),
                 )
-            raise _tag(
-                self._rate_limited(rate_limit, reset_epoch, t, window_s, remaining),
+            raise tag(
+                rate_limited_error(rate_limit, reset_epoch, t, window_s, remaining),
                 project_id,
                 str(key_id),
                 "rate_limited",
@@ -345,9 +324,9 @@ class Admitter:
             self._stats["db_quota_exceeded"] += 1
             if full:
                 # the day's quota is used up: usage only grows until UTC midnight
-                self._remember(
+                self.local.remember(
                     key_hash,
-                    _LocalDeny(
+                    LocalDeny(
                         project_id=project_id,
                         key_id=str(key_id),
                         check_until=sent_at + day_reset_in,
@@ -361,92 +340,14 @@ class Admitter:
                     ),
                 )
             headers = rate_limit_headers(rate_limit, remaining, reset_epoch, t, window_s)
-            headers["Retry-After"] = str(max(t, _seconds(day_reset_in)))
-            raise _tag(
-                QuotaExceeded([_violation(quota_used, quota_limit)], headers),
+            headers["Retry-After"] = str(max(t, seconds_up(day_reset_in)))
+            raise tag(
+                QuotaExceeded([quota_violation(quota_used, quota_limit)], headers),
                 project_id,
                 str(key_id),
                 "quota_exceeded",
             )
         raise RuntimeError(f"unknown admission outcome {outcome!r}")
-
-    def _local_answer(self, deny: _LocalDeny, now: float) -> GatewayError:
-        if deny.quota is None:
-            return self._rate_limited(
-                deny.limit, deny.rate_reset_epoch, _seconds(deny.reset_mono - now), deny.window_s
-            )
-        # a used-up quota: requests refused for it consume nothing, so once the rate
-        # window has rolled the window is empty again (exact for the fixed window; in
-        # sliding mode the previous window's share is left out)
-        remaining = deny.remaining
-        reset_mono, reset_epoch = deny.rate_reset_mono, deny.rate_reset_epoch
-        if now >= reset_mono:
-            windows = math.floor((now - reset_mono) / deny.window_s) + 1
-            remaining = deny.limit
-            reset_mono += windows * deny.window_s
-            reset_epoch += windows * deny.window_s
-        t = _seconds(reset_mono - now)
-        headers = rate_limit_headers(deny.limit, remaining, reset_epoch, t, deny.window_s)
-        headers["Retry-After"] = str(max(t, _seconds(deny.reset_mono - now)))
-        return QuotaExceeded([_violation(*deny.quota)], headers)
-
-    def _rate_limited(
-        self, limit: int, reset_epoch: int, t: int, window_s: int, remaining: int = 0
-    ) -> GatewayError:
-        headers = rate_limit_headers(limit, remaining, reset_epoch, t, window_s)
-        headers["Retry-After"] = str(t)
-        return GatewayError(
-            "RATE_LIMIT_EXCEEDED",
-            f"Rate limit exceeded: {limit} requests per {window_s} seconds",
-            status=429,
-            details={"limit": limit, "windowSeconds": window_s, "retryAfter": t},
-            headers=headers,
-        )
-
-    # --- local denies -------------------------------------------------------------------
-
-    def _remember(self, key_hash: str, deny: _LocalDeny) -> None:
-        now = self.clock()
-        if not self.invalidation_live():
-            deny.check_until = min(deny.check_until, now + UNVERIFIED_DENY_CAP_S)
-        if deny.check_until <= now:
-            return
-        if len(self._denies) >= LOCAL_DENY_MAX_ENTRIES:
-            self._prune(now)
-            if len(self._denies) >= LOCAL_DENY_MAX_ENTRIES:
-                return  # still full of live denies: just ask the database
-        old = self._denies.get(key_hash)
-        if old is not None and old.project_id != deny.project_id:
-            self._drop(key_hash, old)
-        self._denies[key_hash] = deny
-        self._denied_keys_by_project.setdefault(deny.project_id, set()).add(key_hash)
-
-    def _drop(self, key_hash: str, deny: _LocalDeny) -> None:
-        self._denies.pop(key_hash, None)
-        keys = self._denied_keys_by_project.get(deny.project_id)
-        if keys is not None:
-            keys.discard(key_hash)
-            if not keys:
-                del self._denied_keys_by_project[deny.project_id]
-
-    def _prune(self, now: float) -> None:
-        for key_hash, deny in list(self._denies.items()):
-            if deny.check_until <= now:
-                self._drop(key_hash, deny)
-
-
-def _tag(error: GatewayError, project_id: str, key_id: str, outcome: str) -> GatewayError:
-    """A refusal after the key was recognised names its project and key (for the request
-    log) and how it was decided (``rate_limited``, ``quota_exceeded`` or ``local_deny``)."""
-    error.project_id = project_id  # type: ignore[attr-defined]
-    error.key_id = key_id  # type: ignore[attr-defined]
-    error.admission = outcome  # type: ignore[attr-defined]
-    return error
-
-
-def _violation(used: int, limit: int) -> dict[str, Any]:
-    percent = 100.0 if not limit else round(100.0 * used / limit, 2)
-    return {"type": "requests", "used": used, "limit": limit, "percentUsed": percent}
 
 
 def _swallow(task: asyncio.Future[Any]) -> None:

@@ -33,6 +33,7 @@ import math
 import select
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -83,6 +84,19 @@ SESSION_ENDED_BY_SERVER = frozenset(
         "57P05",  # idle_session_timeout: only ever sent to an idle session
     }
 )
+
+
+# The monotonic time by which the current request must have its connection (set by the
+# HTTP front's overload gate: arrival + GATEWAY_POOL_TIMEOUT_S, so time spent waiting at
+# the gate counts against the pool timeout). Checkouts never wait past it.
+REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("gateway_request_deadline", default=None)
+
+
+def checkout_deadline(pool: AsyncConnectionPool, timeout: float | None) -> float:
+    """``timeout`` (default: the pool's) from now, but never past ``REQUEST_DEADLINE``."""
+    deadline = time.monotonic() + (pool.timeout if timeout is None else timeout)
+    request_deadline = REQUEST_DEADLINE.get()
+    return deadline if request_deadline is None else min(deadline, request_deadline)
 
 
 class PlanError(ValueError):
@@ -468,7 +482,7 @@ async def acquire(
     """
     if pool is None:
         raise service_unavailable("the gateway is starting; retry shortly")
-    deadline = time.monotonic() + (pool.timeout if timeout is None else timeout)
+    deadline = checkout_deadline(pool, timeout)
     conn = await checkout(pool, deadline)
     try:
         async with conn:
@@ -497,7 +511,7 @@ async def run_with_retry(
     """
     if pool is None:
         raise service_unavailable("the gateway is starting; retry shortly")
-    deadline = time.monotonic() + (pool.timeout if timeout is None else timeout)
+    deadline = checkout_deadline(pool, timeout)
     for attempt in (1, 2):
         conn = await checkout(pool, deadline)
         try:

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from gateway.admission.admitter import Admitter
 from gateway.db.pool import PlanError, PoolPlan, create_pool, plan_for
 from gateway.errors import GatewayError
-from gateway.http import admin, routes
+from gateway.http import admin, front, routes
 from gateway.http.responses import error_response
 from gateway.metadata.cache import MetadataCache
 from gateway.metadata.listener import MetadataListener
@@ -162,4 +162,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.gw = state
+    # outermost, before routing and middleware: the early local deny and the overload gate
+    front.install(app, state, observability)
     return app

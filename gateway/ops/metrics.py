@@ -111,13 +111,20 @@ class Metrics:
             {"instance_id": settings.instance_id, "version": version or gateway.__version__}
         )
         r.register(_SourceCollector(self))
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     # --- request path ------------------------------------------------------------------
 
     def observe_request(self, route: str, status: int, duration_s: float) -> None:
         try:
-            self.requests.labels(route, str(status)).inc()
-            self.duration.labels(route).observe(duration_s)
+            # the labelled children, looked up once per (route, status): prometheus_client's
+            # labels() costs more than the increment (route is a template, never a raw path)
+            children = self._children.get((route, status))
+            if children is None:
+                children = (self.requests.labels(route, str(status)), self.duration.labels(route))
+                self._children[(route, status)] = children
+            children[0].inc()
+            children[1].observe(duration_s)
         except Exception:  # pragma: no cover - metrics must never fail a request
             logger.exception("metrics: observe failed")
 
@@ -244,6 +251,31 @@ class _SourceCollector(Collector):
         fam = CounterMetricFamily("gateway_pool_connections_lost", "Pool connections found broken")
         if present:
             fam.add_metric([], _num(pool, "connections_lost"))
+        yield fam
+
+        # the overload gate and the early local deny (gateway/http/front.py)
+        gate = m.read("overload")
+        present = m.has("overload")
+        for name, key, help_text in (
+            ("gateway_overload_inflight", "inflight", "Requests past the overload gate"),
+            ("gateway_overload_waiting", "waiting", "Requests waiting at the overload gate"),
+        ):
+            yield _gauge(name, help_text, _num(gate, key) if present else None)
+        fam = CounterMetricFamily(
+            "gateway_overload_shed",
+            "Requests answered 503 by the overload gate (queue_full, deadline)",
+            labels=["reason"],
+        )
+        if present:
+            fam.add_metric(["queue_full"], _num(gate, "shed_queue_full"))
+            fam.add_metric(["deadline"], _num(gate, "shed_deadline"))
+        yield fam
+        fam = CounterMetricFamily(
+            "gateway_overload_early_local_denies",
+            "Local denies answered before routing and body reading",
+        )
+        if present:
+            fam.add_metric([], _num(gate, "early_local_deny"))
         yield fam
         plan = m.read("pool_plan")
         planned = _num(plan, "pool_max") if m.has("pool_plan") else None

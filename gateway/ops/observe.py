@@ -61,7 +61,9 @@ class ObserveMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        # arrival at the HTTP front, if it held the request at the overload gate
+        arrived = scope.get("gateway.arrived")
+        started = arrived if isinstance(arrived, float) else time.perf_counter()
         status = 500
         size = 0
         request_id: str | None = None
@@ -96,29 +98,43 @@ class ObserveMiddleware:
         size: int,
         request_id: str | None,
     ) -> None:
-        try:
-            headers = dict(scope.get("headers") or ())
-            client = scope.get("client")
-            state = scope.get("state") or {}
-            log_info = state.get("gateway_log") if isinstance(state, dict) else None
-            line: dict[str, Any] = {
-                "ts": time.time(),
-                "instance": self.instance_id,
-                "method": scope.get("method"),
-                "path": scope.get("path"),
-                "route": route,
-                "status": status,
-                "duration_ms": round(duration * 1000, 3),
-                "bytes": size,
-                "client": client[0] if client else None,
-                "user_agent": headers.get(b"user-agent", b"").decode("latin-1") or None,
-                "request_id": request_id,
-            }
-            if isinstance(log_info, dict):
-                line.update(log_info)
-            access_logger.info(orjson.dumps(line, default=str).decode())
-        except Exception:  # pragma: no cover - logging must never fail a request
-            logging.getLogger("gateway").exception("access log line failed")
+        access_line(self.instance_id, scope, route, status, duration, size, request_id)
+
+
+def access_line(
+    instance_id: str,
+    scope: Scope,
+    route: str,
+    status: int,
+    duration: float,
+    size: int,
+    request_id: str | None,
+) -> None:
+    """One JSON line on ``gateway.access`` (also written by the HTTP front for the answers
+    it gives before the middleware: the early local deny and the overload gate's 503)."""
+    try:
+        headers = dict(scope.get("headers") or ())
+        client = scope.get("client")
+        state = scope.get("state") or {}
+        log_info = state.get("gateway_log") if isinstance(state, dict) else None
+        line: dict[str, Any] = {
+            "ts": time.time(),
+            "instance": instance_id,
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "route": route,
+            "status": status,
+            "duration_ms": round(duration * 1000, 3),
+            "bytes": size,
+            "client": client[0] if client else None,
+            "user_agent": headers.get(b"user-agent", b"").decode("latin-1") or None,
+            "request_id": request_id,
+        }
+        if isinstance(log_info, dict):
+            line.update(log_info)
+        access_logger.info(orjson.dumps(line, default=str).decode())
+    except Exception:  # pragma: no cover - logging must never fail a request
+        logging.getLogger("gateway").exception("access log line failed")
 
 
 class Observability:

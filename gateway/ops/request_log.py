@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import functools
 import ipaddress
 import itertools
 import logging
@@ -63,6 +64,7 @@ COLUMNS = (
 COPY_SQL = f"COPY gateway.request_log ({', '.join(COLUMNS)}) FROM STDIN"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _now() -> dt.datetime:
@@ -95,10 +97,7 @@ def client_ip(
 ) -> str | None:
     """The peer's address, or the first ``X-Forwarded-For`` address when the peer is a
     trusted proxy. Only valid IP addresses come out (the column is ``inet``)."""
-    try:
-        peer_ip = ipaddress.ip_address(peer) if peer else None
-    except ValueError:
-        peer_ip = None
+    peer_ip, peer_text = _parsed_ip(peer) if peer else (None, None)
     if (
         peer_ip is not None
         and x_forwarded_for
@@ -113,7 +112,17 @@ def client_ip(
             return str(ipaddress.ip_address(first))
         except ValueError:
             pass
-    return str(peer_ip) if peer_ip is not None else None
+    return peer_text
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_ip(text: str) -> tuple[IPAddress | None, str | None]:
+    """A peer address parsed once (clients keep their address across requests)."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None, None
+    return ip, str(ip)
 
 
 def _first_line(exc: BaseException) -> str:

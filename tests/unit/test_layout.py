@@ -26,6 +26,8 @@ PURE_MODULES = [
     "query/envelope.py",
     "admission/decision.py",
     "admission/headers.py",
+    "admission/local_deny.py",
+    "admission/gate.py",
     "metadata/catalog.py",
     "realtime/events.py",
     "realtime/filters.py",

@@ -1,0 +1,267 @@
+"""The outermost ASGI layer: answers that must cost almost nothing, given before routing,
+middleware and body reading.
+
+Two of them, both for the database routes only (``POST /query``, ``POST /batch``,
+``GET /schema``; everything else goes straight on):
+
+1. **The early local deny.** A key whose project this instance knows to be over its
+   limit (``gateway/admission/local_deny.py``) gets its 429 here, from the request's
+   headers alone: the same status, body and headers as the pipeline's local deny (plus
+   CORS headers for a browser, from the app's own CORS settings), the same request-log
+   row, metrics and access-log line. Anything else — no key, a deny whose re-check with
+   the database is due (the probe) — is left to the pipeline's ``check_local``.
+2. **The overload gate** (``gateway/admission/gate.py``): at most ``capacity`` requests
+   past this point; the others wait their turn without costing CPU, and one that can't
+   get a connection within ``GATEWAY_POOL_TIMEOUT_S`` of its arrival is answered 503
+   ``SERVICE_UNAVAILABLE`` with ``Retry-After: 1`` — the pool's own answer and message.
+   A request let through carries its deadline (``REQUEST_DEADLINE``) to the pool, so the
+   time it waited here counts against the pool timeout.
+
+Installed by ``install(app, state, observability)``: the Starlette app's middleware
+stack is built as before and wrapped, so ``create_app`` still returns the Starlette app.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
+
+from gateway.admission.gate import Gate
+from gateway.auth.keys import key_from_headers
+from gateway.db.pool import REQUEST_DEADLINE
+from gateway.errors import GatewayError, service_unavailable
+from gateway.http.routes import ARRIVED
+from gateway.ops.observe import Observability, access_line
+from gateway.query.envelope import error_body
+from gateway.query.pipeline import Outcome
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+BASE = "/v1/inhouse/db"
+# (method, path) → the request-log kind (the routes' own names)
+GATED_ROUTES = {
+    ("POST", f"{BASE}/query"): "query",
+    ("POST", f"{BASE}/batch"): "batch",
+    ("GET", f"{BASE}/schema"): "schema",
+}
+ROUTE_OF_KIND = {kind: path for (_, path), kind in GATED_ROUTES.items()}
+# defaults derived from the pool plan
+INFLIGHT_PER_CONNECTION = 2
+WAITING_PER_CONNECTION = 64
+OVERLOADED = (
+    "the gateway is overloaded: too many requests are waiting for a database connection; "
+    "retry shortly"
+)
+
+
+# the key (as key_from_headers reads it) and what the request log and CORS need
+WANTED_HEADERS = {
+    name: name.decode("latin-1")
+    for name in (b"authorization", b"x-api-key", b"x-forwarded-for", b"user-agent", b"origin")
+}
+
+
+def _wanted_headers(scope: Scope) -> dict[str, str]:
+    """The first value of each header the front reads, decoded as Starlette's ``Headers``
+    does (one pass over the raw list)."""
+    found: dict[str, str] = {}
+    for name, value in scope.get("headers") or ():
+        text = WANTED_HEADERS.get(name)
+        if text is not None and text not in found:
+            found[text] = value.decode("latin-1")
+    return found
+
+
+class Front:
+    """The early local deny and the overload gate around the app's middleware stack."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        state: Any,
+        observability: Observability,
+        cors: dict[str, Any] | None,
+    ) -> None:
+        self.app = app
+        self.state = state
+        self.observability = observability
+        self.metrics = observability.metrics
+        self.cors = cors
+        self.gate: Gate | None = None
+        self.budget_s = state.settings.pool_timeout_s
+        self.counts = {"early_local_deny": 0, "shed": 0}
+        self.metrics.register_source("overload", self.stats)
+
+    def stats(self) -> dict[str, float]:
+        return {**(self.gate.stats() if self.gate else {}), **self.counts}
+
+    def _gate(self) -> Gate | None:
+        """Made once the pool plan is known (after the lifespan planned the pool)."""
+        plan = self.state.pool_plan
+        if plan is None:
+            return None
+        settings = self.state.settings
+        capacity = settings.overload_inflight_max or INFLIGHT_PER_CONNECTION * plan.pool_max
+        queue_max = (
+            settings.overload_queue_max
+            if settings.overload_queue_max is not None
+            else WAITING_PER_CONNECTION * plan.pool_max
+        )
+        self.gate = Gate(capacity, queue_max, lifo_after_s=plan.timeout / 2)
+        self.budget_s = plan.timeout
+        return self.gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        kind = GATED_ROUTES.get((scope["method"], scope["path"]))
+        if kind is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        admitter = self.state.admitter
+        if admitter is not None and admitter.local.entries:
+            wanted = _wanted_headers(scope)
+            error = admitter.deny_early(key_from_headers(wanted))
+            if error is not None:
+                self.counts["early_local_deny"] += 1
+                await self._answer(scope, receive, send, kind, error, started, wanted)
+                return
+        gate = self.gate or self._gate()
+        if gate is None:  # not started yet: the routes answer (503 while the pool is None)
+            await self.app(scope, receive, send)
+            return
+        arrived = time.monotonic()
+        scope[ARRIVED] = started  # durations (metrics, log, header) include the gate's wait
+        if not gate.try_enter():
+            reason = gate.refusal()
+            if reason is not None or not await gate.wait(self.budget_s):
+                error = (
+                    service_unavailable(OVERLOADED)
+                    if reason == "queue_full"
+                    else service_unavailable(
+                        f"no database connection within {self.budget_s:g} s: the database "
+                        "is overloaded or unreachable; retry shortly"
+                    )
+                )
+                self.counts["shed"] += 1
+                await self._answer(scope, receive, send, kind, error, started)
+                return
+        token = REQUEST_DEADLINE.set(arrived + self.budget_s)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            REQUEST_DEADLINE.reset(token)
+            gate.leave()
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        kind: str,
+        error: GatewayError,
+        started: float,
+        wanted: dict[str, str] | None = None,
+    ) -> None:
+        """The answer the routes would give for ``error`` (``_render``), with the same
+        request-log row, metrics and access-log line."""
+        request_id = uuid.uuid4().hex
+        # the body and the error's own headers, rendered once per (shared) error object
+        rendered = getattr(error, "_front_rendered", None)
+        if rendered is None:
+            rendered = (
+                error_body(error),
+                [
+                    (k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in error.headers.items()
+                ],
+            )
+            error._front_rendered = rendered  # type: ignore[attr-defined]
+        body, error_raw = rendered
+        outcome = Outcome(
+            status=error.status,
+            body=body,
+            headers=error.headers,
+            project_id=getattr(error, "project_id", None),
+            key_id=getattr(error, "key_id", None),
+            error_code=error.code,
+            admission=getattr(error, "admission", None),
+        )
+        duration_ms = (time.perf_counter() - started) * 1000
+        extra = wanted if wanted is not None else _wanted_headers(scope)
+        client = scope.get("client")
+        observability = self.observability
+        observability.record_outcome(
+            kind,
+            outcome,
+            request_id=request_id,
+            duration_ms=duration_ms,
+            peer=client[0] if client else None,
+            forwarded_for=extra.get("x-forwarded-for"),
+            user_agent=extra.get("user-agent"),
+        )
+        if observability.access_json:
+            scope.setdefault("state", {})["gateway_log"] = {
+                "request_id": request_id,
+                "project_id": outcome.project_id,
+                "operation": None,
+                "table": None,
+                "error_code": outcome.error_code,
+            }
+        # as starlette.responses.Response renders the routes' answer: the error's headers,
+        # request id, duration, then length and type
+        raw = [
+            *error_raw,
+            (b"x-request-id", request_id.encode("latin-1")),
+            (b"x-gateway-duration-ms", f"{duration_ms:.2f}".encode("latin-1")),
+            (b"content-length", str(len(body)).encode("latin-1")),
+            (b"content-type", b"application/json"),
+        ]
+
+        start = {"type": "http.response.start", "status": error.status, "headers": raw}
+        end = {"type": "http.response.body", "body": body}
+        if self.cors is not None and "origin" in extra:
+
+            async def respond(scope: Scope, receive: Receive, send: Send) -> None:
+                await send(start)
+                await send(end)
+
+            await CORSMiddleware(respond, **self.cors)(scope, receive, send)
+        else:
+            await send(start)
+            await send(end)
+        route = ROUTE_OF_KIND[kind]
+        duration = time.perf_counter() - started
+        self.metrics.observe_request(route, error.status, duration)
+        if observability.access_json:
+            access_line(
+                observability.settings.instance_id,
+                scope,
+                route,
+                error.status,
+                duration,
+                len(body),
+                request_id,
+            )
+
+
+def install(app: Starlette, state: Any, observability: Observability) -> None:
+    """Wrap the app's middleware stack (built lazily by Starlette) in the ``Front``."""
+    cors = next((dict(m.kwargs) for m in app.user_middleware if m.cls is CORSMiddleware), None)
+    build = app.build_middleware_stack
+
+    def build_with_front() -> ASGIApp:
+        return Front(build(), state, observability, cors)
+
+    app.build_middleware_stack = build_with_front  # type: ignore[method-assign]

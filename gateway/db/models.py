@@ -25,7 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, INET, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
 
 SCHEMA = "gateway"
 TIERS = ("free", "starter", "growth", "scale", "enterprise")
@@ -155,4 +155,81 @@ request_log = Table(
     Column("user_agent", Text),
     Index("request_log_created_at_idx", "created_at"),
     Index("request_log_project_created_at_idx", "project_id", "created_at"),
+)
+
+# --- end-user auth (alembic/versions/0007_auth.py, docs/auth.md) ---------------------------
+# Tokens are stored only as the lower-case hex SHA-256 of the token string (token_hash).
+auth_users = Table(
+    "auth_users",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("email", Text, nullable=False),
+    Column("password_hash", Text),
+    Column("email_verified", Boolean, nullable=False, server_default=text("false")),
+    Column("provider", Text, nullable=False, server_default="email"),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'")),
+    _now(),
+    Column("last_sign_in", DateTime(timezone=True)),
+    Column("password_reset_required", Boolean, nullable=False, server_default=text("false")),
+    UniqueConstraint("project_id", "email", name="auth_users_project_id_email_key"),
+)
+
+auth_sessions = Table(
+    "auth_sessions",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.auth_users.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("token_hash", Text, nullable=False, unique=True),
+    _now(),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("ip", INET),
+    Column("user_agent", Text),
+    Index("auth_sessions_user_id_idx", "user_id"),
+    Index("auth_sessions_expires_at_idx", "expires_at"),
+)
+
+auth_magic_links = Table(
+    "auth_magic_links",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("email", Text, nullable=False),
+    Column("token_hash", Text, nullable=False, unique=True),
+    _now(),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),
+    Index("auth_magic_links_expires_at_idx", "expires_at"),
+)
+
+auth_throttle = Table(
+    "auth_throttle",
+    metadata,
+    Column("bucket", Text, primary_key=True),
+    Column("window_start", DateTime(timezone=True), primary_key=True),
+    Column("count", Integer, nullable=False, server_default="1"),
+    Index("auth_throttle_window_start_idx", "window_start"),
 )

@@ -32,6 +32,7 @@ TIERS = ("free", "starter", "growth", "scale", "enterprise")
 PROJECT_STATUSES = ("active", "suspended")
 KEY_TYPES = ("public", "server", "admin")
 KEY_STATUSES = ("active", "revoked")
+ROW_ACCESS = ("all", "owner", "public_read")  # table_registry.row_access (0008)
 
 metadata = MetaData(schema=SCHEMA)
 
@@ -106,7 +107,15 @@ table_registry = Table(
     Column("allow_client_write", Boolean, nullable=False, server_default=text("true")),
     Column("realtime", Boolean, nullable=False, server_default=text("false")),
     _now(),
+    # rows that belong to users (migration 0008, docs/auth.md)
+    Column("owner_column", Text),
+    Column("row_access", Text, nullable=False, server_default=text("'all'")),
     UniqueConstraint("project_id", "name", name="table_registry_project_name_key"),
+    CheckConstraint(_in("row_access", ROW_ACCESS), name="table_registry_row_access_check"),
+    CheckConstraint(
+        "row_access = 'all' OR owner_column IS NOT NULL",
+        name="table_registry_owner_column_check",
+    ),
 )
 
 column_registry = Table(

@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.auth.keys import key_from_headers
+from gateway.auth.bearer import credentials_from_headers
 from gateway.db.pool import acquire
 from gateway.errors import GatewayError
 from gateway.http.responses import JSON, error_response, json_response
@@ -158,9 +158,11 @@ async def _with_body(request: Request, batch: bool) -> Response:
         return error_response(error, {"X-Request-Id": request_id})
     except ClientDisconnect:
         return Response(status_code=400)
-    key = key_from_headers(request.headers)
+    key, session = credentials_from_headers(request.headers)
     pipeline = state.pipeline
-    outcome = await (pipeline.batch(key, body) if batch else pipeline.query(key, body))
+    outcome = await (
+        pipeline.batch(key, body, session) if batch else pipeline.query(key, body, session)
+    )
     return _render(request, "batch" if batch else "query", outcome, request_id, started)
 
 
@@ -174,7 +176,8 @@ async def batch(request: Request) -> Response:
 
 async def schema(request: Request) -> Response:
     started = time.perf_counter()
-    outcome = await request.app.state.gw.pipeline.schema(key_from_headers(request.headers))
+    key, session = credentials_from_headers(request.headers)
+    outcome = await request.app.state.gw.pipeline.schema(key, session)
     return _render(request, "schema", outcome, _request_id(request), started)
 
 

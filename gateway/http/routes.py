@@ -20,7 +20,7 @@ from gateway.errors import GatewayError
 from gateway.http.responses import JSON, error_response, json_response
 from gateway.ops.metrics import CONTENT_TYPE
 from gateway.query.pipeline import Outcome
-from gateway.realtime.stream import realtime_stream
+from gateway.realtime.stream import realtime_stream, realtime_ticket
 
 logger = logging.getLogger("gateway")
 
@@ -187,6 +187,7 @@ def build_routes() -> list[Route]:
         Route(f"{BASE}/batch", batch, methods=["POST"]),
         Route(f"{BASE}/schema", schema, methods=["GET"]),
         Route(f"{BASE}/realtime", realtime_stream, methods=["GET"]),
+        Route(f"{BASE}/realtime/ticket", realtime_ticket, methods=["POST"]),
         Route(f"{BASE}/health", health, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -58,6 +58,8 @@ class Change:
     pk: dict[str, Any]
     row: dict[str, Any] | None  # None for deletes: only the primary key is kept
     age_s: float = 0.0  # database clock: how old the change was when it was read
+    # owner tables: the row's user (the old row's for a delete), from the capture trigger
+    owner: str | None = None
     # rendered SSE blocks by readable-column set: subscribers with the same permissions
     # share one serialization instead of one per subscriber
     rendered: dict[Any, tuple[dict[str, Any], bytes]] = field(
@@ -69,7 +71,14 @@ class Change:
         return self.row if self.row is not None else self.pk
 
 
-def change_from_row(project_id: str, table: str, r: Sequence[Any], offset: int, age: Any) -> Change:
+def change_from_row(
+    project_id: str,
+    table: str,
+    r: Sequence[Any],
+    offset: int,
+    age: Any,
+    owner: str | None = None,
+) -> Change:
     xid, id_, op, pk, row = r[offset : offset + 5]
     return Change(
         cursor=Cursor(int(xid), int(id_)),
@@ -79,6 +88,7 @@ def change_from_row(project_id: str, table: str, r: Sequence[Any], offset: int, 
         pk=orjson.loads(pk),
         row=orjson.loads(row) if row is not None else None,
         age_s=float(age or 0.0),
+        owner=owner,
     )
 
 

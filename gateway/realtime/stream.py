@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -26,7 +27,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.admission.headers import admission_headers
-from gateway.auth.keys import hash_key, key_from_headers, looks_like_secret
+from gateway.auth.bearer import credentials_from_headers
+from gateway.auth.keys import hash_key, looks_like_secret
+from gateway.auth.tokens import token_hash
 from gateway.errors import GatewayError, service_unavailable
 from gateway.http.responses import error_response
 from gateway.metadata.catalog import Principal, ProjectCatalog, TableInfo
@@ -35,6 +38,12 @@ from gateway.realtime.events import parse_cursor
 from gateway.realtime.hub import RealtimeHub
 from gateway.realtime.sse import sse_stream
 from gateway.realtime.subscription import Subscription
+from gateway.realtime.tickets import (
+    TICKET_TTL_S,
+    check_session,
+    consume_ticket,
+    create_ticket,
+)
 
 logger = logging.getLogger("gateway.realtime")
 
@@ -116,9 +125,9 @@ SELECT k.status, k.expires_at IS NOT NULL AND k.expires_at <= now(), p.status
 """
 
 
-async def check_key(conn: psycopg.AsyncConnection[Any], key: str) -> None:
+async def check_key(conn: psycopg.AsyncConnection[Any], key_hash: str) -> None:
     """Is the key still usable? Raises the admission's codes; counts nothing."""
-    cur = await conn.execute(KEY_CHECK_SQL, [hash_key(key)])
+    cur = await conn.execute(KEY_CHECK_SQL, [key_hash])
     row = await cur.fetchone()
     if row is None:
         raise GatewayError("INVALID_API_KEY", "Invalid API key")
@@ -132,9 +141,19 @@ async def check_key(conn: psycopg.AsyncConnection[Any], key: str) -> None:
 
 
 def _readable_fn(
-    hub: RealtimeHub, project_id: str, table: str, principal: Principal, first: ProjectCatalog
+    hub: RealtimeHub,
+    project_id: str,
+    table: str,
+    principal: Principal,
+    first: ProjectCatalog,
+    owner: str | None = None,
 ) -> Any:
-    """Readable columns for the current catalog, memoized per catalog object."""
+    """Readable columns for the current catalog, memoized per catalog object.
+
+    ``owner``: the user the stream was opened for (owner tables); if the table's row
+    access changes under the stream so that it would need another owner filter, the
+    stream ends with an error event (the client reconnects and gets the new rule).
+    """
     memo: dict[str, Any] = {"table": None, "columns": None}
 
     def columns() -> Collection[str]:
@@ -143,6 +162,10 @@ def _readable_fn(
         if info is None:
             raise GatewayError("TABLE_NOT_FOUND", f"table '{table}' does not exist")
         if memo["table"] is not info:
+            if permissions.row_owner(info, principal, write=False) != owner:
+                raise GatewayError(
+                    "ROW_ACCESS_CHANGED", "the table's row access changed: reconnect"
+                )
             memo["table"] = info
             memo["columns"] = frozenset(permissions.readable_columns(info, principal))
         result: Collection[str] = memo["columns"]
@@ -190,11 +213,34 @@ def _check_table(catalog: ProjectCatalog, table: str, principal: Principal) -> T
     return info
 
 
+# query parameters that would put a session token in a URL: refused outright
+SESSION_URL_PARAMS = ("session", "token", "access_token", "session_token", "bearer")
+SESSION_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def _session_in_url(request: Request) -> GatewayError | None:
+    params = request.query_params
+    url_key = params.get("apikey")
+    named = [p for p in SESSION_URL_PARAMS if p in params]
+    # a value in ?apikey= shaped like a session token (43 base64url characters)
+    if named or (url_key is not None and SESSION_TOKEN_SHAPE.fullmatch(url_key)):
+        return GatewayError(
+            "SESSION_TOKEN_IN_URL",
+            "session tokens never go in a URL: ask POST /v1/inhouse/db/realtime/ticket "
+            "(key and session in headers) and pass ?ticket=",
+            status=400,
+        )
+    return None
+
+
 async def realtime_stream(request: Request) -> Response:
     state = request.app.state.gw
     settings = state.settings
     url_key = request.query_params.get("apikey")
-    # before anything touches the database: a secret in a URL is refused outright
+    # before anything touches the database: a session or a secret in a URL is refused
+    refused = _session_in_url(request)
+    if refused is not None:
+        return error_response(refused)
     if url_key is not None and looks_like_secret(url_key):
         return error_response(
             GatewayError(
@@ -203,38 +249,56 @@ async def realtime_stream(request: Request) -> Response:
                 "Authorization header",
             )
         )
-    key = key_from_headers(request.headers) or url_key
+    key, session = credentials_from_headers(request.headers)
+    key = key or url_key
+    ticket = request.query_params.get("ticket")
     headers: dict[str, str] = {}
     try:
         table, filters, since = _parse_request(request)
         hub: RealtimeHub = state.realtime
         pipeline = state.pipeline
-        # a project known to be over its limit is refused locally, as for /query
-        key_hash = pipeline.admitter.check_local(key)
         async with pipeline.connection() as conn:
+            if ticket is not None:
+                # EventSource: key and session come from the ticket (single use)
+                used = await consume_ticket(conn, ticket)
+                if key is not None and hash_key(key) != used.key_hash:
+                    raise GatewayError(
+                        "INVALID_API_KEY", "the ticket was issued for another key", status=401
+                    )
+                key_hash, session_hash = used.key_hash, used.session_hash
+            else:
+                # a project known to be over its limit is refused locally, as for /query
+                key_hash = pipeline.admitter.check_local(key)
+                session_hash = token_hash(session) if session is not None else None
             # opening a stream costs one request; events cost nothing
-            ctx = await pipeline.admit(conn, key, 1, key_hash=key_hash)
+            ctx = await pipeline.admit(conn, key, 1, key_hash=key_hash, session_hash=session_hash)
             headers = {**admission_headers(ctx), "X-Project-Id": ctx.project_id}
             catalog = await pipeline.catalog(conn, ctx.project_id)
         info = _check_table(catalog, table, ctx.principal)
         for i, f in enumerate(filters):
             permissions.require_readable(info, f.column, ctx.principal, f"filters[{i}].column")
+        # owner tables: a public key's stream carries only its session user's rows
+        owner = permissions.row_owner(info, ctx.principal, write=False)
 
         async def revalidate() -> None:
-            # the key is checked again now and then (without counting a request): a
-            # revoked or expired key, or a suspended project, ends the stream
+            # the key (and the session) is checked again now and then (without counting a
+            # request): a revoked or expired key, a suspended project, or a signed-out
+            # session ends the stream
             async with pipeline.connection() as conn:
-                await check_key(conn, key or "")
+                await check_key(conn, key_hash)
+                if session_hash is not None:
+                    await check_session(conn, session_hash)
 
         sub = await hub.subscribe(
             ctx.project_id,
             table,
             filters=filters,
             column_types={c.name: c.data_type for c in info.columns},
-            columns=_readable_fn(hub, ctx.project_id, table, ctx.principal, catalog),
+            columns=_readable_fn(hub, ctx.project_id, table, ctx.principal, catalog, owner),
             since=since,
             catalog=catalog,
             revalidate=revalidate,
+            owner=owner,
         )
     except GatewayError as error:
         return error_response(error, headers)
@@ -247,3 +311,35 @@ async def realtime_stream(request: Request) -> Response:
         heartbeat_s=settings.realtime_heartbeat_s,
         send_timeout_s=settings.realtime_send_timeout_s,
     )
+
+
+async def realtime_ticket(request: Request) -> Response:
+    """``POST /v1/inhouse/db/realtime/ticket``: key and session in headers → a single-use
+    ticket for the stream's URL (gateway/realtime/tickets.py). Costs one request."""
+    state = request.app.state.gw
+    pipeline = state.pipeline
+    key, session = credentials_from_headers(request.headers)
+    headers: dict[str, str] = {"Cache-Control": "no-store"}
+    try:
+        key_hash = pipeline.admitter.check_local(key)
+        session_hash = token_hash(session) if session is not None else None
+        async with pipeline.connection() as conn:
+            ctx = await pipeline.admit(conn, key, 1, key_hash=key_hash, session_hash=session_hash)
+            headers.update(admission_headers(ctx))
+            headers["X-Project-Id"] = ctx.project_id
+            ticket, expires_at = await create_ticket(conn, ctx.project_id, key_hash, session_hash)
+    except GatewayError as error:
+        return error_response(error, headers)
+    except psycopg.OperationalError as exc:
+        logger.warning("realtime ticket: database unavailable: %s", str(exc).strip()[:200])
+        return error_response(service_unavailable(), headers)
+    body = {
+        "data": {
+            "ticket": ticket,
+            "expiresAt": expires_at.isoformat().replace("+00:00", "Z"),
+            "expiresIn": TICKET_TTL_S,
+        },
+        "error": None,
+        "status": 200,
+    }
+    return Response(orjson.dumps(body), media_type="application/json", headers=headers)

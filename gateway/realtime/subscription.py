@@ -31,6 +31,8 @@ HEARTBEAT_S = 15.0
 ColumnsFn = Callable[[], Collection[str] | None]
 KEY_FATAL_CODES = frozenset(
     {"INVALID_API_KEY", "REVOKED_API_KEY", "EXPIRED_API_KEY", "PROJECT_SUSPENDED"}
+    # a signed-out or expired session ends the stream too (docs/auth.md)
+    | {"SESSION_NOT_FOUND", "SESSION_EXPIRED"}
 )
 
 
@@ -50,6 +52,7 @@ class Subscription:
         queue_max: int,
         revalidate: Callable[[], Awaitable[None]] | None = None,
         revalidate_s: float = 30.0,
+        owner: str | None = None,
     ) -> None:
         self.hub = hub
         self.project_id = project_id
@@ -68,9 +71,13 @@ class Subscription:
         self.revalidate = revalidate
         self.revalidate_s = revalidate_s
         self._next_check = time.monotonic() + revalidate_s
+        # owner tables: only this user's rows reach the stream (None: every row)
+        self.owner = owner
 
     # called by the hub, synchronously, during dispatch
     def matches(self, change: Change) -> bool:
+        if self.owner is not None and change.owner != self.owner:
+            return False
         if change.row is None:
             partial = getattr(self.predicate, "partial", None)
             return partial(change.pk) if partial else True

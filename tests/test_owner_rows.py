@@ -444,9 +444,7 @@ def test_sign_out_on_one_instance_is_seen_by_the_next_request_everywhere(
         for url in cluster.urls:
             assert http.post(url + BASE + "/query", json=select, headers=hdrs).status_code == 200
         # sign out: through the auth API when it is there, else as it stores it
-        signed_out = http.post(
-            cluster.urls[2] + "/v1/inhouse/auth/sign-out", headers=hdrs, json={}
-        )
+        signed_out = http.post(cluster.urls[2] + "/v1/inhouse/auth/sign-out", headers=hdrs, json={})
         if signed_out.status_code != 200:
             revoke_sessions(pg_url, user)
         for url in cluster.urls:

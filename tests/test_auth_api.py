@@ -8,6 +8,7 @@ received and followed. Refresh runs with no grace (``GATEWAY_AUTH_REFRESH_GRACE_
 from __future__ import annotations
 
 import email
+import json
 import re
 import shutil
 import ssl
@@ -26,6 +27,7 @@ import pytest
 from gateway.auth.keys import generate_key
 from gateway.auth.tokens import token_hash
 from gateway.db.localdb import free_port
+from tests.cli import assert_refused, cli_json, run_cli
 from tests.harness import GatewayCluster
 
 AUTH = "/v1/inhouse/auth"
@@ -537,3 +539,131 @@ def test_tokens_and_passwords_are_never_stored_or_logged_in_clear(
         "SELECT password_hash FROM gateway.auth_users WHERE email = %s", [address]
     ).fetchone()
     assert row is not None and row["password_hash"].startswith("$argon2id$")
+
+
+# --- the admin CLI and imports ---------------------------------------------------------------
+
+NODE_SCRYPT = (
+    "scrypt$16384$8$1$WzoL0KTpErXOnXU-XdF9eA$"
+    "14Esajkba7eT14DKuidtjHaY-k1DrQWxOEOXSfqXJLNXYOWQCZMn8ckA9qCxitYoXPurIkPl22e9V5TxWdkdIQ"
+)  # the original's format, made by Node's crypto, password "correct horse"
+
+
+def test_import_of_original_hashes_then_sign_in_rehashes_to_argon2id(
+    cluster: GatewayCluster,
+    make_project: Any,
+    pg_url: str,
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    project = make_project()
+    key = project["public_key"]
+    users = tmp_path / "users.jsonl"
+    users.write_text(
+        "\n".join(
+            [
+                json.dumps(
+                    {
+                        "email": "Old@Example.test",
+                        "password_hash": NODE_SCRYPT,
+                        "metadata": {"plan": "pro"},
+                        "created_at": "2025-01-02T03:04:05.000Z",
+                    }
+                ),
+                '{"email": "link-only@example.test", "password_hash": null}',
+                "",
+            ]
+        )
+    )
+    result = cli_json(pg_url, "auth", "import", project["name"], "--file", str(users))
+    assert result == {"project": project["name"], "imported": 2, "skipped": 0, "total": 2}
+    again = cli_json(pg_url, "auth", "import", project["id"], "--file", str(users))
+    assert again["imported"] == 0 and again["skipped"] == 2
+
+    a, b, _ = cluster.urls
+    signed_in = _post(
+        a, "/sign-in", key, {"email": "old@example.test", "password": "correct horse"}
+    )
+    assert signed_in.status_code == 200, signed_in.text
+    user = signed_in.json()["data"]["user"]
+    assert user["metadata"] == {"plan": "pro"} and user["createdAt"].startswith(
+        "2025-01-02T03:04:05"
+    )
+    stored = db.execute(
+        "SELECT password_hash FROM gateway.auth_users WHERE id = %s", [user["id"]]
+    ).fetchone()
+    assert stored is not None and stored["password_hash"].startswith("$argon2id$")
+    # the re-hashed password still works, the wrong one still doesn't
+    assert (
+        _post(
+            b, "/sign-in", key, {"email": "old@example.test", "password": "correct horse"}
+        ).status_code
+        == 200
+    )
+    assert (
+        _post(
+            b, "/sign-in", key, {"email": "old@example.test", "password": "correct horsE"}
+        ).status_code
+        == 401
+    )
+    # a user without a password can't sign in with one
+    nopw = _post(b, "/sign-in", key, {"email": "link-only@example.test", "password": "anything1"})
+    assert nopw.status_code == 401 and _error(nopw) == "INVALID_CREDENTIALS"
+
+    listed = cli_json(pg_url, "auth", "users", project["name"])
+    assert sorted(u["email"] for u in listed["users"]) == [
+        "link-only@example.test",
+        "old@example.test",
+    ]
+    assert all(("password_hash" not in u and "passwordHash" not in u) for u in listed["users"])
+
+    # refused input: one line, exit 2, nothing written
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"email": "new@example.test", "password_hash": "hunter2"}\n')
+    assert_refused(run_cli(pg_url, "auth", "import", project["name"], "--file", str(bad)), "line 1")
+    bad.write_text('{"email": "ok@example.test"}\nnot json\n')
+    assert_refused(run_cli(pg_url, "auth", "import", project["name"], "--file", str(bad)), "line 2")
+    assert db.execute(
+        "SELECT count(*) AS n FROM gateway.auth_users WHERE project_id = %s", [project["id"]]
+    ).fetchone() == {"n": 2}
+    assert_refused(
+        run_cli(pg_url, "auth", "import", project["name"], "--file", str(tmp_path / "missing")),
+        "can't read",
+    )
+
+
+def test_cli_logout_and_force_reset_take_effect_on_the_next_request_everywhere(
+    cluster: GatewayCluster, make_project: Any, pg_url: str
+) -> None:
+    project = make_project()
+    key = project["public_key"]
+    a, b, c = cluster.urls
+    address = _email()
+    up = _post(a, "/sign-up", key, {"email": address, "password": "first-password"}).json()["data"]
+    user_id = up["user"]["id"]
+    second = _post(b, "/sign-in", key, {"email": address, "password": "first-password"}).json()
+    tokens = [up["session"]["token"], second["data"]["session"]["token"]]
+    for url in cluster.urls:  # warm: every instance has seen the sessions
+        assert all(_get_user(url, key, t).status_code == 200 for t in tokens)
+
+    out = cli_json(pg_url, "auth", "logout", project["name"], user_id)
+    assert out == {"userId": user_id, "email": address, "revokedSessions": 2}
+    for url in cluster.urls:
+        assert all(_error(_get_user(url, key, t)) == "SESSION_NOT_FOUND" for t in tokens)
+
+    fresh = _post(c, "/sign-in", key, {"email": address, "password": "first-password"}).json()
+    reset = cli_json(pg_url, "auth", "force-reset", project["id"], user_id)
+    assert reset["passwordResetRequired"] is True and reset["revokedSessions"] == 1
+    assert _error(_get_user(a, key, fresh["data"]["session"]["token"])) == "SESSION_NOT_FOUND"
+    refused = _post(b, "/sign-in", key, {"email": address, "password": "first-password"})
+    assert refused.status_code == 401 and _error(refused) == "INVALID_CREDENTIALS"
+    listed = cli_json(pg_url, "auth", "users", project["name"])["users"]
+    assert listed[0]["passwordResetRequired"] is True and listed[0]["activeSessions"] == 0
+
+    assert_refused(
+        run_cli(pg_url, "auth", "logout", project["name"], "not-a-uuid"), "not a user id"
+    )
+    assert_refused(run_cli(pg_url, "auth", "logout", project["name"], str(uuid.uuid4())), "no user")
+    assert_refused(run_cli(pg_url, "auth", "users", "no-such-project"), "no project")
+    other = make_project()
+    assert_refused(run_cli(pg_url, "auth", "force-reset", other["name"], user_id), "no user")

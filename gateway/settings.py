@@ -267,6 +267,7 @@ class AuthSettings:
     # password hashing may take at most half of the machine's cores (the loop keeps the rest)
     hash_workers: int = field(default_factory=lambda: _half_the_cores())
     hash_queue_max: int = 64
+    hash_nice: int = 10
 
     @classmethod
     def from_reader(cls, r: _Reader) -> AuthSettings:
@@ -292,4 +293,5 @@ class AuthSettings:
             verify_limit=r.int("GATEWAY_AUTH_VERIFY_LIMIT", 30, minimum=1),
             hash_workers=r.int("GATEWAY_AUTH_HASH_WORKERS", _half_the_cores(), minimum=1),
             hash_queue_max=r.int("GATEWAY_AUTH_HASH_QUEUE_MAX", 64, minimum=1),
+            hash_nice=r.int("GATEWAY_AUTH_HASH_NICE", 10, minimum=0),
         )

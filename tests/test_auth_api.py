@@ -667,3 +667,23 @@ def test_cli_logout_and_force_reset_take_effect_on_the_next_request_everywhere(
     assert_refused(run_cli(pg_url, "auth", "users", "no-such-project"), "no project")
     other = make_project()
     assert_refused(run_cli(pg_url, "auth", "force-reset", other["name"], user_id), "no user")
+
+
+# --- hashing stays off the event loop --------------------------------------------------------
+
+
+def test_a_select_p95_while_20_sign_ins_hash_stays_within_3x_of_alone(
+    cluster: GatewayCluster, make_project: Any, db: psycopg.Connection[Any]
+) -> None:
+    from bench.scenarios import auth_hashing
+
+    project = make_project()
+    emails = auth_hashing.make_users(
+        db, project["id"], auth_hashing.SIGN_INS * auth_hashing.USERS_PER_CLIENT
+    )
+    figures = auth_hashing.measure(
+        cluster.urls[0], project["server_key"], project["public_key"], emails, "todos"
+    )
+    print(f"select p95 alone {figures.alone_p95_ms} ms, loaded {figures.loaded_p95_ms} ms")
+    assert figures.selects >= 20 and figures.sign_ins_during >= 1, figures
+    assert figures.ratio <= 3.0, figures

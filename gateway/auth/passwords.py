@@ -6,6 +6,7 @@ never runs on the event loop: ``Hasher`` runs it on a small dedicated thread poo
 they work, so the loop keeps serving other requests. The pool is bounded on both sides:
 a few threads (CPU and memory stay predictable) and a queue limit
 (``GATEWAY_AUTH_HASH_QUEUE_MAX``; beyond it the request gets a 503 instead of waiting).
+The threads run at a lower CPU priority (``GATEWAY_AUTH_HASH_NICE``, default 10).
 
 Parameters are OWASP's first recommendation for argon2id: m = 19 MiB, t = 2, p = 1.
 
@@ -21,6 +22,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -131,12 +133,27 @@ def verify(stored: str | None, password: str) -> Verdict:
     )
 
 
+def _lower_priority(niceness: int) -> None:
+    """Runs in each hash thread: on Linux a thread is a task with its own nice value, so
+    the hashing threads give way to the event loop (and to PostgreSQL on the same host)
+    whenever the CPU is contended — a sign-in waits a little longer, a select doesn't."""
+    if niceness <= 0 or not hasattr(os, "setpriority"):
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+
+
 class Hasher:
     """Runs hashing on its own bounded thread pool; the event loop only awaits."""
 
-    def __init__(self, workers: int = 2, queue_max: int = 64) -> None:
+    def __init__(self, workers: int = 2, queue_max: int = 64, niceness: int = 10) -> None:
         self.queue_max = queue_max
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="auth-hash")
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="auth-hash",
+            initializer=_lower_priority,
+            initargs=(niceness,),
+        )
         self._pending = 0
         self.hashed = 0
         self.refused = 0

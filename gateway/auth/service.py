@@ -70,7 +70,9 @@ class AuthService:
         self.config = settings.auth
         self.pool = pool
         self.admitter = admitter
-        self.hasher = Hasher(self.config.hash_workers, self.config.hash_queue_max)
+        self.hasher = Hasher(
+            self.config.hash_workers, self.config.hash_queue_max, self.config.hash_nice
+        )
         self.mailer = mail.Mailer(
             self.config.smtp_url, self.config.smtp_from, self.config.smtp_timeout_s
         )

@@ -7,6 +7,7 @@ received and followed. Refresh runs with no grace (``GATEWAY_AUTH_REFRESH_GRACE_
 
 from __future__ import annotations
 
+import asyncio
 import email
 import json
 import re
@@ -14,6 +15,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +118,9 @@ def cluster(
         "SSL_CERT_FILE": str(cert),
         "GATEWAY_AUTH_REFRESH_GRACE_S": "0",
         "GATEWAY_POOL_MAX": "6",
+        # the throttles key on the client IP as the request log computes it
+        "GATEWAY_TRUSTED_PROXIES": "127.0.0.1/32",
+        "GATEWAY_LOG_FLUSH_MS": "50",
     }
     cluster = GatewayCluster(
         database_url=pg_url, count=3, env=env, log_dir=tmp_path_factory.mktemp("auth-logs")
@@ -127,11 +132,18 @@ def cluster(
         cluster.stop()
 
 
-def _post(url: str, path: str, key: str, body: Any = None, token: str | None = None, **kw: Any):
-    headers = {"x-api-key": key}
+def _post(
+    url: str,
+    path: str,
+    key: str,
+    body: Any = None,
+    token: str | None = None,
+    headers_extra: dict[str, str] | None = None,
+) -> httpx.Response:
+    headers = {"x-api-key": key, **(headers_extra or {})}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    return httpx.post(url + AUTH + path, json=body, headers=headers, timeout=30, **kw)
+    return httpx.post(url + AUTH + path, json=body, headers=headers, timeout=30)
 
 
 def _get_user(url: str, key: str, token: str | None) -> httpx.Response:
@@ -687,3 +699,147 @@ def test_a_select_p95_while_20_sign_ins_hash_stays_within_3x_of_alone(
     print(f"select p95 alone {figures.alone_p95_ms} ms, loaded {figures.loaded_p95_ms} ms")
     assert figures.selects >= 20 and figures.sign_ins_during >= 1, figures
     assert figures.ratio <= 3.0, figures
+
+
+# --- client IP, sign-up throttle, request log -------------------------------------------------
+
+
+def test_throttles_key_on_the_client_ip_the_request_log_uses(
+    cluster: GatewayCluster, make_project: Any, db: psycopg.Connection[Any]
+) -> None:
+    project = make_project()
+    key = project["public_key"]
+
+    def sign_up(i: int, ip: str) -> httpx.Response:
+        url = cluster.urls[i % 3]
+        body = {"email": _email(), "password": "sign-up-pass"}
+        return _post(url, "/sign-up", key, body, headers_extra={"x-forwarded-for": ip})
+
+    statuses = [sign_up(i, "203.0.113.7").status_code for i in range(6)]
+    assert statuses == [200] * 5 + [429]
+    # another client behind the same (trusted) proxy has its own bucket
+    other = sign_up(0, "203.0.113.8, 127.0.0.1")
+    assert other.status_code == 200, other.text
+    session_ips = {
+        str(r["ip"])
+        for r in db.execute(
+            "SELECT ip FROM gateway.auth_sessions WHERE project_id = %s", [project["id"]]
+        ).fetchall()
+    }
+    assert session_ips == {"203.0.113.7", "203.0.113.8"}
+    # every auth request is a request of the project: in the request log, with that IP
+    rows: list[Any] = []
+    for _ in range(100):
+        rows = db.execute(
+            "SELECT path, status_code, error_code, host(client_ip) AS ip FROM gateway.request_log "
+            "WHERE project_id = %s ORDER BY created_at",
+            [project["id"]],
+        ).fetchall()
+        if len(rows) >= 7:
+            break
+        time.sleep(0.05)
+    assert len(rows) == 7
+    assert {r["path"] for r in rows} == {"/auth/sign-up"}
+    assert [r["error_code"] for r in rows].count("RATE_LIMIT") == 1
+    assert {r["ip"] for r in rows} == {"203.0.113.7", "203.0.113.8"}
+
+
+# --- without SMTP: the link in the log; GATEWAY_AUTH_MAGIC_LINK_RETURN_TOKEN; refresh grace ----
+
+
+def test_without_smtp_the_link_is_logged_and_return_token_answers_it(
+    gateway_cluster: Any, make_project: Any, db: psycopg.Connection[Any]
+) -> None:
+    key = make_project()["public_key"]
+    logged = gateway_cluster(1, env={"GATEWAY_AUTH_MAGIC_LINK_URL": "http://localhost:5173/in"})
+    address = _email()
+    asked = _post(logged.urls[0], "/magic-link", key, {"email": address})
+    assert asked.status_code == 200 and "token" not in asked.json()["data"]
+    found = None
+    for _ in range(100):
+        found = re.search(r"http://localhost:5173/in\?token=([A-Za-z0-9_-]+)", logged.output())
+        if found:
+            break
+        time.sleep(0.05)
+    assert found is not None, logged.output()
+    verified = _post(logged.urls[0], "/magic-link/verify", key, {"token": found.group(1)})
+    assert verified.status_code == 200 and verified.json()["data"]["user"]["email"] == address
+
+    dev = gateway_cluster(1, env={"GATEWAY_AUTH_MAGIC_LINK_RETURN_TOKEN": "true"})
+    url = dev.urls[0]
+    data = _post(url, "/magic-link", key, {"email": address}).json()["data"]
+    assert data["token"] and data["expiresAt"] and data["message"]
+    session = _post(url, "/magic-link/verify", key, {"token": data["token"]}).json()["data"]
+    old = session["session"]["token"]
+    # default grace (10 s): right after a refresh the old token still works, briefly
+    new = _post(url, "/refresh", key, token=old).json()["data"]["session"]["token"]
+    assert _get_user(url, key, old).status_code == 200
+    assert _get_user(url, key, new).status_code == 200
+    left = db.execute(
+        "SELECT expires_at - now() AS left FROM gateway.auth_sessions WHERE token_hash = %s",
+        [token_hash(old)],
+    ).fetchone()
+    assert left is not None and left["left"].total_seconds() <= 10
+
+
+# --- cleanup under the maintenance leader -----------------------------------------------------
+
+
+def test_cleanup_deletes_past_windows_spent_links_and_dead_sessions(
+    make_project: Any, pg_url: str, db: psycopg.Connection[Any]
+) -> None:
+    from gateway.auth import store
+
+    project = make_project()
+    pid = project["id"]
+    user = db.execute(
+        "INSERT INTO gateway.auth_users (project_id, email) VALUES (%s, %s) RETURNING id",
+        [pid, _email()],
+    ).fetchone()
+    assert user is not None
+    marker = uuid.uuid4().hex
+    db.execute(
+        "INSERT INTO gateway.auth_throttle (bucket, window_start) VALUES "
+        "(%s, now() - interval '2 hours'), (%s, now())",
+        [f"old:{marker}", f"new:{marker}"],
+    )
+    db.execute(
+        "INSERT INTO gateway.auth_magic_links (project_id, email, token_hash, expires_at) "
+        "VALUES (%s, 'a@b.co', %s, now() - interval '2 hours'), "
+        "(%s, 'a@b.co', %s, now() + interval '5 minutes')",
+        [pid, f"old{marker}", pid, f"new{marker}"],
+    )
+    db.execute(
+        "INSERT INTO gateway.auth_sessions "
+        "(project_id, user_id, token_hash, expires_at, revoked_at) "
+        "VALUES (%s, %s, %s, now() - interval '2 days', NULL), "
+        "(%s, %s, %s, now() + interval '1 day', now() - interval '2 days'), "
+        "(%s, %s, %s, now() + interval '1 day', NULL)",
+        [
+            pid,
+            user["id"],
+            f"a{marker}",
+            pid,
+            user["id"],
+            f"b{marker}",
+            pid,
+            user["id"],
+            f"c{marker}",
+        ],
+    )
+
+    async def run() -> int:
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            return await store.cleanup(conn, 600)
+
+    assert asyncio.run(run()) >= 4
+    left = db.execute(
+        "SELECT (SELECT array_agg(bucket) FROM gateway.auth_throttle "
+        "        WHERE bucket LIKE %s) AS t, "
+        "(SELECT array_agg(token_hash) FROM gateway.auth_magic_links "
+        "  WHERE token_hash LIKE %s) AS l, "
+        "(SELECT array_agg(token_hash) FROM gateway.auth_sessions "
+        "  WHERE token_hash LIKE %s) AS s",
+        [f"%{marker}", f"%{marker}", f"%{marker}"],
+    ).fetchone()
+    assert left == {"t": [f"new:{marker}"], "l": [f"new{marker}"], "s": [f"c{marker}"]}

@@ -470,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(table, "drop", cmd_table_drop, "drop a table and unregister it")
     p.add_argument("project")
     p.add_argument("table")
+
+    # end-user auth: gateway auth users|logout|force-reset|import (gateway/auth/cli.py)
+    from gateway.auth import cli as auth_cli
+
+    auth_cli.register(sub, command, connect=_connect, emit=_emit, parser_class=_Parser)
     return parser
 
 

@@ -30,6 +30,11 @@ ISSUE_KEYS = {
     "invalidation": ["invalidation.p50_ms", "invalidation.p99_ms", "invalidation.max_ms"],
     "hot_project": ["hot_project.single_rps", "hot_project.spread_rps", "hot_project.ratio"],
     "realtime": ["realtime.p50_ms", "realtime.p99_ms", "realtime.write_ratio_with_trigger"],
+    "auth_hashing": [
+        "auth_hashing.alone_p95_ms",
+        "auth_hashing.loaded_p95_ms",
+        "auth_hashing.ratio",
+    ],
 }
 
 

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from gateway.auth.bearer import credentials_from_headers
 from gateway.db.pool import acquire
 from gateway.errors import GatewayError
+from gateway.http import auth_routes
 from gateway.http.responses import JSON, error_response, json_response
 from gateway.ops.metrics import CONTENT_TYPE
 from gateway.query.pipeline import Outcome
@@ -192,4 +193,6 @@ def build_routes() -> list[Route]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        # end-user auth under /v1/inhouse/auth (gateway/http/auth_routes.py)
+        *auth_routes.build_routes(),
     ]

@@ -177,6 +177,8 @@ def test_schema_view_public() -> None:
         "readable": False,
         "writable": False,
         "system": True,
+        "rowAccess": "all",
+        "ownerColumn": None,
     }
     assert tables["writeonly"]["columns"] == [] and tables["writeonly"]["writable"]
     assert not tables["readonly"]["writable"] and tables["readonly"]["readable"]

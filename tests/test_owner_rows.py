@@ -481,3 +481,47 @@ def test_table_create_via_provisioning_installs_policies(pg_url: str, make_proje
         "gateway_rows_delete",
     }
     assert forced == {"relrowsecurity": True, "relforcerowsecurity": True}
+
+
+# --- the admitter itself -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_admitter_resolves_the_session_in_its_statement(
+    pg_url: str, make_project: Any, enabled: bool
+) -> None:
+    """Both admission paths (counters on, and the bench-only key lookup) answer the
+    session's user, or the session's refusal after counting the request."""
+    import asyncio
+
+    from gateway.admission.admitter import Admitter
+    from gateway.auth.tokens import token_hash
+    from gateway.errors import GatewayError
+    from gateway.settings import Settings
+
+    project = make_project(table=NOTES_TABLE)
+    pid = project["id"]
+    user = make_user(pg_url, pid)
+    token = make_session(pg_url, pid, user)
+    adm = Admitter(Settings(database_url=pg_url, admission_enabled=enabled))
+
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            key = project["public_key"]
+            got = await adm.admit(conn, key, 1, session_hash=token_hash(token))
+            assert got.principal.user_id == user and got.principal.is_public
+            plain = await adm.admit(conn, key, 1)
+            assert plain.principal.user_id is None
+            with pytest.raises(GatewayError) as refused:
+                await adm.admit(conn, key, 1, session_hash=token_hash("nope"))
+            assert (refused.value.code, refused.value.status) == ("SESSION_NOT_FOUND", 401)
+            assert adm.stats()["db_session_refused"] == 1
+
+    asyncio.run(scenario())
+    if enabled:
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute(
+                "SELECT window_count FROM gateway.admission_counters WHERE project_id = %s",
+                [pid],
+            ).fetchone()
+        assert row == (3,)  # the refused session was a request too

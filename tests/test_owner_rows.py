@@ -525,3 +525,34 @@ def test_admitter_resolves_the_session_in_its_statement(
                 [pid],
             ).fetchone()
         assert row == (3,)  # the refused session was a request too
+
+
+def test_migration_0008_downgrade_drops_policies_and_upgrades_again(pg_url: str) -> None:
+    from gateway.db import migrate
+
+    name = f"mig_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = pg_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        migrate.upgrade(url)
+        with provisioning.connect(url) as conn:
+            project = provisioning.create_project(conn, "mig-owner")
+            provisioning.create_table(conn, project.id, tabledef.parse_table(NOTES_TABLE))
+        target = f"{project.schema_name}.notes"
+        rls = "SELECT relrowsecurity FROM pg_class WHERE oid = %s::regclass"
+        with psycopg.connect(url) as conn:
+            assert conn.execute(rls, [target]).fetchone() == (True,)
+        migrate.downgrade(url, "0007")
+        with psycopg.connect(url) as conn:
+            assert conn.execute(rls, [target]).fetchone() == (False,)
+            # the capture trigger still works with 0005's function
+            conn.execute(f"INSERT INTO {target} (body) VALUES ('after downgrade')")
+        migrate.upgrade(url)
+        with psycopg.connect(url) as conn:
+            assert conn.execute(
+                "SELECT row_access FROM gateway.table_registry WHERE name = 'notes'"
+            ).fetchone() == ("all",)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

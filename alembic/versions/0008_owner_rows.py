@@ -208,6 +208,28 @@ REVOKE ALL ON FUNCTION gateway.capture_change() FROM PUBLIC;
 """
 
 DOWNGRADE = r"""
+-- owner tables go back to every row for every key: their policies are dropped (the code
+-- before 0008 sets no gateway.* settings, so the policies would hide every row)
+DO $do$
+DECLARE
+    t record;
+    policy text;
+BEGIN
+    FOR t IN SELECT p.schema_name, r.name
+               FROM gateway.table_registry r JOIN gateway.projects p ON p.id = r.project_id
+              WHERE r.row_access <> 'all'
+                AND to_regclass(format('%I.%I', p.schema_name, r.name)) IS NOT NULL
+    LOOP
+        FOREACH policy IN ARRAY ARRAY['gateway_rows_select', 'gateway_rows_insert',
+                                      'gateway_rows_update', 'gateway_rows_delete']
+        LOOP
+            EXECUTE format('DROP POLICY IF EXISTS %I ON %I.%I', policy, t.schema_name, t.name);
+        END LOOP;
+        EXECUTE format('ALTER TABLE %I.%I NO FORCE ROW LEVEL SECURITY', t.schema_name, t.name);
+        EXECUTE format('ALTER TABLE %I.%I DISABLE ROW LEVEL SECURITY', t.schema_name, t.name);
+    END LOOP;
+END
+$do$;
 DROP TABLE IF EXISTS gateway.realtime_tickets;
 DROP FUNCTION IF EXISTS gateway.lookup_key(text, text);
 DROP FUNCTION IF EXISTS gateway.admit(text, integer, integer, boolean, integer, text);

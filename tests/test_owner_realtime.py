@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -201,5 +202,40 @@ def test_owner_streams_and_tickets(pg_url: str, make_project: Any, gateway_clust
             # a ticket needs a key
             r = await client.post(first + BASE + "/realtime/ticket")
             assert (r.status_code, r.json()["error"]["code"]) == (401, "INVALID_API_KEY")
+
+    asyncio.run(scenario())
+
+
+def test_stream_ends_when_the_row_access_changes_under_it(
+    pg_url: str, make_project: Any, gateway_cluster: Any
+) -> None:
+    """A stream opened while every row was visible must not keep carrying every row once
+    the table becomes an owner table: it ends with an error event (the client reconnects
+    under the new rule). Key and session as headers: the non-browser way."""
+    from gateway.control import provisioning
+
+    cluster = gateway_cluster(1)
+    project = make_project(table={**NOTES_TABLE, "row_access": "all"})
+    pid, pk, sk = project["id"], project["public_key"], project["server_key"]
+    alice = make_user(pg_url, pid)
+    session = make_session(pg_url, pid, alice)
+    url = cluster.urls[0]
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=60)) as client:
+            stream = SSEReader(client, url + BASE + "/realtime", {"table": "notes"},
+                               headers(pk, session))  # fmt: skip
+            await asyncio.wait_for(stream.live.wait(), TIMEOUT_S)
+            assert stream.status == 200, stream.body
+            await asyncio.to_thread(_insert, url, sk, None, "anyone's")
+            await stream.wait_for(lambda evs: any(n == "insert" for n, _ in evs))
+            with provisioning.connect(pg_url) as conn:
+                provisioning.set_row_access(conn, pid, "notes", row_access="owner")
+            await asyncio.to_thread(_insert, url, sk, None, "bob's", user_id=str(uuid.uuid4()))
+            await stream.wait_for(lambda evs: any(n == "error" for n, _ in evs))
+            assert [r.get("body") for _, r in stream.rows()] == ["anyone's"]
+            error = next(d for n, d in stream.events if n == "error")
+            assert error["code"] == "ROW_ACCESS_CHANGED"
+            await stream.close()
 
     asyncio.run(scenario())

@@ -559,7 +559,11 @@ def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Co
             if owner_set and not _same_user(val, b.owner or ""):
                 # a public key can't hand its rows to another user
                 raise perm.owner_mismatch(b.table, f)
-            column = perm.require_writable(b.table, name, b.principal, f)
+            # setting it to the session's own user is a no-op (a client may send a whole
+            # row back), whatever the column's client-write flag says
+            column = b.table.column(name) if owner_set else None
+            if column is None:
+                column = perm.require_writable(b.table, name, b.principal, f)
             sets.append(sql.SQL("{} = {}").format(sql.Identifier(name), b.value(column, val, f)))
         set_clause = sql.SQL(", ").join(sets)
     b.params = outer

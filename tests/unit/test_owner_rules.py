@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.auth.bearer import credentials_from_headers
@@ -47,10 +47,13 @@ OPERATIONS = {
                "filters": [{"column": "id", "op": "eq", "value": 1}]},
     "hand_over": {"operation": "update", "set": {"user_id": OTHER},
                   "filters": [{"column": "id", "op": "eq", "value": 1}]},
+    "keep_owner": {"operation": "update", "set": {"body": "y", "user_id": ME},
+                   "filters": [{"column": "id", "op": "eq", "value": 1}]},
     "delete": {"operation": "delete", "filters": [{"column": "id", "op": "eq", "value": 1}]},
 }  # fmt: skip
 
 
+@settings(max_examples=400)  # 3 x 2 x 3 x 9 combinations: all of them, in practice
 @given(
     key_type=st.sampled_from(["public", "server", "admin"]),
     session=st.booleans(),
@@ -71,7 +74,7 @@ def test_owner_rules(key_type: str, session: bool, row_access: str, operation: s
     elif (
         key_type == "public"
         and row_access == "all"
-        and operation in ("insert_mine", "insert_other", "hand_over")
+        and operation in ("insert_mine", "insert_other", "hand_over", "keep_owner")
     ):
         expected = "COLUMN_NOT_WRITABLE"  # user_id is client_write=false, no owner rule
     try:

@@ -27,6 +27,7 @@ from bench import framework as fw
 
 SCENARIOS = ["limiter", "round_trips", "throughput", "invalidation", "hot_project", "realtime"]
 SCENARIOS += ["auth_hashing"]  # end-user auth: hashing stays off the event loop
+SCENARIOS += ["owner_rows"]  # sessions + owner rules on a select (#17, data routes)
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:

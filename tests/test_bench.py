@@ -35,6 +35,7 @@ ISSUE_KEYS = {
         "auth_hashing.loaded_p95_ms",
         "auth_hashing.ratio",
     ],
+    "owner_rows": ["owner_rows.plain_p50_ms", "owner_rows.session_p50_ms", "owner_rows.ratio"],
 }
 
 

@@ -521,7 +521,7 @@ def test_tokens_and_passwords_are_never_stored_or_logged_in_clear(
     a, b, c = cluster.urls
     address = _email()
     password = f"pw-{uuid.uuid4().hex}"
-    secrets_seen = [password]
+    secrets_seen = [password, SMTP_PASSWORD]
     up = _post(a, "/sign-up", key, {"email": address, "password": password}).json()["data"]
     secrets_seen.append(up["session"]["token"])
     wrong = f"wrong-{uuid.uuid4().hex}"
@@ -547,6 +547,7 @@ def test_tokens_and_passwords_are_never_stored_or_logged_in_clear(
     for secret in secrets_seen:
         assert secret not in stored
         assert secret not in logs
+    assert "Traceback" not in logs
     row = db.execute(
         "SELECT password_hash FROM gateway.auth_users WHERE email = %s", [address]
     ).fetchone()
@@ -843,3 +844,69 @@ def test_cleanup_deletes_past_windows_spent_links_and_dead_sessions(
         [f"%{marker}", f"%{marker}", f"%{marker}"],
     ).fetchone()
     assert left == {"t": [f"new:{marker}"], "l": [f"new{marker}"], "s": [f"c{marker}"]}
+
+
+# --- races between instances -------------------------------------------------------------------
+
+
+def test_a_link_verified_on_three_instances_at_once_signs_in_exactly_once(
+    cluster: GatewayCluster, make_project: Any, smtp: tuple[Inbox, int, Path]
+) -> None:
+    inbox, _, _ = smtp
+    key = make_project()["public_key"]
+    address = _email()
+    assert _post(cluster.urls[0], "/magic-link", key, {"email": address}).status_code == 200
+    found = re.search(
+        r"token=([A-Za-z0-9_-]+)", inbox.wait_for(address).get_payload(decode=True).decode()
+    )
+    assert found is not None
+    token = found.group(1)
+    with ThreadPoolExecutor(9) as pool:
+        answers = list(
+            pool.map(
+                lambda i: _post(cluster.urls[i % 3], "/magic-link/verify", key, {"token": token}),
+                range(9),
+            )
+        )
+    assert sorted(r.status_code for r in answers) == [200] + [401] * 8
+    assert {_error(r) for r in answers if r.status_code == 401} == {"MAGIC_LINK_INVALID"}
+
+
+def test_one_email_signed_up_on_three_instances_at_once_exists_once(
+    cluster: GatewayCluster, make_project: Any, db: psycopg.Connection[Any]
+) -> None:
+    project = make_project()
+    address = _email()
+
+    def sign_up(i: int) -> httpx.Response:
+        # different client IPs: the sign-up throttle (5 per project and IP) stays out of it
+        return _post(
+            cluster.urls[i % 3],
+            "/sign-up",
+            project["public_key"],
+            {"email": address, "password": f"password-{i}"},
+            headers_extra={"x-forwarded-for": f"198.51.100.{i + 1}"},
+        )
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(sign_up, range(6)))
+    assert sorted(r.status_code for r in answers) == [200] + [409] * 5
+    assert {_error(r) for r in answers if r.status_code == 409} == {"EMAIL_IN_USE"}
+    count = db.execute(
+        "SELECT count(*) AS n FROM gateway.auth_users WHERE project_id = %s", [project["id"]]
+    ).fetchone()
+    assert count == {"n": 1}
+
+
+def test_auth_requests_count_against_the_project_rate_limit(
+    cluster: GatewayCluster, make_project: Any
+) -> None:
+    key = make_project(rate_limit_per_minute=3)["public_key"]
+    answers = [
+        _post(cluster.urls[i % 3], "/sign-in", key, {"email": _email(), "password": "whatever1"})
+        for i in range(4)
+    ]
+    assert [r.status_code for r in answers] == [401, 401, 401, 429]
+    assert _error(answers[3]) == "RATE_LIMIT_EXCEEDED"
+    assert answers[3].headers["cache-control"] == "no-store"
+    assert int(answers[3].headers["retry-after"]) >= 1

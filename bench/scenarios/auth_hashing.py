@@ -133,7 +133,7 @@ def measure(
 def run(bench: Bench) -> ScenarioResult:
     fw.require_query_api()
     project = bench.make_project(rows=100)
-    with bench.connect(autocommit=True) as conn:
+    with bench.connect() as conn:
         emails = make_users(conn, project["id"], SIGN_INS * USERS_PER_CLIENT)
     cluster = bench.start_cluster(1, name="authhash")
     try:

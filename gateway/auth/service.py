@@ -100,6 +100,11 @@ class AuthService:
         except psycopg.OperationalError as exc:
             log.warning("database unavailable: %s", type(exc).__name__)
             self._refused(out, service_unavailable())
+        except Exception:
+            # a bug, not the caller's fault: logged with its traceback (statements carry
+            # only hashes, never a token or a password), answered in the auth envelope
+            log.exception("auth %s failed", action)
+            self._refused(out, GatewayError("INTERNAL_ERROR", "internal error", status=500))
         out.headers.update(rules.NO_STORE)
         return out
 

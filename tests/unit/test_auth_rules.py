@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.auth import passwords, rules
 from gateway.auth.rules import AuthError
@@ -77,3 +82,36 @@ def test_envelope_and_throttle_buckets() -> None:
     bucket = rules.throttle_bucket("sign_in", "p", "ann@example.com", "10.0.0.1")
     assert bucket.startswith("sign_in:") and "ann" not in bucket
     assert bucket != rules.throttle_bucket("sign_in", "p", "ann@example.com", "10.0.0.2")
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "email": JSON | st.emails() | st.text(max_size=400),
+        "password": JSON | st.text(min_size=0, max_size=1100),
+        "metadata": JSON,
+        "token": JSON | st.text(max_size=200),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=FIELDS | JSON, raw=st.booleans(), junk=st.binary(max_size=40))
+def test_any_body_is_accepted_or_refused_with_a_4xx_code(body: Any, raw: bool, junk: bytes) -> None:
+    payload = junk if raw else orjson.dumps(body)
+    for parse in (rules.sign_up_body, rules.sign_in_body, rules.magic_link_body, rules.verify_body):
+        try:
+            parse(payload)
+        except AuthError as error:
+            assert 400 <= error.status < 500 and error.code in rules.STATUS_BY_CODE

@@ -23,6 +23,7 @@ from gateway.control import provisioning, tabledef
 from tests.cli import assert_refused, cli_json, run_cli
 from tests.harness import GatewayCluster
 from tests.owner_rows import NOTES_TABLE, headers, make_session, make_user, revoke_sessions
+from tests.pgbouncer import pgbouncer  # noqa: F401 (fixture)
 
 BASE = "/v1/inhouse/db"
 
@@ -569,3 +570,32 @@ def test_migration_0008_downgrade_drops_policies_and_upgrades_again(pg_url: str)
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_sessions_and_row_policies_through_pgbouncer(
+    pg_url: str, make_project: Any, gateway_cluster: Any, request: pytest.FixtureRequest
+) -> None:
+    """Transaction pooling: the 6-argument admission runs unprepared, and the row
+    policies' settings are transaction-local, so no user leaks into another's statement
+    on a shared server connection."""
+    bouncer = request.getfixturevalue("pgbouncer")
+    cluster = gateway_cluster(
+        1,
+        env={"DATABASE_URL": bouncer.url, "GATEWAY_DB_POOLER": "transaction"},
+        direct_url=pg_url,
+    )
+    project = owner_project(make_project)
+    pid = project["id"]
+    callers = []
+    with httpx.Client(base_url=cluster.urls[0] + BASE, timeout=30) as client:
+        for i in range(3):
+            uid = make_user(pg_url, pid)
+            caller = Caller(client, project["public_key"], make_session(pg_url, pid, uid))
+            caller.ok(operation="insert", table="notes", data=[{"body": f"u{i}"}] * (i + 1))
+            callers.append((uid, caller))
+        for _ in range(3):
+            for i, (uid, caller) in enumerate(callers):
+                rows = caller.notes()
+                assert len(rows) == i + 1 and {r["user_id"] for r in rows} == {uid}
+        anonymous = Caller(client, project["public_key"])
+        anonymous.error(401, "SESSION_REQUIRED", operation="select", table="notes")

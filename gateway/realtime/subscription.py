@@ -76,7 +76,9 @@ class Subscription:
 
     # called by the hub, synchronously, during dispatch
     def matches(self, change: Change) -> bool:
-        if self.owner is not None and change.owner != self.owner:
+        # owner tables: only this subscriber's rows (a table-wide change such as a
+        # truncate, which has no owner and no row, concerns every subscriber)
+        if self.owner is not None and change.owner != self.owner and change.op != "truncate":
             return False
         if change.row is None:
             partial = getattr(self.predicate, "partial", None)

@@ -923,3 +923,36 @@ def test_auth_requests_count_against_the_project_rate_limit(
     assert _error(answers[3]) == "RATE_LIMIT_EXCEEDED"
     assert answers[3].headers["cache-control"] == "no-store"
     assert int(answers[3].headers["retry-after"]) >= 1
+
+
+def test_smtp_without_starttls_is_refused_and_the_request_still_answers(
+    gateway_cluster: Any, make_project: Any
+) -> None:
+    """``smtp://`` requires STARTTLS: against a server that doesn't offer it nothing is
+    sent (no credentials in clear); the failure is logged without the link and the
+    request answers 200, as in the original (the user asks again)."""
+    pytest.importorskip("aiosmtpd", reason="aiosmtpd (dev dependency) is needed for mail tests")
+    from aiosmtpd.controller import Controller
+
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        key = make_project()["public_key"]
+        env = {"GATEWAY_SMTP_URL": f"smtp://{SMTP_USER}:{SMTP_PASSWORD}@127.0.0.1:{port}"}
+        one = gateway_cluster(1, env=env)
+        address = _email()
+        asked = _post(one.urls[0], "/magic-link", key, {"email": address})
+        assert asked.status_code == 200, asked.text
+        logs = ""
+        for _ in range(100):
+            logs = one.output()
+            if "magic link mail to" in logs:
+                break
+            time.sleep(0.05)
+        assert f"magic link mail to {address} failed" in logs
+        assert inbox.messages == []
+        assert "token=" not in logs and SMTP_PASSWORD not in logs
+    finally:
+        controller.stop()

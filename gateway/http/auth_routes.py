@@ -152,10 +152,9 @@ async def auth_endpoint(request: Request) -> Response:
 
 
 def build_routes() -> list[Route]:
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    # every path under the base answers in the auth envelope with no-store, even a 404
     return [
-        Route(
-            AUTH_BASE + "/{path:path}",
-            auth_endpoint,
-            methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        )
+        Route(AUTH_BASE, auth_endpoint, methods=methods),
+        Route(AUTH_BASE + "/{path:path}", auth_endpoint, methods=methods),
     ]

@@ -115,3 +115,23 @@ def test_any_body_is_accepted_or_refused_with_a_4xx_code(body: Any, raw: bool, j
             parse(payload)
         except AuthError as error:
             assert 400 <= error.status < 500 and error.code in rules.STATUS_BY_CODE
+
+
+def test_the_hash_queue_is_bounded_with_a_503() -> None:
+    import asyncio
+
+    from gateway.errors import GatewayError
+
+    async def scenario() -> list[Any]:
+        hasher = passwords.Hasher(workers=1, queue_max=2)
+        try:
+            return await asyncio.gather(
+                *(hasher.verify(None, "a password") for _ in range(3)), return_exceptions=True
+            )
+        finally:
+            hasher.close()
+
+    results = asyncio.run(scenario())
+    refused = [r for r in results if isinstance(r, GatewayError)]
+    assert len(refused) == 1 and refused[0].status == 503
+    assert sum(isinstance(r, passwords.Verdict) and not r.ok for r in results) == 2

@@ -357,6 +357,24 @@ def cmd_table_add_column(args: argparse.Namespace) -> None:
 def cmd_table_set_access(args: argparse.Namespace) -> None:
     from gateway.control import provisioning
 
+    rows = args.row_access is not None or args.owner_column is not None
+    flags_given = (args.client_read, args.client_write, args.sensitive) != (None, None, None)
+    if rows:
+        # rows that belong to users (docs/auth.md)
+        if args.column is not None:
+            raise UsageError("--row-access and --owner-column are table settings: no --column")
+        with _connect() as conn:
+            result = provisioning.set_row_access(
+                conn,
+                args.project,
+                args.table,
+                row_access=args.row_access,
+                owner_column=args.owner_column,
+            )
+        if not flags_given:
+            message = f"{args.table}: row_access={result['row_access']}"
+            _emit(args, result, message + f", owner_column={result['owner_column']}")
+            return
     with _connect() as conn:
         result = provisioning.set_access(
             conn,
@@ -526,10 +544,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-read", type=_bool, metavar="true|false")
     p.add_argument("--client-write", type=_bool, metavar="true|false")
     p.add_argument("--sensitive", type=_bool, metavar="true|false", help="needs --column")
+    p.add_argument(
+        "--row-access",
+        choices=("all", "owner", "public_read"),
+        help="what public keys may do with rows: all, only their session user's (owner), "
+        "or read all and write their own (public_read)",
+    )
+    p.add_argument("--owner-column", help="the uuid column holding a row's user id")
 
     p = command(table, "drop", cmd_table_drop, "drop a table and unregister it")
     p.add_argument("project")
     p.add_argument("table")
+
+    # end-user auth: gateway auth users|logout|force-reset|import (gateway/auth/cli.py)
+    from gateway.auth import cli as auth_cli
+
+    auth_cli.register(sub, command, connect=_connect, emit=_emit, parser_class=_Parser)
     return parser
 
 

@@ -54,6 +54,9 @@ logger = logging.getLogger("gateway.admission")
 
 ADMIT_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s)"
 LOOKUP_SQL = "SELECT * FROM gateway.lookup_key(%s)"
+# With a session (migration 0008): the same admission, then the session, in ONE statement.
+ADMIT_SESSION_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s, %s)"
+LOOKUP_SESSION_SQL = "SELECT * FROM gateway.lookup_key(%s, %s)"
 
 # After a timeout the cancelled call gets this long to finish before its connection is
 # closed (psycopg would otherwise wait up to 5 s + 5 s for an unreachable server).
@@ -64,6 +67,11 @@ _KEY_ERRORS = {
     "revoked": ("REVOKED_API_KEY", "API key has been revoked"),
     "expired": ("EXPIRED_API_KEY", "API key has expired"),
     "suspended": ("PROJECT_SUSPENDED", "Project is suspended"),
+}
+# the auth routes' codes (docs/auth.md, "Sessions on the data routes")
+_SESSION_ERRORS = {
+    "session_not_found": ("SESSION_NOT_FOUND", "Session not found or signed out"),
+    "session_expired": ("SESSION_EXPIRED", "Session has expired"),
 }
 
 
@@ -102,6 +110,7 @@ class Admitter:
             "db_rate_limited": 0,
             "db_quota_exceeded": 0,
             "db_key_refused": 0,
+            "db_session_refused": 0,
             "unavailable": 0,
         }
 
@@ -156,10 +165,14 @@ class Admitter:
         cost: int = 1,
         *,
         key_hash: str | None = None,
+        session_hash: str | None = None,
     ) -> Admission:
         """Decide a request of ``cost`` units (a batch of N queries costs N).
 
         ``key_hash``: the caller already ran ``check_local`` for this request.
+        ``session_hash``: the SHA-256 of the request's session token; the session is
+        resolved in the same statement (never cached here) and its user id lands in
+        ``Admission.principal.user_id``.
         """
         if key_hash is None:
             key_hash = self.check_local(key)
@@ -170,15 +183,24 @@ class Admitter:
             # leak into a caller's transaction)
             raise RuntimeError("admission needs an autocommit connection")
         if not self.enabled:
-            row = await self._call(conn, LOOKUP_SQL, (key_hash,))
+            if session_hash is None:
+                row = await self._call(conn, LOOKUP_SQL, (key_hash,))
+            else:
+                row = await self._call(conn, LOOKUP_SESSION_SQL, (key_hash, session_hash))
             return self._key_only(row)
         sent_at = self.clock()
+        params: tuple[Any, ...] = (
+            key_hash,
+            cost,
+            self.window_s,
+            self.sliding,
+            self.lock_timeout_ms,
+        )
         try:
-            row = await self._call(
-                conn,
-                ADMIT_SQL,
-                (key_hash, cost, self.window_s, self.sliding, self.lock_timeout_ms),
-            )
+            if session_hash is None:
+                row = await self._call(conn, ADMIT_SQL, params)
+            else:
+                row = await self._call(conn, ADMIT_SESSION_SQL, (*params, session_hash))
         except BaseException:
             self.local.probe_failed(key_hash)  # the next request probes again
             raise
@@ -236,6 +258,10 @@ class Admitter:
 
     def _key_only(self, row: tuple[Any, ...]) -> Admission:
         outcome = row[0]
+        if outcome in _SESSION_ERRORS:
+            self._stats["db_session_refused"] += 1
+            code, message = _SESSION_ERRORS[outcome]
+            raise _tag_project(GatewayError(code, message, status=401), str(row[1]), str(row[3]))
         if outcome != "admitted":
             self._stats["db_key_refused"] += 1
             code, message = _KEY_ERRORS[outcome]
@@ -244,7 +270,7 @@ class Admitter:
             project_id=str(row[1]),
             schema_name=row[2],
             key_id=str(row[3]),
-            principal=Principal(row[4], frozenset(row[5] or ())),
+            principal=_principal(row[4], row[5], row[15]),
         )
 
     def _decide(self, row: tuple[Any, ...], key_hash: str, sent_at: float) -> Admission:
@@ -264,7 +290,8 @@ class Admitter:
             quota_used,
             quota_limit,
             day_reset_in,
-        ) = row
+            user_id,
+        ) = row[:16]
         self._stats["db_decisions"] += 1
         full = (outcome == "rate_limited" and remaining == 0) or (
             outcome == "quota_exceeded" and quota_used >= quota_limit
@@ -279,13 +306,20 @@ class Admitter:
         project_id = str(project_id)
         reset_epoch = math.ceil(reset_at)
         t = seconds_up(reset_in)
+        if outcome in _SESSION_ERRORS:
+            # admitted (and counted), then refused for its session
+            self._stats["db_session_refused"] += 1
+            code, message = _SESSION_ERRORS[outcome]
+            headers = rate_limit_headers(rate_limit, remaining, reset_epoch, t, window_s)
+            error = GatewayError(code, message, status=401, headers=headers)
+            raise _tag_project(error, project_id, str(key_id))
         if outcome == "admitted":
             self._stats["db_admitted"] += 1
             return Admission(
                 project_id=project_id,
                 schema_name=schema_name,
                 key_id=str(key_id),
-                principal=Principal(key_type, frozenset(scopes or ())),
+                principal=_principal(key_type, scopes, user_id),
                 rate_limit=rate_limit,
                 rate_remaining=remaining,
                 rate_reset_epoch=reset_epoch,
@@ -348,6 +382,20 @@ class Admitter:
                 "quota_exceeded",
             )
         raise RuntimeError(f"unknown admission outcome {outcome!r}")
+
+
+def _principal(key_type: Any, scopes: Any, user_id: Any) -> Principal:
+    return Principal(
+        key_type, frozenset(scopes or ()), str(user_id) if user_id is not None else None
+    )
+
+
+def _tag_project(error: GatewayError, project_id: str, key_id: str) -> GatewayError:
+    """A session refusal: the request was admitted and counted (the metrics say so), but
+    it is still the project's request for the request log."""
+    error.project_id = project_id  # type: ignore[attr-defined]
+    error.key_id = key_id  # type: ignore[attr-defined]
+    return error
 
 
 def _swallow(task: asyncio.Future[Any]) -> None:

@@ -20,7 +20,16 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from gateway.auth import keys as auth
-from gateway.control.tabledef import ColumnDef, TableDef, check_name, column_ddl, create_table_ddl
+from gateway.control.rowpolicy import apply_row_policies
+from gateway.control.tabledef import (
+    ColumnDef,
+    DefinitionError,
+    TableDef,
+    check_name,
+    check_row_access,
+    column_ddl,
+    create_table_ddl,
+)
 from gateway.db.models import KEY_STATUSES, TIERS
 
 PROJECT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -319,11 +328,20 @@ def register_table(conn: psycopg.Connection[Any], project_id: str, table: TableD
     row = conn.execute(
         """
         INSERT INTO gateway.table_registry
-            (project_id, name, allow_client_read, allow_client_write, realtime)
-        VALUES (%s, %s, %s, %s, %s)
+            (project_id, name, allow_client_read, allow_client_write, realtime,
+             owner_column, row_access)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
         RETURNING id
         """,
-        [project_id, table.name, table.client_read, table.client_write, table.realtime],
+        [
+            project_id,
+            table.name,
+            table.client_read,
+            table.client_write,
+            table.realtime,
+            table.owner_column,
+            table.row_access,
+        ],
     ).fetchone()
     assert row is not None
     with conn.cursor() as cur:
@@ -367,22 +385,34 @@ def install_table_hooks(conn: psycopg.Connection[Any], project: Project, table: 
     check_name(table.name, "table name")
     if table.realtime:
         primary_key = [c.name for c in table.columns if c.primary_key]
-        _create_capture_trigger(conn, project, table.name, primary_key)
+        _create_capture_trigger(conn, project, table.name, primary_key, table.owner_column)
+    if table.row_access != "all":
+        apply_row_policies(
+            conn, project.schema_name, table.name, table.owner_column, table.row_access
+        )
 
 
 def _create_capture_trigger(
-    conn: psycopg.Connection[Any], project: Project, table: str, primary_key: list[str]
+    conn: psycopg.Connection[Any],
+    project: Project,
+    table: str,
+    primary_key: list[str],
+    owner_column: str | None = None,
 ) -> None:
     """AFTER INSERT/UPDATE/DELETE FOR EACH ROW → ``gateway.capture_change(project, pk...)``,
     and AFTER TRUNCATE FOR EACH STATEMENT → ``gateway.capture_change(project)`` (one
     ``truncate`` change per truncated table).
 
-    Identifiers are checked names from the registry; the arguments are literals.
+    Identifiers are checked names from the registry; the arguments are literals. An
+    owner column is passed as ``'owner:<column>'`` so each change carries its row's
+    owner (streams of owner tables carry only their subscriber's rows).
     """
     check_name(table, "table name")
     if not primary_key:
         raise ProvisioningError(f"table {table!r} has no primary key: realtime needs one")
     args = [sql.Literal(project.id)] + [sql.Literal(check_name(c, "column")) for c in primary_key]
+    if owner_column is not None:
+        args.append(sql.Literal("owner:" + check_name(owner_column, "owner column")))
     conn.execute(
         sql.SQL(
             "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {}.{} "
@@ -430,7 +460,7 @@ def set_realtime(
         project = find_project(conn, ref)
         row = conn.execute(
             """
-            SELECT id, name FROM gateway.table_registry
+            SELECT id, name, owner_column FROM gateway.table_registry
              WHERE project_id = %s AND name = %s
                FOR UPDATE
             """,
@@ -450,7 +480,7 @@ def set_realtime(
         ]
         _drop_capture_trigger(conn, project, row["name"])
         if enabled:
-            _create_capture_trigger(conn, project, row["name"], primary_key)
+            _create_capture_trigger(conn, project, row["name"], primary_key, row["owner_column"])
         conn.execute(
             "UPDATE gateway.table_registry SET realtime = %s WHERE id = %s", [enabled, row["id"]]
         )
@@ -885,3 +915,55 @@ def add_column_from_definition(
 
     check_name(table, "table name")
     return add_column(conn, ref, table, parse_column(definition, "column"))
+
+
+def set_row_access(
+    conn: psycopg.Connection[Any],
+    ref: str,
+    table: str,
+    *,
+    row_access: str | None = None,
+    owner_column: str | None = None,
+) -> dict[str, Any]:
+    """``gateway table set-access … --row-access owner --owner-column user_id``.
+
+    One transaction: the registry row, the table's row-level security policies (as the
+    project role) and, for a realtime table, its capture trigger (which stamps each
+    change with the owner). The registry change reaches every instance's metadata cache
+    through the registry triggers' NOTIFY.
+    """
+    if row_access is None and owner_column is None:
+        raise ProvisioningError("nothing to change: give --row-access or --owner-column")
+    with conn.transaction():
+        project = find_project(conn, ref)
+        registered = _registered_table(conn, project, table)
+        columns = conn.execute(
+            """
+            SELECT name, data_type, is_primary_key FROM gateway.column_registry
+             WHERE table_id = %s ORDER BY ordinal
+            """,
+            [registered["id"]],
+        ).fetchall()
+        new_owner = owner_column if owner_column is not None else registered["owner_column"]
+        new_access = row_access if row_access is not None else registered["row_access"]
+        try:
+            new_owner, new_access = check_row_access(
+                new_owner, new_access, {c["name"]: c["data_type"] for c in columns}
+            )
+        except DefinitionError as exc:
+            raise ProvisioningError(str(exc)) from None
+        conn.execute(
+            "UPDATE gateway.table_registry SET owner_column = %s, row_access = %s WHERE id = %s",
+            [new_owner, new_access, registered["id"]],
+        )
+        apply_row_policies(conn, project.schema_name, table, new_owner, new_access)
+        if registered["realtime"] and new_owner != registered["owner_column"]:
+            _drop_capture_trigger(conn, project, table)
+            primary_key = [c["name"] for c in columns if c["is_primary_key"]]
+            _create_capture_trigger(conn, project, table, primary_key, new_owner)
+    return {
+        "project_id": project.id,
+        "table": table,
+        "owner_column": new_owner,
+        "row_access": new_access,
+    }

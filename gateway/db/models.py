@@ -25,13 +25,14 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, INET, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
 
 SCHEMA = "gateway"
 TIERS = ("free", "starter", "growth", "scale", "enterprise")
 PROJECT_STATUSES = ("active", "suspended")
 KEY_TYPES = ("public", "server", "admin")
 KEY_STATUSES = ("active", "revoked")
+ROW_ACCESS = ("all", "owner", "public_read")  # table_registry.row_access (0008)
 
 metadata = MetaData(schema=SCHEMA)
 
@@ -106,7 +107,15 @@ table_registry = Table(
     Column("allow_client_write", Boolean, nullable=False, server_default=text("true")),
     Column("realtime", Boolean, nullable=False, server_default=text("false")),
     _now(),
+    # rows that belong to users (migration 0008, docs/auth.md)
+    Column("owner_column", Text),
+    Column("row_access", Text, nullable=False, server_default=text("'all'")),
     UniqueConstraint("project_id", "name", name="table_registry_project_name_key"),
+    CheckConstraint(_in("row_access", ROW_ACCESS), name="table_registry_row_access_check"),
+    CheckConstraint(
+        "row_access = 'all' OR owner_column IS NOT NULL",
+        name="table_registry_owner_column_check",
+    ),
 )
 
 column_registry = Table(
@@ -166,4 +175,81 @@ admin_nonces = Table(
     Column("nonce", Text, primary_key=True),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Index("admin_nonces_expires_at_idx", "expires_at"),
+)
+
+# --- end-user auth (alembic/versions/0008_auth.py, docs/auth.md) ---------------------------
+# Tokens are stored only as the lower-case hex SHA-256 of the token string (token_hash).
+auth_users = Table(
+    "auth_users",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("email", Text, nullable=False),
+    Column("password_hash", Text),
+    Column("email_verified", Boolean, nullable=False, server_default=text("false")),
+    Column("provider", Text, nullable=False, server_default="email"),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'")),
+    _now(),
+    Column("last_sign_in", DateTime(timezone=True)),
+    Column("password_reset_required", Boolean, nullable=False, server_default=text("false")),
+    UniqueConstraint("project_id", "email", name="auth_users_project_id_email_key"),
+)
+
+auth_sessions = Table(
+    "auth_sessions",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.auth_users.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("token_hash", Text, nullable=False, unique=True),
+    _now(),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("ip", INET),
+    Column("user_agent", Text),
+    Index("auth_sessions_user_id_idx", "user_id"),
+    Index("auth_sessions_expires_at_idx", "expires_at"),
+)
+
+auth_magic_links = Table(
+    "auth_magic_links",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("email", Text, nullable=False),
+    Column("token_hash", Text, nullable=False, unique=True),
+    _now(),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),
+    Index("auth_magic_links_expires_at_idx", "expires_at"),
+)
+
+auth_throttle = Table(
+    "auth_throttle",
+    metadata,
+    Column("bucket", Text, primary_key=True),
+    Column("window_start", DateTime(timezone=True), primary_key=True),
+    Column("count", Integer, nullable=False, server_default="1"),
+    Index("auth_throttle_window_start_idx", "window_start"),
 )

@@ -205,6 +205,8 @@ class Observability:
                 method, path, table = "SCHEMA", "/db/schema", None
             elif kind == "realtime":  # opening a stream (its lifetime is not a request)
                 method, path, table = "REALTIME", "/db/realtime", outcome.table
+            elif kind == "ticket":  # a stream's single-use ticket
+                method, path, table = "TICKET", "/db/realtime/ticket", None
             else:
                 table = outcome.table
                 method = outcome.operation or "QUERY"

@@ -280,7 +280,7 @@ class AuthSettings:
     magic_link_ttl_s: int = 15 * 60
     magic_link_return_token: bool = False
     magic_link_url: str = "http://localhost:3000/auth/magic-link"
-    smtp_url: str = ""
+    smtp_url: str = field(default="", repr=False)  # may carry the SMTP password
     smtp_from: str = "no-reply@localhost"
     smtp_timeout_s: float = 10.0
     throttle_window_s: int = 600

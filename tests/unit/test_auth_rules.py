@@ -135,3 +135,13 @@ def test_the_hash_queue_is_bounded_with_a_503() -> None:
     refused = [r for r in results if isinstance(r, GatewayError)]
     assert len(refused) == 1 and refused[0].status == 503
     assert sum(isinstance(r, passwords.Verdict) and not r.ok for r in results) == 2
+
+
+def test_the_smtp_password_never_appears_in_the_settings_repr() -> None:
+    from gateway.settings import Settings, SettingsError
+
+    settings = Settings.from_env({"GATEWAY_SMTP_URL": "smtp://mailer:hunter2-secret@mx:587"})
+    assert settings.auth.smtp_url.endswith("@mx:587")
+    assert "hunter2-secret" not in repr(settings)
+    with pytest.raises(SettingsError, match="GATEWAY_SMTP_URL"):
+        Settings.from_env({"GATEWAY_SMTP_URL": "http://mx"})

@@ -82,6 +82,10 @@ class Settings:
     realtime_send_timeout_s: float = 10.0
     realtime_revalidate_s: float = 30.0
 
+    # quotas (plans, bandwidth, database size: gateway/quotas, docs/quotas.md)
+    bandwidth_flush_ms: int = 1000
+    db_size_sample_s: float = 60.0
+
     @property
     def direct_url(self) -> str:
         """LISTEN, migrations and session locks never go through a transaction pooler."""
@@ -144,6 +148,9 @@ class Settings:
             realtime_heartbeat_s=r.float("GATEWAY_REALTIME_HEARTBEAT_S", 15.0, minimum=0.05),
             realtime_send_timeout_s=r.float("GATEWAY_REALTIME_SEND_TIMEOUT_S", 10.0, minimum=0.05),
             realtime_revalidate_s=r.float("GATEWAY_REALTIME_REVALIDATE_S", 30.0, minimum=0.05),
+            # quotas
+            bandwidth_flush_ms=r.int("GATEWAY_BANDWIDTH_FLUSH_MS", 1000, minimum=10),
+            db_size_sample_s=r.float("GATEWAY_DB_SIZE_SAMPLE_S", 60.0, minimum=0.1),
         )
         if settings.pool_max is not None and settings.pool_min > settings.pool_max:
             raise SettingsError(

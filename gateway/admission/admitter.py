@@ -40,11 +40,12 @@ from gateway.admission.headers import rate_limit_headers
 from gateway.auth.keys import hash_key
 from gateway.errors import GatewayError, service_unavailable
 from gateway.metadata.catalog import Principal
+from gateway.quotas.plans import violations_for
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.admission")
 
-ADMIT_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s)"
+ADMIT_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s, %s)"
 LOOKUP_SQL = "SELECT * FROM gateway.lookup_key(%s)"
 
 # While no invalidation channel (LISTEN/NOTIFY) is live, a local deny is re-checked with
@@ -78,7 +79,9 @@ class _LocalDeny:
     rate_reset_mono: float
     rate_reset_epoch: int
     window_s: int
-    quota: tuple[int, int] | None = None  # (used, limit) when the daily quota is the reason
+    # the violations when a quota is the reason (daily requests used up and/or the month's
+    # bandwidth): both only grow until their reset, so they hold until then
+    violations: list[dict[str, Any]] | None = None
     probe_at: float | None = None  # monotonic: a probe request is asking the database
 
 
@@ -110,6 +113,8 @@ class Admitter:
         # the usual timeout is a clean error (connection reusable), not a cancellation
         self.lock_timeout_ms = max(1, int(settings.admission_timeout_ms * 0.8))
         self.prepare = settings.db_pooler != "transaction"
+        # a refusal for the database size can lift at the next sample (Retry-After)
+        self.db_size_sample_s = float(settings.db_size_sample_s)
         self._denies: dict[str, _LocalDeny] = {}
         self._denied_keys_by_project: dict[str, set[str]] = {}
         self._stats: dict[str, int] = {
@@ -173,10 +178,13 @@ class Admitter:
         cost: int = 1,
         *,
         key_hash: str | None = None,
+        grows: bool = False,
     ) -> Admission:
         """Decide a request of ``cost`` units (a batch of N queries costs N).
 
         ``key_hash``: the caller already ran ``check_local`` for this request.
+        ``grows``: the request inserts or updates (refused while the project is over its
+        database size; see gateway/quotas).
         """
         if key_hash is None:
             key_hash = self.check_local(key)
@@ -194,14 +202,14 @@ class Admitter:
             row = await self._call(
                 conn,
                 ADMIT_SQL,
-                (key_hash, cost, self.window_s, self.sliding, self.lock_timeout_ms),
+                (key_hash, cost, self.window_s, self.sliding, self.lock_timeout_ms, grows),
             )
         except BaseException:
             deny = self._denies.get(key_hash)
             if deny is not None:
                 deny.probe_at = None  # the probe failed: the next request probes again
             raise
-        return self._decide(row, key_hash, sent_at)
+        return self._decide(row, key_hash, sent_at, cost=cost, grows=grows)
 
     # --- the round trip -----------------------------------------------------------------
 
@@ -266,7 +274,15 @@ class Admitter:
             principal=Principal(row[4], frozenset(row[5] or ())),
         )
 
-    def _decide(self, row: tuple[Any, ...], key_hash: str, sent_at: float) -> Admission:
+    def _decide(
+        self,
+        row: tuple[Any, ...],
+        key_hash: str,
+        sent_at: float,
+        *,
+        cost: int = 1,
+        grows: bool = False,
+    ) -> Admission:
         (
             outcome,
             project_id,
@@ -283,11 +299,27 @@ class Admitter:
             quota_used,
             quota_limit,
             day_reset_in,
-        ) = row
+            # quotas (0010)
+            bandwidth_used,
+            bandwidth_limit,
+            db_size_used,
+            db_size_limit,
+            month_reset_in,
+        ) = row[:20]
         self._stats["db_decisions"] += 1
-        full = (outcome == "rate_limited" and remaining == 0) or (
-            outcome == "quota_exceeded" and quota_used >= quota_limit
-        )
+        violations: list[dict[str, Any]] = []
+        requests_full = bandwidth_over = False
+        if outcome == "quota_exceeded":
+            violations = violations_for(
+                cost=cost,
+                grows=grows,
+                requests=(quota_used, quota_limit),
+                bandwidth=(bandwidth_used, bandwidth_limit),
+                database=(db_size_used, db_size_limit),
+            )
+            requests_full = quota_limit is not None and quota_used >= quota_limit
+            bandwidth_over = bandwidth_limit is not None and bandwidth_used >= bandwidth_limit
+        full = (outcome == "rate_limited" and remaining == 0) or requests_full or bandwidth_over
         if not full:
             # the database answered something else than "full": no local deny for this key
             deny = self._denies.get(key_hash)
@@ -343,27 +375,52 @@ class Admitter:
             )
         if outcome == "quota_exceeded":
             self._stats["db_quota_exceeded"] += 1
+            if not violations:  # can't happen: the statement and violations_for agree
+                violations = [
+                    {
+                        "type": "requests",
+                        "used": quota_used,
+                        "limit": quota_limit,
+                        "percentUsed": 100.0,
+                    }
+                ]
+            # when the refusal can lift: the day (requests), the month (bandwidth), the
+            # next database-size sample (database) — all of them for several
+            lifts = {
+                "requests": day_reset_in,
+                "bandwidth": month_reset_in,
+                "database": self.db_size_sample_s,
+            }
+            retry = max(_seconds(lifts.get(v["type"], 1.0)) for v in violations)
             if full:
-                # the day's quota is used up: usage only grows until UTC midnight
+                # daily requests used up / the month's bandwidth spent: usage only grows
+                # until its reset (limits changes notify), so refuse locally until the
+                # first of those resets; the database quota depends on the operation and
+                # on the next sample, so a local answer never lists it
+                local = [v for v in violations if v["type"] != "database"]
+                until = min(
+                    day_reset_in if requests_full else math.inf,
+                    month_reset_in if bandwidth_over else math.inf,
+                )
                 self._remember(
                     key_hash,
                     _LocalDeny(
                         project_id=project_id,
                         key_id=str(key_id),
-                        check_until=sent_at + day_reset_in,
-                        reset_mono=sent_at + day_reset_in,
+                        check_until=sent_at + until,
+                        reset_mono=sent_at + until,
                         limit=rate_limit,
                         remaining=remaining,
                         rate_reset_mono=sent_at + reset_in,
                         rate_reset_epoch=reset_epoch,
                         window_s=window_s,
-                        quota=(quota_used, quota_limit),
+                        violations=local or violations,
                     ),
                 )
             headers = rate_limit_headers(rate_limit, remaining, reset_epoch, t, window_s)
-            headers["Retry-After"] = str(max(t, _seconds(day_reset_in)))
+            headers["Retry-After"] = str(max(t, retry))
             raise _tag(
-                QuotaExceeded([_violation(quota_used, quota_limit)], headers),
+                QuotaExceeded(violations, headers),
                 project_id,
                 str(key_id),
                 "quota_exceeded",
@@ -371,7 +428,7 @@ class Admitter:
         raise RuntimeError(f"unknown admission outcome {outcome!r}")
 
     def _local_answer(self, deny: _LocalDeny, now: float) -> GatewayError:
-        if deny.quota is None:
+        if deny.violations is None:
             return self._rate_limited(
                 deny.limit, deny.rate_reset_epoch, _seconds(deny.reset_mono - now), deny.window_s
             )
@@ -388,7 +445,7 @@ class Admitter:
         t = _seconds(reset_mono - now)
         headers = rate_limit_headers(deny.limit, remaining, reset_epoch, t, deny.window_s)
         headers["Retry-After"] = str(max(t, _seconds(deny.reset_mono - now)))
-        return QuotaExceeded([_violation(*deny.quota)], headers)
+        return QuotaExceeded(deny.violations, headers)
 
     def _rate_limited(
         self, limit: int, reset_epoch: int, t: int, window_s: int, remaining: int = 0
@@ -442,11 +499,6 @@ def _tag(error: GatewayError, project_id: str, key_id: str, outcome: str) -> Gat
     error.key_id = key_id  # type: ignore[attr-defined]
     error.admission = outcome  # type: ignore[attr-defined]
     return error
-
-
-def _violation(used: int, limit: int) -> dict[str, Any]:
-    percent = 100.0 if not limit else round(100.0 * used / limit, 2)
-    return {"type": "requests", "used": used, "limit": limit, "percentUsed": percent}
 
 
 def _swallow(task: asyncio.Future[Any]) -> None:

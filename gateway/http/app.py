@@ -145,7 +145,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes.build_routes(),
         middleware=[
-            Middleware(ObserveMiddleware, metrics=observability.metrics, settings=settings),
+            Middleware(
+                ObserveMiddleware,
+                metrics=observability.metrics,
+                settings=settings,
+                bandwidth=observability.bandwidth,  # quotas: bytes sent, after gzip
+            ),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),

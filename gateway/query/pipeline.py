@@ -32,6 +32,7 @@ from gateway.query import contract, permissions
 from gateway.query.compiler import CompiledStatement, compile_query
 from gateway.query.envelope import data_body, error_body
 from gateway.query.executor import StatementResult, run_transaction, with_index
+from gateway.quotas.plans import request_grows
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.pipeline")
@@ -88,9 +89,11 @@ class Pipeline:
         cost: int,
         *,
         key_hash: str | None = None,
+        grows: bool = False,
     ) -> Admission:
-        """Key, rate limit and daily quota: one statement, committed on its own."""
-        return await self.admitter.admit(conn, key, cost, key_hash=key_hash)
+        """Key, rate limit and the quotas: one statement, committed on its own.
+        ``grows``: the request inserts or updates (the database-size quota)."""
+        return await self.admitter.admit(conn, key, cost, key_hash=key_hash, grows=grows)
 
     async def catalog(self, conn: psycopg.AsyncConnection[Any], project_id: str) -> ProjectCatalog:
         if self.metadata is None:
@@ -133,6 +136,8 @@ class Pipeline:
         if batch and isinstance(parsed, dict) and isinstance(parsed.get("queries"), list):
             # A batch costs one request per query (bounded by the contract's maximum).
             cost = max(1, min(len(parsed["queries"]), contract.MAX_BATCH))
+        # quotas: inserts and updates are refused while the project is over its database size
+        grows = request_grows(parsed, batch=batch)
 
         async def work(
             conn: psycopg.AsyncConnection[Any], admission: Admission, out: Outcome
@@ -161,7 +166,7 @@ class Pipeline:
                 out.body = data_body(result.data_json, result.count)
                 out.row_count = result.count
 
-        return await self._admitted(key, cost=cost, work=work)
+        return await self._admitted(key, cost=cost, work=work, grows=grows)
 
     async def _admitted(
         self,
@@ -169,13 +174,14 @@ class Pipeline:
         *,
         cost: int,
         work: Callable[[psycopg.AsyncConnection[Any], Admission, Outcome], Any],
+        grows: bool = False,
     ) -> Outcome:
         out = Outcome(status=200, body=b"")
         headers: dict[str, str] = {}
 
         async def unit(conn: psycopg.AsyncConnection[Any]) -> None:
             nonlocal headers
-            admission = await self.admit(conn, key, cost, key_hash=key_hash)
+            admission = await self.admit(conn, key, cost, key_hash=key_hash, grows=grows)
             headers = admission_headers(admission)
             out.project_id, out.key_id = admission.project_id, admission.key_id
             out.headers = {**headers, "X-Project-Id": admission.project_id}

@@ -3,9 +3,10 @@
 A job of the maintenance leader (gateway/ops/maintenance.py), run on every tick. Each tick
 it picks the projects that are due — never sampled, or last sampled more than
 ``GATEWAY_DB_SIZE_SAMPLE_S`` ago (default 60) AND either used since (their admission row
-moved) or not sampled for an hour — oldest sample first, at most ``MAX_PER_TICK`` of them
-and at most ``BUDGET_S`` seconds. It measures them in batches of ``BATCH`` projects, each
-batch ONE short transaction on its own connection:
+moved) or not sampled for an hour — projects over their limit first, then the oldest
+samples, at most ``MAX_PER_TICK`` of them and at most ``BUDGET_S`` seconds. It measures
+them in batches of ``BATCH`` projects, each batch ONE short transaction on its own
+connection:
 
     size = sum of pg_total_relation_size(table) over the schema's tables
            (heap + indexes + TOAST, what the project occupies on disk)
@@ -44,7 +45,7 @@ IDLE_RESAMPLE_S = 3600.0
 
 DUE_SQL = """
 SELECT p.id, p.schema_name,
-       coalesce(u.db_size_bytes >= l.db_size_bytes, false) AS over
+       coalesce(u.db_size_bytes >= l.db_size_bytes, false) AS is_over
   FROM gateway.projects p
   JOIN gateway.project_limits l ON l.project_id = p.id
   LEFT JOIN gateway.quota_usage u ON u.project_id = p.id
@@ -55,7 +56,8 @@ SELECT p.id, p.schema_name,
             AND (ac.window_start + ac.window_s
                      >= extract(epoch FROM u.db_size_sampled_at)
                  OR u.db_size_sampled_at < now() - make_interval(secs => %(idle)s))))
- ORDER BY u.db_size_sampled_at NULLS FIRST, p.id
+ -- blocked projects first: their next sample is what lets them write again
+ ORDER BY is_over DESC, u.db_size_sampled_at NULLS FIRST, p.id
  LIMIT %(limit)s
 """
 

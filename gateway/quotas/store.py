@@ -29,13 +29,13 @@ def _plan_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_plans(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    """Every plan, cheapest first (by rate limit, then name), with how many projects use it."""
+    """Every plan, cheapest first (by rate limit, then age), with how many projects use it."""
     rows = conn.execute(
         """
         SELECT pl.*, (SELECT count(*) FROM gateway.projects p WHERE p.tier = pl.name)::int
                      AS projects
           FROM gateway.plans pl
-         ORDER BY pl.rate_limit_per_minute, pl.name
+         ORDER BY pl.rate_limit_per_minute, pl.created_at, pl.name
         """
     ).fetchall()
     return [{**_plan_json(r), "projects": r["projects"]} for r in rows]

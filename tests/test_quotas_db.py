@@ -422,7 +422,7 @@ def test_cli_plans_overrides_and_usage(db: Any, pg_url: str) -> None:
     assert changed["requests_per_day"] is None
     name = f"q-{uuid.uuid4().hex[:10]}"
     project = cli_json(pg_url, "project", "create", name, "--plan", plan)
-    assert project["plan"] == plan and project["requests_limit_daily"] is None
+    assert project["tier"] == plan and project["requests_limit_daily"] is None
     # the old flags keep working (overrides); a new one, and "plan" to inherit again
     limited = cli_json(
         pg_url,
@@ -463,7 +463,7 @@ def test_cli_plans_overrides_and_usage(db: Any, pg_url: str) -> None:
         run_cli(pg_url, "plan", "set", plan, "--db-size-bytes", "lots"), "--db-size-bytes"
     )
     assert_refused(
-        run_cli(pg_url, "project", "create", "x" + name, "--plan", "gold"), "plan 'gold'"
+        run_cli(pg_url, "project", "create", "x" + name, "--plan", "gold"), "plan (tier) 'gold'"
     )
     assert_refused(run_cli(pg_url, "project", "set-limits", name), "nothing to change")
     assert_refused(

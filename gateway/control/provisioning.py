@@ -55,8 +55,7 @@ class Project:
             "id": self.id,
             "name": self.name,
             "schema_name": self.schema_name,
-            "tier": self.tier,
-            "plan": self.tier,
+            "tier": self.tier,  # the plan's name
             "rate_limit_per_minute": self.rate_limit_per_minute,
             "requests_limit_daily": self.requests_limit_daily,
             "status": self.status,
@@ -148,7 +147,7 @@ def create_project(
 def _check_plan(conn: psycopg.Connection[Any], plan: str) -> None:
     if conn.execute("SELECT 1 FROM gateway.plans WHERE name = %s", [plan]).fetchone() is None:
         names = [r["name"] for r in conn.execute("SELECT name FROM gateway.plans ORDER BY name")]
-        raise ProvisioningError(f"plan {plan!r} is not one of {', '.join(names)}")
+        raise ProvisioningError(f"plan (tier) {plan!r} is not one of {', '.join(names)}")
 
 
 def set_limits(

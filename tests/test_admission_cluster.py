@@ -431,6 +431,9 @@ def test_an_admitted_select_costs_two_round_trips(
             # while counting: the log is flushed at shutdown
             "GATEWAY_LOG_FLUSH_MS": "600000",
             "GATEWAY_MAINTENANCE_INTERVAL_S": "3600",
+            # quotas: the bandwidth meter's batched flush (one statement a second per
+            # instance, never per request) is background traffic too
+            "GATEWAY_BANDWIDTH_FLUSH_MS": "600000",
         },
         log_dir=tmp_path,
         name="rt",

@@ -174,6 +174,7 @@ def test_bandwidth_counts_the_compressed_bytes(
         assert response.status_code == 200
         assert response.headers.get("content-encoding") == "gzip"
         on_the_wire = response.num_bytes_downloaded
+        print(f"bandwidth: a {len(response.content)} B answer sent as {on_the_wire} B (gzip)")
         assert on_the_wire < len(response.content) / 10  # very compressible
     assert wait_for_bandwidth(db, project["id"], before + on_the_wire) == before + on_the_wire
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 import uuid
@@ -156,6 +157,66 @@ def test_bandwidth_limit_over_three_instances_overshoots_at_most_the_bound(
     assert refused[-1].json()["error"]["details"]["violations"] == [violation]
     assert int(refused[-1].headers["Retry-After"]) >= 1
     # every byte sent is counted exactly once (refusals carry no project and count nothing)
+    assert wait_for_bandwidth(db, project["id"], sent) == sent
+
+
+def test_bandwidth_bound_holds_for_concurrent_unpaced_requests(
+    cluster: GatewayCluster, db: Any, pg_url: str, make_project: Any
+) -> None:
+    """The same limit hammered by 9 concurrent clients over 3 instances, as fast as they
+    can: the overshoot stays within the bound, now with the answers in flight added."""
+    limit, concurrency = 20 * 1024, 9
+    project = make_project(table=BLOBS)
+    with provisioning.connect(pg_url) as conn:
+        provisioning.set_limits(conn, project["id"], overrides={"bandwidth_bytes_monthly": limit})
+    db.execute(
+        f'INSERT INTO "{project["schema_name"]}".blobs (body) VALUES (%s)',
+        [secrets.token_hex(1000)],
+    )
+    urls = cluster.urls
+
+    async def hammer() -> list[tuple[int, float, int, int]]:
+        done: list[tuple[int, float, int, int]] = []
+        stop = asyncio.Event()
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def worker(w: int) -> None:
+                i = w
+                while not stop.is_set() and i < 2000:
+                    url = urls[i % 3]
+                    r = await client.post(
+                        url + BASE + "/query",
+                        json=SELECT_ONE,
+                        headers={
+                            "Authorization": f"Bearer {project['server_key']}",
+                            "Accept-Encoding": "identity",
+                        },
+                    )
+                    done.append((i % 3, time.monotonic(), r.status_code, len(r.content)))
+                    if sum(1 for *_, s, _ in done[-30:] if s == 429) == 30:
+                        stop.set()
+                    i += concurrency
+
+            await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        return done
+
+    done = asyncio.run(hammer())
+    ok = [(inst, t, n) for inst, t, s, n in done if s == 200]
+    assert any(s == 429 for *_, s, _ in done)
+    answer = max(n for *_, n in ok)
+    sent = sum(n for *_, n in ok)
+    window = 2 * FLUSH_S
+    bound = concurrency * answer
+    for instance in range(3):
+        times = [(t, n) for inst, t, n in ok if inst == instance]
+        bound += max(
+            (sum(n for t2, n in times if t1 - window < t2 <= t1) for t1, _ in times), default=0
+        )
+    print(
+        f"bandwidth, {concurrency} concurrent: {len(ok)} answers = {sent} B for {limit} B: "
+        f"overshoot {sent - limit} B, bound {bound} B"
+    )
+    assert limit <= sent <= limit + bound
     assert wait_for_bandwidth(db, project["id"], sent) == sent
 
 

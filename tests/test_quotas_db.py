@@ -470,3 +470,46 @@ def test_cli_plans_overrides_and_usage(db: Any, pg_url: str) -> None:
         run_cli(pg_url, "project", "set-limits", name, "--rate-limit-per-minute", "unlimited"),
         "can't be unlimited",
     )
+
+
+# --- the migration ----------------------------------------------------------------------------
+
+
+def test_migration_downgrades_and_upgrades_again(db: Any, pg_url: str) -> None:
+    """0010 down to 0005 and back up, in a scratch database: limits survive as numbers,
+    the old admit comes back, and the new one again."""
+    from gateway.db import migrate
+
+    name = f"scratch_{uuid.uuid4().hex[:8]}"
+    db.execute(f"CREATE DATABASE {name}")
+    url = psycopg.conninfo.make_conninfo(pg_url, dbname=name)
+    try:
+        migrate.upgrade(url, "0005")
+        with provisioning.connect(url) as conn:
+            conn.execute(
+                "INSERT INTO gateway.projects (name, schema_name, tier, rate_limit_per_minute, "
+                "requests_limit_daily) VALUES ('a', 'p_aaaaaaaaaaaa', 'growth', 100, 10000), "
+                "('b', 'p_bbbbbbbbbbbb', 'free', 100, 10000)"
+            )
+            conn.commit()
+        migrate.upgrade(url, "0010")
+        with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+            rows = conn.execute(
+                "SELECT p.name, p.rate_limit_per_minute AS o, l.rate_limit_per_minute AS e "
+                "FROM gateway.projects p JOIN gateway.project_limits l ON l.project_id = p.id "
+                "ORDER BY p.name"
+            ).fetchall()
+        # growth's 100 differs from the plan's 1000: kept as an override; free's inherits
+        assert rows == [{"name": "a", "o": 100, "e": 100}, {"name": "b", "o": None, "e": 100}]
+        migrate.downgrade(url, "0005")
+        with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+            rows = conn.execute(
+                "SELECT name, rate_limit_per_minute, requests_limit_daily FROM gateway.projects "
+                "ORDER BY name"
+            ).fetchall()
+            assert [r["rate_limit_per_minute"] for r in rows] == [100, 100]
+            args = conn.execute("SELECT pronargs FROM pg_proc WHERE proname = 'admit'").fetchone()
+            assert args["pronargs"] == 5
+        migrate.upgrade(url, "heads")
+    finally:
+        db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -7,6 +7,7 @@ The multi-instance proofs (3 real gateway processes) are in tests/test_quotas_cl
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -482,7 +483,8 @@ def test_migration_downgrades_and_upgrades_again(db: Any, pg_url: str) -> None:
 
     name = f"scratch_{uuid.uuid4().hex[:8]}"
     db.execute(f"CREATE DATABASE {name}")
-    url = psycopg.conninfo.make_conninfo(pg_url, dbname=name)
+    parts = urllib.parse.urlsplit(pg_url)
+    url = urllib.parse.urlunsplit(parts._replace(path="/" + name))
     try:
         migrate.upgrade(url, "0005")
         with provisioning.connect(url) as conn:

@@ -211,6 +211,32 @@ def cmd_project_set_limits(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_project_list(args: argparse.Namespace) -> None:
+    from gateway.control import provisioning
+
+    with _connect() as conn:
+        page = provisioning.list_projects(conn, limit=args.limit, offset=args.offset)
+    lines = [f"{p['name']}\t{p['id']}\t{p['tier']}\t{p['status']}" for p in page["projects"]]
+    lines.append(f"({len(page['projects'])} of {page['total']})")
+    _emit(args, page, "\n".join(lines))
+
+
+def cmd_project_get(args: argparse.Namespace) -> None:
+    from gateway.control import provisioning
+
+    with _connect() as conn:
+        project = provisioning.get_project(conn, args.project)
+    _emit(args, project, "\n".join(f"{k}: {v}" for k, v in project.items()))
+
+
+def cmd_project_delete(args: argparse.Namespace) -> None:
+    from gateway.control import provisioning
+
+    with _connect() as conn:
+        result = provisioning.delete_project(conn, args.project, confirm=args.confirm)
+    _emit(args, result, f"deleted project {result['name']} ({result['id']})")
+
+
 def cmd_key_create(args: argparse.Namespace) -> None:
     from gateway.control import provisioning
 
@@ -230,8 +256,44 @@ def cmd_key_revoke(args: argparse.Namespace) -> None:
     _emit(args, result, f"key {result['id']} revoked")
 
 
+def cmd_key_list(args: argparse.Namespace) -> None:
+    from gateway.control import provisioning
+
+    with _connect() as conn:
+        result = provisioning.list_keys(conn, args.project)
+    lines = [f"{k['id']}\t{k['prefix']}…\t{k['type']}\t{k['status']}" for k in result["keys"]]
+    _emit(args, result, "\n".join(lines) or "no keys")
+
+
+def cmd_key_regenerate(args: argparse.Namespace) -> None:
+    from gateway.control import provisioning
+
+    with _connect() as conn:
+        key = provisioning.regenerate_key(conn, args.key_id)
+    _emit(args, key, f"{key['type']} key {key['id']} replaces {key['replaces']}: {key['key']}")
+
+
+def cmd_admin_sign(args: argparse.Namespace) -> None:
+    """Headers for one signed admin request; the body must be sent byte for byte."""
+    from gateway.control import signing
+
+    settings = Settings.from_env()
+    if not settings.admin_hmac_secrets:
+        raise UsageError("GATEWAY_ADMIN_HMAC_SECRET is not set: it holds the signing secret")
+    if args.body is not None and args.body_file is not None:
+        raise UsageError("give --body or --body-file, not both")
+    body = args.body.encode() if args.body is not None else b""
+    if args.body_file is not None:
+        try:
+            body = Path(args.body_file).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"can't read {args.body_file}: {exc.strerror}") from None
+    headers = signing.sign_request(settings.admin_hmac_secrets[0], args.method, args.path, body)
+    _emit(args, headers, " ".join(f"-H {name}:{value}" for name, value in headers.items()))
+
+
 def cmd_table_create(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning, tabledef
+    from gateway.control import provisioning
 
     try:
         raw = json.loads(Path(args.file).read_text())
@@ -239,10 +301,9 @@ def cmd_table_create(args: argparse.Namespace) -> None:
         raise UsageError(f"can't read {args.file}: {exc.strerror}") from None
     except ValueError as exc:
         raise UsageError(f"{args.file} is not valid JSON: {exc}") from None
-    table = tabledef.parse_table(raw)
     with _connect() as conn:
-        result = provisioning.create_table(conn, args.project, table)
-    _emit(args, result, f"created table {table.name} in {result['schema_name']}")
+        result = provisioning.create_table_from_definition(conn, args.project, raw)
+    _emit(args, result, f"created table {result['table']} in {result['schema_name']}")
 
 
 def cmd_table_realtime(args: argparse.Namespace) -> None:
@@ -272,7 +333,7 @@ def _default_value(raw: str | None) -> tuple[bool, Any]:
 
 
 def cmd_table_add_column(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning, tabledef
+    from gateway.control import provisioning
 
     has_default, default = _default_value(args.default)
     raw: dict[str, Any] = {
@@ -285,21 +346,20 @@ def cmd_table_add_column(args: argparse.Namespace) -> None:
     }
     if has_default:
         raw["default"] = default
-    column = tabledef.parse_column(raw, "--name/--type")
-    tabledef.check_name(args.table, "table name")
     with _connect() as conn:
-        result = provisioning.add_column(conn, args.project, args.table, column)
+        result = provisioning.add_column_from_definition(conn, args.project, args.table, raw)
+    column = result["column"]
     _emit(
         args,
         result,
-        f"added column {column.name} {column.type} to {args.table} in {result['schema_name']}",
+        f"added column {column['name']} {column['type']} to {args.table} "
+        f"in {result['schema_name']}",
     )
 
 
 def cmd_table_set_access(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning, tabledef
+    from gateway.control import provisioning
 
-    tabledef.check_name(args.table, "table name")
     with _connect() as conn:
         result = provisioning.set_access(
             conn,
@@ -316,9 +376,8 @@ def cmd_table_set_access(args: argparse.Namespace) -> None:
 
 
 def cmd_table_drop(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning, tabledef
+    from gateway.control import provisioning
 
-    tabledef.check_name(args.table, "table name")
     with _connect() as conn:
         result = provisioning.drop_table(conn, args.project, args.table)
     _emit(args, result, f"dropped table {args.table} from {result['schema_name']}")
@@ -520,7 +579,17 @@ def build_parser() -> argparse.ArgumentParser:
     # quotas: every limit is an override of the plan's (N, unlimited, or plan = inherit)
     _add_limit_flags(p)
     p.add_argument("--status", choices=("active", "suspended"))
-    p.add_argument("--plan", help="move the project to this plan")
+    p.add_argument("--plan", "--tier", dest="plan", help="move the project to this plan")
+    p = command(project, "list", cmd_project_list, "list projects, oldest first (paged)")
+    p.add_argument("--limit", type=_positive_int, default=20)
+    p.add_argument("--offset", type=_non_negative_int, default=0)
+    p = command(project, "get", cmd_project_get, "show a project, its tables and key count")
+    p.add_argument("project")
+    p = command(
+        project, "delete", cmd_project_delete, "delete a project: its schema, tables, role, keys"
+    )
+    p.add_argument("project")
+    p.add_argument("--confirm", required=True, metavar="NAME", help="the project's name again")
 
     key = sub.add_parser("key", help="API keys").add_subparsers(
         dest="action", required=True, parser_class=_Parser
@@ -534,6 +603,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expires-in", type=_non_negative_int, metavar="SECONDS")
     p = command(key, "revoke", cmd_key_revoke, "revoke an API key")
     p.add_argument("key_id")
+    p = command(key, "list", cmd_key_list, "list a project's keys (never the secrets)")
+    p.add_argument("project")
+    p = command(key, "regenerate", cmd_key_regenerate, "revoke a key and issue its replacement")
+    p.add_argument("key_id")
+
+    admin = sub.add_parser("admin", help="the admin API").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    p = command(
+        admin,
+        "sign",
+        cmd_admin_sign,
+        "print the headers that sign one admin request (secret: GATEWAY_ADMIN_HMAC_SECRET)",
+    )
+    p.add_argument("method", type=str.upper)
+    p.add_argument("path", help="the path and query as sent: /v1/admin/projects?limit=5")
+    p.add_argument("--body", help="the exact request body")
+    p.add_argument("--body-file", help="read the exact request body from this file")
 
     table = sub.add_parser("table", help="project tables").add_subparsers(
         dest="action", required=True, parser_class=_Parser

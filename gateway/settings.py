@@ -82,6 +82,10 @@ class Settings:
     realtime_send_timeout_s: float = 10.0
     realtime_revalidate_s: float = 30.0
 
+    # admin API (issue 15): HMAC secrets, several for rotation; empty = the API is off.
+    # Never in repr: settings may be logged.
+    admin_hmac_secrets: tuple[str, ...] = field(default=(), repr=False)
+
     # quotas (plans, bandwidth, database size: gateway/quotas, docs/quotas.md)
     bandwidth_flush_ms: int = 1000
     db_size_sample_s: float = 60.0
@@ -148,6 +152,7 @@ class Settings:
             realtime_heartbeat_s=r.float("GATEWAY_REALTIME_HEARTBEAT_S", 15.0, minimum=0.05),
             realtime_send_timeout_s=r.float("GATEWAY_REALTIME_SEND_TIMEOUT_S", 10.0, minimum=0.05),
             realtime_revalidate_s=r.float("GATEWAY_REALTIME_REVALIDATE_S", 30.0, minimum=0.05),
+            admin_hmac_secrets=_admin_secrets(r.list("GATEWAY_ADMIN_HMAC_SECRET", ())),
             # quotas
             bandwidth_flush_ms=r.int("GATEWAY_BANDWIDTH_FLUSH_MS", 1000, minimum=10),
             db_size_sample_s=r.float("GATEWAY_DB_SIZE_SAMPLE_S", 60.0, minimum=0.1),
@@ -162,6 +167,20 @@ class Settings:
     def require_database(self) -> None:
         if not self.database_url:
             raise SettingsError("DATABASE_URL is not set: it must name the PostgreSQL database")
+
+
+ADMIN_SECRET_MIN_LENGTH = 16
+
+
+def _admin_secrets(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """A short shared secret can be guessed offline from one signed request."""
+    for secret in secrets:
+        if len(secret) < ADMIN_SECRET_MIN_LENGTH:
+            raise SettingsError(
+                f"GATEWAY_ADMIN_HMAC_SECRET: each secret needs at least "
+                f"{ADMIN_SECRET_MIN_LENGTH} characters"
+            )
+    return secrets
 
 
 class _Reader:

@@ -241,7 +241,7 @@ def _admitter_adapter(
 
     async def decide() -> bool:
         try:
-            if check_local is not None:  # as Pipeline._admitted: the local deny first
+            if check_local is not None:  # as Pipeline.admitted: the local deny first
                 hashed = check_local(key)
                 async with pool.connection() as conn:
                     await pipeline.admit(conn, key, 1, key_hash=hashed)

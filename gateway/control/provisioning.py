@@ -30,7 +30,23 @@ MAX_LIMIT = 2**31 - 1
 
 
 class ProvisioningError(ValueError):
-    """Input we refuse; the message is one line for the person at the terminal."""
+    """Input we refuse; the message is one line for the person at the terminal.
+
+    ``field`` names the input at fault when there is one (the admin API returns it);
+    the two subclasses let the API answer 404 and 409 where the CLI just prints.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFoundError(ProvisioningError):
+    """The project, key or table named doesn't exist."""
+
+
+class ConflictError(ProvisioningError):
+    """The name is taken, or the thing is in a state that refuses the change."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +119,7 @@ def find_project(conn: psycopg.Connection[Any], ref: str) -> Project:
     else:
         row = conn.execute(PROJECT_SELECT + " WHERE p.name = %s", [ref]).fetchone()
     if row is None:
-        raise ProvisioningError(f"no project {ref!r}")
+        raise NotFoundError(f"no project {ref!r}")
     return _project_from_row(row)
 
 
@@ -124,7 +140,7 @@ def create_project(
     schema = "p_" + secrets.token_hex(6)
     with conn.transaction():
         if conn.execute("SELECT 1 FROM gateway.projects WHERE name = %s", [name]).fetchone():
-            raise ProvisioningError(f"a project named {name!r} already exists")
+            raise ConflictError(f"a project named {name!r} already exists", field="name")
         _check_plan(conn, tier)
         # the limits given are overrides; the others come from the plan (NULL)
         conn.execute(
@@ -147,7 +163,9 @@ def create_project(
 def _check_plan(conn: psycopg.Connection[Any], plan: str) -> None:
     if conn.execute("SELECT 1 FROM gateway.plans WHERE name = %s", [plan]).fetchone() is None:
         names = [r["name"] for r in conn.execute("SELECT name FROM gateway.plans ORDER BY name")]
-        raise ProvisioningError(f"plan (tier) {plan!r} is not one of {', '.join(names)}")
+        raise ProvisioningError(
+            f"plan (tier) {plan!r} is not one of {', '.join(names)}", field="tier"
+        )
 
 
 def set_limits(
@@ -159,31 +177,41 @@ def set_limits(
     status: str | None = None,
     plan: str | None = None,
     overrides: dict[str, int | None] | None = None,
+    tier: str | None = None,
 ) -> Project:
     """Change a project's status, plan and limit overrides.
 
-    ``rate_limit_per_minute`` / ``requests_per_day`` set those overrides (as before plans);
-    ``overrides`` maps a plan field (gateway.quotas.plans.PLAN_FIELDS) to a value, -1 =
-    unlimited, or None = inherit the plan's value again. Every instance reads the new
-    limits on its next request (admission reads them in its statement; the change
+    ``tier`` is the plan (the admin API's name for it; ``plan`` is the same). The limits
+    are overrides of the plan's: ``rate_limit_per_minute`` / ``requests_per_day`` as
+    before plans; ``overrides`` maps a plan field (gateway.quotas.plans.PLAN_FIELDS) to a
+    value, -1 = unlimited, or None = inherit the plan's value again. Every instance reads
+    the new limits on its next request (admission reads them in its statement; the change
     notifies, which drops local denies).
     """
-    _check_limit(rate_limit_per_minute, "--rate-limit-per-minute")
-    _check_limit(requests_per_day, "--requests-per-day")
-    if status is not None and status not in ("active", "suspended"):
-        raise ProvisioningError("status must be active or suspended")
+    if tier is not None and plan is not None and tier != plan:
+        raise ProvisioningError("give the plan once (--plan or tier)", field="tier")
+    plan = plan if plan is not None else tier
     changes: dict[str, int | None] = dict(overrides or {})
     if rate_limit_per_minute is not None:
         changes["rate_limit_per_minute"] = rate_limit_per_minute
     if requests_per_day is not None:
         changes["requests_per_day"] = requests_per_day
+    if not changes and not status and not plan:
+        raise ProvisioningError(
+            "nothing to change: give --rate-limit-per-minute, --requests-per-day, another "
+            "limit, --status or --plan (--tier)"
+        )
+    _check_limit(rate_limit_per_minute, "--rate-limit-per-minute")
+    _check_limit(requests_per_day, "--requests-per-day")
+    if status is not None and status not in ("active", "suspended"):
+        raise ProvisioningError("status must be active or suspended", field="status")
     unknown = sorted(set(changes) - set(OVERRIDE_COLUMNS))
     if unknown:
-        raise ProvisioningError(f"unknown limit {unknown[0]!r}")
-    for field, value in changes.items():
-        lowest = 0 if field == "rate_limit_per_minute" else -1
+        raise ProvisioningError(f"unknown limit {unknown[0]!r}", field=unknown[0])
+    for name, value in changes.items():
+        lowest = 0 if name == "rate_limit_per_minute" else -1
         if value is not None and not lowest <= value <= 2**62:
-            raise ProvisioningError(f"--{field.replace('_', '-')} must be >= {lowest}")
+            raise ProvisioningError(f"--{name.replace('_', '-')} must be >= {lowest}", field=name)
     assignments = [
         sql.SQL("{} = {}").format(sql.Identifier(OVERRIDE_COLUMNS[f]), sql.Placeholder())
         for f in changes
@@ -273,23 +301,31 @@ def _insert_key(
     raise ProvisioningError("could not find a free key prefix; try again")
 
 
-def revoke_key(conn: psycopg.Connection[Any], key_id: str) -> dict[str, Any]:
+def _key_id(key_id: str) -> uuid.UUID:
     try:
-        parsed = uuid.UUID(key_id)
+        return uuid.UUID(key_id)
     except ValueError:
-        raise ProvisioningError(f"{key_id!r} is not a key id (a UUID)") from None
+        raise ProvisioningError(f"{key_id!r} is not a key id (a UUID)", field="key_id") from None
+
+
+def revoke_key(
+    conn: psycopg.Connection[Any], key_id: str, *, project: str | None = None
+) -> dict[str, Any]:
+    """Revoke a key (idempotent). ``project`` (id or name), when given, must own the key."""
+    parsed = _key_id(key_id)
     with conn.transaction():
+        owner = find_project(conn, project).id if project is not None else None
         row = conn.execute(
             """
             UPDATE gateway.api_keys
                SET status = 'revoked', revoked_at = coalesce(revoked_at, now())
-             WHERE id = %s
+             WHERE id = %s AND (%s::uuid IS NULL OR project_id = %s::uuid)
             RETURNING id, status
             """,
-            [parsed],
+            [parsed, owner, owner],
         ).fetchone()
     if row is None:
-        raise ProvisioningError(f"no key with id {key_id}")
+        raise NotFoundError(f"no key with id {key_id}")
     assert row["status"] in KEY_STATUSES
     return {"id": str(row["id"]), "status": row["status"]}
 
@@ -303,16 +339,20 @@ def create_table(conn: psycopg.Connection[Any], ref: str, table: TableDef) -> di
             [project.id, table.name],
         ).fetchone()
         if exists:
-            raise ProvisioningError(f"table {table.name!r} already exists in {project.name}")
+            raise ConflictError(
+                f"table {table.name!r} already exists in {project.name}", field="name"
+            )
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(project.schema_name)))
         try:
             conn.execute(create_table_ddl(project.schema_name, table))
         except psycopg.errors.DuplicateTable:
-            raise ProvisioningError(
-                f"table {table.name!r} already exists in the project's schema"
+            raise ConflictError(
+                f"table {table.name!r} already exists in the project's schema", field="name"
             ) from None
         except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as exc:
-            raise ProvisioningError(f"invalid default: {exc.diag.message_primary}") from None
+            raise ProvisioningError(
+                f"invalid default: {exc.diag.message_primary}", field="default"
+            ) from None
         conn.execute("RESET ROLE")
         table_id = register_table(conn, project.id, table)
         install_table_hooks(conn, project, table)
@@ -364,6 +404,8 @@ def register_table(conn: psycopg.Connection[Any], project_id: str, table: TableD
 
 
 CAPTURE_TRIGGER = "gateway_realtime_capture"
+# statement level: row triggers don't fire for TRUNCATE (migration 0007)
+TRUNCATE_TRIGGER = "gateway_realtime_truncate"
 
 
 def install_table_hooks(conn: psycopg.Connection[Any], project: Project, table: TableDef) -> None:
@@ -381,7 +423,9 @@ def install_table_hooks(conn: psycopg.Connection[Any], project: Project, table: 
 def _create_capture_trigger(
     conn: psycopg.Connection[Any], project: Project, table: str, primary_key: list[str]
 ) -> None:
-    """AFTER INSERT/UPDATE/DELETE FOR EACH ROW → ``gateway.capture_change(project, pk...)``.
+    """AFTER INSERT/UPDATE/DELETE FOR EACH ROW → ``gateway.capture_change(project, pk...)``,
+    and AFTER TRUNCATE FOR EACH STATEMENT → ``gateway.capture_change(project)`` (one
+    ``truncate`` change per truncated table).
 
     Identifiers are checked names from the registry; the arguments are literals.
     """
@@ -400,16 +444,28 @@ def _create_capture_trigger(
             sql.SQL(", ").join(args),
         )
     )
+    conn.execute(
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER TRUNCATE ON {}.{} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION gateway.capture_change({})"
+        ).format(
+            sql.Identifier(TRUNCATE_TRIGGER),
+            sql.Identifier(project.schema_name),
+            sql.Identifier(table),
+            sql.Literal(project.id),
+        )
+    )
 
 
 def _drop_capture_trigger(conn: psycopg.Connection[Any], project: Project, table: str) -> None:
-    conn.execute(
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}.{}").format(
-            sql.Identifier(CAPTURE_TRIGGER),
-            sql.Identifier(project.schema_name),
-            sql.Identifier(check_name(table, "table name")),
+    for trigger in (CAPTURE_TRIGGER, TRUNCATE_TRIGGER):
+        conn.execute(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}.{}").format(
+                sql.Identifier(trigger),
+                sql.Identifier(project.schema_name),
+                sql.Identifier(check_name(table, "table name")),
+            )
         )
-    )
 
 
 def set_realtime(
@@ -431,7 +487,7 @@ def set_realtime(
             [project.id, table],
         ).fetchone()
         if row is None:
-            raise ProvisioningError(f"no table {table!r} in {project.name}")
+            raise NotFoundError(f"no table {table!r} in {project.name}")
         primary_key = [
             r["name"]
             for r in conn.execute(
@@ -468,7 +524,7 @@ def _registered_table(
         [project.id, table],
     ).fetchone()
     if row is None:
-        raise ProvisioningError(f"no table {table!r} in project {project.name}")
+        raise NotFoundError(f"no table {table!r} in project {project.name}")
     return row
 
 
@@ -485,7 +541,9 @@ def add_column(
     before any change, with what to do instead.
     """
     if column.primary_key or column.identity:
-        raise ProvisioningError("add-column can't add a primary key or identity column")
+        raise ProvisioningError(
+            "add-column can't add a primary key or identity column", field="primary_key"
+        )
     with conn.transaction():
         project = find_project(conn, ref)
         registered = _registered_table(conn, project, table)
@@ -494,7 +552,9 @@ def add_column(
             [registered["id"], column.name],
         ).fetchone()
         if taken:
-            raise ProvisioningError(f"table {table!r} already has a column {column.name!r}")
+            raise ConflictError(
+                f"table {table!r} already has a column {column.name!r}", field="name"
+            )
         qualified = sql.SQL("{}.{}").format(
             sql.Identifier(project.schema_name), sql.Identifier(table)
         )
@@ -507,7 +567,8 @@ def add_column(
                 if found is not None and found["has_rows"]:
                     raise ProvisioningError(
                         f"table {table!r} has rows: a NOT NULL column without a default can't "
-                        "be added (give --nullable or --default)"
+                        "be added (give --nullable or --default)",
+                        field="nullable",
                     )
             conn.execute(
                 sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(qualified, column_ddl(column))
@@ -525,7 +586,9 @@ def add_column(
                 f"table {table!r} has rows: a NOT NULL column without a default can't be added"
             ) from None
         except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as exc:
-            raise ProvisioningError(f"invalid default: {exc.diag.message_primary}") from None
+            raise ProvisioningError(
+                f"invalid default: {exc.diag.message_primary}", field="default"
+            ) from None
         conn.execute("RESET ROLE")
         row = conn.execute(
             """
@@ -582,7 +645,7 @@ def set_access(
             "nothing to change: give --client-read, --client-write or --sensitive"
         )
     if sensitive is not None and column is None:
-        raise ProvisioningError("--sensitive is a column flag: give --column too")
+        raise ProvisioningError("--sensitive is a column flag: give --column too", field="column")
     if column is not None:
         check_name(column, "column name")
     with conn.transaction():
@@ -619,7 +682,7 @@ def set_access(
             [client_read, client_write, sensitive, registered["id"], column],
         ).fetchone()
         if row is None:
-            raise ProvisioningError(f"table {table!r} has no column {column!r}")
+            raise NotFoundError(f"table {table!r} has no column {column!r}", field="column")
     return {
         "project_id": project.id,
         "table": table,
@@ -658,3 +721,217 @@ def drop_table(conn: psycopg.Connection[Any], ref: str, table: str) -> dict[str,
 
 def remove_table_hooks(conn: psycopg.Connection[Any], project: Project, table: str) -> None:
     """Extension point mirroring ``install_table_hooks`` (runs before unregistering)."""
+
+
+# --- reading, deleting, regenerating (shared by the CLI and the admin API) ---------------
+
+PAGE_MAX = 100
+
+
+def _project_json(row: dict[str, Any]) -> dict[str, Any]:
+    created: dt.datetime | None = row.get("created_at")
+    updated: dt.datetime | None = row.get("updated_at")
+    return {
+        **_project_from_row(row).as_json(),
+        "created_at": created.isoformat() if created else None,
+        "updated_at": updated.isoformat() if updated else None,
+    }
+
+
+def list_projects(
+    conn: psycopg.Connection[Any], *, limit: int = 20, offset: int = 0
+) -> dict[str, Any]:
+    """One page of projects, oldest first (a stable order while projects are added)."""
+    if not 1 <= limit <= PAGE_MAX:
+        raise ProvisioningError(f"limit must be between 1 and {PAGE_MAX}", field="limit")
+    if not 0 <= offset <= MAX_LIMIT:
+        raise ProvisioningError("offset must be 0 or more", field="offset")
+    rows = conn.execute(
+        """
+        SELECT *, count(*) OVER () AS total FROM gateway.projects
+         ORDER BY created_at, id LIMIT %s OFFSET %s
+        """,
+        [limit, offset],
+    ).fetchall()
+    if rows:
+        total = int(rows[0]["total"])
+    else:
+        found = conn.execute("SELECT count(*) AS n FROM gateway.projects").fetchone()
+        total = int(found["n"]) if found else 0
+    return {
+        "projects": [_project_json(r) for r in rows],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "hasMore": offset + len(rows) < total,
+    }
+
+
+def get_project(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any]:
+    """The project, its tables' names and its active keys' count."""
+    project = find_project(conn, ref)
+    row = conn.execute(
+        """
+        SELECT p.*,
+               (SELECT coalesce(array_agg(t.name ORDER BY t.name), '{}')
+                  FROM gateway.table_registry t WHERE t.project_id = p.id) AS tables,
+               (SELECT count(*) FROM gateway.api_keys k
+                 WHERE k.project_id = p.id AND k.status = 'active') AS active_keys
+          FROM gateway.projects p WHERE p.id = %s
+        """,
+        [project.id],
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no project {ref!r}")
+    return {**_project_json(row), "tables": list(row["tables"]), "active_keys": row["active_keys"]}
+
+
+def delete_project(conn: psycopg.Connection[Any], ref: str, *, confirm: str) -> dict[str, Any]:
+    """Drop the project's schema (every table in it) and role, and its rows (keys, registry,
+    counters cascade), in one transaction — only when ``confirm`` is the project's name."""
+    with conn.transaction():
+        project = find_project(conn, ref)
+        if confirm != project.name:
+            raise ProvisioningError(
+                f"confirm must be the project's name ({project.name!r}) to delete it",
+                field="confirm",
+            )
+        role = sql.Identifier(project.schema_name)
+        conn.execute(
+            "SELECT id FROM gateway.projects WHERE id = %s FOR UPDATE", [project.id]
+        ).fetchone()
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(role))
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        conn.execute("DELETE FROM gateway.projects WHERE id = %s", [project.id])
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+        # every instance forgets the project's metadata and local denies now
+        conn.execute("SELECT pg_notify('gateway_metadata', %s)", [project.id])
+    return {"id": project.id, "name": project.name, "deleted": True}
+
+
+def _key_json(row: dict[str, Any]) -> dict[str, Any]:
+    def iso(value: dt.datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": str(row["id"]),
+        "prefix": row["key_prefix"],
+        "type": row["key_type"],
+        "scopes": list(row["scopes"]),
+        "status": row["status"],
+        "created_at": iso(row["created_at"]),
+        "expires_at": iso(row["expires_at"]),
+        "last_used_at": iso(row["last_used_at"]),
+        "revoked_at": iso(row["revoked_at"]),
+    }
+
+
+def list_keys(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any]:
+    """The project's keys without any secret: the visible prefix and the metadata."""
+    project = find_project(conn, ref)
+    rows = conn.execute(
+        "SELECT * FROM gateway.api_keys WHERE project_id = %s ORDER BY created_at, id",
+        [project.id],
+    ).fetchall()
+    return {"project_id": project.id, "keys": [_key_json(r) for r in rows]}
+
+
+def regenerate_key(
+    conn: psycopg.Connection[Any], key_id: str, *, project: str | None = None
+) -> dict[str, Any]:
+    """Revoke a key and create its replacement (same project, type and scopes, and the same
+    lifetime counted from now if it had one) in one transaction; the new secret is
+    returned once. A revoked key can't be regenerated (create a new one instead)."""
+    parsed = _key_id(key_id)
+    with conn.transaction():
+        owner = find_project(conn, project).id if project is not None else None
+        old = conn.execute(
+            """
+            SELECT *, extract(epoch FROM expires_at - created_at)::int AS lifetime_s
+              FROM gateway.api_keys
+             WHERE id = %s AND (%s::uuid IS NULL OR project_id = %s::uuid)
+               FOR UPDATE
+            """,
+            [parsed, owner, owner],
+        ).fetchone()
+        if old is None:
+            raise NotFoundError(f"no key with id {key_id}")
+        if old["status"] != "active":
+            raise ConflictError(f"key {key_id} is revoked: create a new key instead")
+        if old["key_type"] not in ("public", "server"):
+            raise ConflictError(f"key {key_id} is an {old['key_type']} key: not regenerated here")
+        lifetime = old["lifetime_s"]
+        lifetime = max(1, int(lifetime)) if lifetime is not None else None
+        conn.execute(
+            "UPDATE gateway.api_keys SET status = 'revoked', revoked_at = now() WHERE id = %s",
+            [parsed],
+        )
+        project_id = str(old["project_id"])
+        scopes = list(old["scopes"])
+        new_key, row = _insert_key(conn, project_id, old["key_type"], scopes, lifetime)
+    expires_at: dt.datetime | None = row["expires_at"]
+    return {
+        "id": str(row["id"]),
+        "key": new_key.key,
+        "prefix": new_key.prefix,
+        "type": old["key_type"],
+        "scopes": scopes,
+        "expires_at": expires_at.isoformat() if expires_at else None,
+        "project_id": project_id,
+        "replaces": str(parsed),
+    }
+
+
+def list_tables(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any]:
+    """The project's registered tables with their flags and columns."""
+    project = find_project(conn, ref)
+    rows = conn.execute(
+        """
+        SELECT t.name, t.allow_client_read, t.allow_client_write, t.realtime,
+               coalesce(json_agg(json_build_object(
+                   'name', c.name, 'type', c.data_type, 'nullable', c.is_nullable,
+                   'primary_key', c.is_primary_key, 'has_default', c.has_default,
+                   'sensitive', c.is_sensitive, 'client_read', c.allow_client_read,
+                   'client_write', c.allow_client_write) ORDER BY c.ordinal)
+                 FILTER (WHERE c.id IS NOT NULL), '[]') AS columns
+          FROM gateway.table_registry t
+          LEFT JOIN gateway.column_registry c ON c.table_id = t.id
+         WHERE t.project_id = %s
+         GROUP BY t.id ORDER BY t.name
+        """,
+        [project.id],
+    ).fetchall()
+    return {
+        "project_id": project.id,
+        "tables": [
+            {
+                "name": r["name"],
+                "client_read": r["allow_client_read"],
+                "client_write": r["allow_client_write"],
+                "realtime": r["realtime"],
+                "columns": r["columns"],
+            }
+            for r in rows
+        ],
+    }
+
+
+def create_table_from_definition(
+    conn: psycopg.Connection[Any], ref: str, definition: object
+) -> dict[str, Any]:
+    """``gateway table create --file`` and ``POST …/tables``: the definition JSON, parsed
+    and checked by ``tabledef.parse_table``, then ``create_table``."""
+    from gateway.control.tabledef import parse_table
+
+    return create_table(conn, ref, parse_table(definition))
+
+
+def add_column_from_definition(
+    conn: psycopg.Connection[Any], ref: str, table: str, definition: object
+) -> dict[str, Any]:
+    """``gateway table add-column`` and ``POST …/columns``: one column definition (the
+    same fields as in a table definition), parsed by ``tabledef.parse_column``."""
+    from gateway.control.tabledef import parse_column
+
+    check_name(table, "table name")
+    return add_column(conn, ref, table, parse_column(definition, "column"))

@@ -175,6 +175,16 @@ request_log = Table(
     Index("request_log_project_created_at_idx", "project_id", "created_at"),
 )
 
+# --- admin API (issue 15) -------------------------------------------------------------
+# One row per nonce of a signed admin request, inserted once (the primary key decides a
+# replay cluster-wide) and deleted by the maintenance leader after ``expires_at``.
+admin_nonces = Table(
+    "admin_nonces",
+    metadata,
+    Column("nonce", Text, primary_key=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("admin_nonces_expires_at_idx", "expires_at"),
+)
 
 # --- plans and quotas (migration 0010, docs/quotas.md) -----------------------------------
 

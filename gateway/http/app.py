@@ -24,7 +24,7 @@ from starlette.responses import Response
 from gateway.admission.admitter import Admitter
 from gateway.db.pool import PlanError, PoolPlan, create_pool, plan_for
 from gateway.errors import GatewayError
-from gateway.http import routes
+from gateway.http import admin, routes
 from gateway.http.responses import error_response
 from gateway.metadata.cache import MetadataCache
 from gateway.metadata.listener import MetadataListener
@@ -143,7 +143,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return error_response(GatewayError("INTERNAL_ERROR", "internal error", status=500))
 
     app = Starlette(
-        routes=routes.build_routes(),
+        # the admin API (issue 15): none when GATEWAY_ADMIN_HMAC_SECRET is unset
+        routes=routes.build_routes() + admin.build_admin_routes(settings),
         middleware=[
             Middleware(
                 ObserveMiddleware,

@@ -20,7 +20,7 @@ from gateway.errors import GatewayError
 from gateway.http.responses import JSON, error_response, json_response
 from gateway.ops.metrics import CONTENT_TYPE
 from gateway.query.pipeline import Outcome
-from gateway.realtime.stream import realtime_stream
+from gateway.realtime.stream import open_stream, stream_response
 
 logger = logging.getLogger("gateway")
 
@@ -115,6 +115,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 def _render(
     request: Request, kind: str, outcome: Outcome, request_id: str, started: float
 ) -> Response:
+    headers = _observe(request, kind, outcome, request_id, started)
+    return Response(outcome.body, status_code=outcome.status, media_type=JSON, headers=headers)
+
+
+def _observe(
+    request: Request, kind: str, outcome: Outcome, request_id: str, started: float
+) -> dict[str, str]:
+    """Record the outcome (metrics, request log, access line); the response's headers."""
     duration_ms = (time.perf_counter() - started) * 1000
     headers = dict(outcome.headers)
     headers["X-Request-Id"] = request_id
@@ -139,7 +147,7 @@ def _render(
                 "table": outcome.table,
                 "error_code": outcome.error_code,
             }
-    return Response(outcome.body, status_code=outcome.status, media_type=JSON, headers=headers)
+    return headers
 
 
 def _request_id(request: Request) -> str:
@@ -178,12 +186,25 @@ async def schema(request: Request) -> Response:
     return _render(request, "schema", outcome, _request_id(request), started)
 
 
+async def realtime(request: Request) -> Response:
+    """Opening a stream is a request like any other (logged when it is opened or refused;
+    ``duration_ms`` is the time to open it, not its lifetime)."""
+    started = time.perf_counter()
+    request_id = _request_id(request)
+    outcome, sub = await open_stream(request)
+    if sub is None:
+        return _render(request, "realtime", outcome, request_id, started)
+    return stream_response(
+        request, sub, _observe(request, "realtime", outcome, request_id, started)
+    )
+
+
 def build_routes() -> list[Route]:
     return [
         Route(f"{BASE}/query", query, methods=["POST"]),
         Route(f"{BASE}/batch", batch, methods=["POST"]),
         Route(f"{BASE}/schema", schema, methods=["GET"]),
-        Route(f"{BASE}/realtime", realtime_stream, methods=["GET"]),
+        Route(f"{BASE}/realtime", realtime, methods=["GET"]),
         Route(f"{BASE}/health", health, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

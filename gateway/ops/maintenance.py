@@ -269,3 +269,8 @@ def install_default_jobs(maintenance: Maintenance, sampler: ConnectionSampler) -
         sampler.sample,
         every_s=ACTIVITY_EVERY_S * 0.9,  # a 15 s tick must not skip a sample on jitter
     )
+
+    # admin API (issue 15): expired nonces of signed admin requests
+    from gateway.control import nonces
+
+    nonces.register_maintenance(maintenance)

@@ -203,9 +203,9 @@ class Observability:
         forwarded_for: str | None,
         user_agent: str | None,
     ) -> None:
-        """After a query, batch or schema request: count the admission outcome and, when
-        the key was validated (the outcome names a project), queue one request-log row.
-        O(1), never raises."""
+        """After a query, batch, schema or realtime-opening request: count the admission
+        outcome and, when the key was validated (the outcome names a project), queue one
+        request-log row. O(1), never raises."""
         try:
             admission = admission_outcome(outcome)
             if admission is not None:
@@ -216,6 +216,8 @@ class Observability:
                 method, path, table = "BATCH", "/db/batch", None
             elif kind == "schema":
                 method, path, table = "SCHEMA", "/db/schema", None
+            elif kind == "realtime":  # opening a stream (its lifetime is not a request)
+                method, path, table = "REALTIME", "/db/realtime", outcome.table
             else:
                 table = outcome.table
                 method = outcome.operation or "QUERY"

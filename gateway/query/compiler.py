@@ -3,7 +3,7 @@
 Safety by construction:
 
 * identifiers come only from the catalog (``ProjectCatalog.schema_name``, ``TableInfo``,
-  ``ColumnInfo``) and reach SQL only through ``psycopg.sql.Identifier``;
+  ``ColumnInfo``) and reach SQL only through ``sqltext.Identifier`` (quoted, never spliced);
 * values reach SQL only as parameters, each cast to its column's type with a cast taken
   from a fixed allowlist in this module (never the catalog's string spliced as SQL), and
   each converted in Python first, so a wrong value is a 400 ``INVALID_VALUE`` naming the
@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from psycopg import sql
-from psycopg.types.json import Jsonb
+import orjson
 
 from gateway.errors import GatewayError
 from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
 from gateway.query import permissions as perm
+from gateway.query import sqltext as sql
 from gateway.query.contract import Filter, Query
 
 PUBLIC_DEFAULT_MAX_ROWS = 50
@@ -239,8 +239,9 @@ def _to_timestamptz(v: Any) -> dt.datetime:
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=dt.UTC)
 
 
-def _to_jsonb(v: Any) -> Jsonb:
-    return Jsonb(v)
+def _to_jsonb(v: Any) -> str:
+    # bound as text and cast by the statement (``%s::jsonb``): no driver type needed here
+    return orjson.dumps(v).decode()
 
 
 def _scalar_converter(base: str) -> Callable[[Any], Any]:

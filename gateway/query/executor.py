@@ -149,7 +149,7 @@ async def run_transaction(
             await setup.execute(_SETUP, [role, str(int(statement_timeout_ms))], prepare=False)
             for st in statements:
                 cur = conn.cursor()
-                await cur.execute(st.sql, st.params, prepare=False)
+                await cur.execute(st.sql.as_string(), st.params, prepare=False)
                 cursors.append(cur)
             await conn.execute(_COMMIT, prepare=False)
         rows = [await cur.fetchone() for cur in cursors]

@@ -121,7 +121,7 @@ class Pipeline:
             catalog = await self.catalog(conn, admission.project_id)
             out.body = orjson.dumps(permissions.schema_view(catalog, admission.principal))
 
-        return await self._admitted(key, cost=1, work=work)
+        return await self.admitted(key, cost=1, work=work)
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -166,9 +166,9 @@ class Pipeline:
                 out.body = data_body(result.data_json, result.count)
                 out.row_count = result.count
 
-        return await self._admitted(key, cost=cost, work=work, grows=grows)
+        return await self.admitted(key, cost=cost, work=work, grows=grows)
 
-    async def _admitted(
+    async def admitted(
         self,
         key: str | None,
         *,
@@ -176,6 +176,15 @@ class Pipeline:
         work: Callable[[psycopg.AsyncConnection[Any], Admission, Outcome], Any],
         grows: bool = False,
     ) -> Outcome:
+        """The one way into the database for a request that costs ``cost`` requests.
+
+        The local deny (no connection, no round trip), then admission (one statement,
+        committed on its own), then ``work(conn, admission, out)`` on the same connection
+        — it loads the catalog with ``self.catalog`` when it needs it and fills ``out``.
+        A refusal anywhere becomes the outcome's status, body and headers. /query, /batch,
+        /schema and the opening of a realtime stream all come through here, so they share
+        the order of checks, the retry on a lost connection and the request-log facts.
+        """
         out = Outcome(status=200, body=b"")
         headers: dict[str, str] = {}
 
@@ -196,13 +205,15 @@ class Pipeline:
             await run_with_retry(self.pool, unit)
             return out
         except GatewayError as error:
-            return self._failed(out, error, headers)
+            return self.failed(out, error, headers)
         except psycopg.OperationalError as exc:
             log.warning("database unavailable: %s", str(exc).strip().splitlines()[:1])
-            return self._failed(out, service_unavailable(), headers)
+            return self.failed(out, service_unavailable(), headers)
 
     @staticmethod
-    def _failed(out: Outcome, error: GatewayError, headers: dict[str, str]) -> Outcome:
+    def failed(out: Outcome, error: GatewayError, headers: dict[str, str] | None = None) -> Outcome:
+        """``out`` turned into the refusal ``error`` (kept: the project and key it names)."""
+        headers = headers or {}
         if out.project_id is None and getattr(error, "project_id", None):
             # refused by admission after the key was recognised: still the project's request
             out.project_id = error.project_id  # type: ignore[attr-defined]

@@ -48,29 +48,58 @@ def parse_cursor(raw: str) -> Cursor:
 
 # --- changes ------------------------------------------------------------------------------
 
+# what a subscriber can receive for a change: the captured operations, and ``leave`` (an
+# update moved the row out of the subscriber's filter; primary key only)
+CHANGE_KINDS = frozenset({"insert", "update", "delete", "truncate", "leave"})
+
 
 @dataclass(frozen=True, slots=True)
 class Change:
     cursor: Cursor
     project_id: str
     table: str
-    op: str  # insert | update | delete
-    pk: dict[str, Any]
-    row: dict[str, Any] | None  # None for deletes: only the primary key is kept
+    op: str  # insert | update | delete | truncate, or leave (derived per subscriber)
+    pk: dict[str, Any]  # {} for truncate
+    row: dict[str, Any] | None  # None for deletes (only the primary key is kept), truncate
     age_s: float = 0.0  # database clock: how old the change was when it was read
     # rendered SSE blocks by readable-column set: subscribers with the same permissions
     # share one serialization instead of one per subscriber
     rendered: dict[Any, tuple[dict[str, Any], bytes]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # an update's old row as the database sent it (JSON text), parsed only when a filtered
+    # subscriber's predicate rejects the new row; NULL for changes captured before 0007
+    old_text: str | None = field(default=None, compare=False, repr=False)
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def image(self) -> dict[str, Any]:
         return self.row if self.row is not None else self.pk
 
+    def old_row(self) -> dict[str, Any] | None:
+        """The row before an update (parsed once, shared by every subscriber)."""
+        if self.old_text is None:
+            return None
+        if "old" not in self.memo:
+            self.memo["old"] = orjson.loads(self.old_text)
+        old: dict[str, Any] = self.memo["old"]
+        return old
+
+    def as_leave(self) -> Change:
+        """This update seen by a subscriber whose filter the row no longer matches: the
+        primary key only. One object per change, so those subscribers share its renders."""
+        leave = self.memo.get("leave")
+        if leave is None:
+            leave = self.memo["leave"] = Change(
+                self.cursor, self.project_id, self.table, "leave", self.pk, None, self.age_s
+            )
+        result: Change = leave
+        return result
+
 
 def change_from_row(project_id: str, table: str, r: Sequence[Any], offset: int, age: Any) -> Change:
-    xid, id_, op, pk, row = r[offset : offset + 5]
+    """From ``xid, id, op, pk, row, old_row`` at ``offset`` in a result row."""
+    xid, id_, op, pk, row, old = r[offset : offset + 6]
     return Change(
         cursor=Cursor(int(xid), int(id_)),
         project_id=project_id,
@@ -79,6 +108,7 @@ def change_from_row(project_id: str, table: str, r: Sequence[Any], offset: int, 
         pk=orjson.loads(pk),
         row=orjson.loads(row) if row is not None else None,
         age_s=float(age or 0.0),
+        old_text=old,
     )
 
 
@@ -89,7 +119,7 @@ def change_from_row(project_id: str, table: str, r: Sequence[Any], offset: int, 
 class Event:
     """What a subscription yields: a change, or a control event, or a heartbeat."""
 
-    kind: str  # insert | update | delete | reset | overflow | error | position | ping
+    kind: str  # CHANGE_KINDS | reset | overflow | error | position | ping
     cursor: Cursor | None = None
     data: dict[str, Any] | None = None
     raw: bytes | None = None  # the whole SSE block, when already rendered

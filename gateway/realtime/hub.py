@@ -94,7 +94,7 @@ class HubStats:
 
 POLL_SQL = """
 SELECT s.xmin::text::bigint, (s.xmax::text::bigint - s.xmin::text::bigint),
-       c.xid::text::bigint, c.id, c.op, c.pk::text, c.row::text,
+       c.xid::text::bigint, c.id, c.op, c.pk::text, c.row::text, c.old_row::text,
        c.project_id::text, c.table_name,
        extract(epoch FROM clock_timestamp() - c.created_at), v.version,
        extract(epoch FROM clock_timestamp() - (
@@ -104,7 +104,7 @@ SELECT s.xmin::text::bigint, (s.xmax::text::bigint - s.xmin::text::bigint),
   FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
                pg_snapshot_xmax(pg_current_snapshot()) AS xmax) AS s
   LEFT JOIN LATERAL (
-        SELECT xid, id, op, pk, row, project_id, table_name, created_at
+        SELECT xid, id, op, pk, row, old_row, project_id, table_name, created_at
           FROM gateway.changes
          WHERE (xid, id) > (CAST(%(xid)s AS text)::xid8, %(id)s)
            AND xid < s.xmin
@@ -118,12 +118,13 @@ SELECT s.xmin::text::bigint, (s.xmax::text::bigint - s.xmin::text::bigint),
 CATCHUP_SQL = """
 SELECT w.xid::text::bigint, w.id,
        pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
-       c.xid::text::bigint, c.id, c.op, c.pk::text, c.row::text,
-       extract(epoch FROM clock_timestamp() - c.created_at)
+       c.xid::text::bigint, c.id, c.op, c.pk::text, c.row::text, c.old_row::text,
+       extract(epoch FROM clock_timestamp() - c.created_at), v.version
   FROM (SELECT 1) AS one
   LEFT JOIN gateway.changes_pruned w ON w.project_id = %(project)s::uuid
+  LEFT JOIN gateway.registry_versions v ON v.project_id = %(project)s::uuid
   LEFT JOIN LATERAL (
-        SELECT xid, id, op, pk, row, created_at
+        SELECT xid, id, op, pk, row, old_row, created_at
           FROM gateway.changes
          WHERE project_id = %(project)s::uuid AND table_name = %(table)s
            AND (xid, id) > (CAST(%(xid)s AS text)::xid8, %(id)s)
@@ -402,15 +403,31 @@ class RealtimeHub:
                 yield Event("reset", pos, {"cursor": str(pos)})
                 continue
             changes = [
-                change_from_row(sub.project_id, sub.table, r, 3, r[8])
+                change_from_row(sub.project_id, sub.table, r, 3, r[9])
                 for r in rows
                 if r[3] is not None
             ]
+            if changes:
+                # as in a poll: the registry version read with these changes; a catalog
+                # older than it (e.g. the one the stream was opened with) is reloaded
+                # before they are sent
+                try:
+                    await self._refresh_catalogs({sub.project_id: int(first[10] or 0)})
+                except Exception as exc:
+                    logger.warning("realtime: catalog reload failed: %s", exc)
+                    yield Event(
+                        "error",
+                        None,
+                        {"code": "SERVICE_UNAVAILABLE", "message": "catch-up failed, reconnect"},
+                    )
+                    sub.close()
+                    return
             for change in changes:
                 if sub.closed:
                     return
-                if change.cursor > pos and sub.matches(change):
-                    yield Event(change.op, change.cursor, {"change": change})
+                seen = sub.classify(change) if change.cursor > pos else None
+                if seen is not None:
+                    yield Event(seen.op, seen.cursor, {"change": seen})
                 pos = change.cursor
             if len(changes) < self.catchup_page_size:
                 pos = max(pos, target)  # everything up to the target has been read
@@ -459,9 +476,9 @@ class RealtimeHub:
         xmin = int(first[0])
         self.stats.xmin_lag_xids = int(first[1])
         # committed changes held back by an older open transaction: how long they wait
-        self.stats.held_back_s = float(first[11] or 0.0)
-        changes = [change_from_row(r[7], r[8], r, 2, r[9]) for r in rows if r[2] is not None]
-        versions = {r[7]: int(r[10] or 0) for r in rows if r[2] is not None}
+        self.stats.held_back_s = float(first[12] or 0.0)
+        changes = [change_from_row(r[8], r[9], r, 2, r[10]) for r in rows if r[2] is not None]
+        versions = {r[8]: int(r[11] or 0) for r in rows if r[2] is not None}
         return changes, xmin, versions
 
     def _dispatch(self, changes: list[Change]) -> None:
@@ -475,12 +492,12 @@ class RealtimeHub:
                 if not sub.live or change.cursor <= sub.floor:
                     continue
                 try:
-                    matched = sub.matches(change)
+                    seen = sub.classify(change)
                 except Exception:  # a filter must never stop the poller for everyone
                     logger.exception("realtime: filter evaluation failed")
-                    matched = False
-                if matched:
-                    sub.offer(change)
+                    seen = None
+                if seen is not None:
+                    sub.offer(seen)
                     self.stats.rows_dispatched += 1
 
     async def _sleep(self, seconds: float) -> None:

@@ -1,9 +1,11 @@
 """``GET /v1/inhouse/db/realtime``: a subscription as ``text/event-stream``.
 
 The order of checks: a server key in the URL is refused before any database work (400
-``SECRET_KEY_IN_URL``); then the parameters are parsed (table, filters, cursor); then
-admission (one request) and the catalog; then table and filter permissions with the same
-codes as ``/query``; then the hub registers the stream (429 ``TOO_MANY_SUBSCRIPTIONS``).
+``SECRET_KEY_IN_URL``); then the parameters are parsed (table, filters, cursor); then,
+through ``Pipeline.admitted`` like ``/query``: the local deny, admission (one request),
+the catalog, and table and filter permissions with the same codes as ``/query``; then
+the hub registers the stream (429 ``TOO_MANY_SUBSCRIPTIONS``). The route records the
+opening in the request log (``REALTIME``) like any other request.
 
 The response is a small ASGI app of its own rather than Starlette's StreamingResponse:
 every ``send`` has a timeout (a client that stops reading can't hold a stream forever),
@@ -25,12 +27,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.admission.headers import admission_headers
+from gateway.admission.decision import Admission
 from gateway.auth.keys import hash_key, key_from_headers, looks_like_secret
-from gateway.errors import GatewayError, service_unavailable
-from gateway.http.responses import error_response
+from gateway.errors import GatewayError
 from gateway.metadata.catalog import Principal, ProjectCatalog, TableInfo
 from gateway.query import contract, permissions
+from gateway.query.pipeline import Outcome
 from gateway.realtime.events import parse_cursor
 from gateway.realtime.hub import RealtimeHub
 from gateway.realtime.sse import sse_stream
@@ -190,57 +192,74 @@ def _check_table(catalog: ProjectCatalog, table: str, principal: Principal) -> T
     return info
 
 
-async def realtime_stream(request: Request) -> Response:
+async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
+    """Every check, then the subscription; the outcome is the refusal when there is none.
+
+    The route records the outcome in the request log like any other request
+    (``REALTIME``, the table), then answers with ``stream_response``.
+    """
     state = request.app.state.gw
-    settings = state.settings
+    pipeline = state.pipeline
+    out = Outcome(status=200, body=b"", operation="REALTIME")
     url_key = request.query_params.get("apikey")
     # before anything touches the database: a secret in a URL is refused outright
     if url_key is not None and looks_like_secret(url_key):
-        return error_response(
-            GatewayError(
-                "SECRET_KEY_IN_URL",
-                "only public keys may be passed in the URL; send server keys in the "
-                "Authorization header",
-            )
+        error = GatewayError(
+            "SECRET_KEY_IN_URL",
+            "only public keys may be passed in the URL; send server keys in the "
+            "Authorization header",
         )
+        return pipeline.failed(out, error), None
     key = key_from_headers(request.headers) or url_key
-    headers: dict[str, str] = {}
     try:
         table, filters, since = _parse_request(request)
-        hub: RealtimeHub = state.realtime
-        pipeline = state.pipeline
-        # a project known to be over its limit is refused locally, as for /query
-        key_hash = pipeline.admitter.check_local(key)
-        async with pipeline.connection() as conn:
-            # opening a stream costs one request; events cost nothing
-            ctx = await pipeline.admit(conn, key, 1, key_hash=key_hash)
-            headers = {**admission_headers(ctx), "X-Project-Id": ctx.project_id}
-            catalog = await pipeline.catalog(conn, ctx.project_id)
-        info = _check_table(catalog, table, ctx.principal)
+    except GatewayError as error:
+        return pipeline.failed(out, error), None
+    opened: dict[str, Any] = {}
+
+    async def work(conn: psycopg.AsyncConnection[Any], admission: Admission, o: Outcome) -> None:
+        # the same way in as /query (local deny, admission, catalog): opening a stream
+        # costs one request; events cost nothing
+        o.table = table
+        catalog = await pipeline.catalog(conn, admission.project_id)
+        info = _check_table(catalog, table, admission.principal)
         for i, f in enumerate(filters):
-            permissions.require_readable(info, f.column, ctx.principal, f"filters[{i}].column")
+            where = f"filters[{i}].column"
+            permissions.require_readable(info, f.column, admission.principal, where)
+        opened.update(admission=admission, catalog=catalog, info=info)
 
-        async def revalidate() -> None:
-            # the key is checked again now and then (without counting a request): a
-            # revoked or expired key, or a suspended project, ends the stream
-            async with pipeline.connection() as conn:
-                await check_key(conn, key or "")
+    out = await pipeline.admitted(key, cost=1, work=work)
+    out.operation = "REALTIME"
+    if out.error_code is not None:
+        return out, None
+    admission, catalog, info = opened["admission"], opened["catalog"], opened["info"]
+    hub: RealtimeHub = state.realtime
 
+    async def revalidate() -> None:
+        # the key is checked again now and then (without counting a request): a
+        # revoked or expired key, or a suspended project, ends the stream
+        async with pipeline.connection() as conn:
+            await check_key(conn, key or "")
+
+    try:
         sub = await hub.subscribe(
-            ctx.project_id,
+            admission.project_id,
             table,
             filters=filters,
             column_types={c.name: c.data_type for c in info.columns},
-            columns=_readable_fn(hub, ctx.project_id, table, ctx.principal, catalog),
+            columns=_readable_fn(hub, admission.project_id, table, admission.principal, catalog),
             since=since,
             catalog=catalog,
             revalidate=revalidate,
         )
     except GatewayError as error:
-        return error_response(error, headers)
-    except psycopg.OperationalError as exc:
-        logger.warning("realtime: database unavailable: %s", str(exc).strip()[:200])
-        return error_response(service_unavailable(), headers)
+        return pipeline.failed(out, error), None
+    return out, sub
+
+
+def stream_response(request: Request, sub: Subscription, headers: dict[str, str]) -> Response:
+    """The open subscription as ``text/event-stream``."""
+    settings = request.app.state.gw.settings
     return SSEResponse(
         sub,
         headers=headers,

@@ -12,12 +12,12 @@ from collections.abc import (
     Callable,
     Collection,
 )
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.errors import GatewayError
-from gateway.realtime.events import Change, Cursor, Event
+from gateway.realtime.events import CHANGE_KINDS, Change, Cursor, Event
 from gateway.realtime.filters import Predicate
 
 if TYPE_CHECKING:
@@ -70,11 +70,24 @@ class Subscription:
         self._next_check = time.monotonic() + revalidate_s
 
     # called by the hub, synchronously, during dispatch
-    def matches(self, change: Change) -> bool:
+    def classify(self, change: Change) -> Change | None:
+        """What this subscriber receives for a change: the change itself, its ``leave``
+        form (an update moved the row out of the filter), or nothing."""
+        if change.op == "truncate":
+            return change  # every row is gone, whatever the filter
         if change.row is None:
             partial = getattr(self.predicate, "partial", None)
-            return partial(change.pk) if partial else True
-        return self.predicate(change.row)
+            return change if partial is None or partial(change.pk) else None
+        if self.predicate(change.row):
+            return change
+        if self.filter_columns:
+            old = change.old_row()
+            if old is not None and self.predicate(old):
+                return change.as_leave()
+        return None
+
+    def matches(self, change: Change) -> bool:
+        return self.classify(change) is not None
 
     def offer(self, change: Change) -> bool:
         try:
@@ -104,9 +117,10 @@ class Subscription:
         )
         cached = change.rendered.get(key)
         if cached is None:
-            image = change.image
-            row = image if key is None else {k: v for k, v in image.items() if k in key}
-            data = {"table": self.table, "op": change.op, "row": row}
+            data: dict[str, Any] = {"table": self.table, "op": change.op}
+            if change.op != "truncate":
+                image = change.image
+                data["row"] = image if key is None else {k: v for k, v in image.items() if k in key}
             block = (
                 f"id: {change.cursor}\nevent: {change.op}\ndata: ".encode()
                 + orjson.dumps(data)
@@ -158,7 +172,7 @@ class Subscription:
         """Catch-up from ``since``, then the live stream; ends on overflow, error or close."""
         try:
             async for event in self.hub._catch_up(self):
-                if event.kind in ("insert", "update", "delete"):
+                if event.kind in CHANGE_KINDS:
                     readable, error = self._readable()
                     if error is not None:
                         yield error

@@ -1,0 +1,204 @@
+"""The admin API's route table: method, path, request model, and the function it calls.
+
+Each route is one ``AdminRoute``. ``call`` is a thin adapter onto the function the CLI
+calls (``provisioning.*``): it unpacks the path parameters and the validated body and
+does nothing else. Sync routes (the provisioning code is synchronous, as the CLI is)
+run in a worker thread on a pooled connection (``gateway.db.bridge``); async routes get
+the pool itself (for capabilities written async).
+
+Adding a capability's routes (usage, auth users, jobs) is a few lines: define
+``AdminRoute``\\s in the capability's package and add them to ``ROUTES`` below (or
+``extend_routes`` them at import). The HTTP layer (``gateway/http/admin.py``), the
+signature check and the OpenAPI document pick them up with nothing else to change.
+
+Every answer is ``{"ok": true, "data": …}``; errors ``{"ok": false, "error": {"code",
+"message", "field"?}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from gateway.control import provisioning
+from gateway.control.admin_models import (
+    AccessUpdate,
+    ColumnDefinition,
+    KeyCreate,
+    ProjectCreate,
+    ProjectDelete,
+    ProjectListQuery,
+    ProjectUpdate,
+    RealtimeUpdate,
+    TableDefinition,
+)
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+PREFIX = "/v1/admin"
+
+
+@dataclass(frozen=True)
+class AdminCall:
+    """What a route's ``call`` gets: path parameters, the validated body and query."""
+
+    params: dict[str, str]
+    body: Any = None
+    query: Any = None
+    pool: AsyncConnectionPool | None = None  # for async calls
+
+
+SyncCall = Callable[[Any, AdminCall], Any]  # (sync connection, call) -> data
+AsyncCall = Callable[[AdminCall], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class AdminRoute:
+    method: str
+    path: str  # below PREFIX, with {name} parameters
+    call: SyncCall | AsyncCall
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    status: int = 200
+    is_async: bool = False
+    raw: bool = False  # answer ``data`` itself, not the ``{"ok", "data"}`` envelope
+    description: str = ""
+    operation_id: str = ""
+    extra_responses: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def full_path(self) -> str:
+        return PREFIX + self.path
+
+
+# --- adapters: path parameters and body in, the CLI's function out ------------------------
+
+
+async def _openapi(c: AdminCall) -> Any:
+    from gateway.control.openapi import document
+
+    return document()
+
+
+def _project(conn: Any, c: AdminCall) -> Any:
+    return provisioning.get_project(conn, c.params["project"])
+
+
+def _create_project(conn: Any, c: AdminCall) -> Any:
+    return provisioning.create_project(conn, **c.body.as_args()).as_json()
+
+
+def _list_projects(conn: Any, c: AdminCall) -> Any:
+    return provisioning.list_projects(conn, limit=c.query.limit, offset=c.query.offset)
+
+
+def _update_project(conn: Any, c: AdminCall) -> Any:
+    return provisioning.set_limits(conn, c.params["project"], **c.body.as_args()).as_json()
+
+
+def _delete_project(conn: Any, c: AdminCall) -> Any:
+    return provisioning.delete_project(conn, c.params["project"], confirm=c.body.confirm)
+
+
+def _create_key(conn: Any, c: AdminCall) -> Any:
+    args = c.body.as_args()
+    return provisioning.create_key(
+        conn,
+        c.params["project"],
+        key_type=args["type"],
+        scopes=args.get("scopes"),
+        expires_in_s=args.get("expires_in"),
+    )
+
+
+def _list_keys(conn: Any, c: AdminCall) -> Any:
+    return provisioning.list_keys(conn, c.params["project"])
+
+
+def _revoke_key(conn: Any, c: AdminCall) -> Any:
+    return provisioning.revoke_key(conn, c.params["key_id"], project=c.params["project"])
+
+
+def _regenerate_key(conn: Any, c: AdminCall) -> Any:
+    return provisioning.regenerate_key(conn, c.params["key_id"], project=c.params["project"])
+
+
+def _list_tables(conn: Any, c: AdminCall) -> Any:
+    return provisioning.list_tables(conn, c.params["project"])
+
+
+def _create_table(conn: Any, c: AdminCall) -> Any:
+    return provisioning.create_table_from_definition(conn, c.params["project"], c.body.as_args())
+
+
+def _add_column(conn: Any, c: AdminCall) -> Any:
+    p = c.params
+    return provisioning.add_column_from_definition(conn, p["project"], p["table"], c.body.as_args())
+
+
+def _set_access(conn: Any, c: AdminCall) -> Any:
+    return provisioning.set_access(conn, c.params["project"], c.params["table"], **c.body.as_args())
+
+
+def _set_realtime(conn: Any, c: AdminCall) -> Any:
+    p = c.params
+    return provisioning.set_realtime(conn, p["project"], p["table"], enabled=c.body.enabled)
+
+
+def _drop_table(conn: Any, c: AdminCall) -> Any:
+    return provisioning.drop_table(conn, c.params["project"], c.params["table"])
+
+
+P = "/projects/{project}"
+
+ROUTES: list[AdminRoute] = [
+    AdminRoute("GET", "/openapi.json", _openapi, "This document (OpenAPI 3.1)", "meta",
+               is_async=True, raw=True, operation_id="openapi"),
+    # projects
+    AdminRoute("POST", "/projects", _create_project, "Create a project", "projects",
+               body=ProjectCreate, status=201, operation_id="createProject"),
+    AdminRoute("GET", "/projects", _list_projects, "List projects (paged)", "projects",
+               query=ProjectListQuery, operation_id="listProjects"),
+    AdminRoute("GET", P, _project, "Get a project", "projects", operation_id="getProject"),
+    AdminRoute("PATCH", P, _update_project, "Set a project's limits, plan or status",
+               "projects", body=ProjectUpdate, operation_id="updateProject"),
+    AdminRoute("DELETE", P, _delete_project, "Delete a project (schema, tables, role, keys)",
+               "projects", body=ProjectDelete, operation_id="deleteProject"),
+    # keys
+    AdminRoute("POST", P + "/keys", _create_key, "Create an API key (returned once)", "keys",
+               body=KeyCreate, status=201, operation_id="createKey"),
+    AdminRoute("GET", P + "/keys", _list_keys, "List a project's keys (no secrets)", "keys",
+               operation_id="listKeys"),
+    AdminRoute("POST", P + "/keys/{key_id}/revoke", _revoke_key, "Revoke a key", "keys",
+               operation_id="revokeKey"),
+    AdminRoute("POST", P + "/keys/{key_id}/regenerate", _regenerate_key,
+               "Revoke a key and issue its replacement (returned once)", "keys", status=201,
+               operation_id="regenerateKey"),
+    # tables
+    AdminRoute("GET", P + "/tables", _list_tables, "List a project's tables", "tables",
+               operation_id="listTables"),
+    AdminRoute("POST", P + "/tables", _create_table, "Create a table from a definition",
+               "tables", body=TableDefinition, status=201, operation_id="createTable"),
+    AdminRoute("POST", P + "/tables/{table}/columns", _add_column, "Add a column", "tables",
+               body=ColumnDefinition, status=201, operation_id="addColumn"),
+    AdminRoute("PATCH", P + "/tables/{table}/access", _set_access,
+               "Set a table's or a column's access flags", "tables", body=AccessUpdate,
+               operation_id="setAccess"),
+    AdminRoute("PUT", P + "/tables/{table}/realtime", _set_realtime,
+               "Turn realtime capture on or off", "tables", body=RealtimeUpdate,
+               operation_id="setRealtime"),
+    AdminRoute("DELETE", P + "/tables/{table}", _drop_table, "Drop a table", "tables",
+               operation_id="dropTable"),
+    # usage (issue 14), auth users (issue 17) and jobs (issue 13) add their routes here
+]  # fmt: skip
+
+
+def extend_routes(routes: list[AdminRoute]) -> None:
+    """For a capability that registers its admin routes from its own package."""
+    ROUTES.extend(routes)

@@ -384,3 +384,37 @@ def test_a_plan_change_applies_on_the_next_request_on_every_instance(
             store.set_plan(conn, plan, {"bandwidth_bytes_monthly": 1})
         for url in urls:
             assert code(post(client, url, key, SELECT_ONE)) == "BANDWIDTH_QUOTA_EXCEEDED"
+
+
+def test_realtime_stream_bytes_count_as_bandwidth(
+    cluster: GatewayCluster, db: Any, pg_url: str, make_project: Any
+) -> None:
+    """The events of a realtime stream are bytes sent: counted as they go, like answers."""
+    project = make_project(table=BLOBS)
+    key, urls = project["server_key"], cluster.urls
+    body = secrets.token_hex(500)
+    insert = {"query": {"operation": "insert", "table": "blobs", "data": {"body": body}}}
+    received = 0
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "GET",
+            urls[0] + BASE + "/realtime?table=blobs",
+            headers={"Authorization": f"Bearer {key}", "Accept-Encoding": "identity"},
+        ) as stream,
+    ):
+        assert stream.status_code == 200
+        answer = post(
+            httpx.Client(timeout=30), urls[1], key, insert, **{"Accept-Encoding": "identity"}
+        )
+        assert answer.status_code == 200
+        seen = b""
+        for chunk in stream.iter_raw():
+            received += len(chunk)
+            seen += chunk
+            if body.encode() in seen:
+                break
+    expected = received + len(answer.content)
+    counted = wait_for_bandwidth(db, project["id"], expected)
+    print(f"bandwidth: stream {received} B + answer {len(answer.content)} B, counted {counted} B")
+    assert counted >= expected

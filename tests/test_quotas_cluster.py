@@ -404,9 +404,7 @@ def test_realtime_stream_bytes_count_as_bandwidth(
         ) as stream,
     ):
         assert stream.status_code == 200
-        answer = post(
-            httpx.Client(timeout=30), urls[1], key, insert, **{"Accept-Encoding": "identity"}
-        )
+        answer = post(client, urls[1], key, insert, **{"Accept-Encoding": "identity"})
         assert answer.status_code == 200
         seen = b""
         for chunk in stream.iter_raw():

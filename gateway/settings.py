@@ -92,6 +92,10 @@ class Settings:
     # end-user auth (docs/auth.md): its own group of GATEWAY_AUTH_* / GATEWAY_SMTP_* values
     auth: AuthSettings = field(default_factory=lambda: AuthSettings())
 
+    # quotas (plans, bandwidth, database size: gateway/quotas, docs/quotas.md)
+    bandwidth_flush_ms: int = 1000
+    db_size_sample_s: float = 60.0
+
     @property
     def direct_url(self) -> str:
         """LISTEN, migrations and session locks never go through a transaction pooler."""
@@ -157,6 +161,9 @@ class Settings:
             admin_hmac_secrets=_admin_secrets(r.list("GATEWAY_ADMIN_HMAC_SECRET", ())),
             overload_inflight_max=r.optional_int("GATEWAY_OVERLOAD_INFLIGHT_MAX", minimum=1),
             overload_queue_max=r.optional_int("GATEWAY_OVERLOAD_QUEUE_MAX", minimum=0),
+            # quotas
+            bandwidth_flush_ms=r.int("GATEWAY_BANDWIDTH_FLUSH_MS", 1000, minimum=10),
+            db_size_sample_s=r.float("GATEWAY_DB_SIZE_SAMPLE_S", 60.0, minimum=0.1),
         )
         settings = replace(settings, auth=AuthSettings.from_reader(r))
         if settings.pool_max is not None and settings.pool_min > settings.pool_max:

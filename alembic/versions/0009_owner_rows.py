@@ -39,18 +39,7 @@ down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-UPGRADE = r"""
-ALTER TABLE gateway.table_registry
-    ADD COLUMN owner_column text,
-    ADD COLUMN row_access text NOT NULL DEFAULT 'all',
-    ADD CONSTRAINT table_registry_row_access_check
-        CHECK (row_access IN ('all', 'owner', 'public_read')),
-    ADD CONSTRAINT table_registry_owner_column_check
-        CHECK (row_access = 'all' OR owner_column IS NOT NULL);
-
--- the session's user, for the data routes (NULL without a session)
-ALTER TYPE gateway.admission ADD ATTRIBUTE user_id uuid;
-
+LOOKUP_KEY = r"""
 -- lookup_key is a SQL function: its SELECT must list the new attribute too
 CREATE OR REPLACE FUNCTION gateway.lookup_key(p_key_hash text) RETURNS gateway.admission
 LANGUAGE sql STABLE AS $fn$
@@ -68,7 +57,53 @@ LANGUAGE sql STABLE AS $fn$
       LEFT JOIN gateway.api_keys ak ON ak.key_hash = p_key_hash
       LEFT JOIN gateway.projects p ON p.id = ak.project_id
 $fn$;
+"""
 
+SESSION_WRAPPERS = r"""
+-- The data routes' admission with a session: the 5-argument gateway.admit, then the
+-- session. No DEFAULT on p_session_hash, so a 5-argument call is never ambiguous.
+CREATE FUNCTION gateway.admit(
+    p_key_hash text,
+    p_cost integer,
+    p_window_s integer,
+    p_sliding boolean,
+    p_lock_timeout_ms integer,
+    p_session_hash text
+) RETURNS gateway.admission
+LANGUAGE sql AS $fn$
+    SELECT gateway.admission_session(
+        gateway.admit(p_key_hash, p_cost, p_window_s, p_sliding, p_lock_timeout_ms),
+        p_session_hash)
+$fn$;
+
+CREATE FUNCTION gateway.lookup_key(p_key_hash text, p_session_hash text)
+RETURNS gateway.admission
+LANGUAGE sql AS $fn$
+    SELECT gateway.admission_session(gateway.lookup_key(p_key_hash), p_session_hash)
+$fn$;
+
+REVOKE EXECUTE ON FUNCTION gateway.admission_session(gateway.admission, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION gateway.admit(text, integer, integer, boolean, integer, text)
+    FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION gateway.lookup_key(text, text) FROM PUBLIC;
+"""
+
+UPGRADE = (
+    r"""
+ALTER TABLE gateway.table_registry
+    ADD COLUMN owner_column text,
+    ADD COLUMN row_access text NOT NULL DEFAULT 'all',
+    ADD CONSTRAINT table_registry_row_access_check
+        CHECK (row_access IN ('all', 'owner', 'public_read')),
+    ADD CONSTRAINT table_registry_owner_column_check
+        CHECK (row_access = 'all' OR owner_column IS NOT NULL);
+
+-- the session's user, for the data routes (NULL without a session)
+ALTER TYPE gateway.admission ADD ATTRIBUTE user_id uuid;
+
+"""
+    + LOOKUP_KEY
+    + r"""
 -- An admitted answer + a session token's hash -> the answer with the session's user, or
 -- the session's refusal. Valid: same project, not revoked, not expired (database clock).
 CREATE FUNCTION gateway.admission_session(r gateway.admission, p_session_hash text)
@@ -104,33 +139,9 @@ BEGIN
 END
 $fn$;
 
--- The data routes' admission with a session: the 5-argument gateway.admit, then the
--- session. No DEFAULT on p_session_hash, so a 5-argument call is never ambiguous.
-CREATE FUNCTION gateway.admit(
-    p_key_hash text,
-    p_cost integer,
-    p_window_s integer,
-    p_sliding boolean,
-    p_lock_timeout_ms integer,
-    p_session_hash text
-) RETURNS gateway.admission
-LANGUAGE sql AS $fn$
-    SELECT gateway.admission_session(
-        gateway.admit(p_key_hash, p_cost, p_window_s, p_sliding, p_lock_timeout_ms),
-        p_session_hash)
-$fn$;
-
-CREATE FUNCTION gateway.lookup_key(p_key_hash text, p_session_hash text)
-RETURNS gateway.admission
-LANGUAGE sql AS $fn$
-    SELECT gateway.admission_session(gateway.lookup_key(p_key_hash), p_session_hash)
-$fn$;
-
-REVOKE EXECUTE ON FUNCTION gateway.admission_session(gateway.admission, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION gateway.admit(text, integer, integer, boolean, integer, text)
-    FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION gateway.lookup_key(text, text) FROM PUBLIC;
-
+"""
+    + SESSION_WRAPPERS
+    + r"""
 CREATE TABLE gateway.realtime_tickets (
     ticket_hash  text        PRIMARY KEY,   -- SHA-256 hex of the ticket; never the ticket
     project_id   uuid        NOT NULL REFERENCES gateway.projects (id) ON DELETE CASCADE,
@@ -215,6 +226,7 @@ END
 $fn$;
 REVOKE ALL ON FUNCTION gateway.capture_change() FROM PUBLIC;
 """
+)
 
 DOWNGRADE = r"""
 -- owner tables go back to every row for every key: their policies are dropped (the code

@@ -40,7 +40,6 @@ from gateway.admission.headers import rate_limit_headers
 from gateway.admission.local_deny import (
     LocalDenies,
     LocalDeny,
-    quota_violation,
     rate_limited_error,
     seconds_up,
     tag,
@@ -48,14 +47,15 @@ from gateway.admission.local_deny import (
 from gateway.auth.keys import hash_key
 from gateway.errors import GatewayError, service_unavailable
 from gateway.metadata.catalog import Principal
+from gateway.quotas.plans import violations_for
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.admission")
 
-ADMIT_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s)"
+ADMIT_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s, %s)"
 LOOKUP_SQL = "SELECT * FROM gateway.lookup_key(%s)"
-# With a session (migration 0008): the same admission, then the session, in ONE statement.
-ADMIT_SESSION_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s, %s)"
+# With a session (migrations 0009, 0010): the same admission, then the session, in ONE statement.
+ADMIT_SESSION_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s, %s, %s)"
 LOOKUP_SESSION_SQL = "SELECT * FROM gateway.lookup_key(%s, %s)"
 
 # After a timeout the cancelled call gets this long to finish before its connection is
@@ -103,6 +103,8 @@ class Admitter:
             probe_timeout_s=self.probe_timeout_s,
             clock=lambda: self.clock(),
         )
+        # a refusal for the database size can lift at the next sample (Retry-After)
+        self.db_size_sample_s = float(settings.db_size_sample_s)
         self._stats: dict[str, int] = {
             "local_denied": 0,
             "db_decisions": 0,
@@ -166,6 +168,7 @@ class Admitter:
         *,
         key_hash: str | None = None,
         session_hash: str | None = None,
+        grows: bool = False,
     ) -> Admission:
         """Decide a request of ``cost`` units (a batch of N queries costs N).
 
@@ -173,6 +176,8 @@ class Admitter:
         ``session_hash``: the SHA-256 of the request's session token; the session is
         resolved in the same statement (never cached here) and its user id lands in
         ``Admission.principal.user_id``.
+        ``grows``: the request inserts or updates (refused while the project is over its
+        database size; see gateway/quotas).
         """
         if key_hash is None:
             key_hash = self.check_local(key)
@@ -198,13 +203,13 @@ class Admitter:
         )
         try:
             if session_hash is None:
-                row = await self._call(conn, ADMIT_SQL, params)
+                row = await self._call(conn, ADMIT_SQL, (*params, grows))
             else:
-                row = await self._call(conn, ADMIT_SESSION_SQL, (*params, session_hash))
+                row = await self._call(conn, ADMIT_SESSION_SQL, (*params, grows, session_hash))
         except BaseException:
             self.local.probe_failed(key_hash)  # the next request probes again
             raise
-        return self._decide(row, key_hash, sent_at)
+        return self._decide(row, key_hash, sent_at, cost=cost, grows=grows)
 
     # --- the round trip -----------------------------------------------------------------
 
@@ -273,7 +278,15 @@ class Admitter:
             principal=_principal(row[4], row[5], row[15]),
         )
 
-    def _decide(self, row: tuple[Any, ...], key_hash: str, sent_at: float) -> Admission:
+    def _decide(
+        self,
+        row: tuple[Any, ...],
+        key_hash: str,
+        sent_at: float,
+        *,
+        cost: int = 1,
+        grows: bool = False,
+    ) -> Admission:
         (
             outcome,
             project_id,
@@ -290,12 +303,28 @@ class Admitter:
             quota_used,
             quota_limit,
             day_reset_in,
-            user_id,
-        ) = row[:16]
+            user_id,  # the session's user (0009)
+            # quotas (0010)
+            bandwidth_used,
+            bandwidth_limit,
+            db_size_used,
+            db_size_limit,
+            month_reset_in,
+        ) = row[:21]
         self._stats["db_decisions"] += 1
-        full = (outcome == "rate_limited" and remaining == 0) or (
-            outcome == "quota_exceeded" and quota_used >= quota_limit
-        )
+        violations: list[dict[str, Any]] = []
+        requests_full = bandwidth_over = False
+        if outcome == "quota_exceeded":
+            violations = violations_for(
+                cost=cost,
+                grows=grows,
+                requests=(quota_used, quota_limit),
+                bandwidth=(bandwidth_used, bandwidth_limit),
+                database=(db_size_used, db_size_limit),
+            )
+            requests_full = quota_limit is not None and quota_used >= quota_limit
+            bandwidth_over = bandwidth_limit is not None and bandwidth_used >= bandwidth_limit
+        full = (outcome == "rate_limited" and remaining == 0) or requests_full or bandwidth_over
         if not full:
             # the database answered something else than "full": no local deny for this key
             self.local.discard(key_hash)
@@ -356,27 +385,52 @@ class Admitter:
             )
         if outcome == "quota_exceeded":
             self._stats["db_quota_exceeded"] += 1
+            if not violations:  # can't happen: the statement and violations_for agree
+                violations = [
+                    {
+                        "type": "requests",
+                        "used": quota_used,
+                        "limit": quota_limit,
+                        "percentUsed": 100.0,
+                    }
+                ]
+            # when the refusal can lift: the day (requests), the month (bandwidth), the
+            # next database-size sample (database) — all of them for several
+            lifts = {
+                "requests": day_reset_in,
+                "bandwidth": month_reset_in,
+                "database": self.db_size_sample_s,
+            }
+            retry = max(seconds_up(lifts.get(v["type"], 1.0)) for v in violations)
             if full:
-                # the day's quota is used up: usage only grows until UTC midnight
+                # daily requests used up / the month's bandwidth spent: usage only grows
+                # until its reset (limits changes notify), so refuse locally until the
+                # first of those resets; the database quota depends on the operation and
+                # on the next sample, so a local answer never lists it
+                local = [v for v in violations if v["type"] != "database"]
+                until = min(
+                    day_reset_in if requests_full else math.inf,
+                    month_reset_in if bandwidth_over else math.inf,
+                )
                 self.local.remember(
                     key_hash,
                     LocalDeny(
                         project_id=project_id,
                         key_id=str(key_id),
-                        check_until=sent_at + day_reset_in,
-                        reset_mono=sent_at + day_reset_in,
+                        check_until=sent_at + until,
+                        reset_mono=sent_at + until,
                         limit=rate_limit,
                         remaining=remaining,
                         rate_reset_mono=sent_at + reset_in,
                         rate_reset_epoch=reset_epoch,
                         window_s=window_s,
-                        quota=(quota_used, quota_limit),
+                        violations=local or violations,
                     ),
                 )
             headers = rate_limit_headers(rate_limit, remaining, reset_epoch, t, window_s)
-            headers["Retry-After"] = str(max(t, seconds_up(day_reset_in)))
+            headers["Retry-After"] = str(max(t, retry))
             raise tag(
-                QuotaExceeded([quota_violation(quota_used, quota_limit)], headers),
+                QuotaExceeded(violations, headers),
                 project_id,
                 str(key_id),
                 "quota_exceeded",

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -53,16 +54,33 @@ projects = Table(
     Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
     Column("name", Text, nullable=False, unique=True),
     Column("schema_name", Text, nullable=False, unique=True),
-    Column("tier", Text, nullable=False, server_default="free"),
-    Column("rate_limit_per_minute", Integer, nullable=False, server_default="100"),
-    Column("requests_limit_daily", BigInteger, nullable=False, server_default="10000"),
+    # the project's plan (gateway.plans.name); the limit columns are per-project overrides:
+    # NULL = the plan's value, -1 = unlimited (migration 0010, docs/quotas.md)
+    Column(
+        "tier",
+        Text,
+        ForeignKey("gateway.plans.name", onupdate="CASCADE", name="projects_tier_fkey"),
+        nullable=False,
+        server_default="free",
+        index=True,
+    ),
+    Column("rate_limit_per_minute", Integer),
+    Column("requests_limit_daily", BigInteger),
     Column("status", Text, nullable=False, server_default="active"),
     _now(),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
-    CheckConstraint(_in("tier", TIERS), name="projects_tier_check"),
     CheckConstraint(_in("status", PROJECT_STATUSES), name="projects_status_check"),
     CheckConstraint("rate_limit_per_minute >= 0", name="projects_rate_limit_check"),
-    CheckConstraint("requests_limit_daily >= 0", name="projects_requests_limit_check"),
+    CheckConstraint("requests_limit_daily >= -1", name="projects_requests_limit_check"),
+    # quotas (0010): overrides of the plan's limits
+    Column("bandwidth_limit_monthly", BigInteger),
+    Column("db_size_limit_bytes", BigInteger),
+    Column("job_runs_limit_monthly", BigInteger),
+    Column("realtime_streams_limit", Integer),
+    CheckConstraint("bandwidth_limit_monthly >= -1", name="projects_bandwidth_limit_check"),
+    CheckConstraint("db_size_limit_bytes >= -1", name="projects_db_size_limit_check"),
+    CheckConstraint("job_runs_limit_monthly >= -1", name="projects_job_runs_limit_check"),
+    CheckConstraint("realtime_streams_limit >= -1", name="projects_realtime_streams_limit_check"),
     CheckConstraint("schema_name ~ '^p_[0-9a-f]{12}$'", name="projects_schema_name_check"),
 )
 
@@ -252,4 +270,47 @@ auth_throttle = Table(
     Column("window_start", DateTime(timezone=True), primary_key=True),
     Column("count", Integer, nullable=False, server_default="1"),
     Index("auth_throttle_window_start_idx", "window_start"),
+)
+
+# --- plans and quotas (migration 0010, docs/quotas.md) -----------------------------------
+
+# One row per plan (tier); -1 = unlimited. Projects inherit every limit unless overridden;
+# the view gateway.project_limits resolves plan + overrides (NULL = unlimited).
+plans = Table(
+    "plans",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("rate_limit_per_minute", Integer, nullable=False),
+    Column("requests_per_day", BigInteger, nullable=False),
+    Column("bandwidth_bytes_monthly", BigInteger, nullable=False),
+    Column("db_size_bytes", BigInteger, nullable=False),
+    Column("job_runs_monthly", BigInteger, nullable=False),
+    Column("realtime_streams", Integer, nullable=False),
+    _now(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint("name ~ '^[a-z0-9][a-z0-9_-]{0,31}$'", name="plans_name_check"),
+    CheckConstraint("rate_limit_per_minute >= 0", name="plans_rate_limit_per_minute_check"),
+    CheckConstraint("requests_per_day >= -1", name="plans_requests_per_day_check"),
+    CheckConstraint("bandwidth_bytes_monthly >= -1", name="plans_bandwidth_bytes_monthly_check"),
+    CheckConstraint("db_size_bytes >= -1", name="plans_db_size_bytes_check"),
+    CheckConstraint("job_runs_monthly >= -1", name="plans_job_runs_monthly_check"),
+    CheckConstraint("realtime_streams >= -1", name="plans_realtime_streams_check"),
+)
+
+# The UTC month's bandwidth (batched adds by every instance) and the sampled database
+# size (maintenance leader), one HOT-updatable row per project; gateway.admit joins it.
+quota_usage = Table(
+    "quota_usage",
+    metadata,
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("bandwidth_month", Date, nullable=False),
+    Column("bandwidth_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("db_size_bytes", BigInteger),
+    Column("db_size_sampled_at", DateTime(timezone=True)),
+    # created WITH (fillfactor = 50) by the migration
 )

@@ -149,7 +149,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # the admin API (issue 15): none when GATEWAY_ADMIN_HMAC_SECRET is unset
         routes=routes.build_routes() + admin.build_admin_routes(settings),
         middleware=[
-            Middleware(ObserveMiddleware, metrics=observability.metrics, settings=settings),
+            Middleware(
+                ObserveMiddleware,
+                metrics=observability.metrics,
+                settings=settings,
+                bandwidth=observability.bandwidth,  # quotas: bytes sent, after gzip
+            ),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),

@@ -33,6 +33,7 @@ from gateway.query import contract, permissions
 from gateway.query.compiler import CompiledStatement, compile_query
 from gateway.query.envelope import data_body, error_body
 from gateway.query.executor import StatementResult, run_transaction, with_index
+from gateway.quotas.plans import request_grows
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.pipeline")
@@ -90,11 +91,13 @@ class Pipeline:
         *,
         key_hash: str | None = None,
         session_hash: str | None = None,
+        grows: bool = False,
     ) -> Admission:
-        """Key, rate limit and daily quota (and the session, when there is one): one
-        statement, committed on its own."""
+        """Key, rate limit and the quotas (and the session, when there is one): one
+        statement, committed on its own. ``grows``: the request inserts or updates (the
+        database-size quota)."""
         return await self.admitter.admit(
-            conn, key, cost, key_hash=key_hash, session_hash=session_hash
+            conn, key, cost, key_hash=key_hash, session_hash=session_hash, grows=grows
         )
 
     async def catalog(self, conn: psycopg.AsyncConnection[Any], project_id: str) -> ProjectCatalog:
@@ -140,6 +143,8 @@ class Pipeline:
         if batch and isinstance(parsed, dict) and isinstance(parsed.get("queries"), list):
             # A batch costs one request per query (bounded by the contract's maximum).
             cost = max(1, min(len(parsed["queries"]), contract.MAX_BATCH))
+        # quotas: inserts and updates are refused while the project is over its database size
+        grows = request_grows(parsed, batch=batch)
 
         async def work(
             conn: psycopg.AsyncConnection[Any], admission: Admission, out: Outcome
@@ -170,7 +175,7 @@ class Pipeline:
                 out.body = data_body(result.data_json, result.count)
                 out.row_count = result.count
 
-        return await self.admitted(key, cost=cost, work=work, session=session)
+        return await self.admitted(key, cost=cost, work=work, session=session, grows=grows)
 
     async def admitted(
         self,
@@ -180,6 +185,7 @@ class Pipeline:
         work: Callable[[psycopg.AsyncConnection[Any], Admission, Outcome], Any],
         session: str | None = None,
         hashes: tuple[str, str | None] | None = None,
+        grows: bool = False,
     ) -> Outcome:
         """The one way into the database for a request that costs ``cost`` requests.
 
@@ -196,7 +202,7 @@ class Pipeline:
         async def unit(conn: psycopg.AsyncConnection[Any]) -> None:
             nonlocal headers
             admission = await self.admit(
-                conn, key, cost, key_hash=key_hash, session_hash=session_hash
+                conn, key, cost, key_hash=key_hash, session_hash=session_hash, grows=grows
             )
             headers = admission_headers(admission)
             out.project_id, out.key_id = admission.project_id, admission.key_id

@@ -38,6 +38,7 @@ PURE_MODULES = [
     "auth/tokens.py",
     "auth/passwords.py",
     "auth/mail.py",
+    "quotas/plans.py",
     "control/signing.py",
     "control/admin_models.py",
 ]

@@ -82,6 +82,14 @@ class Settings:
     realtime_send_timeout_s: float = 10.0
     realtime_revalidate_s: float = 30.0
 
+    # background jobs (gateway/jobs/)
+    jobs_concurrency: int = 10
+    jobs_per_project: int = 5
+    jobs_allow_private_targets: bool = False
+    jobs_retention_days: float = 7.0
+    jobs_lease_s: float = 30.0
+    jobs_poll_s: float = 1.0
+
     @property
     def direct_url(self) -> str:
         """LISTEN, migrations and session locks never go through a transaction pooler."""
@@ -144,6 +152,12 @@ class Settings:
             realtime_heartbeat_s=r.float("GATEWAY_REALTIME_HEARTBEAT_S", 15.0, minimum=0.05),
             realtime_send_timeout_s=r.float("GATEWAY_REALTIME_SEND_TIMEOUT_S", 10.0, minimum=0.05),
             realtime_revalidate_s=r.float("GATEWAY_REALTIME_REVALIDATE_S", 30.0, minimum=0.05),
+            jobs_concurrency=r.int("GATEWAY_JOBS_CONCURRENCY", 10, minimum=0),
+            jobs_per_project=r.int("GATEWAY_JOBS_PER_PROJECT", 5, minimum=1),
+            jobs_allow_private_targets=r.bool("GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS", False),
+            jobs_retention_days=r.float("GATEWAY_JOBS_RETENTION_DAYS", 7.0, minimum=0.0),
+            jobs_lease_s=r.float("GATEWAY_JOBS_LEASE_S", 30.0, minimum=1.0),
+            jobs_poll_s=r.float("GATEWAY_JOBS_POLL_S", 1.0, minimum=0.05),
         )
         if settings.pool_max is not None and settings.pool_min > settings.pool_max:
             raise SettingsError(

@@ -24,8 +24,11 @@ from starlette.responses import Response
 from gateway.admission.admitter import Admitter
 from gateway.db.pool import PlanError, PoolPlan, create_pool, plan_for
 from gateway.errors import GatewayError
+from gateway.http import jobs as jobs_routes
 from gateway.http import routes
 from gateway.http.responses import error_response
+from gateway.jobs.worker import CHANNEL as JOBS_CHANNEL
+from gateway.jobs.worker import JobsRuntime
 from gateway.metadata.cache import MetadataCache
 from gateway.metadata.listener import MetadataListener
 from gateway.ops.observe import Observability, ObserveMiddleware
@@ -98,6 +101,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         "listener",
         lambda: {"up": int(listener.connected), "reconnects": listener.reconnects},
     )
+    # background jobs: a worker in every instance, woken by NOTIFY on the listener
+    jobs = JobsRuntime(settings, state.extras)
+    state.extras["jobs"] = jobs
+    state.listener.add_channel(JOBS_CHANNEL, jobs.wake)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -123,9 +130,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             # In the background: /readyz says 503 until it listens; requests never wait.
             await state.listener.start()
+            await jobs.start(state.pool)
             logger.info("instance %s ready: %s", settings.instance_id, state.pool_plan.summary())
             yield
         finally:
+            await jobs.stop()
             await state.listener.stop()
             await observability.stop_background()
             await state.realtime.stop()
@@ -143,7 +152,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return error_response(GatewayError("INTERNAL_ERROR", "internal error", status=500))
 
     app = Starlette(
-        routes=routes.build_routes(),
+        routes=routes.build_routes() + jobs_routes.build_routes(),
         middleware=[
             Middleware(ObserveMiddleware, metrics=observability.metrics, settings=settings),
             Middleware(

@@ -37,6 +37,7 @@ class Receiver:
     def __init__(self) -> None:
         self.secrets: list[str] = []
         self.deliveries: list[Delivery] = []
+        self.arrivals: list[str] = []  # job ids, as requests start (before any sleep)
         self.lock = threading.Lock()
         receiver = self
 
@@ -58,6 +59,8 @@ class Receiver:
                 except ValueError:
                     doc = {}
                 payload = doc.get("payload") if isinstance(doc, dict) else None
+                with receiver.lock:
+                    receiver.arrivals.append(str(doc.get("id")))
                 behave = payload if isinstance(payload, dict) else {}
                 if behave.get("sleep"):
                     time.sleep(float(behave["sleep"]))

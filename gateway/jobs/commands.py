@@ -69,8 +69,12 @@ def set_quota(conn: psycopg.Connection[Any], ref: str, limit: int | None) -> dic
         """,
         (project_id, limit),
     )
-    row = conn.execute("SELECT tier FROM gateway.projects WHERE id = %s", (project_id,)).fetchone()
-    tier = row[0] if row else "free"
+    row = (
+        conn.cursor(row_factory=dict_row)
+        .execute("SELECT tier FROM gateway.projects WHERE id = %s", (project_id,))
+        .fetchone()
+    )
+    tier = row["tier"] if row else "free"
     effective = limit if limit is not None else rules.MONTHLY_RUNS_BY_TIER.get(tier)
     return {"project_id": project_id, "project": name, "tier": tier, "monthly_runs": effective}
 

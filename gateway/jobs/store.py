@@ -121,7 +121,7 @@ async def enqueue(
             ),
         )
         row = await cur.fetchone()
-    except psycopg.errors.RaiseException as exc:
+    except psycopg.Error as exc:
         if exc.sqlstate != QUOTA_SQLSTATE:
             raise
         limit = int(exc.diag.message_detail or 0)

@@ -25,7 +25,15 @@ from typing import Any
 
 from bench import framework as fw
 
-SCENARIOS = ["limiter", "round_trips", "throughput", "invalidation", "hot_project", "realtime"]
+SCENARIOS = [
+    "limiter",
+    "round_trips",
+    "throughput",
+    "invalidation",
+    "hot_project",
+    "realtime",
+    "jobs",
+]
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,9 @@ ISSUE_KEYS = {
     "invalidation": ["invalidation.p50_ms", "invalidation.p99_ms", "invalidation.max_ms"],
     "hot_project": ["hot_project.single_rps", "hot_project.spread_rps", "hot_project.ratio"],
     "realtime": ["realtime.p50_ms", "realtime.p99_ms", "realtime.write_ratio_with_trigger"],
+    "jobs": [
+        f"jobs.{c}.{k}" for c in ("postgres", "redis") for k in ("jobs_per_s", "p50_ms", "p99_ms")
+    ],
 }
 
 

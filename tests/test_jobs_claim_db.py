@@ -197,3 +197,37 @@ def test_quota_and_idempotency_exact_under_concurrency(
         "SELECT used FROM gateway.job_usage WHERE project_id = %s", (p["id"],)
     ).fetchone()["used"]
     assert used == 7
+
+
+def test_retention_deletes_old_finished_jobs_only(
+    pg_url: str, db: psycopg.Connection[Any], make_project: Any, cleanup: list[str]
+) -> None:
+    import asyncio
+
+    from gateway.jobs import store
+
+    p = make_project()
+    cleanup.append(p["id"])
+    db.execute(
+        """
+        INSERT INTO gateway.jobs (project_id, name, status, finished_at, run_at)
+        VALUES (%(p)s, 'old', 'completed', now() - interval '8 days', now()),
+               (%(p)s, 'old-failed', 'failed', now() - interval '8 days', now()),
+               (%(p)s, 'recent', 'completed', now() - interval '6 days', now()),
+               (%(p)s, 'waiting', 'pending', NULL, now() + interval '1 day')
+        """,
+        {"p": p["id"]},
+    )
+
+    async def run() -> int:
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            return await store.delete_expired(conn, 7)
+
+    assert asyncio.run(run()) >= 2
+    names = {
+        r["name"]
+        for r in db.execute(
+            "SELECT name FROM gateway.jobs WHERE project_id = %s", (p["id"],)
+        ).fetchall()
+    }
+    assert names == {"recent", "waiting"}

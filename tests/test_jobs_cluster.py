@@ -121,43 +121,35 @@ def test_2000_jobs_over_three_instances_delivered_exactly_once(
 
 
 def test_sigkill_redelivers_after_the_lease(
-    pg_url: str,
-    make_project: Any,
-    receiver: Receiver,
-    db: Any,
-    tmp_path_factory: pytest.TempPathFactory,
+    cluster: GatewayCluster, pg_url: str, make_project: Any, receiver: Receiver, db: Any
 ) -> None:
     project = make_project()
     receiver.secrets.append(set_endpoint(pg_url, project["name"], receiver.url()))
-    c = GatewayCluster(
-        database_url=pg_url, count=3, env=ENV, log_dir=tmp_path_factory.mktemp("jobs-kill")
-    )
-    c.start()
+    bodies = [{"name": "slow", "payload": {"sleep": 2.5, "n": i}} for i in range(6)]
+    answers = asyncio.run(enqueue_many(cluster.urls, project["server_key"], bodies))
+    ids = {a.json()["data"]["job"]["id"] for a in answers}
+
+    def active() -> list[dict[str, Any]]:
+        return db.execute(
+            "SELECT id::text, locked_by FROM gateway.jobs "
+            "WHERE project_id = %s AND status = 'active'",
+            (project["id"],),
+        ).fetchall()
+
+    assert wait_for(lambda: len(active()) == 6, 20), active()
+    # every first attempt has reached the receiver (which sleeps on it)
+    assert wait_for(lambda: len(set(receiver.arrivals) & ids) == 6, 20)
+    victim_id = Counter(r["locked_by"] for r in active()).most_common(1)[0][0]
+    victims = {r["id"] for r in active() if r["locked_by"] == victim_id}
+    index = next(i for i, g in enumerate(cluster.instances) if g.instance_id == victim_id)
+    cluster.instances[index].kill()  # SIGKILL: no shutdown, the leases are never renewed
     try:
-        bodies = [{"name": "slow", "payload": {"sleep": 2.5, "n": i}} for i in range(6)]
-        answers = asyncio.run(enqueue_many(c.urls, project["server_key"], bodies))
-        ids = {a.json()["data"]["job"]["id"] for a in answers}
-
-        def active() -> list[dict[str, Any]]:
-            return db.execute(
-                "SELECT id::text, locked_by FROM gateway.jobs "
-                "WHERE project_id = %s AND status = 'active'",
-                (project["id"],),
-            ).fetchall()
-
-        assert wait_for(lambda: len(active()) == 6, 20), active()
-        # every first attempt has reached the receiver (which sleeps on it)
-        assert wait_for(lambda: len(set(receiver.arrivals) & ids) == 6, 20)
-        victim_id = Counter(r["locked_by"] for r in active()).most_common(1)[0][0]
-        victims = {r["id"] for r in active() if r["locked_by"] == victim_id}
-        victim = next(i for i in c.instances if i.instance_id == victim_id)
-        victim.kill()  # SIGKILL: no shutdown, the leases are simply never renewed
-
         assert wait_for(lambda: statuses(db, project["id"]).get("completed") == 6, 40), statuses(
             db, project["id"]
         )
         rows = db.execute(
-            "SELECT id::text, attempts_made, error FROM gateway.jobs WHERE id = ANY(%s::uuid[])",
+            "SELECT id::text, attempts_made, locked_by FROM gateway.jobs "
+            "WHERE id = ANY(%s::uuid[])",
             (list(victims),),
         ).fetchall()
         assert all(r["attempts_made"] == 2 for r in rows), rows
@@ -169,7 +161,7 @@ def test_sigkill_redelivers_after_the_lease(
         for job_id in ids - victims:
             assert len(receiver.for_job(job_id)) == 1
     finally:
-        c.stop()
+        cluster.restart(index)  # the next tests want three instances again
 
 
 def test_concurrency_key_intervals_never_overlap(
@@ -272,3 +264,24 @@ def test_quota_exact_across_instances(
     assert refused[0]["quota"]["remaining"] == 0 and refused[0]["quota"]["limit"] == 20
     used = sorted(a.json()["quota"]["used"] for a in answers if a.status_code == 201)
     assert used == list(range(1, 21))
+
+
+def test_queue_depth_metrics_from_the_leader(
+    cluster: GatewayCluster, project: dict[str, Any], db: Any
+) -> None:
+    bodies = [{"name": "later", "payload": {}, "delay": "1h"} for _ in range(12)]
+    asyncio.run(enqueue_many(cluster.urls, project["server_key"], bodies))
+
+    def delayed_gauge() -> float:
+        best = 0.0
+        for url in cluster.urls:
+            for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+                if line.startswith('gateway_jobs_queue_depth{state="delayed"}'):
+                    best = max(best, float(line.split()[-1]))
+        return best
+
+    # sampled by the maintenance leader (GATEWAY_MAINTENANCE_INTERVAL_S=2 here)
+    assert wait_for(lambda: delayed_gauge() >= 12, 20)
+    text = httpx.get(cluster.urls[0] + "/metrics", timeout=5).text
+    for name in ("enqueued", "started", "completed", "failed", "retried"):
+        assert f"gateway_jobs_{name}_total" in text

@@ -88,3 +88,29 @@ def test_pool_plan_shows_the_worker_connections(pg_url: str) -> None:
     assert "jobs worker and cron hold at most 2" in result.stdout
     plan = cli_json(pg_url, "pool-plan", "--max-connections", "104")
     assert plan["jobs_worker_connections"] == 2
+
+
+def test_notify_wakes_an_idle_worker(pg_url: str, make_project: Any, tmp_path: Path) -> None:
+    """With polling every 10 minutes, only the NOTIFY heard on the instance's listener
+    connection can get these jobs delivered within the wait below."""
+    project = make_project()
+    with Receiver() as receiver:
+        receiver.secrets.append(set_endpoint(pg_url, project["name"], receiver.url()))
+        serve = GatewayCluster(
+            database_url=pg_url,
+            count=1,
+            env={"GATEWAY_JOBS_POLL_S": "600", "GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS": "true"},
+            log_dir=tmp_path,
+        )
+        serve.start()
+        try:
+            with httpx.Client(
+                base_url=serve.urls[0], headers={"x-api-key": project["server_key"]}, timeout=10
+            ) as c:
+                for i in range(3):
+                    job_id = c.post(JOBS, json={"name": "n", "payload": {"i": i}}).json()["data"][
+                        "job"
+                    ]["id"]
+                    assert wait_for(lambda job_id=job_id: receiver.for_job(job_id), 20)
+        finally:
+            serve.stop()

@@ -410,61 +410,81 @@ async def renew(conn: AsyncConnection[Any], worker: str, job_ids: list[Any], lea
     return cur.rowcount
 
 
-FINISH_SQL = """
-WITH done AS (
-    UPDATE gateway.jobs
-       SET status = %(status)s, finished_at = CASE WHEN %(final)s THEN now() END,
-           run_at = CASE WHEN %(final)s THEN run_at
-                         ELSE now() + make_interval(secs => %(backoff)s) END,
-           result = %(result)s, error = %(error)s, lease_until = NULL, locked_by = NULL
-     WHERE id = %(id)s AND status = 'active' AND locked_by = %(worker)s
-       AND attempts_made = %(attempt)s
-    RETURNING id, project_id, concurrency_key
+FINISH_MANY_SQL = """
+WITH input AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[], %(statuses)s::text[],
+                         %(finals)s::boolean[], %(backoffs)s::double precision[],
+                         %(results)s::text[], %(errors)s::text[])
+        AS t (id, attempt, status, final, backoff, result, error)
+), done AS (
+    UPDATE gateway.jobs j
+       SET status = i.status, finished_at = CASE WHEN i.final THEN now() END,
+           run_at = CASE WHEN i.final THEN j.run_at
+                         ELSE now() + make_interval(secs => i.backoff) END,
+           result = i.result, error = i.error, lease_until = NULL, locked_by = NULL
+      FROM input i
+     WHERE j.id = i.id AND j.status = 'active' AND j.locked_by = %(worker)s
+       AND j.attempts_made = i.attempt
+    RETURNING j.id, j.project_id, j.concurrency_key, i.status
 ), freed AS (
     DELETE FROM gateway.job_keys k USING done
      WHERE k.project_id = done.project_id AND k.key = done.concurrency_key
        AND k.job_id = done.id
 )
-SELECT count(*) FROM done
+SELECT id, status FROM done
 """
 
 
-async def finish(
-    conn: AsyncConnection[Any],
+def outcome_row(
     job: dict[str, Any],
-    worker: str,
     *,
     ok: bool,
-    result: str | None = None,
-    error: str | None = None,
-    backoff_s: float = 0.0,
-) -> str | None:
-    """Record an attempt's outcome: ``completed``, ``retried`` (pending again after the
-    backoff), ``failed``, or None when the job is no longer ours (its lease ran out and
-    another worker took it: the fencing token is (worker, attempt))."""
+    result: str | None,
+    error: str | None,
+    backoff_s: float,
+) -> tuple[Any, int, str, bool, float, str | None, str | None]:
+    """One attempt's outcome for ``finish_many``: completed, pending again (a retry after
+    the backoff), or failed (that was the last attempt)."""
     if ok:
         status, final = "completed", True
     elif job["attempts_made"] >= job["max_attempts"]:
         status, final = "failed", True
     else:
         status, final = "pending", False
+    return (
+        job["id"],
+        job["attempts_made"],
+        status,
+        final,
+        backoff_s,
+        result,
+        None if error is None else error[:ERROR_MAX],
+    )
+
+
+async def finish_many(
+    conn: AsyncConnection[Any], worker: str, rows: list[tuple[Any, ...]]
+) -> dict[Any, str]:
+    """Record many attempts' outcomes in ONE statement, fenced by (worker, attempt): a
+    worker that lost a lease can't record over the attempt that replaced it. Returns job
+    id → ``completed`` | ``retried`` | ``failed`` for the rows that were still ours."""
+    if not rows:
+        return {}
+    columns = list(zip(*rows, strict=True))
     cur = await conn.execute(
-        FINISH_SQL,
+        FINISH_MANY_SQL,
         {
-            "status": status,
-            "final": final,
-            "backoff": backoff_s,
-            "result": result,
-            "error": None if error is None else error[:ERROR_MAX],
-            "id": job["id"],
+            "ids": list(columns[0]),
+            "attempts": list(columns[1]),
+            "statuses": list(columns[2]),
+            "finals": list(columns[3]),
+            "backoffs": list(columns[4]),
+            "results": list(columns[5]),
+            "errors": list(columns[6]),
             "worker": worker,
-            "attempt": job["attempts_made"],
         },
     )
-    row = await cur.fetchone()
-    if not row or not row[0]:
-        return None
-    return "retried" if status == "pending" else status
+    return {row[0]: ("retried" if row[1] == "pending" else row[1]) for row in await cur.fetchall()}
 
 
 async def endpoints(

@@ -39,6 +39,7 @@ CRON_TICK_S = 1.0
 CRON_GRACE_S = 10.0
 ENDPOINT_TTL_S = 5.0
 SHUTDOWN_GRACE_S = 5.0
+FLUSH_TRIES = 5
 DEPTH_STALE_S = 60.0
 COUNTERS = ("enqueued", "started", "completed", "failed", "retried")
 
@@ -83,8 +84,14 @@ class JobsRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._deliveries: set[asyncio.Task[None]] = set()
         self._endpoints: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._outcomes: list[tuple[Any, ...]] = []
+        self._flush_failures = 0
         self._db: asyncio.Semaphore | None = None
-        self._client = delivery.make_client(settings.jobs_concurrency)
+        # One HTTP client per delivery slot, each with a single keep-alive connection:
+        # httpcore's pool scans every connection of a client on each request, so one
+        # shared client with many connections costs O(slots) per delivery.
+        self._clients = [delivery.make_client(1) for _ in range(settings.jobs_concurrency)]
+        self._free_clients = list(range(settings.jobs_concurrency))
         metrics = self.extras.get("metrics")
         if metrics is not None:
             metrics.registry.register(_JobsCollector(self))
@@ -151,15 +158,20 @@ class JobsRuntime:
         self._tasks.clear()
         if self._deliveries:
             await asyncio.wait(set(self._deliveries), timeout=SHUTDOWN_GRACE_S)
-        left = list(self.inflight)
         for task in list(self._deliveries):
             task.cancel()
+        if self._deliveries:
+            await asyncio.wait(set(self._deliveries), timeout=1.0)
+        with contextlib.suppress(Exception):
+            await self._flush()
+        left = list(self.inflight)
         if left and self.pool is not None:
             with contextlib.suppress(Exception):
                 async with self.pool.connection(timeout=2.0) as conn:
                     await conn.execute(RELEASE_SQL, (left, self.worker_id))
-        with contextlib.suppress(Exception):
-            await self._client.aclose()
+        for client in self._clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> Any:
@@ -174,9 +186,10 @@ class JobsRuntime:
         while not self._stopping:
             self._wake.clear()
             free = self.settings.jobs_concurrency - len(self.inflight)
-            if free > 0:
+            if free > 0 or self._outcomes:
                 try:
-                    jobs = await self._claim(free)
+                    await self._flush()
+                    jobs = await self._claim(free) if free > 0 else []
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -235,16 +248,28 @@ class JobsRuntime:
                     False, error="no endpoint is set for this project (gateway jobs set-endpoint)"
                 )
             else:
-                attempt = await delivery.deliver(
-                    self._client,
-                    endpoint[0],
-                    endpoint[1],
+                slot = self._free_clients.pop()
+                try:
+                    attempt = await delivery.deliver(
+                        self._clients[slot],
+                        endpoint[0],
+                        endpoint[1],
+                        job,
+                        allow_private=self.settings.jobs_allow_private_targets,
+                    )
+                finally:
+                    self._free_clients.append(slot)
+            # recorded by the claim loop, many outcomes in one statement, just before it
+            # claims again: one round trip per round instead of one per job
+            self._outcomes.append(
+                store.outcome_row(
                     job,
-                    allow_private=self.settings.jobs_allow_private_targets,
+                    ok=attempt.ok,
+                    result=attempt.result,
+                    error=attempt.error,
+                    backoff_s=rules.backoff_s(job["attempts_made"]),
                 )
-            outcome = await self._finish(job, attempt)
-            if outcome is not None:
-                self.count(outcome)
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -259,26 +284,30 @@ class JobsRuntime:
             if not self._stopping:
                 self._wake.set()  # a slot (and maybe a project's cap) freed: claim again
 
-    async def _finish(self, job: dict[str, Any], attempt: delivery.Attempt) -> str | None:
-        backoff = rules.backoff_s(job["attempts_made"])
-        for retry in range(5):
-            try:
-                async with self._conn() as conn:
-                    return await store.finish(
-                        conn,
-                        job,
-                        self.worker_id,
-                        ok=attempt.ok,
-                        result=attempt.result,
-                        error=attempt.error,
-                        backoff_s=backoff,
-                    )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("jobs: recording %s failed: %s", job["id"], _first_line(exc))
-                await asyncio.sleep(0.2 * (retry + 1))
-        return None  # the lease runs out and the job is delivered again: at-least-once
+    async def _flush(self) -> None:
+        """Write the finished attempts' outcomes. On a database error they are kept for
+        the next round (at most ``FLUSH_TRIES`` times; after that the lease runs out and
+        the job is delivered again: at-least-once)."""
+        if not self._outcomes:
+            return
+        rows, self._outcomes = self._outcomes, []
+        try:
+            async with self._conn() as conn:
+                done = await store.finish_many(conn, self.worker_id, rows)
+        except asyncio.CancelledError:
+            self._outcomes = rows + self._outcomes
+            raise
+        except Exception as exc:
+            logger.warning("jobs: recording %d outcomes failed: %s", len(rows), _first_line(exc))
+            self._flush_failures += 1
+            if self._flush_failures < FLUSH_TRIES:
+                self._outcomes = rows + self._outcomes
+            else:
+                self._flush_failures = 0
+            raise
+        self._flush_failures = 0
+        for outcome in done.values():
+            self.count(outcome)
 
     async def _renew_loop(self) -> None:
         every = self.settings.jobs_lease_s / 3

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -88,8 +90,15 @@ def refusal(address: IPAddress, allow_private: bool) -> str | None:
     return None
 
 
-async def resolve(target: Target, allow_private: bool) -> IPAddress:
-    """Resolve once and check EVERY address (one bad answer refuses the name)."""
+Lookup = Callable[..., Awaitable[list[Any]]]
+
+
+async def resolve(
+    target: Target, allow_private: bool, *, lookup: Lookup | None = None
+) -> IPAddress:
+    """Resolve once and check EVERY address (one bad answer refuses the name).
+    ``lookup`` replaces the event loop's ``getaddrinfo`` (tests: a name that resolves to
+    a private address, which no resolver on a test machine offers)."""
     try:
         literal: IPAddress | None = ipaddress.ip_address(target.host)
     except ValueError:
@@ -97,9 +106,9 @@ async def resolve(target: Target, allow_private: bool) -> IPAddress:
     if literal is not None:
         addresses = [literal]
     else:
-        loop = asyncio.get_running_loop()
+        getaddrinfo = lookup or asyncio.get_running_loop().getaddrinfo
         try:
-            infos = await loop.getaddrinfo(
+            infos = await getaddrinfo(
                 target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
             )
         except (socket.gaierror, UnicodeError) as exc:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import random
+import socket
+from typing import Any
 
 import pytest
 
@@ -104,3 +107,33 @@ def test_public_addresses_pass() -> None:
         target.url_for(ipaddress.ip_address("93.184.216.34"))
         == "https://93.184.216.34:443/hook?a=1"
     )
+
+
+def _resolver(*addresses: str) -> Any:
+    async def lookup(host: str, port: int, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    return lookup
+
+
+@pytest.mark.parametrize(
+    ("addresses", "refused"),
+    [
+        (("10.20.30.40",), True),  # a name resolving to a private address
+        (("93.184.216.34", "192.168.0.10"), True),  # one bad answer refuses the name
+        (("169.254.169.254",), True),
+        (("93.184.216.34",), False),
+    ],
+)
+def test_names_are_checked_after_resolution(addresses: tuple[str, ...], refused: bool) -> None:
+    target = ssrf.parse_url("http://hooks.example.com/x")
+
+    async def run() -> Any:
+        return await ssrf.resolve(target, allow_private=False, lookup=_resolver(*addresses))
+
+    if refused:
+        with pytest.raises(ssrf.TargetRefused) as exc:
+            asyncio.run(run())
+        assert "hooks.example.com resolves to" in str(exc.value)
+    else:
+        assert str(asyncio.run(run())) == addresses[0]

@@ -151,7 +151,7 @@ class JobListQuery(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"status": "failed", "limit": 10, "orderDir": "desc"}]},
     )
-    name: str | None = Field(default=None, min_length=1, max_length=JOB_NAME_MAX)
+    name: str | None = Field(default=None, max_length=JOB_NAME_MAX)
     status: (
         Literal["pending", "active", "completed", "failed", "delayed", "cancelled", "all"] | None
     ) = None

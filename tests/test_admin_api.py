@@ -767,7 +767,7 @@ def failed_job(url: str, server_key: str, name: str = "lost") -> dict[str, Any]:
 
 
 def test_auth_users_routes_take_effect_on_every_instance(
-    a: AdminClient, b: AdminClient, cluster: GatewayCluster
+    a: AdminClient, b: AdminClient, cluster: GatewayCluster, pg_url: str
 ) -> None:
     project = new_project(a, table=False)
     p = f"/projects/{project['name']}"
@@ -788,6 +788,8 @@ def test_auth_users_routes_take_effect_on_every_instance(
     rest = b.ok("GET", p + "/users?limit=2&offset=2")
     assert [u["email"] for u in rest["users"]] == addresses[2:] and rest["total"] == 3
     assert b.ok("GET", p + "/users?offset=10") == {**rest, "users": []}
+    # the CLI's function: the same page
+    assert cli_json(pg_url, "auth", "users", project["name"], "--limit", "2") == page
 
     # log out everywhere, through instance b: the next request on either instance is 401
     out = b.ok("POST", p + f"/users/{user_id}/logout")

@@ -354,7 +354,8 @@ def test_every_admin_route_needs_a_signature(a: AdminClient) -> None:
     from gateway.control.admin import PREFIX, ROUTES
 
     for route in ROUTES:
-        path = PREFIX + route.path.format(project="x", table="t", key_id=str(uuid.uuid4()))
+        ids = {name: str(uuid.uuid4()) for name in ("key_id", "user_id", "job_id")}
+        path = PREFIX + route.path.format(project="x", table="t", **ids)
         response = httpx.request(route.method, a.base_url + path, content=b"{}", timeout=10)
         assert response.status_code == 401, (route.method, path, response.text)
 
@@ -565,6 +566,48 @@ def test_malformed_admin_bodies_get_4xx(a: AdminClient) -> None:
         ("GET", "/projects?unknown=1", None),
         ("GET", "/projects/nope-" + uuid.uuid4().hex, None),
         ("GET", "/projects", b"x" * (256 * 1024 + 1)),
+        # limits: any existing plan, every override in range
+        ("PATCH", p, {"tier": "no-such-plan"}),
+        ("PATCH", p, {"tier": "Bad Plan!"}),
+        ("PATCH", p, {"tier": 5}),
+        ("PATCH", p, {"plan": "free"}),
+        ("PATCH", p, {"rate_limit_per_minute": -1}),
+        ("PATCH", p, {"job_runs_monthly": -2}),
+        ("PATCH", p, {"realtime_streams": 2**40}),
+        ("PATCH", p, {"db_size_bytes": 2**63}),
+        ("PATCH", p, {"bandwidth_bytes_monthly": "10GB"}),
+        ("PATCH", p, {"requests_per_day": 1.5}),
+        ("POST", "/projects", {"name": unique(), "tier": "no-such-plan"}),
+        # auth users
+        ("GET", p + "/users?limit=0", None),
+        ("GET", p + "/users?limit=101", None),
+        ("GET", p + "/users?offset=-1", None),
+        ("GET", p + "/users?page=2", None),
+        ("GET", p + "/users", {"x": 1}),
+        ("GET", "/projects/nope-" + uuid.uuid4().hex + "/users", None),
+        ("POST", p + "/users/not-a-uuid/logout", None),
+        ("POST", p + f"/users/{uuid.uuid4()}/logout", None),
+        ("POST", p + f"/users/{uuid.uuid4()}/logout", {"everywhere": True}),
+        ("POST", p + f"/users/{uuid.uuid4()}/logout", b"not json"),
+        ("POST", p + "/users/1%27%3B%20drop/force-reset", None),
+        ("POST", p + f"/users/{uuid.uuid4()}/force-reset", None),
+        ("POST", p + f"/users/{uuid.uuid4()}/force-reset", [1]),
+        # jobs
+        ("GET", p + "/jobs?status=lost", None),
+        ("GET", p + "/jobs?limit=0", None),
+        ("GET", p + "/jobs?limit=101", None),
+        ("GET", p + "/jobs?offset=100001", None),
+        ("GET", p + "/jobs?orderBy=name", None),
+        ("GET", p + "/jobs?orderDir=up", None),
+        ("GET", p + "/jobs?name=" + "x" * 101, None),
+        ("GET", p + "/jobs?name=sys:cron", None),
+        ("GET", p + "/jobs?bogus=1", None),
+        ("GET", p + "/jobs", {"status": "failed"}),
+        ("GET", p + "/jobs/failed?limit=abc", None),
+        ("GET", "/projects/nope-" + uuid.uuid4().hex + "/jobs/failed", None),
+        ("POST", p + "/jobs/not-a-uuid/retry", None),
+        ("POST", p + f"/jobs/{uuid.uuid4()}/retry", None),
+        ("POST", p + f"/jobs/{uuid.uuid4()}/retry", {"now": True}),
     ]  # fmt: skip
     assert len(bodies) >= 30
     for method, path, body in bodies:
@@ -580,7 +623,7 @@ def test_malformed_admin_bodies_get_4xx(a: AdminClient) -> None:
 
 
 def test_openapi_document_is_valid_and_its_examples_work(
-    a: AdminClient, b: AdminClient, db: psycopg.Connection[Any]
+    a: AdminClient, b: AdminClient, db: psycopg.Connection[Any], cluster: GatewayCluster
 ) -> None:
     response = a.call("GET", "/openapi.json")
     assert response.status_code == 200
@@ -619,6 +662,34 @@ def test_openapi_document_is_valid_and_its_examples_work(
                 sent += 1
     assert sent >= 9
 
+    # routes without a body: their documented query examples (and the action routes) are
+    # sent too, against a project with an end user and a failed job
+    project = new_project(a, table=False)
+    key = a.ok("POST", f"/projects/{project['name']}/keys", {"type": "public"}, 201)["key"]
+    server = a.ok("POST", f"/projects/{project['name']}/keys", {"type": "server"}, 201)["key"]
+    user = sign_up(cluster.urls[0], key, f"{unique('ex')}@example.test")["user"]
+    job = failed_job(cluster.urls[0], server)
+    params = {"project": project["name"], "user_id": user["id"], "job_id": job["id"]}
+    new_routes = 0
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            if operation["tags"][0] not in ("users", "jobs"):
+                continue
+            assert "requestBody" not in operation
+            query = {
+                q["name"]: q["example"]
+                for q in operation["parameters"]
+                if q["in"] == "query" and "example" in q
+            }
+            assert query or method == "post", (method, path)  # every list has an example
+            target = path.format(**params).removeprefix(PREFIX)
+            if query:
+                target += "?" + "&".join(f"{k}={v}" for k, v in query.items())
+            r = b.call(method.upper(), target)
+            assert r.status_code < 300, (method, target, r.text)
+            new_routes += 1
+    assert new_routes == 6
+
 
 def test_a_locked_table_answers_503_instead_of_holding_a_connection(
     a: AdminClient, pg_url: str
@@ -640,7 +711,186 @@ def test_usage_and_plans_routes(a: AdminClient) -> None:
     assert usage["plan"] == "free" and usage["project_id"] == project["id"]
     assert usage["requests_today"]["limit"] == 10_000
     assert usage["bandwidth_month"]["limit"] == 1024**3
-    assert usage["job_runs_month"]["source"] == "unavailable"
+    assert usage["job_runs_month"]["source"] == "gateway.job_usage"  # the jobs counter
+    assert usage["job_runs_month"]["used"] == 0
     plans = a.ok("GET", "/plans")
     assert {"free", "starter", "growth", "scale", "enterprise"} <= {p["name"] for p in plans}
     assert a.call("GET", "/projects/no-such-project/usage").status_code == 404
+
+
+# --- auth users, jobs and limits (issue 15's remaining routes) ----------------------------------
+
+AUTH = "/v1/inhouse/auth"
+JOBS = "/v1/inhouse/jobs"
+
+
+def sign_up(url: str, key: str, address: str, password: str = "a-long-password") -> dict[str, Any]:
+    r = httpx.post(
+        url + AUTH + "/sign-up",
+        json={"email": address, "password": password},
+        headers={"x-api-key": key},
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    return r.json()["data"]
+
+
+def sign_in(url: str, key: str, address: str, password: str = "a-long-password") -> httpx.Response:
+    return httpx.post(
+        url + AUTH + "/sign-in",
+        json={"email": address, "password": password},
+        headers={"x-api-key": key},
+        timeout=30,
+    )
+
+
+def current_user(url: str, key: str, token: str) -> httpx.Response:
+    headers = {"x-api-key": key, "Authorization": f"Bearer {token}"}
+    return httpx.get(url + AUTH + "/user", headers=headers, timeout=30)
+
+
+def failed_job(url: str, server_key: str, name: str = "lost") -> dict[str, Any]:
+    """A job that really fails: the project has no endpoint, one attempt, the worker runs it."""
+    headers = {"x-api-key": server_key}
+    r = httpx.post(
+        url + JOBS, json={"name": name, "payload": {}, "maxAttempts": 1}, headers=headers
+    )
+    assert r.status_code == 201, r.text
+    job_id = r.json()["data"]["job"]["id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{url}{JOBS}/{job_id}", headers=headers).json()["data"]["job"]
+        if job["status"] == "failed":
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not fail: {job}")
+
+
+def test_auth_users_routes_take_effect_on_every_instance(
+    a: AdminClient, b: AdminClient, cluster: GatewayCluster, pg_url: str
+) -> None:
+    project = new_project(a, table=False)
+    p = f"/projects/{project['name']}"
+    key = a.ok("POST", p + "/keys", {"type": "public"}, 201)["key"]
+    one, two = cluster.urls
+    addresses = [f"{unique('u')}@example.test" for _ in range(3)]
+    users = [sign_up(one, key, address) for address in addresses]
+    user_id = users[0]["user"]["id"]
+    tokens = [users[0]["session"]["token"], sign_in(two, key, addresses[0]).json()["data"]]
+    tokens[1] = tokens[1]["session"]["token"]
+    for url in cluster.urls:  # both sessions work on both instances
+        assert all(current_user(url, key, t).status_code == 200 for t in tokens)
+
+    # list, paged: the CLI's function, oldest first
+    page = a.ok("GET", p + "/users?limit=2")
+    assert page["total"] == 3 and [u["email"] for u in page["users"]] == addresses[:2]
+    assert page["users"][0]["activeSessions"] == 2
+    rest = b.ok("GET", p + "/users?limit=2&offset=2")
+    assert [u["email"] for u in rest["users"]] == addresses[2:] and rest["total"] == 3
+    assert b.ok("GET", p + "/users?offset=10") == {**rest, "users": []}
+    # the CLI's function: the same page
+    assert cli_json(pg_url, "auth", "users", project["name"], "--limit", "2") == page
+
+    # log out everywhere, through instance b: the next request on either instance is 401
+    out = b.ok("POST", p + f"/users/{user_id}/logout")
+    assert out == {"userId": user_id, "email": addresses[0], "revokedSessions": 2}
+    for url in cluster.urls:
+        for token in tokens:
+            r = current_user(url, key, token)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "SESSION_NOT_FOUND"
+
+    # force reset: the fresh session ends and the password no longer signs in
+    fresh = sign_in(one, key, addresses[0]).json()["data"]["session"]["token"]
+    assert current_user(two, key, fresh).status_code == 200
+    reset = a.ok("POST", p + f"/users/{user_id}/force-reset")
+    assert reset["passwordResetRequired"] is True and reset["revokedSessions"] == 1
+    assert current_user(two, key, fresh).status_code == 401
+    refused = sign_in(two, key, addresses[0])
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "INVALID_CREDENTIALS"
+    listed = a.ok("GET", p + "/users")["users"][0]
+    assert listed["passwordResetRequired"] is True and listed["activeSessions"] == 0
+
+    # not found: another project's user, an unknown one, an unknown project
+    other = new_project(a, table=False)
+    r = a.call("POST", f"/projects/{other['name']}/users/{user_id}/logout")
+    assert r.status_code == 404 and r.json()["error"]["field"] == "user_id"
+    assert a.call("POST", p + f"/users/{uuid.uuid4()}/force-reset").status_code == 404
+    assert a.call("GET", "/projects/no-such-project/users").status_code == 404
+
+
+def test_jobs_routes_list_failed_and_retry(
+    a: AdminClient, b: AdminClient, cluster: GatewayCluster
+) -> None:
+    project = new_project(a, table=False)
+    p = f"/projects/{project['name']}"
+    server = a.ok("POST", p + "/keys", {"type": "server"}, 201)["key"]
+    one = cluster.urls[0]
+    broken = failed_job(one, server, "lost")
+    assert "no endpoint" in broken["error"]
+    later = httpx.post(
+        one + JOBS,
+        json={"name": "later", "payload": {"n": 1}, "delay": "1h"},
+        headers={"x-api-key": server},
+    ).json()["data"]["job"]
+
+    everything = a.ok("GET", p + "/jobs")
+    assert everything["total"] == 2 and everything["hasMore"] is False
+    assert {j["id"] for j in everything["jobs"]} == {broken["id"], later["id"]}
+    # the jobs API's filters, same names
+    assert [j["id"] for j in b.ok("GET", p + "/jobs?status=delayed")["jobs"]] == [later["id"]]
+    assert [j["id"] for j in b.ok("GET", p + "/jobs?name=lost")["jobs"]] == [broken["id"]]
+    paged = b.ok("GET", p + "/jobs?limit=1&orderBy=createdAt&orderDir=asc")
+    assert [j["id"] for j in paged["jobs"]] == [broken["id"]] and paged["hasMore"] is True
+    failed = a.ok("GET", p + "/jobs/failed")
+    assert [j["id"] for j in failed["jobs"]] == [broken["id"]] and failed["total"] == 1
+    assert a.ok("GET", p + "/jobs/failed?status=delayed")["total"] == 1  # always failed ones
+
+    # the jobs API sees the admin's retry: attempts start again, and the worker runs it again
+    retried = b.ok("POST", p + f"/jobs/{broken['id']}/retry")["job"]
+    assert retried["id"] == broken["id"] and retried["attemptsMade"] == 0
+    assert retried["status"] in ("pending", "active", "failed")
+    r = a.call("POST", p + f"/jobs/{later['id']}/retry")  # only failed jobs
+    assert r.status_code == 400 and r.json()["error"]["code"] == "VALIDATION_ERROR"
+    assert a.call("POST", p + f"/jobs/{uuid.uuid4()}/retry").status_code == 404
+    other = new_project(a, table=False)
+    assert a.call("POST", f"/projects/{other['name']}/jobs/{broken['id']}/retry").status_code == 404
+    assert a.call("GET", "/projects/no-such-project/jobs").status_code == 404
+    again = a.ok("GET", p + "/jobs?limit=100")
+    assert again["total"] == 2  # a retry is the same job, not a new one
+
+
+def test_project_limits_take_any_plan_and_every_override(a: AdminClient, pg_url: str) -> None:
+    plan = unique("plan").lower()
+    cli_json(pg_url, "plan", "set", plan, "--create", "--job-runs-monthly", "7")
+    project = new_project(a, table=False)
+    p = f"/projects/{project['name']}"
+    assert a.ok("PATCH", p, {"tier": plan})["tier"] == plan
+    usage = a.ok("GET", p + "/usage")
+    assert usage["plan"] == plan and usage["job_runs_month"]["limit"] == 7
+    a.ok(
+        "PATCH",
+        p,
+        {
+            "bandwidth_bytes_monthly": 10 * 1024**3,
+            "db_size_bytes": -1,
+            "job_runs_monthly": 50,
+            "realtime_streams": 3,
+            "requests_per_day": 1234,
+        },
+    )
+    usage = a.ok("GET", p + "/usage")
+    assert usage["bandwidth_month"]["limit"] == 10 * 1024**3
+    assert usage["database_size"]["limit"] is None  # -1: unlimited
+    assert usage["job_runs_month"]["limit"] == 50 and usage["realtime_streams"] == 3
+    assert usage["requests_today"]["limit"] == 1234
+    # null drops the override: the plan's value again (the CLI's "plan")
+    a.ok("PATCH", p, {"job_runs_monthly": None})
+    assert a.ok("GET", p + "/usage")["job_runs_month"]["limit"] == 7
+    # the CLI sees the same project
+    got = cli_json(pg_url, "project", "get", project["name"])
+    assert got["tier"] == plan
+    # a new project can start on it too
+    created = a.ok("POST", "/projects", {"name": unique(), "tier": plan}, 201)
+    assert created["tier"] == plan
+    r = a.call("PATCH", p, {"tier": "no-such-plan"})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "tier"

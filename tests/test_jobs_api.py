@@ -289,3 +289,37 @@ def test_no_endpoint_fails_the_attempt(
         job = c.post(JOBS, json={"name": "lost", "payload": {}, "maxAttempts": 1}).json()
         failed = wait_status(c, job["data"]["job"]["id"], "failed")
         assert "no endpoint" in failed["error"]
+
+
+def test_jobs_calls_are_request_logged_like_every_request(
+    cluster: GatewayCluster, make_project: Any, db: psycopg.Connection[Any]
+) -> None:
+    """The jobs API comes in through ``Pipeline.admitted``: one request-log row per call,
+    refusals included, with the jobs API's own envelope kept."""
+    p = make_project()
+    missing = "00000000-0000-0000-0000-000000000000"
+    with client(cluster, p["server_key"]) as c:
+        created = c.post(JOBS, json={"name": "logged", "payload": {}, "delay": "1h"})
+        assert created.status_code == 201 and "X-Request-Id" in created.headers
+        r = c.get(f"{JOBS}/{missing}")
+        assert r.status_code == 404
+        assert r.json() == {"ok": False, "error": {"code": "NOT_FOUND", "message": "no such job"}}
+        assert "X-RateLimit-Limit" in r.headers  # admission ran
+    with client(cluster, p["public_key"]) as c:
+        assert c.get(JOBS).status_code == 403
+
+    def rows() -> list[dict[str, Any]]:
+        return db.execute(
+            "SELECT method, path, status_code, error_code, request_id "
+            "FROM gateway.request_log WHERE project_id = %s ORDER BY id",
+            [p["id"]],
+        ).fetchall()
+
+    assert wait_for(lambda: len(rows()) >= 3, 10), rows()
+    logged = [(r["method"], r["path"], r["status_code"], r["error_code"]) for r in rows()]
+    assert logged == [
+        ("POST", "/jobs", 201, None),
+        ("GET", f"/jobs/{missing}", 404, "NOT_FOUND"),
+        ("GET", "/jobs", 403, "INSUFFICIENT_SCOPES"),
+    ]
+    assert rows()[0]["request_id"] == created.headers["X-Request-Id"]

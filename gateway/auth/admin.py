@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from gateway.auth import rules
 from gateway.auth.passwords import is_known_format
-from gateway.control.provisioning import Project, ProvisioningError, find_project
+from gateway.control.provisioning import NotFoundError, Project, ProvisioningError, find_project
 
 MAX_IMPORT_LINE = 64 * 1024
 PROVIDERS = ("email", "magic_link")
@@ -27,6 +27,10 @@ PROVIDERS = ("email", "magic_link")
 
 class AuthAdminError(ProvisioningError):
     """Refused input: one line on stderr, exit status 2 (as every provisioning error)."""
+
+
+class UserNotFoundError(AuthAdminError, NotFoundError):
+    """No such user in the project: exit status 2 for the CLI, 404 for the admin API."""
 
 
 def _user_id(value: str) -> uuid.UUID:
@@ -42,11 +46,15 @@ def _user(conn: psycopg.Connection[Any], project: Project, user_id: str) -> dict
         [project.id, _user_id(user_id)],
     ).fetchone()
     if row is None:
-        raise AuthAdminError(f"no user {user_id} in project {project.name}")
+        raise UserNotFoundError(f"no user {user_id} in project {project.name}", field="user_id")
     return row
 
 
-def list_users(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any]:
+def list_users(
+    conn: psycopg.Connection[Any], ref: str, *, limit: int | None = None, offset: int = 0
+) -> dict[str, Any]:
+    """A project's users, oldest first; ``limit`` None = all of them (the CLI's default),
+    else one page from ``offset`` (the admin API pages). ``total`` counts them all."""
     project = find_project(conn, ref)
     rows = conn.execute(
         """
@@ -54,10 +62,13 @@ def list_users(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any]:
                u.created_at, u.last_sign_in, u.password_reset_required,
                (SELECT count(*) FROM gateway.auth_sessions s
                  WHERE s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > now())
-                   AS active_sessions
-          FROM gateway.auth_users u WHERE u.project_id = %s ORDER BY u.created_at, u.email
+                   AS active_sessions,
+               count(*) OVER () AS total
+          FROM gateway.auth_users u WHERE u.project_id = %s
+         ORDER BY u.created_at, u.email, u.id
+         LIMIT %s OFFSET %s
         """,
-        [project.id],
+        [project.id, limit, offset],
     ).fetchall()
     users = [
         {
@@ -67,7 +78,16 @@ def list_users(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any]:
         }
         for r in rows
     ]
-    return {"project": project.name, "projectId": project.id, "users": users}
+    if rows:
+        total = int(rows[0]["total"])
+    elif offset == 0:
+        total = 0
+    else:  # past the end: count them for the pager
+        count = conn.execute(
+            "SELECT count(*) AS n FROM gateway.auth_users WHERE project_id = %s", [project.id]
+        ).fetchone()
+        total = int(count["n"]) if count else 0
+    return {"project": project.name, "projectId": project.id, "users": users, "total": total}
 
 
 def logout(conn: psycopg.Connection[Any], ref: str, user_id: str) -> dict[str, Any]:

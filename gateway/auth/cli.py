@@ -13,6 +13,16 @@ from typing import Any
 
 from gateway.auth import admin
 
+
+def _page_number(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= 2**31 - 1:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}")
+        return int(text)
+
+    return parse
+
+
 Emit = Callable[[argparse.Namespace, dict[str, Any], str], None]
 
 
@@ -30,7 +40,7 @@ def register(
 
     def users(args: argparse.Namespace) -> None:
         with connect() as conn:
-            result = admin.list_users(conn, args.project)
+            result = admin.list_users(conn, args.project, limit=args.limit, offset=args.offset)
         lines = [
             f"{u['id']}  {u['email']}  {u['provider']}  verified={u['emailVerified']}  "
             f"sessions={u['activeSessions']}  last_sign_in={u['lastSignIn']}"
@@ -67,8 +77,10 @@ def register(
             f"skipped {result['skipped']} already there",
         )
 
-    p = command(group, "users", users, "list a project's end users")
+    p = command(group, "users", users, "list a project's end users, oldest first")
     p.add_argument("project")
+    p.add_argument("--limit", type=_page_number(1), default=None, help="at most N (default all)")
+    p.add_argument("--offset", type=_page_number(0), default=0)
     p = command(group, "logout", logout, "revoke every session of a user, on every instance")
     p.add_argument("project")
     p.add_argument("user_id")

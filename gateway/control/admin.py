@@ -27,7 +27,9 @@ from gateway.control import provisioning
 from gateway.control.admin_models import (
     AccessUpdate,
     ColumnDefinition,
+    JobListQuery,
     KeyCreate,
+    PageQuery,
     ProjectCreate,
     ProjectDelete,
     ProjectListQuery,
@@ -99,7 +101,15 @@ def _list_projects(conn: Any, c: AdminCall) -> Any:
 
 
 def _update_project(conn: Any, c: AdminCall) -> Any:
-    return provisioning.set_limits(conn, c.params["project"], **c.body.as_args()).as_json()
+    # every limit goes in as a plan-field override, as ``gateway project set-limits`` does
+    body = c.body
+    return provisioning.set_limits(
+        conn,
+        c.params["project"],
+        status=body.status,
+        tier=body.tier,
+        overrides=body.limit_overrides(),
+    ).as_json()
 
 
 def _delete_project(conn: Any, c: AdminCall) -> Any:
@@ -168,6 +178,67 @@ def _list_plans(conn: Any, c: AdminCall) -> Any:
     return store.list_plans(conn)
 
 
+# auth users (issue 17): the ``gateway auth`` commands' functions (gateway.auth.admin)
+def _list_users(conn: Any, c: AdminCall) -> Any:
+    from gateway.auth import admin as auth_admin
+
+    q = c.query
+    return auth_admin.list_users(conn, c.params["project"], limit=q.limit, offset=q.offset)
+
+
+def _logout_user(conn: Any, c: AdminCall) -> Any:
+    from gateway.auth import admin as auth_admin
+
+    return auth_admin.logout(conn, c.params["project"], c.params["user_id"])
+
+
+def _force_reset_user(conn: Any, c: AdminCall) -> Any:
+    from gateway.auth import admin as auth_admin
+
+    return auth_admin.force_reset(conn, c.params["project"], c.params["user_id"])
+
+
+# jobs (issue 13): the jobs API's own parser and store functions (gateway.jobs), on a
+# pooled connection; the project reference is resolved as every admin route resolves it
+async def _project_id(c: AdminCall) -> str:
+    from gateway.db.bridge import run_sync
+
+    assert c.pool is not None
+    project = await run_sync(c.pool, provisioning.find_project, c.params["project"])
+    return str(project.id)
+
+
+async def _jobs_page(c: AdminCall, params: dict[str, str]) -> Any:
+    from gateway.db.pool import acquire
+    from gateway.jobs import rules, store
+
+    project_id = await _project_id(c)
+    q = rules.parse_list(params)
+    assert c.pool is not None
+    async with acquire(c.pool) as conn:
+        jobs, total = await store.list_jobs(conn, project_id, q)
+    return {"jobs": jobs, "total": total, "hasMore": q.offset + len(jobs) < total}
+
+
+async def _list_jobs(c: AdminCall) -> Any:
+    return await _jobs_page(c, c.query.as_params())
+
+
+async def _list_failed_jobs(c: AdminCall) -> Any:
+    return await _jobs_page(c, {**c.query.as_params(), "status": "failed"})
+
+
+async def _retry_job(c: AdminCall) -> Any:
+    from gateway.db.pool import acquire
+    from gateway.jobs import rules, store
+
+    project_id = await _project_id(c)
+    job_id = rules.check_uuid(c.params["job_id"])
+    assert c.pool is not None
+    async with acquire(c.pool) as conn:
+        return {"job": await store.retry_job(conn, project_id, job_id)}
+
+
 P = "/projects/{project}"
 
 ROUTES: list[AdminRoute] = [
@@ -214,7 +285,28 @@ ROUTES: list[AdminRoute] = [
                "usage", operation_id="getUsage"),
     AdminRoute("GET", "/plans", _list_plans, "List the plans and their limits", "usage",
                operation_id="listPlans"),
-    # auth users (issue 17) and jobs (issue 13) add their routes here
+    # auth users (issue 17): gateway auth users|logout|force-reset
+    AdminRoute("GET", P + "/users", _list_users, "List a project's end users (paged)",
+               "users", query=PageQuery, operation_id="listUsers"),
+    AdminRoute("POST", P + "/users/{user_id}/logout", _logout_user,
+               "Log a user out everywhere (revoke every session)", "users",
+               operation_id="logoutUser",
+               description="Takes effect on every instance on the user's next request: "
+               "sessions are read from the database on every request, never cached."),
+    AdminRoute("POST", P + "/users/{user_id}/force-reset", _force_reset_user,
+               "Clear a user's password and revoke their sessions", "users",
+               operation_id="forceResetUser",
+               description="The user signs in again by magic link; the password stays "
+               "cleared (passwordResetRequired) until they set a new one."),
+    # jobs (issue 13): the jobs API's list and retry, for any project
+    AdminRoute("GET", P + "/jobs", _list_jobs, "List a project's jobs (the jobs API's filters)",
+               "jobs", query=JobListQuery, is_async=True, operation_id="listJobs"),
+    AdminRoute("GET", P + "/jobs/failed", _list_failed_jobs, "List a project's failed jobs",
+               "jobs", query=JobListQuery, is_async=True, operation_id="listFailedJobs",
+               description="The list with `status=failed` whatever `status` says."),
+    AdminRoute("POST", P + "/jobs/{job_id}/retry", _retry_job,
+               "Retry a failed job (attempts start again from 0)", "jobs", is_async=True,
+               operation_id="retryJob"),
 ]  # fmt: skip
 
 

@@ -26,7 +26,18 @@ PROJECT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 TEN_YEARS_S = 10 * 365 * 86400
 
-Tier = Literal["free", "starter", "growth", "scale", "enterprise"]  # = db.models.TIERS
+# a plan (tier) name: any plan in gateway.plans (provisioning checks it exists); the
+# pattern is gateway.quotas.plans.PLAN_NAME_RE (a unit test checks)
+PLAN_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+INT32_MAX = 2**31 - 1
+OVERRIDE_MAX = 2**62  # = provisioning.set_limits' bound
+UNLIMITED = -1
+# the jobs API's list parameters (gateway.jobs.rules, a unit test checks)
+JOB_STATUSES = ("pending", "active", "completed", "failed", "delayed", "cancelled")
+JOB_ORDER_BY = ("createdAt", "runAt", "finishedAt")
+JOB_LIST_MAX = 100
+JOB_OFFSET_MAX = 100_000
+JOB_NAME_MAX = 100
 
 
 class Body(BaseModel):
@@ -46,21 +57,64 @@ class ProjectCreate(Body):
         }
     )
     name: str = Field(pattern=PROJECT_NAME_PATTERN, description="unique; letters, digits, _ . -")
-    tier: Tier = "free"
-    rate_limit_per_minute: int | None = Field(default=None, ge=0, le=MAX_LIMIT)
-    requests_per_day: int | None = Field(default=None, ge=0, le=MAX_LIMIT)
-
-
-class ProjectUpdate(Body):
-    """Change a project's limits, plan (tier) or status; give at least one field."""
-
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"rate_limit_per_minute": 500, "tier": "starter"}]}
+    tier: str = Field(
+        default="free", pattern=PLAN_NAME_PATTERN, description="a plan in gateway.plans"
     )
     rate_limit_per_minute: int | None = Field(default=None, ge=0, le=MAX_LIMIT)
     requests_per_day: int | None = Field(default=None, ge=0, le=MAX_LIMIT)
+
+
+def _override(description: str, *, high: int = OVERRIDE_MAX, low: int = UNLIMITED) -> Any:
+    return Field(
+        default=None,
+        ge=low,
+        le=high,
+        description=description + "; -1 = unlimited, null = the plan's value again",
+    )
+
+
+class ProjectUpdate(Body):
+    """Change a project's plan (``tier``), status or limit overrides; give at least one
+    field. The limits are ``gateway project set-limits``'s: each overrides the plan's
+    value; ``null`` drops the override (inherit the plan again), a field left out is
+    unchanged."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"rate_limit_per_minute": 500, "tier": "starter"},
+                {"bandwidth_bytes_monthly": 10 * 1024**3, "job_runs_monthly": -1},
+                {"db_size_bytes": None, "realtime_streams": 50, "status": "active"},
+            ]
+        }
+    )
+    rate_limit_per_minute: int | None = _override(
+        "requests per minute (never unlimited)", high=MAX_LIMIT, low=0
+    )
+    requests_per_day: int | None = _override("requests per UTC day")
+    bandwidth_bytes_monthly: int | None = _override("response bytes per calendar month")
+    db_size_bytes: int | None = _override("the project's schema size in bytes")
+    job_runs_monthly: int | None = _override("job runs per calendar month")
+    realtime_streams: int | None = _override("concurrent realtime streams", high=INT32_MAX)
     status: Literal["active", "suspended"] | None = None
-    tier: Tier | None = None
+    tier: str | None = Field(
+        default=None, pattern=PLAN_NAME_PATTERN, description="move to this plan (gateway.plans)"
+    )
+
+    def limit_overrides(self) -> dict[str, int | None]:
+        """The limit fields the client sent (null included: inherit)."""
+        return {name: getattr(self, name) for name in LIMIT_FIELDS if name in self.model_fields_set}
+
+
+# = gateway.quotas.plans.PLAN_FIELDS (a unit test checks)
+LIMIT_FIELDS: tuple[str, ...] = (
+    "rate_limit_per_minute",
+    "requests_per_day",
+    "bandwidth_bytes_monthly",
+    "db_size_bytes",
+    "job_runs_monthly",
+    "realtime_streams",
+)
 
 
 class ProjectDelete(Body):
@@ -77,6 +131,38 @@ class ProjectListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     limit: int = Field(default=20, ge=1, le=PAGE_MAX)
     offset: int = Field(default=0, ge=0, le=MAX_LIMIT)
+
+
+class PageQuery(BaseModel):
+    """Paging: ``limit`` (1 to 100, default 20) from ``offset``, oldest first."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"limit": 20, "offset": 0}]}
+    )
+    limit: int = Field(default=20, ge=1, le=PAGE_MAX)
+    offset: int = Field(default=0, ge=0, le=MAX_LIMIT)
+
+
+class JobListQuery(BaseModel):
+    """The jobs API's list filters (``GET /v1/inhouse/jobs``), same names and bounds;
+    the jobs API's parser (``gateway.jobs.rules.parse_list``) reads them afterwards."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"status": "failed", "limit": 10, "orderDir": "desc"}]},
+    )
+    name: str | None = Field(default=None, max_length=JOB_NAME_MAX)
+    status: (
+        Literal["pending", "active", "completed", "failed", "delayed", "cancelled", "all"] | None
+    ) = None
+    limit: int = Field(default=20, ge=1, le=JOB_LIST_MAX)
+    offset: int = Field(default=0, ge=0, le=JOB_OFFSET_MAX)
+    orderBy: Literal["createdAt", "runAt", "finishedAt"] = "createdAt"
+    orderDir: Literal["asc", "desc"] = "desc"
+
+    def as_params(self) -> dict[str, str]:
+        """The query string the jobs API's parser takes (text, as it came)."""
+        return {k: str(v) for k, v in self.model_dump(exclude_none=True).items()}
 
 
 class KeyCreate(Body):
@@ -166,6 +252,8 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     ProjectUpdate,
     ProjectDelete,
     ProjectListQuery,
+    PageQuery,
+    JobListQuery,
     KeyCreate,
     ColumnDefinition,
     TableDefinition,

@@ -24,11 +24,13 @@ PARAM_DESCRIPTIONS = {
     "project": "the project's id (UUID) or name",
     "table": "the table's name",
     "key_id": "the key's id (UUID)",
+    "user_id": "the end user's id (UUID)",
+    "job_id": "the job's id (UUID)",
 }
 ERROR_STATUSES = {
     400: "invalid input: `error.field` names the field at fault when there is one",
     401: "missing, malformed, expired, replayed or wrong signature (never says which)",
-    404: "no such project, key or table",
+    404: "no such project, key, table, user or job",
     409: "the name is taken, or the thing's state refuses the change",
     413: "the body is larger than 256 KB",
     503: "the database is unavailable; retry shortly",
@@ -65,20 +67,23 @@ def _envelope_schemas() -> dict[str, Any]:
 def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     schema = model.model_json_schema()
     required = set(schema.get("required", ()))
+    # the model's first example gives each parameter's example (the examples test sends it)
+    example = (schema.get("examples") or [{}])[0]
     params = []
     for name, prop in schema.get("properties", {}).items():
         prop = dict(prop)
         description = prop.pop("description", None) or model.__doc__ or ""
         prop.pop("title", None)
-        params.append(
-            {
-                "name": name,
-                "in": "query",
-                "required": name in required,
-                "description": description.strip(),
-                "schema": prop,
-            }
-        )
+        param: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "description": description.strip(),
+            "schema": prop,
+        }
+        if name in example:
+            param["example"] = example[name]
+        params.append(param)
     return params
 
 
@@ -143,7 +148,8 @@ def _document(routes_key: tuple[tuple[str, str], ...]) -> dict[str, Any]:
             "title": "Easy Mode Gateway admin API",
             "version": "1",
             "description": (
-                "Provisioning of projects, keys and tables: the same functions as the "
+                "Provisioning of projects, keys and tables, plans and usage, a project's "
+                "end users and jobs: the same functions as the "
                 "`gateway` CLI. Every request is signed with HMAC-SHA256 (the original "
                 "platform's v2 scheme); see docs/control.md."
             ),

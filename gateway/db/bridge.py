@@ -57,6 +57,10 @@ class SyncResult:
         rows, self._rows = self._rows, []
         return rows
 
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """``for row in conn.execute(...)`` as on a psycopg cursor (provisioning does it)."""
+        return iter(self.fetchall())
+
 
 class SyncCursor:
     def __init__(self, conn: SyncConnection) -> None:

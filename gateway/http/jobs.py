@@ -1,9 +1,12 @@
 """``/v1/inhouse/jobs``: the original's jobs API, in its ``{ok, data}`` envelope.
 
-Server keys only (a public key → 403 ``INSUFFICIENT_SCOPES``). Every request is admitted
-like a data request (key, rate limit and daily quota in one statement, one request of
-cost), then runs its jobs statement on the same connection: two round trips. The rules
-live in ``gateway.jobs.rules``, the SQL in ``gateway.jobs.store``.
+Server keys only (a public key → 403 ``INSUFFICIENT_SCOPES``). Every request goes
+through ``Pipeline.admitted`` like /query, /schema and realtime: the local deny, admission
+(key, rate limit and quotas in one statement, one request of cost), then its jobs
+statement on the same connection — two round trips — and one request-log row (method,
+``/jobs/...`` path, status, error code). Only the body differs: the jobs API's
+``{ok, data}`` / ``{ok: false, error, quota?}`` envelope instead of the data API's. The
+rules live in ``gateway.jobs.rules``, the SQL in ``gateway.jobs.store``.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.admission.headers import admission_headers
+from gateway.admission.decision import Admission
 from gateway.auth.bearer import credentials_from_headers
-from gateway.db.pool import acquire
 from gateway.errors import GatewayError
 from gateway.http.responses import JSON
-from gateway.http.routes import BodyTooLarge, read_body
+from gateway.http.routes import BodyTooLarge, _observe, _request_id, _started, read_body
 from gateway.jobs import rules, store
 from gateway.jobs.rules import invalid
+from gateway.query.pipeline import Outcome
 
 logger = logging.getLogger("gateway.jobs")
 
@@ -33,15 +36,6 @@ BASE = "/v1/inhouse/jobs"
 BODY_SLACK = 8 * 1024  # the envelope around a 256 KB payload
 
 Handler = Callable[[AsyncConnection[Any], str], Awaitable[tuple[int, dict[str, Any]]]]
-
-
-def _ok(status: int, payload: dict[str, Any], headers: dict[str, str]) -> Response:
-    return Response(
-        orjson.dumps({"ok": True, **payload}),
-        status_code=status,
-        media_type=JSON,
-        headers=headers,
-    )
 
 
 def _error(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
@@ -63,20 +57,48 @@ async def _body(request: Request) -> bytes:
         raise invalid("VALIDATION_ERROR", "the request body was not received") from None
 
 
+def _jobs_error_body(out: Outcome) -> bytes:
+    """The pipeline's refusal (data-API envelope) in the jobs API's envelope: ``code`` and
+    ``message``, and the ``quota`` when the error carries one (as the jobs API answers)."""
+    error = orjson.loads(out.body).get("error") or {}
+    body: dict[str, Any] = {
+        "ok": False,
+        "error": {"code": error.get("code"), "message": error.get("message")},
+    }
+    details = error.get("details")
+    if isinstance(details, dict) and "quota" in details:
+        body["quota"] = details["quota"]
+    return orjson.dumps(body)
+
+
 async def _serve(request: Request, handler: Handler) -> Response:
+    started = _started(request)
+    request_id = _request_id(request)
     state = request.app.state.gw
-    headers: dict[str, str] = {}
     try:
         key, _session = credentials_from_headers(request.headers)
-        async with acquire(state.pool) as conn:
-            ctx = await state.pipeline.admit(conn, key, 1)
-            headers = admission_headers(ctx)
-            if ctx.principal.key_type != "server":
-                raise invalid("INSUFFICIENT_SCOPES", "the jobs API needs a server key", status=403)
-            status, payload = await handler(conn, ctx.project_id)
-        return _ok(status, payload, headers)
     except GatewayError as exc:
-        return _error(exc, headers)
+        return _error(exc)
+
+    async def work(conn: AsyncConnection[Any], admission: Admission, out: Outcome) -> None:
+        if admission.principal.key_type != "server":
+            raise invalid("INSUFFICIENT_SCOPES", "the jobs API needs a server key", status=403)
+        status, payload = await handler(conn, admission.project_id)
+        out.status = status
+        out.body = orjson.dumps({"ok": True, **payload})
+
+    out = await state.pipeline.admitted(key, cost=1, work=work)
+    # what the request log records: the HTTP method and the path below /v1/inhouse
+    out.operation = request.method
+    out.path = request.url.path.removeprefix("/v1/inhouse")[:200]
+    if out.error_code is not None:
+        out.body = _jobs_error_body(out)
+    return Response(
+        out.body,
+        status_code=out.status,
+        media_type=JSON,
+        headers=_observe(request, "jobs", out, request_id, started),
+    )
 
 
 async def enqueue(request: Request) -> Response:

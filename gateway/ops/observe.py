@@ -236,6 +236,8 @@ class Observability:
                 method, path, table = "REALTIME", "/db/realtime", outcome.table
             elif kind == "ticket":  # a stream's single-use ticket
                 method, path, table = "TICKET", "/db/realtime/ticket", None
+            elif kind == "jobs":  # the jobs API: its HTTP method and path
+                method, path, table = outcome.operation or "GET", outcome.path or "/jobs", None
             else:
                 table = outcome.table
                 method = outcome.operation or "QUERY"

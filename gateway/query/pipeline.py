@@ -56,6 +56,8 @@ class Outcome:
     row_count: int | None = None
     # how admission decided a refusal: "rate_limited", "quota_exceeded" or "local_deny"
     admission: str | None = None
+    # the request log's path when the route sets it (the jobs API); else derived from kind
+    path: str | None = None
 
 
 class Pipeline:

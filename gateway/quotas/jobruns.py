@@ -11,7 +11,6 @@ import datetime as dt
 from typing import Any
 
 import psycopg
-from psycopg.rows import tuple_row
 
 SOURCE = "gateway.job_usage"
 
@@ -19,10 +18,12 @@ SOURCE = "gateway.job_usage"
 def job_runs_this_month(
     conn: psycopg.Connection[Any], project_id: str, month: dt.date
 ) -> int | None:
-    """Job runs of the project in the UTC month starting ``month`` (0 when none yet)."""
-    cur = conn.cursor(row_factory=tuple_row)
-    row = cur.execute(
+    """Job runs of the project in the UTC month starting ``month`` (0 when none yet).
+
+    Only ``conn.execute(...).fetchone()`` on a dict-row connection: the admin API runs this
+    on ``gateway.db.bridge.SyncConnection``, which has no ``cursor(row_factory=...)``."""
+    row = conn.execute(
         "SELECT used FROM gateway.job_usage WHERE project_id = %s AND month = %s",
         (project_id, month),
     ).fetchone()
-    return int(row[0]) if row else 0
+    return int(row["used"]) if row else 0

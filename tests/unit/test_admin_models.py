@@ -158,12 +158,26 @@ def test_the_models_bounds_are_provisionings() -> None:
     from typing import get_args
 
     from gateway.control import provisioning
-    from gateway.db.models import TIERS
+    from gateway.jobs import rules as job_rules
+    from gateway.quotas import plans
 
     assert (m.MAX_LIMIT, m.PAGE_MAX) == (provisioning.MAX_LIMIT, provisioning.PAGE_MAX)
     assert provisioning.PROJECT_NAME_RE.pattern == m.PROJECT_NAME_PATTERN
     assert tabledef.NAME_RE.pattern == m.NAME_PATTERN
-    assert set(get_args(m.Tier)) == set(TIERS)
+    assert plans.PLAN_NAME_RE.pattern == m.PLAN_NAME_PATTERN
+    assert m.LIMIT_FIELDS == plans.PLAN_FIELDS
+    assert (m.INT32_MAX, m.UNLIMITED) == (plans.INT32_MAX, plans.UNLIMITED)
+    assert m.JOB_STATUSES == job_rules.STATUSES
+    assert tuple(job_rules.ORDER_BY) == m.JOB_ORDER_BY
+    assert (m.JOB_LIST_MAX, m.JOB_OFFSET_MAX, m.JOB_NAME_MAX) == (
+        job_rules.LIST_LIMIT_MAX,
+        job_rules.OFFSET_MAX,
+        job_rules.NAME_MAX,
+    )
+    status = m.JobListQuery.model_fields["status"].annotation
+    assert set(get_args(get_args(status)[0])) == {*job_rules.STATUSES, "all"}
+    order_by = m.JobListQuery.model_fields["orderBy"].annotation
+    assert get_args(order_by) == tuple(job_rules.ORDER_BY)
 
 
 def test_query_strings_are_lax_but_bounded() -> None:

@@ -89,6 +89,10 @@ class Settings:
     # from the pool plan (2 × pool_max in flight, 64 × pool_max waiting)
     overload_inflight_max: int | None = None
     overload_queue_max: int | None = None
+    # coalesced admission (issue 16 part 1, gateway/admission/coalescer.py): every admission
+    # waiting at one moment goes in one statement, at most this many statements in flight
+    admission_coalesce: bool = True
+    admission_statements_max: int = 2
 
     @property
     def direct_url(self) -> str:
@@ -155,6 +159,8 @@ class Settings:
             admin_hmac_secrets=_admin_secrets(r.list("GATEWAY_ADMIN_HMAC_SECRET", ())),
             overload_inflight_max=r.optional_int("GATEWAY_OVERLOAD_INFLIGHT_MAX", minimum=1),
             overload_queue_max=r.optional_int("GATEWAY_OVERLOAD_QUEUE_MAX", minimum=0),
+            admission_coalesce=r.bool("GATEWAY_ADMISSION_COALESCE", True),
+            admission_statements_max=r.int("GATEWAY_ADMISSION_STATEMENTS_MAX", 2, minimum=1),
         )
         if settings.pool_max is not None and settings.pool_min > settings.pool_max:
             raise SettingsError(

@@ -139,6 +139,10 @@ def _settings(url: str, coalesce: bool = True) -> Any:
             "GATEWAY_POOL_MAX": str(TASKS),
             "GATEWAY_POOL_MIN": str(TASKS),
             "GATEWAY_ADMISSION_COALESCE": "1" if coalesce else "0",
+            # the coalescer's statements in flight, as the bench's environment says
+            "GATEWAY_ADMISSION_STATEMENTS_MAX": os.environ.get(
+                "GATEWAY_ADMISSION_STATEMENTS_MAX", "2"
+            ),
         }
     )
 
@@ -337,11 +341,12 @@ async def _measure(
 
 
 def _one_task(url: str, key: str, seconds: float) -> dict[bool, dict[str, Any]]:
-    """One task alone, coalescing on and off, in alternating rounds (on, off, off, on)
-    so that drifting machine load hits both alike."""
+    """One task alone, coalescing on and off, in 8 alternating rounds (on, off, off, on,
+    ...) so that drifting machine load hits both alike (4 rounds swung the ratio between
+    0.82 and 1.23 on a loaded machine)."""
     samples: dict[bool, list[float]] = {True: [], False: []}
-    for coalesce in (True, False, False, True):
-        m = asyncio.run(_measure(PostgresContender(url, key, coalesce), seconds / 2, 1, True))
+    for coalesce in (True, False, False, True) * 2:
+        m = asyncio.run(_measure(PostgresContender(url, key, coalesce), seconds / 4, 1, True))
         samples[coalesce].extend(m["samples"])
     return {c: {**fw.summarize_ms(v), "n": len(v)} for c, v in samples.items()}
 

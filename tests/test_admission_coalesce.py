@@ -237,6 +237,55 @@ def test_queued_requests_time_out_each_with_a_503(pg_url: str, db: Any, make_pro
     assert row is not None and row["day_used"] == 1 + 4
 
 
+def test_a_batch_whose_session_the_server_ends_is_sent_again_for_the_others(
+    pg_url: str, db: Any, make_project: Any
+) -> None:
+    """A real ``pg_terminate_backend`` on the connection that will carry the batch (the
+    last arrival's): PostgreSQL ended the session, nothing was applied, so the other
+    request is sent again on its own connection and admitted; the carrier's request gets
+    the 503 whose cause ``run_with_retry`` retries on a fresh connection."""
+    blocker = make_project()
+    project = make_project()
+    adm = admitter(pg_url, admission_statements_max=1)
+    key = project["server_key"]
+
+    async def scenario() -> tuple[Answer, Answer]:
+        conns = [await aconnect(pg_url) for _ in range(3)]
+        holder = await AsyncConnection.connect(pg_url)
+        try:
+            await adm.admit(conns[0], blocker["server_key"], 1)
+            await holder.execute(
+                "SELECT 1 FROM gateway.admission_counters WHERE project_id = %s FOR UPDATE",
+                [blocker["id"]],
+            )
+            assert adm.coalescer is not None
+            first = asyncio.ensure_future(adm.admit(conns[0], blocker["server_key"], 1))
+            await _until(lambda: adm.coalescer.in_flight == 1, "the first statement is sent")
+            other = asyncio.ensure_future(_answer(adm, conns[1], key, 1))
+            await asyncio.sleep(0)
+            carrier = asyncio.ensure_future(_answer(adm, conns[2], key, 1))
+            await _until(lambda: adm.coalescer.stats()["queued"] == 2, "both queued")
+            await asyncio.to_thread(
+                db.execute, "SELECT pg_terminate_backend(%s, 5000)", [conns[2].info.backend_pid]
+            )
+            await holder.rollback()
+            await first
+            return await other, await carrier
+        finally:
+            await holder.close()
+            for c in conns:
+                await c.close()
+
+    other, carrier = run(scenario())
+    print("other:", _code(other), "carrier:", _code(carrier), adm.stats())
+    assert isinstance(other, Admission) and other.quota_used == 1
+    assert isinstance(carrier, GatewayError) and carrier.status == 503
+    assert isinstance(carrier.__cause__, psycopg.OperationalError)
+    assert adm.stats()["requeued"] == 1
+    row = counter_row(db, project["id"])
+    assert row is not None and row["day_used"] == 1
+
+
 def test_admit_many_answers_like_admit_in_array_order(
     pg_url: str, db: Any, make_project: Any
 ) -> None:

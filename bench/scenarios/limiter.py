@@ -340,6 +340,29 @@ async def _measure(
     }
 
 
+def _admission_cost(bench: Bench) -> dict[str, Any]:
+    """PostgreSQL's own execution time per DECISION since the last reset: the admission
+    statements' total time ÷ the rows they returned (one row per decision), and the mean
+    number of decisions per statement (the batch size)."""
+    with bench.connect() as conn:
+        row = conn.execute(
+            """
+            SELECT coalesce(sum(calls), 0)::bigint AS statements,
+                   coalesce(sum(rows), 0)::bigint AS decisions,
+                   coalesce(sum(total_exec_time), 0)::float8 AS total_ms
+              FROM pg_stat_statements
+             WHERE query ILIKE '%%gateway.admit%%' AND query NOT ILIKE '%%pg_stat%%'
+            """
+        ).fetchone()
+    statements, decisions, total_ms = row["statements"], row["decisions"], row["total_ms"]
+    return {
+        "statements": statements,
+        "decisions": decisions,
+        "decisions_per_statement": round(decisions / statements, 2) if statements else None,
+        "server_ms_per_decision": round(total_ms / decisions, 4) if decisions else None,
+    }
+
+
 def _one_task(url: str, key: str, seconds: float) -> dict[bool, dict[str, Any]]:
     """One task alone, coalescing on and off, in 8 alternating rounds (on, off, off, on,
     ...) so that drifting machine load hits both alike (4 rounds swung the ratio between
@@ -463,9 +486,12 @@ def run(bench: Bench) -> ScenarioResult:
                     f"ms mean ({top[0]['query'][:60]}...); the rest of the p50 is client, "
                     "pool and network"
                 )
+            details["postgres_statement_cost"] = _admission_cost(bench)
+            bench.reset_stat_statements()
             speed["postgres_uncoalesced"] = asyncio.run(
                 _measure(PostgresContender(bench.url, hot["server_key"], coalesce=False), seconds)
             )
+            details["postgres_uncoalesced_statement_cost"] = _admission_cost(bench)
             one_task = _one_task(bench.url, hot["server_key"], seconds)
             details["one_task"] = {("on" if c else "off"): v for c, v in one_task.items()}
             speed["postgres_floor"] = asyncio.run(_measure(PostgresFloor(bench.url), seconds))
@@ -571,6 +597,30 @@ def run(bench: Bench) -> ScenarioResult:
         rows,
     )
     tables = [table]
+    cost_on = details.get("postgres_statement_cost")
+    cost_off = details.get("postgres_uncoalesced_statement_cost")
+    if cost_on and cost_off:
+        tables.append(
+            fw.markdown_table(
+                [
+                    "PostgreSQL, 16 tasks",
+                    "statements",
+                    "decisions",
+                    "decisions per statement",
+                    "server ms per decision",
+                ],
+                [
+                    [
+                        label,
+                        c["statements"],
+                        c["decisions"],
+                        c["decisions_per_statement"],
+                        c["server_ms_per_decision"],
+                    ]
+                    for label, c in (("coalescing on", cost_on), ("coalescing off", cost_off))
+                ],
+            )
+        )
     if one:
         tables.append(
             fw.markdown_table(

@@ -192,7 +192,7 @@ class Admitter:
         sent_at = self.clock()
         try:
             if self.coalescer is not None:
-                row = await self._counted(self.coalescer.admit(conn, key_hash, cost))
+                row = await self._counted(self.coalescer.admit(conn, (key_hash, cost)))
             else:
                 row = await self._counted(
                     self._call(
@@ -218,9 +218,10 @@ class Admitter:
             raise
 
     async def _send(
-        self, conn: AsyncConnection[Any], items: list[tuple[str, int]], deadline: float
+        self, conn: AsyncConnection[Any], items: list[tuple[Any, ...]], deadline: float
     ) -> list[tuple[Any, ...]]:
-        """The coalescer's statement: the single admit for one request, else admit_many."""
+        """The coalescer's statement: the single admit for one request, else admit_many
+        (each request's ``(key_hash, cost)`` becomes one element of each array)."""
         timeout = max(0.001, deadline - time.monotonic())
         tail = (self.window_s, self.sliding, self.lock_timeout_ms)
         if len(items) == 1:

@@ -56,14 +56,15 @@ from gateway.errors import GatewayError, service_unavailable
 BATCH_MAX = 256
 
 Row = tuple[Any, ...]
-# send(conn, [(key_hash, cost), ...], deadline) -> one row per item, in order
-Send = Callable[[AsyncConnection[Any], list[tuple[str, int]], float], Awaitable[list[Row]]]
+# one request's inputs to the admission statement: (key_hash, cost, ...)
+Args = tuple[Any, ...]
+# send(conn, [args, ...], deadline) -> one row per request, in order
+Send = Callable[[AsyncConnection[Any], list[Args], float], Awaitable[list[Row]]]
 
 
 @dataclass(eq=False, slots=True)
 class _Waiter:
-    key_hash: str
-    cost: int
+    args: Args
     conn: AsyncConnection[Any]
     deadline: float  # time.monotonic()
     future: asyncio.Future[Row]
@@ -95,19 +96,20 @@ class Coalescer:
     def stats(self) -> dict[str, int]:
         return {**self._stats, "queued": len(self._queue), "in_flight": self.in_flight}
 
-    async def admit(self, conn: AsyncConnection[Any], key_hash: str, cost: int) -> Row:
-        """The admission row for one request; a timeout or a lost database is a 503."""
+    async def admit(self, conn: AsyncConnection[Any], args: Args) -> Row:
+        """The admission row for one request (``args``: its inputs to the statement,
+        ``(key_hash, cost, ...)``); a timeout or a lost database is a 503."""
         deadline = time.monotonic() + self.timeout_s
         if self.in_flight < self.statements_max and not self._queue:
             # idle: this request's own statement, at once, in its own task
             self.in_flight += 1
             self._stats["statements"] += 1
             try:
-                return (await self.send(conn, [(key_hash, cost)], deadline))[0]
+                return (await self.send(conn, [args], deadline))[0]
             finally:
                 self.in_flight -= 1
                 self._pump()
-        waiter = _Waiter(key_hash, cost, conn, deadline, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(args, conn, deadline, asyncio.get_running_loop().create_future())
         self._queue.append(waiter)
         try:
             while True:
@@ -153,9 +155,7 @@ class Coalescer:
 
     async def _run(self, batch: list[_Waiter], carrier: _Waiter) -> None:
         try:
-            rows = await self.send(
-                carrier.conn, [(w.key_hash, w.cost) for w in batch], carrier.deadline
-            )
+            rows = await self.send(carrier.conn, [w.args for w in batch], carrier.deadline)
         except BaseException as exc:  # every waiter must hear of it
             self._failed(batch, carrier, exc)
             if not isinstance(exc, asyncio.CancelledError | Exception):

@@ -35,6 +35,8 @@ SCENARIOS = [
     "overload",
     "local_deny",
 ]
+SCENARIOS += ["auth_hashing"]  # end-user auth: hashing stays off the event loop
+SCENARIOS += ["owner_rows"]  # sessions + owner rules on a select (#17, data routes)
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:

@@ -191,20 +191,23 @@ def cmd_project_create(args: argparse.Namespace) -> None:
 def cmd_project_set_limits(args: argparse.Namespace) -> None:
     from gateway.control import provisioning
 
+    overrides = _limit_args(args, allow_inherit=True)
+    if not overrides and not args.status and not args.plan:
+        raise UsageError(
+            "nothing to change: give --plan, a limit (--rate-limit-per-minute, "
+            "--requests-per-day, --bandwidth-bytes-monthly, --db-size-bytes, "
+            "--job-runs-monthly, --realtime-streams) or --status"
+        )
     with _connect() as conn:
         project = provisioning.set_limits(
-            conn,
-            args.project,
-            rate_limit_per_minute=args.rate_limit_per_minute,
-            requests_per_day=args.requests_per_day,
-            status=args.status,
-            tier=args.tier,
+            conn, args.project, status=args.status, plan=args.plan, overrides=overrides
         )
+    requests = project.requests_limit_daily
     _emit(
         args,
         project.as_json(),
-        f"{project.name}: {project.rate_limit_per_minute}/minute, "
-        f"{project.requests_limit_daily}/day, {project.status}, {project.tier}",
+        f"{project.name} ({project.tier}): {project.rate_limit_per_minute}/minute, "
+        f"{'unlimited' if requests is None else requests}/day, {project.status}",
     )
 
 
@@ -357,6 +360,24 @@ def cmd_table_add_column(args: argparse.Namespace) -> None:
 def cmd_table_set_access(args: argparse.Namespace) -> None:
     from gateway.control import provisioning
 
+    rows = args.row_access is not None or args.owner_column is not None
+    flags_given = (args.client_read, args.client_write, args.sensitive) != (None, None, None)
+    if rows:
+        # rows that belong to users (docs/auth.md)
+        if args.column is not None:
+            raise UsageError("--row-access and --owner-column are table settings: no --column")
+        with _connect() as conn:
+            result = provisioning.set_row_access(
+                conn,
+                args.project,
+                args.table,
+                row_access=args.row_access,
+                owner_column=args.owner_column,
+            )
+        if not flags_given:
+            message = f"{args.table}: row_access={result['row_access']}"
+            _emit(args, result, message + f", owner_column={result['owner_column']}")
+            return
     with _connect() as conn:
         result = provisioning.set_access(
             conn,
@@ -391,6 +412,134 @@ def cmd_stats(args: argparse.Namespace) -> None:
         report = stats.collect(conn, since)
     report = {"since": args.since, **report}
     _emit(args, report, stats.render_text(report, args.since))
+
+
+# --- quotas: plans and usage (gateway/quotas, docs/quotas.md) -----------------------------
+
+
+def _limit_args(args: argparse.Namespace, *, allow_inherit: bool) -> dict[str, int | None]:
+    """The limit flags given (as raw text) → plan field: value (-1 unlimited, None inherit)."""
+    from gateway.quotas.plans import PLAN_FIELDS, LimitError, parse_limit
+
+    values: dict[str, int | None] = {}
+    for field in PLAN_FIELDS:
+        raw = getattr(args, field, None)
+        if raw is None:
+            continue
+        try:
+            values[field] = parse_limit(str(raw), field, allow_inherit=allow_inherit)
+        except LimitError as exc:
+            raise UsageError(str(exc)) from None
+    return values
+
+
+def _human_limit(field: str, value: Any) -> str:
+    if value is None:
+        return "unlimited"
+    if field in ("bandwidth_bytes_monthly", "db_size_bytes"):
+        return _human_bytes(int(value))
+    return f"{value:,}"
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= size:
+            return f"{n / size:.4g} {unit}"
+    return f"{n} B"
+
+
+def cmd_plan_list(args: argparse.Namespace) -> None:
+    from gateway.quotas import store
+    from gateway.quotas.plans import PLAN_FIELDS
+
+    with _connect() as conn:
+        plans = store.list_plans(conn)
+    header = ["plan", *PLAN_FIELDS, "projects"]
+    rows = [
+        [p["name"], *(_human_limit(f, p[f]) for f in PLAN_FIELDS), str(p["projects"])]
+        for p in plans
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    text = "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    )
+    _emit(args, {"plans": plans}, text)
+
+
+def cmd_plan_set(args: argparse.Namespace) -> None:
+    from gateway.quotas import store
+
+    values = {k: v for k, v in _limit_args(args, allow_inherit=False).items() if v is not None}
+    if not values and not args.create:
+        raise UsageError("nothing to change: give at least one limit, e.g. --requests-per-day")
+    with _connect() as conn:
+        plan = store.set_plan(conn, args.name, values, create=args.create)
+    _emit(
+        args,
+        plan,
+        f"plan {plan['name']}: "
+        + ", ".join(f"{k}={_human_limit(k, v)}" for k, v in plan.items() if k != "name"),
+    )
+
+
+def cmd_project_usage(args: argparse.Namespace) -> None:
+    from gateway.control import provisioning
+    from gateway.quotas import store
+
+    with _connect() as conn:
+        project = provisioning.find_project(conn, args.project)
+        report = store.usage(conn, project.id)
+    head = f"{report['project']} ({report['plan']})"
+    lines = [f"{head}, day {report['day']}, month {report['month']}"]
+    for key, label in (
+        ("requests_today", "requests today"),
+        ("bandwidth_month", "bandwidth this month"),
+        ("database_size", "database size"),
+        ("job_runs_month", "job runs this month"),
+    ):
+        item = report[key]
+        bytes_ = item.get("unit") == "bytes"
+        used = item["used"]
+        used_text = "unknown" if used is None else (_human_bytes(used) if bytes_ else f"{used:,}")
+        limit = item["limit"]
+        limit_text = (
+            "unlimited" if limit is None else (_human_bytes(limit) if bytes_ else f"{limit:,}")
+        )
+        pct = "" if item["percent_used"] is None else f" ({item['percent_used']}%)"
+        lines.append(f"  {label:<22} {used_text} of {limit_text}{pct}")
+    _emit(args, report, "\n".join(lines))
+
+
+def _add_limit_flags(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    from gateway.quotas.plans import PLAN_FIELDS
+
+    for field in PLAN_FIELDS:
+        if field in skip:
+            continue
+        p.add_argument(
+            "--" + field.replace("_", "-"),
+            dest=field,
+            metavar="N",
+            help="a number (bytes: KB/MB/GB/TB), or unlimited",
+        )
+
+
+def _add_quota_commands(sub: Any, project: Any, command: Callable[..., Any]) -> None:
+    plan = sub.add_parser("plan", help="plans (tiers) and their limits").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    command(plan, "list", cmd_plan_list, "list the plans and their limits")
+    p = command(plan, "set", cmd_plan_set, "change a plan's limits (every project on it)")
+    p.add_argument("name")
+    p.add_argument("--create", action="store_true", help="create it (from free's limits)")
+    _add_limit_flags(p)
+    p = command(
+        project,
+        "usage",
+        cmd_project_usage,
+        "requests today, bandwidth this month, database size, job runs: used, limit, %%",
+    )
+    p.add_argument("project")
 
 
 # --- the parser -------------------------------------------------------------------------
@@ -440,15 +589,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = command(project, "create", cmd_project_create, "create a project")
     p.add_argument("name")
-    p.add_argument("--tier", default="free")
+    p.add_argument("--plan", "--tier", dest="tier", default="free", help="its plan (tier)")
     p.add_argument("--rate-limit-per-minute", type=_non_negative_int)
     p.add_argument("--requests-per-day", type=_non_negative_int)
     p = command(project, "set-limits", cmd_project_set_limits, "change a project's limits")
     p.add_argument("project")
-    p.add_argument("--rate-limit-per-minute", type=_non_negative_int)
-    p.add_argument("--requests-per-day", type=_non_negative_int)
+    # quotas: every limit is an override of the plan's (N, unlimited, or plan = inherit)
+    _add_limit_flags(p)
     p.add_argument("--status", choices=("active", "suspended"))
-    p.add_argument("--tier", help="the plan: free, starter, growth, scale or enterprise")
+    p.add_argument("--plan", "--tier", dest="plan", help="move the project to this plan")
     p = command(project, "list", cmd_project_list, "list projects, oldest first (paged)")
     p.add_argument("--limit", type=_positive_int, default=20)
     p.add_argument("--offset", type=_non_negative_int, default=0)
@@ -463,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     key = sub.add_parser("key", help="API keys").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
+    _add_quota_commands(sub, project, command)
+
     p = command(key, "create", cmd_key_create, "create an API key")
     p.add_argument("project")
     p.add_argument("--type", required=True, choices=("public", "server"))
@@ -526,10 +677,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-read", type=_bool, metavar="true|false")
     p.add_argument("--client-write", type=_bool, metavar="true|false")
     p.add_argument("--sensitive", type=_bool, metavar="true|false", help="needs --column")
+    p.add_argument(
+        "--row-access",
+        choices=("all", "owner", "public_read"),
+        help="what public keys may do with rows: all, only their session user's (owner), "
+        "or read all and write their own (public_read)",
+    )
+    p.add_argument("--owner-column", help="the uuid column holding a row's user id")
 
     p = command(table, "drop", cmd_table_drop, "drop a table and unregister it")
     p.add_argument("project")
     p.add_argument("table")
+
+    # end-user auth: gateway auth users|logout|force-reset|import (gateway/auth/cli.py)
+    from gateway.auth import cli as auth_cli
+
+    auth_cli.register(sub, command, connect=_connect, emit=_emit, parser_class=_Parser)
     return parser
 
 

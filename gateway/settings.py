@@ -93,6 +93,12 @@ class Settings:
     # waiting at one moment goes in one statement, at most this many statements in flight
     admission_coalesce: bool = True
     admission_statements_max: int = 2
+    # end-user auth (docs/auth.md): its own group of GATEWAY_AUTH_* / GATEWAY_SMTP_* values
+    auth: AuthSettings = field(default_factory=lambda: AuthSettings())
+
+    # quotas (plans, bandwidth, database size: gateway/quotas, docs/quotas.md)
+    bandwidth_flush_ms: int = 1000
+    db_size_sample_s: float = 60.0
 
     @property
     def direct_url(self) -> str:
@@ -161,7 +167,11 @@ class Settings:
             overload_queue_max=r.optional_int("GATEWAY_OVERLOAD_QUEUE_MAX", minimum=0),
             admission_coalesce=r.bool("GATEWAY_ADMISSION_COALESCE", True),
             admission_statements_max=r.int("GATEWAY_ADMISSION_STATEMENTS_MAX", 2, minimum=1),
+            # quotas
+            bandwidth_flush_ms=r.int("GATEWAY_BANDWIDTH_FLUSH_MS", 1000, minimum=10),
+            db_size_sample_s=r.float("GATEWAY_DB_SIZE_SAMPLE_S", 60.0, minimum=0.1),
         )
+        settings = replace(settings, auth=AuthSettings.from_reader(r))
         if settings.pool_max is not None and settings.pool_min > settings.pool_max:
             raise SettingsError(
                 f"GATEWAY_POOL_MIN={settings.pool_min} is larger than "
@@ -262,3 +272,63 @@ class _Reader:
             except ValueError:
                 raise SettingsError(f"{name}: {part!r} is not an IP address or CIDR") from None
         return tuple(networks)
+
+
+# --- end-user auth (gateway/auth/, docs/auth.md) -------------------------------------------
+
+SMTP_SCHEMES = ("smtp", "smtps", "smtp+plain")
+
+
+def _half_the_cores() -> int:
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """The auth API's numbers. Throttles are per ``throttle_window_s`` (the original's
+    10 minutes), counted in the database so they hold across instances."""
+
+    session_ttl_s: int = 7 * 24 * 3600
+    refresh_grace_s: int = 10
+    magic_link_ttl_s: int = 15 * 60
+    magic_link_return_token: bool = False
+    magic_link_url: str = "http://localhost:3000/auth/magic-link"
+    smtp_url: str = field(default="", repr=False)  # may carry the SMTP password
+    smtp_from: str = "no-reply@localhost"
+    smtp_timeout_s: float = 10.0
+    throttle_window_s: int = 600
+    sign_up_limit: int = 5
+    sign_in_limit: int = 10
+    magic_link_limit: int = 5
+    verify_limit: int = 30
+    # password hashing may take at most half of the machine's cores (the loop keeps the rest)
+    hash_workers: int = field(default_factory=lambda: _half_the_cores())
+    hash_queue_max: int = 64
+    hash_nice: int = 10
+
+    @classmethod
+    def from_reader(cls, r: _Reader) -> AuthSettings:
+        smtp_url = r.str("GATEWAY_SMTP_URL", "")
+        if smtp_url and smtp_url.split("://", 1)[0].lower() not in SMTP_SCHEMES:
+            schemes = ", ".join(s + "://" for s in SMTP_SCHEMES)
+            raise SettingsError(f"GATEWAY_SMTP_URL must start with one of {schemes}")
+        return cls(
+            session_ttl_s=r.int("GATEWAY_AUTH_SESSION_TTL_S", 7 * 24 * 3600, minimum=60),
+            refresh_grace_s=r.int("GATEWAY_AUTH_REFRESH_GRACE_S", 10, minimum=0),
+            magic_link_ttl_s=r.int("GATEWAY_AUTH_MAGIC_LINK_TTL_S", 15 * 60, minimum=1),
+            magic_link_return_token=r.bool("GATEWAY_AUTH_MAGIC_LINK_RETURN_TOKEN", False),
+            magic_link_url=r.str(
+                "GATEWAY_AUTH_MAGIC_LINK_URL", "http://localhost:3000/auth/magic-link"
+            ),
+            smtp_url=smtp_url,
+            smtp_from=r.str("GATEWAY_SMTP_FROM", "no-reply@localhost"),
+            smtp_timeout_s=r.float("GATEWAY_SMTP_TIMEOUT_S", 10.0, minimum=0.1),
+            throttle_window_s=r.int("GATEWAY_AUTH_THROTTLE_WINDOW_S", 600, minimum=1),
+            sign_up_limit=r.int("GATEWAY_AUTH_SIGN_UP_LIMIT", 5, minimum=1),
+            sign_in_limit=r.int("GATEWAY_AUTH_SIGN_IN_LIMIT", 10, minimum=1),
+            magic_link_limit=r.int("GATEWAY_AUTH_MAGIC_LINK_LIMIT", 5, minimum=1),
+            verify_limit=r.int("GATEWAY_AUTH_VERIFY_LIMIT", 30, minimum=1),
+            hash_workers=r.int("GATEWAY_AUTH_HASH_WORKERS", _half_the_cores(), minimum=1),
+            hash_queue_max=r.int("GATEWAY_AUTH_HASH_QUEUE_MAX", 64, minimum=1),
+            hash_nice=r.int("GATEWAY_AUTH_HASH_NICE", 10, minimum=0),
+        )

@@ -98,7 +98,8 @@ def test_projects_routes(a: AdminClient, b: AdminClient, db: psycopg.Connection[
         "POST", "/projects", {"name": name, "tier": "starter", "rate_limit_per_minute": 7}, 201
     )
     assert created["name"] == name and created["tier"] == "starter"
-    assert created["rate_limit_per_minute"] == 7 and created["requests_limit_daily"] == 10000
+    # the limit given is an override; the day's quota comes from the starter plan (0010)
+    assert created["rate_limit_per_minute"] == 7 and created["requests_limit_daily"] == 100_000
     assert created["schema_name"].startswith("p_")
 
     # get by name and by id, on the other instance
@@ -630,3 +631,16 @@ def test_a_locked_table_answers_503_instead_of_holding_a_connection(
         holder.rollback()
     assert r.status_code == 503 and r.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
     assert a.ok("DELETE", p + "/tables/todos")["dropped"] is True  # nothing was half-done
+
+
+def test_usage_and_plans_routes(a: AdminClient) -> None:
+    """Issue 14: a project's usage and the plans, through the signed admin API."""
+    project = new_project(a)
+    usage = a.ok("GET", f"/projects/{project['name']}/usage")
+    assert usage["plan"] == "free" and usage["project_id"] == project["id"]
+    assert usage["requests_today"]["limit"] == 10_000
+    assert usage["bandwidth_month"]["limit"] == 1024**3
+    assert usage["job_runs_month"]["source"] == "unavailable"
+    plans = a.ok("GET", "/plans")
+    assert {"free", "starter", "growth", "scale", "enterprise"} <= {p["name"] for p in plans}
+    assert a.call("GET", "/projects/no-such-project/usage").status_code == 404

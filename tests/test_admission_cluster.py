@@ -22,6 +22,7 @@ import pytest
 
 from gateway.control import provisioning
 from tests.harness import GatewayCluster
+from tests.owner_rows import NOTES_TABLE, make_session, make_user
 from tests.test_admission_db import counter_row, db_epoch, fresh_window, wait_for_window_position
 
 BASE = "/v1/inhouse/db"
@@ -406,10 +407,12 @@ class RoundTripProxy:
 
 
 def _turns(proxy: RoundTripProxy, action: Any) -> tuple[int, Any]:
-    time.sleep(0.05)
+    # settle before and after: on a loaded machine the previous request's last message can
+    # reach the proxy a little after its HTTP answer, and would be counted for the next
+    time.sleep(0.2)
     before = proxy.turns
     result = action()
-    time.sleep(0.05)
+    time.sleep(0.2)
     return proxy.turns - before, result
 
 
@@ -431,6 +434,9 @@ def test_an_admitted_select_costs_two_round_trips(
             # while counting: the log is flushed at shutdown
             "GATEWAY_LOG_FLUSH_MS": "600000",
             "GATEWAY_MAINTENANCE_INTERVAL_S": "3600",
+            # quotas: the bandwidth meter's batched flush (one statement a second per
+            # instance, never per request) is background traffic too
+            "GATEWAY_BANDWIDTH_FLUSH_MS": "600000",
         },
         log_dir=tmp_path,
         name="rt",
@@ -446,6 +452,25 @@ def test_an_admitted_select_costs_two_round_trips(
         selects = [_turns(proxy, lambda: one_request(gw, project["server_key"])) for _ in range(5)]
         assert all(reply.status == 200 for _, reply in selects)
         select_turns = [turns for turns, _ in selects]
+        # with a session on an owner table: the session is resolved inside the admission
+        # statement and the row policies' settings ride in the query's pipeline (0008)
+        owned = make_project(table=NOTES_TABLE)
+        token = make_session(pg_url, owned["id"], make_user(pg_url, owned["id"]))
+        notes = {"query": {"operation": "select", "table": "notes"}}
+
+        def with_session() -> httpx.Response:
+            return httpx.post(
+                gw + BASE + "/query",
+                json=notes,
+                headers={"x-api-key": owned["public_key"], "Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+
+        for _ in range(10):
+            assert with_session().status_code == 200
+        sessions = [_turns(proxy, with_session) for _ in range(5)]
+        assert all(reply.status_code == 200 for _, reply in sessions)
+        session_turns = [turns for turns, _ in sessions]
         ok_turns, _ = _turns(proxy, lambda: one_request(gw, tight["server_key"]))
         denied_turns, denied = _turns(proxy, lambda: one_request(gw, tight["server_key"]))
         assert denied.status == 429
@@ -454,7 +479,8 @@ def test_an_admitted_select_costs_two_round_trips(
         invalid_turns, invalid = _turns(proxy, lambda: one_request(gw, "sheen_sk_nope"))
         assert invalid.status == 401
         print(
-            f"round trips: admitted select {select_turns}, rate-limited by the database "
+            f"round trips: admitted select {select_turns}, with a session {session_turns}, "
+            f"rate-limited by the database "
             f"{denied_turns}, locally denied {local_turns}, invalid key {invalid_turns}"
         )
         assert denied_turns == 1  # the admission statement alone
@@ -462,6 +488,7 @@ def test_an_admitted_select_costs_two_round_trips(
         assert invalid_turns == 1
         assert ok_turns >= 2  # a new project: its catalog is loaded once
         assert select_turns == [2] * 5  # admission + query (the catalog is cached)
+        assert session_turns == [2] * 5  # the session costs no round trip of its own
     finally:
         c.stop()
         proxy.stop()

@@ -45,6 +45,12 @@ ISSUE_KEYS = {
         for k in ("knee_rps", "overload_rps", "goodput_ratio", "max_ms", "shed_cpu_ms_per_req")
     ],
     "local_deny": ["local_deny.cpu_ratio"],
+    "auth_hashing": [
+        "auth_hashing.alone_p95_ms",
+        "auth_hashing.loaded_p95_ms",
+        "auth_hashing.ratio",
+    ],
+    "owner_rows": ["owner_rows.plain_p50_ms", "owner_rows.session_p50_ms", "owner_rows.ratio"],
 }
 
 

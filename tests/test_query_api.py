@@ -347,13 +347,16 @@ def test_permission_matrix(
         table="todos",
         filters=[{"column": "internal_note", "op": "is", "value": None}],
     )
-    server.error(
+    # the original's canWriteColumn: allow_client_write = false closes the column to
+    # public keys only; server keys write every column
+    public.error(
         403,
         "COLUMN_NOT_WRITABLE",
         operation="insert",
         table="todos",
         data={"title": "x", "internal_note": "secret"},
     )
+    assert server.ok(operation="insert", table="todos", data={"title": "x", "internal_note": "s"})
     public.error(400, "COLUMN_NOT_FOUND", operation="select", table="todos", columns=["nope"])
     public.error(404, "TABLE_NOT_FOUND", operation="select", table="nope")
     assert server.ok(operation="select", table="todos", columns=["owner_email"], limit=1)

@@ -1,7 +1,7 @@
 """Coalesced admission: ``gateway.admit_many`` decides many requests in one statement.
 
 Revision ID: 0020
-Revises: 0007
+Revises: 0010
 Create Date: 2026-11-29
 
 Why (issue 16, part 1)
@@ -10,14 +10,20 @@ Each gateway instance sends every admission waiting at one moment as ONE stateme
 (``gateway/admission/coalescer.py``): one round trip, one transaction, one commit and one
 lock acquisition per project row for the whole batch, instead of one of each per request.
 
-``gateway.admit_many(key_hashes, costs, window_s, sliding, lock_timeout_ms)`` returns one
-``gateway.admission`` row per element, in the order of the arrays (= arrival order).
+``gateway.admit_many(key_hashes, costs, window_s, sliding, lock_timeout_ms, grows,
+session_hashes)`` returns one ``gateway.admission`` row per element, in the order of the
+arrays (= arrival order). ``grows`` (0010: the request inserts or updates) and
+``session_hashes`` (0009: the request's session token hash, NULL = no session) are
+per-element arrays; NULL arrays mean "false" / "no session" for every element.
 
 Design shipped: a wrapper over the single ``gateway.admit`` (migration 0002). Each element
 is decided by ``gateway.admit`` itself, inside the one statement, so every outcome,
 window rule, quota rule, header number and error code is the single admit's BY
-CONSTRUCTION, and the function keeps working when ``gateway.admit`` gains inputs and
-outputs (sessions, plan quotas): only the argument lists here change.
+CONSTRUCTION — the plan limits, the bandwidth and database-size refusals (0010) and the
+session resolution with its outcomes and ``user_id`` (0009) included — and the function
+follows any later change of ``gateway.admit``: only the argument lists here change. It
+calls the 7-argument ``gateway.admit`` (0010's session wrapper), which with a NULL
+session hash is the plain admission.
 
 * Requests of one project are decided in arrival order (their order in the arrays): the
   second sees the first's count, and a denial consumes nothing (``gateway.admit``'s
@@ -39,7 +45,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0020"
-down_revision: str | None = "0007"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -49,7 +55,9 @@ CREATE FUNCTION gateway.admit_many(
     p_costs integer[],
     p_window_s integer,
     p_sliding boolean,
-    p_lock_timeout_ms integer DEFAULT 1000
+    p_lock_timeout_ms integer DEFAULT 1000,
+    p_grows boolean[] DEFAULT NULL,
+    p_session_hashes text[] DEFAULT NULL
 ) RETURNS SETOF gateway.admission
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -74,7 +82,8 @@ BEGIN
           LEFT JOIN gateway.api_keys ak ON ak.key_hash = u.h
          ORDER BY ak.project_id NULLS FIRST, u.i
     LOOP
-        v_out[e.i] := gateway.admit(e.h, e.c, p_window_s, p_sliding, p_lock_timeout_ms);
+        v_out[e.i] := gateway.admit(e.h, e.c, p_window_s, p_sliding, p_lock_timeout_ms,
+                                    coalesce(p_grows[e.i], false), p_session_hashes[e.i]);
     END LOOP;
     FOR i IN 1 .. n LOOP
         RETURN NEXT v_out[i];
@@ -82,16 +91,19 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION gateway.admit_many(text[], integer[], integer, boolean, integer) IS
+COMMENT ON FUNCTION gateway.admit_many(
+    text[], integer[], integer, boolean, integer, boolean[], text[]) IS
     'gateway.admit for many requests in one statement (one row per element, in array '
     'order). Call it in autocommit, like gateway.admit.';
 
-REVOKE EXECUTE ON FUNCTION gateway.admit_many(text[], integer[], integer, boolean, integer)
+REVOKE EXECUTE ON FUNCTION gateway.admit_many(
+    text[], integer[], integer, boolean, integer, boolean[], text[])
     FROM PUBLIC;
 """
 
 DOWNGRADE_SQL = """
-DROP FUNCTION IF EXISTS gateway.admit_many(text[], integer[], integer, boolean, integer);
+DROP FUNCTION IF EXISTS gateway.admit_many(
+    text[], integer[], integer, boolean, integer, boolean[], text[]);
 """
 
 

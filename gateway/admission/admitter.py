@@ -42,7 +42,6 @@ from gateway.admission.headers import rate_limit_headers
 from gateway.admission.local_deny import (
     LocalDenies,
     LocalDeny,
-    quota_violation,
     rate_limited_error,
     seconds_up,
     tag,
@@ -50,14 +49,21 @@ from gateway.admission.local_deny import (
 from gateway.auth.keys import hash_key
 from gateway.errors import GatewayError, service_unavailable
 from gateway.metadata.catalog import Principal
+from gateway.quotas.plans import violations_for
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.admission")
 
-ADMIT_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s)"
-# many requests in one statement (migration 0020): one row per element, in array order
-ADMIT_MANY_SQL = "SELECT * FROM gateway.admit_many(%s::text[], %s::int4[], %s, %s, %s)"
+ADMIT_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s, %s)"
 LOOKUP_SQL = "SELECT * FROM gateway.lookup_key(%s)"
+# With a session (migrations 0009, 0010): the same admission, then the session, in ONE statement.
+ADMIT_SESSION_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s, %s, %s)"
+LOOKUP_SESSION_SQL = "SELECT * FROM gateway.lookup_key(%s, %s)"
+# many requests in one statement (migration 0020): one row per element, in array order;
+# key hashes, costs, then the window settings, then "grows" and session hashes per element
+ADMIT_MANY_SQL = (
+    "SELECT * FROM gateway.admit_many(%s::text[], %s::int4[], %s, %s, %s, %s::bool[], %s::text[])"
+)
 
 # After a timeout the cancelled call gets this long to finish before its connection is
 # closed (psycopg would otherwise wait up to 5 s + 5 s for an unreachable server).
@@ -68,6 +74,11 @@ _KEY_ERRORS = {
     "revoked": ("REVOKED_API_KEY", "API key has been revoked"),
     "expired": ("EXPIRED_API_KEY", "API key has expired"),
     "suspended": ("PROJECT_SUSPENDED", "Project is suspended"),
+}
+# the auth routes' codes (docs/auth.md, "Sessions on the data routes")
+_SESSION_ERRORS = {
+    "session_not_found": ("SESSION_NOT_FOUND", "Session not found or signed out"),
+    "session_expired": ("SESSION_EXPIRED", "Session has expired"),
 }
 
 
@@ -109,6 +120,8 @@ class Admitter:
             if settings.admission_coalesce
             else None
         )
+        # a refusal for the database size can lift at the next sample (Retry-After)
+        self.db_size_sample_s = float(settings.db_size_sample_s)
         self._stats: dict[str, int] = {
             "local_denied": 0,
             "db_decisions": 0,
@@ -116,6 +129,7 @@ class Admitter:
             "db_rate_limited": 0,
             "db_quota_exceeded": 0,
             "db_key_refused": 0,
+            "db_session_refused": 0,
             "unavailable": 0,
         }
 
@@ -171,10 +185,17 @@ class Admitter:
         cost: int = 1,
         *,
         key_hash: str | None = None,
+        session_hash: str | None = None,
+        grows: bool = False,
     ) -> Admission:
         """Decide a request of ``cost`` units (a batch of N queries costs N).
 
         ``key_hash``: the caller already ran ``check_local`` for this request.
+        ``session_hash``: the SHA-256 of the request's session token; the session is
+        resolved in the same statement (never cached here) and its user id lands in
+        ``Admission.principal.user_id``.
+        ``grows``: the request inserts or updates (refused while the project is over its
+        database size; see gateway/quotas).
         """
         if key_hash is None:
             key_hash = self.check_local(key)
@@ -185,26 +206,38 @@ class Admitter:
             # leak into a caller's transaction)
             raise RuntimeError("admission needs an autocommit connection")
         if not self.enabled:
-            row = await self._counted(self._call(conn, LOOKUP_SQL, (key_hash,)))
+            if session_hash is None:
+                row = await self._counted(self._call(conn, LOOKUP_SQL, (key_hash,)))
+            else:
+                row = await self._counted(
+                    self._call(conn, LOOKUP_SESSION_SQL, (key_hash, session_hash))
+                )
             return self._key_only(row)
         # arrival, not the statement's sending: a local deny measured from here ends a
         # little earlier, never later, than the database's own reset
         sent_at = self.clock()
+        params: tuple[Any, ...] = (
+            key_hash,
+            cost,
+            self.window_s,
+            self.sliding,
+            self.lock_timeout_ms,
+        )
         try:
             if self.coalescer is not None:
-                row = await self._counted(self.coalescer.admit(conn, (key_hash, cost)))
+                row = await self._counted(
+                    self.coalescer.admit(conn, (key_hash, cost, grows, session_hash))
+                )
+            elif session_hash is None:
+                row = await self._counted(self._call(conn, ADMIT_SQL, (*params, grows)))
             else:
                 row = await self._counted(
-                    self._call(
-                        conn,
-                        ADMIT_SQL,
-                        (key_hash, cost, self.window_s, self.sliding, self.lock_timeout_ms),
-                    )
+                    self._call(conn, ADMIT_SESSION_SQL, (*params, grows, session_hash))
                 )
         except BaseException:
             self.local.probe_failed(key_hash)  # the next request probes again
             raise
-        return self._decide(row, key_hash, sent_at)
+        return self._decide(row, key_hash, sent_at, cost=cost, grows=grows)
 
     # --- the round trip -----------------------------------------------------------------
 
@@ -220,14 +253,25 @@ class Admitter:
     async def _send(
         self, conn: AsyncConnection[Any], items: list[tuple[Any, ...]], deadline: float
     ) -> list[tuple[Any, ...]]:
-        """The coalescer's statement: the single admit for one request, else admit_many
-        (each request's ``(key_hash, cost)`` becomes one element of each array)."""
+        """The coalescer's statement: the single admit for one request (the very statement
+        used without coalescing), else admit_many (each request's
+        ``(key_hash, cost, grows, session_hash)`` becomes one element of each array)."""
         timeout = max(0.001, deadline - time.monotonic())
         tail = (self.window_s, self.sliding, self.lock_timeout_ms)
         if len(items) == 1:
-            key_hash, cost = items[0]
-            return [await self._call(conn, ADMIT_SQL, (key_hash, cost, *tail), timeout=timeout)]
-        params = ([h for h, _ in items], [Int4(c) for _, c in items], *tail)
+            key_hash, cost, grows, session_hash = items[0]
+            if session_hash is None:
+                query, params = ADMIT_SQL, (key_hash, cost, *tail, grows)
+            else:
+                query, params = ADMIT_SESSION_SQL, (key_hash, cost, *tail, grows, session_hash)
+            return [await self._call(conn, query, params, timeout=timeout)]
+        params = (
+            [item[0] for item in items],
+            [Int4(item[1]) for item in items],
+            *tail,
+            [bool(item[2]) for item in items],
+            [item[3] for item in items],
+        )
         rows = await self._call(conn, ADMIT_MANY_SQL, params, timeout=timeout, many=True)
         if len(rows) != len(items):
             raise RuntimeError(f"admit_many answered {len(rows)} rows for {len(items)}")
@@ -312,6 +356,10 @@ class Admitter:
 
     def _key_only(self, row: tuple[Any, ...]) -> Admission:
         outcome = row[0]
+        if outcome in _SESSION_ERRORS:
+            self._stats["db_session_refused"] += 1
+            code, message = _SESSION_ERRORS[outcome]
+            raise _tag_project(GatewayError(code, message, status=401), str(row[1]), str(row[3]))
         if outcome != "admitted":
             self._stats["db_key_refused"] += 1
             code, message = _KEY_ERRORS[outcome]
@@ -320,10 +368,18 @@ class Admitter:
             project_id=str(row[1]),
             schema_name=row[2],
             key_id=str(row[3]),
-            principal=Principal(row[4], frozenset(row[5] or ())),
+            principal=_principal(row[4], row[5], row[15]),
         )
 
-    def _decide(self, row: tuple[Any, ...], key_hash: str, sent_at: float) -> Admission:
+    def _decide(
+        self,
+        row: tuple[Any, ...],
+        key_hash: str,
+        sent_at: float,
+        *,
+        cost: int = 1,
+        grows: bool = False,
+    ) -> Admission:
         (
             outcome,
             project_id,
@@ -340,11 +396,28 @@ class Admitter:
             quota_used,
             quota_limit,
             day_reset_in,
-        ) = row
+            user_id,  # the session's user (0009)
+            # quotas (0010)
+            bandwidth_used,
+            bandwidth_limit,
+            db_size_used,
+            db_size_limit,
+            month_reset_in,
+        ) = row[:21]
         self._stats["db_decisions"] += 1
-        full = (outcome == "rate_limited" and remaining == 0) or (
-            outcome == "quota_exceeded" and quota_used >= quota_limit
-        )
+        violations: list[dict[str, Any]] = []
+        requests_full = bandwidth_over = False
+        if outcome == "quota_exceeded":
+            violations = violations_for(
+                cost=cost,
+                grows=grows,
+                requests=(quota_used, quota_limit),
+                bandwidth=(bandwidth_used, bandwidth_limit),
+                database=(db_size_used, db_size_limit),
+            )
+            requests_full = quota_limit is not None and quota_used >= quota_limit
+            bandwidth_over = bandwidth_limit is not None and bandwidth_used >= bandwidth_limit
+        full = (outcome == "rate_limited" and remaining == 0) or requests_full or bandwidth_over
         if not full:
             # the database answered something else than "full": no local deny for this key
             self.local.discard(key_hash)
@@ -355,13 +428,20 @@ class Admitter:
         project_id = str(project_id)
         reset_epoch = math.ceil(reset_at)
         t = seconds_up(reset_in)
+        if outcome in _SESSION_ERRORS:
+            # admitted (and counted), then refused for its session
+            self._stats["db_session_refused"] += 1
+            code, message = _SESSION_ERRORS[outcome]
+            headers = rate_limit_headers(rate_limit, remaining, reset_epoch, t, window_s)
+            error = GatewayError(code, message, status=401, headers=headers)
+            raise _tag_project(error, project_id, str(key_id))
         if outcome == "admitted":
             self._stats["db_admitted"] += 1
             return Admission(
                 project_id=project_id,
                 schema_name=schema_name,
                 key_id=str(key_id),
-                principal=Principal(key_type, frozenset(scopes or ())),
+                principal=_principal(key_type, scopes, user_id),
                 rate_limit=rate_limit,
                 rate_remaining=remaining,
                 rate_reset_epoch=reset_epoch,
@@ -398,32 +478,71 @@ class Admitter:
             )
         if outcome == "quota_exceeded":
             self._stats["db_quota_exceeded"] += 1
+            if not violations:  # can't happen: the statement and violations_for agree
+                violations = [
+                    {
+                        "type": "requests",
+                        "used": quota_used,
+                        "limit": quota_limit,
+                        "percentUsed": 100.0,
+                    }
+                ]
+            # when the refusal can lift: the day (requests), the month (bandwidth), the
+            # next database-size sample (database) — all of them for several
+            lifts = {
+                "requests": day_reset_in,
+                "bandwidth": month_reset_in,
+                "database": self.db_size_sample_s,
+            }
+            retry = max(seconds_up(lifts.get(v["type"], 1.0)) for v in violations)
             if full:
-                # the day's quota is used up: usage only grows until UTC midnight
+                # daily requests used up / the month's bandwidth spent: usage only grows
+                # until its reset (limits changes notify), so refuse locally until the
+                # first of those resets; the database quota depends on the operation and
+                # on the next sample, so a local answer never lists it
+                local = [v for v in violations if v["type"] != "database"]
+                until = min(
+                    day_reset_in if requests_full else math.inf,
+                    month_reset_in if bandwidth_over else math.inf,
+                )
                 self.local.remember(
                     key_hash,
                     LocalDeny(
                         project_id=project_id,
                         key_id=str(key_id),
-                        check_until=sent_at + day_reset_in,
-                        reset_mono=sent_at + day_reset_in,
+                        check_until=sent_at + until,
+                        reset_mono=sent_at + until,
                         limit=rate_limit,
                         remaining=remaining,
                         rate_reset_mono=sent_at + reset_in,
                         rate_reset_epoch=reset_epoch,
                         window_s=window_s,
-                        quota=(quota_used, quota_limit),
+                        violations=local or violations,
                     ),
                 )
             headers = rate_limit_headers(rate_limit, remaining, reset_epoch, t, window_s)
-            headers["Retry-After"] = str(max(t, seconds_up(day_reset_in)))
+            headers["Retry-After"] = str(max(t, retry))
             raise tag(
-                QuotaExceeded([quota_violation(quota_used, quota_limit)], headers),
+                QuotaExceeded(violations, headers),
                 project_id,
                 str(key_id),
                 "quota_exceeded",
             )
         raise RuntimeError(f"unknown admission outcome {outcome!r}")
+
+
+def _principal(key_type: Any, scopes: Any, user_id: Any) -> Principal:
+    return Principal(
+        key_type, frozenset(scopes or ()), str(user_id) if user_id is not None else None
+    )
+
+
+def _tag_project(error: GatewayError, project_id: str, key_id: str) -> GatewayError:
+    """A session refusal: the request was admitted and counted (the metrics say so), but
+    it is still the project's request for the request log."""
+    error.project_id = project_id  # type: ignore[attr-defined]
+    error.key_id = key_id  # type: ignore[attr-defined]
+    return error
 
 
 def _swallow(task: asyncio.Future[Any]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.metadata.catalog import Principal
+from gateway.quotas.plans import HINT, quota_code, quota_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +32,18 @@ class Admission:
 
 
 class QuotaExceeded(GatewayError):
-    """429 ``REQUEST_QUOTA_EXCEEDED``; ``violations`` in ``details`` and at the top level."""
+    """429 for every quota the request is over: ``REQUEST_QUOTA_EXCEEDED``,
+    ``DATABASE_QUOTA_EXCEEDED``, ``BANDWIDTH_QUOTA_EXCEEDED``, or
+    ``MULTIPLE_QUOTAS_EXCEEDED`` when several are; ``violations`` (the original's
+    ``[{type, used, limit, percentUsed}]``) in ``details`` and at the top level."""
 
     def __init__(self, violations: list[dict[str, Any]], headers: dict[str, str]) -> None:
-        v = violations[0]
         super().__init__(
-            "REQUEST_QUOTA_EXCEEDED",
-            f"Daily request quota exceeded ({v['used']} of {v['limit']} requests used)",
+            quota_code(violations),
+            quota_message(violations),
+            status=429,
             details={"violations": violations},
+            hint=HINT,
             headers=headers,
         )
         self.violations = violations

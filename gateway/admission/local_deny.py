@@ -1,7 +1,8 @@
 """Local denies: this instance's memory of projects the database said are over their limit.
 
 Once ``gateway.admit`` answered that a key's project has no room even for one request
-(rate limit: until the window's reset; daily quota: until UTC midnight), the instance
+(rate limit: until the window's reset; daily quota: until UTC midnight; bandwidth:
+until the next UTC month), the instance
 answers that key's requests 429 itself until then — no pool connection, no round trip.
 It never admits anything locally, so the limit stays exact across instances.
 
@@ -52,7 +53,9 @@ class LocalDeny:
     rate_reset_mono: float
     rate_reset_epoch: int
     window_s: int
-    quota: tuple[int, int] | None = None  # (used, limit) when the daily quota is the reason
+    # the violations when a quota is the reason (daily requests used up and/or the month's
+    # bandwidth): both only grow until their reset, so they hold until then
+    violations: list[dict[str, Any]] | None = None
     probe_at: float | None = None  # monotonic: a probe request is asking the database
     # the last rate-limit answer given without side effects, and its Retry-After second:
     # the same answer serves every request of that second (the HTTP front never raises it)
@@ -77,11 +80,6 @@ def rate_limited_error(
         details={"limit": limit, "windowSeconds": window_s, "retryAfter": t},
         headers=headers,
     )
-
-
-def quota_violation(used: int, limit: int) -> dict[str, Any]:
-    percent = 100.0 if not limit else round(100.0 * used / limit, 2)
-    return {"type": "requests", "used": used, "limit": limit, "percentUsed": percent}
 
 
 def tag(error: GatewayError, project_id: str, key_id: str, outcome: str) -> GatewayError:
@@ -131,7 +129,7 @@ class LocalDenies:
             now < deny.check_until
             or (deny.probe_at is not None and now - deny.probe_at < self.probe_timeout_s)
         ):
-            if probe or deny.quota is not None:
+            if probe or deny.violations is not None:
                 return tag(self.answer(deny, now), deny.project_id, deny.key_id, "local_deny")
             # without side effects (the front): one answer object per Retry-After second
             t = seconds_up(deny.reset_mono - now)
@@ -160,7 +158,7 @@ class LocalDenies:
             self.drop(key_hash, deny)
 
     def answer(self, deny: LocalDeny, now: float) -> GatewayError:
-        if deny.quota is None:
+        if deny.violations is None:
             return rate_limited_error(
                 deny.limit,
                 deny.rate_reset_epoch,
@@ -180,7 +178,7 @@ class LocalDenies:
         t = seconds_up(reset_mono - now)
         headers = rate_limit_headers(deny.limit, remaining, reset_epoch, t, deny.window_s)
         headers["Retry-After"] = str(max(t, seconds_up(deny.reset_mono - now)))
-        return QuotaExceeded([quota_violation(*deny.quota)], headers)
+        return QuotaExceeded(deny.violations, headers)
 
     def remember(self, key_hash: str, deny: LocalDeny) -> None:
         now = self.clock()

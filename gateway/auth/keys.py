@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import string
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 PREFIX_BY_TYPE = {"public": "sheen_pk_", "server": "sheen_sk_", "admin": "sheen_ak_"}
@@ -36,19 +35,6 @@ def generate_key(key_type: str) -> NewKey:
         secrets.choice(_ALPHABET) for _ in range(RANDOM_LENGTH)
     )
     return NewKey(key=key, prefix=key[:VISIBLE_PREFIX_LENGTH], key_hash=hash_key(key))
-
-
-def key_from_headers(headers: Mapping[str, str]) -> str | None:
-    """``Authorization: Bearer <key>`` first, else ``x-api-key`` (the original's order)."""
-    authorization = headers.get("authorization")
-    if authorization:
-        scheme, _, value = authorization.strip().partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()[:MAX_KEY_LENGTH]
-    api_key = headers.get("x-api-key")
-    if api_key and api_key.strip():
-        return api_key.strip()[:MAX_KEY_LENGTH]
-    return None
 
 
 def looks_like_secret(key: str) -> bool:

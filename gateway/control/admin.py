@@ -155,6 +155,19 @@ def _drop_table(conn: Any, c: AdminCall) -> Any:
     return provisioning.drop_table(conn, c.params["project"], c.params["table"])
 
 
+# quotas (issue 14): a project's usage and the plans, the CLI's functions again
+def _usage(conn: Any, c: AdminCall) -> Any:
+    from gateway.quotas import store
+
+    return store.usage(conn, provisioning.find_project(conn, c.params["project"]).id)
+
+
+def _list_plans(conn: Any, c: AdminCall) -> Any:
+    from gateway.quotas import store
+
+    return store.list_plans(conn)
+
+
 P = "/projects/{project}"
 
 ROUTES: list[AdminRoute] = [
@@ -195,7 +208,13 @@ ROUTES: list[AdminRoute] = [
                operation_id="setRealtime"),
     AdminRoute("DELETE", P + "/tables/{table}", _drop_table, "Drop a table", "tables",
                operation_id="dropTable"),
-    # usage (issue 14), auth users (issue 17) and jobs (issue 13) add their routes here
+    # usage (issue 14)
+    AdminRoute("GET", P + "/usage", _usage,
+               "Usage: requests today, bandwidth this month, database size, job runs",
+               "usage", operation_id="getUsage"),
+    AdminRoute("GET", "/plans", _list_plans, "List the plans and their limits", "usage",
+               operation_id="listPlans"),
+    # auth users (issue 17) and jobs (issue 13) add their routes here
 ]  # fmt: skip
 
 

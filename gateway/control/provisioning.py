@@ -20,8 +20,18 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from gateway.auth import keys as auth
-from gateway.control.tabledef import ColumnDef, TableDef, check_name, column_ddl, create_table_ddl
-from gateway.db.models import KEY_STATUSES, TIERS
+from gateway.control.rowpolicy import apply_row_policies
+from gateway.control.tabledef import (
+    ColumnDef,
+    DefinitionError,
+    TableDef,
+    check_name,
+    check_row_access,
+    column_ddl,
+    create_table_ddl,
+)
+from gateway.db.models import KEY_STATUSES
+from gateway.quotas.plans import OVERRIDE_COLUMNS
 
 PROJECT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SCOPES = ("read", "write")
@@ -50,24 +60,40 @@ class ConflictError(ProvisioningError):
 
 @dataclass(frozen=True)
 class Project:
+    """A project with its EFFECTIVE limits (plan + overrides, gateway.project_limits);
+    ``tier`` is its plan; ``requests_limit_daily`` None = unlimited."""
+
     id: str
     name: str
     schema_name: str
     tier: str
     rate_limit_per_minute: int
-    requests_limit_daily: int
+    requests_limit_daily: int | None
     status: str
+
+    @property
+    def plan(self) -> str:
+        return self.tier
 
     def as_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
             "schema_name": self.schema_name,
-            "tier": self.tier,
+            "tier": self.tier,  # the plan's name
             "rate_limit_per_minute": self.rate_limit_per_minute,
             "requests_limit_daily": self.requests_limit_daily,
             "status": self.status,
         }
+
+
+# the project row with its effective limits (quotas: plan + overrides)
+PROJECT_SELECT = """
+    SELECT p.id, p.name, p.schema_name, p.tier, p.status,
+           l.rate_limit_per_minute, l.requests_per_day AS requests_limit_daily
+      FROM gateway.projects p
+      JOIN gateway.project_limits l ON l.project_id = p.id
+"""
 
 
 def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
@@ -98,9 +124,9 @@ def find_project(conn: psycopg.Connection[Any], ref: str) -> Project:
     except ValueError:
         project_id = None
     if project_id is not None:
-        row = conn.execute("SELECT * FROM gateway.projects WHERE id = %s", [project_id]).fetchone()
+        row = conn.execute(PROJECT_SELECT + " WHERE p.id = %s", [project_id]).fetchone()
     else:
-        row = conn.execute("SELECT * FROM gateway.projects WHERE name = %s", [ref]).fetchone()
+        row = conn.execute(PROJECT_SELECT + " WHERE p.name = %s", [ref]).fetchone()
     if row is None:
         raise NotFoundError(f"no project {ref!r}")
     return _project_from_row(row)
@@ -118,29 +144,37 @@ def create_project(
         raise ProvisioningError(
             f"project name {name!r} is not valid (letters, digits, _ . -; at most 63 characters)"
         )
-    if tier not in TIERS:
-        raise ProvisioningError(f"tier {tier!r} is not one of {', '.join(TIERS)}")
     _check_limit(rate_limit_per_minute, "--rate-limit-per-minute")
     _check_limit(requests_per_day, "--requests-per-day")
     schema = "p_" + secrets.token_hex(6)
     with conn.transaction():
         if conn.execute("SELECT 1 FROM gateway.projects WHERE name = %s", [name]).fetchone():
             raise ConflictError(f"a project named {name!r} already exists", field="name")
-        row = conn.execute(
+        _check_plan(conn, tier)
+        # the limits given are overrides; the others come from the plan (NULL)
+        conn.execute(
             """
             INSERT INTO gateway.projects
                 (name, schema_name, tier, rate_limit_per_minute, requests_limit_daily)
-            VALUES (%s, %s, %s, coalesce(%s, 100), coalesce(%s, 10000))
-            RETURNING *
+            VALUES (%s, %s, %s, %s, %s)
             """,
             [name, schema, tier, rate_limit_per_minute, requests_per_day],
-        ).fetchone()
+        )
+        row = conn.execute(PROJECT_SELECT + " WHERE p.name = %s", [name]).fetchone()
         assert row is not None
         role = sql.Identifier(schema)
         conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
         conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
         conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(role, role))
     return _project_from_row(row)
+
+
+def _check_plan(conn: psycopg.Connection[Any], plan: str) -> None:
+    if conn.execute("SELECT 1 FROM gateway.plans WHERE name = %s", [plan]).fetchone() is None:
+        names = [r["name"] for r in conn.execute("SELECT name FROM gateway.plans ORDER BY name")]
+        raise ProvisioningError(
+            f"plan (tier) {plan!r} is not one of {', '.join(names)}", field="tier"
+        )
 
 
 def set_limits(
@@ -150,34 +184,59 @@ def set_limits(
     rate_limit_per_minute: int | None = None,
     requests_per_day: int | None = None,
     status: str | None = None,
+    plan: str | None = None,
+    overrides: dict[str, int | None] | None = None,
     tier: str | None = None,
 ) -> Project:
-    if rate_limit_per_minute is None and requests_per_day is None and not status and not tier:
+    """Change a project's status, plan and limit overrides.
+
+    ``tier`` is the plan (the admin API's name for it; ``plan`` is the same). The limits
+    are overrides of the plan's: ``rate_limit_per_minute`` / ``requests_per_day`` as
+    before plans; ``overrides`` maps a plan field (gateway.quotas.plans.PLAN_FIELDS) to a
+    value, -1 = unlimited, or None = inherit the plan's value again. Every instance reads
+    the new limits on its next request (admission reads them in its statement; the change
+    notifies, which drops local denies).
+    """
+    if tier is not None and plan is not None and tier != plan:
+        raise ProvisioningError("give the plan once (--plan or tier)", field="tier")
+    plan = plan if plan is not None else tier
+    changes: dict[str, int | None] = dict(overrides or {})
+    if rate_limit_per_minute is not None:
+        changes["rate_limit_per_minute"] = rate_limit_per_minute
+    if requests_per_day is not None:
+        changes["requests_per_day"] = requests_per_day
+    if not changes and not status and not plan:
         raise ProvisioningError(
-            "nothing to change: give --rate-limit-per-minute, --requests-per-day, --status "
-            "or --tier"
+            "nothing to change: give --rate-limit-per-minute, --requests-per-day, another "
+            "limit, --status or --plan (--tier)"
         )
     _check_limit(rate_limit_per_minute, "--rate-limit-per-minute")
     _check_limit(requests_per_day, "--requests-per-day")
     if status is not None and status not in ("active", "suspended"):
         raise ProvisioningError("status must be active or suspended", field="status")
-    if tier is not None and tier not in TIERS:
-        raise ProvisioningError(f"tier {tier!r} is not one of {', '.join(TIERS)}", field="tier")
+    unknown = sorted(set(changes) - set(OVERRIDE_COLUMNS))
+    if unknown:
+        raise ProvisioningError(f"unknown limit {unknown[0]!r}", field=unknown[0])
+    for name, value in changes.items():
+        lowest = 0 if name == "rate_limit_per_minute" else -1
+        if value is not None and not lowest <= value <= 2**62:
+            raise ProvisioningError(f"--{name.replace('_', '-')} must be >= {lowest}", field=name)
+    assignments = [
+        sql.SQL("{} = {}").format(sql.Identifier(OVERRIDE_COLUMNS[f]), sql.Placeholder())
+        for f in changes
+    ]
     with conn.transaction():
         project = find_project(conn, ref)
-        row = conn.execute(
-            """
-            UPDATE gateway.projects
-               SET rate_limit_per_minute = coalesce(%s, rate_limit_per_minute),
-                   requests_limit_daily = coalesce(%s, requests_limit_daily),
-                   status = coalesce(%s, status),
-                   tier = coalesce(%s, tier),
-                   updated_at = now()
-             WHERE id = %s
-            RETURNING *
-            """,
-            [rate_limit_per_minute, requests_per_day, status, tier, project.id],
-        ).fetchone()
+        if plan is not None:
+            _check_plan(conn, plan)
+        conn.execute(
+            sql.SQL(
+                "UPDATE gateway.projects SET {} status = coalesce(%s, status), "
+                "tier = coalesce(%s, tier), updated_at = now() WHERE id = %s"
+            ).format(sql.SQL("").join(sql.SQL("{}, ").format(a) for a in assignments)),
+            [*changes.values(), status, plan, project.id],
+        )
+        row = conn.execute(PROJECT_SELECT + " WHERE p.id = %s", [project.id]).fetchone()
     assert row is not None
     return _project_from_row(row)
 
@@ -319,11 +378,20 @@ def register_table(conn: psycopg.Connection[Any], project_id: str, table: TableD
     row = conn.execute(
         """
         INSERT INTO gateway.table_registry
-            (project_id, name, allow_client_read, allow_client_write, realtime)
-        VALUES (%s, %s, %s, %s, %s)
+            (project_id, name, allow_client_read, allow_client_write, realtime,
+             owner_column, row_access)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
         RETURNING id
         """,
-        [project_id, table.name, table.client_read, table.client_write, table.realtime],
+        [
+            project_id,
+            table.name,
+            table.client_read,
+            table.client_write,
+            table.realtime,
+            table.owner_column,
+            table.row_access,
+        ],
     ).fetchone()
     assert row is not None
     with conn.cursor() as cur:
@@ -367,22 +435,34 @@ def install_table_hooks(conn: psycopg.Connection[Any], project: Project, table: 
     check_name(table.name, "table name")
     if table.realtime:
         primary_key = [c.name for c in table.columns if c.primary_key]
-        _create_capture_trigger(conn, project, table.name, primary_key)
+        _create_capture_trigger(conn, project, table.name, primary_key, table.owner_column)
+    if table.row_access != "all":
+        apply_row_policies(
+            conn, project.schema_name, table.name, table.owner_column, table.row_access
+        )
 
 
 def _create_capture_trigger(
-    conn: psycopg.Connection[Any], project: Project, table: str, primary_key: list[str]
+    conn: psycopg.Connection[Any],
+    project: Project,
+    table: str,
+    primary_key: list[str],
+    owner_column: str | None = None,
 ) -> None:
     """AFTER INSERT/UPDATE/DELETE FOR EACH ROW → ``gateway.capture_change(project, pk...)``,
     and AFTER TRUNCATE FOR EACH STATEMENT → ``gateway.capture_change(project)`` (one
     ``truncate`` change per truncated table).
 
-    Identifiers are checked names from the registry; the arguments are literals.
+    Identifiers are checked names from the registry; the arguments are literals. An
+    owner column is passed as ``'owner:<column>'`` so each change carries its row's
+    owner (streams of owner tables carry only their subscriber's rows).
     """
     check_name(table, "table name")
     if not primary_key:
         raise ProvisioningError(f"table {table!r} has no primary key: realtime needs one")
     args = [sql.Literal(project.id)] + [sql.Literal(check_name(c, "column")) for c in primary_key]
+    if owner_column is not None:
+        args.append(sql.Literal("owner:" + check_name(owner_column, "owner column")))
     conn.execute(
         sql.SQL(
             "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {}.{} "
@@ -430,7 +510,7 @@ def set_realtime(
         project = find_project(conn, ref)
         row = conn.execute(
             """
-            SELECT id, name FROM gateway.table_registry
+            SELECT id, name, owner_column FROM gateway.table_registry
              WHERE project_id = %s AND name = %s
                FOR UPDATE
             """,
@@ -450,7 +530,7 @@ def set_realtime(
         ]
         _drop_capture_trigger(conn, project, row["name"])
         if enabled:
-            _create_capture_trigger(conn, project, row["name"], primary_key)
+            _create_capture_trigger(conn, project, row["name"], primary_key, row["owner_column"])
         conn.execute(
             "UPDATE gateway.table_registry SET realtime = %s WHERE id = %s", [enabled, row["id"]]
         )
@@ -885,3 +965,55 @@ def add_column_from_definition(
 
     check_name(table, "table name")
     return add_column(conn, ref, table, parse_column(definition, "column"))
+
+
+def set_row_access(
+    conn: psycopg.Connection[Any],
+    ref: str,
+    table: str,
+    *,
+    row_access: str | None = None,
+    owner_column: str | None = None,
+) -> dict[str, Any]:
+    """``gateway table set-access … --row-access owner --owner-column user_id``.
+
+    One transaction: the registry row, the table's row-level security policies (as the
+    project role) and, for a realtime table, its capture trigger (which stamps each
+    change with the owner). The registry change reaches every instance's metadata cache
+    through the registry triggers' NOTIFY.
+    """
+    if row_access is None and owner_column is None:
+        raise ProvisioningError("nothing to change: give --row-access or --owner-column")
+    with conn.transaction():
+        project = find_project(conn, ref)
+        registered = _registered_table(conn, project, table)
+        columns = conn.execute(
+            """
+            SELECT name, data_type, is_primary_key FROM gateway.column_registry
+             WHERE table_id = %s ORDER BY ordinal
+            """,
+            [registered["id"]],
+        ).fetchall()
+        new_owner = owner_column if owner_column is not None else registered["owner_column"]
+        new_access = row_access if row_access is not None else registered["row_access"]
+        try:
+            new_owner, new_access = check_row_access(
+                new_owner, new_access, {c["name"]: c["data_type"] for c in columns}
+            )
+        except DefinitionError as exc:
+            raise ProvisioningError(str(exc)) from None
+        conn.execute(
+            "UPDATE gateway.table_registry SET owner_column = %s, row_access = %s WHERE id = %s",
+            [new_owner, new_access, registered["id"]],
+        )
+        apply_row_policies(conn, project.schema_name, table, new_owner, new_access)
+        if registered["realtime"] and new_owner != registered["owner_column"]:
+            _drop_capture_trigger(conn, project, table)
+            primary_key = [c["name"] for c in columns if c["is_primary_key"]]
+            _create_capture_trigger(conn, project, table, primary_key, new_owner)
+    return {
+        "project_id": project.id,
+        "table": table,
+        "owner_column": new_owner,
+        "row_access": new_access,
+    }

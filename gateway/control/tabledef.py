@@ -44,6 +44,8 @@ TYPE_ALIASES = {
 IDENTITY_TYPES = frozenset({"integer", "bigint", "smallint"})
 FUNCTION_DEFAULTS = {"now()": "now()", "gen_random_uuid()": "gen_random_uuid()"}
 RESERVED_COLUMN_NAMES = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid", "oid"})
+# what a public key may do with the rows of a table that names an owner column
+ROW_ACCESS = ("all", "owner", "public_read")
 
 
 class DefinitionError(ValueError):
@@ -72,6 +74,9 @@ class TableDef:
     client_write: bool = True
     # capture triggers are installed unless the definition says "realtime": false
     realtime: bool = True
+    # rows that belong to users (docs/auth.md): a uuid column and the public keys' policy
+    owner_column: str | None = None
+    row_access: str = "all"
 
 
 def check_name(name: object, what: str) -> str:
@@ -159,7 +164,16 @@ def parse_column(raw: object, where: str) -> ColumnDef:
 def parse_table(raw: object) -> TableDef:
     if not isinstance(raw, dict):
         raise DefinitionError("the table definition must be a JSON object")
-    unknown = sorted(set(raw) - {"name", "columns", "client_read", "client_write", "realtime"})
+    known = {
+        "name",
+        "columns",
+        "client_read",
+        "client_write",
+        "realtime",
+        "owner_column",
+        "row_access",
+    }
+    unknown = sorted(set(raw) - known)
     if unknown:
         raise DefinitionError(f"unknown field(s) {', '.join(unknown)}")
     name = check_name(raw.get("name"), "table name")
@@ -176,13 +190,40 @@ def parse_table(raw: object) -> TableDef:
         seen.add(column.name)
     if not any(c.primary_key for c in columns):
         raise DefinitionError("the table needs a primary key column")
+    owner_column, row_access = check_row_access(
+        raw.get("owner_column"), raw.get("row_access", "all"), {c.name: c.type for c in columns}
+    )
     return TableDef(
         name=name,
         columns=columns,
         client_read=_flag(raw, "client_read", True, "table"),
         client_write=_flag(raw, "client_write", True, "table"),
         realtime=_flag(raw, "realtime", True, "table"),
+        owner_column=owner_column,
+        row_access=row_access,
     )
+
+
+def check_row_access(
+    owner_column: object, row_access: object, column_types: dict[str, str]
+) -> tuple[str | None, str]:
+    """``owner_column`` names a uuid column; ``row_access`` other than "all" needs one."""
+    if row_access not in ROW_ACCESS:
+        raise DefinitionError(f"row_access must be one of {', '.join(ROW_ACCESS)}")
+    assert isinstance(row_access, str)
+    if owner_column is None:
+        if row_access != "all":
+            raise DefinitionError(f"row_access {row_access!r} needs an owner_column")
+        return None, row_access
+    name = check_name(owner_column, "owner_column")
+    if name not in column_types:
+        raise DefinitionError(f"owner_column {name!r} is not a column of the table")
+    if column_types[name] != "uuid":
+        raise DefinitionError(
+            f"owner_column {name!r} must be of type uuid (the session user's id), "
+            f"not {column_types[name]}"
+        )
+    return name, row_access
 
 
 def default_sql(column: ColumnDef) -> sql.Composable:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -25,13 +26,14 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, INET, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
 
 SCHEMA = "gateway"
 TIERS = ("free", "starter", "growth", "scale", "enterprise")
 PROJECT_STATUSES = ("active", "suspended")
 KEY_TYPES = ("public", "server", "admin")
 KEY_STATUSES = ("active", "revoked")
+ROW_ACCESS = ("all", "owner", "public_read")  # table_registry.row_access (0008)
 
 metadata = MetaData(schema=SCHEMA)
 
@@ -52,16 +54,33 @@ projects = Table(
     Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
     Column("name", Text, nullable=False, unique=True),
     Column("schema_name", Text, nullable=False, unique=True),
-    Column("tier", Text, nullable=False, server_default="free"),
-    Column("rate_limit_per_minute", Integer, nullable=False, server_default="100"),
-    Column("requests_limit_daily", BigInteger, nullable=False, server_default="10000"),
+    # the project's plan (gateway.plans.name); the limit columns are per-project overrides:
+    # NULL = the plan's value, -1 = unlimited (migration 0010, docs/quotas.md)
+    Column(
+        "tier",
+        Text,
+        ForeignKey("gateway.plans.name", onupdate="CASCADE", name="projects_tier_fkey"),
+        nullable=False,
+        server_default="free",
+        index=True,
+    ),
+    Column("rate_limit_per_minute", Integer),
+    Column("requests_limit_daily", BigInteger),
     Column("status", Text, nullable=False, server_default="active"),
     _now(),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
-    CheckConstraint(_in("tier", TIERS), name="projects_tier_check"),
     CheckConstraint(_in("status", PROJECT_STATUSES), name="projects_status_check"),
     CheckConstraint("rate_limit_per_minute >= 0", name="projects_rate_limit_check"),
-    CheckConstraint("requests_limit_daily >= 0", name="projects_requests_limit_check"),
+    CheckConstraint("requests_limit_daily >= -1", name="projects_requests_limit_check"),
+    # quotas (0010): overrides of the plan's limits
+    Column("bandwidth_limit_monthly", BigInteger),
+    Column("db_size_limit_bytes", BigInteger),
+    Column("job_runs_limit_monthly", BigInteger),
+    Column("realtime_streams_limit", Integer),
+    CheckConstraint("bandwidth_limit_monthly >= -1", name="projects_bandwidth_limit_check"),
+    CheckConstraint("db_size_limit_bytes >= -1", name="projects_db_size_limit_check"),
+    CheckConstraint("job_runs_limit_monthly >= -1", name="projects_job_runs_limit_check"),
+    CheckConstraint("realtime_streams_limit >= -1", name="projects_realtime_streams_limit_check"),
     CheckConstraint("schema_name ~ '^p_[0-9a-f]{12}$'", name="projects_schema_name_check"),
 )
 
@@ -106,7 +125,15 @@ table_registry = Table(
     Column("allow_client_write", Boolean, nullable=False, server_default=text("true")),
     Column("realtime", Boolean, nullable=False, server_default=text("false")),
     _now(),
+    # rows that belong to users (migration 0008, docs/auth.md)
+    Column("owner_column", Text),
+    Column("row_access", Text, nullable=False, server_default=text("'all'")),
     UniqueConstraint("project_id", "name", name="table_registry_project_name_key"),
+    CheckConstraint(_in("row_access", ROW_ACCESS), name="table_registry_row_access_check"),
+    CheckConstraint(
+        "row_access = 'all' OR owner_column IS NOT NULL",
+        name="table_registry_owner_column_check",
+    ),
 )
 
 column_registry = Table(
@@ -166,4 +193,124 @@ admin_nonces = Table(
     Column("nonce", Text, primary_key=True),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Index("admin_nonces_expires_at_idx", "expires_at"),
+)
+
+# --- end-user auth (alembic/versions/0008_auth.py, docs/auth.md) ---------------------------
+# Tokens are stored only as the lower-case hex SHA-256 of the token string (token_hash).
+auth_users = Table(
+    "auth_users",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("email", Text, nullable=False),
+    Column("password_hash", Text),
+    Column("email_verified", Boolean, nullable=False, server_default=text("false")),
+    Column("provider", Text, nullable=False, server_default="email"),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'")),
+    _now(),
+    Column("last_sign_in", DateTime(timezone=True)),
+    Column("password_reset_required", Boolean, nullable=False, server_default=text("false")),
+    UniqueConstraint("project_id", "email", name="auth_users_project_id_email_key"),
+)
+
+auth_sessions = Table(
+    "auth_sessions",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.auth_users.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("token_hash", Text, nullable=False, unique=True),
+    _now(),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("ip", INET),
+    Column("user_agent", Text),
+    Index("auth_sessions_user_id_idx", "user_id"),
+    Index("auth_sessions_expires_at_idx", "expires_at"),
+)
+
+auth_magic_links = Table(
+    "auth_magic_links",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("email", Text, nullable=False),
+    Column("token_hash", Text, nullable=False, unique=True),
+    _now(),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),
+    Index("auth_magic_links_expires_at_idx", "expires_at"),
+)
+
+auth_throttle = Table(
+    "auth_throttle",
+    metadata,
+    Column("bucket", Text, primary_key=True),
+    Column("window_start", DateTime(timezone=True), primary_key=True),
+    Column("count", Integer, nullable=False, server_default="1"),
+    Index("auth_throttle_window_start_idx", "window_start"),
+)
+
+# --- plans and quotas (migration 0010, docs/quotas.md) -----------------------------------
+
+# One row per plan (tier); -1 = unlimited. Projects inherit every limit unless overridden;
+# the view gateway.project_limits resolves plan + overrides (NULL = unlimited).
+plans = Table(
+    "plans",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("rate_limit_per_minute", Integer, nullable=False),
+    Column("requests_per_day", BigInteger, nullable=False),
+    Column("bandwidth_bytes_monthly", BigInteger, nullable=False),
+    Column("db_size_bytes", BigInteger, nullable=False),
+    Column("job_runs_monthly", BigInteger, nullable=False),
+    Column("realtime_streams", Integer, nullable=False),
+    _now(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint("name ~ '^[a-z0-9][a-z0-9_-]{0,31}$'", name="plans_name_check"),
+    CheckConstraint("rate_limit_per_minute >= 0", name="plans_rate_limit_per_minute_check"),
+    CheckConstraint("requests_per_day >= -1", name="plans_requests_per_day_check"),
+    CheckConstraint("bandwidth_bytes_monthly >= -1", name="plans_bandwidth_bytes_monthly_check"),
+    CheckConstraint("db_size_bytes >= -1", name="plans_db_size_bytes_check"),
+    CheckConstraint("job_runs_monthly >= -1", name="plans_job_runs_monthly_check"),
+    CheckConstraint("realtime_streams >= -1", name="plans_realtime_streams_check"),
+)
+
+# The UTC month's bandwidth (batched adds by every instance) and the sampled database
+# size (maintenance leader), one HOT-updatable row per project; gateway.admit joins it.
+quota_usage = Table(
+    "quota_usage",
+    metadata,
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("bandwidth_month", Date, nullable=False),
+    Column("bandwidth_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("db_size_bytes", BigInteger),
+    Column("db_size_sampled_at", DateTime(timezone=True)),
+    # created WITH (fillfactor = 50) by the migration
 )

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from gateway.admission.admitter import Admitter
 from gateway.db.pool import PlanError, PoolPlan, create_pool, plan_for
 from gateway.errors import GatewayError
-from gateway.http import admin, front, routes
+from gateway.http import admin, auth_routes, front, routes
 from gateway.http.responses import error_response
 from gateway.metadata.cache import MetadataCache
 from gateway.metadata.listener import MetadataListener
@@ -120,6 +120,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.realtime = RealtimeHub(settings, state.pool)
         realtime_hub.install(state.realtime, state.extras)
         realtime_hub.drain_on_signals(state.realtime)
+        # end-user auth: its service, cleanup job and metrics (gateway/http/auth_routes.py)
+        auth = auth_routes.install(state)
         try:
             # In the background: /readyz says 503 until it listens; requests never wait.
             await state.listener.start()
@@ -129,6 +131,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await state.listener.stop()
             await observability.stop_background()
             await state.realtime.stop()
+            auth.close()
             # the request log flushes LAST, just before the pool closes: nothing is lost
             await observability.stop_request_log()
             await state.pool.close()
@@ -146,7 +149,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # the admin API (issue 15): none when GATEWAY_ADMIN_HMAC_SECRET is unset
         routes=routes.build_routes() + admin.build_admin_routes(settings),
         middleware=[
-            Middleware(ObserveMiddleware, metrics=observability.metrics, settings=settings),
+            Middleware(
+                ObserveMiddleware,
+                metrics=observability.metrics,
+                settings=settings,
+                bandwidth=observability.bandwidth,  # quotas: bytes sent, after gzip
+            ),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),

@@ -32,7 +32,7 @@ from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 
 from gateway.admission.gate import Gate
-from gateway.auth.keys import key_from_headers
+from gateway.auth.bearer import credentials_from_headers
 from gateway.db.pool import REQUEST_DEADLINE
 from gateway.errors import GatewayError, service_unavailable
 from gateway.http.routes import ARRIVED
@@ -63,7 +63,7 @@ OVERLOADED = (
 )
 
 
-# the key (as key_from_headers reads it) and what the request log and CORS need
+# the key (as credentials_from_headers reads it) and what the request log and CORS need
 WANTED_HEADERS = {
     name: name.decode("latin-1")
     for name in (b"authorization", b"x-api-key", b"x-forwarded-for", b"user-agent", b"origin")
@@ -132,7 +132,8 @@ class Front:
         admitter = self.state.admitter
         if admitter is not None and admitter.local.entries:
             wanted = _wanted_headers(scope)
-            error = admitter.deny_early(key_from_headers(wanted))
+            key, _session = credentials_from_headers(wanted)
+            error = admitter.deny_early(key)
             if error is not None:
                 self.counts["early_local_deny"] += 1
                 await self._answer(scope, receive, send, kind, error, started, wanted)

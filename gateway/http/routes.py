@@ -14,13 +14,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.auth.keys import key_from_headers
+from gateway.auth.bearer import credentials_from_headers
 from gateway.db.pool import acquire
 from gateway.errors import GatewayError
+from gateway.http import auth_routes
 from gateway.http.responses import JSON, error_response, json_response
 from gateway.ops.metrics import CONTENT_TYPE
 from gateway.query.pipeline import Outcome
-from gateway.realtime.stream import open_stream, stream_response
+from gateway.realtime.stream import issue_ticket, open_stream, stream_response
 
 logger = logging.getLogger("gateway")
 
@@ -174,9 +175,11 @@ async def _with_body(request: Request, batch: bool) -> Response:
         return error_response(error, {"X-Request-Id": request_id})
     except ClientDisconnect:
         return Response(status_code=400)
-    key = key_from_headers(request.headers)
+    key, session = credentials_from_headers(request.headers)
     pipeline = state.pipeline
-    outcome = await (pipeline.batch(key, body) if batch else pipeline.query(key, body))
+    outcome = await (
+        pipeline.batch(key, body, session) if batch else pipeline.query(key, body, session)
+    )
     return _render(request, "batch" if batch else "query", outcome, request_id, started)
 
 
@@ -190,7 +193,8 @@ async def batch(request: Request) -> Response:
 
 async def schema(request: Request) -> Response:
     started = _started(request)
-    outcome = await request.app.state.gw.pipeline.schema(key_from_headers(request.headers))
+    key, session = credentials_from_headers(request.headers)
+    outcome = await request.app.state.gw.pipeline.schema(key, session)
     return _render(request, "schema", outcome, _request_id(request), started)
 
 
@@ -207,14 +211,24 @@ async def realtime(request: Request) -> Response:
     )
 
 
+async def realtime_ticket(request: Request) -> Response:
+    """A single-use ticket for a stream's URL; a request like any other (logged)."""
+    started = _started(request)
+    outcome = await issue_ticket(request)
+    return _render(request, "ticket", outcome, _request_id(request), started)
+
+
 def build_routes() -> list[Route]:
     return [
         Route(f"{BASE}/query", query, methods=["POST"]),
         Route(f"{BASE}/batch", batch, methods=["POST"]),
         Route(f"{BASE}/schema", schema, methods=["GET"]),
         Route(f"{BASE}/realtime", realtime, methods=["GET"]),
+        Route(f"{BASE}/realtime/ticket", realtime_ticket, methods=["POST"]),
         Route(f"{BASE}/health", health, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        # end-user auth under /v1/inhouse/auth (gateway/http/auth_routes.py)
+        *auth_routes.build_routes(),
     ]

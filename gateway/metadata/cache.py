@@ -47,6 +47,8 @@ SELECT p.schema_name,
                   'allow_client_read', t.allow_client_read,
                   'allow_client_write', t.allow_client_write,
                   'realtime', t.realtime,
+                  'owner_column', t.owner_column,
+                  'row_access', t.row_access,
                   'columns', coalesce((
                       SELECT json_agg(json_build_object(
                                'name', c.name,
@@ -124,6 +126,8 @@ def build_catalog(project_id: str, schema_name: str, tables_json: str | bytes) -
             allow_client_read=t["allow_client_read"],
             allow_client_write=t["allow_client_write"],
             realtime=t["realtime"],
+            owner_column=t.get("owner_column"),
+            row_access=t.get("row_access") or "all",
         )
     # Read-only view: the catalog is shared by every request of the instance.
     frozen_tables = cast(dict[str, TableInfo], types.MappingProxyType(tables))

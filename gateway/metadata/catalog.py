@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 KeyType = Literal["public", "server", "admin"]
+RowAccess = Literal["all", "owner", "public_read"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,11 @@ class TableInfo:
     allow_client_read: bool = True
     allow_client_write: bool = True
     realtime: bool = False
+    # rows that belong to users (docs/auth.md): the uuid column naming a row's user, and
+    # what a public key may do: "all" rows (the default), only its "owner" rows, or read
+    # all and write its own ("public_read")
+    owner_column: str | None = None
+    row_access: RowAccess = "all"
     _by_name: dict[str, ColumnInfo] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -44,6 +50,11 @@ class TableInfo:
     @property
     def primary_key(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.is_primary_key)
+
+    @property
+    def owned(self) -> bool:
+        """Public keys are held to their session user's rows (for writes at least)."""
+        return self.row_access != "all" and self.owner_column is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +69,12 @@ class ProjectCatalog:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is asking: the key's type and scopes (the key itself never travels this far)."""
+    """Who is asking: the key's type and scopes (the key itself never travels this far),
+    and the end user of the request's session, resolved by admission (None: no session)."""
 
     key_type: KeyType
     scopes: frozenset[str] = frozenset({"read", "write"})
+    user_id: str | None = None
 
     @property
     def is_public(self) -> bool:

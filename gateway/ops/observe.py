@@ -20,6 +20,8 @@ import orjson
 from gateway.ops.maintenance import ConnectionSampler, Maintenance, install_default_jobs
 from gateway.ops.metrics import Metrics
 from gateway.ops.request_log import LogRecord, RequestLog, client_ip
+from gateway.quotas import dbsize
+from gateway.quotas.bandwidth import BandwidthMeter
 from gateway.settings import Settings
 
 access_logger = logging.getLogger("gateway.access")
@@ -49,9 +51,18 @@ def route_label(scope: Scope) -> str:
 
 
 class ObserveMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, settings: Settings) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        settings: Settings,
+        bandwidth: BandwidthMeter | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        # quotas: body bytes of answers that carry X-Project-Id (set only after admission),
+        # counted here, OUTSIDE the gzip middleware: the bytes sent, after compression
+        self.bandwidth = bandwidth
         self.instance_id = settings.instance_id
         self.access_json = settings.access_log == "json"
         if self.access_json:
@@ -67,17 +78,25 @@ class ObserveMiddleware:
         status = 500
         size = 0
         request_id: str | None = None
+        project_id: str | None = None
+        meter = self.bandwidth
 
         async def observe_send(message: Message) -> None:
-            nonlocal status, size, request_id
+            nonlocal status, size, request_id, project_id
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                if self.access_json:
+                if self.access_json or meter is not None:
                     for name, value in message.get("headers") or ():
-                        if name.lower() == b"x-request-id":
+                        lowered = name.lower()
+                        if lowered == b"x-request-id":
                             request_id = value.decode("latin-1")
+                        elif lowered == b"x-project-id":
+                            project_id = value.decode("latin-1")
             elif message["type"] == "http.response.body":
-                size += len(message.get("body") or b"")
+                n = len(message.get("body") or b"")
+                size += n
+                if project_id is not None and meter is not None:
+                    meter.add(project_id, n)  # each chunk as sent (SSE streams too)
             await send(message)
 
         try:
@@ -154,6 +173,12 @@ class Observability:
         self.maintenance = Maintenance(settings, None)
         self.sampler = ConnectionSampler()
         install_default_jobs(self.maintenance, self.sampler)
+        # quotas: bandwidth batched per instance; database size sampled by the leader
+        self.bandwidth = BandwidthMeter(settings, None)
+        self.db_size = dbsize.install(self.maintenance, settings.db_size_sample_s)
+        self.metrics.register_source("bandwidth", self.bandwidth.stats)
+        self.metrics.register_source("db_size", self.db_size.stats)
+        extras["bandwidth"] = self.bandwidth
         stale_after = 3 * max(15.0, self.maintenance.interval_s)
         self.metrics.register_source("request_log", self.request_log.stats)
         self.metrics.register_source("maintenance", self.maintenance.stats)
@@ -170,13 +195,17 @@ class Observability:
         self.maintenance.pool = pool
         self.request_log.start()
         self.maintenance.start()
+        self.bandwidth.pool = pool
+        self.bandwidth.start()
 
     async def stop_background(self) -> None:
         """Stop the maintenance loop (first on shutdown)."""
         await self.maintenance.stop()
 
     async def stop_request_log(self) -> None:
-        """Flush and stop the request log (last, just before the pool closes)."""
+        """Flush and stop the request log and the bandwidth meter (last, just before the
+        pool closes)."""
+        await self.bandwidth.stop()
         await self.request_log.stop()
 
     def record_outcome(
@@ -205,6 +234,8 @@ class Observability:
                 method, path, table = "SCHEMA", "/db/schema", None
             elif kind == "realtime":  # opening a stream (its lifetime is not a request)
                 method, path, table = "REALTIME", "/db/realtime", outcome.table
+            elif kind == "ticket":  # a stream's single-use ticket
+                method, path, table = "TICKET", "/db/realtime/ticket", None
             else:
                 table = outcome.table
                 method = outcome.operation or "QUERY"

@@ -281,12 +281,20 @@ def _convert(ctype: ColumnType, value: Any, *, as_array: bool) -> Any:
 
 
 class _Builder:
-    def __init__(self, catalog: ProjectCatalog, table: TableInfo, principal: Principal) -> None:
+    def __init__(
+        self,
+        catalog: ProjectCatalog,
+        table: TableInfo,
+        principal: Principal,
+        owner: str | None = None,
+    ) -> None:
         self.catalog = catalog
         self.table = table
         self.principal = principal
         self.params: list[Any] = []
         self.target = sql.Identifier(catalog.schema_name, table.name)
+        # the session user this statement is held to (owner tables, public keys), else None
+        self.owner = owner
 
     def ctype(self, column: ColumnInfo) -> ColumnType:
         ctype = column_type(column)
@@ -321,6 +329,14 @@ class _Builder:
 
     def where(self, filters: Sequence[Filter], field: str) -> sql.Composable:
         parts = [self.filter(f, f"{field}[{i}]") for i, f in enumerate(filters)]
+        if self.owner is not None:
+            # the owner condition, last so its parameter follows the filters' (the row
+            # policies enforce the same rule again in PostgreSQL: docs/auth.md)
+            assert self.table.owner_column is not None
+            self.params.append(uuid.UUID(self.owner))
+            parts.append(
+                sql.SQL("{} = %s::uuid").format(sql.Identifier("x", self.table.owner_column))
+            )
         if not parts:
             return sql.SQL("")
         return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts)
@@ -444,16 +460,17 @@ def _compile_insert(b: _Builder, query: Query) -> sql.Composable:
     assert query.data is not None
     field = f"{query.field}.data"
     single = len(query.data) == 1
-    columns = [
-        perm.require_writable(b.table, name, b.principal, f"{field}.{name}")
-        for name in query.data_columns
-    ]
+    data = query.data
+    names = query.data_columns
+    if b.owner is not None:
+        data, names = _owned_rows(b, query, field)
+    columns = [_insert_column(b, name, f"{field}.{name}") for name in names]
     ret = b.returning(query)
     if not columns:
         body = sql.SQL("DEFAULT VALUES")
     else:
         rows = []
-        for i, row in enumerate(query.data):
+        for i, row in enumerate(data):
             rfield = field if single else f"{field}[{i}]"
             rows.append(
                 sql.SQL("({})").format(
@@ -472,6 +489,45 @@ def _compile_insert(b: _Builder, query: Query) -> sql.Composable:
     ).format(
         target=b.target, body=body, returning=_returning_clause(ret), data=_data_expr(ret, "w")
     )
+
+
+def _insert_column(b: _Builder, name: str, field: str) -> ColumnInfo:
+    """A column an insert writes. The owner column of an owner table is filled by the
+    gateway with the session's user, so its client-write flag doesn't apply."""
+    if b.owner is not None and name == b.table.owner_column:
+        column = b.table.column(name)
+        if column is not None:
+            return column
+    return perm.require_writable(b.table, name, b.principal, field)
+
+
+def _owned_rows(
+    b: _Builder, query: Query, field: str
+) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """An insert by a session on an owner table: every row's owner column is the session's
+    user — filled when absent or null, 403 ``ROW_OWNER_MISMATCH`` when it names another."""
+    assert query.data is not None and b.owner is not None
+    owner_column = b.table.owner_column
+    assert owner_column is not None
+    single = len(query.data) == 1
+    rows: list[dict[str, Any]] = []
+    for i, row in enumerate(query.data):
+        value = row.get(owner_column)
+        if value is not None and not _same_user(value, b.owner):
+            rfield = field if single else f"{field}[{i}]"
+            raise perm.owner_mismatch(b.table, f"{rfield}.{owner_column}")
+        rows.append({**row, owner_column: b.owner})
+    names = query.data_columns
+    if owner_column not in names:
+        names = (*names, owner_column)
+    return rows, names
+
+
+def _same_user(value: Any, user_id: str) -> bool:
+    try:
+        return isinstance(value, str) and uuid.UUID(value) == uuid.UUID(user_id)
+    except ValueError:
+        return False
 
 
 def _effective_max_rows(query: Query, principal: Principal) -> int | None:
@@ -500,7 +556,15 @@ def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Co
         sets = []
         for name, val in query.set:
             f = f"{query.field}.set.{name}"
-            column = perm.require_writable(b.table, name, b.principal, f)
+            owner_set = b.owner is not None and name == b.table.owner_column
+            if owner_set and not _same_user(val, b.owner or ""):
+                # a public key can't hand its rows to another user
+                raise perm.owner_mismatch(b.table, f)
+            # setting it to the session's own user is a no-op (a client may send a whole
+            # row back), whatever the column's client-write flag says
+            column = b.table.column(name) if owner_set else None
+            if column is None:
+                column = perm.require_writable(b.table, name, b.principal, f)
             sets.append(sql.SQL("{} = {}").format(sql.Identifier(name), b.value(column, val, f)))
         set_clause = sql.SQL(", ").join(sets)
     b.params = outer
@@ -556,7 +620,7 @@ def compile_query(query: Query, catalog: ProjectCatalog, principal: Principal) -
     """The one statement for ``query``; every refusal is a ``GatewayError``."""
     write = query.operation != "select"
     table = perm.resolve_table(catalog, query.table, principal, write=write)
-    b = _Builder(catalog, table, principal)
+    b = _Builder(catalog, table, principal, perm.row_owner(table, principal, write=write))
     max_rows: int | None = None
     if query.operation == "select":
         composed = _compile_select(b, query)

@@ -10,7 +10,9 @@ connection always comes back idle with nothing committed.
 
 Settings are transaction-local (``set_config(..., true)`` = ``SET LOCAL``): the role the
 project's statements run as, ``statement_timeout``, and ``TimeZone = UTC`` so timestamps
-in the JSON text the compiler produces do not depend on the server's configuration.
+in the JSON text the compiler produces do not depend on the server's configuration; and
+``gateway.key_type`` / ``gateway.user_id`` (the key's type and the session's user, ``''``
+without one), which the row-level security policies of owner tables read.
 
 PostgreSQL errors become contract errors by SQLSTATE; messages never carry SQL or the
 server's text (the real error is logged on ``gateway.executor``). Connection-level
@@ -34,7 +36,9 @@ log = logging.getLogger("gateway.executor")
 
 _SETUP = sql.SQL(
     "SELECT set_config('role', %s, true), set_config('statement_timeout', %s, true),"
-    " set_config('TimeZone', 'UTC', true)"
+    " set_config('TimeZone', 'UTC', true),"
+    # read by the row-level security policies of owner tables (gateway/control/rowpolicy.py)
+    " set_config('gateway.key_type', %s, true), set_config('gateway.user_id', %s, true)"
 )
 _BEGIN = sql.SQL("BEGIN")
 _COMMIT = sql.SQL("COMMIT")
@@ -124,6 +128,8 @@ async def run_transaction(
     role: str,
     statement_timeout_ms: int,
     batch: bool | None = None,
+    key_type: str = "",
+    user_id: str | None = None,
 ) -> list[StatementResult]:
     """Run ``statements`` all-or-nothing as ``role``; results in order.
 
@@ -146,7 +152,11 @@ async def run_transaction(
         # skips that Parse and the next use of the "prepared" name fails (26000).
         async with conn.pipeline():
             await conn.execute(_BEGIN, prepare=False)
-            await setup.execute(_SETUP, [role, str(int(statement_timeout_ms))], prepare=False)
+            await setup.execute(
+                _SETUP,
+                [role, str(int(statement_timeout_ms)), key_type, user_id or ""],
+                prepare=False,
+            )
             for st in statements:
                 cur = conn.cursor()
                 await cur.execute(st.sql.as_string(), st.params, prepare=False)

@@ -8,8 +8,9 @@ The original gateway's rules, kept:
 * Filtering or sorting on a column the key cannot read is refused (403
   ``COLUMN_NOT_READABLE``, or ``SENSITIVE_COLUMN_ACCESS`` when the column is unreadable
   only because it is sensitive and the key is public): it would leak values by inference.
-* Column writes: every key loses columns with ``allow_client_write = false``
-  (403 ``COLUMN_NOT_WRITABLE``). Sensitive columns stay writable (a sign-up form writes an
+* Column writes (the original's ``canWriteColumn``): server and admin keys write every
+  column; ``allow_client_write = false`` closes a column to public keys only (403
+  ``COLUMN_NOT_WRITABLE``). Sensitive columns stay writable (a sign-up form writes an
   e-mail it may not read back).
 * Reads need the ``read`` scope, writes the ``write`` scope (403 ``INSUFFICIENT_SCOPES``).
 
@@ -61,7 +62,41 @@ def column_readable(column: ColumnInfo, principal: Principal) -> bool:
 
 
 def column_writable(column: ColumnInfo, principal: Principal) -> bool:
-    return column.allow_client_write
+    """The original's rule: ``allow_client_write = false`` binds public keys only."""
+    return column.allow_client_write or not principal.is_public
+
+
+def row_owner(table: TableInfo, principal: Principal, *, write: bool) -> str | None:
+    """The user whose rows this statement is held to; None: every row.
+
+    Owner tables (docs/auth.md): a public key reads and writes only its session user's
+    rows (``row_access = "owner"``), or reads every row and writes its own
+    (``"public_read"``). Server and admin keys are trusted backends: every row. A public
+    key without a session on a statement that needs one → 401 ``SESSION_REQUIRED``.
+    """
+    if not table.owned or not principal.is_public:
+        return None
+    if not write and table.row_access == "public_read":
+        return None
+    if principal.user_id is None:
+        raise GatewayError(
+            "SESSION_REQUIRED",
+            f"table '{table.name}' holds rows that belong to users: sign in and send the "
+            "session as 'Authorization: Bearer <token>' (with the key in x-api-key)",
+            status=401,
+            details={"table": table.name},
+        )
+    return principal.user_id
+
+
+def owner_mismatch(table: TableInfo, field: str) -> GatewayError:
+    return GatewayError(
+        "ROW_OWNER_MISMATCH",
+        f"{field}: rows of table '{table.name}' belong to the signed-in user; "
+        f"'{table.owner_column}' can't name another user",
+        status=403,
+        details={"field": field, "column": table.owner_column},
+    )
 
 
 def readable_columns(table: TableInfo, principal: Principal) -> tuple[str, ...]:
@@ -222,6 +257,8 @@ def schema_view(catalog: ProjectCatalog, principal: Principal) -> dict[str, Any]
                 "readable": _table_readable(table, principal),
                 "writable": _table_writable(table, principal),
                 "system": table.is_system_table,
+                "rowAccess": table.row_access,
+                "ownerColumn": table.owner_column,
             }
         )
     return {

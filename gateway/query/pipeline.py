@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from gateway.admission.admitter import Admitter
 from gateway.admission.decision import Admission
 from gateway.admission.headers import admission_headers
+from gateway.auth.tokens import token_hash
 from gateway.db.pool import acquire, run_with_retry
 from gateway.errors import GatewayError, service_unavailable
 from gateway.metadata.cache import MetadataCache, ProjectNotFound, load_catalog
@@ -32,6 +33,7 @@ from gateway.query import contract, permissions
 from gateway.query.compiler import CompiledStatement, compile_query
 from gateway.query.envelope import data_body, error_body
 from gateway.query.executor import StatementResult, run_transaction, with_index
+from gateway.quotas.plans import request_grows
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.pipeline")
@@ -88,9 +90,15 @@ class Pipeline:
         cost: int,
         *,
         key_hash: str | None = None,
+        session_hash: str | None = None,
+        grows: bool = False,
     ) -> Admission:
-        """Key, rate limit and daily quota: one statement, committed on its own."""
-        return await self.admitter.admit(conn, key, cost, key_hash=key_hash)
+        """Key, rate limit and the quotas (and the session, when there is one): one
+        statement, committed on its own. ``grows``: the request inserts or updates (the
+        database-size quota)."""
+        return await self.admitter.admit(
+            conn, key, cost, key_hash=key_hash, session_hash=session_hash, grows=grows
+        )
 
     async def catalog(self, conn: psycopg.AsyncConnection[Any], project_id: str) -> ProjectCatalog:
         if self.metadata is None:
@@ -105,24 +113,26 @@ class Pipeline:
 
     # --- the endpoints --------------------------------------------------------------
 
-    async def query(self, key: str | None, body: bytes) -> Outcome:
-        return await self._run(key, body, batch=False)
+    async def query(self, key: str | None, body: bytes, session: str | None = None) -> Outcome:
+        return await self._run(key, body, batch=False, session=session)
 
-    async def batch(self, key: str | None, body: bytes) -> Outcome:
-        return await self._run(key, body, batch=True)
+    async def batch(self, key: str | None, body: bytes, session: str | None = None) -> Outcome:
+        return await self._run(key, body, batch=True, session=session)
 
-    async def schema(self, key: str | None) -> Outcome:
+    async def schema(self, key: str | None, session: str | None = None) -> Outcome:
         async def work(
             conn: psycopg.AsyncConnection[Any], admission: Admission, out: Outcome
         ) -> None:
             catalog = await self.catalog(conn, admission.project_id)
             out.body = orjson.dumps(permissions.schema_view(catalog, admission.principal))
 
-        return await self.admitted(key, cost=1, work=work)
+        return await self.admitted(key, cost=1, work=work, session=session)
 
     # --- plumbing -------------------------------------------------------------------
 
-    async def _run(self, key: str | None, body: bytes, *, batch: bool) -> Outcome:
+    async def _run(
+        self, key: str | None, body: bytes, *, batch: bool, session: str | None = None
+    ) -> Outcome:
         cost = 1
         parsed: Any = None
         parse_error: GatewayError | None = None
@@ -133,6 +143,8 @@ class Pipeline:
         if batch and isinstance(parsed, dict) and isinstance(parsed.get("queries"), list):
             # A batch costs one request per query (bounded by the contract's maximum).
             cost = max(1, min(len(parsed["queries"]), contract.MAX_BATCH))
+        # quotas: inserts and updates are refused while the project is over its database size
+        grows = request_grows(parsed, batch=batch)
 
         async def work(
             conn: psycopg.AsyncConnection[Any], admission: Admission, out: Outcome
@@ -152,6 +164,8 @@ class Pipeline:
                 role=admission.schema_name,
                 statement_timeout_ms=self.settings.statement_timeout_ms,
                 batch=batch,
+                key_type=admission.principal.key_type,
+                user_id=admission.principal.user_id,
             )
             if batch:
                 out.body = _batch_body(results)
@@ -161,7 +175,7 @@ class Pipeline:
                 out.body = data_body(result.data_json, result.count)
                 out.row_count = result.count
 
-        return await self.admitted(key, cost=cost, work=work)
+        return await self.admitted(key, cost=cost, work=work, session=session, grows=grows)
 
     async def admitted(
         self,
@@ -169,6 +183,9 @@ class Pipeline:
         *,
         cost: int,
         work: Callable[[psycopg.AsyncConnection[Any], Admission, Outcome], Any],
+        session: str | None = None,
+        hashes: tuple[str, str | None] | None = None,
+        grows: bool = False,
     ) -> Outcome:
         """The one way into the database for a request that costs ``cost`` requests.
 
@@ -184,7 +201,9 @@ class Pipeline:
 
         async def unit(conn: psycopg.AsyncConnection[Any]) -> None:
             nonlocal headers
-            admission = await self.admit(conn, key, cost, key_hash=key_hash)
+            admission = await self.admit(
+                conn, key, cost, key_hash=key_hash, session_hash=session_hash, grows=grows
+            )
             headers = admission_headers(admission)
             out.project_id, out.key_id = admission.project_id, admission.key_id
             out.headers = {**headers, "X-Project-Id": admission.project_id}
@@ -193,7 +212,13 @@ class Pipeline:
         try:
             # a project known to be over its limit is refused here: no pool connection,
             # no round trip (the local deny; it never admits anything)
-            key_hash = self.admitter.check_local(key)
+            if hashes is None:
+                key_hash: str | None = self.admitter.check_local(key)
+                # the session is resolved inside the admission statement, never cached here
+                session_hash = token_hash(session) if session is not None else None
+            else:
+                # a realtime ticket carries the hashes only (EventSource sends no headers)
+                key_hash, session_hash = hashes
             # Pool exhausted, queue full or database down → 503 with Retry-After within
             # GATEWAY_POOL_TIMEOUT_S; a session the server ended is run again once.
             await run_with_retry(self.pool, unit)

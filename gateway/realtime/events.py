@@ -62,6 +62,8 @@ class Change:
     pk: dict[str, Any]  # {} for truncate
     row: dict[str, Any] | None  # None for deletes (only the primary key is kept), truncate
     age_s: float = 0.0  # database clock: how old the change was when it was read
+    # owner tables: the row's user (the old row's for a delete), from the capture trigger
+    owner: str | None = None
     # rendered SSE blocks by readable-column set: subscribers with the same permissions
     # share one serialization instead of one per subscriber
     rendered: dict[Any, tuple[dict[str, Any], bytes]] = field(
@@ -91,13 +93,27 @@ class Change:
         leave = self.memo.get("leave")
         if leave is None:
             leave = self.memo["leave"] = Change(
-                self.cursor, self.project_id, self.table, "leave", self.pk, None, self.age_s
+                self.cursor,
+                self.project_id,
+                self.table,
+                "leave",
+                self.pk,
+                None,
+                self.age_s,
+                owner=self.owner,
             )
         result: Change = leave
         return result
 
 
-def change_from_row(project_id: str, table: str, r: Sequence[Any], offset: int, age: Any) -> Change:
+def change_from_row(
+    project_id: str,
+    table: str,
+    r: Sequence[Any],
+    offset: int,
+    age: Any,
+    owner: str | None = None,
+) -> Change:
     """From ``xid, id, op, pk, row, old_row`` at ``offset`` in a result row."""
     xid, id_, op, pk, row, old = r[offset : offset + 6]
     return Change(
@@ -109,6 +125,7 @@ def change_from_row(project_id: str, table: str, r: Sequence[Any], offset: int, 
         row=orjson.loads(row) if row is not None else None,
         age_s=float(age or 0.0),
         old_text=old,
+        owner=owner,
     )
 
 

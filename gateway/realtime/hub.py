@@ -100,11 +100,12 @@ SELECT s.xmin::text::bigint, (s.xmax::text::bigint - s.xmin::text::bigint),
        extract(epoch FROM clock_timestamp() - (
            SELECT min(h.created_at) FROM gateway.changes h
             WHERE h.xid >= s.xmin AND (h.xid, h.id) > (CAST(%(xid)s AS text)::xid8, %(id)s)
-              AND h.project_id = ANY(%(projects)s::uuid[])))
+              AND h.project_id = ANY(%(projects)s::uuid[]))),
+       c.owner::text
   FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
                pg_snapshot_xmax(pg_current_snapshot()) AS xmax) AS s
   LEFT JOIN LATERAL (
-        SELECT xid, id, op, pk, row, old_row, project_id, table_name, created_at
+        SELECT xid, id, op, pk, row, old_row, project_id, table_name, created_at, owner
           FROM gateway.changes
          WHERE (xid, id) > (CAST(%(xid)s AS text)::xid8, %(id)s)
            AND xid < s.xmin
@@ -119,12 +120,12 @@ CATCHUP_SQL = """
 SELECT w.xid::text::bigint, w.id,
        pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
        c.xid::text::bigint, c.id, c.op, c.pk::text, c.row::text, c.old_row::text,
-       extract(epoch FROM clock_timestamp() - c.created_at), v.version
+       extract(epoch FROM clock_timestamp() - c.created_at), v.version, c.owner::text
   FROM (SELECT 1) AS one
   LEFT JOIN gateway.changes_pruned w ON w.project_id = %(project)s::uuid
   LEFT JOIN gateway.registry_versions v ON v.project_id = %(project)s::uuid
   LEFT JOIN LATERAL (
-        SELECT xid, id, op, pk, row, old_row, created_at
+        SELECT xid, id, op, pk, row, old_row, created_at, owner
           FROM gateway.changes
          WHERE project_id = %(project)s::uuid AND table_name = %(table)s
            AND (xid, id) > (CAST(%(xid)s AS text)::xid8, %(id)s)
@@ -244,6 +245,7 @@ class RealtimeHub:
         since: Cursor | None = None,
         catalog: ProjectCatalog | None = None,
         revalidate: Callable[[], Awaitable[None]] | None = None,
+        owner: str | None = None,
     ) -> Subscription:
         """Register a stream. 429 TOO_MANY_SUBSCRIPTIONS beyond the per-project limit.
 
@@ -272,6 +274,7 @@ class RealtimeHub:
             queue_max=self.settings.realtime_queue_max,
             revalidate=revalidate,
             revalidate_s=self.settings.realtime_revalidate_s,
+            owner=owner,
         )
         # register first (reserves the slot; keeps the hub cursor alive), then start at
         # the hub's cursor if the client gave none: the catch-up joins it to the stream
@@ -403,7 +406,7 @@ class RealtimeHub:
                 yield Event("reset", pos, {"cursor": str(pos)})
                 continue
             changes = [
-                change_from_row(sub.project_id, sub.table, r, 3, r[9])
+                change_from_row(sub.project_id, sub.table, r, 3, r[9], owner=r[11])
                 for r in rows
                 if r[3] is not None
             ]
@@ -477,7 +480,9 @@ class RealtimeHub:
         self.stats.xmin_lag_xids = int(first[1])
         # committed changes held back by an older open transaction: how long they wait
         self.stats.held_back_s = float(first[12] or 0.0)
-        changes = [change_from_row(r[8], r[9], r, 2, r[10]) for r in rows if r[2] is not None]
+        changes = [
+            change_from_row(r[8], r[9], r, 2, r[10], owner=r[13]) for r in rows if r[2] is not None
+        ]
         versions = {r[8]: int(r[11] or 0) for r in rows if r[2] is not None}
         return changes, xmin, versions
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -28,8 +29,10 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.admission.decision import Admission
-from gateway.auth.keys import hash_key, key_from_headers, looks_like_secret
-from gateway.errors import GatewayError
+from gateway.auth.bearer import credentials_from_headers
+from gateway.auth.keys import hash_key, looks_like_secret
+from gateway.auth.tokens import token_hash
+from gateway.errors import GatewayError, service_unavailable
 from gateway.metadata.catalog import Principal, ProjectCatalog, TableInfo
 from gateway.query import contract, permissions
 from gateway.query.pipeline import Outcome
@@ -37,6 +40,12 @@ from gateway.realtime.events import parse_cursor
 from gateway.realtime.hub import RealtimeHub
 from gateway.realtime.sse import sse_stream
 from gateway.realtime.subscription import Subscription
+from gateway.realtime.tickets import (
+    TICKET_TTL_S,
+    check_session,
+    consume_ticket,
+    create_ticket,
+)
 
 logger = logging.getLogger("gateway.realtime")
 
@@ -118,9 +127,9 @@ SELECT k.status, k.expires_at IS NOT NULL AND k.expires_at <= now(), p.status
 """
 
 
-async def check_key(conn: psycopg.AsyncConnection[Any], key: str) -> None:
+async def check_key(conn: psycopg.AsyncConnection[Any], key_hash: str) -> None:
     """Is the key still usable? Raises the admission's codes; counts nothing."""
-    cur = await conn.execute(KEY_CHECK_SQL, [hash_key(key)])
+    cur = await conn.execute(KEY_CHECK_SQL, [key_hash])
     row = await cur.fetchone()
     if row is None:
         raise GatewayError("INVALID_API_KEY", "Invalid API key")
@@ -134,9 +143,19 @@ async def check_key(conn: psycopg.AsyncConnection[Any], key: str) -> None:
 
 
 def _readable_fn(
-    hub: RealtimeHub, project_id: str, table: str, principal: Principal, first: ProjectCatalog
+    hub: RealtimeHub,
+    project_id: str,
+    table: str,
+    principal: Principal,
+    first: ProjectCatalog,
+    owner: str | None = None,
 ) -> Any:
-    """Readable columns for the current catalog, memoized per catalog object."""
+    """Readable columns for the current catalog, memoized per catalog object.
+
+    ``owner``: the user the stream was opened for (owner tables); if the table's row
+    access changes under the stream so that it would need another owner filter, the
+    stream ends with an error event (the client reconnects and gets the new rule).
+    """
     memo: dict[str, Any] = {"table": None, "columns": None}
 
     def columns() -> Collection[str]:
@@ -145,6 +164,10 @@ def _readable_fn(
         if info is None:
             raise GatewayError("TABLE_NOT_FOUND", f"table '{table}' does not exist")
         if memo["table"] is not info:
+            if permissions.row_owner(info, principal, write=False) != owner:
+                raise GatewayError(
+                    "ROW_ACCESS_CHANGED", "the table's row access changed: reconnect"
+                )
             memo["table"] = info
             memo["columns"] = frozenset(permissions.readable_columns(info, principal))
         result: Collection[str] = memo["columns"]
@@ -192,29 +215,60 @@ def _check_table(catalog: ProjectCatalog, table: str, principal: Principal) -> T
     return info
 
 
+# query parameters that would put a session token in a URL: refused outright
+SESSION_URL_PARAMS = ("session", "token", "access_token", "session_token", "bearer")
+SESSION_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def _session_in_url(request: Request) -> GatewayError | None:
+    params = request.query_params
+    url_key = params.get("apikey")
+    named = [p for p in SESSION_URL_PARAMS if p in params]
+    # a value in ?apikey= shaped like a session token (43 base64url characters)
+    if named or (url_key is not None and SESSION_TOKEN_SHAPE.fullmatch(url_key)):
+        return GatewayError(
+            "SESSION_TOKEN_IN_URL",
+            "session tokens never go in a URL: ask POST /v1/inhouse/db/realtime/ticket "
+            "(key and session in headers) and pass ?ticket=",
+            status=400,
+        )
+    return None
+
+
 async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
     """Every check, then the subscription; the outcome is the refusal when there is none.
 
     The route records the outcome in the request log like any other request
-    (``REALTIME``, the table), then answers with ``stream_response``.
+    (``REALTIME``, the table), then answers with ``stream_response``. A ``?ticket=``
+    (single use, from ``realtime_ticket``) stands for the key and session headers that
+    ``EventSource`` can't send.
     """
     state = request.app.state.gw
     pipeline = state.pipeline
     out = Outcome(status=200, body=b"", operation="REALTIME")
     url_key = request.query_params.get("apikey")
-    # before anything touches the database: a secret in a URL is refused outright
-    if url_key is not None and looks_like_secret(url_key):
-        error = GatewayError(
+    # before anything touches the database: a session or a secret in a URL is refused
+    refused = _session_in_url(request)
+    if refused is None and url_key is not None and looks_like_secret(url_key):
+        refused = GatewayError(
             "SECRET_KEY_IN_URL",
             "only public keys may be passed in the URL; send server keys in the "
             "Authorization header",
         )
-        return pipeline.failed(out, error), None
-    key = key_from_headers(request.headers) or url_key
+    if refused is not None:
+        return pipeline.failed(out, refused), None
+    key, session = credentials_from_headers(request.headers)
+    key = key or url_key
+    ticket = request.query_params.get("ticket")
     try:
         table, filters, since = _parse_request(request)
+        hashes = await _redeem(pipeline, ticket, key) if ticket is not None else None
     except GatewayError as error:
         return pipeline.failed(out, error), None
+    except psycopg.OperationalError:
+        return pipeline.failed(out, service_unavailable()), None
+    key_hash = hashes[0] if hashes else (hash_key(key) if key else "")
+    session_hash = hashes[1] if hashes else (token_hash(session) if session else None)
     opened: dict[str, Any] = {}
 
     async def work(conn: psycopg.AsyncConnection[Any], admission: Admission, o: Outcome) -> None:
@@ -226,20 +280,26 @@ async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
         for i, f in enumerate(filters):
             where = f"filters[{i}].column"
             permissions.require_readable(info, f.column, admission.principal, where)
-        opened.update(admission=admission, catalog=catalog, info=info)
+        # owner tables: a public key's stream carries only its session user's rows
+        owner = permissions.row_owner(info, admission.principal, write=False)
+        opened.update(admission=admission, catalog=catalog, info=info, owner=owner)
 
-    out = await pipeline.admitted(key, cost=1, work=work)
+    out = await pipeline.admitted(key, cost=1, work=work, session=session, hashes=hashes)
     out.operation = "REALTIME"
     if out.error_code is not None:
         return out, None
     admission, catalog, info = opened["admission"], opened["catalog"], opened["info"]
+    owner = opened["owner"]
     hub: RealtimeHub = state.realtime
 
     async def revalidate() -> None:
-        # the key is checked again now and then (without counting a request): a
-        # revoked or expired key, or a suspended project, ends the stream
+        # the key (and the session) is checked again now and then (without counting a
+        # request): a revoked or expired key, a suspended project, or a signed-out
+        # session ends the stream
         async with pipeline.connection() as conn:
-            await check_key(conn, key or "")
+            await check_key(conn, key_hash)
+            if session_hash is not None:
+                await check_session(conn, session_hash)
 
     try:
         sub = await hub.subscribe(
@@ -247,14 +307,27 @@ async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
             table,
             filters=filters,
             column_types={c.name: c.data_type for c in info.columns},
-            columns=_readable_fn(hub, admission.project_id, table, admission.principal, catalog),
+            columns=_readable_fn(
+                hub, admission.project_id, table, admission.principal, catalog, owner
+            ),
             since=since,
             catalog=catalog,
             revalidate=revalidate,
+            owner=owner,
         )
     except GatewayError as error:
         return pipeline.failed(out, error), None
     return out, sub
+
+
+async def _redeem(pipeline: Any, ticket: str, key: str | None) -> tuple[str, str | None]:
+    """A ticket, consumed (single use on every instance): the key and session hashes it
+    was issued for. A key sent beside it must be the same key."""
+    async with pipeline.connection() as conn:
+        used = await consume_ticket(conn, ticket)
+    if key is not None and hash_key(key) != used.key_hash:
+        raise GatewayError("INVALID_API_KEY", "the ticket was issued for another key", status=401)
+    return used.key_hash, used.session_hash
 
 
 def stream_response(request: Request, sub: Subscription, headers: dict[str, str]) -> Response:
@@ -266,3 +339,27 @@ def stream_response(request: Request, sub: Subscription, headers: dict[str, str]
         heartbeat_s=settings.realtime_heartbeat_s,
         send_timeout_s=settings.realtime_send_timeout_s,
     )
+
+
+async def issue_ticket(request: Request) -> Outcome:
+    """``POST /v1/inhouse/db/realtime/ticket``: key and session in headers → a single-use
+    ticket for the stream's URL (gateway/realtime/tickets.py). Costs one request, and goes
+    the same way in as /query (local deny, admission with the session)."""
+    pipeline = request.app.state.gw.pipeline
+    key, session = credentials_from_headers(request.headers)
+
+    async def work(conn: psycopg.AsyncConnection[Any], admission: Admission, o: Outcome) -> None:
+        key_hash = hash_key(key or "")
+        session_hash = token_hash(session) if session is not None else None
+        ticket, expires_at = await create_ticket(conn, admission.project_id, key_hash, session_hash)
+        data = {
+            "ticket": ticket,
+            "expiresAt": expires_at.isoformat().replace("+00:00", "Z"),
+            "expiresIn": TICKET_TTL_S,
+        }
+        o.body = orjson.dumps({"data": data, "error": None, "status": 200})
+
+    out = await pipeline.admitted(key, cost=1, work=work, session=session)
+    out.operation = "TICKET"
+    out.headers["Cache-Control"] = "no-store"
+    return out

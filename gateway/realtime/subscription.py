@@ -31,6 +31,8 @@ HEARTBEAT_S = 15.0
 ColumnsFn = Callable[[], Collection[str] | None]
 KEY_FATAL_CODES = frozenset(
     {"INVALID_API_KEY", "REVOKED_API_KEY", "EXPIRED_API_KEY", "PROJECT_SUSPENDED"}
+    # a signed-out or expired session ends the stream too (docs/auth.md)
+    | {"SESSION_NOT_FOUND", "SESSION_EXPIRED"}
 )
 
 
@@ -50,6 +52,7 @@ class Subscription:
         queue_max: int,
         revalidate: Callable[[], Awaitable[None]] | None = None,
         revalidate_s: float = 30.0,
+        owner: str | None = None,
     ) -> None:
         self.hub = hub
         self.project_id = project_id
@@ -68,13 +71,17 @@ class Subscription:
         self.revalidate = revalidate
         self.revalidate_s = revalidate_s
         self._next_check = time.monotonic() + revalidate_s
+        # owner tables: only this user's rows reach the stream (None: every row)
+        self.owner = owner
 
     # called by the hub, synchronously, during dispatch
     def classify(self, change: Change) -> Change | None:
         """What this subscriber receives for a change: the change itself, its ``leave``
         form (an update moved the row out of the filter), or nothing."""
         if change.op == "truncate":
-            return change  # every row is gone, whatever the filter
+            return change  # every row is gone, whatever the filter (and whoever owned it)
+        if self.owner is not None and change.owner != self.owner:
+            return None  # owner tables: only this subscriber's rows
         if change.row is None:
             partial = getattr(self.predicate, "partial", None)
             return change if partial is None or partial(change.pk) else None

@@ -33,6 +33,12 @@ PURE_MODULES = [
     "realtime/filters.py",
     "realtime/sse.py",
     "auth/keys.py",
+    "auth/bearer.py",
+    "auth/rules.py",
+    "auth/tokens.py",
+    "auth/passwords.py",
+    "auth/mail.py",
+    "quotas/plans.py",
     "control/signing.py",
     "control/admin_models.py",
 ]

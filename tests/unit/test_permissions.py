@@ -97,7 +97,8 @@ def test_server_reads_sensitive() -> None:
 
 def test_writes() -> None:
     ins = {"operation": "insert", "table": "todos"}
-    refused({**ins, "data": {"title": "x", "internal_note": "n"}}, SERVER, "COLUMN_NOT_WRITABLE")
+    # the original's canWriteColumn: allow_client_write = false binds public keys only
+    compile_({**ins, "data": {"title": "x", "internal_note": "n"}}, SERVER)
     refused({**ins, "data": {"title": "x", "internal_note": "n"}}, PUBLIC, "COLUMN_NOT_WRITABLE")
     refused({**ins, "data": {"nope": 1}}, SERVER, "COLUMN_NOT_FOUND")
     compile_({**ins, "data": {"title": "x", "owner_email": "e"}}, PUBLIC)
@@ -106,7 +107,8 @@ def test_writes() -> None:
         "table": "todos",
         "filters": [{"column": "id", "op": "eq", "value": 1}],
     }
-    refused({**upd, "set": {"internal_note": "n"}}, SERVER, "COLUMN_NOT_WRITABLE")
+    compile_({**upd, "set": {"internal_note": "n"}}, SERVER)
+    refused({**upd, "set": {"internal_note": "n"}}, PUBLIC, "COLUMN_NOT_WRITABLE")
 
 
 @pytest.mark.parametrize(
@@ -175,6 +177,8 @@ def test_schema_view_public() -> None:
         "readable": False,
         "writable": False,
         "system": True,
+        "rowAccess": "all",
+        "ownerColumn": None,
     }
     assert tables["writeonly"]["columns"] == [] and tables["writeonly"]["writable"]
     assert not tables["readonly"]["writable"] and tables["readonly"]["readable"]

@@ -19,6 +19,7 @@ from psycopg import AsyncConnection
 
 from gateway.admission.admitter import Admitter
 from gateway.admission.decision import Admission, QuotaExceeded
+from gateway.auth.tokens import token_hash
 from gateway.control import provisioning
 from gateway.errors import GatewayError
 from tests.harness import GatewayCluster
@@ -35,9 +36,11 @@ from tests.test_admission_db import (
 Answer = Admission | GatewayError
 
 
-async def _answer(adm: Admitter, conn: AsyncConnection[Any], key: str, cost: int) -> Answer:
+async def _answer(
+    adm: Admitter, conn: AsyncConnection[Any], key: str, cost: int, **options: Any
+) -> Answer:
     try:
-        return await adm.admit(conn, key, cost)
+        return await adm.admit(conn, key, cost, **options)
     except GatewayError as error:
         return error
 
@@ -54,12 +57,13 @@ async def behind_a_held_row(
     adm: Admitter,
     pg_url: str,
     blocker: dict[str, Any],
-    requests: list[tuple[str, int]],
+    requests: list[tuple[str, int]] | list[tuple[str, int, dict[str, Any]]],
     *,
     cancel: set[int] = frozenset(),  # type: ignore[assignment]
 ) -> list[Answer | None]:
     """Queue ``requests`` (in this order) behind a statement blocked on ``blocker``'s
-    counter row, then release the row: they go as one batch. ``cancel``: indexes of
+    counter row, then release the row: they go as one batch. A request may carry a third
+    element, the ``admit`` options (``session_hash``, ``grows``). ``cancel``: indexes of
     requests cancelled while queued (their answer is None)."""
     conns = [await aconnect(pg_url) for _ in range(len(requests) + 1)]
     holder = await AsyncConnection.connect(pg_url)  # a transaction holding the row
@@ -74,8 +78,9 @@ async def behind_a_held_row(
         await _until(lambda: adm.coalescer.in_flight == 1, "the first statement is sent")
         await asyncio.sleep(0.1)  # it is waiting for the row on the server
         tasks = []
-        for (key, cost), conn in zip(requests, conns[1:], strict=True):
-            tasks.append(asyncio.ensure_future(_answer(adm, conn, key, cost)))
+        for request, conn in zip(requests, conns[1:], strict=True):
+            key, cost, options = (*request, {})[:3]
+            tasks.append(asyncio.ensure_future(_answer(adm, conn, key, cost, **options)))
             await asyncio.sleep(0)  # this one is in the queue before the next arrives
         await _until(
             lambda: adm.coalescer.stats()["queued"] == len(requests), "all requests queued"
@@ -194,6 +199,61 @@ def test_a_batch_mixing_keys_and_projects_answers_each_request(
     quota_row = counter_row(db, quota["id"])
     assert quota_row is not None and quota_row["day_used"] == 1
     assert counter_row(db, suspended["id"]) is None
+
+
+def test_a_batch_carries_sessions_and_quota_inputs_per_request(
+    pg_url: str, db: Any, make_project: Any
+) -> None:
+    """Sessions (0009) and the database-size quota (0010) in one batch: each request's
+    session hash and "grows" flag reach its own element."""
+    from tests.owner_rows import make_session, make_user, revoke_sessions
+    from tests.test_quotas_db import override, set_usage
+
+    blocker = make_project()
+    app = make_project()
+    full = make_project()
+    override(pg_url, full["id"], db_size_bytes=8192)
+    set_usage(db, full["id"], db_size=16384)
+    alice, bob = make_user(pg_url, app["id"]), make_user(pg_url, app["id"])
+    valid = make_session(pg_url, app["id"], alice)
+    revoked = make_session(pg_url, app["id"], bob)
+    revoke_sessions(pg_url, bob)
+    expired = make_session(pg_url, app["id"], alice, ttl_s=-10)
+    key = app["public_key"]
+    adm = admitter(pg_url, admission_statements_max=1)
+    requests: list[tuple[str, int, dict[str, Any]]] = [
+        (key, 1, {"session_hash": token_hash(valid)}),
+        (key, 1, {"session_hash": token_hash(revoked)}),
+        (full["server_key"], 1, {"grows": True}),
+        (key, 1, {}),
+        (key, 1, {"session_hash": token_hash(expired)}),
+        (full["server_key"], 1, {"grows": False}),
+        (key, 1, {"session_hash": token_hash(valid), "grows": True}),
+    ]
+    answers = run(behind_a_held_row(adm, pg_url, blocker, requests))
+    print("answers:", [_code(a) for a in answers])
+    assert [_code(a) for a in answers] == [
+        "admitted",
+        "SESSION_NOT_FOUND",
+        "DATABASE_QUOTA_EXCEEDED",
+        "admitted",
+        "SESSION_EXPIRED",
+        "admitted",
+        "admitted",
+    ]
+    assert adm.stats()["largest_batch"] == len(requests)
+    first, plain, last = answers[0], answers[3], answers[6]
+    assert isinstance(first, Admission) and first.principal.user_id == alice
+    assert isinstance(plain, Admission) and plain.principal.user_id is None
+    assert isinstance(last, Admission) and last.principal.user_id == alice
+    for i in (1, 4):
+        answer = answers[i]
+        assert isinstance(answer, GatewayError) and answer.status == 401
+    over = answers[2]
+    assert isinstance(over, GatewayError) and over.status == 429
+    assert over.to_error()["violations"] == [
+        {"type": "database", "used": 16384, "limit": 8192, "percentUsed": 200.0}
+    ]
 
 
 def test_queued_requests_time_out_each_with_a_503(pg_url: str, db: Any, make_project: Any) -> None:

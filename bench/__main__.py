@@ -37,6 +37,7 @@ SCENARIOS = [
 ]
 SCENARIOS += ["auth_hashing"]  # end-user auth: hashing stays off the event loop
 SCENARIOS += ["owner_rows"]  # sessions + owner rules on a select (#17, data routes)
+SCENARIOS += ["jobs"]  # background jobs: PostgreSQL queue vs a Redis queue
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:

@@ -165,7 +165,17 @@ def cmd_pool_plan(args: argparse.Namespace) -> None:
             settings = settings.with_changes(db_reserved_connections=args.reserved)
         max_connections, reserved, source = asyncio.run(pool.discover_limits(settings, timeout=0))
     plan = pool.plan_pool(settings, max_connections, reserved, source=source)
-    _emit(args, plan.as_json(), plan.summary())
+    from gateway.jobs.worker import db_connections
+
+    payload = plan.as_json()
+    workers = db_connections(settings, plan.pool_max)
+    payload["jobs_worker_connections"] = workers
+    _emit(
+        args,
+        payload,
+        plan.summary() + f"; of each pool, the jobs worker and cron hold at most {workers} "
+        f"(GATEWAY_JOBS_CONCURRENCY={settings.jobs_concurrency} deliveries hold none)",
+    )
 
 
 def cmd_project_create(args: argparse.Namespace) -> None:
@@ -542,6 +552,79 @@ def _add_quota_commands(sub: Any, project: Any, command: Callable[..., Any]) -> 
     p.add_argument("project")
 
 
+# --- background jobs ----------------------------------------------------------------------
+
+
+def _jobs_error(exc: Exception) -> UsageError:
+    return UsageError(str(exc))
+
+
+def cmd_jobs_set_endpoint(args: argparse.Namespace) -> None:
+    from gateway.jobs import commands
+
+    settings = _settings()
+    try:
+        with _connect() as conn:
+            result = commands.set_endpoint(conn, settings, args.project, args.url)
+    except commands.JobsCommandError as exc:
+        raise _jobs_error(exc) from None
+    _emit(
+        args,
+        result,
+        f"{result['project']}: jobs are delivered to {result['url']}\n"
+        f"signing secret (shown once, keep it): {result['signing_secret']}",
+    )
+
+
+def cmd_jobs_set_quota(args: argparse.Namespace) -> None:
+    from gateway.jobs import commands
+
+    limit = None if args.monthly_runs == "default" else _non_negative_int(args.monthly_runs)
+    with _connect() as conn:
+        result = commands.set_quota(conn, args.project, limit)
+    runs = result["monthly_runs"]
+    _emit(
+        args,
+        result,
+        f"{result['project']}: {runs if runs is not None else 'unlimited'} job runs/month",
+    )
+
+
+def cmd_jobs_stats(args: argparse.Namespace) -> None:
+    from gateway.jobs import commands
+
+    with _connect() as conn:
+        report = commands.stats(conn)
+    _emit(args, report, commands.render_stats(report))
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    import asyncio
+    import logging
+
+    from gateway.jobs import commands
+
+    settings = _settings()
+    if settings.jobs_concurrency < 1:
+        raise UsageError("GATEWAY_JOBS_CONCURRENCY is 0: a worker without workers would idle")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(commands.run_worker(settings))
+
+
+def _add_jobs_commands(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    command(sub, "worker", cmd_worker, "run job delivery workers and the cron tick (no HTTP)")
+    jobs = sub.add_parser("jobs", help="background jobs").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    p = command(jobs, "set-endpoint", cmd_jobs_set_endpoint, "where a project's jobs are delivered")
+    p.add_argument("project")
+    p.add_argument("url")
+    p = command(jobs, "set-quota", cmd_jobs_set_quota, "override a project's monthly job runs")
+    p.add_argument("project")
+    p.add_argument("monthly_runs", metavar="N|default")
+    command(jobs, "stats", cmd_jobs_stats, "queue depth, oldest pending job, runs this month")
+
+
 # --- the parser -------------------------------------------------------------------------
 
 
@@ -693,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.auth import cli as auth_cli
 
     auth_cli.register(sub, command, connect=_connect, emit=_emit, parser_class=_Parser)
+    _add_jobs_commands(sub, command)
     return parser
 
 

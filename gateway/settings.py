@@ -99,6 +99,13 @@ class Settings:
     # quotas (plans, bandwidth, database size: gateway/quotas, docs/quotas.md)
     bandwidth_flush_ms: int = 1000
     db_size_sample_s: float = 60.0
+    # background jobs (gateway/jobs/)
+    jobs_concurrency: int = 10
+    jobs_per_project: int = 5
+    jobs_allow_private_targets: bool = False
+    jobs_retention_days: float = 7.0
+    jobs_lease_s: float = 30.0
+    jobs_poll_s: float = 1.0
 
     @property
     def direct_url(self) -> str:
@@ -170,6 +177,12 @@ class Settings:
             # quotas
             bandwidth_flush_ms=r.int("GATEWAY_BANDWIDTH_FLUSH_MS", 1000, minimum=10),
             db_size_sample_s=r.float("GATEWAY_DB_SIZE_SAMPLE_S", 60.0, minimum=0.1),
+            jobs_concurrency=r.int("GATEWAY_JOBS_CONCURRENCY", 10, minimum=0),
+            jobs_per_project=r.int("GATEWAY_JOBS_PER_PROJECT", 5, minimum=1),
+            jobs_allow_private_targets=r.bool("GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS", False),
+            jobs_retention_days=r.float("GATEWAY_JOBS_RETENTION_DAYS", 7.0, minimum=0.0),
+            jobs_lease_s=r.float("GATEWAY_JOBS_LEASE_S", 30.0, minimum=1.0),
+            jobs_poll_s=r.float("GATEWAY_JOBS_POLL_S", 1.0, minimum=0.05),
         )
         settings = replace(settings, auth=AuthSettings.from_reader(r))
         if settings.pool_max is not None and settings.pool_min > settings.pool_max:

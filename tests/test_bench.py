@@ -51,6 +51,9 @@ ISSUE_KEYS = {
         "auth_hashing.ratio",
     ],
     "owner_rows": ["owner_rows.plain_p50_ms", "owner_rows.session_p50_ms", "owner_rows.ratio"],
+    "jobs": [
+        f"jobs.{c}.{k}" for c in ("postgres", "redis") for k in ("jobs_per_s", "p50_ms", "p99_ms")
+    ],
 }
 
 

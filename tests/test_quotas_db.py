@@ -450,12 +450,16 @@ def test_cli_plans_overrides_and_usage(db: Any, pg_url: str) -> None:
     assert usage["database_size"]["limit"] == MIB
     assert usage["bandwidth_month"]["limit"] == 20 * 1024
     assert usage["bandwidth_month"]["percent_used"] == 0.0
-    assert usage["job_runs_month"]["used"] is None
-    assert usage["job_runs_month"]["source"] == "unavailable"
+    assert usage["job_runs_month"]["used"] == 0
+    assert usage["job_runs_month"]["source"] == "gateway.job_usage"
     assert usage["job_runs_month"]["limit"] == 1_000
+    # one job run counted by the jobs capability's own counter shows up in the usage
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("SELECT * FROM gateway.count_job_run(%s)", (project["id"],))
+    assert cli_json(pg_url, "project", "usage", name)["job_runs_month"]["used"] == 1
     text = run_cli(pg_url, "project", "usage", name)
     assert text.returncode == 0 and "bandwidth this month" in text.stdout
-    assert "job runs this month" in text.stdout and "unknown" in text.stdout
+    assert "job runs this month" in text.stdout
     # refusals: one line, exit 2
     assert_refused(
         run_cli(pg_url, "plan", "set", "nope-plan", "--requests-per-day", "1"), "no plan"

@@ -314,3 +314,123 @@ quota_usage = Table(
     Column("db_size_sampled_at", DateTime(timezone=True)),
     # created WITH (fillfactor = 50) by the migration
 )
+
+# --- background jobs (alembic/versions/0011_jobs.py; docs/jobs.md) ------------------------
+# Created by raw SQL in the migration together with gateway.enqueue_job(),
+# gateway.count_job_run() and gateway.claim_jobs(); these definitions document them.
+
+job_projects = Table(
+    "job_projects",
+    metadata,
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("endpoint_url", Text),
+    Column("signing_secret", Text),  # an HMAC key: must be usable, so not hashed
+    _now(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", Text, nullable=False),
+    Column("payload", JSONB, nullable=False, server_default=text("'null'::jsonb")),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("run_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    _now(),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("attempts_made", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False, server_default="3"),
+    Column("timeout_ms", Integer, nullable=False, server_default="180000"),
+    Column("concurrency_key", Text),
+    Column("idempotency_key", Text),
+    Column("schedule_id", UUID(as_uuid=True)),
+    Column("result", Text),
+    Column("error", Text),
+    Column("locked_by", Text),
+    Column("lease_until", DateTime(timezone=True)),
+    Index(
+        "jobs_pending_idx",
+        "project_id",
+        "run_at",
+        "id",
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index("jobs_active_idx", "lease_until", postgresql_where=text("status = 'active'")),
+    Index("jobs_project_created_idx", "project_id", text("created_at DESC"), "id"),
+    Index("jobs_finished_idx", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
+)
+
+job_keys = Table(
+    "job_keys",
+    metadata,
+    Column("project_id", UUID(as_uuid=True), primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("job_id", UUID(as_uuid=True), nullable=False),
+)
+
+job_idempotency = Table(
+    "job_idempotency",
+    metadata,
+    Column("project_id", UUID(as_uuid=True), primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("job_id", UUID(as_uuid=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+job_usage = Table(
+    "job_usage",
+    metadata,
+    Column("project_id", UUID(as_uuid=True), primary_key=True),
+    Column("month", Date, primary_key=True),
+    Column("used", BigInteger, nullable=False, server_default="0"),
+)
+
+job_schedules = Table(
+    "job_schedules",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", Text, nullable=False),
+    Column("cron", Text, nullable=False),
+    Column("payload", JSONB, nullable=False, server_default=text("'null'::jsonb")),
+    Column("timezone", Text, nullable=False, server_default="UTC"),
+    Column("active", Boolean, nullable=False, server_default=text("true")),
+    Column("description", Text),
+    Column("next_run_at", DateTime(timezone=True)),
+    Column("last_run_at", DateTime(timezone=True)),
+    _now(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    UniqueConstraint("project_id", "name"),
+)
+
+job_schedule_fires = Table(
+    "job_schedule_fires",
+    metadata,
+    Column(
+        "schedule_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.job_schedules.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("fire_time", DateTime(timezone=True), primary_key=True),
+    Column("job_id", UUID(as_uuid=True)),
+    _now(),
+)

@@ -25,7 +25,10 @@ from gateway.admission.admitter import Admitter
 from gateway.db.pool import PlanError, PoolPlan, create_pool, plan_for
 from gateway.errors import GatewayError
 from gateway.http import admin, auth_routes, front, routes
+from gateway.http import jobs as jobs_routes
 from gateway.http.responses import error_response
+from gateway.jobs.worker import CHANNEL as JOBS_CHANNEL
+from gateway.jobs.worker import JobsRuntime
 from gateway.metadata.cache import MetadataCache
 from gateway.metadata.listener import MetadataListener
 from gateway.ops.observe import Observability, ObserveMiddleware
@@ -98,6 +101,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         "listener",
         lambda: {"up": int(listener.connected), "reconnects": listener.reconnects},
     )
+    # background jobs: a worker in every instance, woken by NOTIFY on the listener
+    jobs = JobsRuntime(settings, state.extras)
+    state.extras["jobs"] = jobs
+    state.listener.add_channel(JOBS_CHANNEL, jobs.wake)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -125,9 +132,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             # In the background: /readyz says 503 until it listens; requests never wait.
             await state.listener.start()
+            await jobs.start(state.pool)
             logger.info("instance %s ready: %s", settings.instance_id, state.pool_plan.summary())
             yield
         finally:
+            await jobs.stop()
             await state.listener.stop()
             await observability.stop_background()
             await state.realtime.stop()
@@ -147,7 +156,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(
         # the admin API (issue 15): none when GATEWAY_ADMIN_HMAC_SECRET is unset
-        routes=routes.build_routes() + admin.build_admin_routes(settings),
+        routes=routes.build_routes()
+        + jobs_routes.build_routes()
+        + admin.build_admin_routes(settings),
         middleware=[
             Middleware(
                 ObserveMiddleware,

@@ -118,6 +118,8 @@ class MetadataListener:
         self._ping_expected: str | None = None
         self._ping_deadline: float | None = None
         self._connected_event = asyncio.Event()
+        # further channels on this same connection (e.g. gateway_jobs): name → callbacks
+        self.channels: dict[str, list[Callable[[str], None]]] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -128,6 +130,12 @@ class MetadataListener:
             self.on_project.append(on_project)
         if on_all is not None:
             self.on_all.append(on_all)
+
+    def add_channel(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Also LISTEN on ``channel`` (from the next connect on; call before ``start``);
+        ``callback(payload)`` runs for each of its notifications. After every reconnect
+        the callback runs once with ``"*"``: notifications sent meanwhile are lost."""
+        self.channels.setdefault(channel, []).append(callback)
 
     async def start(self) -> None:
         """Start in the background; returns at once (never waits for the database)."""
@@ -231,6 +239,12 @@ class MetadataListener:
             sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)),
             "LISTEN did not complete in time",
         )
+        for channel in self.channels:
+            await self._bounded(
+                conn,
+                sql.SQL("LISTEN {}").format(sql.Identifier(channel)),
+                "LISTEN did not complete in time",
+            )
         self.backend_pid = conn.info.backend_pid
         first = self.connects == 0
         self.connects += 1
@@ -249,6 +263,8 @@ class MetadataListener:
         # Notifications sent while nobody listened are lost: drop everything. LISTEN is
         # already active, so whatever commits from here on is heard.
         self._fire_all()
+        for channel in self.channels:
+            self._fire_channel(channel, ALL_PAYLOAD)
 
     async def _listen(self) -> None:
         conn = self._conn
@@ -308,6 +324,9 @@ class MetadataListener:
 
     def _on_notify(self, notify: psycopg.Notify, conn: psycopg.AsyncConnection[Any]) -> None:
         payload = notify.payload
+        if notify.channel != CHANNEL:
+            self._fire_channel(notify.channel, payload)
+            return
         if payload.startswith(PING_PREFIX):
             if payload == self._ping_expected:
                 self._ping_expected = None
@@ -357,6 +376,13 @@ class MetadataListener:
                 callback()
             except Exception:
                 logger.exception("metadata listener: on_all callback failed")
+
+    def _fire_channel(self, channel: str, payload: str) -> None:
+        for callback in self.channels.get(channel, ()):
+            try:
+                callback(payload)
+            except Exception:
+                logger.exception("listener: %s callback failed", channel)
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -39,6 +39,9 @@ PURE_MODULES = [
     "auth/passwords.py",
     "auth/mail.py",
     "quotas/plans.py",
+    "jobs/rules.py",
+    "jobs/signing.py",
+    "jobs/ssrf.py",
     "control/signing.py",
     "control/admin_models.py",
 ]

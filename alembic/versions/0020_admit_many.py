@@ -1,7 +1,7 @@
 """Coalesced admission: ``gateway.admit_many`` decides many requests in one statement.
 
 Revision ID: 0020
-Revises: 0010
+Revises: 0011
 Create Date: 2026-11-29
 
 Why (issue 16, part 1)
@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0020"
-down_revision: str | None = "0010"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -19,7 +19,17 @@ ISSUE_KEYS = {
         for c in ("postgres", "redis", "memory")
         for k in ("ops_per_s", "p50_ms", "p99_ms", "admitted_of_100")
     ]
-    + ["limiter.postgres_vs_redis_p50_ratio"],
+    + ["limiter.postgres_vs_redis_p50_ratio"]
+    # issue 16: coalesced admission, on and off in the same run
+    + [
+        "limiter.postgres_uncoalesced.ops_per_s",
+        "limiter.postgres_uncoalesced.p50_ms",
+        "limiter.postgres_uncoalesced.p99_ms",
+        "limiter.postgres_uncoalesced_vs_redis_p50_ratio",
+        "limiter.postgres.one_task_p50_ms",
+        "limiter.postgres.one_task_p50_ms_uncoalesced",
+        "limiter.postgres.one_task_coalesced_vs_uncoalesced_ratio",
+    ],
     "round_trips": [
         "round_trips.gateway_p50_ms",
         "round_trips.original_flow_p50_ms",

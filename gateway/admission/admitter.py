@@ -28,13 +28,15 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, overload
 
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
+from psycopg.types.numeric import Int4
 
+from gateway.admission.coalescer import Coalescer
 from gateway.admission.decision import Admission, QuotaExceeded
 from gateway.admission.headers import rate_limit_headers
 from gateway.admission.local_deny import (
@@ -57,6 +59,11 @@ LOOKUP_SQL = "SELECT * FROM gateway.lookup_key(%s)"
 # With a session (migrations 0009, 0010): the same admission, then the session, in ONE statement.
 ADMIT_SESSION_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s, %s, %s)"
 LOOKUP_SESSION_SQL = "SELECT * FROM gateway.lookup_key(%s, %s)"
+# many requests in one statement (migration 0020): one row per element, in array order;
+# key hashes, costs, then the window settings, then "grows" and session hashes per element
+ADMIT_MANY_SQL = (
+    "SELECT * FROM gateway.admit_many(%s::text[], %s::int4[], %s, %s, %s, %s::bool[], %s::text[])"
+)
 
 # After a timeout the cancelled call gets this long to finish before its connection is
 # closed (psycopg would otherwise wait up to 5 s + 5 s for an unreachable server).
@@ -103,6 +110,16 @@ class Admitter:
             probe_timeout_s=self.probe_timeout_s,
             clock=lambda: self.clock(),
         )
+        # every admission waiting at one moment in one statement (off: one statement each)
+        self.coalescer: Coalescer | None = (
+            Coalescer(
+                self._send,
+                timeout_s=self.timeout_s,
+                statements_max=settings.admission_statements_max,
+            )
+            if settings.admission_coalesce
+            else None
+        )
         # a refusal for the database size can lift at the next sample (Retry-After)
         self.db_size_sample_s = float(settings.db_size_sample_s)
         self._stats: dict[str, int] = {
@@ -119,7 +136,8 @@ class Admitter:
     # --- public -------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        return {**self._stats, "local_deny_entries": len(self.local)}
+        coalesced = self.coalescer.stats() if self.coalescer is not None else {}
+        return {**self._stats, "local_deny_entries": len(self.local), **coalesced}
 
     def forget_project(self, project_id: str) -> None:
         """Drop this project's local denies (its limits, status or keys changed)."""
@@ -189,10 +207,14 @@ class Admitter:
             raise RuntimeError("admission needs an autocommit connection")
         if not self.enabled:
             if session_hash is None:
-                row = await self._call(conn, LOOKUP_SQL, (key_hash,))
+                row = await self._counted(self._call(conn, LOOKUP_SQL, (key_hash,)))
             else:
-                row = await self._call(conn, LOOKUP_SESSION_SQL, (key_hash, session_hash))
+                row = await self._counted(
+                    self._call(conn, LOOKUP_SESSION_SQL, (key_hash, session_hash))
+                )
             return self._key_only(row)
+        # arrival, not the statement's sending: a local deny measured from here ends a
+        # little earlier, never later, than the database's own reset
         sent_at = self.clock()
         params: tuple[Any, ...] = (
             key_hash,
@@ -202,10 +224,16 @@ class Admitter:
             self.lock_timeout_ms,
         )
         try:
-            if session_hash is None:
-                row = await self._call(conn, ADMIT_SQL, (*params, grows))
+            if self.coalescer is not None:
+                row = await self._counted(
+                    self.coalescer.admit(conn, (key_hash, cost, grows, session_hash))
+                )
+            elif session_hash is None:
+                row = await self._counted(self._call(conn, ADMIT_SQL, (*params, grows)))
             else:
-                row = await self._call(conn, ADMIT_SESSION_SQL, (*params, grows, session_hash))
+                row = await self._counted(
+                    self._call(conn, ADMIT_SESSION_SQL, (*params, grows, session_hash))
+                )
         except BaseException:
             self.local.probe_failed(key_hash)  # the next request probes again
             raise
@@ -213,13 +241,79 @@ class Admitter:
 
     # --- the round trip -----------------------------------------------------------------
 
-    async def _call(
-        self, conn: AsyncConnection[Any], query: str, params: tuple[Any, ...]
-    ) -> tuple[Any, ...]:
-        """One bounded round trip: a timeout or a lost connection is a fast 503."""
-        task = asyncio.ensure_future(self._execute(conn, query, params))
+    async def _counted(self, call: Awaitable[tuple[Any, ...]]) -> tuple[Any, ...]:
+        """Count each request answered 503 once (a coalesced statement answers many)."""
         try:
-            done, _ = await asyncio.wait((task,), timeout=self.timeout_s)
+            return await call
+        except GatewayError as error:
+            if error.status == 503:
+                self._stats["unavailable"] += 1
+            raise
+
+    async def _send(
+        self, conn: AsyncConnection[Any], items: list[tuple[Any, ...]], deadline: float
+    ) -> list[tuple[Any, ...]]:
+        """The coalescer's statement: the single admit for one request (the very statement
+        used without coalescing), else admit_many (each request's
+        ``(key_hash, cost, grows, session_hash)`` becomes one element of each array)."""
+        timeout = max(0.001, deadline - time.monotonic())
+        tail = (self.window_s, self.sliding, self.lock_timeout_ms)
+        if len(items) == 1:
+            key_hash, cost, grows, session_hash = items[0]
+            if session_hash is None:
+                query, params = ADMIT_SQL, (key_hash, cost, *tail, grows)
+            else:
+                query, params = ADMIT_SESSION_SQL, (key_hash, cost, *tail, grows, session_hash)
+            return [await self._call(conn, query, params, timeout=timeout)]
+        params = (
+            [item[0] for item in items],
+            [Int4(item[1]) for item in items],
+            *tail,
+            [bool(item[2]) for item in items],
+            [item[3] for item in items],
+        )
+        rows = await self._call(conn, ADMIT_MANY_SQL, params, timeout=timeout, many=True)
+        if len(rows) != len(items):
+            raise RuntimeError(f"admit_many answered {len(rows)} rows for {len(items)}")
+        return rows
+
+    @overload
+    async def _call(
+        self,
+        conn: AsyncConnection[Any],
+        query: str,
+        params: tuple[Any, ...],
+        *,
+        timeout: float | None = None,
+        many: Literal[False] = False,
+    ) -> tuple[Any, ...]: ...
+
+    @overload
+    async def _call(
+        self,
+        conn: AsyncConnection[Any],
+        query: str,
+        params: tuple[Any, ...],
+        *,
+        timeout: float | None = None,
+        many: Literal[True],
+    ) -> list[tuple[Any, ...]]: ...
+
+    async def _call(
+        self,
+        conn: AsyncConnection[Any],
+        query: str,
+        params: tuple[Any, ...],
+        *,
+        timeout: float | None = None,
+        many: bool = False,
+    ) -> Any:
+        """One bounded round trip: a timeout or a lost connection is a fast 503."""
+        task = asyncio.ensure_future(self._execute(conn, query, params, many))
+        try:
+            done, _ = await asyncio.wait(
+                (task,), timeout=self.timeout_s if timeout is None else timeout
+            )
         except asyncio.CancelledError:
             task.cancel()
             raise
@@ -227,18 +321,15 @@ class Admitter:
             try:
                 return task.result()
             except psycopg.errors.LockNotAvailable:
-                self._stats["unavailable"] += 1
                 raise service_unavailable(
                     "Admission timed out waiting for the project's counter"
                 ) from None
             except psycopg.OperationalError as exc:
-                self._stats["unavailable"] += 1
                 logger.warning("admission failed: %s", type(exc).__name__)
                 # chained: gateway.pool.run_with_retry sees the lost connection behind the
                 # 503 and runs the request once more on a fresh one when that is safe
                 raise service_unavailable("Admission is unavailable: try again") from exc
         # timed out: cancel on the server; give it a moment, then close the connection
-        self._stats["unavailable"] += 1
         task.cancel()
         done, _ = await asyncio.wait((task,), timeout=CANCEL_GRACE_S)
         if not done:
@@ -251,10 +342,12 @@ class Admitter:
         raise service_unavailable("Admission timed out")
 
     async def _execute(
-        self, conn: AsyncConnection[Any], query: str, params: tuple[Any, ...]
-    ) -> tuple[Any, ...]:
+        self, conn: AsyncConnection[Any], query: str, params: tuple[Any, ...], many: bool
+    ) -> Any:
         async with conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(query, params, prepare=self.prepare)
+            if many:
+                return await cur.fetchall()
             row = await cur.fetchone()
         assert row is not None
         return row

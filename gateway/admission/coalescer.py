@@ -1,0 +1,193 @@
+"""Coalesced admission: every admission waiting at one moment goes in ONE statement.
+
+The database is the one part that does not scale out, and one project's decisions
+serialise on its counter row. A statement per request pays, per request, a round trip,
+a transaction, a commit and a wait for the row lock. So each instance keeps at most
+``statements_max`` admission statements in flight (1 or 2):
+
+* A request that finds a free slot and nobody queued goes at once, in its own task,
+  with the single ``gateway.admit`` — exactly today's path: no added latency when idle.
+* While the slots are busy, arrivals queue. When a statement finishes, EVERY queued
+  admission (up to ``batch_max``) goes together as the next statement
+  (``gateway.admit_many`` over arrays, migration 0020), in arrival order.
+
+No timer, no batching window: a batch forms only from requests that would have waited
+for the database anyway, so coalescing can add no latency a request didn't already have.
+
+Connections: a batch runs on the connection of one of its own requests (they each hold
+one already, for their query), the most recent arrival's — its deadline is the latest of
+the batch, so the statement's own timeout (that request's deadline) never cuts short a
+request that still had time. The others' connections sit idle for that round trip, as
+they would while queueing for the counter row.
+
+Deadlines and cancellation, per request, as with one statement each:
+
+* queued past its deadline (``GATEWAY_ADMISSION_TIMEOUT_MS`` after arrival): it leaves
+  the queue → 503 with ``Retry-After: 1``;
+* sent but its deadline passed: 503; the statement goes on for the others (its answer
+  is dropped — like a timed-out single admit, it may have been counted);
+* the request whose connection carries the statement: the statement's own timeout is
+  its deadline (cancel on the server, close the connection if that hangs: the Admitter's
+  ``_call``), and if that request is cancelled the statement is cancelled; the others in
+  that batch get 503 with ``Retry-After: 1``;
+* the connection lost with PostgreSQL saying it ended the session (nothing applied):
+  the others go back to the head of the queue and are sent again on another connection;
+  the carrier's own error goes to its request (whose retry runs it on a fresh one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+
+from gateway.db.pool import retry_is_safe
+from gateway.errors import GatewayError, service_unavailable
+
+# An upper bound on one statement's arrays: a long queue goes as several statements
+# rather than one that holds the counter rows for too long.
+BATCH_MAX = 256
+
+Row = tuple[Any, ...]
+# one request's inputs to the admission statement: (key_hash, cost, ...)
+Args = tuple[Any, ...]
+# send(conn, [args, ...], deadline) -> one row per request, in order
+Send = Callable[[AsyncConnection[Any], list[Args], float], Awaitable[list[Row]]]
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    args: Args
+    conn: AsyncConnection[Any]
+    deadline: float  # time.monotonic()
+    future: asyncio.Future[Row]
+    state: str = "queued"  # queued | sent | carrier
+    gone: bool = False  # its request stopped waiting: nobody reads its future
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Coalescer:
+    """At most ``statements_max`` admission statements in flight; the rest go together."""
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        timeout_s: float,
+        statements_max: int = 2,
+        batch_max: int = BATCH_MAX,
+    ) -> None:
+        self.send = send
+        self.timeout_s = timeout_s
+        self.statements_max = max(1, statements_max)
+        self.batch_max = max(1, batch_max)
+        self.in_flight = 0
+        self._queue: deque[_Waiter] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stats = {"statements": 0, "coalesced": 0, "largest_batch": 0, "requeued": 0}
+
+    def stats(self) -> dict[str, int]:
+        return {**self._stats, "queued": len(self._queue), "in_flight": self.in_flight}
+
+    async def admit(self, conn: AsyncConnection[Any], args: Args) -> Row:
+        """The admission row for one request (``args``: its inputs to the statement,
+        ``(key_hash, cost, ...)``); a timeout or a lost database is a 503."""
+        deadline = time.monotonic() + self.timeout_s
+        if self.in_flight < self.statements_max and not self._queue:
+            # idle: this request's own statement, at once, in its own task
+            self.in_flight += 1
+            self._stats["statements"] += 1
+            try:
+                return (await self.send(conn, [args], deadline))[0]
+            finally:
+                self.in_flight -= 1
+                self._pump()
+        waiter = _Waiter(args, conn, deadline, asyncio.get_running_loop().create_future())
+        self._queue.append(waiter)
+        try:
+            while True:
+                # the carrier waits for its statement, which enforces its deadline itself
+                timeout = None if waiter.state == "carrier" else waiter.deadline - time.monotonic()
+                done, _ = await asyncio.wait((waiter.future,), timeout=timeout)
+                if done:
+                    return waiter.future.result()
+                if waiter.state != "carrier":
+                    self._leave(waiter)
+                    raise service_unavailable("Admission timed out")
+        except asyncio.CancelledError:
+            self._leave(waiter)
+            if waiter.state == "carrier" and waiter.task is not None:
+                waiter.task.cancel()  # its connection goes back to the pool: stop using it
+            raise
+
+    # --- internals --------------------------------------------------------------------
+
+    def _leave(self, waiter: _Waiter) -> None:
+        waiter.gone = True
+        if waiter.state == "queued":
+            with contextlib.suppress(ValueError):
+                self._queue.remove(waiter)
+
+    def _pump(self) -> None:
+        """Send everything queued while there is a free slot."""
+        while self._queue and self.in_flight < self.statements_max:
+            batch = [self._queue.popleft() for _ in range(min(self.batch_max, len(self._queue)))]
+            carrier = next((w for w in reversed(batch) if not w.conn.closed), batch[-1])
+            for w in batch:
+                w.state = "sent"
+            carrier.state = "carrier"
+            self.in_flight += 1
+            self._stats["statements"] += 1
+            if len(batch) > 1:
+                self._stats["coalesced"] += len(batch)
+            self._stats["largest_batch"] = max(self._stats["largest_batch"], len(batch))
+            task = asyncio.ensure_future(self._run(batch, carrier))
+            carrier.task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[_Waiter], carrier: _Waiter) -> None:
+        try:
+            rows = await self.send(carrier.conn, [w.args for w in batch], carrier.deadline)
+        except BaseException as exc:  # every waiter must hear of it
+            self._failed(batch, carrier, exc)
+            if not isinstance(exc, asyncio.CancelledError | Exception):
+                raise
+        else:
+            for w, row in zip(batch, rows, strict=True):
+                if not w.gone and not w.future.done():
+                    w.future.set_result(row)
+        finally:
+            self.in_flight -= 1
+            self._pump()
+
+    def _failed(self, batch: list[_Waiter], carrier: _Waiter, exc: BaseException) -> None:
+        others = [w for w in batch if w is not carrier and not w.gone and not w.future.done()]
+        cause = exc.__cause__ if isinstance(exc, GatewayError) else exc
+        if (
+            others
+            and carrier.conn.closed
+            and isinstance(cause, psycopg.OperationalError)
+            and retry_is_safe(cause, idempotent=False)
+        ):
+            # PostgreSQL ended that session: nothing was applied. The others still hold
+            # their own connections: back to the head of the queue, in arrival order.
+            self._stats["requeued"] += len(others)
+            for w in reversed(others):
+                w.state = "queued"
+                self._queue.appendleft(w)
+            others = []
+        for w in others:
+            w.future.set_exception(service_unavailable("Admission is unavailable: try again"))
+        if not carrier.gone and not carrier.future.done():
+            if isinstance(exc, asyncio.CancelledError):
+                carrier.future.set_exception(service_unavailable("Admission was interrupted"))
+            else:
+                carrier.future.set_exception(exc)

@@ -106,6 +106,7 @@ class Settings:
     jobs_retention_days: float = 7.0
     jobs_lease_s: float = 30.0
     jobs_poll_s: float = 1.0
+    jobs_cron_tick_s: float = 1.0
 
     @property
     def direct_url(self) -> str:
@@ -183,6 +184,7 @@ class Settings:
             jobs_retention_days=r.float("GATEWAY_JOBS_RETENTION_DAYS", 7.0, minimum=0.0),
             jobs_lease_s=r.float("GATEWAY_JOBS_LEASE_S", 30.0, minimum=1.0),
             jobs_poll_s=r.float("GATEWAY_JOBS_POLL_S", 1.0, minimum=0.05),
+            jobs_cron_tick_s=r.float("GATEWAY_JOBS_CRON_TICK_S", 1.0, minimum=0.05),
         )
         settings = replace(settings, auth=AuthSettings.from_reader(r))
         if settings.pool_max is not None and settings.pool_min > settings.pool_max:

@@ -437,6 +437,9 @@ def test_an_admitted_select_costs_two_round_trips(
             # quotas: the bandwidth meter's batched flush (one statement a second per
             # instance, never per request) is background traffic too
             "GATEWAY_BANDWIDTH_FLUSH_MS": "600000",
+            # jobs: the cron tick's leader election (every second by default)
+            "GATEWAY_JOBS_CRON_TICK_S": "3600",
+            "GATEWAY_JOBS_CONCURRENCY": "0",
         },
         log_dir=tmp_path,
         name="rt",

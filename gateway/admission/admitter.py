@@ -59,7 +59,7 @@ LOOKUP_SQL = "SELECT * FROM gateway.lookup_key(%s)"
 # With a session (migrations 0009, 0010): the same admission, then the session, in ONE statement.
 ADMIT_SESSION_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s, %s, %s)"
 LOOKUP_SESSION_SQL = "SELECT * FROM gateway.lookup_key(%s, %s)"
-# many requests in one statement (migration 0020): one row per element, in array order;
+# many requests in one statement (migration 0012): one row per element, in array order;
 # key hashes, costs, then the window settings, then "grows" and session hashes per element
 ADMIT_MANY_SQL = (
     "SELECT * FROM gateway.admit_many(%s::text[], %s::int4[], %s, %s, %s, %s::bool[], %s::text[])"

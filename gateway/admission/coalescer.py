@@ -9,7 +9,7 @@ a transaction, a commit and a wait for the row lock. So each instance keeps at m
   with the single ``gateway.admit`` — exactly today's path: no added latency when idle.
 * While the slots are busy, arrivals queue. When a statement finishes, EVERY queued
   admission (up to ``batch_max``) goes together as the next statement
-  (``gateway.admit_many`` over arrays, migration 0020), in arrival order.
+  (``gateway.admit_many`` over arrays, migration 0012), in arrival order.
 
 No timer, no batching window: a batch forms only from requests that would have waited
 for the database anyway, so coalescing can add no latency a request didn't already have.

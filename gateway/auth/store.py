@@ -141,6 +141,17 @@ async def create_magic_link(
     return checked.allowed, checked.retry_after, row.get("expires_at")
 
 
+# The CTE every flow that signs a user in ends with: one new session for the user row
+# ``u`` the statement produced (token hash, lifetime, ip and user agent as parameters).
+_SESSION_FOR_U = """s AS (
+    INSERT INTO gateway.auth_sessions
+           (project_id, user_id, token_hash, expires_at, ip, user_agent)
+    SELECT u.project_id, u.id, %(session_hash)s, now() + make_interval(secs => %(ttl)s),
+           %(ip)s, %(ua)s
+      FROM u
+    RETURNING expires_at
+)"""
+
 # The link is claimed (used_at set) only if the throttle allowed the attempt; the user is
 # created on first verification (provider magic_link) or marked verified; the session is
 # written in the same statement.
@@ -160,14 +171,7 @@ u AS (
         DO UPDATE SET email_verified = true, last_sign_in = now()
     RETURNING {_cols("au")}
 ),
-s AS (
-    INSERT INTO gateway.auth_sessions
-           (project_id, user_id, token_hash, expires_at, ip, user_agent)
-    SELECT u.project_id, u.id, %(session_hash)s, now() + make_interval(secs => %(ttl)s),
-           %(ip)s, %(ua)s
-      FROM u
-    RETURNING expires_at
-)
+{_SESSION_FOR_U}
 SELECT (SELECT count FROM hit) AS hits, {_RESET_IN}, (SELECT live FROM link) AS live,
        {_cols("u")}, (SELECT expires_at FROM s) AS session_expires_at
   FROM (SELECT 1) one LEFT JOIN u ON true
@@ -211,14 +215,7 @@ WITH u AS (
     ON CONFLICT (project_id, email) DO NOTHING
     RETURNING {_cols("au")}
 ),
-s AS (
-    INSERT INTO gateway.auth_sessions
-           (project_id, user_id, token_hash, expires_at, ip, user_agent)
-    SELECT u.project_id, u.id, %(session_hash)s, now() + make_interval(secs => %(ttl)s),
-           %(ip)s, %(ua)s
-      FROM u
-    RETURNING expires_at
-)
+{_SESSION_FOR_U}
 SELECT {_cols("u")}, s.expires_at AS session_expires_at FROM u, s
 """
 
@@ -260,14 +257,7 @@ WITH u AS (
      WHERE au.id = %(user)s AND au.password_hash = %(verified_hash)s
     RETURNING {_cols("au")}
 ),
-s AS (
-    INSERT INTO gateway.auth_sessions
-           (project_id, user_id, token_hash, expires_at, ip, user_agent)
-    SELECT u.project_id, u.id, %(session_hash)s, now() + make_interval(secs => %(ttl)s),
-           %(ip)s, %(ua)s
-      FROM u
-    RETURNING expires_at
-)
+{_SESSION_FOR_U}
 SELECT {_cols("u")}, s.expires_at AS session_expires_at FROM u, s
 """
 

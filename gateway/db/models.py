@@ -29,7 +29,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
 
 SCHEMA = "gateway"
-TIERS = ("free", "starter", "growth", "scale", "enterprise")
 PROJECT_STATUSES = ("active", "suspended")
 KEY_TYPES = ("public", "server", "admin")
 KEY_STATUSES = ("active", "revoked")

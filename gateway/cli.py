@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import orjson
 import psycopg
 
-from gateway.control.provisioning import ProvisioningError
+from gateway.control.projects import ProvisioningError
 from gateway.control.tabledef import DefinitionError
 from gateway.db.pool import PlanError
 from gateway.settings import Settings, SettingsError
@@ -127,7 +127,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
 
 
 def _connect() -> psycopg.Connection[Any]:
-    from gateway.control.provisioning import connect
+    from gateway.control.projects import connect
 
     return connect(_settings().direct_url)
 
@@ -179,10 +179,10 @@ def cmd_pool_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_project_create(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     with _connect() as conn:
-        project = provisioning.create_project(
+        project = projects.create_project(
             conn,
             args.name,
             tier=args.tier,
@@ -199,7 +199,7 @@ def cmd_project_create(args: argparse.Namespace) -> None:
 
 
 def cmd_project_set_limits(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     overrides = _limit_args(args, allow_inherit=True)
     if not overrides and not args.status and not args.plan:
@@ -209,7 +209,7 @@ def cmd_project_set_limits(args: argparse.Namespace) -> None:
             "--job-runs-monthly, --realtime-streams) or --status"
         )
     with _connect() as conn:
-        project = provisioning.set_limits(
+        project = projects.set_limits(
             conn, args.project, status=args.status, plan=args.plan, overrides=overrides
         )
     requests = project.requests_limit_daily
@@ -222,64 +222,64 @@ def cmd_project_set_limits(args: argparse.Namespace) -> None:
 
 
 def cmd_project_list(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     with _connect() as conn:
-        page = provisioning.list_projects(conn, limit=args.limit, offset=args.offset)
+        page = projects.list_projects(conn, limit=args.limit, offset=args.offset)
     lines = [f"{p['name']}\t{p['id']}\t{p['tier']}\t{p['status']}" for p in page["projects"]]
     lines.append(f"({len(page['projects'])} of {page['total']})")
     _emit(args, page, "\n".join(lines))
 
 
 def cmd_project_get(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     with _connect() as conn:
-        project = provisioning.get_project(conn, args.project)
+        project = projects.get_project(conn, args.project)
     _emit(args, project, "\n".join(f"{k}: {v}" for k, v in project.items()))
 
 
 def cmd_project_delete(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     with _connect() as conn:
-        result = provisioning.delete_project(conn, args.project, confirm=args.confirm)
+        result = projects.delete_project(conn, args.project, confirm=args.confirm)
     _emit(args, result, f"deleted project {result['name']} ({result['id']})")
 
 
 def cmd_key_create(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     scopes = [s.strip() for s in args.scopes.split(",")] if args.scopes else None
     with _connect() as conn:
-        key = provisioning.create_key(
+        key = projects.create_key(
             conn, args.project, key_type=args.type, scopes=scopes, expires_in_s=args.expires_in
         )
     _emit(args, key, f"{key['type']} key {key['id']}: {key['key']}")
 
 
 def cmd_key_revoke(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     with _connect() as conn:
-        result = provisioning.revoke_key(conn, args.key_id)
+        result = projects.revoke_key(conn, args.key_id)
     _emit(args, result, f"key {result['id']} revoked")
 
 
 def cmd_key_list(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     with _connect() as conn:
-        result = provisioning.list_keys(conn, args.project)
+        result = projects.list_keys(conn, args.project)
     lines = [f"{k['id']}\t{k['prefix']}…\t{k['type']}\t{k['status']}" for k in result["keys"]]
     _emit(args, result, "\n".join(lines) or "no keys")
 
 
 def cmd_key_regenerate(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     with _connect() as conn:
-        key = provisioning.regenerate_key(conn, args.key_id)
+        key = projects.regenerate_key(conn, args.key_id)
     _emit(args, key, f"{key['type']} key {key['id']} replaces {key['replaces']}: {key['key']}")
 
 
@@ -303,7 +303,7 @@ def cmd_admin_sign(args: argparse.Namespace) -> None:
 
 
 def cmd_table_create(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     try:
         raw = json.loads(Path(args.file).read_text())
@@ -312,17 +312,17 @@ def cmd_table_create(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise UsageError(f"{args.file} is not valid JSON: {exc}") from None
     with _connect() as conn:
-        result = provisioning.create_table_from_definition(conn, args.project, raw)
+        result = projects.create_table_from_definition(conn, args.project, raw)
     _emit(args, result, f"created table {result['table']} in {result['schema_name']}")
 
 
 def cmd_table_realtime(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     if args.enable == args.disable:
         raise UsageError("give exactly one of --enable or --disable")
     with _connect() as conn:
-        result = provisioning.set_realtime(conn, args.project, args.table, enabled=args.enable)
+        result = projects.set_realtime(conn, args.project, args.table, enabled=args.enable)
     state = "enabled" if result["realtime"] else "disabled"
     _emit(args, result, f"realtime {state} for {result['table']}")
 
@@ -343,7 +343,7 @@ def _default_value(raw: str | None) -> tuple[bool, Any]:
 
 
 def cmd_table_add_column(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     has_default, default = _default_value(args.default)
     raw: dict[str, Any] = {
@@ -357,7 +357,7 @@ def cmd_table_add_column(args: argparse.Namespace) -> None:
     if has_default:
         raw["default"] = default
     with _connect() as conn:
-        result = provisioning.add_column_from_definition(conn, args.project, args.table, raw)
+        result = projects.add_column_from_definition(conn, args.project, args.table, raw)
     column = result["column"]
     _emit(
         args,
@@ -368,7 +368,7 @@ def cmd_table_add_column(args: argparse.Namespace) -> None:
 
 
 def cmd_table_set_access(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     rows = args.row_access is not None or args.owner_column is not None
     flags_given = (args.client_read, args.client_write, args.sensitive) != (None, None, None)
@@ -377,7 +377,7 @@ def cmd_table_set_access(args: argparse.Namespace) -> None:
         if args.column is not None:
             raise UsageError("--row-access and --owner-column are table settings: no --column")
         with _connect() as conn:
-            result = provisioning.set_row_access(
+            result = projects.set_row_access(
                 conn,
                 args.project,
                 args.table,
@@ -389,7 +389,7 @@ def cmd_table_set_access(args: argparse.Namespace) -> None:
             _emit(args, result, message + f", owner_column={result['owner_column']}")
             return
     with _connect() as conn:
-        result = provisioning.set_access(
+        result = projects.set_access(
             conn,
             args.project,
             args.table,
@@ -404,10 +404,10 @@ def cmd_table_set_access(args: argparse.Namespace) -> None:
 
 
 def cmd_table_drop(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
 
     with _connect() as conn:
-        result = provisioning.drop_table(conn, args.project, args.table)
+        result = projects.drop_table(conn, args.project, args.table)
     _emit(args, result, f"dropped table {args.table} from {result['schema_name']}")
 
 
@@ -493,11 +493,11 @@ def cmd_plan_set(args: argparse.Namespace) -> None:
 
 
 def cmd_project_usage(args: argparse.Namespace) -> None:
-    from gateway.control import provisioning
+    from gateway.control import projects
     from gateway.quotas import store
 
     with _connect() as conn:
-        project = provisioning.find_project(conn, args.project)
+        project = projects.find_project(conn, args.project)
         report = store.usage(conn, project.id)
     head = f"{report['project']} ({report['plan']})"
     lines = [f"{head}, day {report['day']}, month {report['month']}"]

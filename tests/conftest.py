@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from gateway.control import provisioning, tabledef
+from gateway.control import projects, tabledef
 from gateway.control.devserver import DEMO_TABLE
 from gateway.db import migrate
 from tests.harness import GatewayCluster, LocalServerControl
@@ -74,16 +74,16 @@ def make_project(pg_url: str) -> ProjectFactory:
         table: dict[str, Any] | None = None,
         name: str | None = None,
     ) -> dict[str, Any]:
-        with provisioning.connect(pg_url) as conn:
-            project = provisioning.create_project(
+        with projects.connect(pg_url) as conn:
+            project = projects.create_project(
                 conn,
                 name or f"t-{uuid.uuid4().hex[:12]}",
                 rate_limit_per_minute=rate_limit_per_minute,
                 requests_per_day=requests_per_day,
             )
-            provisioning.create_table(conn, project.id, tabledef.parse_table(table or TODOS_TABLE))
-            public = provisioning.create_key(conn, project.id, key_type="public")
-            server = provisioning.create_key(conn, project.id, key_type="server")
+            projects.create_table(conn, project.id, tabledef.parse_table(table or TODOS_TABLE))
+            public = projects.create_key(conn, project.id, key_type="public")
+            server = projects.create_key(conn, project.id, key_type="server")
         return {
             **project.as_json(),
             "public_key": public["key"],

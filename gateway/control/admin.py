@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from gateway.control import provisioning
+from gateway.control import projects
 from gateway.control.admin_models import (
     AccessUpdate,
     ColumnDefinition,
@@ -89,21 +89,21 @@ async def _openapi(c: AdminCall) -> Any:
 
 
 def _project(conn: Any, c: AdminCall) -> Any:
-    return provisioning.get_project(conn, c.params["project"])
+    return projects.get_project(conn, c.params["project"])
 
 
 def _create_project(conn: Any, c: AdminCall) -> Any:
-    return provisioning.create_project(conn, **c.body.as_args()).as_json()
+    return projects.create_project(conn, **c.body.as_args()).as_json()
 
 
 def _list_projects(conn: Any, c: AdminCall) -> Any:
-    return provisioning.list_projects(conn, limit=c.query.limit, offset=c.query.offset)
+    return projects.list_projects(conn, limit=c.query.limit, offset=c.query.offset)
 
 
 def _update_project(conn: Any, c: AdminCall) -> Any:
     # every limit goes in as a plan-field override, as ``gateway project set-limits`` does
     body = c.body
-    return provisioning.set_limits(
+    return projects.set_limits(
         conn,
         c.params["project"],
         status=body.status,
@@ -113,12 +113,12 @@ def _update_project(conn: Any, c: AdminCall) -> Any:
 
 
 def _delete_project(conn: Any, c: AdminCall) -> Any:
-    return provisioning.delete_project(conn, c.params["project"], confirm=c.body.confirm)
+    return projects.delete_project(conn, c.params["project"], confirm=c.body.confirm)
 
 
 def _create_key(conn: Any, c: AdminCall) -> Any:
     args = c.body.as_args()
-    return provisioning.create_key(
+    return projects.create_key(
         conn,
         c.params["project"],
         key_type=args["type"],
@@ -128,48 +128,48 @@ def _create_key(conn: Any, c: AdminCall) -> Any:
 
 
 def _list_keys(conn: Any, c: AdminCall) -> Any:
-    return provisioning.list_keys(conn, c.params["project"])
+    return projects.list_keys(conn, c.params["project"])
 
 
 def _revoke_key(conn: Any, c: AdminCall) -> Any:
-    return provisioning.revoke_key(conn, c.params["key_id"], project=c.params["project"])
+    return projects.revoke_key(conn, c.params["key_id"], project=c.params["project"])
 
 
 def _regenerate_key(conn: Any, c: AdminCall) -> Any:
-    return provisioning.regenerate_key(conn, c.params["key_id"], project=c.params["project"])
+    return projects.regenerate_key(conn, c.params["key_id"], project=c.params["project"])
 
 
 def _list_tables(conn: Any, c: AdminCall) -> Any:
-    return provisioning.list_tables(conn, c.params["project"])
+    return projects.list_tables(conn, c.params["project"])
 
 
 def _create_table(conn: Any, c: AdminCall) -> Any:
-    return provisioning.create_table_from_definition(conn, c.params["project"], c.body.as_args())
+    return projects.create_table_from_definition(conn, c.params["project"], c.body.as_args())
 
 
 def _add_column(conn: Any, c: AdminCall) -> Any:
     p = c.params
-    return provisioning.add_column_from_definition(conn, p["project"], p["table"], c.body.as_args())
+    return projects.add_column_from_definition(conn, p["project"], p["table"], c.body.as_args())
 
 
 def _set_access(conn: Any, c: AdminCall) -> Any:
-    return provisioning.set_access(conn, c.params["project"], c.params["table"], **c.body.as_args())
+    return projects.set_access(conn, c.params["project"], c.params["table"], **c.body.as_args())
 
 
 def _set_realtime(conn: Any, c: AdminCall) -> Any:
     p = c.params
-    return provisioning.set_realtime(conn, p["project"], p["table"], enabled=c.body.enabled)
+    return projects.set_realtime(conn, p["project"], p["table"], enabled=c.body.enabled)
 
 
 def _drop_table(conn: Any, c: AdminCall) -> Any:
-    return provisioning.drop_table(conn, c.params["project"], c.params["table"])
+    return projects.drop_table(conn, c.params["project"], c.params["table"])
 
 
 # quotas (issue 14): a project's usage and the plans, the CLI's functions again
 def _usage(conn: Any, c: AdminCall) -> Any:
     from gateway.quotas import store
 
-    return store.usage(conn, provisioning.find_project(conn, c.params["project"]).id)
+    return store.usage(conn, projects.find_project(conn, c.params["project"]).id)
 
 
 def _list_plans(conn: Any, c: AdminCall) -> Any:
@@ -204,7 +204,7 @@ async def _project_id(c: AdminCall) -> str:
     from gateway.db.bridge import run_sync
 
     assert c.pool is not None
-    project = await run_sync(c.pool, provisioning.find_project, c.params["project"])
+    project = await run_sync(c.pool, projects.find_project, c.params["project"])
     return str(project.id)
 
 

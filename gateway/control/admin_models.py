@@ -30,7 +30,7 @@ TEN_YEARS_S = 10 * 365 * 86400
 # pattern is gateway.quotas.plans.PLAN_NAME_RE (a unit test checks)
 PLAN_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 INT32_MAX = 2**31 - 1
-OVERRIDE_MAX = 2**62  # = provisioning.set_limits' bound
+OVERRIDE_MAX = 2**62  # = projects.set_limits' bound
 UNLIMITED = -1
 # the jobs API's list parameters (gateway.jobs.rules, a unit test checks)
 JOB_STATUSES = ("pending", "active", "completed", "failed", "delayed", "cancelled")

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gateway.control import provisioning, tabledef
+from gateway.control import projects, tabledef
 from gateway.db import migrate
 from gateway.db.localdb import LocalPostgres
 
@@ -45,18 +45,18 @@ def start_local_database(data_root: Path) -> LocalPostgres:
 
 def ensure_demo(database_url: str, keys_file: Path) -> dict[str, Any]:
     """Create the demo project, its table and keys once; afterwards read them back."""
-    with provisioning.connect(database_url) as conn:
+    with projects.connect(database_url) as conn:
         try:
-            project = provisioning.find_project(conn, DEMO_PROJECT)
-        except provisioning.ProvisioningError:
-            project = provisioning.create_project(conn, DEMO_PROJECT)
-            provisioning.create_table(conn, project.id, tabledef.parse_table(DEMO_TABLE))
+            project = projects.find_project(conn, DEMO_PROJECT)
+        except projects.ProvisioningError:
+            project = projects.create_project(conn, DEMO_PROJECT)
+            projects.create_table(conn, project.id, tabledef.parse_table(DEMO_TABLE))
         saved: dict[str, Any] = {}
         if keys_file.exists():
             saved = json.loads(keys_file.read_text())
         if saved.get("project_id") != project.id:
-            public = provisioning.create_key(conn, project.id, key_type="public")
-            server = provisioning.create_key(conn, project.id, key_type="server")
+            public = projects.create_key(conn, project.id, key_type="public")
+            server = projects.create_key(conn, project.id, key_type="server")
             saved = {
                 "project_id": project.id,
                 "public_key": public["key"],

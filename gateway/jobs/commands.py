@@ -22,7 +22,7 @@ class JobsCommandError(ValueError):
 
 
 def _project_id(conn: psycopg.Connection[Any], ref: str) -> tuple[str, str]:
-    from gateway.control.provisioning import find_project
+    from gateway.control.projects import find_project
 
     project = find_project(conn, ref)
     return str(project.id), project.name

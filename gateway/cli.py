@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import orjson
 import psycopg
 
-from gateway.control.projects import ProvisioningError
+from gateway.control.errors import ProvisioningError
 from gateway.control.tabledef import DefinitionError
 from gateway.db.pool import PlanError
 from gateway.settings import Settings, SettingsError
@@ -248,38 +248,38 @@ def cmd_project_delete(args: argparse.Namespace) -> None:
 
 
 def cmd_key_create(args: argparse.Namespace) -> None:
-    from gateway.control import projects
+    from gateway.control import keys
 
     scopes = [s.strip() for s in args.scopes.split(",")] if args.scopes else None
     with _connect() as conn:
-        key = projects.create_key(
+        key = keys.create_key(
             conn, args.project, key_type=args.type, scopes=scopes, expires_in_s=args.expires_in
         )
     _emit(args, key, f"{key['type']} key {key['id']}: {key['key']}")
 
 
 def cmd_key_revoke(args: argparse.Namespace) -> None:
-    from gateway.control import projects
+    from gateway.control import keys
 
     with _connect() as conn:
-        result = projects.revoke_key(conn, args.key_id)
+        result = keys.revoke_key(conn, args.key_id)
     _emit(args, result, f"key {result['id']} revoked")
 
 
 def cmd_key_list(args: argparse.Namespace) -> None:
-    from gateway.control import projects
+    from gateway.control import keys
 
     with _connect() as conn:
-        result = projects.list_keys(conn, args.project)
+        result = keys.list_keys(conn, args.project)
     lines = [f"{k['id']}\t{k['prefix']}…\t{k['type']}\t{k['status']}" for k in result["keys"]]
     _emit(args, result, "\n".join(lines) or "no keys")
 
 
 def cmd_key_regenerate(args: argparse.Namespace) -> None:
-    from gateway.control import projects
+    from gateway.control import keys
 
     with _connect() as conn:
-        key = projects.regenerate_key(conn, args.key_id)
+        key = keys.regenerate_key(conn, args.key_id)
     _emit(args, key, f"{key['type']} key {key['id']} replaces {key['replaces']}: {key['key']}")
 
 
@@ -303,7 +303,7 @@ def cmd_admin_sign(args: argparse.Namespace) -> None:
 
 
 def cmd_table_create(args: argparse.Namespace) -> None:
-    from gateway.control import projects
+    from gateway.control import tables
 
     try:
         raw = json.loads(Path(args.file).read_text())
@@ -312,17 +312,17 @@ def cmd_table_create(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise UsageError(f"{args.file} is not valid JSON: {exc}") from None
     with _connect() as conn:
-        result = projects.create_table_from_definition(conn, args.project, raw)
+        result = tables.create_table_from_definition(conn, args.project, raw)
     _emit(args, result, f"created table {result['table']} in {result['schema_name']}")
 
 
 def cmd_table_realtime(args: argparse.Namespace) -> None:
-    from gateway.control import projects
+    from gateway.control import realtime_capture
 
     if args.enable == args.disable:
         raise UsageError("give exactly one of --enable or --disable")
     with _connect() as conn:
-        result = projects.set_realtime(conn, args.project, args.table, enabled=args.enable)
+        result = realtime_capture.set_realtime(conn, args.project, args.table, enabled=args.enable)
     state = "enabled" if result["realtime"] else "disabled"
     _emit(args, result, f"realtime {state} for {result['table']}")
 
@@ -343,7 +343,7 @@ def _default_value(raw: str | None) -> tuple[bool, Any]:
 
 
 def cmd_table_add_column(args: argparse.Namespace) -> None:
-    from gateway.control import projects
+    from gateway.control import table_changes
 
     has_default, default = _default_value(args.default)
     raw: dict[str, Any] = {
@@ -357,7 +357,7 @@ def cmd_table_add_column(args: argparse.Namespace) -> None:
     if has_default:
         raw["default"] = default
     with _connect() as conn:
-        result = projects.add_column_from_definition(conn, args.project, args.table, raw)
+        result = table_changes.add_column_from_definition(conn, args.project, args.table, raw)
     column = result["column"]
     _emit(
         args,
@@ -368,7 +368,7 @@ def cmd_table_add_column(args: argparse.Namespace) -> None:
 
 
 def cmd_table_set_access(args: argparse.Namespace) -> None:
-    from gateway.control import projects
+    from gateway.control import table_changes
 
     rows = args.row_access is not None or args.owner_column is not None
     flags_given = (args.client_read, args.client_write, args.sensitive) != (None, None, None)
@@ -377,7 +377,7 @@ def cmd_table_set_access(args: argparse.Namespace) -> None:
         if args.column is not None:
             raise UsageError("--row-access and --owner-column are table settings: no --column")
         with _connect() as conn:
-            result = projects.set_row_access(
+            result = table_changes.set_row_access(
                 conn,
                 args.project,
                 args.table,
@@ -389,7 +389,7 @@ def cmd_table_set_access(args: argparse.Namespace) -> None:
             _emit(args, result, message + f", owner_column={result['owner_column']}")
             return
     with _connect() as conn:
-        result = projects.set_access(
+        result = table_changes.set_access(
             conn,
             args.project,
             args.table,
@@ -404,10 +404,10 @@ def cmd_table_set_access(args: argparse.Namespace) -> None:
 
 
 def cmd_table_drop(args: argparse.Namespace) -> None:
-    from gateway.control import projects
+    from gateway.control import tables
 
     with _connect() as conn:
-        result = projects.drop_table(conn, args.project, args.table)
+        result = tables.drop_table(conn, args.project, args.table)
     _emit(args, result, f"dropped table {args.table} from {result['schema_name']}")
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from gateway.control import projects
+from gateway.control import keys, projects, realtime_capture, table_changes, tables
 from gateway.control.admin_models import (
     AccessUpdate,
     ColumnDefinition,
@@ -118,7 +118,7 @@ def _delete_project(conn: Any, c: AdminCall) -> Any:
 
 def _create_key(conn: Any, c: AdminCall) -> Any:
     args = c.body.as_args()
-    return projects.create_key(
+    return keys.create_key(
         conn,
         c.params["project"],
         key_type=args["type"],
@@ -128,41 +128,45 @@ def _create_key(conn: Any, c: AdminCall) -> Any:
 
 
 def _list_keys(conn: Any, c: AdminCall) -> Any:
-    return projects.list_keys(conn, c.params["project"])
+    return keys.list_keys(conn, c.params["project"])
 
 
 def _revoke_key(conn: Any, c: AdminCall) -> Any:
-    return projects.revoke_key(conn, c.params["key_id"], project=c.params["project"])
+    return keys.revoke_key(conn, c.params["key_id"], project=c.params["project"])
 
 
 def _regenerate_key(conn: Any, c: AdminCall) -> Any:
-    return projects.regenerate_key(conn, c.params["key_id"], project=c.params["project"])
+    return keys.regenerate_key(conn, c.params["key_id"], project=c.params["project"])
 
 
 def _list_tables(conn: Any, c: AdminCall) -> Any:
-    return projects.list_tables(conn, c.params["project"])
+    return tables.list_tables(conn, c.params["project"])
 
 
 def _create_table(conn: Any, c: AdminCall) -> Any:
-    return projects.create_table_from_definition(conn, c.params["project"], c.body.as_args())
+    return tables.create_table_from_definition(conn, c.params["project"], c.body.as_args())
 
 
 def _add_column(conn: Any, c: AdminCall) -> Any:
     p = c.params
-    return projects.add_column_from_definition(conn, p["project"], p["table"], c.body.as_args())
+    return table_changes.add_column_from_definition(
+        conn, p["project"], p["table"], c.body.as_args()
+    )
 
 
 def _set_access(conn: Any, c: AdminCall) -> Any:
-    return projects.set_access(conn, c.params["project"], c.params["table"], **c.body.as_args())
+    return table_changes.set_access(
+        conn, c.params["project"], c.params["table"], **c.body.as_args()
+    )
 
 
 def _set_realtime(conn: Any, c: AdminCall) -> Any:
     p = c.params
-    return projects.set_realtime(conn, p["project"], p["table"], enabled=c.body.enabled)
+    return realtime_capture.set_realtime(conn, p["project"], p["table"], enabled=c.body.enabled)
 
 
 def _drop_table(conn: Any, c: AdminCall) -> Any:
-    return projects.drop_table(conn, c.params["project"], c.params["table"])
+    return tables.drop_table(conn, c.params["project"], c.params["table"])
 
 
 # quotas (issue 14): a project's usage and the plans, the CLI's functions again

@@ -11,7 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gateway.control import projects, tabledef
+from gateway.control import tabledef
+from gateway.control.errors import NotFoundError
+from gateway.control.keys import create_key
+from gateway.control.projects import connect, create_project, find_project
+from gateway.control.tables import create_table
 from gateway.db import migrate
 from gateway.db.localdb import LocalPostgres
 
@@ -45,18 +49,18 @@ def start_local_database(data_root: Path) -> LocalPostgres:
 
 def ensure_demo(database_url: str, keys_file: Path) -> dict[str, Any]:
     """Create the demo project, its table and keys once; afterwards read them back."""
-    with projects.connect(database_url) as conn:
+    with connect(database_url) as conn:
         try:
-            project = projects.find_project(conn, DEMO_PROJECT)
-        except projects.ProvisioningError:
-            project = projects.create_project(conn, DEMO_PROJECT)
-            projects.create_table(conn, project.id, tabledef.parse_table(DEMO_TABLE))
+            project = find_project(conn, DEMO_PROJECT)
+        except NotFoundError:
+            project = create_project(conn, DEMO_PROJECT)
+            create_table(conn, project.id, tabledef.parse_table(DEMO_TABLE))
         saved: dict[str, Any] = {}
         if keys_file.exists():
             saved = json.loads(keys_file.read_text())
         if saved.get("project_id") != project.id:
-            public = projects.create_key(conn, project.id, key_type="public")
-            server = projects.create_key(conn, project.id, key_type="server")
+            public = create_key(conn, project.id, key_type="public")
+            server = create_key(conn, project.id, key_type="server")
             saved = {
                 "project_id": project.id,
                 "public_key": public["key"],

@@ -1,6 +1,6 @@
 """Running the synchronous provisioning code on a connection of the instance's pool.
 
-``gateway/control/projects.py`` is written against psycopg's synchronous
+The code in ``gateway/control/`` is written against psycopg's synchronous
 ``Connection`` because the CLI is synchronous. The admin API must run exactly that code
 (one implementation, two faces) but reach the database through the pool like every
 other package. ``run_sync(pool, fn, *args)`` checks out a pooled ``AsyncConnection``,

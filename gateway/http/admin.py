@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from gateway.control import nonces, signing
 from gateway.control.admin import PREFIX, ROUTES, AdminCall, AdminRoute
-from gateway.control.projects import ConflictError, NotFoundError, ProvisioningError
+from gateway.control.errors import ConflictError, NotFoundError, ProvisioningError
 from gateway.control.tabledef import DefinitionError
 from gateway.db.bridge import run_sync
 from gateway.db.pool import acquire

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import uvicorn
 
 from gateway.control import tabledef
 from gateway.control.errors import NotFoundError
@@ -18,6 +21,7 @@ from gateway.control.projects import connect, create_project, find_project
 from gateway.control.tables import create_table
 from gateway.db import migrate
 from gateway.db.localdb import LocalPostgres
+from gateway.settings import Settings
 
 DEMO_PROJECT = "demo"
 DEMO_TABLE: dict[str, Any] = {
@@ -94,12 +98,9 @@ def banner(keys: dict[str, Any], base_url: str, *, local_database: bool) -> str:
     )
 
 
-def run(host: str, port: int, data_root: Path) -> None:
-    import uvicorn
-
-    from gateway.http.app import create_app
-    from gateway.settings import Settings
-
+def run(host: str, port: int, data_root: Path, app_factory: Callable[[Settings], Any]) -> None:
+    """``app_factory`` is ``gateway.http.app.create_app``, handed in by ``gateway/cli.py``
+    (nothing below the HTTP layer imports it)."""
     server: LocalPostgres | None = None
     database_url = os.environ.get("DATABASE_URL", "")
     if not database_url:
@@ -111,7 +112,7 @@ def run(host: str, port: int, data_root: Path) -> None:
         migrate.upgrade(settings.direct_url)
         keys = ensure_demo(settings.direct_url, data_root / "demo-keys.json")
         print(banner(keys, f"http://{host}:{port}", local_database=server is not None), flush=True)
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(app_factory(settings), host=host, port=port, log_level="warning")
     finally:
         if server is not None:
             server.stop()

@@ -85,8 +85,13 @@ def positive_int(value: str) -> int:
 
 @dataclass(frozen=True)
 class CommandLine:
-    """The parser being assembled, and the settings of a command that needs the database
-    (``settings()``: refuses when ``DATABASE_URL`` is not set)."""
+    """The parser being assembled, and the database as the assembler finds it.
+
+    ``settings(development=…)`` is the environment's settings with the database
+    resolved (``DATABASE_URL``, or the local database of ``make run``: see
+    ``gateway/cli.py``); ``development=False`` keeps the production defaults even on
+    the local database (``gateway serve``).
+    """
 
     subcommands: Any  # the top-level ``add_subparsers()`` action
     common: argparse.ArgumentParser  # the parent parser that adds ``--json``

@@ -21,6 +21,7 @@ from gateway.control.commands.common import (
     positive_int,
 )
 from gateway.db import migrate, pool
+from gateway.db.localdb import DEFAULT_DATA_ROOT, find_local_database
 from gateway.jobs.worker import db_connections
 from gateway.ops import stats
 from gateway.settings import Settings
@@ -33,7 +34,9 @@ def cmd_migrate(cli: CommandLine, args: argparse.Namespace) -> None:
 
 
 def cmd_serve(cli: CommandLine, args: argparse.Namespace) -> None:
-    settings = cli.settings()  # fail fast, with the variable's name, before uvicorn starts
+    # fail fast, with the variable's name, before uvicorn starts; the production defaults
+    # even on the local database of `make run` (its development defaults are `gateway dev`'s)
+    settings = cli.settings(development=False)
     if args.workers > settings.instances:
         # every worker process is an instance with its own pool
         print(
@@ -63,6 +66,10 @@ def cmd_serve(cli: CommandLine, args: argparse.Namespace) -> None:
 
 def cmd_pool_plan(cli: CommandLine, args: argparse.Namespace) -> None:
     settings = Settings.from_env()
+    asks_the_database = args.neon_cu is None and args.max_connections is None
+    no_url = not settings.database_url and not settings.database_direct_url
+    if asks_the_database and no_url and find_local_database() is not None:
+        settings = cli.settings()  # the local database of `make run`
     if args.instances is not None:
         settings = settings.with_changes(instances=args.instances)
     if args.neon_cu is not None and args.max_connections is not None:
@@ -132,7 +139,7 @@ def register(cli: CommandLine, *, app_factory: Callable[[Settings], Any]) -> Non
     p = cli.command(top, "dev", cmd_dev, "local database, migrations, demo project, server")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--data", default=".pgdata", help="where the local database lives")
+    p.add_argument("--data", default=str(DEFAULT_DATA_ROOT), help="where the local database lives")
 
     p = cli.command(
         top,

@@ -25,7 +25,7 @@ from gateway.control.tabledef import (
     column_ddl,
     parse_column,
 )
-from gateway.control.tables import as_project_role, registered_table
+from gateway.control.tables import BAD_DEFAULT, as_project_role, bad_default, registered_table
 
 
 def add_column(
@@ -81,10 +81,8 @@ def add_column(
             raise ProvisioningError(
                 f"table {table!r} has rows: a NOT NULL column without a default can't be added"
             ) from None
-        except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as exc:
-            raise ProvisioningError(
-                f"invalid default: {exc.diag.message_primary}", field="default"
-            ) from None
+        except BAD_DEFAULT as exc:
+            raise bad_default(exc) from None
         conn.execute("RESET ROLE")
         row = conn.execute(
             """

@@ -33,17 +33,15 @@ def create_table(conn: psycopg.Connection[Any], ref: str, table: TableDef) -> di
             raise ConflictError(
                 f"table {table.name!r} already exists in {project.name}", field="name"
             )
-        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(project.schema_name)))
+        as_project_role(conn, project)
         try:
             conn.execute(create_table_ddl(project.schema_name, table))
         except psycopg.errors.DuplicateTable:
             raise ConflictError(
                 f"table {table.name!r} already exists in the project's schema", field="name"
             ) from None
-        except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as exc:
-            raise ProvisioningError(
-                f"invalid default: {exc.diag.message_primary}", field="default"
-            ) from None
+        except BAD_DEFAULT as exc:
+            raise bad_default(exc) from None
         conn.execute("RESET ROLE")
         table_id = register_table(conn, project.id, table)
         install_table_hooks(conn, project, table)
@@ -131,7 +129,18 @@ def registered_table(conn: psycopg.Connection[Any], project: Project, table: str
 
 
 def as_project_role(conn: psycopg.Connection[Any], project: Project) -> None:
+    """DDL runs as the project's role, so the project owns what it creates (and can reach
+    nothing else); ``RESET ROLE`` before writing the registry."""
     conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(project.schema_name)))
+
+
+# a default that PostgreSQL can't turn into the column's type (tabledef checks its shape,
+# the database its value): one line naming the default, at create-table and add-column
+BAD_DEFAULT = (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation)
+
+
+def bad_default(exc: psycopg.Error) -> ProvisioningError:
+    return ProvisioningError(f"invalid default: {exc.diag.message_primary}", field="default")
 
 
 def drop_table(conn: psycopg.Connection[Any], ref: str, table: str) -> dict[str, Any]:

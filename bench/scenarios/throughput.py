@@ -18,7 +18,7 @@ other load on a shared machine hits both variants alike.
 rps counts 2xx answers only (non-2xx are shown). CPU per request comes from /proc: the
 gateway processes' and all PostgreSQL processes' user+system time during the run.
 
-Coalesced admission (issue 16): a third cluster, "uncoal", runs as shipped but with
+Coalesced admission: a third cluster, "uncoal", runs as shipped but with
 ``GATEWAY_ADMISSION_COALESCE=0`` (one admission statement per request), in the same
 alternating rounds, so the before/after of the coalescing is one run's figures.
 """
@@ -26,11 +26,13 @@ alternating rounds, so the before/after of the coalescing is one run's figures.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from bench import framework as fw
 from bench import wrk
 from bench.framework import Bench, ScenarioResult
+from bench.report import Table
 
 NAME = "throughput"
 CASES = [("select_by_pk", "pk"), ("select_100", "rows100"), ("insert", "insert")]
@@ -57,10 +59,23 @@ CONNECTIONS = 16
 VARIANTS = ("on", "uncoal", "off")
 
 
+@dataclass(frozen=True)
+class Size:
+    seconds: float  # of load per variant and case (BENCH_THROUGHPUT_S overrides)
+    warmup_s: float  # per variant and case before measuring (0: none)
+
+
+SIZES = fw.Sizes(
+    full=Size(seconds=15.0, warmup_s=1.0),
+    quick=Size(seconds=3.0, warmup_s=1.0),
+    smoke=Size(seconds=1.0, warmup_s=0.0),
+)
+
+
 def run(bench: Bench) -> ScenarioResult:
     wrk_bin = fw.require_binary("wrk", "wrk")
-    fw.require_query_api()
-    seconds = float(os.environ.get("BENCH_THROUGHPUT_S") or fw.duration(15.0, 3.0))
+    size = SIZES.current()
+    seconds = float(os.environ.get("BENCH_THROUGHPUT_S") or size.seconds)
     rounds = max(1, min(5, int(seconds // 3)))  # wrk runs of >= 3 s
     project = bench.make_project(rows=ROWS)
     clusters: dict[str, fw.Cluster] = {}
@@ -77,8 +92,14 @@ def run(bench: Bench) -> ScenarioResult:
                 mode=mode,
                 max_id=ROWS,
             )
-            for variant in VARIANTS:  # warm-up: pools, caches, prepared statements
-                wrk.run(wrk_bin, clusters[variant].urls, script, seconds=1, connections=CONNECTIONS)
+            for variant in VARIANTS if size.warmup_s else ():  # pools, caches, statements
+                wrk.run(
+                    wrk_bin,
+                    clusters[variant].urls,
+                    script,
+                    seconds=size.warmup_s,
+                    connections=CONNECTIONS,
+                )
             runs: dict[str, list[wrk.WrkResult]] = {v: [] for v in VARIANTS}
             meters = {v: fw.CpuMeter(bench, clusters[v]) for v in VARIANTS}
             if case == "select_by_pk":
@@ -192,7 +213,7 @@ def run(bench: Bench) -> ScenarioResult:
             pk is not None and pk >= 1500,
         ),
     )
-    table = fw.markdown_table(
+    table = Table(
         [
             "case",
             "on rps",
@@ -210,7 +231,7 @@ def run(bench: Bench) -> ScenarioResult:
         ],
         rows,
     )
-    uncoal_table = fw.markdown_table(
+    uncoal_table = Table(
         [
             "case",
             "rps coalescing off",
@@ -228,7 +249,8 @@ def run(bench: Bench) -> ScenarioResult:
     details["figures"] = figures
     notes = [
         f"2 instances per variant, wrk x 2 (one per instance) x {CONNECTIONS} connections, "
-        f"{seconds:g} s per variant in {rounds} alternating round(s) after a 1 s warm-up; "
+        f"{seconds:g} s per variant in {rounds} alternating round(s) after a "
+        f"{size.warmup_s:g} s warm-up; "
         "'off' = admission and request log disabled; one project, server key; items table of "
         f"{ROWS:,} rows; rps counts 2xx answers."
     ]

@@ -75,8 +75,10 @@ def render_scenario(name: str, results: dict[str, Any]) -> str:
         return f"_Not measured yet: `make bench SCENARIO={name}` fills this in._\n"
     keys = list(_leaves(results.get(name, {}), name))
     parts = [_measured_line(facts)]
-    settings = [f"`{k}={v}`" for k, v in (facts.get("size") or {}).items()]
-    settings += [f"`{k}={v}`" for k, v in (facts.get("environment") or {}).items()]
+    chosen = {**(facts.get("size") or {}), **(facts.get("environment") or {})}
+    settings = [
+        f"`{k}={','.join(map(str, v)) if isinstance(v, list) else v}`" for k, v in chosen.items()
+    ]
     if settings:
         parts.append("Parameters: " + ", ".join(settings) + ".")
     if facts.get("mode") == "quick":

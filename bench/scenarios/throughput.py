@@ -1,19 +1,18 @@
 """``throughput``: requests/s through 2 instances, everything on vs admission and log off.
 
-Two clusters of 2 gateway instances run side by side on the same database: one as
-shipped, one with ``GATEWAY_BENCH_DISABLE_ADMISSION=1`` and
-``GATEWAY_BENCH_DISABLE_REQUEST_LOG=1`` (bench-only settings; "off" still looks the key up,
-one round trip without counters, as the admission implements the switch). For each case, ``wrk``
-(one process per instance, 16 connections each, a Lua script that sets the key header
-and picks a random primary key) runs against the "on" cluster, then the "off" cluster.
-Cases: select by primary key, a 100-row select (range on the key, ordered), and a single
-insert. All requests use one project's server key (one hot admission row).
+Clusters of 2 gateway instances run side by side on the same database: one as shipped,
+one with ``GATEWAY_BENCH_DISABLE_ADMISSION=1`` and ``GATEWAY_BENCH_DISABLE_REQUEST_LOG=1``
+(bench-only settings; "off" still looks the key up, one round trip without counters, as
+the admission implements the switch). For each case, ``wrk`` (one process per instance,
+16 connections each, a Lua script that sets the key header and picks a random primary
+key) runs against each cluster in turn. Cases: select by primary key, a 100-row select
+(range on the key, ordered), and a single insert. All requests use one project's server
+key (one hot admission row).
 
-Duration: the issue asks for 30 s per case and under 2 minutes per scenario; 3 cases x
-2 variants x 30 s would not fit, so each case gets 30 s of load split in two: 15 s on,
-15 s off (``BENCH_THROUGHPUT_S`` overrides the per-variant length), after a 1 s warm-up.
-The 15 s run in 5 rounds of 3 s, alternating on/off, off/on, on/off, ..., so that the
-other load on a shared machine hits both variants alike.
+Duration: ``Size.seconds`` of load per variant and case (``BENCH_THROUGHPUT_S``
+overrides it), after a short warm-up, in rounds of at least 3 s (at most 5) whose order
+alternates (on/uncoal/off, off/uncoal/on, ...) so that the other load on a shared
+machine hits every variant alike.
 
 rps counts 2xx answers only (non-2xx are shown). CPU per request comes from /proc: the
 gateway processes' and all PostgreSQL processes' user+system time during the run.

@@ -20,7 +20,6 @@ from bench import framework as fw
 from bench import wrk
 from bench.framework import Bench, ScenarioResult
 from bench.report import Table
-from gateway.control import provisioning
 
 NAME = "hot_project"
 KEYS = ["hot_project.single_rps", "hot_project.spread_rps", "hot_project.ratio"]
@@ -46,6 +45,8 @@ SIZES = fw.Sizes(
 
 
 def _provision(bench: Bench, count: int) -> list[dict[str, Any]]:
+    from gateway.control import provisioning
+
     projects = []
     with provisioning.connect(bench.url) as conn:
         for start in range(0, count, BATCH):

@@ -24,8 +24,8 @@ from starlette.routing import Route
 from gateway.admission.decision import Admission
 from gateway.auth.bearer import credentials_from_headers
 from gateway.errors import GatewayError
+from gateway.http.endpoint import BodyTooLarge, arrival_time, new_request_id, observe, read_body
 from gateway.http.responses import JSON
-from gateway.http.routes import BodyTooLarge, _observe, _request_id, _started, read_body
 from gateway.jobs import rules, store
 from gateway.jobs.rules import invalid
 from gateway.query.pipeline import Outcome
@@ -72,8 +72,8 @@ def _jobs_error_body(out: Outcome) -> bytes:
 
 
 async def _serve(request: Request, handler: Handler) -> Response:
-    started = _started(request)
-    request_id = _request_id(request)
+    started = arrival_time(request)
+    request_id = new_request_id()
     state = request.app.state.gw
     try:
         key, _session = credentials_from_headers(request.headers)
@@ -97,7 +97,7 @@ async def _serve(request: Request, handler: Handler) -> Response:
         out.body,
         status_code=out.status,
         media_type=JSON,
-        headers=_observe(request, "jobs", out, request_id, started),
+        headers=observe(request, "jobs", out, request_id, started),
     )
 
 

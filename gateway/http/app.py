@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.admission.admitter import Admitter
-from gateway.db.pool import PlanError, PoolPlan, create_pool, plan_for
+from gateway.db.budget import PlanError, PoolPlan
+from gateway.db.pool import create_pool, plan_for
 from gateway.errors import GatewayError
 from gateway.http import admin, auth_routes, front, routes
 from gateway.http import jobs as jobs_routes

@@ -51,6 +51,11 @@ def _first_fire(cron: str, timezone: str) -> dt.datetime:
     return rules.next_fire(cron, timezone, dt.datetime.now(dt.UTC))
 
 
+def _name_taken(name: str | None) -> JobsError:
+    """409: a schedule's name is unique in its project (on create and on rename)."""
+    return invalid("VALIDATION_ERROR", f"a schedule named {name!r} already exists", 409)
+
+
 async def create_schedule(
     conn: AsyncConnection[Any], project_id: str, s: ScheduleInput
 ) -> dict[str, Any]:
@@ -75,9 +80,7 @@ async def create_schedule(
             ),
         )
     except psycopg.errors.UniqueViolation:
-        raise invalid(
-            "VALIDATION_ERROR", f"a schedule named {s.name!r} already exists", 409
-        ) from None
+        raise _name_taken(s.name) from None
     row = await cur.fetchone()
     assert row is not None
     return schedule_json(row)
@@ -133,9 +136,7 @@ async def update_schedule(
                 ),
             )
         except psycopg.errors.UniqueViolation:
-            raise invalid(
-                "VALIDATION_ERROR", f"a schedule named {s.name!r} already exists", 409
-            ) from None
+            raise _name_taken(s.name) from None
         row = await cur.fetchone()
     assert row is not None
     return schedule_json(row)

@@ -18,7 +18,7 @@ import psycopg
 
 from gateway.control.provisioning import ProvisioningError
 from gateway.control.tabledef import DefinitionError
-from gateway.db.pool import PlanError
+from gateway.db.budget import PlanError
 from gateway.settings import Settings, SettingsError
 
 EXIT_USAGE = 2
@@ -135,7 +135,7 @@ def _connect() -> psycopg.Connection[Any]:
 def cmd_pool_plan(args: argparse.Namespace) -> None:
     import asyncio
 
-    from gateway.db import pool
+    from gateway.db import budget, pool
 
     settings = Settings.from_env()
     if args.instances is not None:
@@ -143,7 +143,7 @@ def cmd_pool_plan(args: argparse.Namespace) -> None:
     if args.neon_cu is not None and args.max_connections is not None:
         raise UsageError("give --max-connections or --neon-cu, not both")
     if args.neon_cu is not None:
-        max_connections, reserved = pool.neon_limits(args.neon_cu)
+        max_connections, reserved = budget.neon_limits(args.neon_cu)
         if args.reserved is not None:
             reserved = args.reserved
         source = f"Neon {args.neon_cu} CU"
@@ -164,7 +164,7 @@ def cmd_pool_plan(args: argparse.Namespace) -> None:
         if args.reserved is not None:
             settings = settings.with_changes(db_reserved_connections=args.reserved)
         max_connections, reserved, source = asyncio.run(pool.discover_limits(settings, timeout=0))
-    plan = pool.plan_pool(settings, max_connections, reserved, source=source)
+    plan = budget.plan_pool(settings, max_connections, reserved, source=source)
     from gateway.jobs.worker import db_connections
 
     payload = plan.as_json()

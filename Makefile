@@ -30,8 +30,18 @@ format: $(STAMP)
 	$(BIN)/ruff format gateway tests bench alembic
 	$(BIN)/ruff check --fix gateway tests bench alembic
 
+# Benchmarks (docs/performance.md). `make bench` runs every scenario at full size (or
+# SCENARIO=name), merges the figures into bench/results/latest.json and renders the doc;
+# `make bench-smoke` runs every scenario at its least size, as CI does (no figures kept).
+.PHONY: bench-smoke bench-render
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(SCENARIO),--scenario $(SCENARIO),)
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench --smoke
+
+bench-render: $(STAMP)
+	$(BIN)/python -m bench.render
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

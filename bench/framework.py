@@ -1,15 +1,17 @@
-"""The bench's plumbing: a throwaway PostgreSQL, gateway processes, projects, figures, tables.
+"""The bench's plumbing: a throwaway PostgreSQL, gateway processes, projects, figures.
 
 Every scenario gets a ``Bench`` (one embedded PostgreSQL for the whole run, migrated to
-head) and returns a ``ScenarioResult``: the keys it writes to ``latest.json``, the
-markdown tables it prints, and the targets it checked. A scenario that cannot run
-(a missing Debian package, a gateway feature not merged yet) raises ``Skip`` with a
-message that says what to do; the other scenarios still run.
+head) and returns a ``ScenarioResult``: the keys it promised (``KEYS``), the tables it
+prints, and the targets it checked. A scenario that cannot run (a missing Debian
+package) raises ``Skip`` with a message that says what to do; the other scenarios still
+run. Every scenario declares its parameters at the three run sizes (``Sizes``): full,
+quick, and the smoke size CI runs so that no scenario can break unnoticed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import math
 import os
@@ -27,11 +29,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
 
+from bench.report import Table
 from gateway.control import tabledef
 from gateway.control.keys import create_key
 from gateway.control.projects import MAX_LIMIT, connect, create_project
@@ -40,7 +43,6 @@ from gateway.db import migrate
 from gateway.db.localdb import LocalPostgres, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BASE = "/v1/inhouse/db"
 UNREACHABLE_LIMIT = MAX_LIMIT  # 2^31 - 1: never reached in a bench run
 
@@ -63,13 +65,47 @@ class Skip(Exception):
     """The scenario can't run here; the message says why and how to fix it."""
 
 
-def quick_mode() -> bool:
-    return os.environ.get("BENCH_QUICK", "").strip().lower() in ("1", "true", "yes", "on")
+class Mode(enum.StrEnum):
+    """How big a run is. ``full`` produces the figures docs/performance.md shows;
+    ``quick`` a few seconds per measurement (noisy figures, still written to latest.json,
+    marked quick); ``smoke`` the least that exercises every code path (CI), never written
+    to latest.json."""
+
+    FULL = "full"
+    QUICK = "quick"
+    SMOKE = "smoke"
 
 
-def duration(full_s: float, quick_s: float) -> float:
-    """A scenario's measuring time: full length, or a few seconds with BENCH_QUICK=1."""
-    return quick_s if quick_mode() else full_s
+MODE_ENV = "BENCH_MODE"
+
+
+def mode() -> Mode:
+    """The run's size, from ``BENCH_MODE`` (``--quick`` and ``--smoke`` set it; the older
+    ``BENCH_QUICK=1`` still means quick). An environment variable, not an argument, so
+    that a scenario's child processes and ``BENCH_MODE=smoke make bench`` see it too."""
+    value = os.environ.get(MODE_ENV, "").strip().lower()
+    if value:
+        return Mode(value)
+    if os.environ.get("BENCH_QUICK", "").strip().lower() in ("1", "true", "yes", "on"):
+        return Mode.QUICK
+    return Mode.FULL
+
+
+SizeT = TypeVar("SizeT")
+
+
+@dataclass(frozen=True)
+class Sizes(Generic[SizeT]):
+    """A scenario's parameters (durations, counts) at each run size. Every scenario module
+    declares ``SIZES`` with all three, so a new scenario can't be left out of the smoke
+    run, and a unit test checks that smoke is never bigger than full."""
+
+    full: SizeT
+    quick: SizeT
+    smoke: SizeT
+
+    def current(self) -> SizeT:
+        return {Mode.FULL: self.full, Mode.QUICK: self.quick, Mode.SMOKE: self.smoke}[mode()]
 
 
 def require_binary(name: str, package: str) -> str:
@@ -112,29 +148,6 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(value, 3) if abs(value) >= 0.01 else float(f"{value:.2g}")
 
 
-def fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return "-"
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        if abs(value) >= 100:
-            return f"{value:.1f}"
-        return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[fmt(c) for c in row] for row in rows]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines)
-
-
 @dataclass
 class Target:
     name: str
@@ -154,16 +167,27 @@ def target(name: str, goal: str, value: Any, ok: Any) -> Target:
 @dataclass
 class ScenarioResult:
     name: str
-    keys: dict[str, Any]  # exactly the keys the issue names for this scenario
-    tables: list[str] = field(default_factory=list)  # markdown, printed as they are
+    keys: dict[str, Any]  # exactly the scenario's KEYS, dotted
+    tables: list[Table] = field(default_factory=list)  # printed, and rendered in the docs
     targets: list[Target] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # extra figures -> _meta.details
     notes: list[str] = field(default_factory=list)
-    skipped: str | None = None
+    skipped: str | None = None  # the whole scenario could not run here (Skip)
+    failed: str | None = None  # it raised: a bug, never a figure
+    # keys left null on purpose, with the reason (e.g. a contender whose binary is missing);
+    # any other null key is a broken scenario
+    unmeasured: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
 
+def unmeasured(keys: dict[str, Any], word: str, reason: str) -> dict[str, str]:
+    """The null keys that name ``word`` (a contender that could not run), with why."""
+    return {k: reason for k, v in keys.items() if v is None and word in k}
+
+
 def machine_description() -> dict[str, Any]:
+    """The facts a figure needs beside it: figures from a loaded 2-core box and from an
+    idle 16-core one are not comparable, only ratios measured in the same run are."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -181,6 +205,32 @@ def machine_description() -> dict[str, Any]:
         "platform": platform.platform(),
         "loadavg_at_start": [round(x, 2) for x in load],
     }
+
+
+def source_revision() -> str | None:
+    """The checkout's commit, ``+dirty`` when tracked files differ from it (the results
+    and the rendered document excepted: a run writes them itself)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!bench/results",
+            ":!docs/performance.md",
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if changed else commit
 
 
 # ---------------------------------------------------------------- processes
@@ -489,28 +539,13 @@ def _create_key(conn: psycopg.Connection[Any], project_id: str, key_type: str) -
     raise AssertionError("unreachable")
 
 
-def gateway_routes_present() -> bool:
-    """True once the query API is wired (the lead's "Wire the query API" commit)."""
-    try:
-        from gateway.http import routes
-    except ImportError:
-        return False
-    paths = {getattr(r, "path", "") for r in routes.build_routes()}
-    return f"{BASE}/query" in paths
-
-
-def require_query_api() -> None:
-    if not gateway_routes_present():
-        raise Skip(
-            f"the gateway has no {BASE}/query route yet (the query API is not wired into "
-            'this checkout): merge main after the "Wire the query API" commit'
-        )
-
-
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_text(
+        json.dumps(payload, indent=2, sort_keys=False, ensure_ascii=False, default=str) + "\n",
+        encoding="utf-8",
+    )
     tmp.replace(path)
 
 

@@ -23,8 +23,8 @@ from gateway.control.commands import admin, key, plan, project, running, table
 from gateway.control.commands.common import EXIT_USAGE, CommandLine, Parser, UsageError
 from gateway.control.errors import ProvisioningError
 from gateway.control.tabledef import DefinitionError
+from gateway.db.budget import PlanError
 from gateway.db.localdb import DEFAULT_DATA_ROOT, find_local_database
-from gateway.db.pool import PlanError
 from gateway.http.app import create_app
 from gateway.jobs import commands as jobs_commands
 from gateway.settings import Settings, SettingsError

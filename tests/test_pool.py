@@ -21,17 +21,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway.db.pool import (
-    NEON_MAX_CONNECTIONS,
-    PlanError,
-    connection_is_dead,
-    create_pool,
-    discover_limits,
-    neon_limits,
-    plan_pool,
-    run_with_retry,
-)
+from gateway.db.budget import NEON_MAX_CONNECTIONS, PlanError, neon_limits, plan_pool
 from gateway.db.pool import acquire as acquire_conn
+from gateway.db.pool import connection_is_dead, create_pool, discover_limits, run_with_retry
 from gateway.errors import GatewayError
 from gateway.settings import Settings
 from tests.pgbouncer import pgbouncer, pgbouncer_url  # noqa: F401 (fixtures)

@@ -13,11 +13,13 @@ metadata caches are warm, as in a steady state), then 2 s of the measured load.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from bench import framework as fw
 from bench import wrk
 from bench.framework import Bench, ScenarioResult
+from bench.report import Table
 
 NAME = "hot_project"
 KEYS = ["hot_project.single_rps", "hot_project.spread_rps", "hot_project.ratio"]
@@ -25,6 +27,21 @@ INSTANCES = 3
 ROWS = 100
 CONNECTIONS = 16
 BATCH = 50
+
+
+@dataclass(frozen=True)
+class Size:
+    seconds: float  # of measured load per case (BENCH_HOT_S overrides)
+    projects: int  # "spread" (BENCH_HOT_PROJECTS overrides)
+    walk_s: float  # per warm-up pass that walks every key on every instance (up to 5)
+    warm_load_s: float  # of the measured load, unmeasured, right before it (0: none)
+
+
+SIZES = fw.Sizes(
+    full=Size(seconds=25.0, projects=1000, walk_s=3.0, warm_load_s=2.0),
+    quick=Size(seconds=3.0, projects=1000, walk_s=3.0, warm_load_s=2.0),
+    smoke=Size(seconds=1.0, projects=20, walk_s=1.0, warm_load_s=0.0),
+)
 
 
 def _provision(bench: Bench, count: int) -> list[dict[str, Any]]:
@@ -43,9 +60,9 @@ def _provision(bench: Bench, count: int) -> list[dict[str, Any]]:
 
 def run(bench: Bench) -> ScenarioResult:
     wrk_bin = fw.require_binary("wrk", "wrk")
-    fw.require_query_api()
-    seconds = float(os.environ.get("BENCH_HOT_S") or fw.duration(25.0, 3.0))
-    spread_count = int(os.environ.get("BENCH_HOT_PROJECTS") or 1000)
+    size = SIZES.current()
+    seconds = float(os.environ.get("BENCH_HOT_S") or size.seconds)
+    spread_count = int(os.environ.get("BENCH_HOT_PROJECTS") or size.projects)
     projects = _provision(bench, spread_count)
     hot = projects[0]
     figures: dict[str, Any] = {}
@@ -58,7 +75,8 @@ def run(bench: Bench) -> ScenarioResult:
             script = wrk.write_script(
                 bench.root / f"hot-{case}.lua", keys=keys, mode="pk", max_id=ROWS
             )
-            # warm-up: every key on every instance at least once (metadata caches), then 2 s
+            # warm-up: every key on every instance at least once (metadata caches), then
+            # the measured load for a moment
             warm = wrk.write_script(
                 bench.root / f"hot-{case}-warm.lua",
                 keys=keys,
@@ -67,10 +85,15 @@ def run(bench: Bench) -> ScenarioResult:
                 sequential=True,
             )
             for _ in range(5):
-                w = wrk.run(wrk_bin, cluster.urls, warm, seconds=3, connections=CONNECTIONS)
+                w = wrk.run(
+                    wrk_bin, cluster.urls, warm, seconds=size.walk_s, connections=CONNECTIONS
+                )
                 if min(p["requests"] for p in w.processes) >= len(keys):
                     break
-            wrk.run(wrk_bin, cluster.urls, script, seconds=2, connections=CONNECTIONS)
+            if size.warm_load_s:
+                wrk.run(
+                    wrk_bin, cluster.urls, script, seconds=size.warm_load_s, connections=CONNECTIONS
+                )
             meter = fw.CpuMeter(bench, cluster)
             meter.start()
             result = wrk.run(
@@ -108,7 +131,7 @@ def run(bench: Bench) -> ScenarioResult:
         ]
         for case, f in figures.items()
     ]
-    table = fw.markdown_table(
+    table = Table(
         [
             "load",
             "admitted rps",

@@ -5,8 +5,9 @@ asyncio HTTP/1.1 server in this process that records when each job arrived), wit
 same concurrency (``CONCURRENCY`` deliveries at once):
 
 - postgres: one ``gateway serve`` whose worker claims with ``gateway.claim_jobs`` and is
-  woken by NOTIFY; jobs are enqueued by calling ``gateway.enqueue_job`` (the statement the
-  enqueue route runs, quota and idempotency included) from ``ENQUEUERS`` connections.
+  woken by NOTIFY; jobs are enqueued with ``gateway.jobs.store.enqueue`` (what the
+  enqueue route calls: ``gateway.enqueue_job``, quota and idempotency included) from
+  ``ENQUEUERS`` connections. The project's monthly job-run limit is unlimited.
 - redis: an ``arq`` worker process (``max_jobs = CONCURRENCY``, ``poll_delay`` 5 ms —
   arq polls Redis instead of blocking, and its 0.5 s default would make it look slow)
   whose job function POSTs with httpx; jobs are enqueued with ``ArqRedis.enqueue_job``
@@ -15,7 +16,7 @@ same concurrency (``CONCURRENCY`` deliveries at once):
 Throughput (``jobs_per_s``): N jobs enqueued as fast as the enqueuers go; jobs/s from the
 first enqueue to the last arrival. Latency (``p50_ms``, ``p99_ms``): on an idle system,
 one job at a time, from just before the enqueue call to its arrival at the receiver.
-Targets (issue 13): postgres throughput ≥ 0.5 × redis, p50 ≤ 2 × redis, p50 ≤ 50 ms.
+Targets: postgres throughput ≥ 0.5 × redis, p50 ≤ 2 × redis, p50 ≤ 50 ms.
 """
 
 from __future__ import annotations
@@ -27,18 +28,53 @@ import re
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from bench import framework as fw
 from bench.framework import Bench, ScenarioResult, Skip
+from bench.report import Table
+from gateway.jobs import store
+from gateway.jobs.rules import EnqueueRequest
 
 NAME = "jobs"
 KEYS = [f"jobs.{c}.{k}" for c in ("postgres", "redis") for k in ("jobs_per_s", "p50_ms", "p99_ms")]
 CONCURRENCY = 16
 ENQUEUERS = 4
 SEQ_RE = re.compile(rb'"seq":(\d+)')
+
+
+@dataclass(frozen=True)
+class Size:
+    jobs: int  # per throughput run (BENCH_JOBS_N overrides)
+    latency_samples: int  # one-at-a-time jobs per contender, over its runs
+    # the contenders' runs, in order: A B B A, so a drifting machine load favours neither
+    order: tuple[str, ...]
+    settle_s: float  # after a worker starts, and before the idle latency runs
+
+
+ABBA = ("postgres", "redis", "redis", "postgres")
+SIZES = fw.Sizes(
+    full=Size(jobs=3000, latency_samples=200, order=ABBA, settle_s=1.0),
+    quick=Size(jobs=800, latency_samples=60, order=ABBA, settle_s=1.0),
+    smoke=Size(jobs=40, latency_samples=4, order=("postgres", "redis"), settle_s=0.2),
+)
+
+
+def _enqueue_request(seq: int) -> EnqueueRequest:
+    """A job as the enqueue route builds it: due now, 10 s timeout, 3 attempts."""
+    return EnqueueRequest(
+        name="bench",
+        payload={"seq": seq},
+        run_at=None,
+        delay_ms=0,
+        timeout_ms=10_000,
+        max_attempts=3,
+        concurrency_key=None,
+        idempotency_key=None,
+    )
 
 
 class NoopReceiver:
@@ -163,14 +199,8 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def _pg_run(
-    bench: Bench, project_id: str, receiver: NoopReceiver, n: int, samples: int
+    bench: Bench, project_id: str, receiver: NoopReceiver, n: int, samples: int, settle_s: float
 ) -> dict[str, Any]:
-    from gateway.jobs import rules
-
-    sql_enqueue = (
-        "SELECT job_id FROM gateway.enqueue_job(%s, %s::jsonb, 'bench', %s::jsonb, now(), "
-        "10000, 3, NULL, NULL)"
-    )
     conns = [
         await psycopg.AsyncConnection.connect(bench.url, autocommit=True) for _ in range(ENQUEUERS)
     ]
@@ -181,24 +211,20 @@ async def _pg_run(
 
         async def enqueuer(conn: psycopg.AsyncConnection[Any], part: range) -> None:
             for seq in part:
-                await conn.execute(
-                    sql_enqueue, (project_id, rules.MONTHLY_RUNS_JSON, f'{{"seq":{seq}}}')
-                )
+                await store.enqueue(conn, project_id, _enqueue_request(seq))
 
         await asyncio.gather(*(enqueuer(c, range(i, n, ENQUEUERS)) for i, c in enumerate(conns)))
         enqueued = time.monotonic()
         end = await _wait_arrivals(receiver, range(n), 120)
         # latency: idle, one at a time
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(settle_s)
         lat: list[float] = []
         committed: list[float] = []  # the enqueue statement alone (commit = WAL flush)
         base = 10_000_000
         for i in range(samples):
             seq = base + i
             t0 = time.monotonic()
-            await conns[0].execute(
-                sql_enqueue, (project_id, rules.MONTHLY_RUNS_JSON, f'{{"seq":{seq}}}')
-            )
+            await store.enqueue(conns[0], project_id, _enqueue_request(seq))
             committed.append(time.monotonic() - t0)
             got = await _wait_arrivals(receiver, range(seq, seq + 1), 10)
             if got is not None:
@@ -213,10 +239,15 @@ async def _pg_run(
             await c.close()
 
 
-def run_postgres(bench: Bench, receiver: NoopReceiver, n: int, samples: int) -> dict[str, Any]:
+def run_postgres(
+    bench: Bench, receiver: NoopReceiver, n: int, samples: int, settle_s: float
+) -> dict[str, Any]:
     project = bench.make_project(table=None, public_key=False)
     with bench.connect() as conn:
-        conn.execute("UPDATE gateway.projects SET tier = 'scale' WHERE id = %s", [project["id"]])
+        conn.execute(  # -1: unlimited, whatever the plan allows
+            "UPDATE gateway.projects SET job_runs_limit_monthly = -1 WHERE id = %s",
+            [project["id"]],
+        )
         conn.execute(
             "INSERT INTO gateway.job_projects (project_id, endpoint_url, signing_secret) "
             "VALUES (%s, %s, 'whsec_bench')",
@@ -232,9 +263,9 @@ def run_postgres(bench: Bench, receiver: NoopReceiver, n: int, samples: int) -> 
         name="jobs",
     )
     try:
-        time.sleep(1.0)
+        time.sleep(settle_s)
         bench.reset_stat_statements()
-        figures = asyncio.run(_pg_run(bench, project["id"], receiver, n, samples))
+        figures = asyncio.run(_pg_run(bench, project["id"], receiver, n, samples, settle_s))
         figures["top_statements"] = bench.top_statements(5)
         return figures
     finally:
@@ -244,7 +275,9 @@ def run_postgres(bench: Bench, receiver: NoopReceiver, n: int, samples: int) -> 
 # ---------------------------------------------------------------- redis (arq)
 
 
-async def _arq_run(port: int, receiver: NoopReceiver, n: int, samples: int) -> dict[str, Any]:
+async def _arq_run(
+    port: int, receiver: NoopReceiver, n: int, samples: int, settle_s: float
+) -> dict[str, Any]:
     from arq import create_pool
     from arq.connections import RedisSettings
 
@@ -260,7 +293,7 @@ async def _arq_run(port: int, receiver: NoopReceiver, n: int, samples: int) -> d
         await asyncio.gather(*(enqueuer(range(i, n, ENQUEUERS)) for i in range(ENQUEUERS)))
         enqueued = time.monotonic()
         end = await _wait_arrivals(receiver, range(n), 120)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(settle_s)
         lat: list[float] = []
         base = 10_000_000
         for i in range(samples):
@@ -278,7 +311,9 @@ async def _arq_run(port: int, receiver: NoopReceiver, n: int, samples: int) -> d
         await redis.aclose()
 
 
-def run_redis(bench: Bench, receiver: NoopReceiver, n: int, samples: int) -> dict[str, Any]:
+def run_redis(
+    bench: Bench, receiver: NoopReceiver, n: int, samples: int, settle_s: float
+) -> dict[str, Any]:
     fw.require_binary("redis-server", "redis-server")
     try:
         import arq  # noqa: F401
@@ -315,8 +350,8 @@ def run_redis(bench: Bench, receiver: NoopReceiver, n: int, samples: int) -> dic
             env=env,
             log=bench.logs / "jobs-arq-worker.log",
         )
-        time.sleep(1.5)
-        return asyncio.run(_arq_run(port, receiver, n, samples))
+        time.sleep(settle_s * 1.5)  # the worker's import and its first poll
+        return asyncio.run(_arq_run(port, receiver, n, samples, settle_s))
     finally:
         if worker is not None:
             bench.processes.stop(worker)
@@ -338,29 +373,28 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 def run(bench: Bench) -> ScenarioResult:
-    if not bench.has_function("gateway.claim_jobs"):
-        raise Skip("the jobs migration (gateway.claim_jobs) is not in this checkout")
-    n = int(os.environ.get("BENCH_JOBS_N") or (3000 if not fw.quick_mode() else 800))
-    samples = 200 if not fw.quick_mode() else 60
+    size = SIZES.current()
+    n = int(os.environ.get("BENCH_JOBS_N") or size.jobs)
+    samples = size.latency_samples
     receiver = NoopReceiver().start()
     notes = [
         f"{n} jobs for throughput, {samples} one-at-a-time jobs for latency per contender; "
         f"{CONCURRENCY} deliveries at once, {ENQUEUERS} enqueuers; the same no-op receiver",
         "postgres: 1 gateway instance's worker (claim_jobs + NOTIFY wake-up), enqueue via "
-        "gateway.enqueue_job; redis: 1 arq worker (poll_delay 5 ms), enqueue via arq",
+        "gateway.jobs.store.enqueue; redis: 1 arq worker (poll_delay 5 ms), enqueue via arq",
     ]
     runs: dict[str, list[dict[str, Any]]] = {"postgres": [], "redis": []}
-    redis_skipped = False
+    redis_skipped: str | None = None
+    per_run = max(1, samples // size.order.count("postgres"))
     try:
-        # A B B A: a machine whose load drifts during the run favours neither contender
-        for contender in ("postgres", "redis", "redis", "postgres"):
+        for contender in size.order:
             if contender == "postgres":
-                runs["postgres"].append(run_postgres(bench, receiver, n, samples // 2))
+                runs["postgres"].append(run_postgres(bench, receiver, n, per_run, size.settle_s))
             elif not redis_skipped:
                 try:
-                    runs["redis"].append(run_redis(bench, receiver, n, samples // 2))
+                    runs["redis"].append(run_redis(bench, receiver, n, per_run, size.settle_s))
                 except Skip as exc:
-                    redis_skipped = True
+                    redis_skipped = str(exc)
                     notes.append(f"redis contender skipped: {exc}")
     finally:
         receiver.stop()
@@ -371,10 +405,11 @@ def run(bench: Bench) -> ScenarioResult:
             f"postgres latency includes the enqueue's durable commit (WAL flush): p50 "
             f"{commit_p50} ms of it; redis-server runs without persistence"
         )
-    notes.append(
-        "each contender ran twice (postgres, redis, redis, postgres): jobs/s is the "
-        "mean of its two runs, percentiles are over both runs' samples"
-    )
+    if size.order == ABBA:
+        notes.append(
+            "each contender ran twice (postgres, redis, redis, postgres): jobs/s is the "
+            "mean of its two runs, percentiles are over both runs' samples"
+        )
     keys: dict[str, Any] = {}
     for contender in ("postgres", "redis"):
         f = figures.get(contender, {})
@@ -394,7 +429,7 @@ def run(bench: Bench) -> ScenarioResult:
         for name, f in (("PostgreSQL (ours)", pg), ("Redis (arq)", rd))
         if f
     ]
-    table = fw.markdown_table(
+    table = Table(
         ["contender", "jobs/s", "p50 ms", "p99 ms", "delivered", "rate ÷ Redis", "p50 ÷ Redis"],
         rows,
     )
@@ -406,5 +441,11 @@ def run(bench: Bench) -> ScenarioResult:
         fw.target("jobs p50 (idle)", "≤ 50 ms", pg.get("p50_ms"), (pg.get("p50_ms") or 99) <= 50),
     ]
     return ScenarioResult(
-        NAME, keys, tables=[table], targets=targets, details={"figures": figures}, notes=notes
+        NAME,
+        keys,
+        tables=[table],
+        targets=targets,
+        details={"figures": figures},
+        notes=notes,
+        unmeasured=fw.unmeasured(keys, "redis", redis_skipped) if redis_skipped else {},
     )

@@ -5,22 +5,21 @@ same time; every decision is timed on the client (``perf_counter`` around the aw
 All three decide for ONE project (a single hot counter), the worst case for a shared
 store.
 
-- postgres: the gateway's own admission — ``gateway.admission`` when it offers an
-  ``Admitter``, else the ``gateway.admit`` SQL function — through the pool the gateway
-  uses (``gateway.pool.create_pool``: autocommit, prepared statements).
+- postgres: the gateway's own admission as a request runs it (``Pipeline.admit`` after
+  the local deny) through the gateway's own pool (``gateway.db.pool.create_pool``:
+  autocommit, prepared statements).
 - redis: ``INCR`` + ``EXPIRE`` in one Lua script (``EVALSHA``) through redis-py's asyncio
-  client against a local ``redis-server`` (no persistence), what the seed's notes
-  recommended.
+  client against a local ``redis-server`` (no persistence), the usual Redis limiter.
 - memory: the original's per-process map ``{(project, window): count}``.
 
 Part 2, exactness: 3 processes x 200 decisions against a limit of 100 in one window;
 the admitted total for each contender (a dict admits ~300: every process has its own).
 
-Coalesced admission (issue 16): "postgres" is the gateway as shipped (every admission
-waiting at one moment in one statement, ``GATEWAY_ADMISSION_COALESCE`` on);
-"postgres_uncoalesced" the same with one statement per decision, in the same run. One
-task alone (no one to coalesce with) is measured both ways in alternating rounds: a lone
-request must not pay for the coalescing.
+Coalesced admission: "postgres" is the gateway as shipped (every admission waiting at
+one moment in one statement, ``GATEWAY_ADMISSION_COALESCE`` on); "postgres_uncoalesced"
+the same with one statement per decision, in the same run. One task alone (no one to
+coalesce with) is measured both ways in alternating rounds: a lone request must not pay
+for the coalescing.
 """
 
 from __future__ import annotations
@@ -31,11 +30,16 @@ import os
 import time
 import uuid
 from array import array
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bench import framework as fw
 from bench.framework import Bench, ScenarioResult, Skip
+from bench.report import Table
+from gateway.db.pool import create_pool
+from gateway.errors import GatewayError
+from gateway.query.pipeline import Pipeline
+from gateway.settings import Settings
 
 NAME = "limiter"
 KEYS = [
@@ -59,13 +63,28 @@ EXACT_REQUESTS = 200
 EXACT_LIMIT = 100
 WINDOW_S = 60
 
+
+@dataclass(frozen=True)
+class Size:
+    seconds: float  # per contender, 16 tasks (one task alone: the same, in 8 rounds)
+    # exactness starts with at least this long left in the rate window (0: at once — a
+    # smoke run may straddle a window boundary and admit 200; it asserts no figure)
+    fresh_window_s: float
+
+
+SIZES = fw.Sizes(
+    full=Size(seconds=10.0, fresh_window_s=15.0),
+    quick=Size(seconds=2.0, fresh_window_s=15.0),
+    smoke=Size(seconds=0.4, fresh_window_s=0.0),
+)
+
 REDIS_SCRIPT = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
 
-Decide = Callable[[], Awaitable[bool]]
+LOCAL_DENY_CODES = {"RATE_LIMIT_EXCEEDED", "REQUEST_QUOTA_EXCEEDED"}
 
 
 # ---------------------------------------------------------------- contenders
@@ -126,12 +145,10 @@ class RedisContender(Contender):
         return int(count) <= self.limit
 
 
-def _settings(url: str, coalesce: bool = True) -> Any:
+def _settings(url: str, coalesce: bool = True) -> Settings:
     """The gateway's settings, with as many pool connections as tasks (the Redis client
     gets as many): with the default 10, six tasks would always queue for a connection and
     the figure would measure the pool's size, not the decision."""
-    from gateway.settings import Settings
-
     return Settings.from_env(
         {
             "DATABASE_URL": url,
@@ -158,8 +175,6 @@ class PostgresFloor(Contender):
         self.pool: Any = None
 
     async def open(self) -> None:
-        from gateway.db.pool import create_pool
-
         settings = _settings(self.url)
         self.pool = create_pool(settings)
         await self.pool.open(wait=True, timeout=30)
@@ -174,128 +189,46 @@ class PostgresFloor(Contender):
 
 
 class PostgresContender(Contender):
-    """The gateway's own admission statement, through the gateway's own pool."""
+    """The gateway's own admission, called exactly as a request calls it: the local deny
+    (``Pipeline.admitter.check_local``), then ``Pipeline.admit`` on a connection of the
+    gateway's own pool; a refusal is a ``GatewayError`` (429 over the limit). No fallback:
+    if that entry point changes, this scenario fails (and the smoke run with it) instead
+    of quietly measuring something else."""
 
     name = "postgres"
+    how = (
+        "Pipeline(settings, pool).admitter.check_local(key), then "
+        "pool.connection() -> Pipeline.admit(conn, key, 1)"
+    )
 
     def __init__(self, url: str, key: str, coalesce: bool = True) -> None:
         self.url = url
         self.key = key
         self.coalesce = coalesce
         self.pool: Any = None
-        self.how = ""
-        self._decide: Decide | None = None
+        self.pipeline: Pipeline | None = None
 
     async def open(self) -> None:
-        from gateway.auth.keys import hash_key
-        from gateway.db.pool import create_pool
-
         settings = _settings(self.url, self.coalesce)
         self.pool = create_pool(settings)
         await self.pool.open(wait=True, timeout=30)
-        key_hash = hash_key(self.key)
-        adapter = _admitter_adapter(settings, self.pool, self.key, key_hash)
-        if adapter is not None:
-            self.how, self._decide = adapter
-            return
-        pool = self.pool
-
-        async def via_function() -> bool:
-            async with pool.connection() as conn:
-                cur = await conn.execute(ADMIT_SQL, [key_hash])
-                row = await cur.fetchone()
-            return _allowed_from_row(row, cur)
-
-        self.how = "SELECT * FROM gateway.admit(key_hash, 1) via gateway.pool.create_pool"
-        self._decide = via_function
+        self.pipeline = Pipeline(settings, self.pool)
 
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()
 
     async def decide(self) -> bool:
-        assert self._decide is not None
-        return await self._decide()
-
-
-ADMIT_SQL = "SELECT * FROM gateway.admit(%s, 1)"
-
-
-def _allowed_from_row(row: Any, cur: Any) -> bool:
-    """Read the decision from gateway.admit's row, whatever the column is called."""
-    if row is None:
-        return False
-    names = [d.name for d in (cur.description or [])]
-    values = dict(zip(names, row, strict=False))
-    for flag in ("allowed", "admitted", "ok", "decision"):
-        if flag in values:
-            v = values[flag]
-            return v is True or v in ("ok", "allowed", "admit", "admitted")
-    # fall back: count vs limit
-    count = values.get("rate_count") or values.get("count")
-    limit = values.get("rate_limit") or values.get("limit")
-    if count is not None and limit is not None:
-        return int(count) <= int(limit)
-    raise RuntimeError(f"cannot read a decision from gateway.admit's columns {names}")
-
-
-def _admitter_adapter(
-    settings: Any, pool: Any, key: str, key_hash: str
-) -> tuple[str, Decide] | None:
-    """The gateway's own admission, called exactly as a request calls it.
-
-    ``gateway.pipeline.Pipeline.admit(conn, key, cost)`` on a pool connection is what every
-    keyed request runs; a refusal is a ``GatewayError`` (429 when over the limit).
-    """
-    try:
-        from gateway.errors import GatewayError
-        from gateway.query.pipeline import Pipeline
-    except ImportError:
-        return None
-    pipeline = Pipeline(settings, pool)
-    if not hasattr(pipeline, "admit"):
-        return None
-    local_deny = {"RATE_LIMIT_EXCEEDED", "REQUEST_QUOTA_EXCEEDED"}
-
-    admitter = getattr(pipeline, "admitter", None)
-    check_local = getattr(admitter, "check_local", None)
-
-    async def decide() -> bool:
+        assert self.pipeline is not None
         try:
-            if check_local is not None:  # as Pipeline.admitted: the local deny first
-                hashed = check_local(key)
-                async with pool.connection() as conn:
-                    await pipeline.admit(conn, key, 1, key_hash=hashed)
-            else:
-                async with pool.connection() as conn:
-                    await pipeline.admit(conn, key, 1)
+            hashed = self.pipeline.admitter.check_local(self.key)
+            async with self.pool.connection() as conn:
+                await self.pipeline.admit(conn, self.key, 1, key_hash=hashed)
         except GatewayError as error:
-            if error.code in local_deny:
+            if error.code in LOCAL_DENY_CODES:
                 return False
             raise
         return True
-
-    how = "Pipeline(settings, pool)"
-    how += ".admitter.check_local(key), then " if check_local else ": "
-    how += "pool.connection() -> Pipeline.admit(conn, key, 1)"
-    return how, decide
-
-
-def postgres_available(bench: Bench) -> str | None:
-    """None when our admission can be measured; else why not."""
-    try:
-        from gateway.query.pipeline import Pipeline
-
-        if hasattr(Pipeline, "admit"):
-            return None
-    except ImportError:
-        pass
-    if bench.has_function("gateway.admit"):
-        return None
-    return (
-        "the gateway's admission (gateway.pipeline.Pipeline.admit or the SQL function "
-        "gateway.admit) is not in this checkout yet: merge main"
-    )
 
 
 # ---------------------------------------------------------------- speed
@@ -418,8 +351,10 @@ def _exactness(kind: str, params: dict[str, Any]) -> int:
     return sum(admitted)
 
 
-def _wait_for_fresh_window(bench: Bench, needed_s: float = 15.0) -> None:
+def _wait_for_fresh_window(bench: Bench, needed_s: float) -> None:
     """Don't straddle a window boundary by accident: the windows come from the DB clock."""
+    if needed_s <= 0:
+        return
     into = float(bench.scalar("SELECT extract(epoch FROM clock_timestamp())::float8")) % WINDOW_S
     if WINDOW_S - into < needed_s:
         time.sleep(WINDOW_S - into + 0.3)
@@ -429,7 +364,8 @@ def _wait_for_fresh_window(bench: Bench, needed_s: float = 15.0) -> None:
 
 
 def run(bench: Bench) -> ScenarioResult:
-    seconds = fw.duration(10.0, 2.0)
+    size = SIZES.current()
+    seconds = size.seconds
     notes: list[str] = []
     details: dict[str, Any] = {}
     speed: dict[str, dict[str, Any]] = {}
@@ -461,9 +397,6 @@ def run(bench: Bench) -> ScenarioResult:
     except Skip as exc:
         redis_missing = str(exc)
         notes.append(f"redis contender skipped: {exc}")
-    pg_missing = postgres_available(bench)
-    if pg_missing:
-        notes.append(f"postgres contender skipped: {pg_missing}")
 
     try:
         hot = bench.make_project(table=None)
@@ -473,45 +406,40 @@ def run(bench: Bench) -> ScenarioResult:
             speed["redis"] = asyncio.run(
                 _measure(RedisContender(redis_port, fw.UNREACHABLE_LIMIT, hot["id"]), seconds)
             )
-        if not pg_missing:
-            pg = PostgresContender(bench.url, hot["server_key"])
-            bench.reset_stat_statements()
-            speed["postgres"] = asyncio.run(_measure(pg, seconds))
-            details["postgres_how"] = pg.how
-            notes.append(f"postgres contender: {pg.how}")
-            details["postgres_top_statements"] = top = bench.top_statements(4)
-            if top:
-                notes.append(
-                    f"PostgreSQL's own execution time for the top statement: {top[0]['mean_ms']} "
-                    f"ms mean ({top[0]['query'][:60]}...); the rest of the p50 is client, "
-                    "pool and network"
-                )
-            details["postgres_statement_cost"] = _admission_cost(bench)
-            bench.reset_stat_statements()
-            speed["postgres_uncoalesced"] = asyncio.run(
-                _measure(PostgresContender(bench.url, hot["server_key"], coalesce=False), seconds)
+        bench.reset_stat_statements()
+        speed["postgres"] = asyncio.run(
+            _measure(PostgresContender(bench.url, hot["server_key"]), seconds)
+        )
+        details["postgres_how"] = PostgresContender.how
+        notes.append(f"postgres contender: {PostgresContender.how}")
+        details["postgres_top_statements"] = top = bench.top_statements(4)
+        if top:
+            notes.append(
+                f"PostgreSQL's own execution time for the top statement: {top[0]['mean_ms']} "
+                f"ms mean ({top[0]['query'][:60]}...); the rest of the p50 is client, "
+                "pool and network"
             )
-            details["postgres_uncoalesced_statement_cost"] = _admission_cost(bench)
-            one_task = _one_task(bench.url, hot["server_key"], seconds)
-            details["one_task"] = {("on" if c else "off"): v for c, v in one_task.items()}
-            speed["postgres_floor"] = asyncio.run(_measure(PostgresFloor(bench.url), seconds))
+        details["postgres_statement_cost"] = _admission_cost(bench)
+        bench.reset_stat_statements()
+        speed["postgres_uncoalesced"] = asyncio.run(
+            _measure(PostgresContender(bench.url, hot["server_key"], coalesce=False), seconds)
+        )
+        details["postgres_uncoalesced_statement_cost"] = _admission_cost(bench)
+        one_task = _one_task(bench.url, hot["server_key"], seconds)
+        details["one_task"] = {("on" if c else "off"): v for c, v in one_task.items()}
+        speed["postgres_floor"] = asyncio.run(_measure(PostgresFloor(bench.url), seconds))
 
         # exactness: a fresh project / key per contender, limit 100 per window
-        _wait_for_fresh_window(bench)
+        _wait_for_fresh_window(bench, size.fresh_window_s)
         exact["memory"] = _exactness("memory", {"project": uuid.uuid4().hex})
         if redis_port and not redis_missing:
             exact["redis"] = _exactness("redis", {"port": redis_port, "project": uuid.uuid4().hex})
-        if not pg_missing:
-            limited = bench.make_project(table=None, rate_limit_per_minute=EXACT_LIMIT)
-            exact["postgres"] = _exactness(
-                "postgres", {"url": bench.url, "key": limited["server_key"]}
-            )
+        limited = bench.make_project(table=None, rate_limit_per_minute=EXACT_LIMIT)
+        exact["postgres"] = _exactness("postgres", {"url": bench.url, "key": limited["server_key"]})
     finally:
         if redis_child is not None:
             bench.processes.stop(redis_child)
 
-    if not speed.get("postgres") and not speed.get("redis"):
-        pass  # memory alone still prints
     keys: dict[str, Any] = {}
     for c in ("postgres", "redis", "memory"):
         s = speed.get(c, {})
@@ -584,7 +512,7 @@ def run(bench: Bench) -> ScenarioResult:
             ]
         )
         details["postgres_floor"] = floor
-    table = fw.markdown_table(
+    table = Table(
         [
             "contender",
             "decisions/s",
@@ -601,7 +529,7 @@ def run(bench: Bench) -> ScenarioResult:
     cost_off = details.get("postgres_uncoalesced_statement_cost")
     if cost_on and cost_off:
         tables.append(
-            fw.markdown_table(
+            Table(
                 [
                     "PostgreSQL, 16 tasks",
                     "statements",
@@ -623,7 +551,7 @@ def run(bench: Bench) -> ScenarioResult:
         )
     if one:
         tables.append(
-            fw.markdown_table(
+            Table(
                 ["one task alone", "p50 ms", "p99 ms", "decisions"],
                 [
                     [f"coalescing {v}", one[v]["p50_ms"], one[v]["p99_ms"], one[v]["n"]]
@@ -664,7 +592,10 @@ def run(bench: Bench) -> ScenarioResult:
         f"exactness: {EXACT_PROCESSES} processes x {EXACT_REQUESTS} decisions, "
         f"limit {EXACT_LIMIT}.",
     )
-    return ScenarioResult(NAME, keys, tables, targets, details, notes)
+    result = ScenarioResult(NAME, keys, tables, targets, details, notes)
+    if redis_missing:
+        result.unmeasured = fw.unmeasured(keys, "redis", redis_missing)
+    return result
 
 
 def _wait_redis(port: int, timeout: float = 10.0) -> None:

@@ -14,11 +14,13 @@ drifting machine load hits both alike; the gateway process's CPU comes from /pro
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from bench import framework as fw
 from bench import wrk
 from bench.framework import Bench, ScenarioResult
+from bench.report import Table
 
 NAME = "local_deny"
 KEYS = ["local_deny.cpu_ratio"]
@@ -26,11 +28,24 @@ CONNECTIONS = 16
 ROWS = 1000
 
 
+@dataclass(frozen=True)
+class Size:
+    seconds: float  # per kind, in alternating rounds (BENCH_LOCAL_DENY_S overrides)
+    warmup_s: float  # per kind before measuring (0: none)
+
+
+SIZES = fw.Sizes(
+    full=Size(seconds=12.0, warmup_s=1.0),
+    quick=Size(seconds=4.0, warmup_s=1.0),
+    smoke=Size(seconds=1.0, warmup_s=0.0),
+)
+
+
 def run(bench: Bench) -> ScenarioResult:
     wrk_bin = fw.require_binary("wrk", "wrk")
-    fw.require_query_api()
-    seconds = float(os.environ.get("BENCH_LOCAL_DENY_S") or fw.duration(12.0, 4.0))
-    rounds = 4 if seconds >= 8 else 2
+    size = SIZES.current()
+    seconds = float(os.environ.get("BENCH_LOCAL_DENY_S") or size.seconds)
+    rounds = 4 if seconds >= 8 else 2 if seconds >= 2 else 1
     open_ = bench.make_project(rows=ROWS)
     over = bench.make_project(rows=ROWS, rate_limit_per_minute=1)
     scripts = {
@@ -49,8 +64,8 @@ def run(bench: Bench) -> ScenarioResult:
         client.close()
         if statuses[-1] != 429:
             raise RuntimeError(f"the over-limit project was not refused: {statuses}")
-        for name in scripts:  # warm-up: pool, caches, prepared statements
-            wrk.run(wrk_bin, [url], scripts[name], seconds=1, connections=CONNECTIONS)
+        for name in scripts if size.warmup_s else ():  # pool, caches, prepared statements
+            wrk.run(wrk_bin, [url], scripts[name], seconds=size.warmup_s, connections=CONNECTIONS)
         for r in range(rounds):
             for name in ("admitted", "denied") if r % 2 == 0 else ("denied", "admitted"):
                 meter = fw.CpuMeter(bench, cluster)
@@ -86,7 +101,7 @@ def run(bench: Bench) -> ScenarioResult:
             "gateway_cpu_ms_per_req": round(per_deny, 4),
         },
     }
-    table = fw.markdown_table(
+    table = Table(
         ["requests", "answers/s", "p50 ms", "gw CPU ms/req", "÷ admitted"],
         [
             ["admitted select (2xx)", admitted.ok_rps, admitted.p50_ms, per_ok, 1.0],

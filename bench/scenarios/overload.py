@@ -24,11 +24,13 @@ ignore ``Retry-After``, the worst case for the gateway.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from bench import framework as fw
 from bench import wrk
 from bench.framework import Bench, ScenarioResult
+from bench.report import Table
 
 NAME = "overload"
 KEYS = [
@@ -51,10 +53,23 @@ OVERLOAD_CONNECTIONS = [67, 67, 66]
 ROWS = 1000
 
 
+@dataclass(frozen=True)
+class Size:
+    seconds: float  # per load (BENCH_OVERLOAD_S overrides); the refusing cluster: half
+    warmup_s: float  # at the knee before measuring, per cluster (0: none)
+
+
+SIZES = fw.Sizes(
+    full=Size(seconds=10.0, warmup_s=2.0),
+    quick=Size(seconds=3.0, warmup_s=2.0),
+    smoke=Size(seconds=1.0, warmup_s=0.0),
+)
+
+
 def run(bench: Bench) -> ScenarioResult:
     wrk_bin = fw.require_binary("wrk", "wrk")
-    fw.require_query_api()
-    seconds = float(os.environ.get("BENCH_OVERLOAD_S") or fw.duration(10.0, 3.0))
+    size = SIZES.current()
+    seconds = float(os.environ.get("BENCH_OVERLOAD_S") or size.seconds)
     rounds = 2 if seconds >= 6 else 1
     project = bench.make_project(rows=ROWS)
     script = wrk.write_script(
@@ -64,7 +79,10 @@ def run(bench: Bench) -> ScenarioResult:
     runs: dict[str, list[wrk.WrkResult]] = {"knee": [], "overload": []}
     cpu = {"knee": 0.0, "overload": 0.0}
     try:
-        wrk.run(wrk_bin, cluster.urls, script, seconds=2, connections=KNEE_CONNECTIONS)
+        if size.warmup_s:
+            wrk.run(
+                wrk_bin, cluster.urls, script, seconds=size.warmup_s, connections=KNEE_CONNECTIONS
+            )
         for r in range(rounds):
             for phase in ("knee", "overload") if r % 2 == 0 else ("overload", "knee"):
                 meter = fw.CpuMeter(bench, cluster)
@@ -87,7 +105,14 @@ def run(bench: Bench) -> ScenarioResult:
         INSTANCES, env={**BUDGET_ENV, "GATEWAY_OVERLOAD_QUEUE_MAX": "0"}, name="refusing"
     )
     try:
-        wrk.run(wrk_bin, refusing.urls, script, seconds=1, connections=KNEE_CONNECTIONS)
+        if size.warmup_s:
+            wrk.run(
+                wrk_bin,
+                refusing.urls,
+                script,
+                seconds=size.warmup_s / 2,
+                connections=KNEE_CONNECTIONS,
+            )
         meter = fw.CpuMeter(bench, refusing)
         meter.start()
         refused = wrk.run(
@@ -148,7 +173,7 @@ def run(bench: Bench) -> ScenarioResult:
                 figures[phase]["gateway_cpu_ms_per_answer"],
             ]
         )
-    table = fw.markdown_table(
+    table = Table(
         ["load", "2xx/s", "non-2xx/s", "p50 ms", "p99 ms", "max ms", "gw CPU ms/answer"], rows
     )
     targets = [

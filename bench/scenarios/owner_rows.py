@@ -17,16 +17,31 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from bench import framework as fw
 from bench.framework import Bench, ScenarioResult
+from bench.report import Table
 
 NAME = "owner_rows"
 KEYS = ["owner_rows.plain_p50_ms", "owner_rows.session_p50_ms", "owner_rows.ratio"]
 USERS = 100
 ROWS_PER_USER = 10
 ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class Size:
+    samples: int  # per variant, over the rounds
+    warmup: int  # requests per variant first: connections, prepared admission, metadata
+
+
+SIZES = fw.Sizes(
+    full=Size(samples=1000, warmup=20),
+    quick=Size(samples=100, warmup=20),
+    smoke=Size(samples=5, warmup=2),
+)
 
 
 def _table(name: str, row_access: str) -> dict[str, Any]:
@@ -44,12 +59,11 @@ def _table(name: str, row_access: str) -> dict[str, Any]:
 
 
 def run(bench: Bench) -> ScenarioResult:
-    fw.require_query_api()
     from gateway.auth.tokens import new_token, token_hash
     from gateway.control import tabledef
     from gateway.control.tables import create_table
 
-    samples = int(fw.duration(1000, 100))
+    size = SIZES.current()
     project = bench.make_project(table=_table("owned", "owner"))
     with bench.connect() as conn:
         create_table(conn, project["id"], tabledef.parse_table(_table("plain", "all")))
@@ -75,7 +89,7 @@ def run(bench: Bench) -> ScenarioResult:
         conn.execute(f'ANALYZE "{project["schema_name"]}".owned, "{project["schema_name"]}".plain')
     cluster = bench.start_cluster(1, name="ownerrows")
     try:
-        plain, session = _measure(cluster.urls[0], project["public_key"], token, users[0], samples)
+        plain, session = _measure(cluster.urls[0], project["public_key"], token, users[0], size)
     finally:
         bench.stop_cluster(cluster)
     plain_p50 = round(fw.percentile(plain, 50) * 1000, 3)
@@ -86,7 +100,7 @@ def run(bench: Bench) -> ScenarioResult:
         "owner_rows.session_p50_ms": session_p50,
         "owner_rows.ratio": ratio,
     }
-    table = fw.markdown_table(
+    table = Table(
         ["select, filter, no session p50 (ms)", "select, session + owner rules p50 (ms)", "ratio"],
         [[plain_p50, session_p50, ratio]],
     )
@@ -103,7 +117,7 @@ def run(bench: Bench) -> ScenarioResult:
 
 
 def _measure(
-    url: str, key: str, token: str, user: str, samples: int
+    url: str, key: str, token: str, user: str, size: Size
 ) -> tuple[list[float], list[float]]:
     import httpx
 
@@ -129,10 +143,10 @@ def _measure(
     plain: list[float] = []
     session: list[float] = []
     with httpx.Client(base_url=url, timeout=30) as client:
-        for _ in range(20):  # warm: connections, prepared admission, metadata cache
+        for _ in range(size.warmup):
             once(client, plain_body, {"x-api-key": key})
             once(client, owned_body, session_headers)
-        per_round = max(1, samples // ROUNDS)
+        per_round = max(1, size.samples // ROUNDS)
         for _ in range(ROUNDS):
             plain += [once(client, plain_body, {"x-api-key": key}) for _ in range(per_round)]
             session += [once(client, owned_body, session_headers) for _ in range(per_round)]

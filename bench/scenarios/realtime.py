@@ -1,8 +1,5 @@
 """``realtime``: change-to-subscriber latency over SSE, and what the capture trigger costs.
 
-Needs the realtime feature (issue 9): the ``GET /v1/inhouse/db/realtime`` route and the
-``gateway.changes`` table; without them the scenario is skipped with a message.
-
 Latency: 3 instances; 100 SSE subscribers (public key in the ``apikey`` parameter, spread
 round-robin over the instances) held by 4 client processes so that parsing 20,000
 events/s doesn't bottleneck on one Python process; then 200 single-row INSERTs/s for
@@ -24,19 +21,19 @@ import asyncio
 import multiprocessing as mp
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from bench import framework as fw
-from bench.framework import BASE, Bench, ScenarioResult, Skip
+from bench.framework import BASE, Bench, ScenarioResult
+from bench.report import Table
 
 NAME = "realtime"
 KEYS = ["realtime.p50_ms", "realtime.p99_ms", "realtime.write_ratio_with_trigger"]
 INSTANCES = 3
-SUBSCRIBERS = 100
-CLIENT_PROCESSES = 4
 WRITES_PER_S = 200
 WRITE_CONNECTIONS = 8
 PACED_WRITERS = 4
@@ -44,20 +41,20 @@ PACED_WRITERS = 4
 REALTIME_TABLE = {**fw.ITEMS_TABLE, "name": "items", "realtime": True}
 
 
-def require_realtime(bench: Bench) -> None:
-    from gateway.http import routes
+@dataclass(frozen=True)
+class Size:
+    seconds: float  # of paced writes (BENCH_REALTIME_S overrides)
+    write_s: float  # per run of the trigger-cost measurement (4 runs)
+    subscribers: int
+    client_processes: int  # hold the subscribers (20,000 events/s is too much for one)
+    drain_s: float  # after the last write, for the last events to arrive
 
-    paths = {getattr(r, "path", "") for r in routes.build_routes()}
-    missing = []
-    if f"{BASE}/realtime" not in paths:
-        missing.append(f"no {BASE}/realtime route")
-    if not bench.has_relation("gateway.changes"):
-        missing.append("no gateway.changes table")
-    if missing:
-        raise Skip(
-            f"realtime (issue 9) is not in this checkout ({', '.join(missing)}): "
-            "merge main once it lands"
-        )
+
+SIZES = fw.Sizes(
+    full=Size(seconds=20.0, write_s=5.0, subscribers=100, client_processes=4, drain_s=3.0),
+    quick=Size(seconds=4.0, write_s=2.0, subscribers=100, client_processes=4, drain_s=3.0),
+    smoke=Size(seconds=0.5, write_s=0.3, subscribers=4, client_processes=2, drain_s=1.0),
+)
 
 
 # ---------------------------------------------------------------- subscribers (child processes)
@@ -196,10 +193,9 @@ async def _max_rate(url: str, table: sql.Composable, seconds: float) -> float:
 
 
 def run(bench: Bench) -> ScenarioResult:
-    fw.require_query_api()
-    require_realtime(bench)
-    seconds = float(os.environ.get("BENCH_REALTIME_S") or fw.duration(20.0, 4.0))
-    write_s = fw.duration(5.0, 2.0)
+    size = SIZES.current()
+    seconds = float(os.environ.get("BENCH_REALTIME_S") or size.seconds)
+    write_s = size.write_s
     project = bench.make_project(table=REALTIME_TABLE, rows=10)
     table = sql.Identifier(project["schema_name"], "items")
     triggers = bench.scalar(
@@ -207,12 +203,12 @@ def run(bench: Bench) -> ScenarioResult:
         [f'"{project["schema_name"]}".items'],
     )
     if not triggers:
-        raise Skip("creating a table with realtime: true installed no capture trigger")
+        raise RuntimeError("creating a table with realtime: true installed no capture trigger")
 
     # 1. write cost of the capture trigger
     rates: dict[str, list[float]] = {"with": [], "without": []}
     with psycopg.connect(bench.url, autocommit=True) as conn:
-        asyncio.run(_max_rate(bench.url, table, 1.0))  # warm-up (connections, plpgsql)
+        asyncio.run(_max_rate(bench.url, table, min(1.0, write_s)))  # connections, plpgsql
         for variant in ("with", "without", "without", "with"):
             verb = "ENABLE" if variant == "with" else "DISABLE"
             conn.execute(sql.SQL("ALTER TABLE {} " + verb + " TRIGGER USER").format(table))
@@ -229,8 +225,9 @@ def run(bench: Bench) -> ScenarioResult:
     stop_at = ctx.Value("d", 0.0)
     out = ctx.Queue()
     per = [
-        SUBSCRIBERS // CLIENT_PROCESSES + (1 if i < SUBSCRIBERS % CLIENT_PROCESSES else 0)
-        for i in range(CLIENT_PROCESSES)
+        size.subscribers // size.client_processes
+        + (1 if i < size.subscribers % size.client_processes else 0)
+        for i in range(size.client_processes)
     ]
     procs = []
     offset = 0
@@ -250,7 +247,7 @@ def run(bench: Bench) -> ScenarioResult:
         time.sleep(0.5)
         go.set()
         sent = asyncio.run(_paced_writes(bench.url, table, seconds))
-        stop_at.value = time.monotonic() + 3.0  # let the last events arrive
+        stop_at.value = time.monotonic() + size.drain_s  # let the last events arrive
         results = [out.get(timeout=120) for _ in procs]
         for p in procs:
             p.join(10)
@@ -272,7 +269,7 @@ def run(bench: Bench) -> ScenarioResult:
     if not latencies:
         raise RuntimeError(f"no subscriber received an event; errors: {errors}")
     s = fw.summarize_ms(latencies)
-    expected = len(sent) * SUBSCRIBERS
+    expected = len(sent) * size.subscribers
     write_ratio = fw.ratio(with_rate, without_rate)
     keys = {
         "realtime.p50_ms": s["p50_ms"],
@@ -281,7 +278,7 @@ def run(bench: Bench) -> ScenarioResult:
     }
     achieved = len(sent) / (max(sent.values()) - min(sent.values())) if len(sent) > 1 else 0.0
     tables = [
-        fw.markdown_table(
+        Table(
             [
                 "change -> subscriber",
                 "p50 ms",
@@ -293,23 +290,23 @@ def run(bench: Bench) -> ScenarioResult:
             ],
             [
                 [
-                    f"{SUBSCRIBERS} subscribers, {INSTANCES} instances",
+                    f"{size.subscribers} subscribers, {INSTANCES} instances",
                     s["p50_ms"],
                     s["p99_ms"],
                     s["max_ms"],
                     f"{received:,} of {expected:,}",
-                    f"{connected} of {SUBSCRIBERS}",
+                    f"{connected} of {size.subscribers}",
                     round(achieved, 1),
                 ]
             ],
         ),
-        fw.markdown_table(
+        Table(
             ["inserts/s (8 connections)", "with capture trigger", "without", "with / without"],
             [["single-row transactions", round(with_rate, 1), round(without_rate, 1), write_ratio]],
         ),
     ]
     notes = [
-        f"{SUBSCRIBERS} SSE subscribers in {CLIENT_PROCESSES} client processes, "
+        f"{size.subscribers} SSE subscribers in {size.client_processes} client processes, "
         f"{WRITES_PER_S} writes/s for {seconds:g} s by plain SQL; trigger cost: "
         f"{WRITE_CONNECTIONS} connections x {write_s:g} s per run, runs with/without/"
         "without/with."

@@ -26,6 +26,7 @@ import asyncio
 import os
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -33,6 +34,7 @@ import psycopg
 from bench import delay_proxy, original_flow
 from bench import framework as fw
 from bench.framework import Bench, ScenarioResult
+from bench.report import Table
 
 NAME = "round_trips"
 KEYS = [
@@ -43,13 +45,27 @@ KEYS = [
     "round_trips.original_round_trips",
 ]
 ROWS = 1000
-ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class Size:
+    samples: int  # per variant, split over the rounds
+    slow_samples: int  # the original flow through the proxy (8 round trips each)
+    warmup: int  # requests per variant first: pools, prepared statements, metadata cache
+    rounds: int
+
+
+SIZES = fw.Sizes(
+    full=Size(samples=1000, slow_samples=400, warmup=20, rounds=5),
+    quick=Size(samples=150, slow_samples=60, warmup=20, rounds=5),
+    smoke=Size(samples=6, slow_samples=3, warmup=2, rounds=1),
+)
 
 
 def run(bench: Bench) -> ScenarioResult:
     delay_ms = float(os.environ.get("BENCH_DELAY_MS", "1"))
-    n_fast = int(fw.duration(1000, 150))  # samples per variant, split over ROUNDS
-    n_slow = int(fw.duration(400, 60))  # for the original flow through the proxy
+    size = SIZES.current()
+    n_fast, n_slow = size.samples, size.slow_samples
     notes: list[str] = []
 
     project = bench.make_project(rows=ROWS)
@@ -59,7 +75,6 @@ def run(bench: Bench) -> ScenarioResult:
     bench.processes.children.append(proxy)
     proxy_url = f"postgresql://postgres@127.0.0.1:{proxy_port}/postgres"
 
-    gateway_ok = fw.gateway_routes_present()
     clusters = []
     clients: dict[str, fw.HttpClient] = {}
     runner = asyncio.Runner()
@@ -67,23 +82,17 @@ def run(bench: Bench) -> ScenarioResult:
     calib: dict[str, psycopg.AsyncConnection[Any]] = {}
     samples: dict[str, list[float]] = {}
     try:
-        if gateway_ok:
-            direct = bench.start_cluster(1, name="rt-direct")
-            proxied = bench.start_cluster(
-                1, database_url=proxy_url, direct_url=proxy_url, name="rt-proxied"
-            )
-            clusters += [direct, proxied]
-            clients["gateway_direct"] = fw.HttpClient(direct.urls[0], project["server_key"])
-            clients["gateway_proxy"] = fw.HttpClient(proxied.urls[0], project["server_key"])
-            for name, client in clients.items():
-                status, body = client.query(fw.select_by_pk(1))
-                if status != 200:
-                    raise RuntimeError(f"{name}: select answered {status}: {body[:300]!r}")
-        else:
-            notes.append(
-                "gateway skipped: no /v1/inhouse/db/query route in this checkout yet "
-                '(merge main after "Wire the query API")'
-            )
+        direct = bench.start_cluster(1, name="rt-direct")
+        proxied = bench.start_cluster(
+            1, database_url=proxy_url, direct_url=proxy_url, name="rt-proxied"
+        )
+        clusters += [direct, proxied]
+        clients["gateway_direct"] = fw.HttpClient(direct.urls[0], project["server_key"])
+        clients["gateway_proxy"] = fw.HttpClient(proxied.urls[0], project["server_key"])
+        for name, client in clients.items():
+            status, body = client.query(fw.select_by_pk(1))
+            if status != 200:
+                raise RuntimeError(f"{name}: select answered {status}: {body[:300]!r}")
         for name, url in (("original_direct", bench.url), ("original_proxy", proxy_url)):
             flows[name] = original_flow.OriginalFlow(url, project["server_key"])
             runner.run(flows[name].open())
@@ -105,13 +114,13 @@ def run(bench: Bench) -> ScenarioResult:
 
         variants = [*calib, *flows, *clients]
         for name in variants:  # warm-up: pools, prepared statements, metadata cache
-            for _ in range(20):
+            for _ in range(size.warmup):
                 one(name)
             samples[name] = []
-        for _ in range(ROUNDS):
+        for _ in range(size.rounds):
             for name in variants:
                 n = n_slow if name == "original_proxy" else n_fast
-                samples[name] += [one(name) for _ in range(n // ROUNDS)]
+                samples[name] += [one(name) for _ in range(n // size.rounds)]
     finally:
         for client in clients.values():
             client.close()
@@ -158,7 +167,7 @@ def run(bench: Bench) -> ScenarioResult:
                 fw.ratio(p50[f"{prefix}_proxy"], p50.get("gateway_proxy")),
             ]
         )
-    table = fw.markdown_table(
+    table = Table(
         [
             "flow",
             "p50 direct ms",
@@ -173,7 +182,7 @@ def run(bench: Bench) -> ScenarioResult:
         0,
         f"proxy delay {delay_ms:g} ms each way (nominal RTT {2 * delay_ms:g} ms, "
         f"measured {rtt:.3f} ms); one request at a time; samples per variant: "
-        f"{n_fast} ({n_slow} for the original flow via the proxy), {ROUNDS} "
+        f"{n_fast} ({n_slow} for the original flow via the proxy), {size.rounds} "
         "interleaved rounds.",
     )
     g = keys["round_trips.gateway_round_trips"]

@@ -1,24 +1,23 @@
 """``throughput``: requests/s through 2 instances, everything on vs admission and log off.
 
-Two clusters of 2 gateway instances run side by side on the same database: one as
-shipped, one with ``GATEWAY_BENCH_DISABLE_ADMISSION=1`` and
-``GATEWAY_BENCH_DISABLE_REQUEST_LOG=1`` (bench-only settings; "off" still looks the key up,
-one round trip without counters, as the admission implements the switch). For each case, ``wrk``
-(one process per instance, 16 connections each, a Lua script that sets the key header
-and picks a random primary key) runs against the "on" cluster, then the "off" cluster.
-Cases: select by primary key, a 100-row select (range on the key, ordered), and a single
-insert. All requests use one project's server key (one hot admission row).
+Clusters of 2 gateway instances run side by side on the same database: one as shipped,
+one with ``GATEWAY_BENCH_DISABLE_ADMISSION=1`` and ``GATEWAY_BENCH_DISABLE_REQUEST_LOG=1``
+(bench-only settings; "off" still looks the key up, one round trip without counters, as
+the admission implements the switch). For each case, ``wrk`` (one process per instance,
+16 connections each, a Lua script that sets the key header and picks a random primary
+key) runs against each cluster in turn. Cases: select by primary key, a 100-row select
+(range on the key, ordered), and a single insert. All requests use one project's server
+key (one hot admission row).
 
-Duration: the issue asks for 30 s per case and under 2 minutes per scenario; 3 cases x
-2 variants x 30 s would not fit, so each case gets 30 s of load split in two: 15 s on,
-15 s off (``BENCH_THROUGHPUT_S`` overrides the per-variant length), after a 1 s warm-up.
-The 15 s run in 5 rounds of 3 s, alternating on/off, off/on, on/off, ..., so that the
-other load on a shared machine hits both variants alike.
+Duration: ``Size.seconds`` of load per variant and case (``BENCH_THROUGHPUT_S``
+overrides it), after a short warm-up, in rounds of at least 3 s (at most 5) whose order
+alternates (on/uncoal/off, off/uncoal/on, ...) so that the other load on a shared
+machine hits every variant alike.
 
 rps counts 2xx answers only (non-2xx are shown). CPU per request comes from /proc: the
 gateway processes' and all PostgreSQL processes' user+system time during the run.
 
-Coalesced admission (issue 16): a third cluster, "uncoal", runs as shipped but with
+Coalesced admission: a third cluster, "uncoal", runs as shipped but with
 ``GATEWAY_ADMISSION_COALESCE=0`` (one admission statement per request), in the same
 alternating rounds, so the before/after of the coalescing is one run's figures.
 """
@@ -26,11 +25,13 @@ alternating rounds, so the before/after of the coalescing is one run's figures.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from bench import framework as fw
 from bench import wrk
 from bench.framework import Bench, ScenarioResult
+from bench.report import Table
 
 NAME = "throughput"
 CASES = [("select_by_pk", "pk"), ("select_100", "rows100"), ("insert", "insert")]
@@ -57,10 +58,23 @@ CONNECTIONS = 16
 VARIANTS = ("on", "uncoal", "off")
 
 
+@dataclass(frozen=True)
+class Size:
+    seconds: float  # of load per variant and case (BENCH_THROUGHPUT_S overrides)
+    warmup_s: float  # per variant and case before measuring (0: none)
+
+
+SIZES = fw.Sizes(
+    full=Size(seconds=15.0, warmup_s=1.0),
+    quick=Size(seconds=3.0, warmup_s=1.0),
+    smoke=Size(seconds=1.0, warmup_s=0.0),
+)
+
+
 def run(bench: Bench) -> ScenarioResult:
     wrk_bin = fw.require_binary("wrk", "wrk")
-    fw.require_query_api()
-    seconds = float(os.environ.get("BENCH_THROUGHPUT_S") or fw.duration(15.0, 3.0))
+    size = SIZES.current()
+    seconds = float(os.environ.get("BENCH_THROUGHPUT_S") or size.seconds)
     rounds = max(1, min(5, int(seconds // 3)))  # wrk runs of >= 3 s
     project = bench.make_project(rows=ROWS)
     clusters: dict[str, fw.Cluster] = {}
@@ -77,8 +91,14 @@ def run(bench: Bench) -> ScenarioResult:
                 mode=mode,
                 max_id=ROWS,
             )
-            for variant in VARIANTS:  # warm-up: pools, caches, prepared statements
-                wrk.run(wrk_bin, clusters[variant].urls, script, seconds=1, connections=CONNECTIONS)
+            for variant in VARIANTS if size.warmup_s else ():  # pools, caches, statements
+                wrk.run(
+                    wrk_bin,
+                    clusters[variant].urls,
+                    script,
+                    seconds=size.warmup_s,
+                    connections=CONNECTIONS,
+                )
             runs: dict[str, list[wrk.WrkResult]] = {v: [] for v in VARIANTS}
             meters = {v: fw.CpuMeter(bench, clusters[v]) for v in VARIANTS}
             if case == "select_by_pk":
@@ -192,7 +212,7 @@ def run(bench: Bench) -> ScenarioResult:
             pk is not None and pk >= 1500,
         ),
     )
-    table = fw.markdown_table(
+    table = Table(
         [
             "case",
             "on rps",
@@ -210,7 +230,7 @@ def run(bench: Bench) -> ScenarioResult:
         ],
         rows,
     )
-    uncoal_table = fw.markdown_table(
+    uncoal_table = Table(
         [
             "case",
             "rps coalescing off",
@@ -228,7 +248,8 @@ def run(bench: Bench) -> ScenarioResult:
     details["figures"] = figures
     notes = [
         f"2 instances per variant, wrk x 2 (one per instance) x {CONNECTIONS} connections, "
-        f"{seconds:g} s per variant in {rounds} alternating round(s) after a 1 s warm-up; "
+        f"{seconds:g} s per variant in {rounds} alternating round(s) after a "
+        f"{size.warmup_s:g} s warm-up; "
         "'off' = admission and request log disabled; one project, server key; items table of "
         f"{ROWS:,} rows; rps counts 2xx answers."
     ]

@@ -17,24 +17,20 @@ the HTTP front answer such a request before routing and body reading.
 
 When the database can't decide within ``GATEWAY_ADMISSION_TIMEOUT_MS`` the answer is
 503 ``SERVICE_UNAVAILABLE`` with ``Retry-After: 1``: never a hang, never a free pass.
+The statements and that bounded round trip live in ``gateway/admission/statement.py``;
+this module decides what the row they return means.
 
 No Starlette here: the pipeline can be driven from tests and benchmarks without HTTP.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, overload
+from typing import Any
 
-import psycopg
 from psycopg import AsyncConnection
-from psycopg.rows import tuple_row
-from psycopg.types.numeric import Int4
 
 from gateway.admission.coalescer import Coalescer
 from gateway.admission.decision import Admission, QuotaExceeded
@@ -46,28 +42,12 @@ from gateway.admission.local_deny import (
     seconds_up,
     tag,
 )
+from gateway.admission.statement import CANCEL_GRACE_S, AdmissionStatement
 from gateway.auth.keys import hash_key
-from gateway.errors import GatewayError, service_unavailable
+from gateway.errors import GatewayError
 from gateway.metadata.catalog import Principal
 from gateway.quotas.plans import violations_for
 from gateway.settings import Settings
-
-logger = logging.getLogger("gateway.admission")
-
-ADMIT_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s, %s)"
-LOOKUP_SQL = "SELECT * FROM gateway.lookup_key(%s)"
-# With a session (migrations 0009, 0010): the same admission, then the session, in ONE statement.
-ADMIT_SESSION_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s, %s, %s)"
-LOOKUP_SESSION_SQL = "SELECT * FROM gateway.lookup_key(%s, %s)"
-# many requests in one statement (migration 0012): one row per element, in array order;
-# key hashes, costs, then the window settings, then "grows" and session hashes per element
-ADMIT_MANY_SQL = (
-    "SELECT * FROM gateway.admit_many(%s::text[], %s::int4[], %s, %s, %s, %s::bool[], %s::text[])"
-)
-
-# After a timeout the cancelled call gets this long to finish before its connection is
-# closed (psycopg would otherwise wait up to 5 s + 5 s for an unreachable server).
-CANCEL_GRACE_S = 0.25
 
 _KEY_ERRORS = {
     "invalid_key": ("INVALID_API_KEY", "Invalid API key"),
@@ -96,15 +76,9 @@ class Admitter:
         self.invalidation_live: Callable[[], bool] = invalidation_live or (lambda: False)
         self.clock = clock
         self.enabled = settings.admission_enabled
-        self.sliding = settings.rate_limit_algorithm == "sliding"
-        self.window_s = settings.rate_limit_window_s
-        self.timeout_s = settings.admission_timeout_ms / 1000.0
+        self.statement = AdmissionStatement(settings)
         # a probe that hasn't answered by then is presumed lost: the next request probes
-        self.probe_timeout_s = self.timeout_s + 2 * CANCEL_GRACE_S + 0.5
-        # the server gives up on a held counter row a little before the client does, so
-        # the usual timeout is a clean error (connection reusable), not a cancellation
-        self.lock_timeout_ms = max(1, int(settings.admission_timeout_ms * 0.8))
-        self.prepare = settings.db_pooler != "transaction"
+        self.probe_timeout_s = self.statement.timeout_s + 2 * CANCEL_GRACE_S + 0.5
         self.local = LocalDenies(
             invalidation_live=lambda: self.invalidation_live(),
             probe_timeout_s=self.probe_timeout_s,
@@ -113,8 +87,8 @@ class Admitter:
         # every admission waiting at one moment in one statement (off: one statement each)
         self.coalescer: Coalescer | None = (
             Coalescer(
-                self._send,
-                timeout_s=self.timeout_s,
+                self.statement.send,
+                timeout_s=self.statement.timeout_s,
                 statements_max=settings.admission_statements_max,
             )
             if settings.admission_coalesce
@@ -134,6 +108,11 @@ class Admitter:
         }
 
     # --- public -------------------------------------------------------------------------
+
+    @property
+    def prepare(self) -> bool:
+        """Whether the statement is prepared on the server (not behind a transaction pooler)."""
+        return self.statement.prepare
 
     def stats(self) -> dict[str, int]:
         coalesced = self.coalescer.stats() if self.coalescer is not None else {}
@@ -206,40 +185,24 @@ class Admitter:
             # leak into a caller's transaction)
             raise RuntimeError("admission needs an autocommit connection")
         if not self.enabled:
-            if session_hash is None:
-                row = await self._counted(self._call(conn, LOOKUP_SQL, (key_hash,)))
-            else:
-                row = await self._counted(
-                    self._call(conn, LOOKUP_SESSION_SQL, (key_hash, session_hash))
-                )
+            row = await self._counted(self.statement.lookup(conn, key_hash, session_hash))
             return self._key_only(row)
         # arrival, not the statement's sending: a local deny measured from here ends a
         # little earlier, never later, than the database's own reset
         sent_at = self.clock()
-        params: tuple[Any, ...] = (
-            key_hash,
-            cost,
-            self.window_s,
-            self.sliding,
-            self.lock_timeout_ms,
-        )
         try:
             if self.coalescer is not None:
                 row = await self._counted(
                     self.coalescer.admit(conn, (key_hash, cost, grows, session_hash))
                 )
-            elif session_hash is None:
-                row = await self._counted(self._call(conn, ADMIT_SQL, (*params, grows)))
             else:
                 row = await self._counted(
-                    self._call(conn, ADMIT_SESSION_SQL, (*params, grows, session_hash))
+                    self.statement.admit(conn, key_hash, cost, grows, session_hash)
                 )
         except BaseException:
             self.local.probe_failed(key_hash)  # the next request probes again
             raise
         return self._decide(row, key_hash, sent_at, cost=cost, grows=grows)
-
-    # --- the round trip -----------------------------------------------------------------
 
     async def _counted(self, call: Awaitable[tuple[Any, ...]]) -> tuple[Any, ...]:
         """Count each request answered 503 once (a coalesced statement answers many)."""
@@ -249,108 +212,6 @@ class Admitter:
             if error.status == 503:
                 self._stats["unavailable"] += 1
             raise
-
-    async def _send(
-        self, conn: AsyncConnection[Any], items: list[tuple[Any, ...]], deadline: float
-    ) -> list[tuple[Any, ...]]:
-        """The coalescer's statement: the single admit for one request (the very statement
-        used without coalescing), else admit_many (each request's
-        ``(key_hash, cost, grows, session_hash)`` becomes one element of each array)."""
-        timeout = max(0.001, deadline - time.monotonic())
-        tail = (self.window_s, self.sliding, self.lock_timeout_ms)
-        if len(items) == 1:
-            key_hash, cost, grows, session_hash = items[0]
-            if session_hash is None:
-                query, params = ADMIT_SQL, (key_hash, cost, *tail, grows)
-            else:
-                query, params = ADMIT_SESSION_SQL, (key_hash, cost, *tail, grows, session_hash)
-            return [await self._call(conn, query, params, timeout=timeout)]
-        params = (
-            [item[0] for item in items],
-            [Int4(item[1]) for item in items],
-            *tail,
-            [bool(item[2]) for item in items],
-            [item[3] for item in items],
-        )
-        rows = await self._call(conn, ADMIT_MANY_SQL, params, timeout=timeout, many=True)
-        if len(rows) != len(items):
-            raise RuntimeError(f"admit_many answered {len(rows)} rows for {len(items)}")
-        return rows
-
-    @overload
-    async def _call(
-        self,
-        conn: AsyncConnection[Any],
-        query: str,
-        params: tuple[Any, ...],
-        *,
-        timeout: float | None = None,
-        many: Literal[False] = False,
-    ) -> tuple[Any, ...]: ...
-
-    @overload
-    async def _call(
-        self,
-        conn: AsyncConnection[Any],
-        query: str,
-        params: tuple[Any, ...],
-        *,
-        timeout: float | None = None,
-        many: Literal[True],
-    ) -> list[tuple[Any, ...]]: ...
-
-    async def _call(
-        self,
-        conn: AsyncConnection[Any],
-        query: str,
-        params: tuple[Any, ...],
-        *,
-        timeout: float | None = None,
-        many: bool = False,
-    ) -> Any:
-        """One bounded round trip: a timeout or a lost connection is a fast 503."""
-        task = asyncio.ensure_future(self._execute(conn, query, params, many))
-        try:
-            done, _ = await asyncio.wait(
-                (task,), timeout=self.timeout_s if timeout is None else timeout
-            )
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if task in done:
-            try:
-                return task.result()
-            except psycopg.errors.LockNotAvailable:
-                raise service_unavailable(
-                    "Admission timed out waiting for the project's counter"
-                ) from None
-            except psycopg.OperationalError as exc:
-                logger.warning("admission failed: %s", type(exc).__name__)
-                # chained: gateway.pool.run_with_retry sees the lost connection behind the
-                # 503 and runs the request once more on a fresh one when that is safe
-                raise service_unavailable("Admission is unavailable: try again") from exc
-        # timed out: cancel on the server; give it a moment, then close the connection
-        task.cancel()
-        done, _ = await asyncio.wait((task,), timeout=CANCEL_GRACE_S)
-        if not done:
-            task.cancel()  # a second interrupt makes psycopg close the connection
-            await asyncio.wait((task,), timeout=CANCEL_GRACE_S)
-        task.add_done_callback(_swallow)
-        if not task.done():
-            with contextlib.suppress(Exception):
-                conn.pgconn.finish()
-        raise service_unavailable("Admission timed out")
-
-    async def _execute(
-        self, conn: AsyncConnection[Any], query: str, params: tuple[Any, ...], many: bool
-    ) -> Any:
-        async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(query, params, prepare=self.prepare)
-            if many:
-                return await cur.fetchall()
-            row = await cur.fetchone()
-        assert row is not None
-        return row
 
     # --- decisions ----------------------------------------------------------------------
 
@@ -543,8 +404,3 @@ def _tag_project(error: GatewayError, project_id: str, key_id: str) -> GatewayEr
     error.project_id = project_id  # type: ignore[attr-defined]
     error.key_id = key_id  # type: ignore[attr-defined]
     return error
-
-
-def _swallow(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -27,9 +27,9 @@ Deadlines and cancellation, per request, as with one statement each:
 * sent but its deadline passed: 503; the statement goes on for the others (its answer
   is dropped — like a timed-out single admit, it may have been counted);
 * the request whose connection carries the statement: the statement's own timeout is
-  its deadline (cancel on the server, close the connection if that hangs: the Admitter's
-  ``_call``), and if that request is cancelled the statement is cancelled; the others in
-  that batch get 503 with ``Retry-After: 1``;
+  its deadline (cancel on the server, close the connection if that hangs:
+  ``AdmissionStatement.call``), and if that request is cancelled the statement is
+  cancelled; the others in that batch get 503 with ``Retry-After: 1``;
 * the connection lost with PostgreSQL saying it ended the session (nothing applied):
   the others go back to the head of the queue and are sent again on another connection;
   the carrier's own error goes to its request (whose retry runs it on a fresh one).

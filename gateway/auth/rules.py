@@ -8,6 +8,7 @@ malformed body can only ever become a 4xx with a known code.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -228,8 +229,6 @@ def session_json(token: str, expires_at: dt.datetime) -> dict[str, Any]:
 def throttle_bucket(kind: str, *parts: str) -> str:
     """The counter's key: the kind in clear (for operators), the rest hashed, so the
     throttle table holds no email addresses."""
-    import hashlib
-
     digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
     return f"{kind}:{digest[:40]}"
 

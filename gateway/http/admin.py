@@ -34,7 +34,7 @@ from gateway.control.tabledef import DefinitionError
 from gateway.db.bridge import run_sync
 from gateway.db.pool import acquire
 from gateway.errors import GatewayError
-from gateway.http.routes import BodyTooLarge, read_body
+from gateway.http.endpoint import BodyTooLarge, read_body
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.admin")

@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.admission.admitter import Admitter
-from gateway.db.pool import PlanError, PoolPlan, create_pool, plan_for
+from gateway.db.budget import PlanError, PoolPlan
+from gateway.db.pool import create_pool, plan_for
 from gateway.errors import GatewayError
 from gateway.http import admin, auth_routes, front, routes
 from gateway.http import jobs as jobs_routes
@@ -33,7 +34,7 @@ from gateway.metadata.cache import MetadataCache
 from gateway.metadata.listener import MetadataListener
 from gateway.ops.observe import Observability, ObserveMiddleware
 from gateway.query.pipeline import Pipeline
-from gateway.realtime import hub as realtime_hub
+from gateway.realtime import lifecycle as realtime_lifecycle
 from gateway.realtime.hub import RealtimeHub
 from gateway.settings import Settings
 
@@ -125,8 +126,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # realtime: the hub polls only while someone subscribes; retention is a job of
         # the maintenance leader; the hub's figures are a metrics source
         state.realtime = RealtimeHub(settings, state.pool)
-        realtime_hub.install(state.realtime, state.extras)
-        realtime_hub.drain_on_signals(state.realtime)
+        realtime_lifecycle.install(state.realtime, state.extras)
+        realtime_lifecycle.drain_on_signals(state.realtime)
         # end-user auth: its service, cleanup job and metrics (gateway/http/auth_routes.py)
         auth = auth_routes.install(state)
         try:

@@ -35,7 +35,7 @@ from gateway.admission.gate import Gate
 from gateway.auth.bearer import credentials_from_headers
 from gateway.db.pool import REQUEST_DEADLINE
 from gateway.errors import GatewayError, service_unavailable
-from gateway.http.routes import ARRIVED
+from gateway.http.endpoint import ARRIVED
 from gateway.ops.observe import Observability, access_line
 from gateway.query.envelope import error_body
 from gateway.query.pipeline import Outcome

@@ -6,7 +6,8 @@ through ``Pipeline.admitted`` like /query, /schema and realtime: the local deny,
 statement on the same connection — two round trips — and one request-log row (method,
 ``/jobs/...`` path, status, error code). Only the body differs: the jobs API's
 ``{ok, data}`` / ``{ok: false, error, quota?}`` envelope instead of the data API's. The
-rules live in ``gateway.jobs.rules``, the SQL in ``gateway.jobs.store``.
+rules live in ``gateway.jobs.rules``, the SQL in ``gateway.jobs.store`` and
+``gateway.jobs.schedules``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from starlette.routing import Route
 from gateway.admission.decision import Admission
 from gateway.auth.bearer import credentials_from_headers
 from gateway.errors import GatewayError
+from gateway.http.endpoint import BodyTooLarge, arrival_time, new_request_id, observe, read_body
 from gateway.http.responses import JSON
-from gateway.http.routes import BodyTooLarge, _observe, _request_id, _started, read_body
-from gateway.jobs import rules, store
+from gateway.jobs import rules, schedules, store
 from gateway.jobs.rules import invalid
 from gateway.query.pipeline import Outcome
 
@@ -72,8 +73,8 @@ def _jobs_error_body(out: Outcome) -> bytes:
 
 
 async def _serve(request: Request, handler: Handler) -> Response:
-    started = _started(request)
-    request_id = _request_id(request)
+    started = arrival_time(request)
+    request_id = new_request_id()
     state = request.app.state.gw
     try:
         key, _session = credentials_from_headers(request.headers)
@@ -97,7 +98,7 @@ async def _serve(request: Request, handler: Handler) -> Response:
         out.body,
         status_code=out.status,
         media_type=JSON,
-        headers=_observe(request, "jobs", out, request_id, started),
+        headers=observe(request, "jobs", out, request_id, started),
     )
 
 
@@ -165,7 +166,7 @@ async def create_schedule(request: Request) -> Response:
         return _error(exc)
 
     async def handler(conn: AsyncConnection[Any], project_id: str) -> tuple[int, dict[str, Any]]:
-        schedule = await store.create_schedule(
+        schedule = await schedules.create_schedule(
             conn, project_id, rules.parse_schedule(body, partial=False)
         )
         return 201, {"data": {"schedule": schedule}}
@@ -175,8 +176,8 @@ async def create_schedule(request: Request) -> Response:
 
 async def list_schedules(request: Request) -> Response:
     async def handler(conn: AsyncConnection[Any], project_id: str) -> tuple[int, dict[str, Any]]:
-        schedules = await store.list_schedules(conn, project_id)
-        return 200, {"data": {"schedules": schedules}}
+        listed = await schedules.list_schedules(conn, project_id)
+        return 200, {"data": {"schedules": listed}}
 
     return await _serve(request, handler)
 
@@ -197,7 +198,7 @@ async def update_schedule(request: Request) -> Response:
     async def handler(conn: AsyncConnection[Any], project_id: str) -> tuple[int, dict[str, Any]]:
         schedule_id = _schedule_id(request)
         change = rules.parse_schedule(body, partial=True)
-        schedule = await store.update_schedule(conn, project_id, schedule_id, change)
+        schedule = await schedules.update_schedule(conn, project_id, schedule_id, change)
         return 200, {"data": {"schedule": schedule}}
 
     return await _serve(request, handler)
@@ -205,7 +206,7 @@ async def update_schedule(request: Request) -> Response:
 
 async def delete_schedule(request: Request) -> Response:
     async def handler(conn: AsyncConnection[Any], project_id: str) -> tuple[int, dict[str, Any]]:
-        await store.delete_schedule(conn, project_id, _schedule_id(request))
+        await schedules.delete_schedule(conn, project_id, _schedule_id(request))
         return 200, {"data": {"deleted": True}}
 
     return await _serve(request, handler)

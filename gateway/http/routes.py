@@ -7,7 +7,6 @@ import datetime as dt
 import inspect
 import logging
 import time
-import uuid
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -18,6 +17,13 @@ from gateway.auth.bearer import credentials_from_headers
 from gateway.db.pool import acquire
 from gateway.errors import GatewayError
 from gateway.http import auth_routes
+from gateway.http.endpoint import (
+    BodyTooLarge,
+    arrival_time,
+    new_request_id,
+    observe,
+    read_body,
+)
 from gateway.http.responses import JSON, error_response, json_response
 from gateway.ops.metrics import CONTENT_TYPE
 from gateway.query.pipeline import Outcome
@@ -27,7 +33,6 @@ logger = logging.getLogger("gateway")
 
 BASE = "/v1/inhouse/db"
 READY_TIMEOUT_S = 1.0
-ARRIVED = "gateway.arrived"  # scope key: perf_counter() at the HTTP front (issue 16)
 
 
 async def health(request: Request) -> Response:
@@ -95,77 +100,16 @@ async def metrics(request: Request) -> Response:
     return Response(registry.render(), media_type=CONTENT_TYPE)
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes without reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _render(
     request: Request, kind: str, outcome: Outcome, request_id: str, started: float
 ) -> Response:
-    headers = _observe(request, kind, outcome, request_id, started)
+    headers = observe(request, kind, outcome, request_id, started)
     return Response(outcome.body, status_code=outcome.status, media_type=JSON, headers=headers)
 
 
-def _observe(
-    request: Request, kind: str, outcome: Outcome, request_id: str, started: float
-) -> dict[str, str]:
-    """Record the outcome (metrics, request log, access line); the response's headers."""
-    duration_ms = (time.perf_counter() - started) * 1000
-    headers = dict(outcome.headers)
-    headers["X-Request-Id"] = request_id
-    headers["X-Gateway-Duration-Ms"] = f"{duration_ms:.2f}"
-    observability = request.app.state.gw.extras.get("observability")
-    if observability is not None:
-        client = request.client
-        observability.record_outcome(
-            kind,
-            outcome,
-            request_id=request_id,
-            duration_ms=duration_ms,
-            peer=client.host if client else None,
-            forwarded_for=request.headers.get("x-forwarded-for"),
-            user_agent=request.headers.get("user-agent"),
-        )
-        if observability.access_json:  # extra fields for the JSON access line
-            request.scope.setdefault("state", {})["gateway_log"] = {
-                "request_id": request_id,
-                "project_id": outcome.project_id,
-                "operation": outcome.operation,
-                "table": outcome.table,
-                "error_code": outcome.error_code,
-            }
-    return headers
-
-
-def _request_id(request: Request) -> str:
-    return uuid.uuid4().hex
-
-
-def _started(request: Request) -> float:
-    """When the request arrived: at the overload gate (``gateway/http/front.py``) if it
-    waited there — that wait is part of its duration — else now."""
-    arrived = request.scope.get(ARRIVED)
-    return arrived if isinstance(arrived, float) else time.perf_counter()
-
-
 async def _with_body(request: Request, batch: bool) -> Response:
-    started = _started(request)
-    request_id = _request_id(request)
+    started = arrival_time(request)
+    request_id = new_request_id()
     state = request.app.state.gw
     try:
         body = await read_body(request, state.settings.max_body_bytes)
@@ -192,30 +136,28 @@ async def batch(request: Request) -> Response:
 
 
 async def schema(request: Request) -> Response:
-    started = _started(request)
+    started = arrival_time(request)
     key, session = credentials_from_headers(request.headers)
     outcome = await request.app.state.gw.pipeline.schema(key, session)
-    return _render(request, "schema", outcome, _request_id(request), started)
+    return _render(request, "schema", outcome, new_request_id(), started)
 
 
 async def realtime(request: Request) -> Response:
     """Opening a stream is a request like any other (logged when it is opened or refused;
     ``duration_ms`` is the time to open it, not its lifetime)."""
     started = time.perf_counter()
-    request_id = _request_id(request)
+    request_id = new_request_id()
     outcome, sub = await open_stream(request)
     if sub is None:
         return _render(request, "realtime", outcome, request_id, started)
-    return stream_response(
-        request, sub, _observe(request, "realtime", outcome, request_id, started)
-    )
+    return stream_response(request, sub, observe(request, "realtime", outcome, request_id, started))
 
 
 async def realtime_ticket(request: Request) -> Response:
     """A single-use ticket for a stream's URL; a request like any other (logged)."""
-    started = _started(request)
+    started = arrival_time(request)
     outcome = await issue_ticket(request)
-    return _render(request, "ticket", outcome, _request_id(request), started)
+    return _render(request, "ticket", outcome, new_request_id(), started)
 
 
 def build_routes() -> list[Route]:

@@ -11,7 +11,7 @@ jobs and a listener that is down). Database work of the worker goes through the 
 at most ``db_connections`` checkouts at a time, so deliveries never hold a connection.
 
 The cron tick runs every ``GATEWAY_JOBS_CRON_TICK_S`` (1 s) on every instance; the one that gets
-``pg_try_advisory_xact_lock`` enqueues the due fires (see ``store.fire_due_schedules``).
+``pg_try_advisory_xact_lock`` enqueues the due fires (see ``schedules.fire_due_schedules``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.jobs import delivery, rules, store
+from gateway.jobs import delivery, rules, schedules, store
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.jobs")
@@ -327,11 +327,13 @@ class JobsRuntime:
 
     async def cron_tick(self) -> int:
         async with self._conn() as conn, conn.transaction():
-            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (store.CRON_LOCK_KEY,))
+            cur = await conn.execute(
+                "SELECT pg_try_advisory_xact_lock(%s)", (schedules.CRON_LOCK_KEY,)
+            )
             row = await cur.fetchone()
             if not row or not row[0]:
                 return 0
-            fired = await store.fire_due_schedules(conn, CRON_GRACE_S)
+            fired = await schedules.fire_due_schedules(conn, CRON_GRACE_S)
         self.cron_fired += fired
         self.count("enqueued", fired)
         return fired

@@ -18,7 +18,9 @@ Built-in jobs (see ``install_default_jobs``):
   ``GATEWAY_LOG_RETENTION_DAYS``, ``RETENTION_BATCH`` rows per statement, at most
   ``RETENTION_MAX_BATCHES`` statements or ``RETENTION_BUDGET_S`` seconds per tick;
 - ``db_connections``: count the gateway's connections in ``pg_stat_activity`` per
-  instance (``application_name`` ``gateway:<instance id>``) for the metrics.
+  instance (``application_name`` ``gateway:<instance id>``) for the metrics;
+- ``admin_nonce_cleanup``: delete the expired nonces of signed admin requests
+  (``gateway/control/nonces.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.control import nonces
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.maintenance")
@@ -269,8 +272,5 @@ def install_default_jobs(maintenance: Maintenance, sampler: ConnectionSampler) -
         sampler.sample,
         every_s=ACTIVITY_EVERY_S * 0.9,  # a 15 s tick must not skip a sample on jitter
     )
-
-    # admin API (issue 15): expired nonces of signed admin requests
-    from gateway.control import nonces
-
+    # the admin API: expired nonces of signed admin requests
     nonces.register_maintenance(maintenance)

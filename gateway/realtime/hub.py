@@ -1,19 +1,14 @@
 """Realtime fan-out: one poller per instance over ``gateway.changes``, a queue per subscriber.
 
 Capture (migration 0005) appends every change of a realtime table to ``gateway.changes``
-stamped with the writing transaction's id. This module reads that log and fans it out:
+stamped with the writing transaction's id. This module reads that log (with the
+statements of ``changelog.py``) and fans it out:
 
 * **One cursor per instance.** ``RealtimeHub`` keeps one cursor ``(xid, id)`` and polls
-  only for the projects that have subscribers on this instance::
-
-      (xid, id) > cursor AND xid < pg_snapshot_xmin(pg_current_snapshot())
-      AND project_id = ANY(active) ORDER BY xid, id LIMIT page
-
-  Every transaction below the snapshot's xmin has finished, so no row can ever appear
-  behind the cursor: nothing is skipped, and rows come out in transaction-id order. It
-  polls again at once while pages are full, backs off to ``realtime_poll_max_ms`` when
-  idle, and does not poll at all without subscribers. Cost grows with instances, not
-  with subscribers.
+  only for the projects that have subscribers on this instance, below the snapshot's
+  xmin, so nothing is ever skipped (``changelog.py`` says why). It polls again at once
+  while pages are full, backs off to ``realtime_poll_max_ms`` when idle, and does not
+  poll at all without subscribers. Cost grows with instances, not with subscribers.
 * **Dispatch** is synchronous with the cursor update (no ``await`` between them), so
   "every change up to the hub cursor has been offered to every live subscriber" is
   always true; that is what makes the join of a resuming subscriber exact.
@@ -31,7 +26,8 @@ stamped with the writing transaction's id. This module reads that log and fans i
   it is sent, so a column made sensitive disappears from the next event.
 
 Nothing here knows HTTP; ``sse_stream`` turns a subscription into ``text/event-stream``
-bytes for the route.
+bytes for the route. ``lifecycle.py`` hooks the hub into the instance (metrics, retention,
+shutdown signals).
 """
 
 from __future__ import annotations
@@ -39,8 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import threading
 import time
 from collections.abc import (
     AsyncIterator,
@@ -49,17 +43,18 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
-from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.errors import GatewayError, service_unavailable
+from gateway.metadata.cache import load_catalog
 from gateway.metadata.catalog import ProjectCatalog
-from gateway.realtime.events import Change, Cursor, Event, change_from_row
+from gateway.realtime.changelog import read_catch_up, read_head, read_poll
+from gateway.realtime.events import Change, Cursor, Event
 from gateway.realtime.filters import FilterLike, compile_filters
-from gateway.realtime.retention import prune_changes
+from gateway.realtime.stats import HubStats
 from gateway.realtime.subscription import ColumnsFn, Subscription
 from gateway.settings import Settings
 
@@ -69,73 +64,6 @@ PAGE_SIZE = 500
 CATCHUP_PAGE_SIZE = 500
 POLL_MIN_MS = 5
 LINGER_S = 0.5  # keep polling at the minimum interval this long after the last change
-
-
-# --- the hub --------------------------------------------------------------------------------
-
-
-@dataclass
-class HubStats:
-    polls: int = 0
-    poll_errors: int = 0
-    rows_polled: int = 0
-    rows_dispatched: int = 0
-    rows_delivered: int = 0
-    catchup_queries: int = 0
-    catalog_loads: int = 0
-    overflows: int = 0
-    resets: int = 0
-    send_timeouts: int = 0
-    last_change_age_s: float = 0.0  # now - created_at of the last change read (DB clock)
-    held_back_s: float = 0.0  # age of the oldest visible change not yet deliverable
-    xmin_lag_xids: int = 0  # how far pg_snapshot_xmin trails the next xid
-    last_poll_monotonic: float = field(default=0.0)
-
-
-POLL_SQL = """
-SELECT s.xmin::text::bigint, (s.xmax::text::bigint - s.xmin::text::bigint),
-       c.xid::text::bigint, c.id, c.op, c.pk::text, c.row::text, c.old_row::text,
-       c.project_id::text, c.table_name,
-       extract(epoch FROM clock_timestamp() - c.created_at), v.version,
-       extract(epoch FROM clock_timestamp() - (
-           SELECT min(h.created_at) FROM gateway.changes h
-            WHERE h.xid >= s.xmin AND (h.xid, h.id) > (CAST(%(xid)s AS text)::xid8, %(id)s)
-              AND h.project_id = ANY(%(projects)s::uuid[]))),
-       c.owner::text
-  FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
-               pg_snapshot_xmax(pg_current_snapshot()) AS xmax) AS s
-  LEFT JOIN LATERAL (
-        SELECT xid, id, op, pk, row, old_row, project_id, table_name, created_at, owner
-          FROM gateway.changes
-         WHERE (xid, id) > (CAST(%(xid)s AS text)::xid8, %(id)s)
-           AND xid < s.xmin
-           AND project_id = ANY(%(projects)s::uuid[])
-         ORDER BY xid, id
-         LIMIT %(limit)s) AS c ON true
-  LEFT JOIN gateway.registry_versions v ON v.project_id = c.project_id
- ORDER BY c.xid, c.id
-"""
-
-CATCHUP_SQL = """
-SELECT w.xid::text::bigint, w.id,
-       pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
-       c.xid::text::bigint, c.id, c.op, c.pk::text, c.row::text, c.old_row::text,
-       extract(epoch FROM clock_timestamp() - c.created_at), v.version, c.owner::text
-  FROM (SELECT 1) AS one
-  LEFT JOIN gateway.changes_pruned w ON w.project_id = %(project)s::uuid
-  LEFT JOIN gateway.registry_versions v ON v.project_id = %(project)s::uuid
-  LEFT JOIN LATERAL (
-        SELECT xid, id, op, pk, row, old_row, created_at, owner
-          FROM gateway.changes
-         WHERE project_id = %(project)s::uuid AND table_name = %(table)s
-           AND (xid, id) > (CAST(%(xid)s AS text)::xid8, %(id)s)
-           AND (xid, id) <= (CAST(%(to_xid)s AS text)::xid8, %(to_id)s)
-         ORDER BY xid, id
-         LIMIT %(limit)s) AS c ON true
- ORDER BY c.xid, c.id
-"""
-
-HEAD_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
 class RealtimeHub:
@@ -171,7 +99,7 @@ class RealtimeHub:
         self._stopped = False
         # project id -> (registry version or None if unknown, catalog)
         self._catalogs: dict[str, tuple[int | None, ProjectCatalog]] = {}
-        self._catalog_loader = catalog_loader
+        self._load_catalog = catalog_loader or load_catalog
 
     # -- public --------------------------------------------------------------------------
 
@@ -296,7 +224,8 @@ class RealtimeHub:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Forget a subscriber (its ``close``); the last one out stops the polling."""
         if sub not in self._subscribers:
             return
         self._subscribers.discard(sub)
@@ -320,20 +249,13 @@ class RealtimeHub:
             self._cursor = None
             self._epoch += 1
 
-    async def _head(self) -> Cursor:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(HEAD_SQL)
-            row = await cur.fetchone()
-        assert row is not None
-        return Cursor(int(row[0]), 0)
-
     async def _ensure_cursor(self) -> Cursor:
         if self._cursor is not None:
             return self._cursor
         async with self._init_lock:
             if self._cursor is None:
                 try:
-                    head = await self._head()
+                    head = await read_head(self.pool)
                 except Exception as exc:
                     logger.warning("realtime: can't read the head cursor: %s", exc)
                     raise service_unavailable("realtime is unavailable, retry shortly") from None
@@ -342,7 +264,7 @@ class RealtimeHub:
             assert self._cursor is not None
             return self._cursor
 
-    async def _catch_up(self, sub: Subscription) -> AsyncIterator[Event]:
+    async def catch_up(self, sub: Subscription) -> AsyncIterator[Event]:
         """From the subscriber's position up to the hub cursor, then join the live stream.
 
         Yields change events (``data={"change": Change}``) and ``reset``.
@@ -371,20 +293,9 @@ class RealtimeHub:
                 continue
             self.stats.catchup_queries += 1
             try:
-                async with self.pool.connection() as conn:
-                    cur = await conn.execute(
-                        CATCHUP_SQL,
-                        {
-                            "project": sub.project_id,
-                            "table": sub.table,
-                            "xid": str(pos.xid),
-                            "id": pos.id,
-                            "to_xid": str(target.xid),
-                            "to_id": target.id,
-                            "limit": self.catchup_page_size,
-                        },
-                    )
-                    rows = await cur.fetchall()
+                page = await read_catch_up(
+                    self.pool, sub.project_id, sub.table, pos, target, self.catchup_page_size
+                )
             except Exception as exc:
                 logger.warning("realtime: catch-up query failed: %s", exc)
                 yield Event(
@@ -395,27 +306,20 @@ class RealtimeHub:
                 sub.close()
                 return
             checked = True
-            first = rows[0]
-            pruned = Cursor(int(first[0]), int(first[1])) if first[0] is not None else None
-            xmax = int(first[2])
-            if (pruned is not None and pruned > pos) or pos.xid > xmax:
+            if (page.pruned is not None and page.pruned > pos) or pos.xid > page.xmax:
                 # changes after ``pos`` were deleted by retention (or the cursor is from
                 # the future): the client must refetch and resume from a fresh cursor
                 self.stats.resets += 1
                 pos = self._cursor or target
                 yield Event("reset", pos, {"cursor": str(pos)})
                 continue
-            changes = [
-                change_from_row(sub.project_id, sub.table, r, 3, r[9], owner=r[11])
-                for r in rows
-                if r[3] is not None
-            ]
+            changes = page.changes
             if changes:
                 # as in a poll: the registry version read with these changes; a catalog
                 # older than it (e.g. the one the stream was opened with) is reloaded
                 # before they are sent
                 try:
-                    await self._refresh_catalogs({sub.project_id: int(first[10] or 0)})
+                    await self._refresh_catalogs({sub.project_id: page.version})
                 except Exception as exc:
                     logger.warning("realtime: catalog reload failed: %s", exc)
                     yield Event(
@@ -451,40 +355,6 @@ class RealtimeHub:
                 catalog = await self._load_catalog(conn, project_id)
             self.stats.catalog_loads += 1
             self._catalogs[project_id] = (version, catalog)
-
-    async def _load_catalog(self, conn: AsyncConnection[Any], project_id: str) -> ProjectCatalog:
-        loader = self._catalog_loader
-        if loader is None:
-            from gateway.metadata.cache import load_catalog
-
-            loader = load_catalog
-        result: ProjectCatalog = await loader(conn, project_id)
-        return result
-
-    async def _poll_once(
-        self, cursor: Cursor, projects: list[str]
-    ) -> tuple[list[Change], int, dict[str, int | None]]:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                POLL_SQL,
-                {
-                    "xid": str(cursor.xid),
-                    "id": cursor.id,
-                    "projects": projects,
-                    "limit": self.page_size,
-                },
-            )
-            rows = await cur.fetchall()
-        first = rows[0]
-        xmin = int(first[0])
-        self.stats.xmin_lag_xids = int(first[1])
-        # committed changes held back by an older open transaction: how long they wait
-        self.stats.held_back_s = float(first[12] or 0.0)
-        changes = [
-            change_from_row(r[8], r[9], r, 2, r[10], owner=r[13]) for r in rows if r[2] is not None
-        ]
-        versions = {r[8]: int(r[11] or 0) for r in rows if r[2] is not None}
-        return changes, xmin, versions
 
     def _dispatch(self, changes: list[Change]) -> None:
         """Offer changes to live subscribers. Synchronous: runs between two awaits."""
@@ -542,10 +412,13 @@ class RealtimeHub:
             self._inflight = frozenset(projects)
             error: Exception | None = None
             try:
-                changes, xmin, versions = await self._poll_once(cursor, projects)
+                page = await read_poll(self.pool, cursor, projects, self.page_size)
+                self.stats.xmin_lag_xids = page.xmin_lag_xids
+                # committed changes held back by an older open transaction: how long they wait
+                self.stats.held_back_s = page.held_back_s
                 # registry changed since the catalog we hold: reload before these changes
                 # are sent (same snapshot as the rows, so never older than the write)
-                await self._refresh_catalogs(versions)
+                await self._refresh_catalogs(page.versions)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -562,6 +435,7 @@ class RealtimeHub:
             self.stats.last_poll_monotonic = time.monotonic()
             if epoch != self._epoch or self._cursor != cursor:
                 continue  # everyone left (and maybe came back at a new head) meanwhile
+            changes, xmin = page.changes, page.xmin
             self.stats.rows_polled += len(changes)
             self._dispatch(changes)
             new = changes[-1].cursor if changes else cursor
@@ -584,56 +458,3 @@ class RealtimeHub:
             else:
                 delay = min(max(delay * 2, min_delay), max_delay)
             await self._sleep(delay)
-
-
-def drain_on_signals(hub: RealtimeHub) -> None:
-    """Chain SIGTERM/SIGINT: drain the hub, then whatever handler was there (uvicorn's).
-
-    uvicorn waits for open connections before it runs the lifespan shutdown; SSE streams
-    never finish on their own, so without this a SIGTERM would hold every stream (and the
-    exit) for the whole graceful-shutdown timeout. Only possible in the main thread (not
-    under a test client); uvicorn restores its own handlers when it exits.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous = signal.getsignal(sig)
-
-        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
-            loop.call_soon_threadsafe(hub.drain)
-            if callable(previous):
-                previous(signum, frame)
-            elif previous == signal.SIG_DFL:
-                signal.signal(signum, signal.SIG_DFL)
-                signal.raise_signal(signum)
-
-        try:
-            signal.signal(sig, handler)
-        except (ValueError, OSError):  # pragma: no cover - not the main thread after all
-            return
-
-
-def install(hub: RealtimeHub, extras: dict[str, Any]) -> None:
-    """Hook the hub into the instance: its figures as the ``realtime`` metrics source, and
-    retention as a job of the maintenance leader (one instance per tick).
-
-    The job deliberately does NOT delete inside the leader's transaction (the ``conn`` it
-    is given): every transaction that holds an xid holds realtime delivery back until it
-    ends, so each batch commits on its own connection in a few milliseconds instead of
-    staying open for the whole tick.
-    """
-    metrics = extras.get("metrics")
-    if metrics is not None:
-        metrics.register_source("realtime", hub.snapshot)
-    maintenance = extras.get("maintenance")
-    if maintenance is None:
-        logger.warning("realtime: no maintenance leader; changes are not pruned")
-        return
-    settings, pool = hub.settings, hub.pool
-
-    async def realtime_retention(conn: AsyncConnection[Any]) -> int:
-        async with pool.connection() as own:
-            return await prune_changes(own, settings.realtime_retention_hours)
-
-    maintenance.register("realtime_retention", realtime_retention)

@@ -12,16 +12,14 @@ from collections.abc import (
     Callable,
     Collection,
 )
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
 from gateway.errors import GatewayError
 from gateway.realtime.events import CHANGE_KINDS, Change, Cursor, Event
 from gateway.realtime.filters import Predicate
-
-if TYPE_CHECKING:
-    from gateway.realtime.hub import RealtimeHub
+from gateway.realtime.stats import HubStats
 
 logger = logging.getLogger("gateway.realtime")
 
@@ -36,12 +34,31 @@ KEY_FATAL_CODES = frozenset(
 )
 
 
+class Feed(Protocol):
+    """What a subscription needs from the hub that feeds it (``RealtimeHub``).
+
+    Declared here, on the subscription's side, so that this module does not import the
+    hub: the hub creates subscriptions and imports this module.
+    """
+
+    stats: HubStats
+
+    @property
+    def cursor(self) -> Cursor | None: ...
+
+    def catch_up(self, sub: Subscription) -> AsyncIterator[Event]:
+        """From the subscriber's position up to the hub's cursor, then join the live stream."""
+        ...
+
+    def unsubscribe(self, sub: Subscription) -> None: ...
+
+
 class Subscription:
     """One stream: its project and table, filters, a bounded queue and a position."""
 
     def __init__(
         self,
-        hub: RealtimeHub,
+        hub: Feed,
         project_id: str,
         table: str,
         *,
@@ -110,7 +127,7 @@ class Subscription:
             return
         self.closed = True
         self.live = False
-        self.hub._unsubscribe(self)
+        self.hub.unsubscribe(self)
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(None)  # wakes a consumer blocked on an empty queue
 
@@ -178,7 +195,7 @@ class Subscription:
     async def events(self, heartbeat_s: float = HEARTBEAT_S) -> AsyncIterator[Event]:
         """Catch-up from ``since``, then the live stream; ends on overflow, error or close."""
         try:
-            async for event in self.hub._catch_up(self):
+            async for event in self.hub.catch_up(self):
                 if event.kind in CHANGE_KINDS:
                     readable, error = self._readable()
                     if error is not None:

@@ -11,8 +11,9 @@ import pytest
 
 from gateway.errors import GatewayError
 from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
-from gateway.query.compiler import CompiledStatement, column_type, compile_query
+from gateway.query.compiler import CompiledStatement, compile_query
 from gateway.query.contract import parse_query
+from gateway.query.values import column_type
 from tests.example_catalog import CATALOG, PUBLIC, SERVER
 
 

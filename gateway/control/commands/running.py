@@ -20,7 +20,7 @@ from gateway.control.commands.common import (
     non_negative_int,
     positive_int,
 )
-from gateway.db import migrate, pool
+from gateway.db import budget, migrate, pool
 from gateway.db.localdb import DEFAULT_DATA_ROOT, find_local_database
 from gateway.jobs.worker import db_connections
 from gateway.ops import stats
@@ -75,7 +75,7 @@ def cmd_pool_plan(cli: CommandLine, args: argparse.Namespace) -> None:
     if args.neon_cu is not None and args.max_connections is not None:
         raise UsageError("give --max-connections or --neon-cu, not both")
     if args.neon_cu is not None:
-        max_connections, reserved = pool.neon_limits(args.neon_cu)
+        max_connections, reserved = budget.neon_limits(args.neon_cu)
         if args.reserved is not None:
             reserved = args.reserved
         source = f"Neon {args.neon_cu} CU"
@@ -96,7 +96,7 @@ def cmd_pool_plan(cli: CommandLine, args: argparse.Namespace) -> None:
         if args.reserved is not None:
             settings = settings.with_changes(db_reserved_connections=args.reserved)
         max_connections, reserved, source = asyncio.run(pool.discover_limits(settings, timeout=0))
-    plan = pool.plan_pool(settings, max_connections, reserved, source=source)
+    plan = budget.plan_pool(settings, max_connections, reserved, source=source)
     payload = plan.as_json()
     workers = db_connections(settings, plan.pool_max)
     payload["jobs_worker_connections"] = workers

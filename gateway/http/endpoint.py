@@ -1,0 +1,81 @@
+"""What every HTTP endpoint does around its work: when the request arrived, its id, its
+body read under a limit, and its outcome recorded once.
+
+The data routes (``routes.py``), the jobs API (``jobs.py``) and the admin API
+(``admin.py``) all use these, so they live apart from any one of them: a module of
+endpoints importing another module of endpoints for its helpers is how private names
+ended up shared.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from starlette.requests import Request
+
+from gateway.query.pipeline import Outcome
+
+# scope key: perf_counter() when the HTTP front (``front.py``) let the request through
+ARRIVED = "gateway.arrived"
+
+
+def arrival_time(request: Request) -> float:
+    """When the request arrived: at the overload gate (``gateway/http/front.py``) if it
+    waited there — that wait is part of its duration — else now."""
+    arrived = request.scope.get(ARRIVED)
+    return arrived if isinstance(arrived, float) else time.perf_counter()
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def observe(
+    request: Request, kind: str, outcome: Outcome, request_id: str, started: float
+) -> dict[str, str]:
+    """Record the outcome (metrics, request log, access line); the response's headers."""
+    duration_ms = (time.perf_counter() - started) * 1000
+    headers = dict(outcome.headers)
+    headers["X-Request-Id"] = request_id
+    headers["X-Gateway-Duration-Ms"] = f"{duration_ms:.2f}"
+    observability = request.app.state.gw.extras.get("observability")
+    if observability is not None:
+        client = request.client
+        observability.record_outcome(
+            kind,
+            outcome,
+            request_id=request_id,
+            duration_ms=duration_ms,
+            peer=client.host if client else None,
+            forwarded_for=request.headers.get("x-forwarded-for"),
+            user_agent=request.headers.get("user-agent"),
+        )
+        if observability.access_json:  # extra fields for the JSON access line
+            request.scope.setdefault("state", {})["gateway_log"] = {
+                "request_id": request_id,
+                "project_id": outcome.project_id,
+                "operation": outcome.operation,
+                "table": outcome.table,
+                "error_code": outcome.error_code,
+            }
+    return headers

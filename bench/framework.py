@@ -35,13 +35,16 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bench.report import Table
-from gateway.control import provisioning, tabledef
+from gateway.control import tabledef
+from gateway.control.keys import create_key
+from gateway.control.projects import MAX_LIMIT, connect, create_project
+from gateway.control.tables import create_table
 from gateway.db import migrate
 from gateway.db.localdb import LocalPostgres, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE = "/v1/inhouse/db"
-UNREACHABLE_LIMIT = provisioning.MAX_LIMIT  # 2^31 - 1: never reached in a bench run
+UNREACHABLE_LIMIT = MAX_LIMIT  # 2^31 - 1: never reached in a bench run
 
 # The table every bench project gets: small rows, an identity primary key.
 ITEMS_TABLE: dict[str, Any] = {
@@ -428,16 +431,16 @@ class Bench:
     ) -> dict[str, Any]:
         """A project with an ``items`` table (``rows`` rows) and a public and a server key."""
         own = conn is None
-        c = conn or provisioning.connect(self.url)
+        c = conn or connect(self.url)
         try:
-            project = provisioning.create_project(
+            project = create_project(
                 c,
                 name or f"bench-{uuid.uuid4().hex[:12]}",
                 rate_limit_per_minute=rate_limit_per_minute,
                 requests_per_day=requests_per_day,
             )
             if table is not None:
-                provisioning.create_table(c, project.id, tabledef.parse_table(table))
+                create_table(c, project.id, tabledef.parse_table(table))
             public = (
                 _create_key(c, project.id, "public") if public_key else {"key": None, "id": None}
             )
@@ -529,7 +532,7 @@ def _create_key(conn: psycopg.Connection[Any], project_id: str, key_type: str) -
     """
     for attempt in range(5):
         try:
-            return provisioning.create_key(conn, project_id, key_type=key_type)
+            return create_key(conn, project_id, key_type=key_type)
         except psycopg.errors.UniqueViolation:
             if attempt == 4:
                 raise

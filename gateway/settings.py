@@ -121,7 +121,12 @@ class Settings:
         return replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, development: bool = False
+    ) -> Settings:
+        """``development``: the defaults of ``gateway dev`` (``make run``), where the app
+        under development runs on this machine — a job receiver on loopback or a private
+        address is admitted unless GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS says otherwise."""
         env = os.environ if environ is None else environ
         r = _Reader(env)
         settings = cls(
@@ -180,7 +185,7 @@ class Settings:
             db_size_sample_s=r.float("GATEWAY_DB_SIZE_SAMPLE_S", 60.0, minimum=0.1),
             jobs_concurrency=r.int("GATEWAY_JOBS_CONCURRENCY", 10, minimum=0),
             jobs_per_project=r.int("GATEWAY_JOBS_PER_PROJECT", 5, minimum=1),
-            jobs_allow_private_targets=r.bool("GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS", False),
+            jobs_allow_private_targets=r.bool("GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS", development),
             jobs_retention_days=r.float("GATEWAY_JOBS_RETENTION_DAYS", 7.0, minimum=0.0),
             jobs_lease_s=r.float("GATEWAY_JOBS_LEASE_S", 30.0, minimum=1.0),
             jobs_poll_s=r.float("GATEWAY_JOBS_POLL_S", 1.0, minimum=0.05),

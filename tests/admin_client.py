@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.control.admin import PREFIX
+from gateway.control.admin_route import PREFIX
 from gateway.control.signing import sign_request
 
 SECRET = "test-admin-secret-0123456789abcdef"

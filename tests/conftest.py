@@ -17,8 +17,11 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from gateway.control import provisioning, tabledef
+from gateway.control import tabledef
 from gateway.control.devserver import DEMO_TABLE
+from gateway.control.keys import create_key
+from gateway.control.projects import connect, create_project
+from gateway.control.tables import create_table
 from gateway.db import migrate
 from tests.harness import GatewayCluster, LocalServerControl
 
@@ -74,16 +77,16 @@ def make_project(pg_url: str) -> ProjectFactory:
         table: dict[str, Any] | None = None,
         name: str | None = None,
     ) -> dict[str, Any]:
-        with provisioning.connect(pg_url) as conn:
-            project = provisioning.create_project(
+        with connect(pg_url) as conn:
+            project = create_project(
                 conn,
                 name or f"t-{uuid.uuid4().hex[:12]}",
                 rate_limit_per_minute=rate_limit_per_minute,
                 requests_per_day=requests_per_day,
             )
-            provisioning.create_table(conn, project.id, tabledef.parse_table(table or TODOS_TABLE))
-            public = provisioning.create_key(conn, project.id, key_type="public")
-            server = provisioning.create_key(conn, project.id, key_type="server")
+            create_table(conn, project.id, tabledef.parse_table(table or TODOS_TABLE))
+            public = create_key(conn, project.id, key_type="public")
+            server = create_key(conn, project.id, key_type="server")
         return {
             **project.as_json(),
             "public_key": public["key"],

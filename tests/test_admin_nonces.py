@@ -13,7 +13,9 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.control import nonces, provisioning
+from gateway.control import nonces
+from gateway.control.errors import ConflictError
+from gateway.control.projects import create_project
 from gateway.db.bridge import run_sync
 from gateway.ops.maintenance import ConnectionSampler, Maintenance, install_default_jobs
 from gateway.settings import Settings
@@ -91,10 +93,10 @@ def test_the_bridge_runs_provisioning_and_rolls_back_on_refusal(
                                    kwargs={"autocommit": True})  # fmt: skip
         await pool.open(wait=True)
         try:
-            made = await run_sync(pool, provisioning.create_project, name)
+            made = await run_sync(pool, create_project, name)
             try:
-                await run_sync(pool, provisioning.create_project, name)
-            except provisioning.ConflictError as exc:
+                await run_sync(pool, create_project, name)
+            except ConflictError as exc:
                 refused = exc
             else:
                 refused = None
@@ -103,7 +105,7 @@ def test_the_bridge_runs_provisioning_and_rolls_back_on_refusal(
             await pool.close()
 
     made, refused = run(scenario())
-    assert made.name == name and isinstance(refused, provisioning.ConflictError)
+    assert made.name == name and isinstance(refused, ConflictError)
     rows = db.execute("SELECT count(*) AS n FROM gateway.projects WHERE name = %s", [name])
     assert rows.fetchone()["n"] == 1
     # the role and schema of the first exist; nothing of the refused one was left behind

@@ -19,7 +19,8 @@ from psycopg.rows import dict_row
 
 from gateway.auth.keys import hash_key
 from gateway.auth.tokens import token_hash
-from gateway.control import provisioning
+from gateway.control.keys import create_key
+from gateway.control.projects import connect, create_project
 from tests.owner_rows import make_session, make_user, revoke_sessions
 from tests.test_admission_db import LONG_WINDOW_S, counter_row, fresh_window
 
@@ -345,9 +346,9 @@ def test_migration_0013_round_trip_restores_the_per_element_function(pg_url: str
         assert "FOR UPDATE" not in body() and "gateway.admit(e.h" in body()
         migrate.upgrade(url)
         assert "FOR UPDATE" in body()
-        with provisioning.connect(url) as conn:
-            project = provisioning.create_project(conn, "agg-round-trip")
-            key = provisioning.create_key(conn, project.id, key_type="server")
+        with connect(url) as conn:
+            project = create_project(conn, "agg-round-trip")
+            key = create_key(conn, project.id, key_type="server")
         with psycopg.connect(url, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT outcome FROM gateway.admit_many(%s, %s, 60, false)",

@@ -20,7 +20,8 @@ import httpx
 import psycopg
 import pytest
 
-from gateway.control import provisioning
+from gateway.control.keys import revoke_key
+from gateway.control.projects import connect, set_limits
 from tests.harness import GatewayCluster
 from tests.owner_rows import NOTES_TABLE, make_session, make_user
 from tests.test_admission_db import counter_row, db_epoch, fresh_window, wait_for_window_position
@@ -204,16 +205,16 @@ def test_revoked_key_changed_limit_and_suspension_reach_every_instance(
     urls = cluster.urls
     for url in urls:
         assert one_request(url, project["public_key"]).status == 200
-    with provisioning.connect(pg_url) as conn:
-        provisioning.revoke_key(conn, project["public_key_id"])
+    with connect(pg_url) as conn:
+        revoke_key(conn, project["public_key_id"])
     for url in urls:
         reply = one_request(url, project["public_key"])
         assert (reply.status, reply.code) == (401, "REVOKED_API_KEY")
 
     # a lowered limit: the very next request on every instance
     used = counter_row(db, project["id"])["window_count"]
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_limits(conn, project["id"], rate_limit_per_minute=used)
+    with connect(pg_url) as conn:
+        set_limits(conn, project["id"], rate_limit_per_minute=used)
     for url in urls:
         reply = one_request(url, project["server_key"])
         assert (reply.status, reply.code) == (429, "RATE_LIMIT_EXCEEDED")
@@ -221,8 +222,8 @@ def test_revoked_key_changed_limit_and_suspension_reach_every_instance(
     # a raised limit: every instance now holds a local deny for this key until the end of
     # the window; the NOTIFY of the change drops it (without a live listener it would be
     # re-checked after at most one second)
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_limits(conn, project["id"], rate_limit_per_minute=used + 10)
+    with connect(pg_url) as conn:
+        set_limits(conn, project["id"], rate_limit_per_minute=used + 10)
     changed = time.monotonic()
     for url in urls:
         while True:
@@ -235,8 +236,8 @@ def test_revoked_key_changed_limit_and_suspension_reach_every_instance(
     print(f"raised limit reached every instance after {time.monotonic() - changed:.3f} s")
     assert time.monotonic() - changed < 1.0
 
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_limits(conn, project["id"], status="suspended")
+    with connect(pg_url) as conn:
+        set_limits(conn, project["id"], status="suspended")
     for url in urls:
         reply = one_request(url, project["server_key"])
         assert (reply.status, reply.code) == (403, "PROJECT_SUSPENDED")
@@ -601,7 +602,7 @@ def test_bench_switch_keeps_key_validation_but_no_counters(
         assert reply.status == 200
         assert "X-RateLimit-Limit" not in reply.headers
     assert one_request(gw, "sheen_sk_nope").status == 401
-    with provisioning.connect(pg_url) as conn:
-        provisioning.revoke_key(conn, project["server_key_id"])
+    with connect(pg_url) as conn:
+        revoke_key(conn, project["server_key_id"])
     assert one_request(gw, project["server_key"]).code == "REVOKED_API_KEY"
     assert counter_row(db, project["id"]) is None

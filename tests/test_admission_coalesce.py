@@ -20,7 +20,8 @@ from psycopg import AsyncConnection
 from gateway.admission.admitter import Admitter
 from gateway.admission.decision import Admission, QuotaExceeded
 from gateway.auth.tokens import token_hash
-from gateway.control import provisioning
+from gateway.control.keys import create_key, revoke_key
+from gateway.control.projects import connect, set_limits
 from gateway.errors import GatewayError
 from tests.harness import GatewayCluster
 from tests.test_admission_cluster import fire_sync
@@ -152,10 +153,10 @@ def test_a_batch_mixing_keys_and_projects_answers_each_request(
     revoked_project = make_project()
     suspended = make_project()
     quota = make_project(requests_per_day=1)
-    with provisioning.connect(pg_url) as pconn:
-        provisioning.revoke_key(pconn, revoked_project["server_key_id"])
-        provisioning.set_limits(pconn, suspended["id"], status="suspended")
-        expired = provisioning.create_key(pconn, quota["id"], key_type="public")
+    with connect(pg_url) as pconn:
+        revoke_key(pconn, revoked_project["server_key_id"])
+        set_limits(pconn, suspended["id"], status="suspended")
+        expired = create_key(pconn, quota["id"], key_type="public")
     db.execute(
         "UPDATE gateway.api_keys SET expires_at = now() - interval '1 second' WHERE id = %s",
         [expired["id"]],

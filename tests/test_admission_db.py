@@ -26,7 +26,8 @@ from psycopg import AsyncConnection
 from gateway.admission.admitter import Admitter
 from gateway.admission.decision import Admission
 from gateway.admission.headers import admission_headers
-from gateway.control import provisioning
+from gateway.control.keys import create_key, revoke_key
+from gateway.control.projects import connect, set_limits
 from gateway.errors import GatewayError
 from gateway.settings import Settings
 
@@ -148,10 +149,10 @@ def run_bursts(pg_url: str, key: str, per_process: list[int], **options: Any) ->
 def test_outcome_for_each_key_state(pg_url: str, db: Any, make_project: Any) -> None:
     project = make_project(rate_limit_per_minute=1000, requests_per_day=1000)
     adm = admitter(pg_url)
-    with provisioning.connect(pg_url) as pconn:
-        revoked = provisioning.create_key(pconn, project["id"], key_type="server")
-        provisioning.revoke_key(pconn, revoked["id"])
-        expired = provisioning.create_key(pconn, project["id"], key_type="public")
+    with connect(pg_url) as pconn:
+        revoked = create_key(pconn, project["id"], key_type="server")
+        revoke_key(pconn, revoked["id"])
+        expired = create_key(pconn, project["id"], key_type="public")
     db.execute(
         "UPDATE gateway.api_keys SET expires_at = now() - interval '1 second' WHERE id = %s",
         [expired["id"]],
@@ -189,8 +190,8 @@ def test_outcome_for_each_key_state(pg_url: str, db: Any, make_project: Any) -> 
     row = counter_row(db, project["id"])
     assert row is not None and row["window_count"] == 2 and row["day_used"] == 2
 
-    with provisioning.connect(pg_url) as pconn:
-        provisioning.set_limits(pconn, project["id"], status="suspended")
+    with connect(pg_url) as pconn:
+        set_limits(pconn, project["id"], status="suspended")
 
     async def suspended() -> None:
         async with await aconnect(pg_url) as conn:
@@ -672,8 +673,8 @@ def test_local_deny_skips_the_database_and_is_capped_without_invalidation(
             # the other key of the same project learns it from its own first refusal
             assert await outcome(adm, conn, project["server_key"]) == "RATE_LIMIT_EXCEEDED"
             # a raised limit takes effect within the 1-second cap, without any notification
-            with provisioning.connect(pg_url) as pconn:
-                provisioning.set_limits(pconn, project["id"], rate_limit_per_minute=5)
+            with connect(pg_url) as pconn:
+                set_limits(pconn, project["id"], rate_limit_per_minute=5)
             await asyncio.sleep(1.1)
             assert await outcome(adm, conn, project["public_key"]) == "admitted"
 
@@ -709,8 +710,8 @@ def test_after_the_cap_one_probe_asks_the_database_for_everyone(
             with pytest.raises(GatewayError):  # renewed by the probe's answer
                 adm.check_local(key)
             # the limit is raised: the next probe is admitted and drops the local deny
-            with provisioning.connect(pg_url) as pconn:
-                provisioning.set_limits(pconn, project["id"], rate_limit_per_minute=3)
+            with connect(pg_url) as pconn:
+                set_limits(pconn, project["id"], rate_limit_per_minute=3)
             offset[0] += 1.5
             probe = adm.check_local(key)
             assert await outcome_with_hash(adm, conn, key, probe) == "admitted"
@@ -753,8 +754,8 @@ def test_used_up_daily_quota_is_refused_locally(pg_url: str, db: Any, make_proje
                 assert int(local.value.headers["Retry-After"]) >= 1
             assert adm.stats()["db_decisions"] == decisions
             assert adm.stats()["local_denied"] == 5
-            with provisioning.connect(pg_url) as pconn:
-                provisioning.set_limits(pconn, project["id"], requests_per_day=3)
+            with connect(pg_url) as pconn:
+                set_limits(pconn, project["id"], requests_per_day=3)
             adm.forget_project(project["id"])
             admitted = await adm.admit(conn, key, 1)
             assert admitted.quota_used == 3 and admitted.quota_limit == 3
@@ -812,8 +813,8 @@ def test_local_deny_lasts_until_reset_when_invalidation_is_live_and_forget_drops
             await adm.admit(conn, project["public_key"], 1)
             await adm.admit(conn, project["public_key"], 1)
             assert await outcome(adm, conn, project["public_key"]) == "RATE_LIMIT_EXCEEDED"
-            with provisioning.connect(pg_url) as pconn:
-                provisioning.set_limits(pconn, project["id"], rate_limit_per_minute=3)
+            with connect(pg_url) as pconn:
+                set_limits(pconn, project["id"], rate_limit_per_minute=3)
             await asyncio.sleep(1.1)
             # still denied locally: nothing told this instance
             assert await outcome(adm, conn, project["public_key"]) == "RATE_LIMIT_EXCEEDED"
@@ -871,8 +872,8 @@ def test_key_lookup_only_when_admission_is_disabled(
                 assert a.project_id == project["id"] and a.principal.key_type == "server"
                 assert admission_headers(a) == {}
             assert await outcome(adm, conn, "sheen_sk_nope") == "INVALID_API_KEY"
-            with provisioning.connect(pg_url) as pconn:
-                provisioning.revoke_key(pconn, project["server_key_id"])
+            with connect(pg_url) as pconn:
+                revoke_key(pconn, project["server_key_id"])
             assert await outcome(adm, conn, project["server_key"]) == "REVOKED_API_KEY"
 
     run(scenario())

@@ -351,7 +351,7 @@ def test_magic_link_requests_are_throttled_per_email_across_instances(
 
 
 def test_keys_routes_and_headers(cluster: GatewayCluster, make_project: Any, pg_url: str) -> None:
-    from gateway.control import provisioning
+    from gateway.control.projects import connect
 
     project = make_project()
     url = cluster.urls[0]
@@ -370,7 +370,7 @@ def test_keys_routes_and_headers(cluster: GatewayCluster, make_project: Any, pg_
     bad = _post(url, "/sign-in", "sheen_pk_" + "x" * 40, body)
     assert bad.status_code == 401 and _error(bad) == "INVALID_API_KEY"
     admin = generate_key("admin")  # the CLI makes none; the admission statement knows them
-    with provisioning.connect(pg_url) as conn:
+    with connect(pg_url) as conn:
         conn.execute(
             "INSERT INTO gateway.api_keys (project_id, key_prefix, key_hash, key_type) "
             "VALUES (%s, %s, %s, 'admin')",

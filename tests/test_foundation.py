@@ -50,10 +50,11 @@ def test_invalid_setting_names_the_variable(name: str, value: str) -> None:
     assert "\n" not in str(excinfo.value)
 
 
-def test_serve_without_database_url_fails_with_one_line() -> None:
+def test_serve_without_database_url_fails_with_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DATABASE_DIRECT_URL")}
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "serve"],
+        cwd=tmp_path,  # a folder without the local database of `make run` (.pgdata)
         env=env,
         capture_output=True,
         text=True,

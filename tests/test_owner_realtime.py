@@ -212,7 +212,8 @@ def test_stream_ends_when_the_row_access_changes_under_it(
     """A stream opened while every row was visible must not keep carrying every row once
     the table becomes an owner table: it ends with an error event (the client reconnects
     under the new rule). Key and session as headers: the non-browser way."""
-    from gateway.control import provisioning
+    from gateway.control.projects import connect
+    from gateway.control.table_changes import set_row_access
 
     cluster = gateway_cluster(1)
     project = make_project(table={**NOTES_TABLE, "row_access": "all"})
@@ -229,8 +230,8 @@ def test_stream_ends_when_the_row_access_changes_under_it(
             assert stream.status == 200, stream.body
             await asyncio.to_thread(_insert, url, sk, None, "anyone's")
             await stream.wait_for(lambda evs: any(n == "insert" for n, _ in evs))
-            with provisioning.connect(pg_url) as conn:
-                provisioning.set_row_access(conn, pid, "notes", row_access="owner")
+            with connect(pg_url) as conn:
+                set_row_access(conn, pid, "notes", row_access="owner")
             await asyncio.to_thread(_insert, url, sk, None, "bob's", user_id=str(uuid.uuid4()))
             await stream.wait_for(lambda evs: any(n == "error" for n, _ in evs))
             assert [r.get("body") for _, r in stream.rows()] == ["anyone's"]

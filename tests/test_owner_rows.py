@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from gateway.control import provisioning, tabledef
+from gateway.control import tabledef
+from gateway.control.projects import connect, create_project
+from gateway.control.tables import create_table
 from tests.cli import assert_refused, cli_json, run_cli
 from tests.harness import GatewayCluster
 from tests.owner_rows import NOTES_TABLE, headers, make_session, make_user, revoke_sessions
@@ -479,8 +481,8 @@ def test_sign_out_on_one_instance_is_seen_by_the_next_request_everywhere(
 def test_table_create_via_provisioning_installs_policies(pg_url: str, make_project: Any) -> None:
     project = make_project()
     table = tabledef.parse_table({**NOTES_TABLE, "name": f"n_{uuid.uuid4().hex[:6]}"})
-    with provisioning.connect(pg_url) as conn:
-        provisioning.create_table(conn, project["id"], table)
+    with connect(pg_url) as conn:
+        create_table(conn, project["id"], table)
         policies = conn.execute(
             "SELECT policyname FROM pg_policies WHERE schemaname = %s AND tablename = %s",
             [project["schema_name"], table.name],
@@ -547,9 +549,9 @@ def test_migration_0009_downgrade_drops_policies_and_upgrades_again(pg_url: str)
 
     with scratch_database(pg_url, "mig") as url:
         migrate.upgrade(url)
-        with provisioning.connect(url) as conn:
-            project = provisioning.create_project(conn, "mig-owner")
-            provisioning.create_table(conn, project.id, tabledef.parse_table(NOTES_TABLE))
+        with connect(url) as conn:
+            project = create_project(conn, "mig-owner")
+            create_table(conn, project.id, tabledef.parse_table(NOTES_TABLE))
         target = f"{project.schema_name}.notes"
         rls = "SELECT relrowsecurity FROM pg_class WHERE oid = %s::regclass"
         with psycopg.connect(url) as conn:

@@ -17,7 +17,8 @@ import httpx
 import psycopg
 import pytest
 
-from gateway.control import provisioning
+from gateway.control.keys import revoke_key
+from gateway.control.projects import connect, set_limits
 from tests.harness import GatewayCluster
 from tests.pgbouncer import PgBouncer, pgbouncer  # noqa: F401 (fixture)
 
@@ -221,16 +222,16 @@ def test_query_api_admission_and_metadata_through_pgbouncer(
     assert {r.status_code for r in statuses} == {200, 429}
 
     # admission: a revoked key is refused on the very next request on every instance
-    with provisioning.connect(pg_url) as conn:
-        provisioning.revoke_key(conn, project["public_key_id"])
+    with connect(pg_url) as conn:
+        revoke_key(conn, project["public_key_id"])
     for url in cluster.urls:
         refused = query(url, public, operation="select", table="todos")
         assert refused.status_code == 401, refused.text
         assert refused.json()["error"]["code"] == "REVOKED_API_KEY"
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_limits(conn, project["id"], status="suspended")
+    with connect(pg_url) as conn:
+        set_limits(conn, project["id"], status="suspended")
     for url in cluster.urls:
         refused = query(url, server, operation="select", table="todos")
         assert refused.status_code == 403, refused.text
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_limits(conn, project["id"], status="active")
+    with connect(pg_url) as conn:
+        set_limits(conn, project["id"], status="active")

@@ -362,10 +362,11 @@ def test_permission_matrix(
     assert server.ok(operation="select", table="todos", columns=["owner_email"], limit=1)
 
     # read-only keys and client flags
-    from gateway.control import provisioning
+    from gateway.control.keys import create_key
+    from gateway.control.projects import connect
 
-    with provisioning.connect(pg_url) as conn:
-        reader = provisioning.create_key(conn, project["id"], key_type="public", scopes=["read"])
+    with connect(pg_url) as conn:
+        reader = create_key(conn, project["id"], key_type="public", scopes=["read"])
         conn.execute(
             "UPDATE gateway.table_registry SET allow_client_write = false WHERE project_id = %s",
             [project["id"]],
@@ -419,11 +420,12 @@ def test_key_errors(project: dict[str, Any], client: httpx.Client, pg_url: str) 
     assert bad.status_code == 401 and bad.json()["error"]["code"] == "INVALID_API_KEY"
     via_header = client.post("/query", json=body, headers={"x-api-key": project["public_key"]})
     assert via_header.status_code == 200
-    from gateway.control import provisioning
+    from gateway.control.keys import create_key, revoke_key
+    from gateway.control.projects import connect, set_limits
 
-    with provisioning.connect(pg_url) as conn:
-        provisioning.revoke_key(conn, project["public_key_id"])
-        expiring = provisioning.create_key(conn, project["id"], key_type="public", expires_in_s=1)
+    with connect(pg_url) as conn:
+        revoke_key(conn, project["public_key_id"])
+        expiring = create_key(conn, project["id"], key_type="public", expires_in_s=1)
         conn.execute(
             "UPDATE gateway.api_keys SET expires_at = now() - interval '1 second' WHERE id = %s",
             [expiring["id"]],
@@ -435,8 +437,8 @@ def test_key_errors(project: dict[str, Any], client: httpx.Client, pg_url: str) 
         "/query", json=body, headers={"Authorization": f"Bearer {expiring['key']}"}
     )
     assert expired.status_code == 401 and expired.json()["error"]["code"] == "EXPIRED_API_KEY"
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_limits(conn, project["id"], status="suspended")
+    with connect(pg_url) as conn:
+        set_limits(conn, project["id"], status="suspended")
     suspended = client.post("/query", json=body, headers=project["server"].headers())
     assert suspended.status_code == 403
     assert suspended.json()["error"]["code"] == "PROJECT_SUSPENDED"

@@ -22,7 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.control import provisioning
+from gateway.control.keys import create_key
+from gateway.control.projects import connect, create_project, set_limits
+from gateway.control.tables import create_table
 from gateway.quotas import store
 from tests.cli import cli_json
 from tests.harness import GatewayCluster
@@ -100,8 +102,8 @@ def test_bandwidth_limit_over_three_instances_overshoots_at_most_the_bound(
 ) -> None:
     limit = 20 * 1024
     project = make_project(table=BLOBS)
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_limits(conn, project["id"], overrides={"bandwidth_bytes_monthly": limit})
+    with connect(pg_url) as conn:
+        set_limits(conn, project["id"], overrides={"bandwidth_bytes_monthly": limit})
     db.execute(
         f'INSERT INTO "{project["schema_name"]}".blobs (body) VALUES (%s)',
         [secrets.token_hex(1000)],  # an answer of ~2 KB
@@ -167,8 +169,8 @@ def test_bandwidth_bound_holds_for_concurrent_unpaced_requests(
     can: the overshoot stays within the bound, now with the answers in flight added."""
     limit, concurrency = 20 * 1024, 9
     project = make_project(table=BLOBS)
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_limits(conn, project["id"], overrides={"bandwidth_bytes_monthly": limit})
+    with connect(pg_url) as conn:
+        set_limits(conn, project["id"], overrides={"bandwidth_bytes_monthly": limit})
     db.execute(
         f'INSERT INTO "{project["schema_name"]}".blobs (body) VALUES (%s)',
         [secrets.token_hex(1000)],
@@ -261,8 +263,8 @@ def test_database_limit_refuses_writes_keeps_reads_and_deletes_and_recovers(
     project = make_project(table=BLOBS)
     schema = project["schema_name"]
     limit = schema_size(db, schema) + 64 * 1024
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_limits(conn, project["id"], overrides={"db_size_bytes": limit})
+    with connect(pg_url) as conn:
+        set_limits(conn, project["id"], overrides={"db_size_bytes": limit})
     key, urls = project["server_key"], cluster.urls
     rows = [{"body": secrets.token_hex(1000)} for _ in range(8)]
     insert = {"query": {"operation": "insert", "table": "blobs", "data": rows, "returning": ["id"]}}
@@ -341,12 +343,12 @@ def test_a_plan_change_applies_on_the_next_request_on_every_instance(
 ) -> None:
     plan = f"t{uuid.uuid4().hex[:10]}"
     cli_json(pg_url, "plan", "set", plan, "--create", "--requests-per-day", "1000")
-    with provisioning.connect(pg_url) as conn:
-        project = provisioning.create_project(conn, f"q-{uuid.uuid4().hex[:10]}", tier=plan)
+    with connect(pg_url) as conn:
+        project = create_project(conn, f"q-{uuid.uuid4().hex[:10]}", tier=plan)
         from gateway.control import tabledef
 
-        provisioning.create_table(conn, project.id, tabledef.parse_table(BLOBS))
-        key = provisioning.create_key(conn, project.id, key_type="server")["key"]
+        create_table(conn, project.id, tabledef.parse_table(BLOBS))
+        key = create_key(conn, project.id, key_type="server")["key"]
     urls = cluster.urls
     with httpx.Client(timeout=30) as client:
         for url in urls:
@@ -380,7 +382,7 @@ def test_a_plan_change_applies_on_the_next_request_on_every_instance(
         assert elapsed < 1.0
         # a bandwidth limit on the plan reaches every instance the same way
         assert wait_for_bandwidth(db, project.id, 1) >= 1  # flushed
-        with provisioning.connect(pg_url) as conn:
+        with connect(pg_url) as conn:
             store.set_plan(conn, plan, {"bandwidth_bytes_monthly": 1})
         for url in urls:
             assert code(post(client, url, key, SELECT_ONE)) == "BANDWIDTH_QUOTA_EXCEEDED"

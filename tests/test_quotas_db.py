@@ -14,7 +14,8 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.control import provisioning
+from gateway.control.keys import create_key
+from gateway.control.projects import Project, connect, create_project, set_limits
 from gateway.errors import GatewayError
 from gateway.quotas import dbsize, store
 from gateway.quotas.bandwidth import BandwidthMeter
@@ -49,9 +50,9 @@ def set_usage(
     )
 
 
-def override(pg_url: str, project_id: str, **values: int | None) -> provisioning.Project:
-    with provisioning.connect(pg_url) as conn:
-        return provisioning.set_limits(conn, project_id, overrides=values)
+def override(pg_url: str, project_id: str, **values: int | None) -> Project:
+    with connect(pg_url) as conn:
+        return set_limits(conn, project_id, overrides=values)
 
 
 async def refusal(pg_url: str, key: str, *, grows: bool = False, cost: int = 1) -> GatewayError:
@@ -93,8 +94,8 @@ def test_plans_are_seeded_and_a_new_project_inherits_free(db: Any, pg_url: str) 
         free["job_runs_monthly"],
     ) == (100, 10_000, GIB, 100 * MIB, 1_000)
     assert plans["enterprise"]["requests_per_day"] == -1
-    with provisioning.connect(pg_url) as conn:
-        project = provisioning.create_project(conn, f"q-{uuid.uuid4().hex[:10]}")
+    with connect(pg_url) as conn:
+        project = create_project(conn, f"q-{uuid.uuid4().hex[:10]}")
     assert (project.tier, project.rate_limit_per_minute, project.requests_limit_daily) == (
         "free",
         100,
@@ -111,8 +112,8 @@ def test_plans_are_seeded_and_a_new_project_inherits_free(db: Any, pg_url: str) 
     ).fetchone()
     assert stored == {"rate_limit_per_minute": None, "requests_limit_daily": None}
     override(pg_url, project.id, db_size_bytes=-1, requests_per_day=5)
-    with provisioning.connect(pg_url) as conn:
-        moved = provisioning.set_limits(conn, project.id, plan="enterprise")
+    with connect(pg_url) as conn:
+        moved = set_limits(conn, project.id, plan="enterprise")
     row = db.execute(
         "SELECT * FROM gateway.project_limits WHERE project_id = %s", [project.id]
     ).fetchone()
@@ -124,10 +125,10 @@ def test_plans_are_seeded_and_a_new_project_inherits_free(db: Any, pg_url: str) 
 
 def test_a_plan_change_is_read_by_the_very_next_admission(db: Any, pg_url: str) -> None:
     plan = f"t{uuid.uuid4().hex[:10]}"
-    with provisioning.connect(pg_url) as conn:
+    with connect(pg_url) as conn:
         store.set_plan(conn, plan, {"requests_per_day": 2}, create=True)
-        project = provisioning.create_project(conn, f"q-{uuid.uuid4().hex[:10]}", tier=plan)
-        key = provisioning.create_key(conn, project.id, key_type="server")["key"]
+        project = create_project(conn, f"q-{uuid.uuid4().hex[:10]}", tier=plan)
+        key = create_key(conn, project.id, key_type="server")["key"]
 
     async def scenario() -> None:
         adm = admitter(pg_url)
@@ -137,7 +138,7 @@ def test_a_plan_change_is_read_by_the_very_next_admission(db: Any, pg_url: str) 
             with pytest.raises(GatewayError) as info:
                 await adm.admit(conn, key)
             assert info.value.code == "REQUEST_QUOTA_EXCEEDED"
-            with provisioning.connect(pg_url) as c:
+            with connect(pg_url) as c:
                 store.set_plan(c, plan, {"requests_per_day": 3})
             # a local deny would hold until midnight: the NOTIFY drops it (here by hand,
             # the listener does it in the server; the cluster test proves that path)
@@ -153,7 +154,7 @@ def test_plan_change_notifies_every_listener(db: Any, pg_url: str) -> None:
     plan = f"t{uuid.uuid4().hex[:10]}"
     with psycopg.connect(pg_url, autocommit=True) as listener:
         listener.execute("LISTEN gateway_metadata")
-        with provisioning.connect(pg_url) as conn:
+        with connect(pg_url) as conn:
             store.set_plan(conn, plan, {}, create=True)
             store.set_plan(conn, plan, {"bandwidth_bytes_monthly": 12345})
         payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
@@ -487,7 +488,7 @@ def test_migration_downgrades_and_upgrades_again(db: Any, pg_url: str) -> None:
 
     with scratch_database(pg_url, "scratch") as url:
         migrate.upgrade(url, "0005")
-        with provisioning.connect(url) as conn:
+        with connect(url) as conn:
             conn.execute(
                 "INSERT INTO gateway.projects (name, schema_name, tier, rate_limit_per_minute, "
                 "requests_limit_daily) VALUES ('a', 'p_aaaaaaaaaaaa', 'growth', 100, 10000), "

@@ -9,7 +9,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from gateway.control import provisioning, tabledef
+from gateway.control import tabledef
+from gateway.control.errors import ProvisioningError
+from gateway.control.projects import connect, create_project
+from gateway.control.realtime_capture import set_realtime
+from gateway.control.tables import create_table
 from gateway.db import migrate
 from tests.cli import assert_refused, cli_json, run_cli
 from tests.conftest import TODOS_TABLE
@@ -239,8 +243,8 @@ def test_set_realtime_is_one_transaction(
         """,
         [project["id"]],
     )
-    with provisioning.connect(pg_url) as conn, pytest.raises(provisioning.ProvisioningError):
-        provisioning.set_realtime(conn, project["id"], "todos", enabled=True)
+    with connect(pg_url) as conn, pytest.raises(ProvisioningError):
+        set_realtime(conn, project["id"], "todos", enabled=True)
     assert registry_realtime(db, project["id"], "todos") is False
     assert trigger_count(db, project["schema_name"], "todos") == 0
 
@@ -248,9 +252,9 @@ def test_set_realtime_is_one_transaction(
 def test_migration_downgrade_drops_triggers_and_upgrades_again(pg_url: str) -> None:
     with scratch_database(pg_url, "rt") as url:
         migrate.upgrade(url)
-        with provisioning.connect(url) as conn:
-            project = provisioning.create_project(conn, "rt-mig")
-            provisioning.create_table(conn, project.id, tabledef.parse_table(TODOS_TABLE))
+        with connect(url) as conn:
+            project = create_project(conn, "rt-mig")
+            create_table(conn, project.id, tabledef.parse_table(TODOS_TABLE))
         migrate.downgrade(url, "0001")
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT to_regclass('gateway.changes')").fetchone() == (None,)

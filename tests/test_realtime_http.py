@@ -632,7 +632,8 @@ def test_many_subscribers_one_poller(cluster: GatewayCluster, make_project: Any)
 def test_revoked_key_ends_its_open_stream(
     cluster: GatewayCluster, pg_url: str, make_project: Any
 ) -> None:
-    from gateway.control import provisioning
+    from gateway.control.keys import revoke_key
+    from gateway.control.projects import connect
 
     project = make_project()
 
@@ -641,8 +642,8 @@ def test_revoked_key_ends_its_open_stream(
         other = Stream(cluster.urls[0], header_key=project["server_key"])
         for x in (s, other):
             assert await x.wait_open() == 200
-        with provisioning.connect(pg_url) as conn:
-            provisioning.revoke_key(conn, project["public_key_id"])
+        with connect(pg_url) as conn:
+            revoke_key(conn, project["public_key_id"])
         await asyncio.wait_for(s.ended.wait(), TIMEOUT_S)
         assert s.events[-1].event == "error"
         assert s.events[-1].data["code"] == "REVOKED_API_KEY"

@@ -10,7 +10,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from gateway.control import provisioning, tabledef
+from gateway.control import tabledef
+from gateway.control.projects import connect, create_project
+from gateway.control.realtime_capture import set_realtime
+from gateway.control.tables import create_table
 from gateway.db import migrate
 from gateway.metadata.cache import load_catalog
 from gateway.realtime.events import CHANGE_KINDS, Cursor, Event
@@ -90,14 +93,14 @@ def test_realtime_disable_and_enable_handle_the_truncate_trigger(
 ) -> None:
     project = make_project()
     schema = project["schema_name"]
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_realtime(conn, project["id"], "todos", enabled=False)
+    with connect(pg_url) as conn:
+        set_realtime(conn, project["id"], "todos", enabled=False)
     assert truncate_trigger_count(db, schema, "todos") == 0
     db.execute(sql.SQL("TRUNCATE {}").format(todos(project)))
     assert changes(db, project["id"]) == []
-    with provisioning.connect(pg_url) as conn:
-        provisioning.set_realtime(conn, project["id"], "todos", enabled=True)
-        provisioning.set_realtime(conn, project["id"], "todos", enabled=True)  # idempotent
+    with connect(pg_url) as conn:
+        set_realtime(conn, project["id"], "todos", enabled=True)
+        set_realtime(conn, project["id"], "todos", enabled=True)  # idempotent
     assert truncate_trigger_count(db, schema, "todos") == 1
     assert trigger_count(db, schema, "todos") == 1
 
@@ -109,11 +112,11 @@ def test_upgrade_adds_the_truncate_trigger_to_captured_tables(pg_url: str) -> No
         # tables provisioned by today's code, then the schema taken back to before 0007
         # (its downgrade drops the TRUNCATE triggers): as 0005/0006 left captured tables
         migrate.upgrade(url)
-        with provisioning.connect(url) as conn:
-            project = provisioning.create_project(conn, "rt-0006")
-            provisioning.create_table(conn, project.id, tabledef.parse_table(TODOS_TABLE))
+        with connect(url) as conn:
+            project = create_project(conn, "rt-0006")
+            create_table(conn, project.id, tabledef.parse_table(TODOS_TABLE))
             quiet = tabledef.parse_table({**TODOS_TABLE, "name": "quiet", "realtime": False})
-            provisioning.create_table(conn, project.id, quiet)
+            create_table(conn, project.id, quiet)
         migrate.downgrade(url, "0006")
         with psycopg.connect(url, autocommit=True) as conn:
             n = conn.execute(

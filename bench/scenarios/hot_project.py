@@ -45,10 +45,10 @@ SIZES = fw.Sizes(
 
 
 def _provision(bench: Bench, count: int) -> list[dict[str, Any]]:
-    from gateway.control import provisioning
+    from gateway.control.projects import connect
 
     projects = []
-    with provisioning.connect(bench.url) as conn:
+    with connect(bench.url) as conn:
         for start in range(0, count, BATCH):
             with conn.transaction():
                 projects += [

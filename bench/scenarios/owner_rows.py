@@ -60,12 +60,13 @@ def _table(name: str, row_access: str) -> dict[str, Any]:
 
 def run(bench: Bench) -> ScenarioResult:
     from gateway.auth.tokens import new_token, token_hash
-    from gateway.control import provisioning, tabledef
+    from gateway.control import tabledef
+    from gateway.control.tables import create_table
 
     size = SIZES.current()
     project = bench.make_project(table=_table("owned", "owner"))
     with bench.connect() as conn:
-        provisioning.create_table(conn, project["id"], tabledef.parse_table(_table("plain", "all")))
+        create_table(conn, project["id"], tabledef.parse_table(_table("plain", "all")))
         users = [str(uuid.uuid4()) for _ in range(USERS)]
         conn.execute(
             "INSERT INTO gateway.auth_users (id, project_id, email)"

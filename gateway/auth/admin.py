@@ -19,7 +19,8 @@ from psycopg.types.json import Jsonb
 
 from gateway.auth import rules
 from gateway.auth.passwords import is_known_format
-from gateway.control.provisioning import NotFoundError, Project, ProvisioningError, find_project
+from gateway.control.errors import NotFoundError, ProvisioningError
+from gateway.control.projects import Project, find_project
 
 MAX_IMPORT_LINE = 64 * 1024
 PROVIDERS = ("email", "magic_link")

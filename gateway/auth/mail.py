@@ -7,7 +7,8 @@
 - ``smtps://user:pass@host:465`` — TLS from the first byte;
 - ``smtp+plain://host:25`` — no TLS at all, for a relay on the same host.
 
-Without it (``make run``) the link is written to the log instead: a development setup,
+Without it (``make run``) the link is written to the log instead (``UNSENT_MAIL_LOGGER``,
+which ``gateway dev`` prints and appends to ``.pgdata/mail.log``): a development setup,
 the one case where a magic-link token appears in a log.
 
 smtplib rather than an asyncio client: one message per request, sent from a thread, needs
@@ -24,6 +25,8 @@ from email.message import EmailMessage
 from urllib.parse import unquote, urlencode, urlsplit
 
 logger = logging.getLogger("gateway.auth")
+UNSENT_MAIL_LOGGER = "gateway.auth.unsent_mail"
+unsent_logger = logging.getLogger(UNSENT_MAIL_LOGGER)
 
 
 def link_for(base_url: str, token: str) -> str:
@@ -78,7 +81,7 @@ class Mailer:
         """True when handed to the SMTP server. A failure is logged (without the link) and
         the request still succeeds, as in the original: the user can ask again."""
         if not self.smtp_url:
-            logger.warning(
+            unsent_logger.warning(
                 "magic link for %s (no GATEWAY_SMTP_URL, development only): %s", to, link
             )
             return True

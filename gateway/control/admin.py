@@ -1,8 +1,9 @@
 """The admin API's route table: method, path, request model, and the function it calls.
 
-Each route is one ``AdminRoute``. ``call`` is a thin adapter onto the function the CLI
-calls (``provisioning.*``): it unpacks the path parameters and the validated body and
-does nothing else. Sync routes (the provisioning code is synchronous, as the CLI is)
+Each route is one ``AdminRoute`` (``admin_route.py``). ``call`` is a thin adapter onto
+the function the CLI calls (``projects``, ``keys``, ``tables``, …): it unpacks the path
+parameters and the validated body and does nothing else. Sync routes (the control code is
+synchronous, as the CLI is)
 run in a worker thread on a pooled connection (``gateway.db.bridge``); async routes get
 the pool itself (for capabilities written async).
 
@@ -17,13 +18,10 @@ Every answer is ``{"ok": true, "data": …}``; errors ``{"ok": false, "error": {
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel
-
-from gateway.control import provisioning
+from gateway.auth import admin as auth_admin
+from gateway.control import keys, openapi, projects, realtime_capture, table_changes, tables
 from gateway.control.admin_models import (
     AccessUpdate,
     ColumnDefinition,
@@ -37,73 +35,36 @@ from gateway.control.admin_models import (
     RealtimeUpdate,
     TableDefinition,
 )
-
-if TYPE_CHECKING:
-    from psycopg_pool import AsyncConnectionPool
-
-PREFIX = "/v1/admin"
-
-
-@dataclass(frozen=True)
-class AdminCall:
-    """What a route's ``call`` gets: path parameters, the validated body and query."""
-
-    params: dict[str, str]
-    body: Any = None
-    query: Any = None
-    pool: AsyncConnectionPool | None = None  # for async calls
-
-
-SyncCall = Callable[[Any, AdminCall], Any]  # (sync connection, call) -> data
-AsyncCall = Callable[[AdminCall], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class AdminRoute:
-    method: str
-    path: str  # below PREFIX, with {name} parameters
-    call: SyncCall | AsyncCall
-    summary: str
-    tag: str
-    body: type[BaseModel] | None = None
-    query: type[BaseModel] | None = None
-    status: int = 200
-    is_async: bool = False
-    raw: bool = False  # answer ``data`` itself, not the ``{"ok", "data"}`` envelope
-    description: str = ""
-    operation_id: str = ""
-    extra_responses: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def full_path(self) -> str:
-        return PREFIX + self.path
-
+from gateway.control.admin_route import AdminCall, AdminRoute
+from gateway.db.bridge import run_sync
+from gateway.db.pool import acquire
+from gateway.jobs import rules as job_rules
+from gateway.jobs import store as job_store
+from gateway.quotas import store as quota_store
 
 # --- adapters: path parameters and body in, the CLI's function out ------------------------
 
 
 async def _openapi(c: AdminCall) -> Any:
-    from gateway.control.openapi import document
-
-    return document()
+    return openapi.document(ROUTES)
 
 
 def _project(conn: Any, c: AdminCall) -> Any:
-    return provisioning.get_project(conn, c.params["project"])
+    return projects.get_project(conn, c.params["project"])
 
 
 def _create_project(conn: Any, c: AdminCall) -> Any:
-    return provisioning.create_project(conn, **c.body.as_args()).as_json()
+    return projects.create_project(conn, **c.body.as_args()).as_json()
 
 
 def _list_projects(conn: Any, c: AdminCall) -> Any:
-    return provisioning.list_projects(conn, limit=c.query.limit, offset=c.query.offset)
+    return projects.list_projects(conn, limit=c.query.limit, offset=c.query.offset)
 
 
 def _update_project(conn: Any, c: AdminCall) -> Any:
     # every limit goes in as a plan-field override, as ``gateway project set-limits`` does
     body = c.body
-    return provisioning.set_limits(
+    return projects.set_limits(
         conn,
         c.params["project"],
         status=body.status,
@@ -113,12 +74,12 @@ def _update_project(conn: Any, c: AdminCall) -> Any:
 
 
 def _delete_project(conn: Any, c: AdminCall) -> Any:
-    return provisioning.delete_project(conn, c.params["project"], confirm=c.body.confirm)
+    return projects.delete_project(conn, c.params["project"], confirm=c.body.confirm)
 
 
 def _create_key(conn: Any, c: AdminCall) -> Any:
     args = c.body.as_args()
-    return provisioning.create_key(
+    return keys.create_key(
         conn,
         c.params["project"],
         key_type=args["type"],
@@ -128,95 +89,81 @@ def _create_key(conn: Any, c: AdminCall) -> Any:
 
 
 def _list_keys(conn: Any, c: AdminCall) -> Any:
-    return provisioning.list_keys(conn, c.params["project"])
+    return keys.list_keys(conn, c.params["project"])
 
 
 def _revoke_key(conn: Any, c: AdminCall) -> Any:
-    return provisioning.revoke_key(conn, c.params["key_id"], project=c.params["project"])
+    return keys.revoke_key(conn, c.params["key_id"], project=c.params["project"])
 
 
 def _regenerate_key(conn: Any, c: AdminCall) -> Any:
-    return provisioning.regenerate_key(conn, c.params["key_id"], project=c.params["project"])
+    return keys.regenerate_key(conn, c.params["key_id"], project=c.params["project"])
 
 
 def _list_tables(conn: Any, c: AdminCall) -> Any:
-    return provisioning.list_tables(conn, c.params["project"])
+    return tables.list_tables(conn, c.params["project"])
 
 
 def _create_table(conn: Any, c: AdminCall) -> Any:
-    return provisioning.create_table_from_definition(conn, c.params["project"], c.body.as_args())
+    return tables.create_table_from_definition(conn, c.params["project"], c.body.as_args())
 
 
 def _add_column(conn: Any, c: AdminCall) -> Any:
-    p = c.params
-    return provisioning.add_column_from_definition(conn, p["project"], p["table"], c.body.as_args())
+    p, definition = c.params, c.body.as_args()
+    return table_changes.add_column_from_definition(conn, p["project"], p["table"], definition)
 
 
 def _set_access(conn: Any, c: AdminCall) -> Any:
-    return provisioning.set_access(conn, c.params["project"], c.params["table"], **c.body.as_args())
+    p = c.params
+    return table_changes.set_access(conn, p["project"], p["table"], **c.body.as_args())
 
 
 def _set_realtime(conn: Any, c: AdminCall) -> Any:
     p = c.params
-    return provisioning.set_realtime(conn, p["project"], p["table"], enabled=c.body.enabled)
+    return realtime_capture.set_realtime(conn, p["project"], p["table"], enabled=c.body.enabled)
 
 
 def _drop_table(conn: Any, c: AdminCall) -> Any:
-    return provisioning.drop_table(conn, c.params["project"], c.params["table"])
+    return tables.drop_table(conn, c.params["project"], c.params["table"])
 
 
 # quotas (issue 14): a project's usage and the plans, the CLI's functions again
 def _usage(conn: Any, c: AdminCall) -> Any:
-    from gateway.quotas import store
-
-    return store.usage(conn, provisioning.find_project(conn, c.params["project"]).id)
+    return quota_store.usage(conn, projects.find_project(conn, c.params["project"]).id)
 
 
 def _list_plans(conn: Any, c: AdminCall) -> Any:
-    from gateway.quotas import store
-
-    return store.list_plans(conn)
+    return quota_store.list_plans(conn)
 
 
 # auth users (issue 17): the ``gateway auth`` commands' functions (gateway.auth.admin)
 def _list_users(conn: Any, c: AdminCall) -> Any:
-    from gateway.auth import admin as auth_admin
-
     q = c.query
     return auth_admin.list_users(conn, c.params["project"], limit=q.limit, offset=q.offset)
 
 
 def _logout_user(conn: Any, c: AdminCall) -> Any:
-    from gateway.auth import admin as auth_admin
-
     return auth_admin.logout(conn, c.params["project"], c.params["user_id"])
 
 
 def _force_reset_user(conn: Any, c: AdminCall) -> Any:
-    from gateway.auth import admin as auth_admin
-
     return auth_admin.force_reset(conn, c.params["project"], c.params["user_id"])
 
 
 # jobs (issue 13): the jobs API's own parser and store functions (gateway.jobs), on a
 # pooled connection; the project reference is resolved as every admin route resolves it
 async def _project_id(c: AdminCall) -> str:
-    from gateway.db.bridge import run_sync
-
     assert c.pool is not None
-    project = await run_sync(c.pool, provisioning.find_project, c.params["project"])
+    project = await run_sync(c.pool, projects.find_project, c.params["project"])
     return str(project.id)
 
 
 async def _jobs_page(c: AdminCall, params: dict[str, str]) -> Any:
-    from gateway.db.pool import acquire
-    from gateway.jobs import rules, store
-
     project_id = await _project_id(c)
-    q = rules.parse_list(params)
+    q = job_rules.parse_list(params)
     assert c.pool is not None
     async with acquire(c.pool) as conn:
-        jobs, total = await store.list_jobs(conn, project_id, q)
+        jobs, total = await job_store.list_jobs(conn, project_id, q)
     return {"jobs": jobs, "total": total, "hasMore": q.offset + len(jobs) < total}
 
 
@@ -229,14 +176,11 @@ async def _list_failed_jobs(c: AdminCall) -> Any:
 
 
 async def _retry_job(c: AdminCall) -> Any:
-    from gateway.db.pool import acquire
-    from gateway.jobs import rules, store
-
     project_id = await _project_id(c)
-    job_id = rules.check_uuid(c.params["job_id"])
+    job_id = job_rules.check_uuid(c.params["job_id"])
     assert c.pool is not None
     async with acquire(c.pool) as conn:
-        return {"job": await store.retry_job(conn, project_id, job_id)}
+        return {"job": await job_store.retry_job(conn, project_id, job_id)}
 
 
 P = "/projects/{project}"

@@ -4,12 +4,12 @@ OpenAPI schemas, so the document can't drift from what the API accepts.
 They check shape and ranges only (types, required fields, unknown fields refused,
 lengths, enumerations). The rules that the CLI shares — a table definition's types,
 defaults and primary key, a project's existence, a confirmation matching the name — stay
-in ``tabledef`` and ``provisioning``: a body that passes here is handed, as a plain
+in ``tabledef`` and ``projects``/``keys``/``tables``: a body that passes here is handed, as a plain
 dict, to the very function the CLI calls. Bodies are validated in strict mode (``"5"``
 is not an integer and ``"yes"`` not a boolean); query strings in lax mode (they are
 text by nature).
 
-Pure: no psycopg, no I/O (the bounds it shares with provisioning are checked equal by
+Pure: no psycopg, no I/O (the bounds it shares with ``projects`` are checked equal by
 ``tests/unit/test_admin_models.py``).
 """
 
@@ -19,18 +19,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-# the same bounds as provisioning's (a unit test checks): this module stays pure, no psycopg
+# the same bounds as projects.py's (a unit test checks): this module stays pure, no psycopg
 MAX_LIMIT = 2**31 - 1
 PAGE_MAX = 100
 PROJECT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 TEN_YEARS_S = 10 * 365 * 86400
 
-# a plan (tier) name: any plan in gateway.plans (provisioning checks it exists); the
+# a plan (tier) name: any plan in gateway.plans (projects.py checks it exists); the
 # pattern is gateway.quotas.plans.PLAN_NAME_RE (a unit test checks)
 PLAN_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 INT32_MAX = 2**31 - 1
-OVERRIDE_MAX = 2**62  # = provisioning.set_limits' bound
+OVERRIDE_MAX = 2**62  # = projects.set_limits' bound
 UNLIMITED = -1
 # the jobs API's list parameters (gateway.jobs.rules, a unit test checks)
 JOB_STATUSES = ("pending", "active", "completed", "failed", "delayed", "cancelled")

@@ -2,18 +2,38 @@
 
 The demo's keys are kept in ``<data>/demo-keys.json`` (git-ignored with the data) because
 only their hashes are in the database: later runs print the same keys again.
+
+It is a server to develop an app against, so two defaults differ from ``gateway serve``
+(and the banner says both):
+
+- job endpoints on loopback and private addresses are admitted
+  (``GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS`` defaults to true): the app's job receiver runs
+  on ``localhost`` too. Link-local and cloud-metadata addresses stay refused.
+- without ``GATEWAY_SMTP_URL`` nobody receives the magic links, so each one is printed in
+  the terminal (``mail: …``) and appended to ``<data>/mail.log``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.control import provisioning, tabledef
+import uvicorn
+
+from gateway.auth.mail import UNSENT_MAIL_LOGGER
+from gateway.control import tabledef
+from gateway.control.errors import NotFoundError
+from gateway.control.keys import create_key
+from gateway.control.projects import connect, create_project, find_project
+from gateway.control.tables import create_table
 from gateway.db import migrate
-from gateway.db.localdb import LocalPostgres
+from gateway.db.localdb import LocalPostgres, start_in
+from gateway.settings import Settings
 
 DEMO_PROJECT = "demo"
 DEMO_TABLE: dict[str, Any] = {
@@ -31,32 +51,23 @@ DEMO_TABLE: dict[str, Any] = {
         {"name": "created_at", "type": "timestamptz", "default": "now()"},
     ],
 }
-
-
-def start_local_database(data_root: Path) -> LocalPostgres:
-    data_root.mkdir(parents=True, exist_ok=True)
-    port_file = data_root / "port"
-    port = int(port_file.read_text()) if port_file.exists() else None
-    server = LocalPostgres(data_root / "data", port=port)
-    server.start()
-    port_file.write_text(str(server.port))
-    return server
+MAIL_LOG = "mail.log"
 
 
 def ensure_demo(database_url: str, keys_file: Path) -> dict[str, Any]:
     """Create the demo project, its table and keys once; afterwards read them back."""
-    with provisioning.connect(database_url) as conn:
+    with connect(database_url) as conn:
         try:
-            project = provisioning.find_project(conn, DEMO_PROJECT)
-        except provisioning.ProvisioningError:
-            project = provisioning.create_project(conn, DEMO_PROJECT)
-            provisioning.create_table(conn, project.id, tabledef.parse_table(DEMO_TABLE))
+            project = find_project(conn, DEMO_PROJECT)
+        except NotFoundError:
+            project = create_project(conn, DEMO_PROJECT)
+            create_table(conn, project.id, tabledef.parse_table(DEMO_TABLE))
         saved: dict[str, Any] = {}
         if keys_file.exists():
             saved = json.loads(keys_file.read_text())
         if saved.get("project_id") != project.id:
-            public = provisioning.create_key(conn, project.id, key_type="public")
-            server = provisioning.create_key(conn, project.id, key_type="server")
+            public = create_key(conn, project.id, key_type="public")
+            server = create_key(conn, project.id, key_type="server")
             saved = {
                 "project_id": project.id,
                 "public_key": public["key"],
@@ -68,46 +79,95 @@ def ensure_demo(database_url: str, keys_file: Path) -> dict[str, Any]:
     return saved
 
 
-def banner(keys: dict[str, Any], base_url: str, *, local_database: bool) -> str:
+def print_unsent_mail(mail_log: Path) -> None:
+    """Magic links that no SMTP server sends (``gateway.auth.mail`` logs them on
+    ``UNSENT_MAIL_LOGGER``): printed with a ``mail:`` prefix and appended to ``mail_log``,
+    so they can be found when the terminal has scrolled on."""
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setFormatter(logging.Formatter("mail: %(message)s"))
+    kept = logging.FileHandler(mail_log, encoding="utf-8")
+    kept.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger = logging.getLogger(UNSENT_MAIL_LOGGER)
+    logger.addHandler(terminal)
+    logger.addHandler(kept)
+    logger.propagate = False  # printed once, here, not again by the default handler
+
+
+def banner(
+    keys: dict[str, Any],
+    base_url: str,
+    settings: Settings,
+    *,
+    local_database_url: str | None,
+    mail_log: Path,
+) -> str:
     body = '{"query":{"operation":"select","table":"todos","limit":5}}'
-    return "\n".join(
-        [
-            "",
-            "Easy Mode Gateway — demo project 'demo' (table 'todos')",
-            f"  public key: {keys['public_key']}",
-            f"  server key: {keys['server_key']}",
-            "",
-            "Try it:",
-            f"  curl -s {base_url}/v1/inhouse/db/query \\",
-            f"    -H 'Authorization: Bearer {keys['public_key']}' \\",
-            "    -H 'Content-Type: application/json' \\",
-            f"    -d '{body}'",
-            "",
-            f"Serving on {base_url} (Ctrl-C stops the server"
-            + (" and the local database)" if local_database else ")"),
+    lines = [
+        "",
+        "Easy Mode Gateway — demo project 'demo' (table 'todos')",
+        f"  public key: {keys['public_key']}",
+        f"  server key: {keys['server_key']}",
+        "",
+        "Try it:",
+        f"  curl -s {base_url}/v1/inhouse/db/query \\",
+        f"    -H 'Authorization: Bearer {keys['public_key']}' \\",
+        "    -H 'Content-Type: application/json' \\",
+        f"    -d '{body}'",
+        "",
+    ]
+    if local_database_url is not None:
+        lines += [
+            "The local database, for other tools (psql, scripts):",
+            f"  export DATABASE_URL={local_database_url}",
+            "The gateway CLI finds it by itself in this folder: .venv/bin/gateway project get demo",
             "",
         ]
-    )
+    lines.append("Development defaults (gateway dev only; gateway serve keeps the strict ones):")
+    if settings.jobs_allow_private_targets:
+        lines.append(
+            "  job endpoints on localhost and private addresses are allowed "
+            "(GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS=false to refuse them)"
+        )
+    else:
+        lines.append("  job endpoints on localhost and private addresses are refused (as set)")
+    if settings.auth.smtp_url:
+        lines.append("  magic links are mailed through GATEWAY_SMTP_URL")
+    else:
+        lines.append(
+            f"  magic links are not mailed (no GATEWAY_SMTP_URL): printed here as 'mail: …' "
+            f"and appended to {mail_log}"
+        )
+    lines += [
+        "",
+        f"Serving on {base_url} (Ctrl-C stops the server"
+        + (" and the local database)" if local_database_url else ")"),
+        "",
+    ]
+    return "\n".join(lines)
 
 
-def run(host: str, port: int, data_root: Path) -> None:
-    import uvicorn
-
-    from gateway.http.app import create_app
-    from gateway.settings import Settings
-
+def run(host: str, port: int, data_root: Path, app_factory: Callable[[Settings], Any]) -> None:
+    """``app_factory`` is ``gateway.http.app.create_app``, handed in by ``gateway/cli.py``
+    (nothing below the HTTP layer imports it)."""
     server: LocalPostgres | None = None
-    database_url = os.environ.get("DATABASE_URL", "")
-    if not database_url:
-        server = start_local_database(data_root)
-        database_url = server.url
-        os.environ["DATABASE_URL"] = database_url
+    if not os.environ.get("DATABASE_URL", ""):
+        server = start_in(data_root)
+        os.environ["DATABASE_URL"] = server.url
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(development=True)
         migrate.upgrade(settings.direct_url)
         keys = ensure_demo(settings.direct_url, data_root / "demo-keys.json")
-        print(banner(keys, f"http://{host}:{port}", local_database=server is not None), flush=True)
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        mail_log = data_root / MAIL_LOG
+        print_unsent_mail(mail_log)
+        text = banner(
+            keys,
+            f"http://{host}:{port}",
+            settings,
+            local_database_url=server.url if server else None,
+            mail_log=mail_log,
+        )
+        print(text, flush=True)
+        uvicorn.run(app_factory(settings), host=host, port=port, log_level="warning")
     finally:
         if server is not None:
             server.stop()

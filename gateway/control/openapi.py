@@ -1,5 +1,6 @@
-"""The admin API's OpenAPI 3.1 document, generated from ``admin.ROUTES`` and the request
-models' JSON Schemas (pydantic emits JSON Schema 2020-12, which OpenAPI 3.1 uses as is).
+"""The admin API's OpenAPI 3.1 document, generated from the route table (``admin.ROUTES``,
+handed in by its ``/openapi.json`` route) and the request models' JSON Schemas (pydantic
+emits JSON Schema 2020-12, which OpenAPI 3.1 uses as is).
 
 Nothing here is written by hand per route: paths, parameters, bodies, examples and
 statuses all come from the route table, so a route added there is documented at once.
@@ -9,13 +10,13 @@ Examples come from the models' ``examples``; a test sends every one through the 
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from gateway.control.admin import ROUTES, AdminRoute
+from gateway.control.admin_route import AdminRoute
 from gateway.control.signing import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 REF = "#/components/schemas/{model}"
@@ -132,15 +133,14 @@ def _operation(route: AdminRoute) -> dict[str, Any]:
     return op
 
 
-@lru_cache(maxsize=1)
-def _document(routes_key: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    bodies = {r.body for r in ROUTES if r.body is not None}
+def _build(routes: Sequence[AdminRoute]) -> dict[str, Any]:
+    bodies = {r.body for r in routes if r.body is not None}
     _, defs = models_json_schema(
         [(m, "validation") for m in sorted(bodies, key=lambda m: m.__name__)], ref_template=REF
     )
     schemas = {**defs.get("$defs", {}), **_envelope_schemas()}
     paths: dict[str, dict[str, Any]] = {}
-    for route in ROUTES:
+    for route in routes:
         paths.setdefault(route.full_path, {})[route.method.lower()] = _operation(route)
     return {
         "openapi": "3.1.0",
@@ -176,6 +176,18 @@ def _document(routes_key: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     }
 
 
-def document() -> dict[str, Any]:
-    """The document for the current route table (cached while the table is unchanged)."""
-    return _document(tuple((r.method, r.path) for r in ROUTES))
+# the built documents by route table (method, path): in practice one, rebuilt only when a
+# capability extends the table
+_DOCUMENTS: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+
+
+def document(routes: Sequence[AdminRoute]) -> dict[str, Any]:
+    """The document for a route table (cached while the table is unchanged).
+
+    The table is a parameter, not an import: the table's own ``/openapi.json`` route
+    calls this, so importing the table here would make the two modules a circle.
+    """
+    key = tuple((r.method, r.path) for r in routes)
+    if key not in _DOCUMENTS:
+        _DOCUMENTS[key] = _build(routes)
+    return _DOCUMENTS[key]

@@ -1,6 +1,6 @@
 """Running the synchronous provisioning code on a connection of the instance's pool.
 
-``gateway/control/provisioning.py`` is written against psycopg's synchronous
+The code in ``gateway/control/`` is written against psycopg's synchronous
 ``Connection`` because the CLI is synchronous. The admin API must run exactly that code
 (one implementation, two faces) but reach the database through the pool like every
 other package. ``run_sync(pool, fn, *args)`` checks out a pooled ``AsyncConnection``,
@@ -14,7 +14,7 @@ loop keeps serving other requests meanwhile.
 Each outermost transaction sets ``lock_timeout`` (5 s) and ``statement_timeout`` (60 s)
 locally: a CLI user can wait, an HTTP call holding a pooled connection must not.
 
-Rows come back as dicts (``dict_row``), as with ``provisioning.connect``. Exceptions
+Rows come back as dicts (``dict_row``), as with ``projects.connect``. Exceptions
 (``psycopg.errors.*``) are raised in the worker thread unchanged, so provisioning's own
 ``except`` clauses work the same under both faces.
 """

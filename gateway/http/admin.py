@@ -27,8 +27,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.control import nonces, signing
-from gateway.control.admin import PREFIX, ROUTES, AdminCall, AdminRoute
-from gateway.control.provisioning import ConflictError, NotFoundError, ProvisioningError
+from gateway.control.admin import ROUTES
+from gateway.control.admin_route import PREFIX, AdminCall, AdminRoute
+from gateway.control.errors import ConflictError, NotFoundError, ProvisioningError
 from gateway.control.tabledef import DefinitionError
 from gateway.db.bridge import run_sync
 from gateway.db.pool import acquire

@@ -1,7 +1,9 @@
-"""The ``gateway jobs …`` and ``gateway worker`` commands (the CLI parses, this acts)."""
+"""The ``gateway jobs …`` and ``gateway worker`` commands: what they do, and ``register``,
+which adds them to the ``gateway`` command line."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -11,7 +13,13 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from gateway.control.commands.common import CommandLine, UsageError, emit, non_negative_int
+from gateway.control.projects import find_project
+from gateway.db.pool import create_pool, plan_for
 from gateway.jobs import signing, ssrf
+from gateway.jobs.worker import CHANNEL, JobsRuntime
+from gateway.metadata.listener import MetadataListener
+from gateway.ops.maintenance import Maintenance
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.jobs")
@@ -22,8 +30,6 @@ class JobsCommandError(ValueError):
 
 
 def _project_id(conn: psycopg.Connection[Any], ref: str) -> tuple[str, str]:
-    from gateway.control.provisioning import find_project
-
     project = find_project(conn, ref)
     return str(project.id), project.name
 
@@ -174,11 +180,6 @@ def render_stats(report: dict[str, Any]) -> str:
 async def run_worker(settings: Settings) -> None:
     """Workers and the cron tick without HTTP: a pool planned like any instance's, the
     listener connection (NOTIFY wake-up), and a maintenance loop for retention."""
-    from gateway.db.pool import create_pool, plan_for
-    from gateway.jobs.worker import CHANNEL, JobsRuntime
-    from gateway.metadata.listener import MetadataListener
-    from gateway.ops.maintenance import Maintenance
-
     plan = await plan_for(settings)
     pool = create_pool(settings, plan)
     await pool.open(wait=True, timeout=30.0)
@@ -207,3 +208,60 @@ async def run_worker(settings: Settings) -> None:
         await runtime.stop()
         await listener.stop()
         await pool.close()
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def cmd_set_endpoint(cli: CommandLine, args: argparse.Namespace) -> None:
+    settings = cli.settings()
+    try:
+        with cli.connect() as conn:
+            result = set_endpoint(conn, settings, args.project, args.url)
+    except JobsCommandError as exc:
+        raise UsageError(str(exc)) from None
+    emit(
+        args,
+        result,
+        f"{result['project']}: jobs are delivered to {result['url']}\n"
+        f"signing secret (shown once, keep it): {result['signing_secret']}",
+    )
+
+
+def cmd_set_quota(cli: CommandLine, args: argparse.Namespace) -> None:
+    limit = None if args.monthly_runs == "default" else non_negative_int(args.monthly_runs)
+    with cli.connect() as conn:
+        result = set_quota(conn, args.project, limit)
+    runs = result["monthly_runs"]
+    emit(
+        args,
+        result,
+        f"{result['project']}: {runs if runs is not None else 'unlimited'} job runs/month",
+    )
+
+
+def cmd_stats(cli: CommandLine, args: argparse.Namespace) -> None:
+    with cli.connect() as conn:
+        report = stats(conn)
+    emit(args, report, render_stats(report))
+
+
+def cmd_worker(cli: CommandLine, args: argparse.Namespace) -> None:
+    settings = cli.settings()
+    if settings.jobs_concurrency < 1:
+        raise UsageError("GATEWAY_JOBS_CONCURRENCY is 0: a worker without workers would idle")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(run_worker(settings))
+
+
+def register(cli: CommandLine) -> None:
+    top = cli.subcommands
+    cli.command(top, "worker", cmd_worker, "run job delivery workers and the cron tick (no HTTP)")
+    group = cli.group("jobs", "background jobs")
+    p = cli.command(group, "set-endpoint", cmd_set_endpoint, "where a project's jobs are delivered")
+    p.add_argument("project")
+    p.add_argument("url")
+    p = cli.command(group, "set-quota", cmd_set_quota, "override a project's monthly job runs")
+    p.add_argument("project")
+    p.add_argument("monthly_runs", metavar="N|default")
+    cli.command(group, "stats", cmd_stats, "queue depth, oldest pending job, runs this month")

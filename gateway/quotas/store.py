@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from gateway.control.provisioning import ProvisioningError
+from gateway.control.errors import ProvisioningError
 from gateway.quotas import jobruns
 from gateway.quotas.plans import PLAN_FIELDS, PLAN_NAME_RE, UNLIMITED, percent
 

@@ -1,0 +1,156 @@
+"""Running the gateway: ``gateway migrate|serve|dev|pool-plan|stats``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from gateway.control import devserver
+from gateway.control.commands.common import (
+    CommandLine,
+    UsageError,
+    emit,
+    non_negative_int,
+    positive_int,
+)
+from gateway.db import budget, migrate, pool
+from gateway.db.localdb import DEFAULT_DATA_ROOT, find_local_database
+from gateway.jobs.worker import db_connections
+from gateway.ops import stats
+from gateway.settings import Settings
+
+
+def cmd_migrate(cli: CommandLine, args: argparse.Namespace) -> None:
+    settings = cli.settings()
+    migrate.upgrade(settings.direct_url)
+    emit(args, {"status": "ok", "revision": "head"}, "migrated to head")
+
+
+def cmd_serve(cli: CommandLine, args: argparse.Namespace) -> None:
+    # fail fast, with the variable's name, before uvicorn starts; the production defaults
+    # even on the local database of `make run` (its development defaults are `gateway dev`'s)
+    settings = cli.settings(development=False)
+    if args.workers > settings.instances:
+        # every worker process is an instance with its own pool
+        print(
+            f"gateway: note: {args.workers} workers are {args.workers} instances: "
+            f"planning the pools with GATEWAY_INSTANCES={args.workers}",
+            file=sys.stderr,
+        )
+        os.environ["GATEWAY_INSTANCES"] = str(args.workers)
+        settings = settings.with_changes(instances=args.workers)
+    # an impossible connection plan stops here with one line (PlanError), not a traceback
+    asyncio.run(pool.plan_for(settings))
+    uvicorn.run(
+        "gateway.http.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=False,
+        # the gateway reads X-Forwarded-For itself, only from GATEWAY_TRUSTED_PROXIES
+        # (uvicorn would otherwise rewrite the peer address for any local proxy)
+        proxy_headers=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+
+
+def cmd_pool_plan(cli: CommandLine, args: argparse.Namespace) -> None:
+    settings = Settings.from_env()
+    asks_the_database = args.neon_cu is None and args.max_connections is None
+    no_url = not settings.database_url and not settings.database_direct_url
+    if asks_the_database and no_url and find_local_database() is not None:
+        settings = cli.settings()  # the local database of `make run`
+    if args.instances is not None:
+        settings = settings.with_changes(instances=args.instances)
+    if args.neon_cu is not None and args.max_connections is not None:
+        raise UsageError("give --max-connections or --neon-cu, not both")
+    if args.neon_cu is not None:
+        max_connections, reserved = budget.neon_limits(args.neon_cu)
+        if args.reserved is not None:
+            reserved = args.reserved
+        source = f"Neon {args.neon_cu} CU"
+    elif args.max_connections is not None:
+        max_connections = args.max_connections
+        reserved = args.reserved
+        if reserved is None:
+            reserved = settings.db_reserved_connections
+        if reserved is None:
+            reserved = 3  # PostgreSQL's default superuser_reserved_connections
+        source = "--max-connections"
+    else:
+        if not settings.database_url and not settings.database_direct_url:
+            raise UsageError(
+                "give --max-connections or --neon-cu, or set DATABASE_DIRECT_URL/DATABASE_URL "
+                "to ask the database"
+            )
+        if args.reserved is not None:
+            settings = settings.with_changes(db_reserved_connections=args.reserved)
+        max_connections, reserved, source = asyncio.run(pool.discover_limits(settings, timeout=0))
+    plan = budget.plan_pool(settings, max_connections, reserved, source=source)
+    payload = plan.as_json()
+    workers = db_connections(settings, plan.pool_max)
+    payload["jobs_worker_connections"] = workers
+    emit(
+        args,
+        payload,
+        plan.summary() + f"; of each pool, the jobs worker and cron hold at most {workers} "
+        f"(GATEWAY_JOBS_CONCURRENCY={settings.jobs_concurrency} deliveries hold none)",
+    )
+
+
+def cmd_stats(cli: CommandLine, args: argparse.Namespace) -> None:
+    try:
+        since = stats.parse_since(args.since)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with cli.connect() as conn:
+        report = stats.collect(conn, since)
+    report = {"since": args.since, **report}
+    emit(args, report, stats.render_text(report, args.since))
+
+
+def register(cli: CommandLine, *, app_factory: Callable[[Settings], Any]) -> None:
+    """``app_factory`` is ``gateway.http.app.create_app``, handed in by ``gateway/cli.py``:
+    nothing below the HTTP layer imports it (``gateway serve`` names it to uvicorn)."""
+    top = cli.subcommands
+
+    def cmd_dev(cli: CommandLine, args: argparse.Namespace) -> None:
+        devserver.run(
+            host=args.host, port=args.port, data_root=Path(args.data), app_factory=app_factory
+        )
+
+    cli.command(top, "migrate", cmd_migrate, "apply the migrations (uses DATABASE_DIRECT_URL)")
+
+    p = cli.command(top, "serve", cmd_serve, "serve the API with uvicorn")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1)
+
+    p = cli.command(top, "dev", cmd_dev, "local database, migrations, demo project, server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--data", default=str(DEFAULT_DATA_ROOT), help="where the local database lives")
+
+    p = cli.command(
+        top,
+        "pool-plan",
+        cmd_pool_plan,
+        "print the per-instance connection pool plan against the database's budget",
+    )
+    p.add_argument("--instances", type=positive_int, help="default: GATEWAY_INSTANCES")
+    p.add_argument("--max-connections", type=positive_int, metavar="M")
+    p.add_argument("--reserved", type=non_negative_int, metavar="R")
+    p.add_argument("--neon-cu", metavar="CU", help="0.25, 0.5, 1, 2, … (Neon's table)")
+
+    p = cli.command(top, "stats", cmd_stats, "request-log statistics: instances, projects, latency")
+    p.add_argument("--since", default="1h", help="how far back: 30m, 1h, 2d (default 1h)")

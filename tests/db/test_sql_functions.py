@@ -144,6 +144,8 @@ def test_each_function_is_written_once() -> None:
             )
         seen[definition.identity] = definition
     assert not twice, "defined twice in gateway/db/sql:\n" + "\n".join(twice)
+    admits = [d for d in seen.values() if d.name == "gateway.admit"]
+    assert len(admits) == 1, "gateway.admit has one definition (one overload)"
 
 
 def test_every_file_function_is_in_the_database_as_written(database: list[Definition]) -> None:

@@ -3,9 +3,8 @@
 -- refusal (session_not_found, session_expired). Valid: same project, not revoked, not
 -- expired (database clock). Nothing about a session is cached by an instance: a sign-out
 -- is seen by the very next request on every instance.
--- Called by the two overloads below (the data routes' admission with a session, and the
--- bench-only key lookup with a session; no DEFAULTs, so a call is never ambiguous) and by
--- gateway.admit_many for each admitted element that carries a session.
+-- Called by gateway.admit and gateway.admit_many for an admitted request that carries a
+-- session, and by gateway.lookup_key(key_hash, session_hash).
 CREATE OR REPLACE FUNCTION gateway.admission_session(
     r gateway.admission, p_session_hash text
 )
@@ -42,36 +41,4 @@ BEGIN
 END
 $function$;
 
--- the data routes' admission with a session: the admission, then the session, in ONE
--- statement
-CREATE OR REPLACE FUNCTION gateway.admit(
-    p_key_hash text,
-    p_cost integer,
-    p_window_s integer,
-    p_sliding boolean,
-    p_lock_timeout_ms integer,
-    p_grows boolean,
-    p_session_hash text
-)
-RETURNS gateway.admission
-LANGUAGE sql
-AS $function$
-    SELECT gateway.admission_session(
-        gateway.admit(p_key_hash, p_cost, p_window_s, p_sliding, p_lock_timeout_ms, p_grows),
-        p_session_hash)
-$function$;
-
--- key validation with a session (bench only)
-CREATE OR REPLACE FUNCTION gateway.lookup_key(
-    p_key_hash text, p_session_hash text
-)
-RETURNS gateway.admission
-LANGUAGE sql
-AS $function$
-    SELECT gateway.admission_session(gateway.lookup_key(p_key_hash), p_session_hash)
-$function$;
-
 REVOKE EXECUTE ON FUNCTION gateway.admission_session(gateway.admission, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION gateway.admit(text, integer, integer, boolean, integer, boolean, text)
-    FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION gateway.lookup_key(text, text) FROM PUBLIC;

@@ -1,17 +1,19 @@
 -- gateway.admit: THE admission of one keyed request, in one call and one upsert: key
--- validity, the rate limit, the daily request quota, and the monthly bandwidth and
--- database-size quotas (docs/admission.md).
--- Called by gateway/admission/admitter.py for a request decided alone (a batch goes to
--- gateway.admit_many), directly or through the session overload (admission_session.sql).
+-- validity, the rate limit, the daily request quota, the monthly bandwidth and
+-- database-size quotas, and the request's session (docs/admission.md).
+-- Called by gateway/admission/admitter.py for a request decided alone; a batch goes to
+-- gateway.admit_many, which applies the same rules (admission_rules.sql,
+-- admission_step.sql) with one counter-row write per project.
 -- Call it in autocommit: it sets synchronous_commit = off and lock_timeout for its own
--- transaction. The three quota blocks are marked "-- quotas (0010)".
+-- transaction.
 CREATE OR REPLACE FUNCTION gateway.admit(
     p_key_hash text,
     p_cost integer,
     p_window_s integer,
     p_sliding boolean,
     p_lock_timeout_ms integer DEFAULT 1000,
-    p_grows boolean DEFAULT false     -- the request inserts or updates
+    p_grows boolean DEFAULT false,              -- the request inserts or updates
+    p_session_hash text DEFAULT NULL::text      -- the session token's hash, if any
 )
 RETURNS gateway.admission
 LANGUAGE plpgsql
@@ -23,9 +25,6 @@ DECLARE
     v_epoch double precision := extract(epoch FROM now())::double precision;
     v_window_start bigint;
     v_today date := (now() AT TIME ZONE 'UTC')::date;
-    v_clock double precision;
-    v_reset double precision;
-    -- quotas (0010)
     v_month date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
     v_quota bigint;
 BEGIN
@@ -35,10 +34,9 @@ BEGIN
 
     SELECT ak.id, ak.key_type, ak.scopes, ak.status, ak.expires_at, ak.last_used_at,
            p.id AS pid, p.schema_name, p.status AS project_status,
-           -- quotas (0010): effective limits (plan + overrides) and the usage row
+           -- effective limits (plan + overrides) and the usage row
            l.rate_limit_per_minute,
-           coalesce(l.requests_per_day, 4611686018427387904) AS requests_limit_daily,
-           l.requests_per_day AS requests_limit,
+           l.requests_per_day,
            l.bandwidth_bytes_monthly AS bw_limit,
            CASE WHEN u.bandwidth_month = v_month THEN u.bandwidth_bytes ELSE 0 END AS bw_used,
            l.db_size_bytes AS db_limit,
@@ -50,23 +48,14 @@ BEGIN
       LEFT JOIN gateway.quota_usage u ON u.project_id = p.id
      WHERE ak.key_hash = p_key_hash;
 
-    IF NOT FOUND THEN
-        r.outcome := 'invalid_key';
-        RETURN r;
-    END IF;
+    r.outcome := gateway.admission_key_outcome(FOUND, k.status, k.expires_at,
+                                               k.project_status);
     r.project_id := k.pid;
     r.schema_name := k.schema_name;
     r.key_id := k.id;
     r.key_type := k.key_type;
     r.scopes := k.scopes;
-    IF k.status = 'revoked' THEN
-        r.outcome := 'revoked';
-        RETURN r;
-    ELSIF k.status <> 'active' OR (k.expires_at IS NOT NULL AND k.expires_at <= now()) THEN
-        r.outcome := 'expired';
-        RETURN r;
-    ELSIF k.project_status <> 'active' THEN
-        r.outcome := 'suspended';
+    IF r.outcome IS NOT NULL THEN
         RETURN r;
     END IF;
 
@@ -80,13 +69,8 @@ BEGIN
     END IF;
 
     v_window_start := floor(v_epoch / p_window_s)::bigint * p_window_s;
-
-    -- quotas (0010): over the month's bandwidth, or a growing request over the database
-    -- size -> a quota of -1 makes the upsert deny without consuming anything
-    v_quota := CASE WHEN (k.bw_limit IS NOT NULL AND k.bw_used >= k.bw_limit)
-                      OR (p_grows AND k.db_limit IS NOT NULL
-                          AND coalesce(k.db_used, 0) >= k.db_limit)
-                    THEN -1 ELSE k.requests_limit_daily END;
+    v_quota := gateway.admission_quota(k.requests_per_day, p_grows, k.bw_used, k.bw_limit,
+                                       k.db_used, k.db_limit);
 
     -- THE decision: one atomic upsert on the project's row; the row lock serialises
     -- concurrent callers, so the returned state is exact.
@@ -126,55 +110,25 @@ BEGIN
          WHERE ac.project_id = k.pid;
     END IF;
 
-    r.window_s := p_window_s;
     r.rate_limit := k.rate_limit_per_minute;
-    r.quota_limit := k.requests_limit;  -- quotas (0010): NULL = unlimited
-    r.quota_used := c.day_used;
-    r.rate_used := gateway.admission_estimate(c.prev_count, c.window_count, c.window_start,
-                                              p_window_s, v_epoch, p_sliding);
-    r.rate_remaining := greatest(0, floor(r.rate_limit - r.rate_used))::integer;
-    IF c.admitted THEN
-        r.outcome := 'admitted';
-    ELSIF r.rate_used + p_cost > r.rate_limit THEN
-        r.outcome := 'rate_limited';
-    ELSE
-        r.outcome := 'quota_exceeded';
-    END IF;
-
-    -- reset: the end of the current fixed window; for a sliding 429 with no room even for
-    -- one request, the moment the estimate lets one request through
-    v_reset := c.window_start + p_window_s;
-    IF r.outcome = 'rate_limited' AND p_sliding AND r.rate_used + 1 > r.rate_limit THEN
-        IF c.window_count + 1 <= r.rate_limit AND c.prev_count > 0 THEN
-            -- prev x (1 - e/w) + count + 1 <= limit  <=>  e >= w x (1 - (limit-count-1)/prev)
-            v_reset := c.window_start + p_window_s
-                       * (1.0 - (r.rate_limit - c.window_count - 1)::double precision
-                                / c.prev_count);
-        ELSIF r.rate_limit >= 1 AND c.window_count > 0 THEN
-            -- next window, where this window's count becomes "previous"
-            v_reset := c.window_start + p_window_s + p_window_s
-                       * greatest(0.0, 1.0 - (r.rate_limit - 1)::double precision
-                                             / c.window_count);
-        END IF;
-    END IF;
-    v_clock := extract(epoch FROM clock_timestamp())::double precision;
-    r.reset_at := v_reset;
-    r.reset_in := greatest(0.0, v_reset - v_clock);
-    r.day_reset_in := extract(epoch FROM ((v_today + 1)::timestamp AT TIME ZONE 'UTC'))
-                      ::double precision - v_clock;
-    -- quotas (0010)
+    r.quota_limit := k.requests_per_day;  -- NULL = unlimited
     r.bandwidth_used := k.bw_used;
     r.bandwidth_limit := k.bw_limit;
     r.db_size_used := k.db_used;
     r.db_size_limit := k.db_limit;
-    r.month_reset_in := extract(epoch FROM ((v_month + interval '1 month')::timestamp
-                                            AT TIME ZONE 'UTC'))::double precision - v_clock;
+    r := gateway.admission_report(r, c.window_start, c.window_count, c.prev_count,
+                                  c.day_used, c.admitted, p_window_s, p_sliding, p_cost,
+                                  v_epoch, v_today, v_month);
+    IF p_session_hash IS NOT NULL THEN
+        r := gateway.admission_session(r, p_session_hash);
+    END IF;
     RETURN r;
 END
 $function$;
 
-COMMENT ON FUNCTION gateway.admit(text, integer, integer, boolean, integer, boolean) IS
-    'Key check + rate limit + daily quota + bandwidth/database quotas in one call. Call it '
-    'in autocommit: it sets synchronous_commit=off and lock_timeout for its own transaction.';
-REVOKE EXECUTE ON FUNCTION gateway.admit(text, integer, integer, boolean, integer, boolean)
+COMMENT ON FUNCTION gateway.admit(text, integer, integer, boolean, integer, boolean, text) IS
+    'Key check + rate limit + daily quota + bandwidth/database quotas + session in one call. '
+    'Call it in autocommit: it sets synchronous_commit=off and lock_timeout for its own '
+    'transaction.';
+REVOKE EXECUTE ON FUNCTION gateway.admit(text, integer, integer, boolean, integer, boolean, text)
     FROM PUBLIC;

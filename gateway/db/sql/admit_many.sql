@@ -4,7 +4,9 @@
 -- Called by gateway/admission/admitter.py with every admission waiting at one moment on
 -- an instance (gateway/admission/coalescer.py). One row per element, in array order.
 -- Call it in autocommit, like gateway.admit.
--- tests/test_admission_aggregate.py compares it with gateway.admit on random batches.
+-- The rules it shares with gateway.admit are written once, in admission_rules.sql and
+-- admission_step.sql; tests/test_admission_aggregate.py compares the two functions on
+-- random batches.
 CREATE OR REPLACE FUNCTION gateway.admit_many(
     p_key_hashes text[],
     p_costs integer[],
@@ -31,8 +33,6 @@ DECLARE
     v_window_start bigint;
     v_today date := (now() AT TIME ZONE 'UTC')::date;
     v_month date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
-    v_clock double precision;
-    v_reset double precision;
     m integer;
     i integer;
     j integer;
@@ -69,8 +69,7 @@ BEGIN
         SELECT u.i::integer AS i, ak.id, ak.key_type, ak.scopes, ak.status, ak.expires_at,
                ak.last_used_at, p.id AS pid, p.schema_name, p.status AS project_status,
                l.rate_limit_per_minute,
-               coalesce(l.requests_per_day, 4611686018427387904) AS requests_limit_daily,
-               l.requests_per_day AS requests_limit,
+               l.requests_per_day,
                l.bandwidth_bytes_monthly AS bw_limit,
                CASE WHEN q.bandwidth_month = v_month THEN q.bandwidth_bytes ELSE 0 END
                    AS bw_used,
@@ -85,23 +84,13 @@ BEGIN
          ORDER BY p.id NULLS FIRST, u.i
     LOOP
         r := NULL;
-        IF k.id IS NULL THEN
-            r.outcome := 'invalid_key';
-            v_out[k.i] := r;
-            CONTINUE;
-        END IF;
+        r.outcome := gateway.admission_key_outcome(k.id IS NOT NULL, k.status, k.expires_at,
+                                                   k.project_status);
         r.project_id := k.pid;
         r.schema_name := k.schema_name;
         r.key_id := k.id;
         r.key_type := k.key_type;
         r.scopes := k.scopes;
-        IF k.status = 'revoked' THEN
-            r.outcome := 'revoked';
-        ELSIF k.status <> 'active' OR (k.expires_at IS NOT NULL AND k.expires_at <= now()) THEN
-            r.outcome := 'expired';
-        ELSIF k.project_status <> 'active' THEN
-            r.outcome := 'suspended';
-        END IF;
         IF r.outcome IS NOT NULL THEN
             v_out[k.i] := r;
             CONTINUE;
@@ -110,18 +99,15 @@ BEGIN
             v_touch := v_touch || k.id;
         END IF;
         r.rate_limit := k.rate_limit_per_minute;
-        r.quota_limit := k.requests_limit;
+        r.quota_limit := k.requests_per_day;  -- NULL = unlimited
         r.bandwidth_used := k.bw_used;
         r.bandwidth_limit := k.bw_limit;
         r.db_size_used := k.db_used;
         r.db_size_limit := k.db_limit;
         v_out[k.i] := r;
-        -- quotas (0010): over the month's bandwidth, or a growing request over the
-        -- database size -> a quota of -1: denied without consuming anything
-        v_quotas[k.i] := CASE WHEN (k.bw_limit IS NOT NULL AND k.bw_used >= k.bw_limit)
-                                OR (coalesce(p_grows[k.i], false) AND k.db_limit IS NOT NULL
-                                    AND coalesce(k.db_used, 0) >= k.db_limit)
-                              THEN -1 ELSE k.requests_limit_daily END;
+        v_quotas[k.i] := gateway.admission_quota(k.requests_per_day, p_grows[k.i],
+                                                 k.bw_used, k.bw_limit, k.db_used,
+                                                 k.db_limit);
         v_order := v_order || k.i;
         v_pids := v_pids || k.pid;
     END LOOP;
@@ -185,42 +171,11 @@ BEGIN
                     c_write := true;
                 END IF;
 
-                -- the element's numbers, as the single admit reports them from its row
-                r.window_s := p_window_s;
-                r.quota_used := s.day_used;
-                r.rate_used := gateway.admission_estimate(s.prev_count, s.window_count,
-                                                          s.window_start, p_window_s,
-                                                          v_epoch, p_sliding);
-                r.rate_remaining := greatest(0, floor(r.rate_limit - r.rate_used))::integer;
-                IF s.admitted THEN
-                    r.outcome := 'admitted';
-                ELSIF r.rate_used + p_costs[i] > r.rate_limit THEN
-                    r.outcome := 'rate_limited';
-                ELSE
-                    r.outcome := 'quota_exceeded';
-                END IF;
-                v_reset := s.window_start + p_window_s;
-                IF r.outcome = 'rate_limited' AND p_sliding AND r.rate_used + 1 > r.rate_limit
-                THEN
-                    IF s.window_count + 1 <= r.rate_limit AND s.prev_count > 0 THEN
-                        v_reset := s.window_start + p_window_s
-                                   * (1.0 - (r.rate_limit - s.window_count - 1)
-                                            ::double precision / s.prev_count);
-                    ELSIF r.rate_limit >= 1 AND s.window_count > 0 THEN
-                        v_reset := s.window_start + p_window_s + p_window_s
-                                   * greatest(0.0, 1.0 - (r.rate_limit - 1)::double precision
-                                                         / s.window_count);
-                    END IF;
-                END IF;
-                v_clock := extract(epoch FROM clock_timestamp())::double precision;
-                r.reset_at := v_reset;
-                r.reset_in := greatest(0.0, v_reset - v_clock);
-                r.day_reset_in := extract(epoch FROM ((v_today + 1)::timestamp
-                                                      AT TIME ZONE 'UTC'))::double precision
-                                  - v_clock;
-                r.month_reset_in := extract(epoch FROM ((v_month + interval '1 month')
-                                                        ::timestamp AT TIME ZONE 'UTC'))
-                                    ::double precision - v_clock;
+                -- the element's answer, as the single admit reports it from its row
+                r := gateway.admission_report(r, s.window_start, s.window_count,
+                                              s.prev_count, s.day_used, s.admitted,
+                                              p_window_s, p_sliding, p_costs[i], v_epoch,
+                                              v_today, v_month);
                 v_out[i] := r;
             END LOOP;
 
@@ -247,7 +202,7 @@ BEGIN
         j := g + 1;
     END LOOP;
 
-    -- 4. sessions (0009), for the admitted elements that carry one
+    -- 4. sessions, for the admitted elements that carry one
     IF p_session_hashes IS NOT NULL THEN
         FOR i IN 1 .. n LOOP
             IF p_session_hashes[i] IS NOT NULL AND (v_out[i]).outcome = 'admitted' THEN

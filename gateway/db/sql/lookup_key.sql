@@ -1,18 +1,14 @@
 -- gateway.lookup_key: key validation only (no rate limit, no quota, nothing written),
 -- for the bench-only switch GATEWAY_BENCH_DISABLE_ADMISSION (gateway/admission/admitter.py).
--- The same outcomes and columns as gateway.admit; its session overload is in
--- admission_session.sql.
+-- The same key rule (admission_rules.sql), outcomes and columns as gateway.admit.
 CREATE OR REPLACE FUNCTION gateway.lookup_key(p_key_hash text)
 RETURNS gateway.admission
 LANGUAGE sql
 STABLE
 AS $function$
-    SELECT CASE WHEN ak.id IS NULL THEN 'invalid_key'
-                WHEN ak.status = 'revoked' THEN 'revoked'
-                WHEN ak.status <> 'active'
-                     OR (ak.expires_at IS NOT NULL AND ak.expires_at <= now()) THEN 'expired'
-                WHEN p.status <> 'active' THEN 'suspended'
-                ELSE 'admitted' END,
+    SELECT coalesce(gateway.admission_key_outcome(ak.id IS NOT NULL, ak.status, ak.expires_at,
+                                                  p.status),
+                    'admitted'),
            p.id, p.schema_name, ak.id, ak.key_type, ak.scopes,
            l.rate_limit_per_minute, NULL::double precision, NULL::integer,
            NULL::double precision, NULL::double precision, NULL::integer,
@@ -25,3 +21,15 @@ AS $function$
 $function$;
 
 REVOKE EXECUTE ON FUNCTION gateway.lookup_key(text) FROM PUBLIC;
+
+-- key validation with a session (bench only)
+CREATE OR REPLACE FUNCTION gateway.lookup_key(
+    p_key_hash text, p_session_hash text
+)
+RETURNS gateway.admission
+LANGUAGE sql
+AS $function$
+    SELECT gateway.admission_session(gateway.lookup_key(p_key_hash), p_session_hash)
+$function$;
+
+REVOKE EXECUTE ON FUNCTION gateway.lookup_key(text, text) FROM PUBLIC;

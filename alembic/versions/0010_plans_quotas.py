@@ -29,8 +29,8 @@ What this adds (issue #14, docs/quotas.md):
   local denies and its catalog cache); a change of a project's new override columns
   notifies the project.
 
-The three quota blocks inside ``gateway.admit`` are marked ``-- quotas (0010)`` so they
-can be merged by hand with other changes of the function.
+The three quota blocks of this revision's ``gateway.admit`` (``sql/0010/admit.sql``) are
+marked ``-- quotas (0010)``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@
 * The newest frozen copy of each function (``alembic/versions/sql/<revision>/``, what
   the migrations load) is its file in ``gateway/db/sql/``: the head migration installs
   exactly the current files.
+* Each downgrade leaves exactly the functions (definitions, comments, privileges) that
+  a fresh upgrade to the revision below installs.
 
 How a definition is compared with ``pg_get_functiondef``: the body (between the dollar
 quotes) byte for byte, since PostgreSQL stores it as written; the header (from ``CREATE``
@@ -28,8 +30,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from alembic.script import ScriptDirectory
 
+from gateway.db import migrate
 from gateway.db.sql import FOLDER as CURRENT_FOLDER
+from tests.scratchdb import scratch_database
 
 FROZEN_FOLDER = Path(__file__).resolve().parents[2] / "alembic" / "versions" / "sql"
 
@@ -243,3 +248,37 @@ def test_migrations_load_functions_from_frozen_copies_only() -> None:
         if not m.group(2).strip().startswith("SELECT NULL::")
     ]
     assert not inline, "function text inline in a migration:\n" + "\n".join(inline)
+
+
+def _installed(url: str) -> dict[str, tuple[Any, ...]]:
+    """Every function of schema gateway: definition, privileges, comment."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid), p.proacl::text,"
+            "       obj_description(p.oid, 'pg_proc')"
+            "  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'gateway'"
+        ).fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def test_each_downgrade_restores_what_the_revision_below_installed(pg_url: str) -> None:
+    """Up one revision at a time, then down one at a time: after each downgrade the
+    functions are those the upgrade to that revision left (a downgrade loads the right
+    frozen copies, and nothing else)."""
+    with scratch_database(pg_url, "sqlfn") as url:
+        script = ScriptDirectory.from_config(migrate.alembic_config(url))
+        revisions = ["base"] + [r.revision for r in reversed(list(script.walk_revisions()))]
+        installed: dict[str, dict[str, tuple[Any, ...]]] = {"base": {}}
+        for revision in revisions[1:]:
+            migrate.upgrade(url, revision)
+            installed[revision] = _installed(url)
+        for revision in reversed(revisions[:-1]):
+            migrate.downgrade(url, revision)
+            after = _installed(url)
+            changed = sorted(
+                signature
+                for signature in after.keys() | installed[revision].keys()
+                if after.get(signature) != installed[revision].get(signature)
+            )
+            assert not changed, f"down to {revision}: differs from the upgrade to it: {changed}"

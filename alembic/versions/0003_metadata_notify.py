@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from alembic import op
 from sqlalchemy import text
 
+from gateway.db.sql import frozen
+
 revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
@@ -39,103 +41,7 @@ depends_on: str | Sequence[str] | None = None
 
 log = logging.getLogger("alembic")
 
-CHANNEL = "gateway_metadata"
 EVENT_TRIGGERS = ("gateway_metadata_ddl", "gateway_metadata_sql_drop")
-
-FUNCTIONS = f"""
-CREATE FUNCTION gateway.notify_metadata_project_row() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-BEGIN
-    -- table_registry and api_keys carry project_id; projects is the project itself.
-    IF TG_TABLE_NAME = 'projects' THEN
-        IF TG_OP = 'DELETE' THEN
-            PERFORM pg_notify('{CHANNEL}', OLD.id::text);
-        ELSE
-            PERFORM pg_notify('{CHANNEL}', NEW.id::text);
-        END IF;
-    ELSIF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('{CHANNEL}', OLD.project_id::text);
-    ELSE
-        PERFORM pg_notify('{CHANNEL}', NEW.project_id::text);
-        IF TG_OP = 'UPDATE' AND OLD.project_id IS DISTINCT FROM NEW.project_id THEN
-            PERFORM pg_notify('{CHANNEL}', OLD.project_id::text);
-        END IF;
-    END IF;
-    RETURN NULL;
-END
-$fn$;
-
-CREATE FUNCTION gateway.notify_metadata_column_row() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-DECLARE
-    pid uuid;
-BEGIN
-    -- A column's project is its table's. When the table itself is being deleted (the
-    -- cascade), the lookup finds nothing: the table's own trigger has notified.
-    IF TG_OP <> 'INSERT' THEN
-        SELECT t.project_id INTO pid FROM gateway.table_registry t WHERE t.id = OLD.table_id;
-        IF pid IS NOT NULL THEN
-            PERFORM pg_notify('{CHANNEL}', pid::text);
-        END IF;
-    END IF;
-    IF TG_OP <> 'DELETE' AND (TG_OP = 'INSERT' OR NEW.table_id IS DISTINCT FROM OLD.table_id) THEN
-        SELECT t.project_id INTO pid FROM gateway.table_registry t WHERE t.id = NEW.table_id;
-        IF pid IS NOT NULL THEN
-            PERFORM pg_notify('{CHANNEL}', pid::text);
-        END IF;
-    END IF;
-    RETURN NULL;
-END
-$fn$;
-
-CREATE FUNCTION gateway.notify_metadata_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-DECLARE
-    pid uuid;
-BEGIN
-    -- Runs for every DDL command in the database: keep it cheap and never fail.
-    IF to_regclass('gateway.projects') IS NULL THEN
-        RETURN;
-    END IF;
-    FOR pid IN
-        SELECT DISTINCT p.id
-          FROM pg_event_trigger_ddl_commands() c
-          JOIN gateway.projects p
-            ON p.schema_name = CASE WHEN c.object_type = 'schema' THEN c.object_identity
-                                    ELSE c.schema_name END
-         WHERE p.schema_name ~ '^p_[0-9a-f]{{12}}$'
-    LOOP
-        PERFORM pg_notify('{CHANNEL}', pid::text);
-    END LOOP;
-END
-$fn$;
-
-CREATE FUNCTION gateway.notify_metadata_sql_drop() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-DECLARE
-    pid uuid;
-BEGIN
-    IF to_regclass('gateway.projects') IS NULL THEN
-        RETURN;
-    END IF;
-    FOR pid IN
-        SELECT DISTINCT p.id
-          FROM pg_event_trigger_dropped_objects() d
-          JOIN gateway.projects p
-            ON p.schema_name = CASE WHEN d.object_type = 'schema' THEN d.object_identity
-                                    ELSE d.schema_name END
-         WHERE p.schema_name ~ '^p_[0-9a-f]{{12}}$'
-    LOOP
-        PERFORM pg_notify('{CHANNEL}', pid::text);
-    END LOOP;
-END
-$fn$;
-
-REVOKE ALL ON FUNCTION gateway.notify_metadata_project_row() FROM PUBLIC;
-REVOKE ALL ON FUNCTION gateway.notify_metadata_column_row() FROM PUBLIC;
-REVOKE ALL ON FUNCTION gateway.notify_metadata_ddl() FROM PUBLIC;
-REVOKE ALL ON FUNCTION gateway.notify_metadata_sql_drop() FROM PUBLIC;
-"""
 
 TRIGGERS = """
 CREATE TRIGGER gateway_metadata_notify
@@ -206,7 +112,7 @@ def _event_trigger_count() -> int:
 
 
 def upgrade() -> None:
-    op.execute(FUNCTIONS)
+    op.execute(frozen(__file__, "0003/notify_metadata"))
     op.execute(TRIGGERS)
     bind = op.get_bind()
     role, is_super = bind.execute(

@@ -32,12 +32,14 @@ from collections.abc import Sequence
 
 from alembic import op
 
+from gateway.db.sql import frozen
+
 revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-UPGRADE = r"""
+TABLES = r"""
 CREATE TABLE gateway.changes (
     xid        xid8        NOT NULL DEFAULT pg_current_xact_id(),
     id         bigserial   NOT NULL,
@@ -74,28 +76,10 @@ CREATE TABLE gateway.registry_versions (
     project_id uuid   PRIMARY KEY,
     version    bigint NOT NULL DEFAULT 1
 );
+"""
 
-CREATE FUNCTION gateway.bump_registry_version() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, gateway
-AS $fn$
-DECLARE
-    project uuid;
-    tid     bigint;
-BEGIN
-    IF TG_TABLE_NAME = 'table_registry' THEN
-        IF TG_OP = 'DELETE' THEN project := OLD.project_id; ELSE project := NEW.project_id; END IF;
-    ELSE
-        IF TG_OP = 'DELETE' THEN tid := OLD.table_id; ELSE tid := NEW.table_id; END IF;
-        SELECT t.project_id INTO project FROM gateway.table_registry t WHERE t.id = tid;
-    END IF;
-    IF project IS NOT NULL THEN
-        INSERT INTO gateway.registry_versions AS v (project_id) VALUES (project)
-        ON CONFLICT (project_id) DO UPDATE SET version = v.version + 1;
-    END IF;
-    RETURN NULL;
-END
-$fn$;
+# the registry-version triggers (their function exists by now) and the tables' privileges
+GRANTS_AND_TRIGGERS = r"""
 CREATE TRIGGER realtime_registry_version
     AFTER INSERT OR UPDATE OR DELETE ON gateway.table_registry
     FOR EACH ROW EXECUTE FUNCTION gateway.bump_registry_version();
@@ -105,56 +89,6 @@ CREATE TRIGGER realtime_registry_version
 
 REVOKE ALL ON gateway.changes, gateway.changes_pruned, gateway.registry_versions FROM PUBLIC;
 REVOKE ALL ON SEQUENCE gateway.changes_id_seq FROM PUBLIC;
-
-CREATE FUNCTION gateway.capture_change() RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, gateway
-AS $fn$
-DECLARE
-    project uuid := TG_ARGV[0]::uuid;
-    new_row jsonb;
-    old_row jsonb;
-    new_pk  jsonb := '{}'::jsonb;
-    old_pk  jsonb := '{}'::jsonb;
-    i       int;
-BEGIN
-    IF TG_OP <> 'DELETE' THEN
-        new_row := to_jsonb(NEW);
-    END IF;
-    IF TG_OP <> 'INSERT' THEN
-        old_row := to_jsonb(OLD);
-    END IF;
-    FOR i IN 1 .. TG_NARGS - 1 LOOP
-        IF new_row IS NOT NULL THEN
-            new_pk := new_pk || jsonb_build_object(TG_ARGV[i], new_row -> TG_ARGV[i]);
-        END IF;
-        IF old_row IS NOT NULL THEN
-            old_pk := old_pk || jsonb_build_object(TG_ARGV[i], old_row -> TG_ARGV[i]);
-        END IF;
-    END LOOP;
-
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
-        VALUES (project, TG_TABLE_NAME, 'insert', new_pk, new_row);
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
-        VALUES (project, TG_TABLE_NAME, 'delete', old_pk, NULL);
-    ELSIF new_pk = old_pk THEN
-        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
-        VALUES (project, TG_TABLE_NAME, 'update', new_pk, new_row);
-    ELSE
-        -- the primary key changed: subscribers see the old key go and the new row come
-        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
-        VALUES (project, TG_TABLE_NAME, 'delete', old_pk, NULL),
-               (project, TG_TABLE_NAME, 'insert', new_pk, new_row);
-    END IF;
-    RETURN NULL;
-END
-$fn$;
-COMMENT ON FUNCTION gateway.capture_change() IS
-    'Realtime capture trigger. Arguments: project id, then the primary-key column names.';
-REVOKE ALL ON FUNCTION gateway.capture_change() FROM PUBLIC;
 """
 
 DOWNGRADE = r"""
@@ -171,7 +105,10 @@ DROP TABLE IF EXISTS gateway.changes;
 
 
 def upgrade() -> None:
-    op.execute(UPGRADE)
+    op.execute(TABLES)
+    op.execute(frozen(__file__, "0005/bump_registry_version"))
+    op.execute(GRANTS_AND_TRIGGERS)
+    op.execute(frozen(__file__, "0005/capture_change"))
 
 
 def downgrade() -> None:

@@ -35,82 +35,14 @@ from collections.abc import Sequence
 
 from alembic import op
 
+from gateway.db.sql import frozen
+
 revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# the row-level body shared by both versions of the function; {update} is the UPDATE branch
-_FUNCTION = r"""
-CREATE OR REPLACE FUNCTION gateway.capture_change() RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, gateway
-AS $fn$
-DECLARE
-    project uuid := TG_ARGV[0]::uuid;
-    new_row jsonb;
-    old_row jsonb;
-    new_pk  jsonb := '{}'::jsonb;
-    old_pk  jsonb := '{}'::jsonb;
-    i       int;
-BEGIN
-{truncate}
-    IF TG_OP <> 'DELETE' THEN
-        new_row := to_jsonb(NEW);
-    END IF;
-    IF TG_OP <> 'INSERT' THEN
-        old_row := to_jsonb(OLD);
-    END IF;
-    FOR i IN 1 .. TG_NARGS - 1 LOOP
-        IF new_row IS NOT NULL THEN
-            new_pk := new_pk || jsonb_build_object(TG_ARGV[i], new_row -> TG_ARGV[i]);
-        END IF;
-        IF old_row IS NOT NULL THEN
-            old_pk := old_pk || jsonb_build_object(TG_ARGV[i], old_row -> TG_ARGV[i]);
-        END IF;
-    END LOOP;
-
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
-        VALUES (project, TG_TABLE_NAME, 'insert', new_pk, new_row);
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
-        VALUES (project, TG_TABLE_NAME, 'delete', old_pk, NULL);
-    ELSIF new_pk = old_pk THEN
-{update}
-    ELSE
-        -- the primary key changed: subscribers see the old key go and the new row come
-        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
-        VALUES (project, TG_TABLE_NAME, 'delete', old_pk, NULL),
-               (project, TG_TABLE_NAME, 'insert', new_pk, new_row);
-    END IF;
-    RETURN NULL;
-END
-$fn$;
-REVOKE ALL ON FUNCTION gateway.capture_change() FROM PUBLIC;
-"""
-
-_TRUNCATE_BRANCH = r"""
-    IF TG_OP = 'TRUNCATE' THEN
-        -- statement level: one change for the whole table, no key, no row
-        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
-        VALUES (project, TG_TABLE_NAME, 'truncate', '{}'::jsonb, NULL);
-        RETURN NULL;
-    END IF;
-"""
-
-_UPDATE_WITH_OLD = r"""
-        -- the old image tells the hub whether the row left a subscriber's filter
-        INSERT INTO gateway.changes (project_id, table_name, op, pk, row, old_row)
-        VALUES (project, TG_TABLE_NAME, 'update', new_pk, new_row, old_row);"""
-
-_UPDATE_0005 = r"""
-        INSERT INTO gateway.changes (project_id, table_name, op, pk, row)
-        VALUES (project, TG_TABLE_NAME, 'update', new_pk, new_row);"""
-
-UPGRADE = (
-    r"""
+COLUMNS = r"""
 ALTER TABLE gateway.changes ADD COLUMN old_row jsonb;
 COMMENT ON COLUMN gateway.changes.old_row IS
     'For an update: the row before it (to tell subscribers a row left their filter); '
@@ -119,13 +51,9 @@ ALTER TABLE gateway.changes DROP CONSTRAINT changes_op_check;
 ALTER TABLE gateway.changes ADD CONSTRAINT changes_op_check
     CHECK (op IN ('insert', 'update', 'delete', 'truncate')) NOT VALID;
 """
-    + _FUNCTION.replace("{truncate}", _TRUNCATE_BRANCH).replace("{update}", _UPDATE_WITH_OLD)
-    + r"""
-COMMENT ON FUNCTION gateway.capture_change() IS
-    'Realtime capture trigger. Arguments: project id, then the primary-key column names '
-    '(row triggers); the project id alone for the statement-level TRUNCATE trigger.';
 
--- every table captured today gets the TRUNCATE trigger too (same project id argument)
+# every table captured today gets the TRUNCATE trigger too (same project id argument)
+TRUNCATE_TRIGGERS = r"""
 DO $do$
 DECLARE
     t record;
@@ -145,10 +73,8 @@ BEGIN
 END
 $do$;
 """
-)
 
-DOWNGRADE = (
-    r"""
+DROP_TRUNCATE_TRIGGERS = r"""
 DO $do$
 DECLARE
     t record;
@@ -163,21 +89,22 @@ END
 $do$;
 DELETE FROM gateway.changes WHERE op = 'truncate';
 """
-    + _FUNCTION.replace("{truncate}", "").replace("{update}", _UPDATE_0005)
-    + r"""
-COMMENT ON FUNCTION gateway.capture_change() IS
-    'Realtime capture trigger. Arguments: project id, then the primary-key column names.';
+
+DROP_COLUMNS = r"""
 ALTER TABLE gateway.changes DROP CONSTRAINT changes_op_check;
 ALTER TABLE gateway.changes ADD CONSTRAINT changes_op_check
     CHECK (op IN ('insert', 'update', 'delete'));
 ALTER TABLE gateway.changes DROP COLUMN old_row;
 """
-)
 
 
 def upgrade() -> None:
-    op.execute(UPGRADE)
+    op.execute(COLUMNS)
+    op.execute(frozen(__file__, "0007/capture_change"))
+    op.execute(TRUNCATE_TRIGGERS)
 
 
 def downgrade() -> None:
-    op.execute(DOWNGRADE)
+    op.execute(DROP_TRUNCATE_TRIGGERS)
+    op.execute(frozen(__file__, "0005/capture_change"))
+    op.execute(DROP_COLUMNS)

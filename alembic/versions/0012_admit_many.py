@@ -44,62 +44,12 @@ from collections.abc import Sequence
 
 from alembic import op
 
+from gateway.db.sql import frozen
+
 revision: str = "0012"
 down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
-
-UPGRADE_SQL = r"""
-CREATE FUNCTION gateway.admit_many(
-    p_key_hashes text[],
-    p_costs integer[],
-    p_window_s integer,
-    p_sliding boolean,
-    p_lock_timeout_ms integer DEFAULT 1000,
-    p_grows boolean[] DEFAULT NULL,
-    p_session_hashes text[] DEFAULT NULL
-) RETURNS SETOF gateway.admission
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    n integer := coalesce(array_length(p_key_hashes, 1), 0);
-    v_out gateway.admission[];
-    e record;
-BEGIN
-    IF n <> coalesce(array_length(p_costs, 1), 0) THEN
-        RAISE EXCEPTION 'admit_many: % key hashes but % costs', n,
-              coalesce(array_length(p_costs, 1), 0)
-              USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF n = 0 THEN
-        RETURN;
-    END IF;
-    v_out := array_fill(NULL::gateway.admission, ARRAY[n]);
-    -- one total order over (project, arrival) in every statement: no lock cycles between
-    -- concurrent batches; arrival order kept within a project
-    FOR e IN
-        SELECT u.i, u.h, u.c
-          FROM unnest(p_key_hashes, p_costs) WITH ORDINALITY AS u(h, c, i)
-          LEFT JOIN gateway.api_keys ak ON ak.key_hash = u.h
-         ORDER BY ak.project_id NULLS FIRST, u.i
-    LOOP
-        v_out[e.i] := gateway.admit(e.h, e.c, p_window_s, p_sliding, p_lock_timeout_ms,
-                                    coalesce(p_grows[e.i], false), p_session_hashes[e.i]);
-    END LOOP;
-    FOR i IN 1 .. n LOOP
-        RETURN NEXT v_out[i];
-    END LOOP;
-END
-$fn$;
-
-COMMENT ON FUNCTION gateway.admit_many(
-    text[], integer[], integer, boolean, integer, boolean[], text[]) IS
-    'gateway.admit for many requests in one statement (one row per element, in array '
-    'order). Call it in autocommit, like gateway.admit.';
-
-REVOKE EXECUTE ON FUNCTION gateway.admit_many(
-    text[], integer[], integer, boolean, integer, boolean[], text[])
-    FROM PUBLIC;
-"""
 
 DOWNGRADE_SQL = """
 DROP FUNCTION IF EXISTS gateway.admit_many(
@@ -108,7 +58,7 @@ DROP FUNCTION IF EXISTS gateway.admit_many(
 
 
 def upgrade() -> None:
-    op.execute(UPGRADE_SQL)
+    op.execute(frozen(__file__, "0012/admit_many"))
 
 
 def downgrade() -> None:

@@ -1,7 +1,7 @@
 """Admission: one database round trip decides whether a keyed request may run.
 
-``Admitter.admit(conn, key, cost)`` calls ``gateway.admit(...)`` (migration 0002) once, on
-an autocommit pool connection: the key is validated, the project's rate limit and daily
+``Admitter.admit(conn, key, cost)`` calls ``gateway.admit(...)`` (gateway/db/sql/admit.sql)
+once, on an autocommit pool connection: the key is validated, the project's rate limit and daily
 quota are checked and incremented by one atomic upsert that commits on its own, before
 the tenant query starts. The answer is an ``Admission`` (who is asking, and the
 rate-limit numbers for the response headers) or a ``GatewayError``.

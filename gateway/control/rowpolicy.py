@@ -18,8 +18,10 @@ tables (owners bypass RLS otherwise). Superusers and ``BYPASSRLS`` roles bypass 
 PostgreSQL's design: the gateway never runs tenant statements as those (it ``SET ROLE``s
 to the project role).
 
-Expressions only use ``current_setting`` and the owner column: the project role has no
-privilege on schema ``gateway``, so the policies can't call gateway functions.
+The policies' text is the template ``gateway/db/sql/row_policies.sql``; this module
+renders it for one table (identifiers quoted by ``psycopg.sql``). Expressions only use
+``current_setting`` and the owner column: the project role has no privilege on schema
+``gateway``, so the policies can't call gateway functions.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 from gateway.control.tabledef import check_name
+from gateway.db.sql import current
 
 POLICY_NAMES = (
     "gateway_rows_select",
@@ -37,15 +40,19 @@ POLICY_NAMES = (
     "gateway_rows_update",
     "gateway_rows_delete",
 )
-TRUSTED = "current_setting('gateway.key_type', true) IN ('server', 'admin')"
-USER = "nullif(current_setting('gateway.user_id', true), '')::uuid"
 
 
-def _mine(owner_column: str) -> sql.Composed:
-    """Trusted key, or the row's owner is the session's user."""
-    return sql.SQL("(" + TRUSTED + " OR {} = " + USER + ")").format(
-        sql.Identifier(check_name(owner_column, "owner column"))
+def _template() -> tuple[str, list[str]]:
+    """``row_policies.sql`` without its comments: the ``{mine}`` condition (its first
+    paragraph) and the ``CREATE POLICY`` statements."""
+    text = "\n".join(
+        line for line in current("row_policies").splitlines() if not line.startswith("--")
     )
+    mine, policies = text.strip().split("\n\n", 1)
+    return mine, [s.strip() for s in policies.split(";") if s.strip()]
+
+
+MINE, POLICIES = _template()
 
 
 def policy_statements(
@@ -63,19 +70,12 @@ def policy_statements(
         statements.append(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(target))
         statements.append(sql.SQL("ALTER TABLE {} DISABLE ROW LEVEL SECURITY").format(target))
         return statements
-    mine = _mine(owner_column)
-    read = sql.SQL("true") if row_access == "public_read" else mine
+    mine = sql.SQL(MINE).format(owner=sql.Identifier(check_name(owner_column, "owner column")))
+    read = sql.SQL("(true)") if row_access == "public_read" else sql.SQL("({})").format(mine)
     statements += [
-        sql.SQL("CREATE POLICY gateway_rows_select ON {} FOR SELECT USING {}").format(
-            target, sql.SQL("({})").format(read)
-        ),
-        sql.SQL("CREATE POLICY gateway_rows_insert ON {} FOR INSERT WITH CHECK {}").format(
-            target, mine
-        ),
-        sql.SQL("CREATE POLICY gateway_rows_update ON {} FOR UPDATE USING {} WITH CHECK {}").format(
-            target, mine, mine
-        ),
-        sql.SQL("CREATE POLICY gateway_rows_delete ON {} FOR DELETE USING {}").format(target, mine),
+        sql.SQL(policy).format(table=target, mine=mine, read=read) for policy in POLICIES
+    ]
+    statements += [
         sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(target),
         sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(target),
     ]

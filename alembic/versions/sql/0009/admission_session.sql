@@ -1,0 +1,68 @@
+-- Sessions in admission as migration 0009 installs them: gateway.admission_session and
+-- the session overloads of gateway.admit (5 arguments + the session) and
+-- gateway.lookup_key.
+CREATE OR REPLACE FUNCTION gateway.admission_session(
+    r gateway.admission, p_session_hash text
+)
+RETURNS gateway.admission
+LANGUAGE plpgsql
+AS $function$
+DECLARE
+    s record;
+BEGIN
+    IF r.outcome IS DISTINCT FROM 'admitted' OR p_session_hash IS NULL THEN
+        RETURN r;
+    END IF;
+    SELECT id, user_id, expires_at, revoked_at, last_used_at INTO s
+      FROM gateway.auth_sessions
+     WHERE token_hash = p_session_hash AND project_id = r.project_id;
+    IF NOT FOUND OR s.revoked_at IS NOT NULL THEN
+        r.outcome := 'session_not_found';
+        RETURN r;
+    ELSIF s.expires_at <= now() THEN
+        r.outcome := 'session_expired';
+        RETURN r;
+    END IF;
+    r.user_id := s.user_id;
+    -- at most one write a minute per session; never wait for the session's row
+    IF s.last_used_at IS NULL OR s.last_used_at < now() - interval '1 minute' THEN
+        UPDATE gateway.auth_sessions SET last_used_at = now()
+         WHERE id IN (SELECT id FROM gateway.auth_sessions
+                       WHERE id = s.id
+                         AND (last_used_at IS NULL
+                              OR last_used_at < now() - interval '1 minute')
+                         FOR NO KEY UPDATE SKIP LOCKED);
+    END IF;
+    RETURN r;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION gateway.admit(
+    p_key_hash text,
+    p_cost integer,
+    p_window_s integer,
+    p_sliding boolean,
+    p_lock_timeout_ms integer,
+    p_session_hash text
+)
+RETURNS gateway.admission
+LANGUAGE sql
+AS $function$
+    SELECT gateway.admission_session(
+        gateway.admit(p_key_hash, p_cost, p_window_s, p_sliding, p_lock_timeout_ms),
+        p_session_hash)
+$function$;
+
+CREATE OR REPLACE FUNCTION gateway.lookup_key(
+    p_key_hash text, p_session_hash text
+)
+RETURNS gateway.admission
+LANGUAGE sql
+AS $function$
+    SELECT gateway.admission_session(gateway.lookup_key(p_key_hash), p_session_hash)
+$function$;
+
+REVOKE EXECUTE ON FUNCTION gateway.admission_session(gateway.admission, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION gateway.admit(text, integer, integer, boolean, integer, text)
+    FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION gateway.lookup_key(text, text) FROM PUBLIC;

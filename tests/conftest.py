@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 from gateway.control import provisioning, tabledef
 from gateway.control.devserver import DEMO_TABLE
 from gateway.db import migrate
-from tests.harness import GatewayCluster, LocalServerControl
+from tests.support.harness import GatewayCluster, LocalServerControl
 
 TODOS_TABLE: dict[str, Any] = DEMO_TABLE  # the demo project's table, as `make run` creates it
 

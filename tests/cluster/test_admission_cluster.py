@@ -21,9 +21,9 @@ import psycopg
 import pytest
 
 from gateway.control import provisioning
-from tests.harness import GatewayCluster
-from tests.owner_rows import NOTES_TABLE, make_session, make_user
-from tests.test_admission_db import counter_row, db_epoch, fresh_window, wait_for_window_position
+from tests.db.test_admission_db import counter_row, db_epoch, fresh_window, wait_for_window_position
+from tests.support.harness import GatewayCluster
+from tests.support.owner_rows import NOTES_TABLE, make_session, make_user
 
 BASE = "/v1/inhouse/db"
 SELECT = {"query": {"operation": "select", "table": "todos", "limit": 1}}
@@ -566,7 +566,7 @@ def test_database_down_is_a_fast_503_never_a_pass(
 def test_refusals_are_logged_for_their_project_and_local_denies_are_counted_apart(
     gateway_cluster: Any, pg_url: str, db: Any, make_project: Any
 ) -> None:
-    from tests.test_observability_e2e import parse_samples, rows_for, wait_rows
+    from tests.cluster.test_observability_e2e import parse_samples, rows_for, wait_rows
 
     c = gateway_cluster(1)
     instance = c.instances[0]

@@ -29,8 +29,8 @@ import pytest
 from gateway.auth.keys import generate_key
 from gateway.auth.tokens import token_hash
 from gateway.db.localdb import free_port
-from tests.cli import assert_refused, cli_json, run_cli
-from tests.harness import GatewayCluster
+from tests.support.cli import assert_refused, cli_json, run_cli
+from tests.support.harness import GatewayCluster
 
 AUTH = "/v1/inhouse/auth"
 SMTP_USER, SMTP_PASSWORD = "mailer", "smtp-secret-pw"

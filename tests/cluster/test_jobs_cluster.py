@@ -19,8 +19,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.harness import GatewayCluster
-from tests.jobs_receiver import Receiver, set_endpoint, wait_for
+from tests.support.harness import GatewayCluster
+from tests.support.jobs_receiver import Receiver, set_endpoint, wait_for
 
 pytestmark = pytest.mark.slow
 

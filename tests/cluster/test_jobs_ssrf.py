@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import GatewayCluster
-from tests.jobs_receiver import Receiver, set_endpoint, wait_for
-from tests.test_jobs_cluster import ENV, JOBS
+from tests.cluster.test_jobs_cluster import ENV, JOBS
+from tests.support.harness import GatewayCluster
+from tests.support.jobs_receiver import Receiver, set_endpoint, wait_for
 
 pytestmark = pytest.mark.slow
 

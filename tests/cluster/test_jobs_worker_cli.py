@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cli import cli_json
-from tests.harness import GatewayCluster
-from tests.jobs_receiver import Receiver, set_endpoint, wait_for
+from tests.support.cli import cli_json
+from tests.support.harness import GatewayCluster
+from tests.support.jobs_receiver import Receiver, set_endpoint, wait_for
 
 pytestmark = pytest.mark.slow
 

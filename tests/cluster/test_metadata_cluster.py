@@ -18,8 +18,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.cli import cli_json
-from tests.harness import GatewayCluster
+from tests.support.cli import cli_json
+from tests.support.harness import GatewayCluster
 
 BASE = "/v1/inhouse/db"
 PROPAGATION_BOUND_S = 1.0

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.harness import LocalServerControl
-from tests.test_observability import FAMILIES
+from tests.db.test_observability import FAMILIES
+from tests.support.harness import LocalServerControl
 
 BASE = "/v1/inhouse/db"
 

@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.harness import GatewayCluster
-from tests.loadgen import Result, summarize
-from tests.test_admission_db import fresh_window
-from tests.test_pool_cluster import BUDGET_ENV, POOL_TIMEOUT_S, query_load, run_load
+from tests.cluster.test_pool_cluster import BUDGET_ENV, POOL_TIMEOUT_S, query_load, run_load
+from tests.db.test_admission_db import fresh_window
+from tests.support.harness import GatewayCluster
+from tests.support.loadgen import Result, summarize
 
 QUERY = "/v1/inhouse/db/query"
 BATCH = "/v1/inhouse/db/batch"

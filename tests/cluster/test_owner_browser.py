@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.owner_rows import NOTES_TABLE, headers
+from tests.support.owner_rows import NOTES_TABLE, headers
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BASE = "/v1/inhouse/db"

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from tests.owner_rows import NOTES_TABLE, headers, make_session, make_user, revoke_sessions
+from tests.support.owner_rows import NOTES_TABLE, headers, make_session, make_user, revoke_sessions
 
 BASE = "/v1/inhouse/db"
 TIMEOUT_S = 20.0

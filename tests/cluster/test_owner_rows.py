@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from gateway.control import provisioning, tabledef
-from tests.cli import assert_refused, cli_json, run_cli
-from tests.harness import GatewayCluster
-from tests.owner_rows import NOTES_TABLE, headers, make_session, make_user, revoke_sessions
-from tests.pgbouncer import pgbouncer  # noqa: F401 (fixture)
-from tests.scratchdb import scratch_database
+from tests.support.cli import assert_refused, cli_json, run_cli
+from tests.support.harness import GatewayCluster
+from tests.support.owner_rows import NOTES_TABLE, headers, make_session, make_user, revoke_sessions
+from tests.support.pgbouncer import pgbouncer  # noqa: F401 (fixture)
+from tests.support.scratchdb import scratch_database
 
 BASE = "/v1/inhouse/db"
 

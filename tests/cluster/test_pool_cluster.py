@@ -23,8 +23,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.harness import GatewayCluster
-from tests.loadgen import Load, Result, summarize
+from tests.support.harness import GatewayCluster
+from tests.support.loadgen import Load, Result, summarize
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from gateway.control import provisioning
-from tests.harness import GatewayCluster
-from tests.pgbouncer import PgBouncer, pgbouncer  # noqa: F401 (fixture)
+from tests.support.harness import GatewayCluster
+from tests.support.pgbouncer import PgBouncer, pgbouncer  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 

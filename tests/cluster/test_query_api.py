@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import GatewayCluster
+from tests.support.harness import GatewayCluster
 
 BASE = "/v1/inhouse/db"
 

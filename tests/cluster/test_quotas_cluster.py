@@ -24,8 +24,8 @@ import pytest
 
 from gateway.control import provisioning
 from gateway.quotas import store
-from tests.cli import cli_json
-from tests.harness import GatewayCluster
+from tests.support.cli import cli_json
+from tests.support.harness import GatewayCluster
 
 BASE = "/v1/inhouse/db"
 FLUSH_S = 0.25  # GATEWAY_BANDWIDTH_FLUSH_MS

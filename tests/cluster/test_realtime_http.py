@@ -24,7 +24,7 @@ from psycopg import sql
 from gateway.realtime.events import Cursor, parse_cursor
 from gateway.realtime.retention import prune_changes
 from tests.conftest import TODOS_TABLE
-from tests.harness import GatewayCluster
+from tests.support.harness import GatewayCluster
 
 BASE = "/v1/inhouse/db"
 TIMEOUT_S = 60.0

@@ -14,8 +14,8 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from tests.harness import GatewayCluster
-from tests.test_realtime_http import ENV, SSE, TIMEOUT_S, Stream, todos, until
+from tests.cluster.test_realtime_http import ENV, SSE, TIMEOUT_S, Stream, todos, until
+from tests.support.harness import GatewayCluster
 
 pytestmark = pytest.mark.slow
 

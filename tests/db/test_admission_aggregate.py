@@ -20,8 +20,8 @@ from psycopg.rows import dict_row
 from gateway.auth.keys import hash_key
 from gateway.auth.tokens import token_hash
 from gateway.control import provisioning
-from tests.owner_rows import make_session, make_user, revoke_sessions
-from tests.test_admission_db import LONG_WINDOW_S, counter_row, fresh_window
+from tests.db.test_admission_db import LONG_WINDOW_S, counter_row, fresh_window
+from tests.support.owner_rows import make_session, make_user, revoke_sessions
 
 # reported from the database's clock_timestamp(): the two runs read it at different moments
 CLOCK_FIELDS = ("reset_in", "day_reset_in", "month_reset_in")
@@ -327,7 +327,7 @@ def test_a_row_created_by_another_batch_meanwhile_is_locked_and_counted_on(
 
 def test_migration_0013_round_trip_restores_the_per_element_function(pg_url: str) -> None:
     from gateway.db import migrate
-    from tests.scratchdb import scratch_database
+    from tests.support.scratchdb import scratch_database
 
     with scratch_database(pg_url, "mig_agg") as url:
         migrate.upgrade(url)

@@ -22,9 +22,8 @@ from gateway.admission.decision import Admission, QuotaExceeded
 from gateway.auth.tokens import token_hash
 from gateway.control import provisioning
 from gateway.errors import GatewayError
-from tests.harness import GatewayCluster
-from tests.test_admission_cluster import fire_sync
-from tests.test_admission_db import (
+from tests.cluster.test_admission_cluster import fire_sync
+from tests.db.test_admission_db import (
     LONG_WINDOW_S,
     aconnect,
     admitter,
@@ -32,6 +31,7 @@ from tests.test_admission_db import (
     fresh_window,
     run,
 )
+from tests.support.harness import GatewayCluster
 
 Answer = Admission | GatewayError
 
@@ -206,8 +206,8 @@ def test_a_batch_carries_sessions_and_quota_inputs_per_request(
 ) -> None:
     """Sessions (0009) and the database-size quota (0010) in one batch: each request's
     session hash and "grows" flag reach its own element."""
-    from tests.owner_rows import make_session, make_user, revoke_sessions
-    from tests.test_quotas_db import override, set_usage
+    from tests.db.test_quotas_db import override, set_usage
+    from tests.support.owner_rows import make_session, make_user, revoke_sessions
 
     blocker = make_project()
     app = make_project()

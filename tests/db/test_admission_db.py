@@ -30,7 +30,7 @@ from gateway.control import provisioning
 from gateway.errors import GatewayError
 from gateway.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 LONG_WINDOW_S = 3600
 
@@ -121,7 +121,7 @@ def counter_row(db: psycopg.Connection[Any], project_id: str) -> dict[str, Any] 
 def burst_process(
     pg_url: str, key: str, requests: int, start_at: float, **options: Any
 ) -> subprocess.Popen[str]:
-    args = [sys.executable, "-m", "tests.admission_burst", pg_url, key]
+    args = [sys.executable, "-m", "tests.support.admission_burst", pg_url, key]
     args += ["--requests", str(requests), "--start-at", str(start_at)]
     for name, value in options.items():
         args += ["--" + name.replace("_", "-"), str(value)]

@@ -15,7 +15,7 @@ from gateway.metadata.catalog import Principal
 from gateway.query.compiler import compile_query
 from gateway.query.contract import parse_batch_body, parse_query
 from gateway.query.executor import StatementResult, run_transaction
-from tests.example_catalog import CATALOG, PUBLIC, ROLE, SCHEMA, SERVER
+from tests.support.example_catalog import CATALOG, PUBLIC, ROLE, SCHEMA, SERVER
 
 SEED = f"""
 TRUNCATE {SCHEMA}.comments, {SCHEMA}.todos, {SCHEMA}.notes, {SCHEMA}.tricky RESTART IDENTITY;

@@ -16,9 +16,9 @@ import pytest
 
 from gateway.db import migrate
 from gateway.settings import Settings, SettingsError
-from tests.cli import assert_refused, cli_json, run_cli
 from tests.conftest import TODOS_TABLE
-from tests.scratchdb import scratch_database
+from tests.support.cli import assert_refused, cli_json, run_cli
+from tests.support.scratchdb import scratch_database
 
 # --- settings ---------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from gateway.db.pool import create_pool
 from gateway.metadata.cache import MetadataCache, ProjectNotFound, load_catalog
 from gateway.metadata.listener import MetadataListener
 from gateway.settings import Settings
-from tests.tcpproxy import TcpProxy
+from tests.support.tcpproxy import TcpProxy
 
 T = TypeVar("T")
 CHANNEL = "gateway_metadata"

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.cli import assert_refused, cli_json, run_cli
+from tests.support.cli import assert_refused, cli_json, run_cli
 
 CHANNEL = "gateway_metadata"
 

@@ -28,9 +28,9 @@ from gateway.ops.maintenance import (
 from gateway.ops.metrics import Metrics
 from gateway.ops.request_log import LogRecord, RequestLog, client_ip
 from gateway.settings import Settings
-from tests.cli import run_cli
-from tests.harness import LocalServerControl
-from tests.scratchdb import scratch_database
+from tests.support.cli import run_cli
+from tests.support.harness import LocalServerControl
+from tests.support.scratchdb import scratch_database
 
 T = Any
 

@@ -34,7 +34,7 @@ from gateway.db.pool import (
 from gateway.db.pool import acquire as acquire_conn
 from gateway.errors import GatewayError
 from gateway.settings import Settings
-from tests.pgbouncer import pgbouncer, pgbouncer_url  # noqa: F401 (fixtures)
+from tests.support.pgbouncer import pgbouncer, pgbouncer_url  # noqa: F401 (fixtures)
 
 
 def settings_for(url: str = "postgresql://x/y", **env: str) -> Settings:

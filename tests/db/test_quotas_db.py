@@ -19,9 +19,9 @@ from gateway.errors import GatewayError
 from gateway.quotas import dbsize, store
 from gateway.quotas.bandwidth import BandwidthMeter
 from gateway.settings import Settings
-from tests.cli import assert_refused, cli_json, run_cli
-from tests.scratchdb import scratch_database
-from tests.test_admission_db import aconnect, admitter, counter_row, run
+from tests.db.test_admission_db import aconnect, admitter, counter_row, run
+from tests.support.cli import assert_refused, cli_json, run_cli
+from tests.support.scratchdb import scratch_database
 
 GIB, MIB = 1024**3, 1024**2
 

@@ -11,9 +11,9 @@ from psycopg import sql
 
 from gateway.control import provisioning, tabledef
 from gateway.db import migrate
-from tests.cli import assert_refused, cli_json, run_cli
 from tests.conftest import TODOS_TABLE
-from tests.scratchdb import scratch_database
+from tests.support.cli import assert_refused, cli_json, run_cli
+from tests.support.scratchdb import scratch_database
 
 
 def changes(db: psycopg.Connection[Any], project_id: str) -> list[dict[str, Any]]:

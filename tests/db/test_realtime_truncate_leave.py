@@ -16,9 +16,9 @@ from gateway.metadata.cache import load_catalog
 from gateway.realtime.events import CHANGE_KINDS, Cursor, Event
 from gateway.realtime.filters import Filter
 from tests.conftest import TODOS_TABLE
-from tests.scratchdb import scratch_database
-from tests.test_realtime_capture import changes, trigger_count
-from tests.test_realtime_hub import Hub, Reader, awrite, eventually, run, todos
+from tests.db.test_realtime_capture import changes, trigger_count
+from tests.db.test_realtime_hub import Hub, Reader, awrite, eventually, run, todos
+from tests.support.scratchdb import scratch_database
 
 TRUNCATE_TRIGGER = "gateway_realtime_truncate"
 

@@ -1,6 +1,6 @@
 """A separate OS process that fires concurrent admissions (exactness across processes).
 
-``python -m tests.admission_burst URL KEY --requests N --concurrency C --start-at EPOCH``
+``python -m tests.support.admission_burst URL KEY --requests N --concurrency C --start-at EPOCH``
 opens its own pool, waits for the shared start time, runs N admissions with C in flight,
 and prints ONE JSON object: counts per outcome and the Admitter's stats.
 """

@@ -8,7 +8,7 @@ PgBouncer refuses to run as root, so as root it runs as the unprivileged user th
 PostgreSQL already runs as (``embedded_postgres``), else ``nobody``.
 
 Use the fixture: ``def test_x(pgbouncer_url): ...`` (import it in the test module with
-``from tests.pgbouncer import pgbouncer, pgbouncer_url``).
+``from tests.support.pgbouncer import pgbouncer, pgbouncer_url``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from gateway.errors import GatewayError
 from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
 from gateway.query.compiler import CompiledStatement, column_type, compile_query
 from gateway.query.contract import parse_query
-from tests.example_catalog import CATALOG, PUBLIC, SERVER
+from tests.support.example_catalog import CATALOG, PUBLIC, SERVER
 
 
 def compile_(obj: dict[str, Any], principal: Principal = SERVER) -> CompiledStatement:

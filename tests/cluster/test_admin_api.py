@@ -19,12 +19,10 @@ import pytest
 from openapi_spec_validator import validate
 
 from gateway.control.signing import sign_request
-from tests.conftest import TODOS_TABLE
 from tests.support.admin_client import OTHER_SECRET, SECRET, AdminClient
 from tests.support.cli import cli_json
 from tests.support.harness import GatewayCluster
-
-pytestmark = pytest.mark.slow
+from tests.support.tables import TODOS_TABLE
 
 DATA = "/v1/inhouse/db"
 PROPAGATION_BOUND_S = 1.0

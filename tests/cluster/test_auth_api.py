@@ -35,8 +35,6 @@ from tests.support.harness import GatewayCluster
 AUTH = "/v1/inhouse/auth"
 SMTP_USER, SMTP_PASSWORD = "mailer", "smtp-secret-pw"
 
-pytestmark = pytest.mark.slow
-
 
 # --- a real SMTP server -----------------------------------------------------------------
 

@@ -40,8 +40,6 @@ BLOBS: dict[str, Any] = {
 }
 SELECT_ONE = {"query": {"operation": "select", "table": "blobs", "columns": ["body"], "limit": 1}}
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:

@@ -11,9 +11,7 @@ import psycopg
 import pytest
 
 from tests.support.harness import GatewayCluster
-from tests.support.jobs_receiver import Receiver, set_endpoint, wait_for
-
-pytestmark = pytest.mark.slow
+from tests.support.jobs_receiver import JOBS, Receiver, set_endpoint, wait_for
 
 ENV = {
     "GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS": "true",
@@ -21,7 +19,6 @@ ENV = {
     "GATEWAY_JOBS_CONCURRENCY": "8",
     "GATEWAY_JOBS_PER_PROJECT": "8",
 }
-JOBS = "/v1/inhouse/jobs"
 
 
 @pytest.fixture(scope="module")

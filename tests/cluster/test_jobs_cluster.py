@@ -20,20 +20,8 @@ import psycopg
 import pytest
 
 from tests.support.harness import GatewayCluster
-from tests.support.jobs_receiver import Receiver, set_endpoint, wait_for
+from tests.support.jobs_receiver import JOBS, JOBS_ENV, LEASE_S, Receiver, set_endpoint, wait_for
 
-pytestmark = pytest.mark.slow
-
-JOBS = "/v1/inhouse/jobs"
-LEASE_S = 3.0
-ENV = {
-    "GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS": "true",
-    "GATEWAY_JOBS_POLL_S": "0.5",
-    "GATEWAY_JOBS_CONCURRENCY": "16",
-    "GATEWAY_JOBS_PER_PROJECT": "16",
-    "GATEWAY_JOBS_LEASE_S": str(LEASE_S),
-    "GATEWAY_MAINTENANCE_INTERVAL_S": "2",
-}
 TOTAL_JOBS = 2000
 
 
@@ -46,7 +34,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
     c = GatewayCluster(
-        database_url=pg_url, count=3, env=ENV, log_dir=tmp_path_factory.mktemp("jobs-cluster")
+        database_url=pg_url, count=3, env=JOBS_ENV, log_dir=tmp_path_factory.mktemp("jobs-cluster")
     )
     c.start()
     try:

@@ -18,11 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster.test_jobs_cluster import ENV, JOBS
 from tests.support.harness import GatewayCluster
-from tests.support.jobs_receiver import Receiver, set_endpoint, wait_for
-
-pytestmark = pytest.mark.slow
+from tests.support.jobs_receiver import JOBS, JOBS_ENV, Receiver, set_endpoint, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +96,7 @@ def test_delivery_time_ssrf_and_redirects(
     strict = GatewayCluster(
         database_url=pg_url,
         count=1,
-        env={**ENV, "GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS": "false"},
+        env={**JOBS_ENV, "GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS": "false"},
         log_dir=tmp_path_factory.mktemp("jobs-ssrf"),
     )
     project = make_project()
@@ -124,7 +121,7 @@ def test_delivery_time_ssrf_and_redirects(
         strict.stop()
     # a redirect is never followed (the flag is on here, so only the redirect refuses)
     c2 = GatewayCluster(
-        database_url=pg_url, count=1, env=ENV, log_dir=tmp_path_factory.mktemp("jobs-redirect")
+        database_url=pg_url, count=1, env=JOBS_ENV, log_dir=tmp_path_factory.mktemp("jobs-redirect")
     )
     c2.start()
     try:

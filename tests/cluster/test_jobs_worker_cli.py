@@ -9,15 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.support.cli import cli_json
 from tests.support.harness import GatewayCluster
-from tests.support.jobs_receiver import Receiver, set_endpoint, wait_for
-
-pytestmark = pytest.mark.slow
-
-JOBS = "/v1/inhouse/jobs"
+from tests.support.jobs_receiver import JOBS, Receiver, set_endpoint, wait_for
 
 
 def test_worker_process_delivers_for_serve_without_workers(

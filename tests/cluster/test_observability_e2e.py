@@ -14,11 +14,9 @@ from typing import Any
 
 import httpx
 import psycopg
-import pytest
-from psycopg.rows import dict_row
 
-from tests.db.test_observability import FAMILIES
 from tests.support.harness import LocalServerControl
+from tests.support.observability import FAMILIES, parse_samples, rows_for, wait_rows
 
 BASE = "/v1/inhouse/db"
 
@@ -32,22 +30,6 @@ def post(url: str, key: str, query: dict[str, Any], **headers: str) -> httpx.Res
     )
 
 
-def rows_for(pg_url: str, instance_id: str) -> list[dict[str, Any]]:
-    with psycopg.connect(pg_url, autocommit=True, row_factory=dict_row) as conn:
-        return conn.execute(
-            "SELECT * FROM gateway.request_log WHERE instance_id = %s ORDER BY id",
-            (instance_id,),
-        ).fetchall()
-
-
-def wait_rows(pg_url: str, instance_id: str, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while len(rows_for(pg_url, instance_id)) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} rows for {instance_id}"
-        time.sleep(0.1)
-
-
-@pytest.mark.slow
 def test_graceful_shutdown_logs_exactly_every_keyed_request(
     pg_url: str, make_project, gateway_cluster
 ) -> None:
@@ -107,15 +89,6 @@ def test_graceful_shutdown_logs_exactly_every_keyed_request(
     assert Counter(r["status_code"] for r in rows) == statuses + Counter({insert.status_code: 1})
 
 
-def parse_samples(text: str) -> dict[str, float]:
-    return {
-        line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
-
-
-@pytest.mark.slow
 def test_every_metric_family_after_real_traffic(pg_url: str, make_project, gateway_cluster) -> None:
     project = make_project()
     cluster = gateway_cluster(1, env={"GATEWAY_MAINTENANCE_INTERVAL_S": "0.5"})
@@ -156,7 +129,6 @@ def test_every_metric_family_after_real_traffic(pg_url: str, make_project, gatew
     print("families:", len(types), "rss MB:", round(samples["process_resident_memory_bytes"] / 1e6))
 
 
-@pytest.mark.slow
 def test_readyz_503_while_the_database_is_down(
     pg_url: str, make_project, gateway_cluster, pg_control: LocalServerControl
 ) -> None:
@@ -189,7 +161,6 @@ def test_readyz_503_while_the_database_is_down(
     wait_rows(pg_url, instance.instance_id, 2)
 
 
-@pytest.mark.slow
 def test_stats_shows_the_distribution_across_instances(
     pg_url: str, make_project, gateway_cluster
 ) -> None:
@@ -229,3 +200,32 @@ def test_stats_shows_the_distribution_across_instances(
     ).stdout
     print(text)
     assert cluster.instances[0].instance_id in text
+
+
+def test_access_log_json_lines_from_a_real_instance(gateway_cluster, make_project) -> None:
+    project = make_project()
+    cluster = gateway_cluster(1, env={"GATEWAY_ACCESS_LOG": "json"})
+    instance = cluster.instances[0]
+    query = httpx.post(
+        instance.url + "/v1/inhouse/db/query",
+        json={"query": {"operation": "select", "table": "missing"}},
+        headers={"Authorization": f"Bearer {project['public_key']}"},
+    )
+    assert query.status_code == 404
+    for _ in range(3):
+        assert httpx.get(instance.url + "/healthz", headers={"user-agent": "probe/1"}).is_success
+    assert httpx.get(instance.url + "/nowhere").status_code == 404
+    metrics_text = httpx.get(instance.url + "/metrics").text
+    assert instance.terminate() in (0, -15)  # uvicorn re-raises SIGTERM after a clean exit
+    lines = [json.loads(x) for x in instance.output().splitlines() if x.startswith("{")]
+    health = [x for x in lines if x["path"] == "/healthz"]
+    assert len(health) == 3
+    assert health[0]["status"] == 200 and health[0]["user_agent"] == "probe/1"
+    assert health[0]["instance"] == instance.instance_id and health[0]["route"] == "/healthz"
+    assert health[0]["duration_ms"] >= 0 and health[0]["bytes"] > 0
+    assert [x["route"] for x in lines if x["path"] == "/nowhere"] == ["unmatched"]
+    assert 'gateway_requests_total{route="/healthz",status="200"} 3.0' in metrics_text
+    [line] = [x for x in lines if x["path"] == "/v1/inhouse/db/query"]
+    assert line["project_id"] == project["id"] and line["error_code"] == "TABLE_NOT_FOUND"
+    assert line["request_id"] == query.headers["X-Request-Id"] and line["status"] == 404
+    assert line["operation"] == "SELECT" and line["table"] == "missing"

@@ -3,7 +3,8 @@
 ``DATABASE_URL`` points at PgBouncer with ``GATEWAY_DB_POOLER=transaction``;
 ``DATABASE_DIRECT_URL`` points at PostgreSQL itself (start-up discovery, and later the
 metadata listener and migrations). Without the ``pgbouncer`` binary these tests are
-skipped with a message saying so.
+skipped with a message saying so. The pool alone (no gateway process) goes through
+PgBouncer here too: limits discovery, and prepared-looking statements in transaction mode.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from typing import Any
 
 import httpx
 import psycopg
-import pytest
 
 from gateway.control import provisioning
+from gateway.db.pool import acquire as acquire_conn
+from gateway.db.pool import discover_limits
 from tests.support.harness import GatewayCluster
-from tests.support.pgbouncer import PgBouncer, pgbouncer  # noqa: F401 (fixture)
-
-pytestmark = pytest.mark.slow
+from tests.support.pgbouncer import PgBouncer
+from tests.support.pool import real_pool, settings_for
 
 BASE = "/v1/inhouse/db"
 
@@ -42,7 +43,7 @@ def ok(response: httpx.Response) -> Any:
 
 
 def test_query_api_admission_and_metadata_through_pgbouncer(
-    pgbouncer: PgBouncer,  # noqa: F811
+    pgbouncer: PgBouncer,
     pg_url: str,
     db: psycopg.Connection[Any],
     make_project: Callable[..., dict[str, Any]],
@@ -234,3 +235,39 @@ def test_query_api_admission_and_metadata_through_pgbouncer(
         assert refused.status_code == 403, refused.text
     with provisioning.connect(pg_url) as conn:
         provisioning.set_limits(conn, project["id"], status="active")
+
+
+# --- the pool alone through PgBouncer ----------------------------------------------------
+
+
+def test_discover_limits_through_pgbouncer(pgbouncer_url: str) -> None:
+    settings = settings_for(pgbouncer_url, GATEWAY_DB_POOLER="transaction")
+    assert asyncio.run(discover_limits(settings, timeout=0))[:2] == (300, 3)
+
+
+def test_pool_through_pgbouncer_transaction_mode(pgbouncer_url: str) -> None:
+    """Many identical statements (psycopg would prepare them) through a transaction pooler."""
+
+    async def main() -> None:
+        async with real_pool(
+            pgbouncer_url, GATEWAY_POOL_MAX="4", GATEWAY_DB_POOLER="transaction"
+        ) as pool:
+            gate = asyncio.Semaphore(12)  # more than the pool, within its wait queue
+
+            async def work(i: int) -> int:
+                async with gate, acquire_conn(pool) as conn:
+                    async with conn.transaction():
+                        await conn.execute(
+                            "SELECT set_config('gateway.probe', %s, true)", (str(i),)
+                        )
+                        cur = await conn.execute(
+                            "SELECT current_setting('gateway.probe')::int + %s", (i,)
+                        )
+                        row = await cur.fetchone()
+                    assert row is not None
+                    return int(row[0])
+
+            results = await asyncio.gather(*(work(i) for i in range(200)))
+            assert results == [2 * i for i in range(200)]
+
+    asyncio.run(main())

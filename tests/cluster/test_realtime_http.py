@@ -8,12 +8,9 @@ exactly like a browser tab going away.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -21,151 +18,24 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from gateway.realtime.events import Cursor, parse_cursor
+from gateway.realtime.events import Cursor
 from gateway.realtime.retention import prune_changes
-from tests.conftest import TODOS_TABLE
 from tests.support.harness import GatewayCluster
+from tests.support.polling import wait_until_async
+from tests.support.sse import REALTIME_ENV, SSE, TIMEOUT_S, Stream
+from tests.support.tables import TODOS_TABLE, todos
 
 BASE = "/v1/inhouse/db"
-TIMEOUT_S = 60.0
-ENV = {
-    "GATEWAY_REALTIME_POLL_MAX_MS": "50",
-    "GATEWAY_REALTIME_HEARTBEAT_S": "1",
-    "GATEWAY_REALTIME_REVALIDATE_S": "0.5",
-    "GATEWAY_POOL_MAX": "8",
-}
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
     c = GatewayCluster(
-        database_url=pg_url, count=3, env=ENV, log_dir=tmp_path_factory.mktemp("realtime")
+        database_url=pg_url, count=3, env=REALTIME_ENV, log_dir=tmp_path_factory.mktemp("realtime")
     )
     c.start()
     yield c
     c.stop()
-
-
-@dataclass
-class SSE:
-    id: str | None
-    event: str
-    data: Any
-
-    @property
-    def cursor(self) -> Cursor:
-        assert self.id is not None
-        return parse_cursor(self.id)
-
-
-class Stream:
-    """One SSE connection read in a task; ``gate`` cleared = the client stops reading."""
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        table: str = "todos",
-        key: str | None = None,
-        header_key: str | None = None,
-        filters: Any = None,
-        since: str | None = None,
-        last_event_id: str | None = None,
-    ) -> None:
-        params: dict[str, str] = {"table": table}
-        if key is not None:
-            params["apikey"] = key
-        if filters is not None:
-            params["filters"] = json.dumps(filters)
-        if since is not None:
-            params["since"] = since
-        headers: dict[str, str] = {}
-        if header_key is not None:
-            headers["Authorization"] = f"Bearer {header_key}"
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = last_event_id
-        self.events: list[SSE] = []
-        self.error: Exception | None = None
-        self.last_id: str | None = None
-        self.comments = 0
-        self.status: int | None = None
-        self.headers: httpx.Headers | None = None
-        self.body = b""
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.opened = asyncio.Event()
-        self.ended = asyncio.Event()
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT_S, read=300))
-        self.task = asyncio.create_task(self._run(url + BASE + "/realtime", params, headers))
-
-    async def _run(self, url: str, params: dict[str, str], headers: dict[str, str]) -> None:
-        try:
-            async with self.client.stream("GET", url, params=params, headers=headers) as r:
-                self.status, self.headers = r.status_code, r.headers
-                if r.status_code != 200:
-                    self.body = await r.aread()
-                    return
-                self.opened.set()
-                fields: dict[str, str] = {}
-                async for line in r.aiter_lines():
-                    await self.gate.wait()
-                    if line == "":
-                        if "id" in fields:
-                            self.last_id = fields["id"]
-                        if "event" in fields or "data" in fields:
-                            data = json.loads(fields["data"]) if "data" in fields else None
-                            self.events.append(
-                                SSE(fields.get("id"), fields.get("event", "message"), data)
-                            )
-                        fields = {}
-                    elif line.startswith(":"):
-                        self.comments += 1
-                    else:
-                        name, _, value = line.partition(":")
-                        fields[name] = value[1:] if value.startswith(" ") else value
-        except httpx.HTTPError as exc:
-            self.error = exc  # the server went away (a crashed instance)
-        finally:
-            self.opened.set()
-            self.ended.set()
-            await self.client.aclose()
-
-    @property
-    def changes(self) -> list[SSE]:
-        return [e for e in self.events if e.event in ("insert", "update", "delete")]
-
-    def error_body(self) -> dict[str, Any]:
-        body = json.loads(self.body)
-        assert body["data"] is None
-        return body["error"]
-
-    async def wait_open(self) -> int:
-        await asyncio.wait_for(self.opened.wait(), TIMEOUT_S)
-        assert self.status is not None
-        if self.status == 200:
-            # joined: the first block (an id-only position) has arrived
-            await until(lambda: self.last_id is not None)
-        return self.status
-
-    async def wait_for(self, n: int, timeout: float = TIMEOUT_S) -> list[SSE]:
-        await until(lambda: len(self.changes) >= n or self.ended.is_set(), timeout)
-        assert len(self.changes) >= n, (len(self.changes), self.events[-3:], self.status)
-        return self.changes
-
-    async def close(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-
-
-async def until(check: Any, timeout: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.02)
 
 
 def check_sequence(events: list[SSE]) -> None:
@@ -181,10 +51,6 @@ async def api_insert(client: httpx.AsyncClient, url: str, key: str, rows: Any) -
         headers={"Authorization": f"Bearer {key}"},
     )
     assert r.status_code == 201 or r.status_code == 200, r.text
-
-
-def todos(project: dict[str, Any]) -> sql.Identifier:
-    return sql.Identifier(project["schema_name"], "todos")
 
 
 def set_column(db: psycopg.Connection[Any], project: dict[str, Any], column: str, **flags: Any):
@@ -245,7 +111,9 @@ def test_refusals(cluster: GatewayCluster, make_project: Any) -> None:
 
 
 def test_stream_limit_per_project(pg_url: str, gateway_cluster: Any, make_project: Any) -> None:
-    cluster = gateway_cluster(1, env={**ENV, "GATEWAY_REALTIME_MAX_STREAMS_PER_PROJECT": "2"})
+    cluster = gateway_cluster(
+        1, env={**REALTIME_ENV, "GATEWAY_REALTIME_MAX_STREAMS_PER_PROJECT": "2"}
+    )
     project = make_project()
     url = cluster.urls[0]
 
@@ -508,7 +376,9 @@ def test_retention_and_reset_over_sse(
             assert await prune_changes(conn, 24.0) >= 2
         again = Stream(cluster.urls[1], key=project["public_key"], since=stale)
         assert await again.wait_open() == 200
-        await until(lambda: any(e.event == "reset" for e in again.events))
+        await wait_until_async(
+            lambda: any(e.event == "reset" for e in again.events), timeout=TIMEOUT_S
+        )
         reset = next(e for e in again.events if e.event == "reset")
         assert reset.id is not None and reset.data == {"cursor": reset.id}
         assert again.last_id is not None
@@ -559,7 +429,11 @@ def test_slow_client_is_closed_with_overflow(
 ) -> None:
     cluster = gateway_cluster(
         1,
-        env={**ENV, "GATEWAY_REALTIME_QUEUE_MAX": "20", "GATEWAY_REALTIME_SEND_TIMEOUT_S": "120"},
+        env={
+            **REALTIME_ENV,
+            "GATEWAY_REALTIME_QUEUE_MAX": "20",
+            "GATEWAY_REALTIME_SEND_TIMEOUT_S": "120",
+        },
     )
     project = make_project()
     url = cluster.urls[0]
@@ -690,7 +564,9 @@ def test_metrics_show_subscribers_and_held_back_delivery(
         assert metric(url, "gateway_realtime_held_back_seconds") < 1.0
         assert metric(url, "gateway_realtime_events_total") >= 2
         await s.close()
-        await until(lambda: metric(url, "gateway_realtime_subscribers") == 0)
+        await wait_until_async(
+            lambda: metric(url, "gateway_realtime_subscribers") == 0, timeout=TIMEOUT_S
+        )
 
     asyncio.run(main())
 
@@ -701,7 +577,7 @@ def test_maintenance_leader_prunes_changes(
     cluster = gateway_cluster(
         2,
         env={
-            **ENV,
+            **REALTIME_ENV,
             "GATEWAY_MAINTENANCE_INTERVAL_S": "0.2",
             "GATEWAY_REALTIME_RETENTION_HOURS": "1",
         },
@@ -741,7 +617,7 @@ def test_instance_crash_mid_stream_resume_elsewhere(
     gateway_cluster: Any, pg_url: str, make_project: Any
 ) -> None:
     """SIGKILL the instance serving a stream while writes go on; resume on the other one."""
-    cluster = gateway_cluster(2, env=ENV)
+    cluster = gateway_cluster(2, env=REALTIME_ENV)
     project = make_project()
     insert = sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(todos(project))
     total = 200
@@ -778,7 +654,7 @@ def test_instance_crash_mid_stream_resume_elsewhere(
 def test_sigterm_ends_streams_at_once_and_clients_resume_elsewhere(
     gateway_cluster: Any, pg_url: str, make_project: Any
 ) -> None:
-    cluster = gateway_cluster(2, env=ENV)
+    cluster = gateway_cluster(2, env=REALTIME_ENV)
     project = make_project()
     insert = sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(todos(project))
 

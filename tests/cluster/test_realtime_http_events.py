@@ -1,5 +1,5 @@
 """``truncate`` and ``leave`` over SSE, and stream openings in the request log, with real
-gateway processes (the helpers are those of tests/test_realtime_http.py)."""
+gateway processes (the SSE client is tests/support/sse.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from tests.cluster.test_realtime_http import ENV, SSE, TIMEOUT_S, Stream, todos, until
 from tests.support.harness import GatewayCluster
-
-pytestmark = pytest.mark.slow
+from tests.support.polling import wait_until_async
+from tests.support.sse import REALTIME_ENV, SSE, TIMEOUT_S, Stream
+from tests.support.tables import todos
 
 EVENT_KINDS = ("insert", "update", "delete", "truncate", "leave")
 
@@ -27,7 +27,7 @@ def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     c = GatewayCluster(
         database_url=pg_url,
         count=2,
-        env={**ENV, "GATEWAY_LOG_FLUSH_MS": "50"},
+        env={**REALTIME_ENV, "GATEWAY_LOG_FLUSH_MS": "50"},
         log_dir=tmp_path_factory.mktemp("realtime-events"),
     )
     c.start()
@@ -40,7 +40,7 @@ def events_of(s: Stream) -> list[SSE]:
 
 
 async def wait_events(s: Stream, n: int) -> list[SSE]:
-    await until(lambda: len(events_of(s)) >= n or s.ended.is_set())
+    await wait_until_async(lambda: len(events_of(s)) >= n or s.ended.is_set(), timeout=TIMEOUT_S)
     got = events_of(s)
     assert len(got) >= n, (got, s.status)
     return got

@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 from gateway.auth.keys import hash_key
 from gateway.auth.tokens import token_hash
 from gateway.control import provisioning
-from tests.db.test_admission_db import LONG_WINDOW_S, counter_row, fresh_window
+from tests.support.admission import LONG_WINDOW_S, counter_row, fresh_window
 from tests.support.owner_rows import make_session, make_user, revoke_sessions
 
 # reported from the database's clock_timestamp(): the two runs read it at different moments

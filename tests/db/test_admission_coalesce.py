@@ -1,4 +1,4 @@
-"""Coalesced admission (issue 16, part 1) against a real PostgreSQL and real processes.
+"""Coalesced admission (issue 16, part 1) against a real PostgreSQL.
 
 To make a batch on purpose, a test holds one project's counter row with ``FOR UPDATE``
 from another connection and lets a first admission block on it (statements_max = 1):
@@ -9,8 +9,6 @@ statement when the row is released.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -22,8 +20,7 @@ from gateway.admission.decision import Admission, QuotaExceeded
 from gateway.auth.tokens import token_hash
 from gateway.control import provisioning
 from gateway.errors import GatewayError
-from tests.cluster.test_admission_cluster import fire_sync
-from tests.db.test_admission_db import (
+from tests.support.admission import (
     LONG_WINDOW_S,
     aconnect,
     admitter,
@@ -31,7 +28,8 @@ from tests.db.test_admission_db import (
     fresh_window,
     run,
 )
-from tests.support.harness import GatewayCluster
+from tests.support.owner_rows import make_session, make_user, revoke_sessions
+from tests.support.quotas import override, set_usage
 
 Answer = Admission | GatewayError
 
@@ -206,9 +204,6 @@ def test_a_batch_carries_sessions_and_quota_inputs_per_request(
 ) -> None:
     """Sessions (0009) and the database-size quota (0010) in one batch: each request's
     session hash and "grows" flag reach its own element."""
-    from tests.db.test_quotas_db import override, set_usage
-    from tests.support.owner_rows import make_session, make_user, revoke_sessions
-
     blocker = make_project()
     app = make_project()
     full = make_project()
@@ -371,48 +366,3 @@ def test_admit_many_answers_like_admit_in_array_order(
     ).fetchone() == {"n": 0}
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         db.execute("SELECT * FROM gateway.admit_many(%s, '{1,2}', 60, false)", [[h]])
-
-
-# --- real processes ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
-    c = GatewayCluster(
-        database_url=pg_url,
-        count=3,
-        env={},
-        log_dir=tmp_path_factory.mktemp("coalesce-cluster"),
-        name="coal",
-    )
-    c.start()
-    yield c
-    c.stop()
-
-
-@pytest.mark.slow
-def test_exact_with_coalescing_over_three_instances_of_300_concurrent(
-    cluster: GatewayCluster, db: Any, make_project: Any
-) -> None:
-    project = make_project(rate_limit_per_minute=50)
-    db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-    fresh_window(db, 60, 30)
-    db.execute("SELECT pg_stat_statements_reset()")
-    replies = fire_sync(cluster.urls, project["public_key"], 900, concurrency=900)
-    counts = Counter((r.status, r.code) for r in replies)
-    print("answers:", dict(counts))
-    assert counts[(200, None)] == 50
-    assert set(counts) <= {(200, None), (429, "RATE_LIMIT_EXCEEDED"), (503, "SERVICE_UNAVAILABLE")}
-    row = counter_row(db, project["id"])
-    assert row is not None and row["window_count"] == 50 and row["day_used"] == 50
-    calls = {
-        r["name"]: r["n"]
-        for r in db.execute(
-            "SELECT CASE WHEN query LIKE '%%gateway.admit_many(%%' THEN 'many' ELSE 'one' END"
-            " AS name, sum(calls)::bigint AS n FROM pg_stat_statements"
-            " WHERE query LIKE '%%gateway.admit%%' AND query NOT LIKE '%%pg_stat%%'"
-            " GROUP BY 1"
-        ).fetchall()
-    }
-    print("admission statements:", calls)
-    assert calls.get("many", 0) >= 1  # requests were coalesced

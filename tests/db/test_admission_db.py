@@ -8,16 +8,10 @@ they never straddle a boundary by accident.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
@@ -29,28 +23,18 @@ from gateway.admission.headers import admission_headers
 from gateway.control import provisioning
 from gateway.errors import GatewayError
 from gateway.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
-LONG_WINDOW_S = 3600
-
+from tests.support.admission import (
+    LONG_WINDOW_S,
+    aconnect,
+    admitter,
+    counter_row,
+    db_epoch,
+    fresh_window,
+    run,
+    wait_for_window_position,
+)
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def admitter(pg_url: str, **settings: Any) -> Admitter:
-    settings.setdefault("rate_limit_window_s", LONG_WINDOW_S)
-    settings.setdefault("admission_timeout_ms", 10_000)
-    invalidation_live = settings.pop("invalidation_live", None)
-    return Admitter(Settings(database_url=pg_url, **settings), invalidation_live=invalidation_live)
-
-
-async def aconnect(pg_url: str) -> AsyncConnection[Any]:
-    return await AsyncConnection.connect(pg_url, autocommit=True)
 
 
 async def outcome(adm: Admitter, conn: AsyncConnection[Any], key: str | None, cost: int = 1) -> str:
@@ -87,59 +71,6 @@ async def admit_many(
         for c in conns:
             await c.close()
     return outcomes, admitted
-
-
-def db_epoch(db: psycopg.Connection[Any]) -> float:
-    row = db.execute("SELECT extract(epoch FROM clock_timestamp())::float8 AS e").fetchone()
-    return float(row["e"])
-
-
-def wait_for_window_position(
-    db: psycopg.Connection[Any], window_s: int, lo: float, hi: float
-) -> float:
-    """Sleep until the database clock is between lo and hi seconds into a window."""
-    for _ in range(100):
-        position = db_epoch(db) % window_s
-        if lo <= position <= hi:
-            return position
-        time.sleep((lo - position) if position < lo else (window_s - position + lo))
-    raise AssertionError("never reached the window position")
-
-
-def fresh_window(db: psycopg.Connection[Any], window_s: int, need_s: float) -> None:
-    """Make sure at least ``need_s`` seconds are left in the current window."""
-    if window_s - db_epoch(db) % window_s < need_s:
-        wait_for_window_position(db, window_s, 0.05, window_s - need_s)
-
-
-def counter_row(db: psycopg.Connection[Any], project_id: str) -> dict[str, Any] | None:
-    return db.execute(
-        "SELECT * FROM gateway.admission_counters WHERE project_id = %s", [project_id]
-    ).fetchone()
-
-
-def burst_process(
-    pg_url: str, key: str, requests: int, start_at: float, **options: Any
-) -> subprocess.Popen[str]:
-    args = [sys.executable, "-m", "tests.support.admission_burst", pg_url, key]
-    args += ["--requests", str(requests), "--start-at", str(start_at)]
-    for name, value in options.items():
-        args += ["--" + name.replace("_", "-"), str(value)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-
-
-def run_bursts(pg_url: str, key: str, per_process: list[int], **options: Any) -> Counter[str]:
-    start_at = time.time() + 3.0  # every process connected and waiting by then
-    processes = [burst_process(pg_url, key, n, start_at, **options) for n in per_process]
-    total: Counter[str] = Counter()
-    for process in processes:
-        stdout, _ = process.communicate(timeout=120)
-        assert process.returncode == 0, stdout
-        result = json.loads(stdout.strip().splitlines()[-1])
-        print("process:", result)
-        total.update(result["outcomes"])
-    return total
 
 
 # --- outcomes ---------------------------------------------------------------------------
@@ -304,32 +235,7 @@ def test_batch_costs_n(pg_url: str, db: Any, make_project: Any) -> None:
     assert row is not None and row["window_count"] == 10 and row["day_used"] == 10
 
 
-# --- exactness under concurrency, across OS processes ----------------------------------
-
-
-@pytest.mark.slow
-def test_rate_limit_exact_across_processes(pg_url: str, db: Any, make_project: Any) -> None:
-    project = make_project(rate_limit_per_minute=50, requests_per_day=1_000_000)
-    fresh_window(db, LONG_WINDOW_S, 120)
-    total = run_bursts(
-        pg_url, project["public_key"], [100, 100, 100], window_s=LONG_WINDOW_S, concurrency=10
-    )
-    assert total == {"admitted": 50, "RATE_LIMIT_EXCEEDED": 250}
-    row = counter_row(db, project["id"])
-    assert row is not None and row["window_count"] == 50 and row["day_used"] == 50
-
-
-@pytest.mark.slow
-def test_daily_quota_exact_across_processes(pg_url: str, db: Any, make_project: Any) -> None:
-    seconds_to_midnight = 86400 - db_epoch(db) % 86400
-    if seconds_to_midnight < 300:
-        time.sleep(seconds_to_midnight + 1)
-    project = make_project(rate_limit_per_minute=100_000, requests_per_day=20)
-    total = run_bursts(pg_url, project["public_key"], [34, 33, 33], concurrency=10)
-    assert total == {"admitted": 20, "REQUEST_QUOTA_EXCEEDED": 80}
-    row = counter_row(db, project["id"])
-    assert row is not None and row["day_used"] == 20
-    assert row["day"] == db.execute("SELECT (now() AT TIME ZONE 'UTC')::date AS d").fetchone()["d"]
+# --- exactness under concurrency ----------------------------------------------------
 
 
 def test_concurrent_admissions_in_one_process_are_exact(
@@ -383,7 +289,6 @@ def _boundary_burst(
     pytest.skip("machine too slow to place a burst inside one window")
 
 
-@pytest.mark.slow
 def test_fixed_window_admits_up_to_twice_the_limit_across_a_boundary(
     pg_url: str, db: Any, make_project: Any
 ) -> None:
@@ -391,7 +296,6 @@ def test_fixed_window_admits_up_to_twice_the_limit_across_a_boundary(
     assert first == 10 and second == 10  # 2x the limit within ~1 second: the known flaw
 
 
-@pytest.mark.slow
 def test_sliding_window_caps_the_boundary_burst(pg_url: str, db: Any, make_project: Any) -> None:
     limit, window_s = 10, 4
     first, second, elapsed = _boundary_burst(pg_url, db, make_project, "sliding", window_s, limit)

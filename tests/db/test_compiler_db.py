@@ -812,7 +812,7 @@ def test_run_transaction_is_one_round_trip(db: DB) -> None:
 def test_compiled_fuzz_never_fails_with_500(db: DB) -> None:
     from hypothesis import HealthCheck, given, settings
 
-    from tests.unit.test_fuzz import shaped_queries
+    from tests.support.contract_strategies import shaped_queries
 
     seen: dict[str, int] = {}
 

@@ -1,4 +1,7 @@
-"""The foundation: settings, migrations, the provisioning CLI and real gateway processes."""
+"""The foundation: settings, migrations and the provisioning CLI.
+
+The same foundation served by real gateway processes: tests/cluster/test_health.py.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +13,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
 from gateway.db import migrate
 from gateway.settings import Settings, SettingsError
-from tests.conftest import TODOS_TABLE
 from tests.support.cli import assert_refused, cli_json, run_cli
 from tests.support.scratchdb import scratch_database
+from tests.support.tables import TODOS_TABLE
 
 # --- settings ---------------------------------------------------------------------------
 
@@ -245,37 +247,3 @@ def test_cli_bad_input_is_one_line_exit_2(pg_url: str, tmp_path: Path) -> None:
     junk.write_text("{not json")
     assert_refused(run_cli(pg_url, "table", "create", name, "--file", str(junk)), "not valid JSON")
     assert_refused(run_cli(pg_url, "frobnicate"), "invalid choice")
-
-
-# --- real processes --------------------------------------------------------------------------
-
-
-def test_cluster_serves_health_and_readyz(gateway_cluster: Any) -> None:
-    cluster = gateway_cluster(2)
-    for url in cluster.urls:
-        health = httpx.get(url + "/v1/inhouse/db/health").json()
-        assert health["status"] == "healthy" and health["service"] == "inhouse-gateway"
-        assert health["features"] == {
-            "query": True,
-            "schema": True,
-            "rateLimit": True,
-            "quotas": True,
-        }
-        assert httpx.get(url + "/readyz").status_code == 200
-        assert httpx.get(url + "/healthz").status_code == 200
-        missing = httpx.get(url + "/nope")
-        assert missing.status_code == 404 and missing.json()["error"]["code"] == "NOT_FOUND"
-
-
-def test_readyz_turns_503_when_the_database_stops(gateway_cluster: Any, pg_control: Any) -> None:
-    cluster = gateway_cluster(1)
-    url = cluster.urls[0]
-    assert httpx.get(url + "/readyz").status_code == 200
-    pg_control.stop()
-    try:
-        response = httpx.get(url + "/readyz", timeout=10)
-        assert response.status_code == 503
-        assert response.json()["checks"]["database"] == "down"
-    finally:
-        pg_control.start()
-    cluster.wait_ready(cluster.instances[0], timeout=15)

@@ -30,6 +30,7 @@ from gateway.ops.request_log import LogRecord, RequestLog, client_ip
 from gateway.settings import Settings
 from tests.support.cli import run_cli
 from tests.support.harness import LocalServerControl
+from tests.support.observability import FAMILIES
 from tests.support.scratchdb import scratch_database
 
 T = Any
@@ -206,7 +207,6 @@ def test_invalid_row_is_skipped_not_retried_forever(pg_url: str, db: psycopg.Con
     assert logged(db, settings.instance_id) == 2
 
 
-@pytest.mark.slow
 def test_outage_keeps_rows_up_to_the_bound_then_drops_oldest(
     pg_url: str,
     pg_control: LocalServerControl,
@@ -389,30 +389,6 @@ def test_default_jobs_sample_connections_and_expose_status(
 
 # --- metrics, readiness, access log --------------------------------------------------------
 
-FAMILIES = [
-    "gateway_requests_total",
-    "gateway_request_duration_seconds",
-    "gateway_admission_decisions_total",
-    "gateway_metadata_cache_hits_total",
-    "gateway_metadata_cache_misses_total",
-    "gateway_metadata_cache_loads_total",
-    "gateway_metadata_cache_invalidations_total",
-    "gateway_metadata_cache_entries",
-    "gateway_listener_up",
-    "gateway_listener_reconnects_total",
-    "gateway_pool_size",
-    "gateway_pool_available",
-    "gateway_pool_waiting",
-    "gateway_pool_timeouts_total",
-    "gateway_pool_connection_errors_total",
-    "gateway_pool_max",
-    "gateway_db_connections",
-    "gateway_request_log_buffer_rows",
-    "gateway_request_log_dropped_rows_total",
-    "process_resident_memory_bytes",
-    "gateway_build_info",
-]
-
 
 def sample_names(text: str) -> set[str]:
     return {
@@ -562,38 +538,6 @@ def test_parse_since() -> None:
     for bad in ("", "1", "h", "-1h", "0m", "1y"):
         with pytest.raises(ValueError):
             parse_since(bad)
-
-
-@pytest.mark.slow
-def test_access_log_json_lines_from_a_real_instance(gateway_cluster, make_project) -> None:
-    import httpx
-
-    project = make_project()
-    cluster = gateway_cluster(1, env={"GATEWAY_ACCESS_LOG": "json"})
-    instance = cluster.instances[0]
-    query = httpx.post(
-        instance.url + "/v1/inhouse/db/query",
-        json={"query": {"operation": "select", "table": "missing"}},
-        headers={"Authorization": f"Bearer {project['public_key']}"},
-    )
-    assert query.status_code == 404
-    for _ in range(3):
-        assert httpx.get(instance.url + "/healthz", headers={"user-agent": "probe/1"}).is_success
-    assert httpx.get(instance.url + "/nowhere").status_code == 404
-    metrics_text = httpx.get(instance.url + "/metrics").text
-    assert instance.terminate() in (0, -15)  # uvicorn re-raises SIGTERM after a clean exit
-    lines = [json.loads(x) for x in instance.output().splitlines() if x.startswith("{")]
-    health = [x for x in lines if x["path"] == "/healthz"]
-    assert len(health) == 3
-    assert health[0]["status"] == 200 and health[0]["user_agent"] == "probe/1"
-    assert health[0]["instance"] == instance.instance_id and health[0]["route"] == "/healthz"
-    assert health[0]["duration_ms"] >= 0 and health[0]["bytes"] > 0
-    assert [x["route"] for x in lines if x["path"] == "/nowhere"] == ["unmatched"]
-    assert 'gateway_requests_total{route="/healthz",status="200"} 3.0' in metrics_text
-    [line] = [x for x in lines if x["path"] == "/v1/inhouse/db/query"]
-    assert line["project_id"] == project["id"] and line["error_code"] == "TABLE_NOT_FOUND"
-    assert line["request_id"] == query.headers["X-Request-Id"] and line["status"] == 404
-    assert line["operation"] == "SELECT" and line["table"] == "missing"
 
 
 def test_request_log_migration_round_trip(pg_url: str) -> None:

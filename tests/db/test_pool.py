@@ -1,9 +1,10 @@
 """Connection budget, pool plan, overload and outage answers at the pool level (issue 6).
 
-Plan arithmetic is pure; everything else runs against the real test PostgreSQL, a real
-PgBouncer, or real ``gateway`` processes. Faults are caused, never mocked:
-``pg_terminate_backend`` for a connection the server ends, a TCP proxy that cuts its
-sockets for a connection that just vanishes, ``pg_control.stop()`` for an outage.
+Plan arithmetic is pure; everything else runs against the real test PostgreSQL or as
+one-shot ``gateway`` commands (PgBouncer: tests/cluster/test_pool_pgbouncer.py). Faults
+are caused, never mocked: ``pg_terminate_backend`` for a connection the server ends, a
+TCP proxy that cuts its sockets for a connection that just vanishes, ``pg_control.stop()``
+for an outage.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -25,7 +25,6 @@ from gateway.db.pool import (
     NEON_MAX_CONNECTIONS,
     PlanError,
     connection_is_dead,
-    create_pool,
     discover_limits,
     neon_limits,
     plan_pool,
@@ -33,12 +32,7 @@ from gateway.db.pool import (
 )
 from gateway.db.pool import acquire as acquire_conn
 from gateway.errors import GatewayError
-from gateway.settings import Settings
-from tests.support.pgbouncer import pgbouncer, pgbouncer_url  # noqa: F401 (fixtures)
-
-
-def settings_for(url: str = "postgresql://x/y", **env: str) -> Settings:
-    return Settings.from_env({"DATABASE_URL": url, **env})
+from tests.support.pool import real_pool, settings_for
 
 
 def run_gateway(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
@@ -148,11 +142,6 @@ def test_discover_limits_asks_the_database_unless_told(pg_url: str) -> None:
     assert asyncio.run(discover_limits(dead_direct, timeout=0))[:2] == (300, 3)
 
 
-def test_discover_limits_through_pgbouncer(pgbouncer_url: str) -> None:  # noqa: F811
-    settings = settings_for(pgbouncer_url, GATEWAY_DB_POOLER="transaction")
-    assert asyncio.run(discover_limits(settings, timeout=0))[:2] == (300, 3)
-
-
 def test_pool_plan_cli_json_and_human(pg_url: str) -> None:
     result = run_gateway("pool-plan", "--neon-cu", "0.25", "--instances", "3", "--json")
     assert result.returncode == 0, result.stderr
@@ -219,18 +208,6 @@ def test_serve_refuses_an_impossible_plan(pg_url: str) -> None:
 
 
 # --- the pool: overload, dead connections, retries ------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def real_pool(url: str, **env: str) -> AsyncIterator[Any]:
-    settings = settings_for(url, **env)
-    plan = plan_pool(settings, 300, 3)
-    pool = create_pool(settings, plan)
-    await pool.open(wait=True, timeout=30)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def backend_pid(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -469,37 +446,6 @@ def test_outage_is_a_503_within_the_timeout_and_heals(pg_url: str, pg_control: A
                 assert time.monotonic() - back < 5.0, "not healed 5 s after the restart"
                 await asyncio.sleep(0.1)
             print(f"healed {time.monotonic() - back:.2f} s after the database was back")
-
-    asyncio.run(main())
-
-
-# --- PgBouncer ------------------------------------------------------------------------
-
-
-def test_pool_through_pgbouncer_transaction_mode(pgbouncer_url: str) -> None:  # noqa: F811
-    """Many identical statements (psycopg would prepare them) through a transaction pooler."""
-
-    async def main() -> None:
-        async with real_pool(
-            pgbouncer_url, GATEWAY_POOL_MAX="4", GATEWAY_DB_POOLER="transaction"
-        ) as pool:
-            gate = asyncio.Semaphore(12)  # more than the pool, within its wait queue
-
-            async def work(i: int) -> int:
-                async with gate, acquire_conn(pool) as conn:
-                    async with conn.transaction():
-                        await conn.execute(
-                            "SELECT set_config('gateway.probe', %s, true)", (str(i),)
-                        )
-                        cur = await conn.execute(
-                            "SELECT current_setting('gateway.probe')::int + %s", (i,)
-                        )
-                        row = await cur.fetchone()
-                    assert row is not None
-                    return int(row[0])
-
-            results = await asyncio.gather(*(work(i) for i in range(200)))
-            assert results == [2 * i for i in range(200)]
 
     asyncio.run(main())
 

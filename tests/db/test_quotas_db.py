@@ -1,7 +1,7 @@
 """Plans, overrides and the bandwidth/database quotas against a real PostgreSQL: the
 admission statement, the bandwidth meter's flushes, the database-size sampler, the CLI.
 
-The multi-instance proofs (3 real gateway processes) are in tests/test_quotas_cluster.py.
+The multi-instance proofs (3 real gateway processes) are in tests/cluster/test_quotas_cluster.py.
 """
 
 from __future__ import annotations
@@ -19,39 +19,12 @@ from gateway.errors import GatewayError
 from gateway.quotas import dbsize, store
 from gateway.quotas.bandwidth import BandwidthMeter
 from gateway.settings import Settings
-from tests.db.test_admission_db import aconnect, admitter, counter_row, run
+from tests.support.admission import aconnect, admitter, counter_row, run
 from tests.support.cli import assert_refused, cli_json, run_cli
+from tests.support.quotas import override, set_usage
 from tests.support.scratchdb import scratch_database
 
 GIB, MIB = 1024**3, 1024**2
-
-
-def set_usage(
-    db: psycopg.Connection[Any],
-    project_id: str,
-    *,
-    bandwidth: int = 0,
-    db_size: int | None = None,
-    months_ago: int = 0,
-) -> None:
-    db.execute(
-        """
-        INSERT INTO gateway.quota_usage (project_id, bandwidth_month, bandwidth_bytes,
-                                         db_size_bytes, db_size_sampled_at)
-        VALUES (%s, (date_trunc('month', now() AT TIME ZONE 'UTC')
-                     - make_interval(months => %s))::date, %s, %s, now())
-        ON CONFLICT (project_id) DO UPDATE
-           SET bandwidth_month = excluded.bandwidth_month,
-               bandwidth_bytes = excluded.bandwidth_bytes,
-               db_size_bytes = excluded.db_size_bytes
-        """,
-        [project_id, months_ago, bandwidth, db_size],
-    )
-
-
-def override(pg_url: str, project_id: str, **values: int | None) -> provisioning.Project:
-    with provisioning.connect(pg_url) as conn:
-        return provisioning.set_limits(conn, project_id, overrides=values)
 
 
 async def refusal(pg_url: str, key: str, *, grows: bool = False, cost: int = 1) -> GatewayError:

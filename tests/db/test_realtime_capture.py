@@ -11,33 +11,10 @@ from psycopg import sql
 
 from gateway.control import provisioning, tabledef
 from gateway.db import migrate
-from tests.conftest import TODOS_TABLE
 from tests.support.cli import assert_refused, cli_json, run_cli
+from tests.support.realtime import changes, trigger_count
 from tests.support.scratchdb import scratch_database
-
-
-def changes(db: psycopg.Connection[Any], project_id: str) -> list[dict[str, Any]]:
-    return db.execute(
-        """
-        SELECT xid::text::bigint AS xid, id, table_name, op, pk, row
-          FROM gateway.changes WHERE project_id = %s ORDER BY xid, id
-        """,
-        [project_id],
-    ).fetchall()
-
-
-def trigger_count(db: psycopg.Connection[Any], schema: str, table: str) -> int:
-    row = db.execute(
-        """
-        SELECT count(*) AS n FROM pg_trigger t
-          JOIN pg_class c ON c.oid = t.tgrelid
-          JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = %s AND c.relname = %s AND t.tgname = 'gateway_realtime_capture'
-        """,
-        [schema, table],
-    ).fetchone()
-    assert row is not None
-    return int(row["n"])
+from tests.support.tables import TODOS_TABLE
 
 
 def registry_realtime(db: psycopg.Connection[Any], project_id: str, table: str) -> bool:

@@ -7,100 +7,22 @@ separate psycopg connections, exactly like tenant traffic or plain SQL would.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from gateway.db.pool import create_pool
 from gateway.errors import GatewayError
 from gateway.realtime.events import Cursor, Event, parse_cursor
 from gateway.realtime.filters import Filter, compile_filters
-from gateway.realtime.hub import RealtimeHub
 from gateway.realtime.retention import prune_changes
 from gateway.realtime.sse import format_event
-from gateway.realtime.subscription import Subscription
-from gateway.settings import Settings
-
-TIMEOUT_S = 30.0
-
-
-def settings_for(pg_url: str, **changes: Any) -> Settings:
-    base = Settings(database_url=pg_url, instance_id="rt-test", realtime_poll_max_ms=50)
-    return base.with_changes(**changes)
-
-
-def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(coro_fn())
-
-
-class Hub:
-    """A hub with its own pool, closed at the end of the block."""
-
-    def __init__(self, pg_url: str, **kwargs: Any) -> None:
-        hub_kwargs = {k: kwargs.pop(k) for k in ("page_size", "catchup_page_size") if k in kwargs}
-        self.settings = settings_for(pg_url, **kwargs)
-        self.pool = create_pool(self.settings, max_size=4)
-        self.hub = RealtimeHub(self.settings, self.pool, **hub_kwargs)
-
-    async def __aenter__(self) -> RealtimeHub:
-        await self.pool.open(wait=True, timeout=30)
-        self.hub.start()
-        return self.hub
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.hub.stop()
-        await self.pool.close()
-
-
-class Reader:
-    """Consumes a subscription in a task, collecting events."""
-
-    def __init__(self, sub: Subscription, heartbeat_s: float = 15.0) -> None:
-        self.sub = sub
-        self.events: list[Event] = []
-        self.done = asyncio.Event()
-        self.task = asyncio.create_task(self._run(heartbeat_s))
-
-    async def _run(self, heartbeat_s: float) -> None:
-        try:
-            async for event in self.sub.events(heartbeat_s):
-                if event.kind != "ping":
-                    self.events.append(event)
-        finally:
-            self.done.set()
-
-    @property
-    def changes(self) -> list[Event]:
-        return [e for e in self.events if e.kind in ("insert", "update", "delete")]
-
-    async def wait_for(self, n: int, timeout: float = TIMEOUT_S) -> list[Event]:
-        deadline = time.monotonic() + timeout
-        while len(self.changes) < n:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"got {len(self.changes)} of {n} changes: {self.events}")
-            if self.done.is_set():
-                raise AssertionError(f"stream ended after {len(self.changes)}: {self.events}")
-            await asyncio.sleep(0.02)
-        return self.changes
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-
-
-async def awrite(pg_url: str, statement: sql.Composable, params: Any = None) -> None:
-    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
-        await conn.execute(statement, params)
-
-
-def todos(project: dict[str, Any]) -> sql.Identifier:
-    return sql.Identifier(project["schema_name"], "todos")
+from tests.support.polling import wait_until_async
+from tests.support.realtime import TIMEOUT_S, Hub, Reader, awrite, run
+from tests.support.tables import todos
 
 
 async def insert_titles(pg_url: str, project: dict[str, Any], titles: list[str]) -> None:
@@ -119,14 +41,6 @@ def assert_ordered_unique(events: list[Event]) -> None:
     cursors = [e.cursor for e in events]
     assert cursors == sorted(cursors), "events out of cursor order"
     assert len(set(cursors)) == len(cursors), "duplicate events"
-
-
-async def eventually(check: Callable[[], bool], timeout: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 # --- cursors and SSE formatting ---------------------------------------------------------
@@ -308,7 +222,7 @@ def test_out_of_order_commits_are_delivered_in_xid_order(pg_url: str, make_proje
                 await early.execute(insert, ["early"])  # xid assigned now, not committed
                 await insert_titles(pg_url, project, ["later-1", "later-2"])  # committed
                 polls = hub.stats.polls
-                await eventually(lambda: hub.stats.polls >= polls + 5)
+                await wait_until_async(lambda: hub.stats.polls >= polls + 5, timeout=TIMEOUT_S)
                 assert reader.changes == [], "delivered past an open older transaction"
                 await early.commit()
             finally:
@@ -361,7 +275,7 @@ def test_no_polling_without_subscribers(pg_url: str, make_project: Any) -> None:
             await asyncio.sleep(0.5)
             assert hub.stats.polls == 0
             sub = await hub.subscribe(project["id"], "todos")
-            await eventually(lambda: hub.stats.polls >= 3)
+            await wait_until_async(lambda: hub.stats.polls >= 3, timeout=TIMEOUT_S)
             sub.close()
             await asyncio.sleep(0.2)
             polls = hub.stats.polls
@@ -560,7 +474,9 @@ def test_retention_and_reset(pg_url: str, db: psycopg.Connection[Any], make_proj
 
             # a cursor behind deleted changes: reset, carrying a cursor to resume from
             sub = Reader(await hub.subscribe(project["id"], "todos", since=stale))
-            await eventually(lambda: any(e.kind == "reset" for e in sub.events))
+            await wait_until_async(
+                lambda: any(e.kind == "reset" for e in sub.events), timeout=TIMEOUT_S
+            )
             reset = next(e for e in sub.events if e.kind == "reset")
             assert reset.data == {"cursor": str(reset.cursor)}
             assert reset.cursor is not None and reset.cursor >= fresh
@@ -579,7 +495,9 @@ def test_retention_and_reset(pg_url: str, db: psycopg.Connection[Any], make_proj
 
             # a cursor from the future is not trusted either
             future = Reader(await hub.subscribe(project["id"], "todos", since=Cursor(2**62, 1)))
-            await eventually(lambda: any(e.kind == "reset" for e in future.events))
+            await wait_until_async(
+                lambda: any(e.kind == "reset" for e in future.events), timeout=TIMEOUT_S
+            )
             await future.stop()
 
     run(main)

@@ -15,10 +15,10 @@ from gateway.db import migrate
 from gateway.metadata.cache import load_catalog
 from gateway.realtime.events import CHANGE_KINDS, Cursor, Event
 from gateway.realtime.filters import Filter
-from tests.conftest import TODOS_TABLE
-from tests.db.test_realtime_capture import changes, trigger_count
-from tests.db.test_realtime_hub import Hub, Reader, awrite, eventually, run, todos
+from tests.support.polling import wait_until_async
+from tests.support.realtime import TIMEOUT_S, Hub, Reader, awrite, changes, run, trigger_count
 from tests.support.scratchdb import scratch_database
+from tests.support.tables import TODOS_TABLE, todos
 
 TRUNCATE_TRIGGER = "gateway_realtime_truncate"
 
@@ -163,7 +163,9 @@ def delivered(reader: Reader) -> list[Event]:
 
 
 async def wait_delivered(reader: Reader, n: int) -> list[Event]:
-    await eventually(lambda: len(delivered(reader)) >= n or reader.done.is_set())
+    await wait_until_async(
+        lambda: len(delivered(reader)) >= n or reader.done.is_set(), timeout=TIMEOUT_S
+    )
     got = delivered(reader)
     assert len(got) >= n, reader.events
     return got

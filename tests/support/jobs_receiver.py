@@ -19,6 +19,18 @@ from typing import Any
 
 from gateway.jobs import signing
 
+JOBS = "/v1/inhouse/jobs"
+LEASE_S = 3.0
+# three instances that poll often and lose a lease fast (redelivery within seconds)
+JOBS_ENV = {
+    "GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS": "true",
+    "GATEWAY_JOBS_POLL_S": "0.5",
+    "GATEWAY_JOBS_CONCURRENCY": "16",
+    "GATEWAY_JOBS_PER_PROJECT": "16",
+    "GATEWAY_JOBS_LEASE_S": str(LEASE_S),
+    "GATEWAY_MAINTENANCE_INTERVAL_S": "2",
+}
+
 
 @dataclass
 class Delivery:

@@ -65,3 +65,8 @@ def headers(key: str, session: str | None = None) -> dict[str, str]:
     if session is not None:
         out["Authorization"] = f"Bearer {session}"
     return out
+
+
+def owner_project(make_project: Any) -> dict[str, Any]:
+    """A new project whose table is the owner table ``notes``."""
+    return make_project(table=NOTES_TABLE)

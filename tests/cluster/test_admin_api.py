@@ -22,6 +22,7 @@ from gateway.control.signing import sign_request
 from tests.support.admin_client import OTHER_SECRET, SECRET, AdminClient
 from tests.support.cli import cli_json
 from tests.support.harness import GatewayCluster
+from tests.support.polling import eventually, wait_until
 from tests.support.tables import TODOS_TABLE
 
 DATA = "/v1/inhouse/db"
@@ -75,16 +76,6 @@ def new_project(a: AdminClient, *, table: bool = True) -> dict[str, Any]:
     if table:
         a.ok("POST", f"/projects/{project['name']}/tables", TODOS_TABLE, status=201)
     return project
-
-
-def eventually(check: Any, timeout: float = PROPAGATION_BOUND_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
 
 
 # --- every route ---------------------------------------------------------------------------
@@ -224,7 +215,10 @@ def test_tables_routes(a: AdminClient, b: AdminClient, cluster: GatewayCluster) 
         r = data_query(url, server_key, operation="select", table="todos", columns=["priority"])
         return r.status_code == 200
 
-    assert all(eventually(lambda u=u: accepts_priority(u)) for u in cluster.urls)
+    assert all(
+        eventually(lambda u=u: accepts_priority(u), timeout=PROPAGATION_BOUND_S, interval=0.01)
+        for u in cluster.urls
+    )
 
     access = a.ok("PATCH", p + "/tables/todos/access", {"client_write": False})
     assert access["client_write"] is False and access["client_read"] is True
@@ -246,7 +240,10 @@ def test_tables_routes(a: AdminClient, b: AdminClient, cluster: GatewayCluster) 
         r = data_query(url, key, operation="insert", table="todos", data={"title": "x"})
         return r.status_code == 403
 
-    assert all(eventually(lambda u=u: write_refused(u)) for u in cluster.urls)
+    assert all(
+        eventually(lambda u=u: write_refused(u), timeout=PROPAGATION_BOUND_S, interval=0.01)
+        for u in cluster.urls
+    )
 
     dropped = a.ok("DELETE", p + "/tables/todos")
     assert dropped["dropped"] is True
@@ -459,7 +456,11 @@ def test_api_changes_take_effect_on_every_instance(
     assert all("title" in public_columns(u) for u in cluster.urls)
     a.ok("PATCH", p + "/tables/todos/access", {"column": "title", "sensitive": True})
     for url in cluster.urls:
-        assert eventually(lambda u=url: "title" not in public_columns(u)), url
+        assert eventually(
+            lambda u=url: "title" not in public_columns(u),
+            timeout=PROPAGATION_BOUND_S,
+            interval=0.01,
+        ), url
 
     # a suspension is refused on the very next request at the other instance
     b.ok("PATCH", p, {"status": "suspended"})
@@ -755,13 +756,15 @@ def failed_job(url: str, server_key: str, name: str = "lost") -> dict[str, Any]:
     )
     assert r.status_code == 201, r.text
     job_id = r.json()["data"]["job"]["id"]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{url}{JOBS}/{job_id}", headers=headers).json()["data"]["job"]
-        if job["status"] == "failed":
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not fail: {job}")
+    seen: list[dict[str, Any]] = []
+
+    def failed() -> dict[str, Any] | None:
+        seen[:] = [httpx.get(f"{url}{JOBS}/{job_id}", headers=headers).json()["data"]["job"]]
+        return seen[0] if seen[0]["status"] == "failed" else None
+
+    return wait_until(
+        failed, timeout=30, interval=0.1, message=lambda: f"job {job_id} failing: {seen}"
+    )
 
 
 def test_auth_users_routes_take_effect_on_every_instance(

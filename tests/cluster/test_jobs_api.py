@@ -11,7 +11,8 @@ import psycopg
 import pytest
 
 from tests.support.harness import GatewayCluster
-from tests.support.jobs_receiver import JOBS, Receiver, set_endpoint, wait_for
+from tests.support.jobs_receiver import JOBS, Receiver, set_endpoint
+from tests.support.polling import eventually
 
 ENV = {
     "GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS": "true",
@@ -58,7 +59,9 @@ def job_of(c: httpx.Client, job_id: str) -> dict[str, Any]:
 
 
 def wait_status(c: httpx.Client, job_id: str, status: str, timeout: float = 20.0) -> dict[str, Any]:
-    assert wait_for(lambda: job_of(c, job_id)["status"] == status, timeout), job_of(c, job_id)
+    assert eventually(lambda: job_of(c, job_id)["status"] == status, timeout=timeout), job_of(
+        c, job_id
+    )
     return job_of(c, job_id)
 
 
@@ -222,7 +225,7 @@ def test_retries_backoff_and_retry_of_failed(
         retried = c.post(f"{JOBS}/{broken}/retry")
         assert retried.status_code == 200, retried.text
         assert retried.json()["data"]["job"]["status"] == "pending"
-        assert wait_for(lambda: len(receiver.for_job(broken)) == 4, 10)
+        assert eventually(lambda: len(receiver.for_job(broken)) == 4, timeout=10)
 
 
 def test_idempotency_key(cluster: GatewayCluster, project: dict[str, Any]) -> None:
@@ -312,7 +315,7 @@ def test_jobs_calls_are_request_logged_like_every_request(
             [p["id"]],
         ).fetchall()
 
-    assert wait_for(lambda: len(rows()) >= 3, 10), rows()
+    assert eventually(lambda: len(rows()) >= 3, timeout=10), rows()
     logged = [(r["method"], r["path"], r["status_code"], r["error_code"]) for r in rows()]
     assert logged == [
         ("POST", "/jobs", 201, None),

@@ -20,7 +20,8 @@ import psycopg
 import pytest
 
 from tests.support.harness import GatewayCluster
-from tests.support.jobs_receiver import JOBS, JOBS_ENV, LEASE_S, Receiver, set_endpoint, wait_for
+from tests.support.jobs_receiver import JOBS, JOBS_ENV, LEASE_S, Receiver, set_endpoint
+from tests.support.polling import eventually, wait_until
 
 TOTAL_JOBS = 2000
 
@@ -86,7 +87,7 @@ def test_2000_jobs_over_three_instances_delivered_exactly_once(
     def all_done() -> bool:
         return statuses(db, project["id"]).get("completed", 0) == TOTAL_JOBS
 
-    assert wait_for(all_done, 120, 0.5), statuses(db, project["id"])
+    assert eventually(all_done, timeout=120, interval=0.5), statuses(db, project["id"])
     got = [d for d in receiver.snapshot() if d.job_id in ids]
     per_job = Counter(d.job_id for d in got)
     assert set(per_job) == ids
@@ -125,16 +126,16 @@ def test_sigkill_redelivers_after_the_lease(
             (project["id"],),
         ).fetchall()
 
-    assert wait_for(lambda: len(active()) == 6, 20), active()
+    assert eventually(lambda: len(active()) == 6, timeout=20), active()
     # every first attempt has reached the receiver (which sleeps on it)
-    assert wait_for(lambda: len(set(receiver.arrivals) & ids) == 6, 20)
+    assert eventually(lambda: len(set(receiver.arrivals) & ids) == 6, timeout=20)
     victim_id = Counter(r["locked_by"] for r in active()).most_common(1)[0][0]
     victims = {r["id"] for r in active() if r["locked_by"] == victim_id}
     index = next(i for i, g in enumerate(cluster.instances) if g.instance_id == victim_id)
     cluster.instances[index].kill()  # SIGKILL: no shutdown, the leases are never renewed
     try:
-        assert wait_for(lambda: statuses(db, project["id"]).get("completed") == 6, 40), statuses(
-            db, project["id"]
+        assert eventually(lambda: statuses(db, project["id"]).get("completed") == 6, timeout=40), (
+            statuses(db, project["id"])
         )
         rows = db.execute(
             "SELECT id::text, attempts_made, locked_by FROM gateway.jobs "
@@ -163,7 +164,7 @@ def test_concurrency_key_intervals_never_overlap(
     answers = asyncio.run(enqueue_many(cluster.urls, project["server_key"], bodies))
     keyed = {a.json()["data"]["job"]["id"] for a in answers[:15]}
     free = {a.json()["data"]["job"]["id"] for a in answers[15:]}
-    assert wait_for(lambda: statuses(db, project["id"]).get("completed") == 30, 60)
+    assert eventually(lambda: statuses(db, project["id"]).get("completed") == 30, timeout=60)
     intervals = sorted((d.started, d.ended) for d in receiver.snapshot() if d.job_id in keyed)
     assert len(intervals) == 15
     for (_, end), (start, _) in itertools.pairwise(intervals):
@@ -172,6 +173,13 @@ def test_concurrency_key_intervals_never_overlap(
     loose = sorted((d.started, d.ended) for d in receiver.snapshot() if d.job_id in free)
     assert any(b[0] < a[1] for a, b in itertools.pairwise(loose))
     assert db.execute("SELECT count(*) AS n FROM gateway.job_keys").fetchone()["n"] == 0
+
+
+def fire_count(db: Any, schedule_id: str) -> int:
+    return db.execute(
+        "SELECT count(*) AS n FROM gateway.job_schedule_fires WHERE schedule_id = %s",
+        (schedule_id,),
+    ).fetchone()["n"]
 
 
 def test_six_field_schedule_fires_once_per_fire_time(
@@ -185,8 +193,16 @@ def test_six_field_schedule_fires_once_per_fire_time(
         )
         assert r.status_code == 201, r.text
         schedule_id = r.json()["data"]["schedule"]["id"]
-        time.sleep(30)
+        # five fire times of the 5-second schedule (about 25 s), however loaded the machine
+        wait_until(
+            lambda: fire_count(db, schedule_id) >= 5,
+            timeout=60,
+            interval=0.5,
+            message=lambda: f"5 fires of the schedule (got {fire_count(db, schedule_id)})",
+        )
         assert c.patch(f"{JOBS}/schedules/{schedule_id}", json={"active": False}).status_code == 200
+    # a cron tick that began before the deactivation committed may still record its fire:
+    # nothing says when such a tick is over, so give it a tick interval and a half
     time.sleep(1.5)
     fires = db.execute(
         "SELECT fire_time, job_id FROM gateway.job_schedule_fires WHERE schedule_id = %s "
@@ -202,7 +218,7 @@ def test_six_field_schedule_fires_once_per_fire_time(
     ).fetchall()
     assert len(jobs) == len(times)
     assert {j["id"] for j in jobs} == {str(f["job_id"]) for f in fires}
-    assert wait_for(lambda: all(len(receiver.for_job(j["id"])) == 1 for j in jobs), 10)
+    assert eventually(lambda: all(len(receiver.for_job(j["id"])) == 1 for j in jobs), timeout=10)
 
 
 def test_missed_fires_run_once_after_downtime(
@@ -219,12 +235,12 @@ def test_missed_fires_run_once_after_downtime(
         "- interval '60 minutes' WHERE id = %s",
         (schedule_id,),
     )
-    assert wait_for(
+    assert eventually(
         lambda: db.execute(
             "SELECT next_run_at > now() AS ok FROM gateway.job_schedules WHERE id = %s",
             (schedule_id,),
         ).fetchone()["ok"],
-        10,
+        timeout=10,
     )
     n = db.execute(
         "SELECT count(*) AS n FROM gateway.jobs WHERE schedule_id = %s", (schedule_id,)
@@ -270,7 +286,7 @@ def test_queue_depth_metrics_from_the_leader(
         return best
 
     # sampled by the maintenance leader (GATEWAY_MAINTENANCE_INTERVAL_S=2 here)
-    assert wait_for(lambda: delayed_gauge() >= 12, 20)
+    assert eventually(lambda: delayed_gauge() >= 12, timeout=20)
     text = httpx.get(cluster.urls[0] + "/metrics", timeout=5).text
     for name in ("enqueued", "started", "completed", "failed", "retried"):
         assert f"gateway_jobs_{name}_total" in text

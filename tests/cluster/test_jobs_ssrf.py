@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from tests.support.harness import GatewayCluster
-from tests.support.jobs_receiver import JOBS, JOBS_ENV, Receiver, set_endpoint, wait_for
+from tests.support.jobs_receiver import JOBS, JOBS_ENV, Receiver, set_endpoint
+from tests.support.polling import eventually
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +111,9 @@ def test_delivery_time_ssrf_and_redirects(
         ) as c:
             job = c.post(JOBS, json={"name": "ssrf", "payload": {}, "maxAttempts": 1}).json()
             job_id = job["data"]["job"]["id"]
-            assert wait_for(
-                lambda: c.get(f"{JOBS}/{job_id}").json()["data"]["job"]["status"] == "failed", 20
+            assert eventually(
+                lambda: c.get(f"{JOBS}/{job_id}").json()["data"]["job"]["status"] == "failed",
+                timeout=20,
             )
             error = c.get(f"{JOBS}/{job_id}").json()["data"]["job"]["error"]
             assert "endpoint refused" in error
@@ -133,8 +135,9 @@ def test_delivery_time_ssrf_and_redirects(
                 JOBS, json={"name": "r", "payload": {"redirect": target}, "maxAttempts": 1}
             ).json()
             job_id = job["data"]["job"]["id"]
-            assert wait_for(
-                lambda: c.get(f"{JOBS}/{job_id}").json()["data"]["job"]["status"] == "failed", 20
+            assert eventually(
+                lambda: c.get(f"{JOBS}/{job_id}").json()["data"]["job"]["status"] == "failed",
+                timeout=20,
             )
             error = c.get(f"{JOBS}/{job_id}").json()["data"]["job"]["error"]
             assert "redirect" in error

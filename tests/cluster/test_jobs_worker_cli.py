@@ -12,7 +12,8 @@ import httpx
 
 from tests.support.cli import cli_json
 from tests.support.harness import GatewayCluster
-from tests.support.jobs_receiver import JOBS, Receiver, set_endpoint, wait_for
+from tests.support.jobs_receiver import JOBS, Receiver, set_endpoint
+from tests.support.polling import eventually
 
 
 def test_worker_process_delivers_for_serve_without_workers(
@@ -51,12 +52,12 @@ def test_worker_process_delivers_for_serve_without_workers(
                     ]
                     for i in range(5)
                 ]
-                assert wait_for(
+                assert eventually(
                     lambda: all(
                         c.get(f"{JOBS}/{i}").json()["data"]["job"]["status"] == "completed"
                         for i in ids
                     ),
-                    30,
+                    timeout=30,
                 ), (tmp_path / "worker.log").read_text()
             assert {d.job_id for d in receiver.snapshot()} >= set(ids)
             stats = cli_json(pg_url, "jobs", "stats")
@@ -106,6 +107,6 @@ def test_notify_wakes_an_idle_worker(pg_url: str, make_project: Any, tmp_path: P
                     job_id = c.post(JOBS, json={"name": "n", "payload": {"i": i}}).json()["data"][
                         "job"
                     ]["id"]
-                    assert wait_for(lambda job_id=job_id: receiver.for_job(job_id), 20)
+                    assert eventually(lambda job_id=job_id: receiver.for_job(job_id), timeout=20)
         finally:
             serve.stop()

@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.cli import cli_json
 from tests.support.harness import GatewayCluster
+from tests.support.polling import eventually
 
 BASE = "/v1/inhouse/db"
 PROPAGATION_BOUND_S = 1.0
@@ -278,16 +279,17 @@ def test_readyz_is_503_naming_the_listener_while_it_cannot_connect(
     instance = c._spawn(0)
     c.instances = [instance]
     try:
-        deadline = time.monotonic() + 30
-        response = None
-        while time.monotonic() < deadline:
+        answers: list[httpx.Response] = []
+
+        def listener_failed() -> bool:
             try:
-                response = httpx.get(instance.url + "/readyz", timeout=2)
-                if response.json().get("listener", {}).get("last_error"):
-                    break
+                answers[:] = [httpx.get(instance.url + "/readyz", timeout=2)]
             except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+                return False  # not listening yet
+            return bool(answers[0].json().get("listener", {}).get("last_error"))
+
+        eventually(listener_failed, timeout=30, interval=0.1)  # what it said is checked below
+        response = answers[0] if answers else None
         assert response is not None, instance.output()
         body = response.json()
         assert response.status_code == 503

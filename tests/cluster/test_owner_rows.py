@@ -29,6 +29,7 @@ from tests.support.owner_rows import (
     owner_project,
     revoke_sessions,
 )
+from tests.support.polling import wait_until
 
 BASE = "/v1/inhouse/db"
 
@@ -267,12 +268,7 @@ def test_public_read_and_cli(
 
 
 def _eventually(check: Any, timeout: float = 5.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the registry change never reached the instance"
-        time.sleep(0.05)
+    wait_until(check, timeout=timeout, message="the registry change reaching the instance")
 
 
 # --- a hypothesis test over the owner rules ----------------------------------------------

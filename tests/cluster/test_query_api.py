@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.harness import GatewayCluster
+from tests.support.polling import wait_until
 
 BASE = "/v1/inhouse/db"
 
@@ -67,15 +68,14 @@ class Api:
 
 
 def eventually_error(api: Api, status: int, code: str, timeout: float = 5.0, **query: Any) -> None:
-    import time
+    """Until the query is refused with ``status`` and ``code`` (a change reaching the cache)."""
+    last: list[httpx.Response] = []
 
-    deadline = time.monotonic() + timeout
-    while True:
-        response = api.query(**query)
-        if response.status_code == status and response.json()["error"]["code"] == code:
-            return
-        assert time.monotonic() < deadline, response.text
-        time.sleep(0.01)
+    def refused() -> bool:
+        last[:] = [api.query(**query)]
+        return last[0].status_code == status and last[0].json()["error"]["code"] == code
+
+    wait_until(refused, timeout=timeout, interval=0.01, message=lambda: last[0].text)
 
 
 SEED = [

@@ -26,6 +26,7 @@ from gateway.control import provisioning
 from gateway.quotas import store
 from tests.support.cli import cli_json
 from tests.support.harness import GatewayCluster
+from tests.support.polling import eventually
 
 BASE = "/v1/inhouse/db"
 FLUSH_S = 0.25  # GATEWAY_BANDWIDTH_FLUSH_MS
@@ -82,12 +83,10 @@ def stored_bandwidth(db: Any, project_id: str) -> int:
 
 
 def wait_for_bandwidth(db: Any, project_id: str, expected: int, timeout: float = 5.0) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = stored_bandwidth(db, project_id)
-        if value >= expected or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
+    """The stored bytes once at least ``expected`` (the meters flush in batches), or as
+    they are at the deadline: the caller's assertion says what was wrong."""
+    eventually(lambda: stored_bandwidth(db, project_id) >= expected, timeout=timeout)
+    return stored_bandwidth(db, project_id)
 
 
 # --- bandwidth -------------------------------------------------------------------------------

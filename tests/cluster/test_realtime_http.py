@@ -21,7 +21,7 @@ from psycopg import sql
 from gateway.realtime.events import Cursor
 from gateway.realtime.retention import prune_changes
 from tests.support.harness import GatewayCluster
-from tests.support.polling import wait_until_async
+from tests.support.polling import wait_until, wait_until_async
 from tests.support.sse import REALTIME_ENV, SSE, TIMEOUT_S, Stream
 from tests.support.tables import TODOS_TABLE, todos
 
@@ -602,10 +602,7 @@ def test_maintenance_leader_prunes_changes(
         assert row is not None
         return int(row["n"])
 
-    deadline = time.monotonic() + TIMEOUT_S
-    while left() != 10:
-        assert time.monotonic() < deadline, left()
-        time.sleep(0.1)
+    wait_until(lambda: left() == 10, timeout=TIMEOUT_S, interval=0.1, message=lambda: str(left()))
     mark = db.execute(
         "SELECT 1 FROM gateway.changes_pruned WHERE project_id = %s", [project["id"]]
     ).fetchone()

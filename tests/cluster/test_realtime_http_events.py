@@ -4,7 +4,6 @@ gateway processes (the SSE client is tests/support/sse.py)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,11 +144,13 @@ def test_opening_a_stream_is_in_the_request_log(
         assert await no_key.wait_open() == 401
         assert ok.headers is not None and missing.headers is not None
         with psycopg.connect(pg_url, autocommit=True, row_factory=dict_row) as db:
-            deadline = time.monotonic() + TIMEOUT_S
-            while len(rows := log_rows(db, project["id"])) < 2:
-                assert time.monotonic() < deadline, rows
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)
+            await wait_until_async(
+                lambda: len(log_rows(db, project["id"])) >= 2,
+                timeout=TIMEOUT_S,
+                interval=0.05,
+                message=lambda: str(log_rows(db, project["id"])),
+            )
+            await asyncio.sleep(0.3)  # a third row, if one were (wrongly) written, lands now
             rows = log_rows(db, project["id"])
         # the open stream was logged when it opened, not when it ends
         assert not ok.ended.is_set()
@@ -199,10 +200,12 @@ def test_stream_openings_take_the_query_path_through_admission(
             assert s.headers is not None and s.headers["retry-after"]
         assert local_denies(url) == before + 1
         with psycopg.connect(pg_url, autocommit=True, row_factory=dict_row) as db:
-            deadline = time.monotonic() + TIMEOUT_S
-            while len(rows := log_rows(db, project["id"])) < 3:
-                assert time.monotonic() < deadline, rows
-                await asyncio.sleep(0.05)
+            rows = await wait_until_async(
+                lambda: found if len(found := log_rows(db, project["id"])) >= 3 else None,
+                timeout=TIMEOUT_S,
+                interval=0.05,
+                message=lambda: str(log_rows(db, project["id"])),
+            )
         assert [(r["method"], r["status_code"]) for r in rows] == [
             ("REALTIME", 200), ("REALTIME", 429), ("REALTIME", 429)
         ]  # fmt: skip

@@ -23,6 +23,7 @@ from gateway.db.pool import create_pool
 from gateway.metadata.cache import MetadataCache, ProjectNotFound, load_catalog
 from gateway.metadata.listener import MetadataListener
 from gateway.settings import Settings
+from tests.support.polling import wait_until_async
 from tests.support.tcpproxy import TcpProxy
 
 T = TypeVar("T")
@@ -58,11 +59,9 @@ def wait_for_notifications(
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``predicate`` held (the tests assert how fast a change arrived)."""
     started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
+    await wait_until_async(predicate, timeout=timeout, interval=0.01, message=what)
     return time.monotonic() - started
 
 

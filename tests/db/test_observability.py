@@ -31,6 +31,7 @@ from gateway.settings import Settings
 from tests.support.cli import run_cli
 from tests.support.harness import LocalServerControl
 from tests.support.observability import FAMILIES
+from tests.support.polling import eventually, wait_until_async
 from tests.support.scratchdb import scratch_database
 
 T = Any
@@ -71,14 +72,6 @@ def logged(db: psycopg.Connection[T], instance_id: str) -> int:
     return int(row["n"])
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
@@ -117,14 +110,14 @@ def test_copy_batches_and_round_trips_fields(pg_url: str, db: psycopg.Connection
             )
             for _ in range(500):
                 log.record(next(rows))
-            await wait_for(lambda: log.written == 500)
+            await wait_until_async(lambda: log.written == 500, timeout=30)
             seen["after_500"] = log.stats()
             for _ in range(499):
                 log.record(next(rows))
             await asyncio.sleep(0.5)
             seen["after_999"] = log.stats()  # below 500 waiting and 60 s interval: no flush
             log.record(next(rows))
-            await wait_for(lambda: log.written == 1000)
+            await wait_until_async(lambda: log.written == 1000, timeout=30)
             for row in rows:
                 log.record(row)
             seen["before_stop"] = log.stats()
@@ -197,7 +190,7 @@ def test_invalid_row_is_skipped_not_retried_forever(pg_url: str, db: psycopg.Con
         log.record(record(1))
         log.record(record(2, project_id="not-a-uuid"))
         log.record(record(3))
-        await wait_for(lambda: log.depth == 0 and log.written == 2)
+        await wait_until_async(lambda: log.depth == 0 and log.written == 2, timeout=30)
         await log.stop()
         await pool.close()
         return log.stats()
@@ -222,7 +215,7 @@ def test_outage_keeps_rows_up_to_the_bound_then_drops_oldest(
         try:
             for i in range(100):
                 log.record(record(i))
-            await wait_for(lambda: log.written == 100)
+            await wait_until_async(lambda: log.written == 100, timeout=30)
             # the test server runs with synchronous_commit=off: make what is committed
             # (the migrations, these 100 rows) survive the immediate stop
             async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as c:
@@ -239,7 +232,7 @@ def test_outage_keeps_rows_up_to_the_bound_then_drops_oldest(
             await asyncio.sleep(1.0)
             during = log.stats()
             await asyncio.to_thread(pg_control.start)
-            await wait_for(lambda: log.depth == 0, timeout=60)
+            await wait_until_async(lambda: log.depth == 0, timeout=60)
             await log.stop()
             return {"during": during, "after": log.stats(), "record_s": record_s}
         finally:
@@ -439,12 +432,12 @@ def test_app_metrics_readyz_and_checks(pg_url: str) -> None:
         assert down.json()["checks"]["listener"] == "down"
         listener_up["value"] = True
         client.get("/nowhere")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            text = client.get("/metrics").text
-            if "gateway_db_connections{" in text:
-                break
-            time.sleep(0.1)
+        # the leader's first sampling tick (tolerated if late: the check below names it)
+        eventually(
+            lambda: "gateway_db_connections{" in client.get("/metrics").text,
+            timeout=20,
+            interval=0.1,
+        )
         response = client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text

@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from gateway.db.localdb import LocalPostgres, free_port
+from tests.support.polling import eventually
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -106,20 +106,21 @@ class GatewayCluster:
             self.wait_ready(instance)
 
     def wait_ready(self, instance: GatewayProcess, timeout: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Until ``/readyz`` answers 200; a process that exits meanwhile fails at once."""
+
+        def ready() -> bool:
             if not instance.alive():
                 raise RuntimeError(
                     f"gateway {instance.instance_id} exited with {instance.process.returncode}:\n"
                     + instance.output()
                 )
             try:
-                if httpx.get(instance.url + "/readyz", timeout=1.0).status_code == 200:
-                    return
+                return httpx.get(instance.url + "/readyz", timeout=1.0).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"gateway {instance.instance_id} not ready:\n{instance.output()}")
+                return False
+
+        if not eventually(ready, timeout=timeout):
+            raise RuntimeError(f"gateway {instance.instance_id} not ready:\n{instance.output()}")
 
     def restart(self, index: int) -> GatewayProcess:
         self.instances[index].terminate()

@@ -156,12 +156,3 @@ def set_endpoint(pg_url: str, project: str, url: str, *, allow_private: bool = T
     )
     assert result.returncode == 0, result.stderr
     return str(json.loads(result.stdout)["signing_secret"])
-
-
-def wait_for(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 
 from gateway.db.localdb import SERVICE_USER, free_port
+from tests.support.polling import eventually
 
 START_TIMEOUT_S = 15.0
 CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
@@ -139,29 +140,35 @@ class PgBouncer:
             user=self._run_as,
             cwd="/",
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"pgbouncer exited with {self.process.returncode}:\n{self.log()}"
-                )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
-            ):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"pgbouncer did not listen on {self.port}:\n{self.log()}")
-            time.sleep(0.05)
-        while True:  # the first server connection proves the whole path works
-            try:
-                with psycopg.connect(self.url, prepare_threshold=None, connect_timeout=5) as conn:
-                    conn.execute("SELECT 1")
-                return self.url
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        started = time.monotonic()
+        if not eventually(self._listening, timeout=START_TIMEOUT_S):
+            raise RuntimeError(f"pgbouncer did not listen on {self.port}:\n{self.log()}")
+        # the first server connection proves the whole path works; the last try's error
+        # is the one a failing test shows
+        left = max(0.0, START_TIMEOUT_S - (time.monotonic() - started))
+        if not eventually(self._serving, timeout=left, interval=0.1):
+            self._select_one()
+        return self.url
+
+    def _listening(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"pgbouncer exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def _serving(self) -> bool:
+        try:
+            self._select_one()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def _select_one(self) -> None:
+        with psycopg.connect(self.url, prepare_threshold=None, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
 
     def show(self, what: str) -> list[dict[str, Any]]:
         """``SHOW <what>`` on PgBouncer's admin console (``CLIENTS``, ``POOLS``, ``STATS``…)."""

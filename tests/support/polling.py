@@ -7,7 +7,7 @@ never happened. The interval only bounds how late the test notices; the timeout 
 bound the test is allowed to wait, not an estimate of how long it takes.
 
 Sleeps that ARE the behaviour under test (letting a window or a TTL pass, pacing a
-client) stay plain sleeps.
+client, giving something the chance to happen that must not) stay plain sleeps.
 """
 
 from __future__ import annotations
@@ -22,11 +22,6 @@ T = TypeVar("T")
 Message = str | Callable[[], str]
 
 
-def _timed_out(timeout: float, message: Message) -> AssertionError:
-    what = message() if callable(message) else message
-    return AssertionError(f"not reached within {timeout:g} s: {what or 'condition'}")
-
-
 def wait_until(
     predicate: Callable[[], T],
     *,
@@ -36,18 +31,20 @@ def wait_until(
 ) -> T:
     """Call ``predicate`` until it returns something truthy and return that value.
 
-    After ``timeout`` seconds the predicate gets one last call (a slow machine may have
-    got there while the test slept), then an ``AssertionError`` names ``message`` (a
-    callable is evaluated only then, so it can show the state the test ended in).
+    The predicate is asked once more at the deadline (a slow machine may have got there
+    while the test slept); then an ``AssertionError`` names ``message`` (a callable is
+    evaluated only then, so it can show the state the test ended in).
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise _timed_out(timeout, message)
-        time.sleep(interval)
+    value = _poll(predicate, timeout, interval)
+    if not value:
+        raise _timed_out(timeout, message)
+    return value
+
+
+def eventually(predicate: Callable[[], object], *, timeout: float, interval: float = 0.05) -> bool:
+    """Whether ``predicate`` became true within ``timeout``: for ``assert eventually(...),
+    details``, where the assertion's own message shows what went wrong."""
+    return bool(_poll(predicate, timeout, interval))
 
 
 async def wait_until_async(
@@ -61,8 +58,24 @@ async def wait_until_async(
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise _timed_out(timeout, message)
+        if value or time.monotonic() >= deadline:
+            break
         await asyncio.sleep(interval)
+    if not value:
+        raise _timed_out(timeout, message)
+    return value
+
+
+def _poll(predicate: Callable[[], T], timeout: float, interval: float) -> T:
+    """The predicate's first truthy value, or its falsy one at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def _timed_out(timeout: float, message: Message) -> AssertionError:
+    what = message() if callable(message) else message
+    return AssertionError(f"not reached within {timeout:g} s: {what or 'the condition'}")

@@ -31,7 +31,7 @@ from psycopg.rows import dict_row
 
 from gateway.control import provisioning, tabledef
 from gateway.db import migrate
-from tests.support.harness import GatewayCluster, LocalServerControl
+from tests.support.harness import ClusterStarter, GatewayCluster, LocalServerControl
 from tests.support.tables import TODOS_TABLE
 
 
@@ -109,23 +109,17 @@ def make_project(pg_url: str) -> ProjectFactory:
 def gateway_cluster(
     pg_url: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., GatewayCluster]]:
-    """Start N real ``gateway serve`` processes: ``cluster = gateway_cluster(3, env={...})``."""
-    clusters: list[GatewayCluster] = []
-
-    def start(count: int = 1, env: dict[str, str] | None = None, **kwargs: Any) -> GatewayCluster:
-        cluster = GatewayCluster(
-            database_url=pg_url, count=count, env=env or {}, log_dir=tmp_path, **kwargs
-        )
-        clusters.append(cluster)
-        cluster.start()
-        return cluster
-
-    yield start
-    failed = getattr(request.node, "rep_call", None)
-    for cluster in clusters:
-        cluster.stop()
+    """Start N real ``gateway serve`` processes for one test:
+    ``cluster = gateway_cluster(3, env={...})`` (a module's shared ones: ``module_cluster``)."""
+    start = ClusterStarter(pg_url, tmp_path)
+    try:
+        yield start
+    finally:
+        start.stop_all()
+        failed = getattr(request.node, "rep_call", None)
         if failed is not None and failed.failed:
-            print(cluster.output())
+            for cluster in start.clusters:
+                print(cluster.output())
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from openapi_spec_validator import validate
 from gateway.control.signing import sign_request
 from tests.support.admin_client import OTHER_SECRET, SECRET, AdminClient
 from tests.support.cli import cli_json
-from tests.support.harness import GatewayCluster
+from tests.support.harness import ClusterStarter, GatewayCluster
 from tests.support.polling import eventually, wait_until
 from tests.support.tables import TODOS_TABLE
 
@@ -30,17 +30,10 @@ PROPAGATION_BOUND_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
-    cluster = GatewayCluster(
-        database_url=pg_url,
-        count=2,
-        env={"GATEWAY_ADMIN_HMAC_SECRET": f"{SECRET},{OTHER_SECRET}"},
-        log_dir=tmp_path_factory.mktemp("admin-api"),
-        name="admin",
+def cluster(module_cluster: ClusterStarter) -> GatewayCluster:
+    return module_cluster(
+        2, env={"GATEWAY_ADMIN_HMAC_SECRET": f"{SECRET},{OTHER_SECRET}"}, name="admin"
     )
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from tests.support.admission import (
     fresh_window,
     wait_for_window_position,
 )
-from tests.support.harness import GatewayCluster
+from tests.support.harness import ClusterStarter, GatewayCluster
 from tests.support.observability import parse_samples, rows_for, wait_rows
 from tests.support.owner_rows import NOTES_TABLE, make_session, make_user
 from tests.support.polling import wait_until
@@ -43,18 +42,9 @@ WINDOW_ENV = {"GATEWAY_RATE_LIMIT_WINDOW_S": str(WINDOW_S)}
 
 
 @pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
+def cluster(module_cluster: ClusterStarter) -> GatewayCluster:
     """Three instances with the default settings but an hour-long (fixed) window."""
-    c = GatewayCluster(
-        database_url=pg_url,
-        count=3,
-        env=WINDOW_ENV,
-        log_dir=tmp_path_factory.mktemp("admission-cluster"),
-        name="adm",
-    )
-    c.start()
-    yield c
-    c.stop()
+    return module_cluster(3, env=WINDOW_ENV, name="adm")
 
 
 class Reply:

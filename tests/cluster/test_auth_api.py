@@ -30,7 +30,7 @@ from gateway.auth.keys import generate_key
 from gateway.auth.tokens import token_hash
 from gateway.db.localdb import free_port
 from tests.support.cli import assert_refused, cli_json, run_cli
-from tests.support.harness import GatewayCluster
+from tests.support.harness import ClusterStarter, GatewayCluster
 
 AUTH = "/v1/inhouse/auth"
 SMTP_USER, SMTP_PASSWORD = "mailer", "smtp-secret-pw"
@@ -105,9 +105,7 @@ def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Inbox, int,
 
 
 @pytest.fixture(scope="module")
-def cluster(
-    pg_url: str, smtp: tuple[Inbox, int, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayCluster]:
+def cluster(module_cluster: ClusterStarter, smtp: tuple[Inbox, int, Path]) -> GatewayCluster:
     _, port, cert = smtp
     env = {
         "GATEWAY_SMTP_URL": f"smtp://{SMTP_USER}:{SMTP_PASSWORD}@localhost:{port}",
@@ -120,14 +118,7 @@ def cluster(
         "GATEWAY_TRUSTED_PROXIES": "127.0.0.1/32",
         "GATEWAY_LOG_FLUSH_MS": "50",
     }
-    cluster = GatewayCluster(
-        database_url=pg_url, count=3, env=env, log_dir=tmp_path_factory.mktemp("auth-logs")
-    )
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    return module_cluster(3, env=env)
 
 
 def _post(

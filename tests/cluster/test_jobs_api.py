@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from tests.support.harness import GatewayCluster
+from tests.support.harness import ClusterStarter, GatewayCluster
 from tests.support.jobs_receiver import JOBS, Receiver, set_endpoint
 from tests.support.polling import eventually
 
@@ -23,21 +22,8 @@ ENV = {
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
-    c = GatewayCluster(
-        database_url=pg_url, count=1, env=ENV, log_dir=tmp_path_factory.mktemp("jobs-api")
-    )
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
+def cluster(module_cluster: ClusterStarter) -> GatewayCluster:
+    return module_cluster(1, env=ENV)
 
 
 @pytest.fixture

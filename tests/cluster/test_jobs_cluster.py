@@ -12,14 +12,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from tests.support.harness import GatewayCluster
+from tests.support.harness import ClusterStarter, GatewayCluster
 from tests.support.jobs_receiver import JOBS, JOBS_ENV, LEASE_S, Receiver, set_endpoint
 from tests.support.polling import eventually, wait_until
 
@@ -27,21 +26,8 @@ TOTAL_JOBS = 2000
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
-    c = GatewayCluster(
-        database_url=pg_url, count=3, env=JOBS_ENV, log_dir=tmp_path_factory.mktemp("jobs-cluster")
-    )
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
+def cluster(module_cluster: ClusterStarter) -> GatewayCluster:
+    return module_cluster(3, env=JOBS_ENV)
 
 
 @pytest.fixture

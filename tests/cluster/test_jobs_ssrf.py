@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,12 +20,6 @@ import pytest
 from tests.support.harness import GatewayCluster
 from tests.support.jobs_receiver import JOBS, JOBS_ENV, Receiver, set_endpoint
 from tests.support.polling import eventually
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
-        yield r
 
 
 def run_set_endpoint(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from tests.support.cli import cli_json
-from tests.support.harness import GatewayCluster
+from tests.support.harness import ClusterStarter, GatewayCluster
 from tests.support.polling import eventually
 
 BASE = "/v1/inhouse/db"
@@ -28,20 +28,15 @@ MAX_PROJECTS = 4
 
 
 @pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
-    c = GatewayCluster(
-        database_url=pg_url,
-        count=3,
+def cluster(module_cluster: ClusterStarter) -> GatewayCluster:
+    return module_cluster(
+        3,
         env={
             "GATEWAY_METADATA_CACHE_MAX_PROJECTS": str(MAX_PROJECTS),
             "GATEWAY_POOL_MAX_WAITING": "400",
         },
-        log_dir=tmp_path_factory.mktemp("metadata-cluster"),
         name="md",
     )
-    c.start()
-    yield c
-    c.stop()
 
 
 _local = threading.local()

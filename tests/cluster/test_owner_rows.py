@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.cli import assert_refused, cli_json, run_cli
-from tests.support.harness import GatewayCluster
 from tests.support.owner_rows import (
     NOTES_TABLE,
     headers,
@@ -32,22 +30,6 @@ from tests.support.owner_rows import (
 from tests.support.polling import wait_until
 
 BASE = "/v1/inhouse/db"
-
-
-@pytest.fixture(scope="module")
-def server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
-    cluster = GatewayCluster(
-        database_url=pg_url, count=1, env={}, log_dir=tmp_path_factory.mktemp("owner-rows")
-    )
-    cluster.start()
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture
-def client(server: GatewayCluster) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.urls[0] + BASE, timeout=30) as c:
-        yield c
 
 
 class Caller:

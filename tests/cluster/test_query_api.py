@@ -7,7 +7,6 @@ isolation, hostile input and batches. Each test works on its own fresh project.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,26 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.harness import GatewayCluster
 from tests.support.polling import wait_until
 
 BASE = "/v1/inhouse/db"
-
-
-@pytest.fixture(scope="module")
-def server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
-    cluster = GatewayCluster(
-        database_url=pg_url, count=1, env={}, log_dir=tmp_path_factory.mktemp("query-api")
-    )
-    cluster.start()
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture
-def client(server: GatewayCluster) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.urls[0] + BASE, timeout=30) as c:
-        yield c
 
 
 class Api:

@@ -16,7 +16,6 @@ import secrets
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -25,7 +24,7 @@ import pytest
 from gateway.control import provisioning
 from gateway.quotas import store
 from tests.support.cli import cli_json
-from tests.support.harness import GatewayCluster
+from tests.support.harness import ClusterStarter, GatewayCluster
 from tests.support.polling import eventually
 
 BASE = "/v1/inhouse/db"
@@ -43,21 +42,16 @@ SELECT_ONE = {"query": {"operation": "select", "table": "blobs", "columns": ["bo
 
 
 @pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
-    c = GatewayCluster(
-        database_url=pg_url,
-        count=3,
+def cluster(module_cluster: ClusterStarter) -> GatewayCluster:
+    return module_cluster(
+        3,
         env={
             "GATEWAY_BANDWIDTH_FLUSH_MS": str(int(FLUSH_S * 1000)),
             "GATEWAY_DB_SIZE_SAMPLE_S": str(SAMPLE_S),
             "GATEWAY_MAINTENANCE_INTERVAL_S": str(TICK_S),
         },
-        log_dir=tmp_path_factory.mktemp("quotas-cluster"),
         name="quota",
     )
-    c.start()
-    yield c
-    c.stop()
 
 
 def post(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,7 +19,7 @@ from psycopg import sql
 
 from gateway.realtime.events import Cursor
 from gateway.realtime.retention import prune_changes
-from tests.support.harness import GatewayCluster
+from tests.support.harness import ClusterStarter, GatewayCluster
 from tests.support.polling import wait_until, wait_until_async
 from tests.support.sse import REALTIME_ENV, SSE, TIMEOUT_S, Stream
 from tests.support.tables import TODOS_TABLE, todos
@@ -29,13 +28,8 @@ BASE = "/v1/inhouse/db"
 
 
 @pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
-    c = GatewayCluster(
-        database_url=pg_url, count=3, env=REALTIME_ENV, log_dir=tmp_path_factory.mktemp("realtime")
-    )
-    c.start()
-    yield c
-    c.stop()
+def cluster(module_cluster: ClusterStarter) -> GatewayCluster:
+    return module_cluster(3, env=REALTIME_ENV)
 
 
 def check_sequence(events: list[SSE]) -> None:

@@ -4,7 +4,6 @@ gateway processes (the SSE client is tests/support/sse.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from tests.support.harness import GatewayCluster
+from tests.support.harness import ClusterStarter, GatewayCluster
 from tests.support.polling import wait_until_async
 from tests.support.sse import REALTIME_ENV, SSE, TIMEOUT_S, Stream
 from tests.support.tables import todos
@@ -22,16 +21,8 @@ EVENT_KINDS = ("insert", "update", "delete", "truncate", "leave")
 
 
 @pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayCluster]:
-    c = GatewayCluster(
-        database_url=pg_url,
-        count=2,
-        env={**REALTIME_ENV, "GATEWAY_LOG_FLUSH_MS": "50"},
-        log_dir=tmp_path_factory.mktemp("realtime-events"),
-    )
-    c.start()
-    yield c
-    c.stop()
+def cluster(module_cluster: ClusterStarter) -> GatewayCluster:
+    return module_cluster(2, env={**REALTIME_ENV, "GATEWAY_LOG_FLUSH_MS": "50"})
 
 
 def events_of(s: Stream) -> list[SSE]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -134,6 +135,34 @@ class GatewayCluster:
 
     def output(self) -> str:
         return "\n".join(f"----- {i.instance_id} -----\n{i.output()}" for i in self.instances)
+
+
+class ClusterStarter:
+    """Starts clusters on one database and stops every one of them at the end, even one
+    whose start failed half-way (its processes would outlive the test otherwise)."""
+
+    def __init__(self, database_url: str, log_dir: Path) -> None:
+        self.database_url = database_url
+        self.log_dir = log_dir
+        self.clusters: list[GatewayCluster] = []
+
+    def __call__(
+        self, count: int = 1, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> GatewayCluster:
+        cluster = GatewayCluster(
+            database_url=self.database_url,
+            count=count,
+            env=env or {},
+            log_dir=self.log_dir,
+            **kwargs,
+        )
+        self.clusters.append(cluster)
+        cluster.start()
+        return cluster
+
+    def stop_all(self) -> None:
+        for cluster in self.clusters:
+            cluster.stop()
 
 
 class LocalServerControl:

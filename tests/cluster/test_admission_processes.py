@@ -20,20 +20,25 @@ from tests.support.admission import LONG_WINDOW_S, counter_row, db_epoch, fresh_
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def burst_process(
-    pg_url: str, key: str, requests: int, start_at: float, **options: Any
-) -> subprocess.Popen[str]:
+def burst_process(pg_url: str, key: str, requests: int, **options: Any) -> subprocess.Popen[str]:
     args = [sys.executable, "-m", "tests.support.admission_burst", pg_url, key]
-    args += ["--requests", str(requests), "--start-at", str(start_at)]
+    args += ["--requests", str(requests)]
     for name, value in options.items():
         args += ["--" + name.replace("_", "-"), str(value)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
 
 
 def run_bursts(pg_url: str, key: str, per_process: list[int], **options: Any) -> Counter[str]:
-    start_at = time.time() + 3.0  # every process connected and waiting by then
-    processes = [burst_process(pg_url, key, n, start_at, **options) for n in per_process]
+    processes = [burst_process(pg_url, key, n, **options) for n in per_process]
+    for process in processes:  # a barrier: every pool connected before any burst starts
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
     total: Counter[str] = Counter()
     for process in processes:
         stdout, _ = process.communicate(timeout=120)

@@ -1,8 +1,10 @@
 """A separate OS process that fires concurrent admissions (exactness across processes).
 
-``python -m tests.support.admission_burst URL KEY --requests N --concurrency C --start-at EPOCH``
-opens its own pool, waits for the shared start time, runs N admissions with C in flight,
-and prints ONE JSON object: counts per outcome and the Admitter's stats.
+``python -m tests.support.admission_burst URL KEY --requests N --concurrency C`` opens its
+own pool, prints ``ready`` and waits for a line on stdin (the parent sends it once every
+burst is ready, so they all start together however long connecting took), runs N
+admissions with C in flight, and prints ONE JSON object: counts per outcome and the
+Admitter's stats.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
+import sys
 from collections import Counter
 
 from psycopg_pool import AsyncConnectionPool
@@ -37,9 +39,8 @@ async def burst(args: argparse.Namespace) -> dict[str, object]:
         open=False,
     ) as pool:
         await pool.wait(timeout=30)
-        delay = args.start_at - time.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # the parent's go
         semaphore = asyncio.Semaphore(args.concurrency)
 
         async def one() -> None:
@@ -65,7 +66,6 @@ def main() -> None:
     parser.add_argument("--window-s", type=int, default=3600)
     parser.add_argument("--algorithm", default="fixed")
     parser.add_argument("--timeout-ms", type=int, default=10_000)
-    parser.add_argument("--start-at", type=float, default=0.0)
     args = parser.parse_args()
     print(json.dumps(asyncio.run(burst(args))), flush=True)
 

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 SCENARIO ?=
 
-.PHONY: run test lint format bench clean
+.PHONY: run test test-fast lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 run: $(STAMP)
 	$(BIN)/gateway dev
 
+# every tier: tests/unit (no database), tests/db (one PostgreSQL), tests/cluster (processes)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# unit + db: no gateway processes, PgBouncer or browser (the tiers a change runs first)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit tests/db $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench alembic

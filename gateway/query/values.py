@@ -199,7 +199,11 @@ def _to_timestamptz(v: Any) -> dt.datetime:
 
 def _to_jsonb(v: Any) -> str:
     # bound as text and cast by the statement (``%s::jsonb``): no driver type needed here
-    return orjson.dumps(v).decode()
+    try:
+        return orjson.dumps(v).decode()
+    except TypeError as exc:  # an integer past 64 bits (only from Python callers: orjson
+        # reads such a JSON number as a float)
+        raise BadValue("not representable as JSON") from exc
 
 
 def _scalar_converter(base: str) -> Callable[[Any], Any]:

@@ -25,8 +25,9 @@ import httpx
 import pytest
 
 from gateway.db.localdb import LocalPostgres, free_port, local_url
-from tests.harness import GatewayCluster
-from tests.jobs_receiver import Receiver, set_endpoint, wait_for
+from tests.support.harness import GatewayCluster
+from tests.support.jobs_receiver import Receiver, set_endpoint
+from tests.support.polling import eventually
 
 START_TIMEOUT_S = 240.0  # initdb, migrations and the demo project on a busy machine
 JOBS = "/v1/inhouse/jobs"
@@ -101,13 +102,13 @@ def dev() -> Iterator[DevServer]:
         )
     server = DevServer(folder, port, process, log_path)
     try:
-        started = wait_for(
+        started = eventually(
             lambda: "Serving on" in server.output() or process.poll() is not None,
-            START_TIMEOUT_S,
+            timeout=START_TIMEOUT_S,
             interval=0.2,
         )
         assert started and process.poll() is None, server.output()
-        assert wait_for(lambda: _answers(server.base_url), 30), server.output()
+        assert eventually(lambda: _answers(server.base_url), timeout=30), server.output()
         yield server
     finally:
         server.stop()
@@ -171,7 +172,7 @@ def test_a_loopback_job_endpoint_is_admitted_and_delivered(
     )
     assert enqueued.status_code == 201, enqueued.text
     job_id = enqueued.json()["data"]["job"]["id"]
-    assert wait_for(lambda: receiver.for_job(job_id), 30), dev.output()
+    assert eventually(lambda: receiver.for_job(job_id), timeout=30), dev.output()
     assert receiver.for_job(job_id)[0].signature_ok
 
 
@@ -185,8 +186,8 @@ def test_magic_links_are_printed_and_kept_in_mail_log(dev: DevServer) -> None:
     assert asked.status_code == 200, asked.text
     mail_log = dev.folder / ".pgdata" / "mail.log"
     link = re.compile(r"magic link for newcomer@example\.test .*\?token=[A-Za-z0-9_-]+")
-    assert wait_for(lambda: mail_log.exists() and link.search(mail_log.read_text()), 10)
-    assert wait_for(lambda: re.search("^mail: " + link.pattern, dev.output(), re.M), 10)
+    assert eventually(lambda: mail_log.exists() and link.search(mail_log.read_text()), timeout=10)
+    assert eventually(lambda: re.search("^mail: " + link.pattern, dev.output(), re.M), timeout=10)
 
 
 def test_gateway_serve_refuses_a_loopback_job_endpoint(
@@ -225,7 +226,7 @@ def test_gateway_serve_refuses_a_loopback_job_endpoint(
             def status() -> str:
                 return str(c.get(f"{JOBS}/{job_id}").json()["data"]["job"]["status"])
 
-            assert wait_for(lambda: status() == "failed", 30), serve.output()
+            assert eventually(lambda: status() == "failed", timeout=30), serve.output()
             error = c.get(f"{JOBS}/{job_id}").json()["data"]["job"]["error"]
             assert "endpoint refused" in error and "loopback" in error
             assert receiver.for_job(job_id) == []

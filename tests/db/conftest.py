@@ -10,7 +10,7 @@ def project_db(pg_url: str) -> str:
     """The example project's schema, role and tables (see ``tests/example_catalog.py``)."""
     import psycopg
 
-    from tests.example_catalog import ROLE, SCHEMA, TODOS_DDL
+    from tests.support.example_catalog import ROLE, SCHEMA, TODOS_DDL
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")

@@ -15,7 +15,7 @@ from gateway.metadata.catalog import Principal
 from gateway.query.compiler import compile_query
 from gateway.query.contract import parse_batch_body, parse_query
 from gateway.query.executor import StatementResult, run_transaction
-from tests.example_catalog import CATALOG, PUBLIC, ROLE, SCHEMA, SERVER
+from tests.support.example_catalog import CATALOG, PUBLIC, ROLE, SCHEMA, SERVER
 
 SEED = f"""
 TRUNCATE {SCHEMA}.comments, {SCHEMA}.todos, {SCHEMA}.notes, {SCHEMA}.tricky RESTART IDENTITY;
@@ -812,7 +812,7 @@ def test_run_transaction_is_one_round_trip(db: DB) -> None:
 def test_compiled_fuzz_never_fails_with_500(db: DB) -> None:
     from hypothesis import HealthCheck, given, settings
 
-    from tests.unit.test_fuzz import shaped_queries
+    from tests.support.contract_strategies import shaped_queries
 
     seen: dict[str, int] = {}
 

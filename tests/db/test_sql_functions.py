@@ -34,7 +34,7 @@ from alembic.script import ScriptDirectory
 
 from gateway.db import migrate
 from gateway.db.sql import FOLDER as CURRENT_FOLDER
-from tests.scratchdb import scratch_database
+from tests.support.scratchdb import scratch_database
 
 FROZEN_FOLDER = Path(__file__).resolve().parents[2] / "alembic" / "versions" / "sql"
 

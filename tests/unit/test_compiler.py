@@ -14,7 +14,7 @@ from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog, Tabl
 from gateway.query.compiler import CompiledStatement, compile_query
 from gateway.query.contract import parse_query
 from gateway.query.values import column_type
-from tests.example_catalog import CATALOG, PUBLIC, SERVER
+from tests.support.example_catalog import CATALOG, PUBLIC, SERVER
 
 
 def compile_(obj: dict[str, Any], principal: Principal = SERVER) -> CompiledStatement:

@@ -11,7 +11,7 @@ from gateway.metadata.catalog import Principal
 from gateway.query.compiler import compile_query
 from gateway.query.contract import parse_query
 from gateway.query.permissions import readable_columns, schema_view
-from tests.example_catalog import (
+from tests.support.example_catalog import (
     ADMIN,
     CATALOG,
     NO_SCOPES,

@@ -2,7 +2,7 @@
 -- gateway.changes, stamped with the writing transaction's xid8: one row per inserted,
 -- updated or deleted row (an update that changes the primary key or the owner becomes a
 -- delete and an insert), and one 'truncate' row per truncated table. No NOTIFY per write.
--- gateway/control/provisioning.py attaches it to every realtime table:
+-- gateway/control/realtime_capture.py attaches it to every realtime table:
 --   FOR EACH ROW (gateway_realtime_capture): the project id, the primary-key columns, and
 --     'owner:<column>' for an owner table (each change carries its row's owner);
 --   FOR EACH STATEMENT, AFTER TRUNCATE (gateway_realtime_truncate): the project id.

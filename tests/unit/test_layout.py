@@ -1,4 +1,4 @@
-"""The layout rules that a test can check (README, "Module layout").
+"""The layout rules that a test can check (docs/architecture.md, "Layout rules").
 
 1. Every folder of ``gateway/`` is a package, one per capability.
 2. No module is over 500 lines: a module a newcomer can read is one concern.

@@ -25,7 +25,6 @@ from gateway.control.errors import ProvisioningError
 from gateway.control.tabledef import DefinitionError
 from gateway.db.budget import PlanError
 from gateway.db.localdb import DEFAULT_DATA_ROOT, find_local_database
-from gateway.http.app import create_app
 from gateway.jobs import commands as jobs_commands
 from gateway.settings import Settings, SettingsError
 
@@ -79,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     cli = CommandLine(subcommands, common, DatabaseResolver().settings)
     # the order of `gateway --help`
-    running.register(cli, app_factory=create_app)
+    running.register(cli)
     project_group = project.register(cli)
     key.register(cli)
     plan.register(cli, project_group)

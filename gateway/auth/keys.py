@@ -12,6 +12,8 @@ import string
 from dataclasses import dataclass
 
 PREFIX_BY_TYPE = {"public": "sheen_pk_", "server": "sheen_sk_", "admin": "sheen_ak_"}
+KEY_TYPES = ("public", "server", "admin")
+KEY_STATUSES = ("active", "revoked")
 _ALPHABET = string.ascii_letters + string.digits
 RANDOM_LENGTH = 40
 VISIBLE_PREFIX_LENGTH = 12

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +145,12 @@ def banner(
     return "\n".join(lines)
 
 
-def run(host: str, port: int, data_root: Path, app_factory: Callable[[Settings], Any]) -> None:
-    """``app_factory`` is ``gateway.http.app.create_app``, handed in by ``gateway/cli.py``
-    (nothing below the HTTP layer imports it)."""
+def run(host: str, port: int, data_root: Path) -> None:
+    """The local database, migrations, the demo project, the banner, then the server.
+
+    uvicorn imports the app by name (``gateway.http.app:create_dev_app``, which reads the
+    same development settings from the environment this function has just completed), so
+    nothing below the HTTP layer imports it and the CLI starts without the HTTP stack."""
     server: LocalPostgres | None = None
     if not os.environ.get("DATABASE_URL", ""):
         server = start_in(data_root)
@@ -167,7 +169,13 @@ def run(host: str, port: int, data_root: Path, app_factory: Callable[[Settings],
             mail_log=mail_log,
         )
         print(text, flush=True)
-        uvicorn.run(app_factory(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(
+            "gateway.http.app:create_dev_app",
+            factory=True,
+            host=host,
+            port=port,
+            log_level="warning",
+        )
     finally:
         if server is not None:
             server.stop()

@@ -16,7 +16,6 @@ import psycopg
 from gateway.auth import keys as auth
 from gateway.control.errors import ConflictError, NotFoundError, ProvisioningError
 from gateway.control.projects import find_project
-from gateway.db.models import KEY_STATUSES
 
 SCOPES = ("read", "write")
 
@@ -115,7 +114,7 @@ def revoke_key(
         ).fetchone()
     if row is None:
         raise NotFoundError(f"no key with id {key_id}")
-    assert row["status"] in KEY_STATUSES
+    assert row["status"] in auth.KEY_STATUSES
     return {"id": str(row["id"]), "status": row["status"]}
 
 

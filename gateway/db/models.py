@@ -28,10 +28,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
 
+from gateway.auth.keys import KEY_STATUSES, KEY_TYPES
+
 SCHEMA = "gateway"
 PROJECT_STATUSES = ("active", "suspended")
-KEY_TYPES = ("public", "server", "admin")
-KEY_STATUSES = ("active", "revoked")
 ROW_ACCESS = ("all", "owner", "public_read")  # table_registry.row_access (0008)
 
 metadata = MetaData(schema=SCHEMA)

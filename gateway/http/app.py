@@ -76,6 +76,13 @@ class GatewayState:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+def create_dev_app() -> Starlette:
+    """The app of ``gateway dev`` (uvicorn imports it by name, so the ``gateway`` command
+    itself never loads the HTTP stack): the development defaults of
+    ``Settings.from_env(development=True)``, e.g. job endpoints on loopback admitted."""
+    return create_app(Settings.from_env(development=True))
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     settings.require_database()

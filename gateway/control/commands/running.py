@@ -6,9 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 
@@ -119,15 +117,13 @@ def cmd_stats(cli: CommandLine, args: argparse.Namespace) -> None:
     emit(args, report, stats.render_text(report, args.since))
 
 
-def register(cli: CommandLine, *, app_factory: Callable[[Settings], Any]) -> None:
-    """``app_factory`` is ``gateway.http.app.create_app``, handed in by ``gateway/cli.py``:
-    nothing below the HTTP layer imports it (``gateway serve`` names it to uvicorn)."""
+def register(cli: CommandLine) -> None:
+    """Nothing below the HTTP layer imports the app: ``gateway serve`` and ``gateway dev``
+    name their factories to uvicorn."""
     top = cli.subcommands
 
     def cmd_dev(cli: CommandLine, args: argparse.Namespace) -> None:
-        devserver.run(
-            host=args.host, port=args.port, data_root=Path(args.data), app_factory=app_factory
-        )
+        devserver.run(host=args.host, port=args.port, data_root=Path(args.data))
 
     cli.command(top, "migrate", cmd_migrate, "apply the migrations (uses DATABASE_DIRECT_URL)")
 

@@ -467,6 +467,9 @@ def test_an_admitted_select_costs_two_round_trips(
             # jobs: the cron tick's leader election (every second by default)
             "GATEWAY_JOBS_CRON_TICK_S": "3600",
             "GATEWAY_JOBS_CONCURRENCY": "0",
+            # the listener's self-check (a NOTIFY and its echo every 30 s by default) goes
+            # through the proxy too, and a slow run crosses 30 s
+            "GATEWAY_LISTENER_PING_S": "3600",
         },
         log_dir=tmp_path,
         name="rt",

@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from tests.support.harness import ClusterStarter, GatewayCluster
+from tests.support.harness import ClusterStarter, GatewayCluster, wait_notifications_settled
 from tests.support.polling import wait_until_async
 from tests.support.sse import REALTIME_ENV, SSE, TIMEOUT_S, Stream
 from tests.support.tables import todos
@@ -177,6 +177,7 @@ def test_stream_openings_take_the_query_path_through_admission(
     project = make_project(rate_limit_per_minute=1)
     url = cluster.urls[0]
     key = project["public_key"]
+    wait_notifications_settled(url)  # the project's creation must not drop the deny
 
     async def main() -> None:
         before = local_denies(url)

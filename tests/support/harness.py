@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,14 @@ class GatewayCluster:
                     + instance.output()
                 )
             try:
-                return httpx.get(instance.url + "/readyz", timeout=1.0).status_code == 200
+                answer = httpx.get(instance.url + "/readyz", timeout=1.0)
             except httpx.HTTPError:
                 return False
+            # Ready, and its LISTEN connection up: the first connect drops every local deny
+            # and cached catalog (the reconnect rule), which would otherwise land in the
+            # middle of a test that started at once.
+            listener = answer.json().get("listener") if answer.status_code == 200 else None
+            return answer.status_code == 200 and (listener is None or listener["connected"])
 
         if not eventually(ready, timeout=timeout):
             raise RuntimeError(f"gateway {instance.instance_id} not ready:\n{instance.output()}")
@@ -188,3 +194,27 @@ class LocalServerControl:
     def ensure_running(self) -> None:
         if not self.server.is_running():
             self.server.start()
+
+
+def wait_notifications_settled(url: str, quiet_s: float = 0.3, timeout: float = 10.0) -> None:
+    """Until the instance at ``url`` has heard no metadata notification for ``quiet_s``.
+
+    Creating a project (its keys, its tables) notifies every instance, and a notification
+    drops the project's local denies: a test of the local deny must start after they have
+    arrived, or one lands between the database's refusal and the request that should be
+    refused locally. ``quiet_s`` is longer than the listener's debounce (~100 ms).
+    """
+
+    def count() -> int:
+        return int(httpx.get(url + "/readyz", timeout=1.0).json()["listener"]["notifications"])
+
+    last, since = count(), time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+    raise AssertionError(f"notifications still arriving at {url} after {timeout} s")

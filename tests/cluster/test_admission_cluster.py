@@ -28,7 +28,7 @@ from tests.support.admission import (
     fresh_window,
     wait_for_window_position,
 )
-from tests.support.harness import ClusterStarter, GatewayCluster
+from tests.support.harness import ClusterStarter, GatewayCluster, wait_notifications_settled
 from tests.support.observability import parse_samples, rows_for, wait_rows
 from tests.support.owner_rows import NOTES_TABLE, make_session, make_user
 from tests.support.polling import wait_until
@@ -603,7 +603,7 @@ def test_refusals_are_logged_for_their_project_and_local_denies_are_counted_apar
     instance = c.instances[0]
     project = make_project(rate_limit_per_minute=2)
     fresh_window(db, WINDOW_S, 20)
-    time.sleep(0.5)  # let the notifications of the new project settle
+    wait_notifications_settled(instance.url)  # the new project's notifications
     replies = [one_request(instance.url, project["public_key"]) for _ in range(6)]
     assert [r.status for r in replies] == [200, 200, 429, 429, 429, 429]
     wait_rows(pg_url, instance.instance_id, 6)

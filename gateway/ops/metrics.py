@@ -59,6 +59,8 @@ ADMISSION_OUTCOMES = (
     "invalid_key",
 )
 
+LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
 # source name -> the stats keys read from it (documented contract for other components)
 SOURCES: dict[str, tuple[str, ...]] = {
     "admission": ADMISSION_OUTCOMES,  # cumulative counts per outcome
@@ -104,6 +106,14 @@ class Metrics:
             "Time from request start to response end, by route",
             ["route"],
             buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        # gateway/ops/looplag.py samples it every 0.1 s from the app's start
+        self.loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How late a periodic timer on the instance's event loop fires (a held loop "
+            "delays every request and stream)",
+            buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
         ProcessCollector(registry=r)

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.ops.looplag import LoopLagMonitor
 from gateway.ops.maintenance import ConnectionSampler, Maintenance, install_default_jobs
 from gateway.ops.metrics import Metrics
 from gateway.ops.request_log import LogRecord, RequestLog, client_ip
@@ -172,6 +173,7 @@ class Observability:
         self.request_log = RequestLog(settings, None)
         self.maintenance = Maintenance(settings, None)
         self.sampler = ConnectionSampler()
+        self.loop_lag = LoopLagMonitor(self.metrics.loop_lag.observe)
         install_default_jobs(self.maintenance, self.sampler)
         # quotas: bandwidth batched per instance; database size sampled by the leader
         self.bandwidth = BandwidthMeter(settings, None)
@@ -197,10 +199,12 @@ class Observability:
         self.maintenance.start()
         self.bandwidth.pool = pool
         self.bandwidth.start()
+        self.loop_lag.start()
 
     async def stop_background(self) -> None:
-        """Stop the maintenance loop (first on shutdown)."""
+        """Stop the maintenance loop and the loop-lag sampler (first on shutdown)."""
         await self.maintenance.stop()
+        await self.loop_lag.stop()
 
     async def stop_request_log(self) -> None:
         """Flush and stop the request log and the bandwidth meter (last, just before the

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import re
 import uuid
 from collections.abc import (
     Callable,
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError
+from gateway.realtime.like import like_matcher
 
 # --- filters, evaluated in Python against the row image -----------------------------------
 
@@ -49,39 +49,53 @@ def _invalid_value(column: str, message: str) -> GatewayError:
     )
 
 
+class WrongJsonType(TypeError):
+    """A filter value of the wrong JSON type for its column (an object for a uuid, ...):
+    400 ``INVALID_FILTER``. A value of the right type that doesn't parse (``"five"`` for
+    an integer) stays ``INVALID_VALUE``, as in ``/query``."""
+
+
+def _expect(v: Any, types: tuple[type, ...], what: str) -> None:
+    if isinstance(v, bool) and bool not in types:
+        raise WrongJsonType(what)
+    if not isinstance(v, types):
+        raise WrongJsonType(what)
+
+
 def _scalar_converter(base: str) -> Callable[[Any], Any]:
     def to_int(v: Any) -> int:
-        if isinstance(v, bool):
-            raise ValueError("not an integer")
+        _expect(v, (int, float, str), "a number")
         if isinstance(v, float) and not v.is_integer():
             raise ValueError("not an integer")
         return int(v)
 
     def to_decimal(v: Any) -> decimal.Decimal:
-        if isinstance(v, bool):
-            raise ValueError("not a number")
+        _expect(v, (int, float, str), "a number")
         return decimal.Decimal(str(v))
 
     def to_bool(v: Any) -> bool:
+        _expect(v, (bool, str), "a boolean")
         if isinstance(v, bool):
             return v
-        if isinstance(v, str) and v.lower() in ("true", "false"):
+        if v.lower() in ("true", "false"):
             return v.lower() == "true"
         raise ValueError("not a boolean")
 
     def to_datetime(v: Any) -> dt.datetime:
+        _expect(v, (str,), "a string")
         value = dt.datetime.fromisoformat(v)
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
     def to_date(v: Any) -> dt.date:
+        _expect(v, (str,), "a string")
         return dt.date.fromisoformat(v)
 
     def to_uuid(v: Any) -> uuid.UUID:
+        _expect(v, (str,), "a string")
         return uuid.UUID(v)
 
     def to_text(v: Any) -> str:
-        if not isinstance(v, str):
-            raise ValueError("not a string")
+        _expect(v, (str,), "a string")
         return v
 
     return {
@@ -113,31 +127,93 @@ def _json_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def jsonb_contains(a: Any, b: Any) -> bool:
-    """PostgreSQL's ``a @> b`` for jsonb values."""
+# The most work one filter may do on one row image (recursive containment steps plus
+# elements hashed). Size bounds at parse time (the query contract) keep a filter small,
+# but a jsonb value nested as objects inside arrays is compared element by element, and
+# a row may hold 256 KB of them: the budget caps what one event can cost the instance
+# (docs/realtime.md, "Filters: bounded work per event", has the measurement).
+MAX_FILTER_STEPS = 200_000
+
+
+class FilterTooExpensive(GatewayError):
+    """A filter needed more than ``MAX_FILTER_STEPS`` on one row: the stream ends with
+    ``event: error`` ``FILTER_TOO_EXPENSIVE`` instead of holding the instance."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "FILTER_TOO_EXPENSIVE",
+            "the filter needs too much work on a row of this table: "
+            "use a smaller contains/containedBy value or filter on a scalar column",
+        )
+
+
+class Budget:
+    """Work left for one filter on one row (see ``MAX_FILTER_STEPS``)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, steps: int = MAX_FILTER_STEPS) -> None:
+        self.left = steps
+
+    def spend(self, steps: int) -> None:
+        self.left -= steps
+        if self.left < 0:
+            raise FilterTooExpensive()
+
+
+def _scalar_key(x: Any) -> tuple[str, Any]:
+    """A hashable key under which jsonb scalars are equal exactly when ``_json_equal``
+    says so (``true`` is not ``1``; ``1`` is ``1.0``)."""
+    if isinstance(x, bool):
+        return ("b", x)
+    if isinstance(x, (int, float)):
+        return ("n", x)
+    return ("s" if isinstance(x, str) else "z", x)
+
+
+def _as_set(values: list[Any]) -> set[Any] | list[Any]:
+    """Elements for membership tests: a set when they hash (every converted column type
+    does), else the list itself (arrays of a type compared as JSON)."""
+    try:
+        return set(values)
+    except TypeError:
+        return values
+
+
+def _is_container(x: Any) -> bool:
+    return isinstance(x, (dict, list))
+
+
+def jsonb_contains(a: Any, b: Any, budget: Budget | None = None) -> bool:
+    """PostgreSQL's ``a @> b`` for jsonb values: scalar elements are hashed (linear in
+    both sides); nested containers are compared pairwise within ``budget``."""
+    if budget is None:
+        budget = Budget()
+    budget.spend(1)
     if isinstance(a, dict):
-        return isinstance(b, dict) and all(k in a and jsonb_contains(a[k], v) for k, v in b.items())
+        return isinstance(b, dict) and all(
+            k in a and jsonb_contains(a[k], v, budget) for k, v in b.items()
+        )
     if isinstance(a, list):
-        if isinstance(b, list):
-            return all(any(jsonb_contains(x, y) for x in a) for y in b)
         if isinstance(b, dict):
             return False
-        return any(not isinstance(x, (dict, list)) and _json_equal(x, b) for x in a)
-    return not isinstance(b, (dict, list)) and _json_equal(a, b)
-
-
-def _like_regex(pattern: str, insensitive: bool) -> re.Pattern[str]:
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\" and i + 1 < len(pattern):
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
-        i += 1
-    return re.compile("".join(out), re.DOTALL | (re.IGNORECASE if insensitive else 0))
+        if not isinstance(b, list):
+            # a top-level array contains a scalar it holds as an element
+            budget.spend(len(a))
+            return any(not _is_container(x) and _json_equal(x, b) for x in a)
+        scalars = [y for y in b if not _is_container(y)]
+        if scalars:
+            budget.spend(len(a) + len(scalars))
+            have = {_scalar_key(x) for x in a if not _is_container(x)}
+            if not all(_scalar_key(y) in have for y in scalars):
+                return False
+        for y in b:
+            if _is_container(y):
+                kind = type(y)
+                if not any(type(x) is kind and jsonb_contains(x, y, budget) for x in a):
+                    return False
+        return True
+    return not _is_container(b) and _json_equal(a, b)
 
 
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -157,8 +233,14 @@ def _compile_one(f: FilterLike, data_type: str | None) -> Predicate:
     def convert(v: Any) -> Any:
         try:
             return conv(v)
+        except WrongJsonType as exc:
+            raise GatewayError(
+                "INVALID_FILTER",
+                f"filter on '{column}': a {data_type} column compares with {exc}",
+                details={"column": column},
+            ) from None
         except (ValueError, TypeError, ArithmeticError):
-            raise _invalid_value(column, f"{v!r} is not a valid {data_type}") from None
+            raise _invalid_value(column, f"the value is not a valid {data_type}") from None
 
     def row_value(row: Mapping[str, Any]) -> Any:
         v = row.get(column)
@@ -183,11 +265,11 @@ def _compile_one(f: FilterLike, data_type: str | None) -> Predicate:
     if op in ("like", "ilike"):
         if not isinstance(value, str):
             raise GatewayError("INVALID_FILTER", f"filter on '{column}': {op} takes a string")
-        regex = _like_regex(value, op == "ilike")
+        matcher = like_matcher(value, op == "ilike")
 
         def like(row: Mapping[str, Any]) -> bool:
             v = row.get(column)
-            return isinstance(v, str) and regex.fullmatch(v) is not None
+            return isinstance(v, str) and matcher(v)
 
         return like
 
@@ -214,15 +296,20 @@ def _compile_one(f: FilterLike, data_type: str | None) -> Predicate:
                 raise _invalid_value(column, f"{op} takes an array")
             wanted = [convert(v) for v in value]
 
+            # hashed: linear in the row's array and the filter's (every converted element
+            # type is hashable, and equal values hash equal: 1 and 1.0, Decimal("1.0"))
+            wanted_set = _as_set(wanted)
+
             def array_op(row: Mapping[str, Any]) -> bool:
                 have = row_value(row)
                 if not isinstance(have, list):
                     return False
                 if op == "contains":
-                    return all(w in have for w in wanted)
+                    have_set = _as_set(have)
+                    return all(w in have_set for w in wanted)
                 if op == "containedBy":
-                    return all(h in wanted for h in have)
-                return any(h in wanted for h in have if h is not None)
+                    return all(h in wanted_set for h in have)
+                return any(h in wanted_set for h in have if h is not None)
 
             return array_op
         if is_json and op != "overlaps":

@@ -52,6 +52,7 @@ from gateway.errors import GatewayError, service_unavailable
 from gateway.metadata.cache import load_catalog
 from gateway.metadata.catalog import ProjectCatalog
 from gateway.realtime.changelog import read_catch_up, read_head, read_poll
+from gateway.realtime.evaluation import Verdict, verdict, verdicts_off_loop
 from gateway.realtime.events import Change, Cursor, Event
 from gateway.realtime.filters import FilterLike, compile_filters
 from gateway.realtime.stats import HubStats
@@ -329,13 +330,22 @@ class RealtimeHub:
                     )
                     sub.close()
                     return
-            for change in changes:
+            fresh = [c for c in changes if c.cursor > pos]
+            if sub.filter_columns:
+                seen_all = await verdicts_off_loop([(sub, c) for c in fresh])
+            else:
+                seen_all = [verdict(sub, c) for c in fresh]
+            for seen in seen_all:
                 if sub.closed:
                     return
-                seen = sub.classify(change) if change.cursor > pos else None
+                if isinstance(seen, GatewayError):
+                    yield Event("error", None, {"code": seen.code, "message": seen.message})
+                    sub.close()
+                    return
                 if seen is not None:
                     yield Event(seen.op, seen.cursor, {"change": seen})
-                pos = change.cursor
+            if changes:
+                pos = max(pos, changes[-1].cursor)
             if len(changes) < self.catchup_page_size:
                 pos = max(pos, target)  # everything up to the target has been read
 
@@ -356,22 +366,38 @@ class RealtimeHub:
             self.stats.catalog_loads += 1
             self._catalogs[project_id] = (version, catalog)
 
-    def _dispatch(self, changes: list[Change]) -> None:
-        """Offer changes to live subscribers. Synchronous: runs between two awaits."""
+    async def _filter_verdicts(self, changes: list[Change]) -> dict[Any, Verdict]:
+        """The filtered live subscribers' verdicts on a page, computed off the loop
+        (``evaluation.py``); keyed by (subscription, index of the change)."""
+        pairs: list[tuple[Subscription, Change]] = []
+        keys: list[tuple[Subscription, int]] = []
+        for i, change in enumerate(changes):
+            for sub in self._index.get((change.project_id, change.table), ()):
+                if sub.filter_columns and sub.live and change.cursor > sub.floor:
+                    pairs.append((sub, change))
+                    keys.append((sub, i))
+        return dict(zip(keys, await verdicts_off_loop(pairs), strict=True))
+
+    def _dispatch(self, changes: list[Change], verdicts: dict[Any, Verdict]) -> None:
+        """Offer changes to live subscribers. Synchronous: runs between two awaits.
+
+        ``verdicts`` were computed off the loop before; a subscriber that joined since
+        (or has no filter) is classified here."""
         index = self._index
-        for change in changes:
+        for i, change in enumerate(changes):
             subs = index.get((change.project_id, change.table))
             if not subs:
                 continue
             for sub in tuple(subs):
                 if not sub.live or change.cursor <= sub.floor:
                     continue
-                try:
-                    seen = sub.classify(change)
-                except Exception:  # a filter must never stop the poller for everyone
-                    logger.exception("realtime: filter evaluation failed")
-                    seen = None
-                if seen is not None:
+                seen = verdicts.get((sub, i), self) if verdicts else self
+                if seen is self:
+                    seen = verdict(sub, change)
+                if isinstance(seen, GatewayError):
+                    sub.fail(seen)
+                    continue
+                if isinstance(seen, Change):
                     sub.offer(seen)
                     self.stats.rows_dispatched += 1
 
@@ -411,6 +437,7 @@ class RealtimeHub:
             projects = list(self._per_project)
             self._inflight = frozenset(projects)
             error: Exception | None = None
+            verdicts: dict[Any, Verdict] = {}
             try:
                 page = await read_poll(self.pool, cursor, projects, self.page_size)
                 self.stats.xmin_lag_xids = page.xmin_lag_xids
@@ -419,6 +446,9 @@ class RealtimeHub:
                 # registry changed since the catalog we hold: reload before these changes
                 # are sent (same snapshot as the rows, so never older than the write)
                 await self._refresh_catalogs(page.versions)
+                # filters are evaluated while the poll still counts as in flight, so a
+                # subscriber joining meanwhile is dispatched to below (classified inline)
+                verdicts = await self._filter_verdicts(page.changes)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -437,7 +467,7 @@ class RealtimeHub:
                 continue  # everyone left (and maybe came back at a new head) meanwhile
             changes, xmin = page.changes, page.xmin
             self.stats.rows_polled += len(changes)
-            self._dispatch(changes)
+            self._dispatch(changes, verdicts)
             new = changes[-1].cursor if changes else cursor
             if changes:
                 self.stats.last_change_age_s = changes[-1].age_s

@@ -90,6 +90,8 @@ class Subscription:
         self._next_check = time.monotonic() + revalidate_s
         # owner tables: only this user's rows reach the stream (None: every row)
         self.owner = owner
+        # why the hub ended the stream (its filter ran out of budget), sent before the end
+        self.failure: Event | None = None
 
     # called by the hub, synchronously, during dispatch
     def classify(self, change: Change) -> Change | None:
@@ -121,6 +123,12 @@ class Subscription:
             self.overflowed = True
             self.live = False
             return False
+
+    def fail(self, error: GatewayError) -> None:
+        """End the stream with ``event: error`` (called by the hub during dispatch)."""
+        if self.failure is None:
+            self.failure = Event("error", None, {"code": error.code, "message": error.message})
+        self.close()
 
     def close(self) -> None:
         if self.closed:
@@ -216,6 +224,8 @@ class Subscription:
             yield Event("position", self.position)
             while True:
                 if self.closed:
+                    if self.failure is not None:
+                        yield self.failure
                     return
                 if self.revalidate is not None and time.monotonic() >= self._next_check:
                     error = await self._revalidate()

@@ -187,3 +187,40 @@ def test_large_jsonb_contains_filter_does_not_hold_the_instance(
             assert e.data["code"] == "FILTER_TOO_EXPENSIVE", e.data
         elif e.event == "insert":
             assert e.data["row"]["title"] == "small"
+
+
+def test_filter_values_of_the_wrong_json_type_are_invalid_filter(
+    gateway_cluster: Any, make_project: Any
+) -> None:
+    """Issue 21: a number or an object for a uuid column was a 500."""
+    cluster = gateway_cluster(1, env=REALTIME_ENV)
+    table = {
+        "name": "todos",
+        "client_read": True,
+        "client_write": True,
+        "columns": [
+            {"name": "id", "type": "bigint", "primary_key": True, "identity": True},
+            {"name": "ref", "type": "uuid"},
+            {"name": "at", "type": "timestamptz"},
+            {"name": "n", "type": "numeric"},
+        ],
+    }
+    project = make_project(table=table)
+
+    async def main() -> None:
+        for column, op, value in [
+            ("ref", "eq", 5), ("ref", "eq", {"a": 1}), ("ref", "in", [7]), ("at", "gt", 5),
+            ("at", "eq", [1]), ("n", "eq", {"x": 1}), ("n", "in", [True]), ("id", "eq", {}),
+        ]:  # fmt: skip
+            s = Stream(
+                cluster.urls[0],
+                key=project["public_key"],
+                filters=[{"column": column, "op": op, "value": value}],
+            )
+            assert await s.wait_open() == 400, (column, value, s.body)
+            error = s.error_body()
+            assert error["code"] == "INVALID_FILTER", error
+            assert "Traceback" not in s.body.decode()
+            await s.close()
+
+    asyncio.run(main())

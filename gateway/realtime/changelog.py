@@ -19,7 +19,9 @@ statements' own, kept next to them); what to do with the changes is the hub's.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -68,6 +70,22 @@ SELECT w.xid::text::bigint, w.id,
  ORDER BY c.xid, c.id
 """
 
+# A page whose row images add up to more than this is parsed in a worker thread: JSON
+# parsing is ~10 ms per MB here, and a page of 256 KB rows would otherwise hold the event
+# loop (every tenant's requests) for as long (docs/realtime.md, bounded work per event).
+PARSE_OFF_LOOP_CHARS = 256 * 1024
+
+T = TypeVar("T")
+
+
+async def _parse(rows: Sequence[Sequence[Any]], text_at: int, build: Callable[[], T]) -> T:
+    """``build()`` inline for small pages, in a worker thread for large ones."""
+    size = sum(len(r[text_at] or "") + len(r[text_at + 1] or "") for r in rows)
+    if size > PARSE_OFF_LOOP_CHARS:
+        return await asyncio.to_thread(build)
+    return build()
+
+
 HEAD_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
@@ -109,9 +127,13 @@ async def read_poll(
         )
         rows = await cur.fetchall()
     first = rows[0]
-    changes = [
-        change_from_row(r[8], r[9], r, 2, r[10], owner=r[13]) for r in rows if r[2] is not None
-    ]
+    changes = await _parse(
+        rows,
+        6,
+        lambda: [
+            change_from_row(r[8], r[9], r, 2, r[10], owner=r[13]) for r in rows if r[2] is not None
+        ],
+    )
     versions: dict[str, int | None] = {r[8]: int(r[11] or 0) for r in rows if r[2] is not None}
     return PollPage(changes, int(first[0]), int(first[1]), float(first[12] or 0.0), versions)
 
@@ -138,9 +160,13 @@ async def read_catch_up(
         rows = await cur.fetchall()
     first = rows[0]
     pruned = Cursor(int(first[0]), int(first[1])) if first[0] is not None else None
-    changes = [
-        change_from_row(project_id, table, r, 3, r[9], owner=r[11])
-        for r in rows
-        if r[3] is not None
-    ]
+    changes = await _parse(
+        rows,
+        7,
+        lambda: [
+            change_from_row(project_id, table, r, 3, r[9], owner=r[11])
+            for r in rows
+            if r[3] is not None
+        ],
+    )
     return CatchUpPage(changes, pruned, int(first[2]), int(first[10] or 0))

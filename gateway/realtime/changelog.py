@@ -19,12 +19,12 @@ statements' own, kept next to them); what to do with the changes is the hub's.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.realtime.evaluation import off_loop
 from gateway.realtime.events import Change, Cursor, change_from_row
 
 POLL_SQL = """
@@ -82,7 +82,7 @@ async def _parse(rows: Sequence[Sequence[Any]], text_at: int, build: Callable[[]
     """``build()`` inline for small pages, in a worker thread for large ones."""
     size = sum(len(r[text_at] or "") + len(r[text_at + 1] or "") for r in rows)
     if size > PARSE_OFF_LOOP_CHARS:
-        return await asyncio.to_thread(build)
+        return await off_loop(build)
     return build()
 
 

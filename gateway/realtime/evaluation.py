@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
 
 from gateway.errors import GatewayError
 from gateway.realtime.events import Change
@@ -27,6 +28,18 @@ from gateway.realtime.events import Change
 logger = logging.getLogger("gateway.realtime")
 
 Verdict = Change | None | GatewayError
+T = TypeVar("T")
+
+# ONE worker for the whole instance: every thread running Python competes with the loop
+# for the GIL, so several would slow the loop down more (measured with three replaying
+# streams: the victim's p95 230-645 ms with the default executor's threads, see
+# docs/realtime.md), while one keeps the loop's share at half or more.
+_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="realtime-off-loop")
+
+
+async def off_loop(fn: Callable[[], T]) -> T:
+    """``fn()`` in the instance's single realtime worker thread."""
+    return await asyncio.get_running_loop().run_in_executor(_WORKER, fn)
 
 
 class Classifier(Protocol):
@@ -55,4 +68,4 @@ async def verdicts_off_loop(pairs: Sequence[tuple[Classifier, Change]]) -> list[
     """``verdict`` for every pair, computed in a worker thread."""
     if not pairs:
         return []
-    return await asyncio.to_thread(_verdicts, pairs)
+    return await off_loop(lambda: _verdicts(pairs))

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 from gateway.errors import GatewayError
 from gateway.realtime.events import Change
+from gateway.realtime.filters import FilterTooExpensive
 
 logger = logging.getLogger("gateway.realtime")
 
@@ -42,7 +44,21 @@ async def off_loop(fn: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(_WORKER, fn)
 
 
+# The most worker time one project's filters may take in one batch of verdicts (a poll
+# page or a catch-up page). The hub dispatches a page once all its verdicts are known and
+# there is one worker, so without a share per project one tenant's many filtered streams
+# (each filter within its own budget) would delay every other tenant's delivery on the
+# instance by as long as they take. Past the share, that project's remaining streams in
+# the batch end with FILTER_TOO_EXPENSIVE; their clients resume from their last id.
+PROJECT_SHARE_S = 0.5
+SHARE_EXCEEDED = (
+    "this project's realtime filters need too much work on this table's changes: "
+    "reconnect with the last id, and use fewer or simpler filters"
+)
+
+
 class Classifier(Protocol):
+    project_id: str
     filter_columns: tuple[str, ...]
 
     def classify(self, change: Change) -> Change | None: ...
@@ -60,12 +76,30 @@ def verdict(sub: Classifier, change: Change) -> Verdict:
         return None
 
 
-def _verdicts(pairs: Sequence[tuple[Classifier, Change]]) -> list[Verdict]:
-    return [verdict(sub, change) for sub, change in pairs]
+def _verdicts(
+    pairs: Sequence[tuple[Classifier, Change]], stopped: Callable[[], bool]
+) -> list[Verdict]:
+    spent: dict[str, float] = {}
+    out: list[Verdict] = []
+    for sub, change in pairs:
+        if stopped():
+            out.append(None)  # the hub is shutting down: don't hold the exit for this
+            continue
+        used = spent.get(sub.project_id, 0.0)
+        if used > PROJECT_SHARE_S:
+            out.append(FilterTooExpensive(SHARE_EXCEEDED))
+            continue
+        started = time.perf_counter()
+        out.append(verdict(sub, change))
+        spent[sub.project_id] = used + time.perf_counter() - started
+    return out
 
 
-async def verdicts_off_loop(pairs: Sequence[tuple[Classifier, Change]]) -> list[Verdict]:
-    """``verdict`` for every pair, computed in a worker thread."""
+async def verdicts_off_loop(
+    pairs: Sequence[tuple[Classifier, Change]], stopped: Callable[[], bool] = lambda: False
+) -> list[Verdict]:
+    """``verdict`` for every pair, computed in the worker thread; ``stopped()`` true (the
+    hub is stopping) skips the rest."""
     if not pairs:
         return []
-    return await off_loop(lambda: _verdicts(pairs))
+    return await off_loop(lambda: _verdicts(pairs, stopped))

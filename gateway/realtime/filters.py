@@ -144,10 +144,11 @@ class FilterTooExpensive(GatewayError):
     """A filter needed more than ``MAX_FILTER_STEPS`` on one row: the stream ends with
     ``event: error`` ``FILTER_TOO_EXPENSIVE`` instead of holding the instance."""
 
-    def __init__(self) -> None:
+    def __init__(self, message: str | None = None) -> None:
         super().__init__(
             "FILTER_TOO_EXPENSIVE",
-            "the filter needs too much work on a row of this table: "
+            message
+            or "the filter needs too much work on a row of this table: "
             "use a smaller contains/containedBy value or filter on a scalar column",
         )
 

@@ -332,7 +332,9 @@ class RealtimeHub:
                     return
             fresh = [c for c in changes if c.cursor > pos]
             if sub.filter_columns:
-                seen_all = await verdicts_off_loop([(sub, c) for c in fresh])
+                seen_all = await verdicts_off_loop(
+                    [(sub, c) for c in fresh], lambda: self._stopped or sub.closed
+                )
             else:
                 seen_all = [verdict(sub, c) for c in fresh]
             for seen in seen_all:
@@ -376,7 +378,8 @@ class RealtimeHub:
                 if sub.filter_columns and sub.live and change.cursor > sub.floor:
                     pairs.append((sub, change))
                     keys.append((sub, i))
-        return dict(zip(keys, await verdicts_off_loop(pairs), strict=True))
+        verdicts = await verdicts_off_loop(pairs, lambda: self._stopped)
+        return dict(zip(keys, verdicts, strict=True))
 
     def _dispatch(self, changes: list[Change], verdicts: dict[Any, Verdict]) -> None:
         """Offer changes to live subscribers. Synchronous: runs between two awaits.

@@ -46,6 +46,9 @@ INSTANCE_ENV = {
     "GATEWAY_AUTH_REFRESH_GRACE_S": "0",
     "GATEWAY_JOBS_POLL_S": "0.2",
     "GATEWAY_CORS_ORIGINS": "*",
+    # every test signs up its own users from one address
+    "GATEWAY_AUTH_SIGN_UP_LIMIT": "10000",
+    "GATEWAY_AUTH_SIGN_IN_LIMIT": "10000",
 }
 
 

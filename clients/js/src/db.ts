@@ -70,6 +70,13 @@ export interface SchemaTable {
   [more: string]: unknown;
 }
 
+export interface SchemaDocument {
+  project_id: string;
+  schema_name: string;
+  table_count: number;
+  tables: SchemaTable[];
+}
+
 type Col<T extends GenericTable> = keyof T["Row"] & string;
 
 export class QueryBuilder<T extends GenericTable, R> {
@@ -190,7 +197,7 @@ export class Db<D extends GenericDatabase> {
   }
 
   /** The tables and columns as this key (and session) may see them. */
-  schema(): Promise<Result<{ tables: SchemaTable[] }>> {
-    return this.http.request({ method: "GET", path: "/v1/inhouse/db/schema", envelope: "data", session: "auto" });
+  schema(): Promise<Result<SchemaDocument>> {
+    return this.http.request({ method: "GET", path: "/v1/inhouse/db/schema", envelope: "raw", session: "auto" });
   }
 }

@@ -8,7 +8,8 @@ import { delay } from "./env.js";
  * network is `NETWORK_ERROR`, an answer that isn't JSON `INVALID_RESPONSE`.
  */
 
-export type Envelope = "data" | "ok";
+/** "raw": the body itself is the answer (`/schema`). */
+export type Envelope = "data" | "ok" | "raw";
 
 /** Session codes after which the stored session is useless: it is cleared. */
 export const SESSION_GONE = new Set(["SESSION_NOT_FOUND", "SESSION_EXPIRED", "SESSION_REQUIRED"]);
@@ -109,7 +110,7 @@ export class Http {
       if (response.status === 401 && token && SESSION_GONE.has(out.code)) await this.hooks.rejected(token);
       return { data: null, error: out, status: response.status, requestId };
     }
-    const data = (body?.data ?? null) as T;
+    const data = (spec.envelope === "raw" ? body : (body?.data ?? null)) as T;
     const count = spec.envelope === "data" ? (body?.count ?? null) : undefined;
     return { data, error: null, status: response.status, count, requestId };
   }

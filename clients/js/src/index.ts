@@ -58,7 +58,7 @@ export function createClient<D extends GenericDatabase = AnyDatabase>(options: C
 
 export { EasyModeConfigError } from "./errors.js";
 export type { EasyModeError, Result } from "./errors.js";
-export type { AnyDatabase, Filter, FilterOp, GenericDatabase, GenericTable, Query, QueryBuilder, SchemaTable, TableRef } from "./db.js";
+export type { AnyDatabase, Filter, FilterOp, GenericDatabase, GenericTable, Query, QueryBuilder, SchemaDocument, SchemaTable, TableRef } from "./db.js";
 export type { Auth, AuthEvent } from "./auth.js";
 export { memoryStorage } from "./session.js";
 export type { Session, SessionStorage, User } from "./session.js";

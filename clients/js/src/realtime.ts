@@ -233,13 +233,21 @@ class Stream implements Subscription {
       return { kind: "dropped" };
     }
     if (!response.ok || !response.body) return this.refusal(response, token);
-    opened();
+    // live once the server's first block (an id) arrives: it has joined the hub by then
+    let live = false;
+    const markLive = () => {
+      if (!live) (live = true), opened();
+    };
     const controller = new AbortController();
     const stop = () => controller.abort();
     signal.addEventListener("abort", stop);
     try {
       await Promise.race([
-        readEvents(response.body, (m) => this.handle(m, token, signal, stop), (id) => (this.lastEventId = id)),
+        readEvents(
+          response.body,
+          (m) => (markLive(), this.handle(m, token, signal, stop)),
+          (id) => ((this.lastEventId = id), markLive()),
+        ),
         new Promise((_, reject) => controller.signal.addEventListener("abort", () => reject(new Error("stopped")))),
       ]);
       return { kind: "ended" };

@@ -1,0 +1,191 @@
+"""The TypeScript client (clients/js) in a real browser, loaded from another origin.
+
+Playwright drives the system Chromium (as ``test_owner_browser.py`` does). A small HTTP
+server on its own port serves a page and the client's BUILT module (``clients/js/dist``,
+ES modules imported by the page); the gateway is on another port, so every call is
+cross-origin through CORS. The page signs up with the client, inserts into the owner
+table ``notes``, subscribes to it (``EventSource`` with a ticket: the browser transport)
+while another user writes, sees only its own rows, and signs out. A server key is
+refused by ``createClient`` in the page.
+
+The module must be built: the test runs ``npm ci && npm run build`` in clients/js when
+``dist/index.js`` is missing (``make client`` does the same), and is skipped when Node or
+npm is not installed.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.cluster.test_owner_browser import _chromium_or_skip
+from tests.support.owner_rows import NOTES_TABLE, headers
+
+CLIENT = Path(__file__).resolve().parents[2] / "clients" / "js"
+DIST = CLIENT / "dist"
+PASSWORD = "correct horse battery"
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>client</title></head><body>
+<script type="module">
+import { createClient } from "/dist/index.js";
+const GATEWAY = %(gateway)s, KEY = %(key)s, SERVER_KEY = %(server_key)s;
+const em = createClient({ url: GATEWAY, apiKey: KEY });
+window.events = [];
+window.failures = [];
+const check = (what, r) => { if (r.error) window.failures.push([what, r.error]); return r; };
+
+window.serverKeyRefusal = () => {
+  try { createClient({ url: GATEWAY, apiKey: SERVER_KEY }); return null; }
+  catch (e) { return e.code; }
+};
+window.insert = async (body) => check("insert", await em.db.from("notes").insert({ body }).execute());
+window.start = async (email, password) => {
+  const up = check("signUp", await em.auth.signUp({ email, password }));
+  await window.insert("before the stream");
+  await new Promise((resolve) => {
+    window.sub = em.realtime.subscribe("notes", {
+      onStatus: (s) => { if (s === "open") resolve(); },
+    }, (e) => window.events.push(e));
+  });
+  return { userId: up.data.user.id, stored: localStorage.getItem("easymode.session") };
+};
+window.finish = async () => {
+  const session = (await em.auth.session()).token;
+  window.sub.close();
+  const out = check("signOut", await em.auth.signOut());
+  return { session, after: await em.auth.session(), stored: localStorage.getItem("easymode.session"),
+           status: out.status };
+};
+window.ready = true;
+</script></body></html>
+"""
+
+
+def _built_module() -> Path:
+    if not (DIST / "index.js").exists():
+        if shutil.which("node") is None or shutil.which("npm") is None:
+            pytest.skip("node and npm are needed to build clients/js (apt-get install nodejs npm)")
+        for command in (["npm", "ci", "--no-audit", "--no-fund"], ["npm", "run", "build"]):
+            done = subprocess.run(command, cwd=CLIENT, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr
+    return DIST
+
+
+@pytest.fixture
+def page_server() -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The page and ``/dist/*.js`` on another origin (their own port)."""
+    content: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            body, kind = content.get(path), "text/html; charset=utf-8"
+            if path.startswith("/dist/") and path.endswith(".js"):
+                file = DIST / path.removeprefix("/dist/")
+                if file.parent == DIST and file.exists():
+                    body, kind = file.read_bytes(), "text/javascript"
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Type", kind)
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", content
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_the_client_in_a_browser_from_another_origin(
+    make_project: Any, gateway_cluster: Any, page_server: tuple[str, dict[str, bytes]]
+) -> None:
+    sync_playwright = _chromium_or_skip()
+    _built_module()
+    origin, content = page_server
+    cluster = gateway_cluster(1, env={"GATEWAY_CORS_ORIGINS": origin})
+    gateway = cluster.urls[0]
+    project = make_project(table=NOTES_TABLE)
+    key = project["public_key"]
+    r = httpx.post(gateway + "/v1/inhouse/auth/sign-up", headers={"x-api-key": key},
+                   json={"email": f"bob-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD})  # fmt: skip
+    assert r.status_code == 200, r.text
+    bob_token = r.json()["data"]["session"]["token"]
+    content["/"] = (
+        PAGE
+        % {
+            "gateway": json.dumps(gateway),
+            "key": json.dumps(key),
+            "server_key": json.dumps(project["server_key"]),
+        }
+    ).encode()
+
+    def bob_writes(body: str) -> None:
+        answer = httpx.post(
+            gateway + "/v1/inhouse/db/query",
+            json={"query": {"operation": "insert", "table": "notes", "data": {"body": body}}},
+            headers=headers(key, bob_token),
+        )
+        assert answer.status_code == 200, answer.text
+
+    urls: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("request", lambda request: urls.append(request.url))
+            page.goto(origin + "/")
+            page.wait_for_function("window.ready === true", timeout=20_000)
+            refusal = page.evaluate("window.serverKeyRefusal()")
+            started = page.evaluate(
+                "([e, p]) => window.start(e, p)",
+                [f"alice-{uuid.uuid4().hex[:8]}@example.com", PASSWORD],
+            )
+            bob_writes("bob while alice streams")
+            page.evaluate("window.insert('alice while streaming')")
+            bob_writes("bob again")
+            page.evaluate("window.insert('done')")
+            page.wait_for_function(
+                "window.events.some(e => e.row && e.row.body === 'done')", timeout=20_000
+            )
+            events = page.evaluate("window.events")
+            finished = page.evaluate("window.finish()")
+            failures = page.evaluate("window.failures")
+        finally:
+            browser.close()
+
+    assert refusal == "SERVER_KEY_IN_BROWSER"
+    assert failures == []
+    assert [(e["type"], e["row"]["body"]) for e in events] == [
+        ("insert", "alice while streaming"),
+        ("insert", "done"),
+    ]
+    assert all(e["row"]["user_id"] == started["userId"] for e in events)
+    # the session was kept in localStorage, and sign-out removed it
+    assert started["stored"] and json.loads(started["stored"])["token"] == finished["session"]
+    assert finished["after"] is None and finished["stored"] is None
+    assert finished["status"] == 200
+    # the module came from the page's origin, the API from another
+    assert any(u.startswith(origin + "/dist/") for u in urls)
+    assert origin.rsplit(":", 1)[1] != gateway.rsplit(":", 1)[1]
+    # EventSource with a ticket; the session never in a URL
+    assert any("/realtime?" in u and "ticket=" in u for u in urls)
+    assert not [u for u in urls if finished["session"] in u]
+    signed_out = httpx.get(gateway + "/v1/inhouse/auth/user", headers=headers(key, finished["session"]))
+    assert signed_out.status_code == 401

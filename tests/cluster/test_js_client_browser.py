@@ -49,7 +49,8 @@ window.serverKeyRefusal = () => {
   try { createClient({ url: GATEWAY, apiKey: SERVER_KEY }); return null; }
   catch (e) { return e.code; }
 };
-window.insert = async (body) => check("insert", await em.db.from("notes").insert({ body }).execute());
+window.insert = async (body) =>
+  check("insert", await em.db.from("notes").insert({ body }).execute());
 window.start = async (email, password) => {
   const up = check("signUp", await em.auth.signUp({ email, password }));
   await window.insert("before the stream");
@@ -64,8 +65,8 @@ window.finish = async () => {
   const session = (await em.auth.session()).token;
   window.sub.close();
   const out = check("signOut", await em.auth.signOut());
-  return { session, after: await em.auth.session(), stored: localStorage.getItem("easymode.session"),
-           status: out.status };
+  const stored = localStorage.getItem("easymode.session");
+  return { session, after: await em.auth.session(), stored, status: out.status };
 };
 window.ready = true;
 </script></body></html>
@@ -123,8 +124,8 @@ def test_the_client_in_a_browser_from_another_origin(
     gateway = cluster.urls[0]
     project = make_project(table=NOTES_TABLE)
     key = project["public_key"]
-    r = httpx.post(gateway + "/v1/inhouse/auth/sign-up", headers={"x-api-key": key},
-                   json={"email": f"bob-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD})  # fmt: skip
+    bob = {"email": f"bob-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD}
+    r = httpx.post(gateway + "/v1/inhouse/auth/sign-up", headers={"x-api-key": key}, json=bob)
     assert r.status_code == 200, r.text
     bob_token = r.json()["data"]["session"]["token"]
     content["/"] = (
@@ -146,7 +147,9 @@ def test_the_client_in_a_browser_from_another_origin(
 
     urls: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        browser = pw.chromium.launch(
+            executable_path=shutil.which("chromium"), args=["--no-sandbox"]
+        )
         try:
             page = browser.new_page()
             page.on("request", lambda request: urls.append(request.url))
@@ -187,5 +190,7 @@ def test_the_client_in_a_browser_from_another_origin(
     # EventSource with a ticket; the session never in a URL
     assert any("/realtime?" in u and "ticket=" in u for u in urls)
     assert not [u for u in urls if finished["session"] in u]
-    signed_out = httpx.get(gateway + "/v1/inhouse/auth/user", headers=headers(key, finished["session"]))
+    signed_out = httpx.get(
+        gateway + "/v1/inhouse/auth/user", headers=headers(key, finished["session"])
+    )
     assert signed_out.status_code == 401

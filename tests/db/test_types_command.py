@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cli import assert_refused, run_cli
+from tests.support.cli import assert_refused, cli_json, run_cli
 
 CLIENT = Path(__file__).resolve().parents[2] / "clients" / "js"
 TSC = CLIENT / "node_modules" / ".bin" / "tsc"
@@ -106,7 +106,9 @@ def test_public_view_types_rows_inserts_and_updates(pg_url: str, make_project: A
     insert = out.split("Insert: {")[1].split("};")[0]
     assert "        title: string;" in insert
     assert "        id?: number;" in insert
-    assert "        created_at?: string | null;" in insert or "        created_at?: string;" in insert
+    assert (
+        "        created_at?: string | null;" in insert or "        created_at?: string;" in insert
+    )
     # a public key sees neither the sensitive column nor the closed one
     assert "owner_email" not in out.split("Insert: {")[0]
     assert "internal_note" not in out
@@ -125,6 +127,8 @@ def test_a_server_key_sees_more_and_a_foreign_key_is_refused(
     assert_refused(run_cli(pg_url, "types", project["name"], "--key", other["server_key"]),
                    "not an active key of this project")  # fmt: skip
     assert_refused(run_cli(pg_url, "types", "no-such-project"), "no-such-project")
+    as_json = cli_json(pg_url, "types", project["name"], "--key", project["server_key"])
+    assert as_json["key_type"] == "server" and as_json["typescript"] == out
 
 
 def test_types_compile_and_a_wrong_column_does_not(

@@ -88,7 +88,9 @@ def main() -> None:
         limited = _project(url, rate_limit_per_minute=2)
         secret = None
         if args.receiver:
-            settings = dataclasses.replace(Settings(database_url=url), jobs_allow_private_targets=True)
+            settings = dataclasses.replace(
+                Settings(database_url=url), jobs_allow_private_targets=True
+            )
             with connect(url) as conn:
                 secret = set_endpoint(conn, settings, main_project["id"], args.receiver)[
                     "signing_secret"

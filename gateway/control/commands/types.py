@@ -20,7 +20,7 @@ import argparse
 import json
 import re
 import sys
-from typing import Any
+from collections.abc import Callable
 
 from gateway.auth.keys import hash_key
 from gateway.control.commands.common import CommandLine, UsageError
@@ -77,10 +77,11 @@ def _property(name: str) -> str:
     return name if IDENTIFIER.match(name) else json.dumps(name)
 
 
-def _fields(columns: list[ColumnInfo], *, optional: Any, nullable: bool) -> str:
+def _fields(columns: list[ColumnInfo], *, optional: Callable[[ColumnInfo], bool]) -> str:
+    """One property per column; a nullable column's type admits null in every section."""
     lines = []
     for c in columns:
-        value = ts_type(c.data_type) + (" | null" if nullable and c.is_nullable else "")
+        value = ts_type(c.data_type) + (" | null" if c.is_nullable else "")
         mark = "?" if optional(c) else ""
         lines.append(f"        {_property(c.name)}{mark}: {value};")
     return "\n".join(lines) if lines else "        [key: string]: never;"
@@ -97,15 +98,13 @@ def render(catalog: ProjectCatalog, principal: Principal, who: str) -> str:
             continue
         row = [c for c in table.columns if readable and column_readable(c, principal)]
         write = [c for c in table.columns if writable and column_writable(c, principal)]
-        blocks.append(
-            f"    {_property(name)}: {{\n"
-            f"      Row: {{\n{_fields(row, optional=lambda c: False, nullable=True)}\n      }};\n"
-            f"      Insert: {{\n"
-            f"{_fields(write, optional=lambda c: c.is_nullable or c.has_default, nullable=True)}"
-            f"\n      }};\n"
-            f"      Update: {{\n{_fields(write, optional=lambda c: True, nullable=True)}\n      }};\n"
-            f"    }};"
+        sections = (
+            ("Row", _fields(row, optional=lambda c: False)),
+            ("Insert", _fields(write, optional=lambda c: c.is_nullable or c.has_default)),
+            ("Update", _fields(write, optional=lambda c: True)),
         )
+        inner = "".join(f"      {kind}: {{\n{fields}\n      }};\n" for kind, fields in sections)
+        blocks.append(f"    {_property(name)}: {{\n{inner}    }};")
     body = "\n".join(blocks)
     return (
         HEADER.format(who=who)
@@ -134,7 +133,12 @@ def cmd_types(cli: CommandLine, args: argparse.Namespace) -> None:
     schema_name, tables = (
         (found["schema_name"], found["tables"]) if isinstance(found, dict) else found
     )
-    sys.stdout.write(render(build_catalog(project.id, schema_name, tables), principal, who))
+    text = render(build_catalog(project.id, schema_name, tables), principal, who)
+    if args.json:  # the CLI's convention: one JSON object
+        payload = {"project": project.name, "key_type": principal.key_type, "typescript": text}
+        sys.stdout.write(json.dumps(payload) + "\n")
+    else:
+        sys.stdout.write(text)
 
 
 def register(cli: CommandLine) -> None:

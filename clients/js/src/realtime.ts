@@ -15,8 +15,8 @@ import { readEvents, type SseMessage } from "./sse.js";
  * `since=<last id>`. Where `EventSource` is missing (Node), a streaming `fetch` with the
  * headers and `Last-Event-ID`. Either way the last id the server sent is kept as an
  * opaque string and the next connection — on whichever instance answers — resumes
- * there, so nothing is missed or repeated. A sign-in or sign-out reconnects at once with
- * the new identity; a refusal that waiting can't fix (401, 403, 404, 400) is delivered as
+ * there, so nothing is missed or repeated. A sign-in, sign-out or refresh reconnects at
+ * once with the new session; a refusal that waiting can't fix (401, 403, 404, 400) is delivered as
  * an `error` event and the subscription waits for the next sign-in.
  */
 
@@ -104,9 +104,10 @@ class Stream implements Subscription {
       Array.isArray(f) ? (f.length > 2 ? { column: f[0], op: f[1], value: f[2] } : { column: f[0], op: f[1] }) : f,
     );
     this.filters = filters.length ? JSON.stringify(filters) : undefined;
-    this.stopListening = keeper.onChange((_session, event) => {
-      if (event !== "TOKEN_REFRESHED") this.reconnectNow();
-    });
+    // a new identity, or a rotated token: the open stream runs on the old session, which
+    // the gateway ends (at once or after its grace), so move to the new one now — from
+    // the last id, nothing is lost
+    this.stopListening = keeper.onChange(() => this.reconnectNow());
     void this.run();
   }
 

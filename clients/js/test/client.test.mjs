@@ -330,6 +330,13 @@ describe("realtime", () => {
       await until(() => events.some((e) => e.row?.body === "alice done"), 15_000, "alice's rows");
       assert.deepEqual(events.map((e) => [e.type, e.row.body]), [["insert", "alice's"], ["insert", "alice done"]]);
       assert.ok(events.every((e) => e.row.user_id === up.data.user.id));
+      // a refresh moves the stream to the new token; it keeps delivering, without repeats
+      const opens = statuses.filter((s) => s === "open").length;
+      assert.equal((await alice.auth.refresh()).error, null);
+      await until(() => statuses.filter((s) => s === "open").length > opens, 15_000, "the reconnect");
+      await alice.db.from("notes").insert({ body: "after refresh" }).execute();
+      await until(() => events.some((e) => e.row?.body === "after refresh"), 15_000, "the row after refresh");
+      assert.deepEqual(events.map((e) => e.row.body), ["alice's", "alice done", "after refresh"]);
     } finally {
       sub.close();
     }

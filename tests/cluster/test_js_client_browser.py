@@ -15,11 +15,9 @@ npm is not installed.
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +26,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster.test_owner_browser import _chromium_or_skip
-from tests.support.owner_rows import NOTES_TABLE, headers
+from tests.support.browser import browser_page, chromium_or_skip
+from tests.support.browser import page_server as serve_pages
+from tests.support.owner_rows import NOTES_TABLE, headers, insert_note
 
 CLIENT = Path(__file__).resolve().parents[2] / "clients" / "js"
 DIST = CLIENT / "dist"
@@ -84,41 +83,20 @@ def _built_module() -> Path:
 
 
 @pytest.fixture
-def page_server() -> Iterator[tuple[str, dict[str, bytes]]]:
-    """The page and ``/dist/*.js`` on another origin (their own port)."""
-    content: dict[str, bytes] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?")[0]
-            body, kind = content.get(path), "text/html; charset=utf-8"
-            if path.startswith("/dist/") and path.endswith(".js"):
-                file = DIST / path.removeprefix("/dist/")
-                if file.parent == DIST and file.exists():
-                    body, kind = file.read_bytes(), "text/javascript"
-            self.send_response(200 if body is not None else 404)
-            self.send_header("Content-Type", kind)
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", content
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def page_server() -> Iterator[tuple[str, dict[str, bytes | tuple[bytes, str]]]]:
+    """The page and the built module (``/dist/*.js``) on another origin."""
+    with serve_pages() as (origin, content):
+        for file in _built_module().glob("*.js"):
+            content[f"/dist/{file.name}"] = (file.read_bytes(), "text/javascript")
+        yield origin, content
 
 
 def test_the_client_in_a_browser_from_another_origin(
-    make_project: Any, gateway_cluster: Any, page_server: tuple[str, dict[str, bytes]]
+    make_project: Any,
+    gateway_cluster: Any,
+    page_server: tuple[str, dict[str, bytes | tuple[bytes, str]]],
 ) -> None:
-    sync_playwright = _chromium_or_skip()
-    _built_module()
+    sync_playwright = chromium_or_skip()
     origin, content = page_server
     cluster = gateway_cluster(1, env={"GATEWAY_CORS_ORIGINS": origin})
     gateway = cluster.urls[0]
@@ -138,40 +116,26 @@ def test_the_client_in_a_browser_from_another_origin(
     ).encode()
 
     def bob_writes(body: str) -> None:
-        answer = httpx.post(
-            gateway + "/v1/inhouse/db/query",
-            json={"query": {"operation": "insert", "table": "notes", "data": {"body": body}}},
-            headers=headers(key, bob_token),
-        )
-        assert answer.status_code == 200, answer.text
+        insert_note(gateway, key, bob_token, body)
 
-    urls: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=shutil.which("chromium"), args=["--no-sandbox"]
+    with browser_page(sync_playwright) as (page, urls):
+        page.goto(origin + "/")
+        page.wait_for_function("window.ready === true", timeout=20_000)
+        refusal = page.evaluate("window.serverKeyRefusal()")
+        started = page.evaluate(
+            "([e, p]) => window.start(e, p)",
+            [f"alice-{uuid.uuid4().hex[:8]}@example.com", PASSWORD],
         )
-        try:
-            page = browser.new_page()
-            page.on("request", lambda request: urls.append(request.url))
-            page.goto(origin + "/")
-            page.wait_for_function("window.ready === true", timeout=20_000)
-            refusal = page.evaluate("window.serverKeyRefusal()")
-            started = page.evaluate(
-                "([e, p]) => window.start(e, p)",
-                [f"alice-{uuid.uuid4().hex[:8]}@example.com", PASSWORD],
-            )
-            bob_writes("bob while alice streams")
-            page.evaluate("window.insert('alice while streaming')")
-            bob_writes("bob again")
-            page.evaluate("window.insert('done')")
-            page.wait_for_function(
-                "window.events.some(e => e.row && e.row.body === 'done')", timeout=20_000
-            )
-            events = page.evaluate("window.events")
-            finished = page.evaluate("window.finish()")
-            failures = page.evaluate("window.failures")
-        finally:
-            browser.close()
+        bob_writes("bob while alice streams")
+        page.evaluate("window.insert('alice while streaming')")
+        bob_writes("bob again")
+        page.evaluate("window.insert('done')")
+        page.wait_for_function(
+            "window.events.some(e => e.row && e.row.body === 'done')", timeout=20_000
+        )
+        events = page.evaluate("window.events")
+        finished = page.evaluate("window.finish()")
+        failures = page.evaluate("window.failures")
 
     assert refusal == "SERVER_KEY_IN_BROWSER"
     assert failures == []

@@ -48,6 +48,7 @@ window.serverKeyRefusal = () => {
   try { createClient({ url: GATEWAY, apiKey: SERVER_KEY }); return null; }
   catch (e) { return e.code; }
 };
+window.refused = async () => (await em.db.from("no_such_table").select().execute()).error;
 window.insert = async (body) =>
   check("insert", await em.db.from("notes").insert({ body }).execute());
 window.start = async (email, password) => {
@@ -122,6 +123,7 @@ def test_the_client_in_a_browser_from_another_origin(
         page.goto(origin + "/")
         page.wait_for_function("window.ready === true", timeout=20_000)
         refusal = page.evaluate("window.serverKeyRefusal()")
+        refused = page.evaluate("window.refused()")
         started = page.evaluate(
             "([e, p]) => window.start(e, p)",
             [f"alice-{uuid.uuid4().hex[:8]}@example.com", PASSWORD],
@@ -138,6 +140,9 @@ def test_the_client_in_a_browser_from_another_origin(
         failures = page.evaluate("window.failures")
 
     assert refusal == "SERVER_KEY_IN_BROWSER"
+    # errors keep the gateway's code and X-Request-Id across origins (an exposed header)
+    assert refused["code"] == "TABLE_NOT_FOUND" and refused["status"] == 404
+    assert refused["requestId"]
     assert failures == []
     assert [(e["type"], e["row"]["body"]) for e in events] == [
         ("insert", "alice while streaming"),

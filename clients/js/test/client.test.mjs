@@ -257,6 +257,37 @@ describe("auth", () => {
   });
 });
 
+describe("auth routes of issue 21 (skipped on a gateway without them)", () => {
+  // POST /auth/password and sign-out {"scope": "global"} arrive with issue 21; a gateway
+  // without them answers 404 on /password
+  async function routesOrSkip(t) {
+    const probe = await fetch(A + "/v1/inhouse/auth/password", { method: "POST", headers: { "x-api-key": gw.project.publicKey } });
+    if (probe.status === 404) t.skip("POST /v1/inhouse/auth/password is not on this gateway");
+    return probe.status !== 404;
+  }
+
+  it("changes the password", async (t) => {
+    if (!(await routesOrSkip(t))) return;
+    const { em, email: address } = await signedIn();
+    const changed = await em.auth.updatePassword({ currentPassword: PASSWORD, password: "a brand new one" });
+    assert.equal(changed.error, null, JSON.stringify(changed.error));
+    assert.equal((await publicClient().auth.signIn({ email: address, password: "a brand new one" })).error, null);
+    const old = await publicClient().auth.signIn({ email: address, password: PASSWORD });
+    assert.equal(old.error.code, "INVALID_CREDENTIALS");
+  });
+
+  it("signs out everywhere with scope global", async (t) => {
+    if (!(await routesOrSkip(t))) return;
+    const { em, email: address } = await signedIn();
+    const other = publicClient();
+    assert.equal((await other.auth.signIn({ email: address, password: PASSWORD })).error, null);
+    assert.equal((await em.auth.signOut({ scope: "global" })).error, null);
+    const r = await other.auth.user();
+    assert.equal(r.status, 401);
+    assert.equal(await other.auth.session(), null);
+  });
+});
+
 describe("realtime", () => {
   it("streams a table's changes with filters, including leave", async () => {
     const em = serverClient();

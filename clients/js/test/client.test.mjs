@@ -150,7 +150,9 @@ describe("db", () => {
   });
 
   it("gives 429s retryAfter and does not retry unless asked", async () => {
-    const em = createClient({ url: A, apiKey: gw.limited.serverKey });
+    let calls = 0;
+    const counting = (...args) => (calls++, fetch(...args));
+    const em = createClient({ url: A, apiKey: gw.limited.serverKey, fetch: counting });
     const results = [];
     for (let i = 0; i < 3; i++) results.push(await em.db.from("todos").select("id").limit(1).execute());
     const limited = results.find((r) => r.status === 429);
@@ -159,6 +161,7 @@ describe("db", () => {
     assert.equal(typeof limited.error.retryAfter, "number");
     assert.ok(limited.error.retryAfter > 0);
     assert.ok(limited.requestId);
+    assert.equal(calls, 3, "one request per call: no retry of its own");
   });
 });
 

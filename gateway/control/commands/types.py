@@ -20,13 +20,13 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Container
 
 from gateway.auth.keys import hash_key
 from gateway.control.commands.common import CommandLine, UsageError
 from gateway.control.projects import find_project
 from gateway.metadata.cache import LOAD_SQL, build_catalog
-from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog
+from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
 from gateway.query.permissions import (
     _table_readable,
     _table_writable,
@@ -77,14 +77,21 @@ def _property(name: str) -> str:
     return name if IDENTIFIER.match(name) else json.dumps(name)
 
 
-def _fields(columns: list[ColumnInfo], *, optional: Callable[[ColumnInfo], bool]) -> str:
-    """One property per column; a nullable column's type admits null in every section."""
+def _fields(columns: list[ColumnInfo], optional: Container[str]) -> str:
+    """One property per column (``?`` when its name is in ``optional``); a nullable
+    column's type admits null in every section."""
     lines = []
     for c in columns:
         value = ts_type(c.data_type) + (" | null" if c.is_nullable else "")
-        mark = "?" if optional(c) else ""
+        mark = "?" if c.name in optional else ""
         lines.append(f"        {_property(c.name)}{mark}: {value};")
     return "\n".join(lines) if lines else "        [key: string]: never;"
+
+
+def _insert_optional(column: ColumnInfo, table: TableInfo) -> bool:
+    """Nullable or defaulted columns may be left out; so may an owner table's owner
+    column, which the gateway fills with the session's user (docs/owner-rows.md)."""
+    return column.is_nullable or column.has_default or column.name == table.owner_column
 
 
 def render(catalog: ProjectCatalog, principal: Principal, who: str) -> str:
@@ -99,9 +106,9 @@ def render(catalog: ProjectCatalog, principal: Principal, who: str) -> str:
         row = [c for c in table.columns if readable and column_readable(c, principal)]
         write = [c for c in table.columns if writable and column_writable(c, principal)]
         sections = (
-            ("Row", _fields(row, optional=lambda c: False)),
-            ("Insert", _fields(write, optional=lambda c: c.is_nullable or c.has_default)),
-            ("Update", _fields(write, optional=lambda c: True)),
+            ("Row", _fields(row, ())),
+            ("Insert", _fields(write, {c.name for c in write if _insert_optional(c, table)})),
+            ("Update", _fields(write, {c.name for c in write})),
         )
         inner = "".join(f"      {kind}: {{\n{fields}\n      }};\n" for kind, fields in sections)
         blocks.append(f"    {_property(name)}: {{\n{inner}    }};")

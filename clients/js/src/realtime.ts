@@ -243,20 +243,19 @@ class Stream implements Subscription {
     const stop = () => controller.abort();
     signal.addEventListener("abort", stop);
     try {
-      await Promise.race([
-        readEvents(
-          response.body,
-          (m) => (markLive(), this.handle(m, token, signal, stop)),
-          (id) => ((this.lastEventId = id), markLive()),
-        ),
-        new Promise((_, reject) => controller.signal.addEventListener("abort", () => reject(new Error("stopped")))),
-      ]);
-      return { kind: "ended" };
+      await readEvents(
+        response.body,
+        (m) => (markLive(), this.handle(m, token, signal, stop)),
+        (id) => ((this.lastEventId = id), markLive()),
+        controller.signal,
+      );
+      // the server ended it, or we stopped (overflow, error event); ending before the
+      // first block counts as a failure, so a server that keeps doing it gets backoff
+      return live ? { kind: "ended" } : { kind: "dropped" };
     } catch {
-      return controller.signal.aborted && !signal.aborted ? { kind: "ended" } : { kind: "dropped" };
+      return { kind: "dropped" }; // the connection broke
     } finally {
       signal.removeEventListener("abort", stop);
-      void response.body.cancel().catch(() => undefined);
     }
   }
 

@@ -3,7 +3,8 @@
  * missing (Node) — the WHATWG rules the gateway's streams need: `id`, `event`, `data`
  * (joined by newlines), comments ignored, a block dispatched at a blank line. An
  * id-only block still moves the id (the gateway sends one first and on idle heartbeats
- * so that a resume starts from there).
+ * so that a resume starts from there). Aborting `stop` cancels the body: the read ends
+ * and the connection closes.
  */
 
 export interface SseMessage {
@@ -16,8 +17,13 @@ export async function readEvents(
   body: ReadableStream<Uint8Array>,
   onMessage: (message: SseMessage) => void,
   onId: (id: string) => void,
+  stop?: AbortSignal,
 ): Promise<void> {
   const reader = body.getReader();
+  // stopping cancels the body, which ends the pending read and closes the connection
+  const cancel = () => void reader.cancel().catch(() => undefined);
+  if (stop?.aborted) cancel();
+  else stop?.addEventListener("abort", cancel, { once: true });
   const decoder = new TextDecoder();
   let buffer = "";
   let event = "";
@@ -51,6 +57,11 @@ export async function readEvents(
       }
     }
   } finally {
-    reader.releaseLock();
+    stop?.removeEventListener("abort", cancel);
+    try {
+      reader.releaseLock();
+    } catch {
+      /* a read still pending after an error: the stream is done either way */
+    }
   }
 }

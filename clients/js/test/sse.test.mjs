@@ -41,3 +41,21 @@ it("splits UTF-8 characters across chunks correctly", async () => {
   await readEvents(body, (m) => messages.push(m), () => {});
   assert.equal(JSON.parse(messages[0].data).t, "wörld ✓");
 });
+
+it("stops reading, and cancels the body, when its signal aborts", async () => {
+  let cancelled = false;
+  const body = new ReadableStream({
+    start(controller) {
+      controller.enqueue(new TextEncoder().encode("id: 1-0\n\n"));
+    },
+    cancel() {
+      cancelled = true;
+    },
+  });
+  const stop = new AbortController();
+  const ids = [];
+  const reading = readEvents(body, () => {}, (id) => (ids.push(id), stop.abort()), stop.signal);
+  await reading;
+  assert.deepEqual(ids, ["1-0"]);
+  assert.equal(cancelled, true);
+});

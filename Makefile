@@ -48,5 +48,19 @@ bench-smoke: $(STAMP)
 bench-render: $(STAMP)
 	$(BIN)/python -m bench.render
 
+# The TypeScript client (clients/js/README.md): `make client` installs its lockfile and
+# builds dist/; `make client-test` also runs its Node tests against real gateway processes
+# (tests/support/js_launcher.py). Without node or npm both say so and do nothing.
+.PHONY: client client-test
+NODE_OK = command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1
+
+client:
+	@if $(NODE_OK); then cd clients/js && npm ci --no-audit --no-fund && npm run build; \
+	else echo "skipped: node or npm is missing, the TypeScript client (clients/js) is not built"; fi
+
+client-test: $(STAMP) client
+	@if $(NODE_OK); then cd clients/js && npm test; \
+	else echo "skipped: node or npm is missing, the TypeScript client's tests do not run"; fi
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache clients/js/node_modules clients/js/dist

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 
 from gateway.auth import cli as auth_commands
-from gateway.control.commands import admin, key, plan, project, running, table
+from gateway.control.commands import admin, key, plan, project, running, table, types
 from gateway.control.commands.common import EXIT_USAGE, CommandLine, Parser, UsageError
 from gateway.control.errors import ProvisioningError
 from gateway.control.tabledef import DefinitionError
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.register(cli)
     auth_commands.register(cli)
     jobs_commands.register(cli)
+    types.register(cli)
     return parser
 
 

@@ -11,11 +11,7 @@ URL (requests the browser made) nor in the gateway's logs.
 
 from __future__ import annotations
 
-import http.server
 import json
-import os
-import shutil
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.owner_rows import NOTES_TABLE, headers
+from tests.support.browser import browser_page, chromium_or_skip
+from tests.support.browser import page_server as serve_pages
+from tests.support.owner_rows import NOTES_TABLE, insert_note
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-BASE = "/v1/inhouse/db"
 AUTH = "/v1/inhouse/auth"
 PASSWORD = "correct horse battery"
 
@@ -77,46 +73,19 @@ window.start = async () => {
 """
 
 
-def _chromium_or_skip() -> Any:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("the system Chromium is missing: apt-get install chromium")
-    return sync_playwright
-
-
 @pytest.fixture
-def page_server() -> Iterator[tuple[str, dict[str, bytes]]]:
+def page_server() -> Iterator[tuple[str, dict[str, bytes | tuple[bytes, str]]]]:
     """A page on another origin (its own port); ``content["/"]`` is what it serves."""
-    content: dict[str, bytes] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = content.get(self.path.split("?")[0])
-            self.send_response(200 if body is not None else 404)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", content
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve_pages() as served:
+        yield served
 
 
 def test_browser_sees_only_its_users_rows(
-    make_project: Any, gateway_cluster: Any, page_server: tuple[str, dict[str, bytes]]
+    make_project: Any,
+    gateway_cluster: Any,
+    page_server: tuple[str, dict[str, bytes | tuple[bytes, str]]],
 ) -> None:
-    sync_playwright = _chromium_or_skip()
+    sync_playwright = chromium_or_skip()
     origin, content = page_server
     cluster = gateway_cluster(1, env={"GATEWAY_CORS_ORIGINS": origin})
     gateway = cluster.urls[0]
@@ -142,33 +111,21 @@ def test_browser_sees_only_its_users_rows(
     ).encode()
 
     def bob_writes(body: str) -> None:
-        r = httpx.post(
-            gateway + BASE + "/query",
-            json={"query": {"operation": "insert", "table": "notes", "data": {"body": body}}},
-            headers=headers(key, bob_token),
-        )
-        assert r.status_code == 200, r.text
+        insert_note(gateway, key, bob_token, body)
 
-    urls: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.on("request", lambda request: urls.append(request.url))
-            page.goto(origin + "/")
-            alice_id = page.evaluate("window.start()")
-            bob_writes("bob while alice streams")
-            page.evaluate("window.insert('alice while streaming')")
-            bob_writes("bob again")
-            page.evaluate("window.insert('done')")
-            page.wait_for_function(
-                "window.events.some(e => e.row && e.row.body === 'done')", timeout=20_000
-            )
-            events = page.evaluate("window.events")
-            failures = page.evaluate("window.failures")
-            session = page.evaluate("session")
-        finally:
-            browser.close()
+    with browser_page(sync_playwright) as (page, urls):
+        page.goto(origin + "/")
+        alice_id = page.evaluate("window.start()")
+        bob_writes("bob while alice streams")
+        page.evaluate("window.insert('alice while streaming')")
+        bob_writes("bob again")
+        page.evaluate("window.insert('done')")
+        page.wait_for_function(
+            "window.events.some(e => e.row && e.row.body === 'done')", timeout=20_000
+        )
+        events = page.evaluate("window.events")
+        failures = page.evaluate("window.failures")
+        session = page.evaluate("session")
 
     assert failures == []
     assert [(e["kind"], e["row"]["body"]) for e in events] == [

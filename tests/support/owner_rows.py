@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
 import psycopg
 
 from gateway.auth.tokens import new_token, token_hash
@@ -70,3 +71,13 @@ def headers(key: str, session: str | None = None) -> dict[str, str]:
 def owner_project(make_project: Any) -> dict[str, Any]:
     """A new project whose table is the owner table ``notes``."""
     return make_project(table=NOTES_TABLE)
+
+
+def insert_note(gateway: str, key: str, session: str, body: str) -> None:
+    """Another user writes a note through the API (the browser must not see it)."""
+    answer = httpx.post(
+        gateway + "/v1/inhouse/db/query",
+        json={"query": {"operation": "insert", "table": "notes", "data": {"body": body}}},
+        headers=headers(key, session),
+    )
+    assert answer.status_code == 200, answer.text

@@ -247,14 +247,14 @@ def start_pocketbase(bench: Bench, rows: int) -> tuple[fw.Instance, list[str], s
 # ---------------------------------------------------------------- the gateway side
 
 
-def _without_fsync(bench: Bench, on: bool) -> None:
+def _fsync_off(bench: Bench, *, off: bool) -> None:
     """fsync (and full-page writes) off for this scenario on a durable bench server, as
     ``--volatile`` runs it; back on afterwards. Both settings take a reload."""
     if not bench.durable:
         return
     with bench.connect() as conn:
         for setting in ("fsync", "full_page_writes"):
-            if on:
+            if off:
                 conn.execute(f"ALTER SYSTEM SET {setting} = off")
             else:
                 conn.execute(f"ALTER SYSTEM RESET {setting}")
@@ -296,6 +296,24 @@ def _measure(wrk_bin: str, sides: dict[str, Side], size: Size) -> None:
             side.meter.accumulate()
 
 
+def _check_answers(gateway_url: str, key: str, pocketbase_url: str) -> None:
+    """Both sides answer the measured read with the same row (a 200 that carried an
+    error or nothing would otherwise count as a served request)."""
+    client = fw.HttpClient(gateway_url, key)
+    try:
+        status, body = client.query(fw.select_by_pk(1))
+    finally:
+        client.close()
+    if status != 200 or b'"item 1"' not in body:
+        raise RuntimeError(f"gateway read by pk answered {status}: {body[:300]!r}")
+    with urllib.request.urlopen(
+        f"{pocketbase_url}{PB_ITEMS_PATH}/{1:015d}?fields=id,title,score", timeout=30
+    ) as response:
+        row = json.loads(response.read())
+    if row.get("title") != "item 1":
+        raise RuntimeError(f"PocketBase read by pk answered {row}")
+
+
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -328,8 +346,9 @@ def run(bench: Bench) -> ScenarioResult:
     env = {"GATEWAY_AUTH_SIGN_IN_LIMIT": SIGN_IN_LIMIT}
     figures: dict[str, dict[str, Any]] = {}
     clusters: list[fw.Cluster] = []
-    _without_fsync(bench, True)
+    _fsync_off(bench, off=True)
     try:
+        fsync = bench.scalar("SHOW fsync")
         for case in CASES:
             instances = 1 if case == "read_pk_1" else 2
             if not clusters or len(clusters[-1].instances) != instances:
@@ -337,6 +356,7 @@ def run(bench: Bench) -> ScenarioResult:
                     bench.stop_cluster(clusters[-1])
                 clusters.append(bench.start_cluster(instances, env=env, name=f"peer{instances}"))
             cluster = clusters[-1]
+            _check_answers(cluster.urls[0], project["public_key"], pb.url)
             values = {"case": case, "max_id": size.rows}
             sides = {
                 "gateway": Side(
@@ -370,8 +390,8 @@ def run(bench: Bench) -> ScenarioResult:
         if clusters:
             bench.stop_cluster(clusters[-1])
         bench.processes.stop(pb.process)
-        _without_fsync(bench, False)
-    return _result(figures, size, pb_hash)
+        _fsync_off(bench, off=False)
+    return _result(figures, size, pb_hash, fsync)
 
 
 TARGETS = [  # (case, figure, goal, test): the issue's targets
@@ -382,7 +402,9 @@ TARGETS = [  # (case, figure, goal, test): the issue's targets
 ]
 
 
-def _result(figures: dict[str, dict[str, Any]], size: Size, pb_hash: str) -> ScenarioResult:
+def _result(
+    figures: dict[str, dict[str, Any]], size: Size, pb_hash: str, fsync: str
+) -> ScenarioResult:
     keys: dict[str, Any] = {}
     rows = []
     for case in CASES:
@@ -435,7 +457,7 @@ def _result(figures: dict[str, dict[str, Any]], size: Size, pb_hash: str) -> Sce
         f"{size.rounds} alternating round(s) x {size.seconds:g} s per contender and case "
         f"after a {size.warmup_s:g} s warm-up; {size.rows:,} rows per side; req/s counts "
         "2xx answers; ratios are gateway ÷ PocketBase.",
-        "gateway: admission and request log on, public key, PostgreSQL with fsync off; "
+        f"gateway: admission and request log on, public key, PostgreSQL with fsync {fsync}; "
         "read_pk_1 on 1 instance, the other cases on 2. PocketBase: default settings "
         "(SQLite WAL, rate limiter off), public rules.",
         f"sign-in: gateway argon2id (m=19456 KiB, t=2, p=1) vs PocketBase bcrypt "

@@ -239,9 +239,9 @@ def start_pocketbase(bench: Bench, rows: int) -> tuple[fw.Instance, list[str], s
             " VALUES (?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%fZ', 'now'))",
             [(f"{i:015d}", f"item {i}", i % 100, f"s{i}") for i in range(1, rows + 1)],
         )
-        cost = db.execute("SELECT substr(password, 1, 7) FROM users LIMIT 1").fetchone()[0]
+        hash_prefix = db.execute("SELECT substr(password, 1, 7) FROM users LIMIT 1").fetchone()[0]
     db.close()
-    return instance, emails, cost
+    return instance, emails, hash_prefix
 
 
 # ---------------------------------------------------------------- the gateway side

@@ -17,6 +17,19 @@ from typing import Any
 
 from bench.framework import BASE
 
+# Every script ends with this: wrk calls ``done`` once, and the figures come back as one
+# JSON line that ``run`` parses (scenarios with their own requests append it too).
+LUA_DONE = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCHJSON {"requests":%d,"duration_us":%d,"non2xx":%d,"connect":%d,"read":%d,' ..
+    '"write":%d,"timeout":%d,"p50_us":%d,"p99_us":%d,"mean_us":%.1f,"max_us":%d}\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
+end
+"""
+
 LUA_TEMPLATE = r"""
 local keys = {%(keys)s}
 local mode = "%(mode)s"
@@ -58,15 +71,7 @@ request = function()
     {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json"}, body())
 end
 
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCHJSON {"requests":%%d,"duration_us":%%d,"non2xx":%%d,"connect":%%d,"read":%%d,' ..
-    '"write":%%d,"timeout":%%d,"p50_us":%%d,"p99_us":%%d,"mean_us":%%.1f,"max_us":%%d}\n',
-    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
-end
-"""
+%(done)s"""
 
 
 def write_script(
@@ -90,6 +95,7 @@ def write_script(
             "path": f"{BASE}/query",
             "seed": seed,
             "sequential": "true" if sequential else "false",
+            "done": LUA_DONE,
         }
     )
     return path

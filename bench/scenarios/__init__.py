@@ -17,4 +17,5 @@ SCENARIOS = [
     "auth_hashing",
     "owner_rows",
     "jobs",
+    "peer",
 ]

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from gateway.auth import rules
 from gateway.auth.passwords import is_known_format
+from gateway.auth.sessions import REVOKE_USER_SQL
 from gateway.control.errors import NotFoundError, ProvisioningError
 from gateway.control.projects import Project, find_project
 
@@ -95,17 +96,14 @@ def logout(conn: psycopg.Connection[Any], ref: str, user_id: str) -> dict[str, A
     with conn.transaction():
         project = find_project(conn, ref)
         user = _user(conn, project, user_id)
-        cur = conn.execute(
-            "UPDATE gateway.auth_sessions SET revoked_at = now() "
-            "WHERE user_id = %s AND revoked_at IS NULL",
-            [user["id"]],
-        )
+        cur = conn.execute(REVOKE_USER_SQL, {"user": user["id"], "reason": "admin_logout"})
     return {"userId": str(user["id"]), "email": user["email"], "revokedSessions": cur.rowcount}
 
 
 def force_reset(conn: psycopg.Connection[Any], ref: str, user_id: str) -> dict[str, Any]:
-    """The original's admin action: clear the password and revoke every session. The user
-    signs in again by magic link (which does not restore a password)."""
+    """The original's admin action: clear the password and end every session family. The
+    user signs in again by magic link, and within 10 minutes of it may set a new password
+    (``POST /auth/password`` without the current one)."""
     with conn.transaction():
         project = find_project(conn, ref)
         user = _user(conn, project, user_id)
@@ -114,11 +112,7 @@ def force_reset(conn: psycopg.Connection[Any], ref: str, user_id: str) -> dict[s
             "WHERE id = %s",
             [user["id"]],
         )
-        cur = conn.execute(
-            "UPDATE gateway.auth_sessions SET revoked_at = now() "
-            "WHERE user_id = %s AND revoked_at IS NULL",
-            [user["id"]],
-        )
+        cur = conn.execute(REVOKE_USER_SQL, {"user": user["id"], "reason": "force_reset"})
     return {
         "userId": str(user["id"]),
         "email": user["email"],

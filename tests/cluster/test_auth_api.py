@@ -258,8 +258,14 @@ def test_refresh_gives_a_new_token_and_the_old_one_stops_working_everywhere(
     again = _post(c, "/refresh", key, token=old)
     assert again.status_code == 401 and _error(again) == "SESSION_NOT_FOUND"
     assert _error(_post(c, "/refresh", key)) == "SESSION_REQUIRED"
+    # the rotated token came back (no grace here): reuse, its whole family ended
+    for url in cluster.urls:
+        reused = _get_user(url, key, session["token"])
+        assert reused.status_code == 401 and _error(reused) == "SESSION_NOT_FOUND"
 
     # an expired session says so, on /user and on /refresh
+    signed_in = _post(a, "/sign-in", key, body)
+    session = signed_in.json()["data"]["session"]
     db.execute(
         "UPDATE gateway.auth_sessions SET expires_at = now() - interval '1 second' "
         "WHERE token_hash = %s",
@@ -528,7 +534,14 @@ def test_tokens_and_passwords_are_never_stored_or_logged_in_clear(
     )
     assert link is not None
     secrets_seen.append(link.group(1))
-    verified = _post(b, "/magic-link/verify", key, {"token": link.group(1)}).json()
+    # with a live session of the account, verifying keeps the password (docs/auth.md)
+    verified = _post(
+        b,
+        "/magic-link/verify",
+        key,
+        {"token": link.group(1)},
+        token=fresh["data"]["session"]["token"],
+    ).json()
     secrets_seen.append(verified["data"]["session"]["token"])
     _post(c, "/sign-out", key, token=fresh["data"]["session"]["token"])
 
@@ -812,23 +825,26 @@ def test_cleanup_deletes_past_windows_spent_links_and_dead_sessions(
         "(%s, 'a@b.co', %s, now() + interval '5 minutes')",
         [pid, f"old{marker}", pid, f"new{marker}"],
     )
+    family = db.execute(
+        "INSERT INTO gateway.auth_session_families (project_id, user_id) VALUES (%s, %s) "
+        "RETURNING id",
+        [pid, user["id"]],
+    ).fetchone()
+    assert family is not None
     db.execute(
         "INSERT INTO gateway.auth_sessions "
-        "(project_id, user_id, token_hash, expires_at, revoked_at) "
-        "VALUES (%s, %s, %s, now() - interval '2 days', NULL), "
-        "(%s, %s, %s, now() + interval '1 day', now() - interval '2 days'), "
-        "(%s, %s, %s, now() + interval '1 day', NULL)",
-        [
-            pid,
-            user["id"],
-            f"a{marker}",
-            pid,
-            user["id"],
-            f"b{marker}",
-            pid,
-            user["id"],
-            f"c{marker}",
-        ],
+        "(project_id, user_id, family_id, token_hash, expires_at, revoked_at) "
+        "VALUES (%(p)s, %(u)s, %(f)s, %(a)s, now() - interval '2 days', NULL), "
+        "(%(p)s, %(u)s, %(f)s, %(b)s, now() + interval '1 day', now() - interval '2 days'), "
+        "(%(p)s, %(u)s, %(f)s, %(c)s, now() + interval '1 day', NULL)",
+        {
+            "p": pid,
+            "u": user["id"],
+            "f": family["id"],
+            "a": f"a{marker}",
+            "b": f"b{marker}",
+            "c": f"c{marker}",
+        },
     )
 
     async def run() -> int:

@@ -8,16 +8,10 @@ received and followed. Refresh runs with no grace (``GATEWAY_AUTH_REFRESH_GRACE_
 from __future__ import annotations
 
 import asyncio
-import email
 import json
 import re
-import shutil
-import ssl
-import subprocess
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,77 +25,9 @@ from gateway.auth.tokens import token_hash
 from gateway.db.localdb import free_port
 from tests.support.cli import assert_refused, cli_json, run_cli
 from tests.support.harness import ClusterStarter, GatewayCluster
+from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, Inbox
 
 AUTH = "/v1/inhouse/auth"
-SMTP_USER, SMTP_PASSWORD = "mailer", "smtp-secret-pw"
-
-
-# --- a real SMTP server -----------------------------------------------------------------
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[email.message.Message] = []
-        self.arrived = threading.Condition()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self.arrived:
-            self.messages.append(email.message_from_bytes(envelope.content))
-            self.arrived.notify_all()
-        return "250 OK"
-
-    def wait_for(self, to: str, timeout: float = 15.0) -> email.message.Message:
-        with self.arrived:
-            ok = self.arrived.wait_for(
-                lambda: any(m["To"] == to for m in self.messages), timeout=timeout
-            )
-            assert ok, f"no mail to {to}"
-            return next(m for m in self.messages if m["To"] == to)
-
-
-@pytest.fixture(scope="module")
-def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Inbox, int, Path]]:
-    pytest.importorskip("aiosmtpd", reason="aiosmtpd (dev dependency) is needed for mail tests")
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import AuthResult
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl (Debian package openssl) is needed to make the SMTP certificate")
-    folder = tmp_path_factory.mktemp("smtp")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
-            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-
-    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
-        ok = data.login == SMTP_USER.encode() and data.password == SMTP_PASSWORD.encode()
-        return AuthResult(success=ok)
-
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(
-        inbox,
-        hostname="127.0.0.1",
-        port=port,
-        server_hostname="localhost",
-        tls_context=context,
-        require_starttls=True,
-        authenticator=authenticator,
-        auth_required=True,
-    )
-    controller.start()
-    try:
-        yield inbox, port, cert
-    finally:
-        controller.stop()
 
 
 @pytest.fixture(scope="module")

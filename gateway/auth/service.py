@@ -319,10 +319,8 @@ class AuthService:
             )
         if result.reuse:
             log.warning("refresh-token reuse: a rotated token came back, its family ended")
-        if result.refusal == "expired":
-            raise AuthError("SESSION_EXPIRED", "Session expired")
         if result.expires_at is None:
-            raise AuthError("SESSION_NOT_FOUND", "Session not found")
+            raise self._dead_session(result.refusal)
         return {"session": rules.session_json(fresh, result.expires_at)}
 
     async def _sign_out(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
@@ -339,9 +337,7 @@ class AuthService:
                 conn, admission.project_id, token_hash(token), everywhere=everywhere
             )
         if everywhere and state != "live":
-            if state == "expired":
-                raise AuthError("SESSION_EXPIRED", "Session expired")
-            raise AuthError("SESSION_NOT_FOUND", "Session not found")
+            raise self._dead_session(state)
         return {"success": True}
 
     async def _password(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
@@ -358,10 +354,8 @@ class AuthService:
             found = await sessions.password_check(
                 conn, throttle, admission.project_id, token_hash(token)
             )
-        if found.state == "expired":
-            raise AuthError("SESSION_EXPIRED", "Session expired")
         if found.state != "live" or found.checked.row is None or found.session_id is None:
-            raise AuthError("SESSION_NOT_FOUND", "Session not found")
+            raise self._dead_session(found.state)
         if not found.checked.allowed:
             raise rules.rate_limited("password", found.checked.retry_after)
         stored = found.checked.row.get("password_hash")
@@ -381,6 +375,13 @@ class AuthService:
             raise AuthError("SESSION_NOT_FOUND", "Session not found")
         row.pop("revoked_sessions")
         return {"user": rules.user_json(row)}
+
+    @staticmethod
+    def _dead_session(state: str | None) -> AuthError:
+        """An expired session says so; a revoked, unknown or ended-family one is not found."""
+        if state == "expired":
+            return AuthError("SESSION_EXPIRED", "Session expired")
+        return AuthError("SESSION_NOT_FOUND", "Session not found")
 
     @staticmethod
     def _signed_in(row: dict[str, Any], token: str) -> dict[str, Any]:

@@ -26,7 +26,12 @@ from gateway.auth.tokens import token_hash
 from tests.support.cli import run_cli
 from tests.support.harness import ClusterStarter, GatewayCluster
 from tests.support.owner_rows import owner_project
-from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, Inbox, link_token, wait_for_subject
+from tests.support.smtp import (
+    Inbox,
+    link_token,
+    smtp_env,
+    wait_for_subject,
+)
 
 AUTH = "/v1/inhouse/auth"
 DB = "/v1/inhouse/db"
@@ -39,10 +44,7 @@ SIGN_IN_SUBJECT = "Your sign-in link"
 def cluster(module_cluster: ClusterStarter, smtp: tuple[Inbox, int, Path]) -> GatewayCluster:
     _, port, cert = smtp
     env = {
-        "GATEWAY_SMTP_URL": f"smtp://{SMTP_USER}:{SMTP_PASSWORD}@localhost:{port}",
-        "GATEWAY_SMTP_FROM": "auth@example.test",
-        "GATEWAY_AUTH_MAGIC_LINK_URL": "https://app.example.test/auth/magic-link",
-        "SSL_CERT_FILE": str(cert),
+        **smtp_env(port, cert),
         "GATEWAY_AUTH_REFRESH_GRACE_S": "30",
         "GATEWAY_POOL_MAX": "6",
         # the test client is the proxy (127.0.0.1); 10.0.0.0/8 are the proxies behind it

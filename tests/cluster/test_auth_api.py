@@ -25,7 +25,7 @@ from gateway.auth.tokens import token_hash
 from gateway.db.localdb import free_port
 from tests.support.cli import assert_refused, cli_json, run_cli
 from tests.support.harness import ClusterStarter, GatewayCluster
-from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, Inbox
+from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, Inbox, smtp_env
 
 AUTH = "/v1/inhouse/auth"
 
@@ -34,10 +34,7 @@ AUTH = "/v1/inhouse/auth"
 def cluster(module_cluster: ClusterStarter, smtp: tuple[Inbox, int, Path]) -> GatewayCluster:
     _, port, cert = smtp
     env = {
-        "GATEWAY_SMTP_URL": f"smtp://{SMTP_USER}:{SMTP_PASSWORD}@localhost:{port}",
-        "GATEWAY_SMTP_FROM": "auth@example.test",
-        "GATEWAY_AUTH_MAGIC_LINK_URL": "https://app.example.test/auth/magic-link",
-        "SSL_CERT_FILE": str(cert),
+        **smtp_env(port, cert),
         "GATEWAY_AUTH_REFRESH_GRACE_S": "0",
         "GATEWAY_POOL_MAX": "6",
         # the throttles key on the client IP as the request log computes it

@@ -107,3 +107,14 @@ def wait_for_subject(
         )
         assert ok, f"no mail {subject!r} to {to}"
         return next(m for m in inbox.messages if m["To"] == to and m["Subject"] == subject)
+
+
+def smtp_env(port: int, cert: Path) -> dict[str, str]:
+    """A gateway's settings for this server: STARTTLS trusting its certificate, links to
+    the app's page at https://app.example.test/auth/magic-link."""
+    return {
+        "GATEWAY_SMTP_URL": f"smtp://{SMTP_USER}:{SMTP_PASSWORD}@localhost:{port}",
+        "GATEWAY_SMTP_FROM": "auth@example.test",
+        "GATEWAY_AUTH_MAGIC_LINK_URL": "https://app.example.test/auth/magic-link",
+        "SSL_CERT_FILE": str(cert),
+    }

@@ -130,7 +130,11 @@ def _timestamp(value: Any, where: str) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise AuthAdminError(f"{where}: created_at {value[:40]!r} is not ISO 8601") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    try:  # before year 1 or after 9999 in UTC: stored, it could never be read back
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:
+        raise AuthAdminError(f"{where}: created_at is outside the years 1 to 9999") from None
 
 
 def parse_import_line(line: str, number: int) -> dict[str, Any]:
@@ -152,7 +156,9 @@ def parse_import_line(line: str, number: int) -> dict[str, Any]:
         raise AuthAdminError(f"{where}: {exc.message}") from None
     password_hash = item.get("password_hash")
     if password_hash is not None and (
-        not isinstance(password_hash, str) or not is_known_format(password_hash)
+        not isinstance(password_hash, str)
+        or "\x00" in password_hash
+        or not is_known_format(password_hash)
     ):
         raise AuthAdminError(
             f"{where}: password_hash must be scrypt$N$r$p$salt$hash or an argon2 hash"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.auth import passwords, rules
+from gateway.auth import admin, passwords, rules
 from gateway.auth.rules import AuthError
 
 # Made by Node's crypto exactly as the original does (salt = base64url text of 16 random
@@ -177,3 +177,21 @@ def test_password_body_and_sign_out_scope() -> None:
     with pytest.raises(AuthError) as exc:
         rules.sign_out_global(b'{"scope": "all"}')
     assert exc.value.code == "VALIDATION_ERROR"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"email": "a@b.co", "password_hash": "$argon2id\\u0000"}',
+        '{"email": "a@b.co", "password_hash": null, "created_at": "0001-01-01T00:00:00+01:00"}',
+        '{"email": "a@b.co", "password_hash": null, "created_at": "9999-12-31T23:00:00-05:00"}',
+        '{"email": "a\\u0000@b.co", "password_hash": null}',
+        '{"email": "a@b.co", "password_hash": null, "metadata": {"k": "\\u0000"}}',
+    ],
+)
+def test_import_lines_a_database_could_not_take_are_refused(line: str) -> None:
+    """NUL can't be stored; a date outside years 1-9999 in UTC could be stored but never
+    read back: each is the file's error, naming the line, before anything is written."""
+    with pytest.raises(admin.AuthAdminError) as exc:
+        admin.parse_import_line(line, 7)
+    assert str(exc.value).startswith("line 7")

@@ -51,9 +51,13 @@ _PRESENTED = """cur AS (
 )"""
 
 
-def _revoke(where_family: str, where_session: str, reason: str) -> str:
-    """Two CTEs ending families (``where_family`` on ``f``) and their member sessions
-    (``where_session`` on ``x``), both in the statement's snapshot."""
+def _revoke(where_family: str, reason: str) -> str:
+    """Two CTEs: ``fam`` ends the families ``where_family`` picks (on ``f``, with the
+    presented session ``cur``), ``ses`` their member sessions. ``ses`` reads ``fam``, so
+    every revocation locks the family row BEFORE any session row — the order a refresh
+    takes them in (family ``FOR SHARE``, then its old session). With sessions first, a
+    sign-out and two refreshes of one token deadlocked (tests/db/test_auth_families_db.py
+    found it)."""
     return f"""fam AS (
     UPDATE gateway.auth_session_families f
        SET revoked_at = now(), revoked_reason = '{reason}'
@@ -63,8 +67,7 @@ def _revoke(where_family: str, where_session: str, reason: str) -> str:
 ),
 ses AS (
     UPDATE gateway.auth_sessions x SET revoked_at = now()
-      FROM cur
-     WHERE x.revoked_at IS NULL AND ({where_session})
+     WHERE x.family_id IN (SELECT id FROM fam) AND x.revoked_at IS NULL
     RETURNING x.id
 )"""
 
@@ -125,13 +128,7 @@ reuse AS (
      WHERE cur.rotated_at IS NOT NULL AND cur.state = 'expired'
         OR cur.rotated_at IS NOT NULL AND cur.state = 'revoked' AND %(grace)s = 0
 ),
-{
-    _revoke(
-        "f.id IN (SELECT family_id FROM reuse)",
-        "x.family_id IN (SELECT family_id FROM reuse)",
-        "reuse",
-    )
-}
+{_revoke("f.id IN (SELECT family_id FROM reuse)", "reuse")}
 SELECT (SELECT expires_at FROM new) AS expires_at, (SELECT state FROM cur) AS state,
        (SELECT count(*) FROM fam) AS reused
 """
@@ -179,16 +176,12 @@ async def refresh(
 # Sign-out ends the presented session's FAMILY: every token refresh minted from it, in its
 # grace or not. ``global`` ends every family of the user, but only for a live session (a
 # stale token must not be able to sign everyone out).
+_SIGNED_OUT_FAMILIES = (
+    "f.id = cur.family_id OR (%(global)s AND cur.state = 'live' AND f.user_id = cur.user_id)"
+)
 SIGN_OUT_SQL = f"""
 WITH {_PRESENTED},
-{
-    _revoke(
-        "f.id = cur.family_id OR (%(global)s AND cur.state = 'live' AND f.user_id = cur.user_id)",
-        "x.family_id = cur.family_id"
-        " OR (%(global)s AND cur.state = 'live' AND x.user_id = cur.user_id)",
-        "sign_out",
-    )
-}
+{_revoke(_SIGNED_OUT_FAMILIES, "sign_out")}
 SELECT (SELECT state FROM cur) AS state, (SELECT count(*) FROM ses) AS revoked_sessions
 """
 
@@ -253,8 +246,9 @@ async def password_check(
 
 # Guarded twice: the session must still be live (a sign-out meanwhile wins) and the stored
 # hash must still be the one that was verified (a concurrent change or a force-reset wins:
-# no row). Every OTHER session of the user ends: other families, and the older tokens of
-# this one still in their refresh grace.
+# no row). Every OTHER session of the user ends: other families (family rows locked before
+# their sessions, as everywhere: see ``_revoke``), and the older tokens of this one still
+# in their refresh grace (this family's row is not revoked, so not locked).
 SET_PASSWORD_SQL = f"""
 WITH cur AS (
     SELECT s.id, s.user_id, s.family_id
@@ -275,11 +269,13 @@ fam AS (
        SET revoked_at = now(), revoked_reason = 'password'
       FROM cur, u
      WHERE f.user_id = cur.user_id AND f.id <> cur.family_id AND f.revoked_at IS NULL
+    RETURNING f.id
 ),
 ses AS (
     UPDATE gateway.auth_sessions x SET revoked_at = now()
       FROM cur, u
-     WHERE x.user_id = cur.user_id AND x.id <> cur.id AND x.revoked_at IS NULL
+     WHERE x.revoked_at IS NULL
+       AND (x.family_id IN (SELECT id FROM fam) OR x.family_id = cur.family_id AND x.id <> cur.id)
     RETURNING x.id
 )
 SELECT {user_cols("u")}, (SELECT count(*) FROM ses) AS revoked_sessions FROM u
@@ -306,7 +302,8 @@ REVOKE_USER_SQL = """
 WITH fam AS (
     UPDATE gateway.auth_session_families SET revoked_at = now(), revoked_reason = %(reason)s
      WHERE user_id = %(user)s AND revoked_at IS NULL
+    RETURNING id
 )
 UPDATE gateway.auth_sessions SET revoked_at = now()
- WHERE user_id = %(user)s AND revoked_at IS NULL
+ WHERE family_id IN (SELECT id FROM fam) AND revoked_at IS NULL
 """

@@ -177,7 +177,8 @@ def _session_params(
     return {"via": via, "session_hash": session_hash, "ttl": ttl_s, "ip": ip, "ua": user_agent}
 
 
-# Ends every family of the users in ``takeover`` (a CTE of user ids) and their sessions.
+# Ends every family of the users in ``takeover`` (a CTE of user ids) and their sessions,
+# family rows first (the lock order of gateway/auth/sessions.py's ``_revoke``).
 _REVOKE_TAKEN_OVER = """revoked_f AS (
     UPDATE gateway.auth_session_families SET revoked_at = now(), revoked_reason = 'takeover'
      WHERE user_id IN (SELECT id FROM takeover) AND revoked_at IS NULL
@@ -185,7 +186,7 @@ _REVOKE_TAKEN_OVER = """revoked_f AS (
 ),
 revoked_s AS (
     UPDATE gateway.auth_sessions SET revoked_at = now()
-     WHERE user_id IN (SELECT id FROM takeover) AND revoked_at IS NULL
+     WHERE family_id IN (SELECT id FROM revoked_f) AND revoked_at IS NULL
 )"""
 
 # The link is claimed (used_at set) only if the throttle allowed the attempt; the user is

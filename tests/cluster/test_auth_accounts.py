@@ -323,6 +323,15 @@ def test_the_refresh_fork_after_sign_out_is_refused(
     assert _works(cluster, key, unrelated) == ALIVE
 
 
+def _expire(db: psycopg.Connection[Any], token: str) -> None:
+    """The session's time (or its refresh grace) has passed, as the database sees it."""
+    db.execute(
+        "UPDATE gateway.auth_sessions SET expires_at = now() - interval '1 second' "
+        "WHERE token_hash = %s",
+        [token_hash(token)],
+    )
+
+
 def test_a_rotated_token_presented_after_its_grace_ends_the_family(
     cluster: GatewayCluster, project: dict[str, Any], db: psycopg.Connection[Any]
 ) -> None:
@@ -334,11 +343,7 @@ def test_a_rotated_token_presented_after_its_grace_ends_the_family(
     legit = _refresh(c, key, legit)
     other_device = _sign_in(a, key, address, "reuse-password")
     # the grace of the first rotation has passed
-    db.execute(
-        "UPDATE gateway.auth_sessions SET expires_at = now() - interval '1 second' "
-        "WHERE token_hash = %s",
-        [token_hash(stolen)],
-    )
+    _expire(db, stolen)
     reused = _post(c, "/refresh", key, token=stolen)
     assert reused.status_code == 401 and _code(reused) == "SESSION_NOT_FOUND"
     assert _works(cluster, key, legit) == DEAD
@@ -350,11 +355,7 @@ def test_a_rotated_token_presented_after_its_grace_ends_the_family(
     ).fetchone()
     assert row is not None and row["revoked_reason"] == "reuse"
     # an expired session that was never rotated is just expired (no reuse)
-    db.execute(
-        "UPDATE gateway.auth_sessions SET expires_at = now() - interval '1 second' "
-        "WHERE token_hash = %s",
-        [token_hash(other_device)],
-    )
+    _expire(db, other_device)
     expired = _post(a, "/refresh", key, token=other_device)
     assert expired.status_code == 401 and _code(expired) == "SESSION_EXPIRED"
 

@@ -82,8 +82,10 @@ def run(bench: Bench) -> ScenarioResult:
             )
         token = new_token()
         conn.execute(
-            "INSERT INTO gateway.auth_sessions (project_id, user_id, token_hash, expires_at)"
-            " VALUES (%s, %s, %s, now() + interval '1 day')",
+            "WITH f AS (INSERT INTO gateway.auth_session_families (project_id, user_id)"
+            " VALUES (%s, %s) RETURNING id, project_id, user_id)"
+            " INSERT INTO gateway.auth_sessions (project_id, user_id, family_id, token_hash,"
+            " expires_at) SELECT project_id, user_id, id, %s, now() + interval '1 day' FROM f",
             [project["id"], users[0], token_hash(token)],
         )
         conn.execute(f'ANALYZE "{project["schema_name"]}".owned, "{project["schema_name"]}".plain')

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from gateway.auth import rules
 from gateway.auth.passwords import is_known_format
+from gateway.auth.sessions import REVOKE_USER_SQL
 from gateway.control.errors import NotFoundError, ProvisioningError
 from gateway.control.projects import Project, find_project
 
@@ -95,17 +96,14 @@ def logout(conn: psycopg.Connection[Any], ref: str, user_id: str) -> dict[str, A
     with conn.transaction():
         project = find_project(conn, ref)
         user = _user(conn, project, user_id)
-        cur = conn.execute(
-            "UPDATE gateway.auth_sessions SET revoked_at = now() "
-            "WHERE user_id = %s AND revoked_at IS NULL",
-            [user["id"]],
-        )
+        cur = conn.execute(REVOKE_USER_SQL, {"user": user["id"], "reason": "admin_logout"})
     return {"userId": str(user["id"]), "email": user["email"], "revokedSessions": cur.rowcount}
 
 
 def force_reset(conn: psycopg.Connection[Any], ref: str, user_id: str) -> dict[str, Any]:
-    """The original's admin action: clear the password and revoke every session. The user
-    signs in again by magic link (which does not restore a password)."""
+    """The original's admin action: clear the password and end every session family. The
+    user signs in again by magic link, and within 10 minutes of it may set a new password
+    (``POST /auth/password`` without the current one)."""
     with conn.transaction():
         project = find_project(conn, ref)
         user = _user(conn, project, user_id)
@@ -114,11 +112,7 @@ def force_reset(conn: psycopg.Connection[Any], ref: str, user_id: str) -> dict[s
             "WHERE id = %s",
             [user["id"]],
         )
-        cur = conn.execute(
-            "UPDATE gateway.auth_sessions SET revoked_at = now() "
-            "WHERE user_id = %s AND revoked_at IS NULL",
-            [user["id"]],
-        )
+        cur = conn.execute(REVOKE_USER_SQL, {"user": user["id"], "reason": "force_reset"})
     return {
         "userId": str(user["id"]),
         "email": user["email"],
@@ -136,7 +130,11 @@ def _timestamp(value: Any, where: str) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise AuthAdminError(f"{where}: created_at {value[:40]!r} is not ISO 8601") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    try:  # before year 1 or after 9999 in UTC: stored, it could never be read back
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:
+        raise AuthAdminError(f"{where}: created_at is outside the years 1 to 9999") from None
 
 
 def parse_import_line(line: str, number: int) -> dict[str, Any]:
@@ -158,7 +156,9 @@ def parse_import_line(line: str, number: int) -> dict[str, Any]:
         raise AuthAdminError(f"{where}: {exc.message}") from None
     password_hash = item.get("password_hash")
     if password_hash is not None and (
-        not isinstance(password_hash, str) or not is_known_format(password_hash)
+        not isinstance(password_hash, str)
+        or "\x00" in password_hash
+        or not is_known_format(password_hash)
     ):
         raise AuthAdminError(
             f"{where}: password_hash must be scrypt$N$r$p$salt$hash or an argon2 hash"

@@ -34,12 +34,24 @@ def link_for(base_url: str, token: str) -> str:
     return f"{base_url}{separator}{urlencode({'token': token})}"
 
 
-def message(sender: str, to: str, link: str, ttl_s: int) -> EmailMessage:
+def message(
+    sender: str, to: str, link: str, ttl_s: int, *, verification: bool = False
+) -> EmailMessage:
+    """The sign-in link, or (``verification``) the same kind of link sent at sign-up to
+    confirm the address: following it signs in and marks the address verified."""
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = to
-    msg["Subject"] = "Your sign-in link"
     minutes = max(1, ttl_s // 60)
+    if verification:
+        msg["Subject"] = "Confirm your email address"
+        msg.set_content(
+            f"Confirm this address with this link (valid for {minutes} minutes, once):\n\n"
+            f"{link}\n\nIf you did not create an account, following the link still "
+            "protects you: it ends every session of the account and clears its password.\n"
+        )
+        return msg
+    msg["Subject"] = "Your sign-in link"
     msg.set_content(
         f"Sign in with this link (valid for {minutes} minutes, once):\n\n{link}\n\n"
         "If you did not ask for it, ignore this message.\n"
@@ -85,7 +97,13 @@ class Mailer:
                 "magic link for %s (no GATEWAY_SMTP_URL, development only): %s", to, link
             )
             return True
-        msg = message(self.sender, to, link, ttl_s)
+        return await self._send(to, message(self.sender, to, link, ttl_s))
+
+    async def send_verification(self, to: str, link: str, ttl_s: int) -> bool:
+        """Sign-up's confirmation link (only sent with SMTP configured)."""
+        return await self._send(to, message(self.sender, to, link, ttl_s, verification=True))
+
+    async def _send(self, to: str, msg: EmailMessage) -> bool:
         try:
             await asyncio.to_thread(send_blocking, self.smtp_url, msg, self.timeout_s)
         except (OSError, smtplib.SMTPException) as exc:

@@ -187,6 +187,45 @@ def verify_body(body: bytes) -> str:
     return token
 
 
+@dataclass(frozen=True, slots=True)
+class PasswordChange:
+    password: str  # the new one
+    current: str | None  # None: the session must be a fresh magic-link one (reset)
+
+
+def password_body(body: bytes) -> PasswordChange:
+    """``{"password": new, "currentPassword": old?}``: the new password under sign-up's
+    rules; the current one, when given, under sign-in's (both bounded before hashing)."""
+    parsed = parse_json(body)
+    password = check_password(parsed.get("password"), new=True)
+    current = parsed.get("currentPassword")
+    if current is None or current == "":
+        return PasswordChange(password, None)
+    return PasswordChange(password, check_password(current, new=False))
+
+
+SIGN_OUT_SCOPES = ("local", "global")
+
+
+def sign_out_global(body: bytes) -> bool:
+    """``{"scope": "global"}`` ends every session of the user; no body, ``{}`` or
+    ``"local"`` only the presented session's family."""
+    if not body.strip():
+        return False
+    scope = parse_json(body).get("scope", "local")
+    if scope not in SIGN_OUT_SCOPES:
+        raise AuthError("VALIDATION_ERROR", "scope must be 'local' or 'global'")
+    return bool(scope == "global")
+
+
+def optional_bearer(authorization: str | None) -> str | None:
+    """A session token when the request carries a well-formed one, else None."""
+    try:
+        return bearer_token(authorization)
+    except AuthError:
+        return None
+
+
 def bearer_token(authorization: str | None) -> str:
     """The session token from ``Authorization: Bearer``; absent → 401 SESSION_REQUIRED."""
     if not authorization:
@@ -239,6 +278,7 @@ def rate_limited(kind: str, retry_after: int) -> AuthError:
         "sign_in": "sign-in attempts",
         "magic_link": "magic link requests",
         "verify": "verification attempts",
+        "password": "password change attempts",
     }.get(kind, "attempts")
     return AuthError(
         "RATE_LIMIT",

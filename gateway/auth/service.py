@@ -10,7 +10,10 @@ costs the project one request), then the route's own work runs:
 - sign-up: [admission] → [throttle + email taken?] → hash in a thread → [user + session];
 - magic-link: [admission] → [throttle + link inserted] → mail (a thread);
 - magic-link/verify: [admission] → [throttle + link claimed + user + session];
-- user / refresh / sign-out: [admission] → [one statement].
+- user / refresh / sign-out: [admission] → [one statement] (sessions as families,
+  ``gateway/auth/sessions.py``);
+- password: [admission] → [throttle + session + user] → verify the current password and
+  hash the new one in a thread → [password set + other sessions ended].
 
 Brackets are database round trips. A pool connection is never held while a password is
 hashed, so 20 sign-ins at once don't starve the data routes of connections.
@@ -27,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.admission.admitter import Admitter
 from gateway.admission.decision import Admission
-from gateway.auth import mail, rules, store
+from gateway.auth import mail, rules, sessions, store
 from gateway.auth.keys import MAX_KEY_LENGTH
 from gateway.auth.passwords import Hasher
 from gateway.auth.rules import AuthError
@@ -171,6 +174,8 @@ class AuthService:
             raise AuthError("EMAIL_IN_USE", "Email already registered")
         password_hash = await self.hasher.hash(creds.password)
         token = new_token()
+        # with SMTP configured, the address is asked to prove itself: a magic link
+        link_token = new_token() if self.mailer.smtp_url else None
         async with acquire(self.pool) as conn:
             row = await store.sign_up(
                 conn,
@@ -182,9 +187,14 @@ class AuthService:
                 self.config.session_ttl_s,
                 caller.ip,
                 self._ua(caller),
+                link_hash=token_hash(link_token) if link_token else None,
+                link_ttl_s=self.config.magic_link_ttl_s,
             )
         if row is None:  # taken meanwhile by a concurrent sign-up
             raise AuthError("EMAIL_IN_USE", "Email already registered")
+        if link_token is not None:
+            link = mail.link_for(self.config.magic_link_url, link_token)
+            await self.mailer.send_verification(creds.email, link, self.config.magic_link_ttl_s)
         return self._signed_in(row, token)
 
     async def _sign_in(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
@@ -250,6 +260,8 @@ class AuthService:
     async def _verify(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
         key = self._key(caller)
         link_token = rules.verify_body(body)
+        # a live session of the same account presented with the link keeps its password
+        keeper = rules.optional_bearer(caller.authorization)
         key_hash = self.admitter.check_local(key)
         session = new_token()
         async with acquire(self.pool) as conn:
@@ -265,6 +277,7 @@ class AuthService:
                 self.config.session_ttl_s,
                 caller.ip,
                 self._ua(caller),
+                keeper_hash=token_hash(keeper) if keeper else None,
             )
         if not checked.allowed:
             raise rules.rate_limited("verify", checked.retry_after)
@@ -280,7 +293,7 @@ class AuthService:
         key_hash = self.admitter.check_local(key)
         async with acquire(self.pool) as conn:
             admission = await self._admit(conn, key, key_hash, out)
-            row = await store.session_user(conn, admission.project_id, token_hash(token))
+            row = await sessions.session_user(conn, admission.project_id, token_hash(token))
         if row is None:
             raise AuthError("SESSION_NOT_FOUND", "Session not found")
         if not row.pop("live"):
@@ -294,7 +307,7 @@ class AuthService:
         fresh = new_token()
         async with acquire(self.pool) as conn:
             admission = await self._admit(conn, key, key_hash, out)
-            result = await store.refresh(
+            result = await sessions.refresh(
                 conn,
                 admission.project_id,
                 token_hash(token),
@@ -304,21 +317,71 @@ class AuthService:
                 caller.ip,
                 self._ua(caller),
             )
-        if result == "not_found":
-            raise AuthError("SESSION_NOT_FOUND", "Session not found")
-        if result == "expired":
-            raise AuthError("SESSION_EXPIRED", "Session expired")
-        assert not isinstance(result, str)
-        return {"session": rules.session_json(fresh, result)}
+        if result.reuse:
+            log.warning("refresh-token reuse: a rotated token came back, its family ended")
+        if result.expires_at is None:
+            raise self._dead_session(result.refusal)
+        return {"session": rules.session_json(fresh, result.expires_at)}
 
     async def _sign_out(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
+        """Ends the presented session's family (``scope`` ``local``, the default: an
+        unknown token still answers success, as in the original) or, with ``global``, every
+        session of its user — which needs the presented session to be live."""
         key = self._key(caller)
         token = rules.bearer_token(caller.authorization)
+        everywhere = rules.sign_out_global(body)
         key_hash = self.admitter.check_local(key)
         async with acquire(self.pool) as conn:
             admission = await self._admit(conn, key, key_hash, out)
-            await store.sign_out(conn, admission.project_id, token_hash(token))
+            state = await sessions.sign_out(
+                conn, admission.project_id, token_hash(token), everywhere=everywhere
+            )
+        if everywhere and state != "live":
+            raise self._dead_session(state)
         return {"success": True}
+
+    async def _password(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
+        """Change (the current password) or reset (a magic-link session younger than
+        ``sessions.RESET_WINDOW_S``, also the way back after ``gateway auth force-reset``).
+        The user's other sessions end; this one stays."""
+        key = self._key(caller)
+        token = rules.bearer_token(caller.authorization)
+        change = rules.password_body(body)
+        key_hash = self.admitter.check_local(key)
+        async with acquire(self.pool) as conn:
+            admission = await self._admit(conn, key, key_hash, out)
+            throttle = self._throttle("password", self.config.sign_in_limit, admission.project_id)
+            found = await sessions.password_check(
+                conn, throttle, admission.project_id, token_hash(token)
+            )
+        if found.state != "live" or found.checked.row is None or found.session_id is None:
+            raise self._dead_session(found.state)
+        if not found.checked.allowed:
+            raise rules.rate_limited("password", found.checked.retry_after)
+        stored = found.checked.row.get("password_hash")
+        if change.current is None and not found.fresh_link:
+            raise AuthError(
+                "VALIDATION_ERROR",
+                "currentPassword is required (or sign in by magic link to reset it)",
+            )
+        if change.current is not None and not found.fresh_link:
+            verdict = await self.hasher.verify(stored, change.current)
+            if not verdict.ok or stored is None:
+                raise AuthError("INVALID_CREDENTIALS", "Invalid credentials")
+        new_hash = await self.hasher.hash(change.password)
+        async with acquire(self.pool) as conn:
+            row = await sessions.set_password(conn, found.session_id, stored, new_hash)
+        if row is None:  # signed out, or the password changed, while we hashed
+            raise AuthError("SESSION_NOT_FOUND", "Session not found")
+        row.pop("revoked_sessions")
+        return {"user": rules.user_json(row)}
+
+    @staticmethod
+    def _dead_session(state: str | None) -> AuthError:
+        """An expired session says so; a revoked, unknown or ended-family one is not found."""
+        if state == "expired":
+            return AuthError("SESSION_EXPIRED", "Session expired")
+        return AuthError("SESSION_NOT_FOUND", "Session not found")
 
     @staticmethod
     def _signed_in(row: dict[str, Any], token: str) -> dict[str, Any]:
@@ -334,4 +397,5 @@ ACTIONS = {
     ("GET", "user"): "user",
     ("POST", "refresh"): "refresh",
     ("POST", "sign-out"): "sign_out",
+    ("POST", "password"): "password",
 }

@@ -99,8 +99,10 @@ def find_project(conn: psycopg.Connection[Any], ref: str) -> Project:
         project_id = None
     if project_id is not None:
         row = conn.execute(PROJECT_SELECT + " WHERE p.id = %s", [project_id]).fetchone()
-    else:
+    elif PROJECT_NAME_RE.match(ref):
         row = conn.execute(PROJECT_SELECT + " WHERE p.name = %s", [ref]).fetchone()
+    else:  # no project has such a name; and a NUL in it would be a database error
+        row = None
     if row is None:
         raise NotFoundError(f"no project {ref!r}")
     return _project_from_row(row)

@@ -237,7 +237,10 @@ def default_sql(column: ColumnDef) -> sql.Composable:
             raise DefinitionError(f"{where}: gen_random_uuid() is a default for uuid only")
         return sql.SQL(function)
     if column.type == "jsonb":
-        literal = sql.Literal(orjson.dumps(value).decode())
+        try:
+            literal = sql.Literal(orjson.dumps(value).decode())
+        except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits
+            raise DefinitionError(f"{where}: the default is not JSON that jsonb holds") from None
     elif column.type.endswith("[]"):
         if not isinstance(value, list) or any(isinstance(v, (list, dict)) for v in value):
             raise DefinitionError(f"{where}: the default of an array column must be a flat list")

@@ -217,6 +217,28 @@ auth_users = Table(
     UniqueConstraint("project_id", "email", name="auth_users_project_id_email_key"),
 )
 
+auth_session_families = Table(
+    "auth_session_families",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.auth_users.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    _now(),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("revoked_reason", Text),
+    Index("auth_session_families_user_id_idx", "user_id"),
+)
+
 auth_sessions = Table(
     "auth_sessions",
     metadata,
@@ -240,8 +262,17 @@ auth_sessions = Table(
     Column("revoked_at", DateTime(timezone=True)),
     Column("ip", INET),
     Column("user_agent", Text),
+    Column(
+        "family_id",
+        UUID(as_uuid=True),
+        ForeignKey("gateway.auth_session_families.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("via", Text, nullable=False, server_default="password"),
+    Column("rotated_at", DateTime(timezone=True)),
     Index("auth_sessions_user_id_idx", "user_id"),
     Index("auth_sessions_expires_at_idx", "expires_at"),
+    Index("auth_sessions_family_id_idx", "family_id"),
 )
 
 auth_magic_links = Table(

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from gateway.auth import rules, store
 from gateway.auth.rules import AuthError
 from gateway.auth.service import ACTIONS, AuthOutcome, AuthService, Caller
-from gateway.http.responses import JSON
+from gateway.http.responses import JSON, forwarded_for
 from gateway.ops.request_log import LogRecord, client_ip
 
 logger = logging.getLogger("gateway.auth")
@@ -99,7 +99,7 @@ def _record(request: Request, path: str, out: AuthOutcome, request_id: str, star
                 response_size_bytes=len(out.body),
                 client_ip=client_ip(
                     client.host if client else None,
-                    request.headers.get("x-forwarded-for"),
+                    forwarded_for(request.headers),
                     state.settings.trusted_proxies,
                 ),
                 user_agent=request.headers.get("user-agent"),
@@ -141,7 +141,7 @@ async def auth_endpoint(request: Request) -> Response:
         authorization=request.headers.get("authorization"),
         ip=client_ip(
             client.host if client else None,
-            request.headers.get("x-forwarded-for"),
+            forwarded_for(request.headers),
             settings.trusted_proxies,
         ),
         user_agent=request.headers.get("user-agent"),

@@ -14,6 +14,7 @@ import uuid
 
 from starlette.requests import Request
 
+from gateway.http.responses import forwarded_for
 from gateway.query.pipeline import Outcome
 
 # scope key: perf_counter() when the HTTP front (``front.py``) let the request through
@@ -67,7 +68,7 @@ def observe(
             request_id=request_id,
             duration_ms=duration_ms,
             peer=client.host if client else None,
-            forwarded_for=request.headers.get("x-forwarded-for"),
+            forwarded_for=forwarded_for(request.headers),
             user_agent=request.headers.get("user-agent"),
         )
         if observability.access_json:  # extra fields for the JSON access line

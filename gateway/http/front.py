@@ -71,13 +71,17 @@ WANTED_HEADERS = {
 
 
 def _wanted_headers(scope: Scope) -> dict[str, str]:
-    """The first value of each header the front reads, decoded as Starlette's ``Headers``
-    does (one pass over the raw list)."""
+    """The first value of each header the front reads (every line of X-Forwarded-For,
+    joined), decoded as Starlette's ``Headers`` does (one pass over the raw list)."""
     found: dict[str, str] = {}
     for name, value in scope.get("headers") or ():
         text = WANTED_HEADERS.get(name)
-        if text is not None and text not in found:
+        if text is None:
+            continue
+        if text not in found:
             found[text] = value.decode("latin-1")
+        elif text == "x-forwarded-for":  # the real-IP rule reads the whole chain's right end
+            found[text] += ", " + value.decode("latin-1")
     return found
 
 

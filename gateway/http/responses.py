@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from gateway.errors import GatewayError
@@ -24,3 +25,11 @@ def error_response(error: GatewayError, headers: Mapping[str, str] | None = None
     merged = dict(headers or {})
     merged.update(error.headers)
     return Response(error_body(error), status_code=error.status, media_type=JSON, headers=merged)
+
+
+def forwarded_for(headers: Headers) -> str | None:
+    """Every ``X-Forwarded-For`` line joined in order: a proxy may append its own line
+    rather than extend the client's, and the real-IP rule reads the chain from its right
+    end, so reading only the first line would hand the client's own words to it."""
+    lines = headers.getlist("x-forwarded-for")
+    return ", ".join(lines) if lines else None

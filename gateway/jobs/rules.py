@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from gateway.errors import GatewayError
 
@@ -42,6 +42,8 @@ STATUSES = ("pending", "active", "completed", "failed", "delayed", "cancelled")
 ORDER_BY = {"createdAt": "created_at", "runAt": "run_at", "finishedAt": "finished_at"}
 SCHEDULE_NAME_MAX = 100
 DESCRIPTION_MAX = 1000
+# a cron expression must fire within this many years of now (``0 0 30 2 *`` never does)
+CRON_HORIZON_YEARS = 5
 
 
 ENQUEUE_FIELDS = frozenset(
@@ -91,6 +93,14 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return parsed
 
 
+def require_name(value: Any) -> str:
+    """The original's order: a missing or empty name is a ``VALIDATION_ERROR`` before any
+    of the name rules (``INVALID_JOB_NAME``) are looked at."""
+    if value is None or value == "":
+        raise invalid("VALIDATION_ERROR", "name is required")
+    return check_name(value)
+
+
 def check_name(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise invalid("INVALID_JOB_NAME", "name is required and must be a string")
@@ -103,13 +113,30 @@ def check_name(value: Any) -> str:
     return value
 
 
-def check_payload(value: Any) -> Any:
+def check_payload(value: Any, *, required: bool = True) -> Any:
+    """A job's payload is a JSON object or array, as in the original (null, a string or a
+    number is ``INVALID_PAYLOAD``; a schedule may leave it out: ``required=False``). jsonb
+    can't hold NUL in a string or a key, so one is refused here rather than by PostgreSQL."""
+    if value is None and not required:
+        return None
+    if not isinstance(value, dict | list):
+        raise invalid("INVALID_PAYLOAD", "payload must be a JSON object or array")
     try:
-        size = len(orjson.dumps(value))
+        encoded = orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
         raise invalid("INVALID_PAYLOAD", "payload must be JSON") from None
-    if size > PAYLOAD_MAX_BYTES:
+    if len(encoded) > PAYLOAD_MAX_BYTES:
         raise invalid("INVALID_PAYLOAD", "payload is larger than 256 KB")
+    if b"\\u0000" in encoded:
+        raise invalid("INVALID_PAYLOAD", "payload must not contain NUL characters")
+    return value
+
+
+def check_text(value: str, field: str) -> str:
+    """PostgreSQL text can't hold NUL: a stored string carrying one is the caller's error,
+    named, never a database error."""
+    if "\x00" in value:
+        raise invalid("VALIDATION_ERROR", f"{field} must not contain NUL characters")
     return value
 
 
@@ -145,7 +172,11 @@ def parse_instant(value: Any, field: str, code: str = "VALIDATION_ERROR") -> dt.
         raise invalid(code, f"{field} must be an ISO 8601 date-time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed
+    try:  # 0001-01-01T00:00+01:00 is before year 1 in UTC: Python can't hold it
+        in_utc = parsed.astimezone(dt.UTC)
+    except OverflowError:
+        raise invalid(code, f"{field} is outside the years 1 to 9999 (UTC)") from None
+    return in_utc
 
 
 def _optional_key(raw: dict[str, Any], field: str) -> str | None:
@@ -154,7 +185,7 @@ def _optional_key(raw: dict[str, Any], field: str) -> str | None:
         return None
     if not isinstance(value, str) or not value or len(value) > KEY_MAX:
         raise invalid("VALIDATION_ERROR", f"{field} must be a string of 1 to {KEY_MAX} characters")
-    return value
+    return check_text(value, field)
 
 
 def _bounded_int(raw: dict[str, Any], field: str, default: int, low: int, high: int) -> int:
@@ -171,7 +202,7 @@ def parse_enqueue(body: bytes, now: dt.datetime | None = None) -> EnqueueRequest
     unknown = sorted(set(raw) - ENQUEUE_FIELDS)
     if unknown:
         raise invalid("VALIDATION_ERROR", f"unknown field: {unknown[0]}")
-    name = check_name(raw.get("name"))
+    name = require_name(raw.get("name"))
     payload = check_payload(raw.get("payload"))
     delay_ms = 0
     run_at: dt.datetime | None = None
@@ -182,7 +213,7 @@ def parse_enqueue(body: bytes, now: dt.datetime | None = None) -> EnqueueRequest
     if raw.get("runAt") is not None:
         run_at = parse_instant(raw["runAt"], "runAt", "INVALID_DELAY")
         now = now or dt.datetime.now(dt.UTC)
-        if (run_at - now).total_seconds() * 1000 > DELAY_MAX_MS:
+        if run_at - now > dt.timedelta(milliseconds=DELAY_MAX_MS):
             raise invalid("DELAY_TOO_LONG", "runAt is more than 7 days away")
     timeout_ms = _bounded_int(raw, "timeoutMs", TIMEOUT_DEFAULT_MS, 1000, TIMEOUT_MAX_MS)
     max_attempts = _bounded_int(raw, "maxAttempts", ATTEMPTS_DEFAULT, 1, ATTEMPTS_MAX)
@@ -256,6 +287,17 @@ def check_cron(expression: Any) -> str:
         ok = False
     if not ok:
         raise invalid("INVALID_CRON", f"{expression!r} is not a valid cron expression")
+    try:  # valid syntax that never fires (Feb 30, Apr 31): no next run to store
+        croniter(
+            normalized,
+            dt.datetime.now(dt.UTC),
+            second_at_beginning=len(fields) == 6,
+            max_years_between_matches=CRON_HORIZON_YEARS,
+        ).get_next(dt.datetime)
+    except (CroniterBadDateError, ValueError, OverflowError):
+        raise invalid(
+            "INVALID_CRON", f"{expression!r} never fires in the next {CRON_HORIZON_YEARS} years"
+        ) from None
     return normalized
 
 
@@ -264,6 +306,7 @@ def check_timezone(value: Any) -> str:
         return "UTC"
     if not isinstance(value, str) or not value or len(value) > 64 or ".." in value:
         raise invalid("VALIDATION_ERROR", "timezone must be an IANA time zone name")
+    check_text(value, "timezone")
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
@@ -324,7 +367,7 @@ def parse_schedule(body: bytes, *, partial: bool) -> ScheduleInput:
         raise invalid("VALIDATION_ERROR", f"unknown field: {unknown[0]}")
     if not partial:
         for required in ("name", "cron"):
-            if raw.get(required) is None:
+            if raw.get(required) is None or raw.get(required) == "":
                 raise invalid("VALIDATION_ERROR", f"{required} is required")
     if partial and not raw:
         raise invalid("VALIDATION_ERROR", "nothing to change")
@@ -347,10 +390,12 @@ def parse_schedule(body: bytes, *, partial: bool) -> ScheduleInput:
         raise invalid(
             "VALIDATION_ERROR", f"description must be a string of at most {DESCRIPTION_MAX}"
         )
+    if description is not None:
+        check_text(description, "description")
     return ScheduleInput(
         name=name,
         cron=cron,
-        payload=check_payload(raw.get("payload")),
+        payload=check_payload(raw.get("payload"), required=False),
         has_payload="payload" in raw,
         timezone=timezone,
         active=active if "active" in raw else (None if partial else True),

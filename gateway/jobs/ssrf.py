@@ -1,7 +1,8 @@
 """Where a job may be delivered: never into the gateway's own network.
 
 Loopback, private (RFC 1918, CGNAT), link-local (cloud metadata, 169.254.169.254),
-unique-local, multicast, reserved and unspecified addresses are refused — when the
+unique-local, multicast, reserved and unspecified addresses are refused (also wrapped in
+IPv6: IPv4-mapped, 6to4, Teredo and NAT64 addresses are judged by the IPv4 they carry) — when the
 endpoint is set AND at every delivery, because a name can be re-pointed after it was
 checked (DNS rebinding). A delivery resolves the name ONCE, checks every address, and
 connects to the checked address itself (the ``Host`` header and TLS SNI keep the name),
@@ -24,6 +25,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 URL_MAX = 2048
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class TargetRefused(Exception):
@@ -73,10 +75,29 @@ def parse_url(url: str) -> Target:
     )
 
 
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries to: IPv4-mapped (``::ffff:a.b.c.d``),
+    6to4 (``2002:AABB:CCDD::/16``), Teredo (``2001::/32``: its server and its client) and
+    NAT64 (``64:ff9b::/96``, RFC 6052). Each of them ends up at that IPv4 host, so each is
+    judged by it: ``[2002:7f00:1::1]`` is 127.0.0.1."""
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    if address in _NAT64:
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    return []
+
+
 def refusal(address: IPAddress, allow_private: bool) -> str | None:
-    """Why ``address`` may not be reached, or None when it may."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Why ``address`` may not be reached, or None when it may. An IPv6 address that
+    wraps IPv4 ones is judged by them alone, like an IPv4-mapped one: refused when any of
+    them is (a NAT64 prefix is no reason by itself: behind DNS64 every name has one)."""
+    inner = embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else []
+    if inner:
+        return next((why for a in inner if (why := refusal(a, allow_private))), None)
     if address.is_link_local:
         return "link-local addresses (cloud metadata) are never reachable"
     if address.is_unspecified or address.is_multicast:

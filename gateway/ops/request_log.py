@@ -95,24 +95,42 @@ class LogRecord:
 def client_ip(
     peer: str | None, x_forwarded_for: str | None, trusted_proxies: Sequence[IPNetwork]
 ) -> str | None:
-    """The peer's address, or the first ``X-Forwarded-For`` address when the peer is a
-    trusted proxy. Only valid IP addresses come out (the column is ``inet``)."""
+    """The client's address by the standard real-IP rule: when the peer is a trusted proxy,
+    walk ``X-Forwarded-For`` from the RIGHT (each proxy appends the address it received
+    the request from) past every trusted proxy; the first entry that is not one is the
+    client. Entries left of it were written by the client itself and prove nothing, so a
+    spoofed left-most entry can't move a throttle bucket. An unparseable entry ends the
+    walk at the last trusted hop; a chain of only trusted proxies gives its left-most one.
+    Only valid IP addresses come out (the column is ``inet``)."""
     peer_ip, peer_text = _parsed_ip(peer) if peer else (None, None)
-    if (
-        peer_ip is not None
-        and x_forwarded_for
-        and any(peer_ip in net for net in trusted_proxies if net.version == peer_ip.version)
-    ):
-        first = x_forwarded_for.split(",", 1)[0].strip()
-        if first.startswith("[") and "]" in first:  # "[v6]:port"
-            first = first[1 : first.index("]")]
-        elif first.count(":") == 1:  # "v4:port"
-            first = first.split(":", 1)[0]
-        try:
-            return str(ipaddress.ip_address(first))
-        except ValueError:
-            pass
-    return peer_text
+    if peer_ip is None or not x_forwarded_for or not _trusted(peer_ip, trusted_proxies):
+        return peer_text
+    client = peer_text
+    for entry in reversed(x_forwarded_for.split(",")[-MAX_FORWARDED_HOPS:]):
+        hop, hop_text = _parsed_ip(_strip_port(entry.strip()))
+        if hop is None:
+            break
+        client = hop_text
+        if not _trusted(hop, trusted_proxies):
+            break
+    return client
+
+
+# a header longer than this many hops is not a real chain; only its right end is read
+MAX_FORWARDED_HOPS = 32
+
+
+def _trusted(ip: IPAddress, trusted_proxies: Sequence[IPNetwork]) -> bool:
+    return any(ip in net for net in trusted_proxies if net.version == ip.version)
+
+
+def _strip_port(entry: str) -> str:
+    """``[v6]:port`` and ``v4:port`` → the address alone."""
+    if entry.startswith("[") and "]" in entry:
+        return entry[1 : entry.index("]")]
+    if entry.count(":") == 1:
+        return entry.split(":", 1)[0]
+    return entry
 
 
 @functools.lru_cache(maxsize=4096)

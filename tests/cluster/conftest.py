@@ -4,6 +4,7 @@ the HTTP receiver that job deliveries go to."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from tests.support.harness import ClusterStarter, GatewayCluster
 from tests.support.jobs_receiver import Receiver
 from tests.support.pgbouncer import PgBouncer, find_binary
+from tests.support.smtp import Inbox, start_smtp
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +67,10 @@ def receiver() -> Iterator[Receiver]:
     project registers its signing secret in ``receiver.secrets``."""
     with Receiver() as r:
         yield r
+
+
+@pytest.fixture(scope="module")
+def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Inbox, int, Path]]:
+    """A real SMTP server (STARTTLS, AUTH LOGIN) shared by a module's tests."""
+    with start_smtp(tmp_path_factory.mktemp("smtp")) as running:
+        yield running

@@ -890,3 +890,31 @@ def test_project_limits_take_any_plan_and_every_override(a: AdminClient, pg_url:
     assert created["tier"] == plan
     r = a.call("PATCH", p, {"tier": "no-such-plan"})
     assert r.status_code == 400 and r.json()["error"]["field"] == "tier"
+
+
+def test_nul_and_out_of_range_inputs_are_4xx_never_500(a: AdminClient) -> None:
+    """NUL can't reach PostgreSQL text: in a path's project or user, in a body's string, it
+    is the caller's error (issue 21's class of bug, on the admin API)."""
+    project = new_project(a, table=False)
+    p = f"/projects/{project['name']}"
+    bad_column = {
+        "name": "notes",
+        "columns": [
+            {"name": "id", "type": "bigint", "primary_key": True},
+            {"name": "body", "type": "text", "default": "a\x00b"},
+        ],
+    }
+    cases: list[tuple[str, str, Any]] = [
+        ("GET", "/projects/a%00b", None),
+        ("GET", "/projects/a%00b/users", None),
+        ("GET", "/projects/a%00b/keys", None),
+        ("POST", f"{p}/users/%00/logout", None),
+        ("POST", f"{p}/users/00000000-0000-0000-0000-00000000000%00/force-reset", None),
+        ("DELETE", p, {"confirm": "x\x00"}),
+        ("POST", f"{p}/tables", bad_column),
+        ("GET", f"{p}/jobs?name=a%00b", None),
+    ]
+    for method, path, body in cases:
+        r = a.call(method, path, body)
+        assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text)
+        assert r.json()["ok"] is False

@@ -8,16 +8,10 @@ received and followed. Refresh runs with no grace (``GATEWAY_AUTH_REFRESH_GRACE_
 from __future__ import annotations
 
 import asyncio
-import email
 import json
 import re
-import shutil
-import ssl
-import subprocess
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,87 +25,16 @@ from gateway.auth.tokens import token_hash
 from gateway.db.localdb import free_port
 from tests.support.cli import assert_refused, cli_json, run_cli
 from tests.support.harness import ClusterStarter, GatewayCluster
+from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, Inbox, smtp_env
 
 AUTH = "/v1/inhouse/auth"
-SMTP_USER, SMTP_PASSWORD = "mailer", "smtp-secret-pw"
-
-
-# --- a real SMTP server -----------------------------------------------------------------
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[email.message.Message] = []
-        self.arrived = threading.Condition()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self.arrived:
-            self.messages.append(email.message_from_bytes(envelope.content))
-            self.arrived.notify_all()
-        return "250 OK"
-
-    def wait_for(self, to: str, timeout: float = 15.0) -> email.message.Message:
-        with self.arrived:
-            ok = self.arrived.wait_for(
-                lambda: any(m["To"] == to for m in self.messages), timeout=timeout
-            )
-            assert ok, f"no mail to {to}"
-            return next(m for m in self.messages if m["To"] == to)
-
-
-@pytest.fixture(scope="module")
-def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Inbox, int, Path]]:
-    pytest.importorskip("aiosmtpd", reason="aiosmtpd (dev dependency) is needed for mail tests")
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import AuthResult
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl (Debian package openssl) is needed to make the SMTP certificate")
-    folder = tmp_path_factory.mktemp("smtp")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
-            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-
-    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
-        ok = data.login == SMTP_USER.encode() and data.password == SMTP_PASSWORD.encode()
-        return AuthResult(success=ok)
-
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(
-        inbox,
-        hostname="127.0.0.1",
-        port=port,
-        server_hostname="localhost",
-        tls_context=context,
-        require_starttls=True,
-        authenticator=authenticator,
-        auth_required=True,
-    )
-    controller.start()
-    try:
-        yield inbox, port, cert
-    finally:
-        controller.stop()
 
 
 @pytest.fixture(scope="module")
 def cluster(module_cluster: ClusterStarter, smtp: tuple[Inbox, int, Path]) -> GatewayCluster:
     _, port, cert = smtp
     env = {
-        "GATEWAY_SMTP_URL": f"smtp://{SMTP_USER}:{SMTP_PASSWORD}@localhost:{port}",
-        "GATEWAY_SMTP_FROM": "auth@example.test",
-        "GATEWAY_AUTH_MAGIC_LINK_URL": "https://app.example.test/auth/magic-link",
-        "SSL_CERT_FILE": str(cert),
+        **smtp_env(port, cert),
         "GATEWAY_AUTH_REFRESH_GRACE_S": "0",
         "GATEWAY_POOL_MAX": "6",
         # the throttles key on the client IP as the request log computes it
@@ -258,8 +181,14 @@ def test_refresh_gives_a_new_token_and_the_old_one_stops_working_everywhere(
     again = _post(c, "/refresh", key, token=old)
     assert again.status_code == 401 and _error(again) == "SESSION_NOT_FOUND"
     assert _error(_post(c, "/refresh", key)) == "SESSION_REQUIRED"
+    # the rotated token came back (no grace here): reuse, its whole family ended
+    for url in cluster.urls:
+        reused = _get_user(url, key, session["token"])
+        assert reused.status_code == 401 and _error(reused) == "SESSION_NOT_FOUND"
 
     # an expired session says so, on /user and on /refresh
+    signed_in = _post(a, "/sign-in", key, body)
+    session = signed_in.json()["data"]["session"]
     db.execute(
         "UPDATE gateway.auth_sessions SET expires_at = now() - interval '1 second' "
         "WHERE token_hash = %s",
@@ -528,7 +457,14 @@ def test_tokens_and_passwords_are_never_stored_or_logged_in_clear(
     )
     assert link is not None
     secrets_seen.append(link.group(1))
-    verified = _post(b, "/magic-link/verify", key, {"token": link.group(1)}).json()
+    # with a live session of the account, verifying keeps the password (docs/auth.md)
+    verified = _post(
+        b,
+        "/magic-link/verify",
+        key,
+        {"token": link.group(1)},
+        token=fresh["data"]["session"]["token"],
+    ).json()
     secrets_seen.append(verified["data"]["session"]["token"])
     _post(c, "/sign-out", key, token=fresh["data"]["session"]["token"])
 
@@ -812,23 +748,26 @@ def test_cleanup_deletes_past_windows_spent_links_and_dead_sessions(
         "(%s, 'a@b.co', %s, now() + interval '5 minutes')",
         [pid, f"old{marker}", pid, f"new{marker}"],
     )
+    family = db.execute(
+        "INSERT INTO gateway.auth_session_families (project_id, user_id) VALUES (%s, %s) "
+        "RETURNING id",
+        [pid, user["id"]],
+    ).fetchone()
+    assert family is not None
     db.execute(
         "INSERT INTO gateway.auth_sessions "
-        "(project_id, user_id, token_hash, expires_at, revoked_at) "
-        "VALUES (%s, %s, %s, now() - interval '2 days', NULL), "
-        "(%s, %s, %s, now() + interval '1 day', now() - interval '2 days'), "
-        "(%s, %s, %s, now() + interval '1 day', NULL)",
-        [
-            pid,
-            user["id"],
-            f"a{marker}",
-            pid,
-            user["id"],
-            f"b{marker}",
-            pid,
-            user["id"],
-            f"c{marker}",
-        ],
+        "(project_id, user_id, family_id, token_hash, expires_at, revoked_at) "
+        "VALUES (%(p)s, %(u)s, %(f)s, %(a)s, now() - interval '2 days', NULL), "
+        "(%(p)s, %(u)s, %(f)s, %(b)s, now() + interval '1 day', now() - interval '2 days'), "
+        "(%(p)s, %(u)s, %(f)s, %(c)s, now() + interval '1 day', NULL)",
+        {
+            "p": pid,
+            "u": user["id"],
+            "f": family["id"],
+            "a": f"a{marker}",
+            "b": f"b{marker}",
+            "c": f"c{marker}",
+        },
     )
 
     async def run() -> int:

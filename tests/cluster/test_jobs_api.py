@@ -98,31 +98,53 @@ MALFORMED: list[tuple[Any, str]] = [
     (b"[1,2]", "VALIDATION_ERROR"),
     (b'"name"', "VALIDATION_ERROR"),
     (b"{", "VALIDATION_ERROR"),
-    ({}, "INVALID_JOB_NAME"),
-    ({"name": ""}, "INVALID_JOB_NAME"),
-    ({"name": 12}, "INVALID_JOB_NAME"),
-    ({"name": "a b"}, "INVALID_JOB_NAME"),
-    ({"name": "sys:reserved"}, "INVALID_JOB_NAME"),
-    ({"name": "x" * 101}, "INVALID_JOB_NAME"),
-    ({"name": "ok", "delay": "soon"}, "INVALID_DELAY"),
-    ({"name": "ok", "delay": "-5s"}, "INVALID_DELAY"),
-    ({"name": "ok", "delay": True}, "INVALID_DELAY"),
-    ({"name": "ok", "delay": "8d"}, "DELAY_TOO_LONG"),
-    ({"name": "ok", "delay": "169h"}, "DELAY_TOO_LONG"),
-    ({"name": "ok", "runAt": "tomorrow"}, "INVALID_DELAY"),
-    ({"name": "ok", "runAt": "2999-01-01T00:00:00Z"}, "DELAY_TOO_LONG"),
-    ({"name": "ok", "delay": "1s", "runAt": "2030-01-01T00:00:00Z"}, "VALIDATION_ERROR"),
-    ({"name": "ok", "timeoutMs": 0}, "VALIDATION_ERROR"),
-    ({"name": "ok", "timeoutMs": 31 * 60_000}, "VALIDATION_ERROR"),
-    ({"name": "ok", "timeoutMs": "10"}, "VALIDATION_ERROR"),
-    ({"name": "ok", "maxAttempts": 0}, "VALIDATION_ERROR"),
-    ({"name": "ok", "maxAttempts": 1.5}, "VALIDATION_ERROR"),
-    ({"name": "ok", "concurrencyKey": 5}, "VALIDATION_ERROR"),
-    ({"name": "ok", "idempotencyKey": ""}, "VALIDATION_ERROR"),
-    ({"name": "ok", "idempotencyKey": "k" * 300}, "VALIDATION_ERROR"),
-    ({"name": "ok", "surprise": 1}, "VALIDATION_ERROR"),
+    ({}, "VALIDATION_ERROR"),
+    ({"name": ""}, "VALIDATION_ERROR"),
+    ({"name": 12, "payload": {}}, "INVALID_JOB_NAME"),
+    ({"name": "a b", "payload": {}}, "INVALID_JOB_NAME"),
+    ({"name": "sys:reserved", "payload": {}}, "INVALID_JOB_NAME"),
+    ({"name": "x" * 101, "payload": {}}, "INVALID_JOB_NAME"),
+    ({"name": "ok", "payload": {}, "delay": "soon"}, "INVALID_DELAY"),
+    ({"name": "ok", "payload": {}, "delay": "-5s"}, "INVALID_DELAY"),
+    ({"name": "ok", "payload": {}, "delay": True}, "INVALID_DELAY"),
+    ({"name": "ok", "payload": {}, "delay": "8d"}, "DELAY_TOO_LONG"),
+    ({"name": "ok", "payload": {}, "delay": "169h"}, "DELAY_TOO_LONG"),
+    ({"name": "ok", "payload": {}, "runAt": "tomorrow"}, "INVALID_DELAY"),
+    ({"name": "ok", "payload": {}, "runAt": "2999-01-01T00:00:00Z"}, "DELAY_TOO_LONG"),
+    (
+        {"name": "ok", "payload": {}, "delay": "1s", "runAt": "2030-01-01T00:00:00Z"},
+        "VALIDATION_ERROR",
+    ),
+    ({"name": "ok", "payload": {}, "timeoutMs": 0}, "VALIDATION_ERROR"),
+    ({"name": "ok", "payload": {}, "timeoutMs": 31 * 60_000}, "VALIDATION_ERROR"),
+    ({"name": "ok", "payload": {}, "timeoutMs": "10"}, "VALIDATION_ERROR"),
+    ({"name": "ok", "payload": {}, "maxAttempts": 0}, "VALIDATION_ERROR"),
+    ({"name": "ok", "payload": {}, "maxAttempts": 1.5}, "VALIDATION_ERROR"),
+    ({"name": "ok", "payload": {}, "concurrencyKey": 5}, "VALIDATION_ERROR"),
+    ({"name": "ok", "payload": {}, "idempotencyKey": ""}, "VALIDATION_ERROR"),
+    ({"name": "ok", "payload": {}, "idempotencyKey": "k" * 300}, "VALIDATION_ERROR"),
+    ({"name": "ok", "payload": {}, "surprise": 1}, "VALIDATION_ERROR"),
     ({"name": "ok", "payload": "x" * (257 * 1024)}, "INVALID_PAYLOAD"),
     (b"x" * (300 * 1024), "PAYLOAD_TOO_LARGE"),
+    # the original's checks: name before the name rules, payload an object or array
+    ({"payload": {}}, "VALIDATION_ERROR"),
+    ({"name": "", "payload": {}}, "VALIDATION_ERROR"),
+    ({"name": None, "payload": {}}, "VALIDATION_ERROR"),
+    ({"name": "ok"}, "INVALID_PAYLOAD"),
+    ({"name": "ok", "payload": None}, "INVALID_PAYLOAD"),
+    ({"name": "ok", "payload": "text"}, "INVALID_PAYLOAD"),
+    ({"name": "ok", "payload": 12}, "INVALID_PAYLOAD"),
+    ({"name": "ok", "payload": True}, "INVALID_PAYLOAD"),
+    # NUL in any stored string (PostgreSQL text and jsonb can't hold one): a 400, not a 500
+    ({"name": "ok", "payload": {"a": "x\x00y"}}, "INVALID_PAYLOAD"),
+    ({"name": "ok", "payload": {"k\x00": 1}}, "INVALID_PAYLOAD"),
+    ({"name": "ok", "payload": [["\x00"]]}, "INVALID_PAYLOAD"),
+    ({"name": "ok", "payload": {}, "concurrencyKey": "a\x00b"}, "VALIDATION_ERROR"),
+    ({"name": "ok", "payload": {}, "idempotencyKey": "\x00"}, "VALIDATION_ERROR"),
+    ({"name": "o\x00k", "payload": {}}, "INVALID_JOB_NAME"),
+    # dates Python and PostgreSQL can't both hold
+    ({"name": "ok", "payload": {}, "runAt": "0001-01-01T00:00:00+01:00"}, "INVALID_DELAY"),
+    ({"name": "ok", "payload": {}, "runAt": "9999-12-31T23:00:00-05:00"}, "INVALID_DELAY"),
 ]
 
 
@@ -248,6 +270,16 @@ def test_schedules_crud(cluster: GatewayCluster, project: dict[str, Any]) -> Non
             ({"name": "x", "cron": "* * * * *", "timezone": "Mars/Base"}, "VALIDATION_ERROR"),
             ({"cron": "* * * * *"}, "VALIDATION_ERROR"),
             ({"name": "x", "cron": "* * * * *", "active": "yes"}, "VALIDATION_ERROR"),
+            # valid syntax that never fires: Feb 30, Apr 31 (6 fields, seconds first)
+            ({"name": "x", "cron": "0 0 30 2 *"}, "INVALID_CRON"),
+            ({"name": "x", "cron": "0 0 0 31 4 *"}, "INVALID_CRON"),
+            ({"name": "", "cron": "* * * * *"}, "VALIDATION_ERROR"),
+            ({"name": "x", "cron": "* * * * *", "payload": "text"}, "INVALID_PAYLOAD"),
+            ({"name": "x", "cron": "* * * * *", "payload": {"\x00": 1}}, "INVALID_PAYLOAD"),
+            ({"name": "x", "cron": "* * * * *", "description": "a\x00"}, "VALIDATION_ERROR"),
+            ({"name": "x", "cron": "* * * * *", "timezone": "UTC\x00"}, "VALIDATION_ERROR"),
+            ({"name": "x\x00", "cron": "* * * * *"}, "INVALID_JOB_NAME"),
+            ({"name": "x", "cron": "* * * * \x00"}, "INVALID_CRON"),
         ]:
             r = c.post(base, json=bad)
             assert r.status_code == 400 and r.json()["error"]["code"] == code, (bad, r.text)
@@ -260,6 +292,13 @@ def test_schedules_crud(cluster: GatewayCluster, project: dict[str, Any]) -> Non
         assert r.json()["data"]["schedule"]["cron"] == "0 4 * * *"
         r = c.patch(f"{base}/{s['id']}", json={"cron": "nope"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_CRON"
+        for bad, code in [
+            ({"cron": "0 0 30 2 *"}, "INVALID_CRON"),
+            ({"description": "\x00"}, "VALIDATION_ERROR"),
+            ({"payload": 5}, "INVALID_PAYLOAD"),
+        ]:
+            r = c.patch(f"{base}/{s['id']}", json=bad)
+            assert r.status_code == 400 and r.json()["error"]["code"] == code, (bad, r.text)
         assert c.delete(f"{base}/{s['id']}").status_code == 200
         assert c.delete(f"{base}/{s['id']}").status_code == 404
         assert c.patch(f"{base}/bogus", json={"active": True}).status_code == 404

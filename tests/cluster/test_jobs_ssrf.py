@@ -68,6 +68,11 @@ def test_set_endpoint_ssrf_refusals(make_project: Any, pg_url: str) -> None:
         ("ftp://example.com/x", True, "http"),
         ("http://user:pw@example.com/x", True, "credentials"),
         ("not a url", True, "http"),
+        # IPv4 wrapped in IPv6: 6to4, NAT64 and Teredo are judged by the IPv4 they reach
+        ("http://[2002:7f00:1::1]/x", False, "loopback"),
+        ("http://[64:ff9b::7f00:1]/x", False, "loopback"),
+        ("http://[2001:0:808:808:0:0:5601:5601]/x", True, "link-local"),
+        ("http://[2002:a9fe:a9fe::1]/x", True, "link-local"),
     ]
     host = private_hostname()
     if host is not None:

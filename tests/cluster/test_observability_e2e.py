@@ -39,7 +39,7 @@ def test_graceful_shutdown_logs_exactly_every_keyed_request(
         1,
         env={
             "GATEWAY_LOG_FLUSH_MS": "600000",  # nothing is written before the shutdown
-            "GATEWAY_TRUSTED_PROXIES": "127.0.0.1/32",
+            "GATEWAY_TRUSTED_PROXIES": "127.0.0.1/32,10.0.0.0/8",
         },
     )
     instance = cluster.instances[0]
@@ -78,7 +78,7 @@ def test_graceful_shutdown_logs_exactly_every_keyed_request(
     assert row["response_size_bytes"] == len(sample.content) and row["row_count"] == 3
     assert str(row["project_id"]) == project["id"]
     assert str(row["api_key_id"]) == project["server_key_id"]
-    assert str(row["client_ip"]) == "203.0.113.7"  # the peer 127.0.0.1 is a trusted proxy
+    assert str(row["client_ip"]) == "203.0.113.7"  # 127.0.0.1 and 10.0.0.1: trusted proxies
     assert row["user_agent"].startswith("python-httpx")
     assert row["duration_ms"] > 0 and row["error_code"] is None
     direct = by_request[responses[2].headers["X-Request-Id"]]

@@ -92,6 +92,28 @@ def test_client_ip_trusts_forwarded_for_only_from_trusted_proxies() -> None:
     assert client_ip(None, "198.51.100.1", proxies) is None
 
 
+def test_client_ip_takes_the_right_most_untrusted_forwarded_for_entry() -> None:
+    """The standard real-IP rule, with chains of 1 to 3 trusted proxies and a client that
+    writes its own X-Forwarded-For (the left-most entries are the client's words)."""
+    proxies = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
+    client, spoof = "198.51.100.7", "203.0.113.66"
+    # one proxy: it appended the client's address
+    assert client_ip("10.0.0.1", client, proxies) == client
+    assert client_ip("10.0.0.1", f"{spoof}, {client}", proxies) == client
+    # two and three proxies: each appended the address it received the request from
+    assert client_ip("10.0.0.2", f"{spoof}, {client}, 10.0.0.1", proxies) == client
+    assert client_ip("10.0.0.3", f"{spoof}, {client}, 10.0.0.1, 10.0.0.2", proxies) == client
+    assert client_ip("fd00::3", f"{spoof}, [{'2001:db8::7'}]:80, fd00::1", proxies) == (
+        "2001:db8::7"
+    )
+    # only trusted hops: the left-most of them; garbage ends the walk at the last trusted hop
+    assert client_ip("10.0.0.2", "10.0.0.9, 10.0.0.1", proxies) == "10.0.0.9"
+    assert client_ip("10.0.0.2", f"{client}, garbage, 10.0.0.1", proxies) == "10.0.0.1"
+    # an endless header: only its right end is read
+    long_chain = ", ".join([spoof] * 10_000 + [client])
+    assert client_ip("10.0.0.1", long_chain, proxies) == client
+
+
 # --- the request log ---------------------------------------------------------------------
 
 

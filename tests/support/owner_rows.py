@@ -44,8 +44,13 @@ def make_session(pg_url: str, project_id: str, user_id: str, ttl_s: int = 3600) 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(
             """
-            INSERT INTO gateway.auth_sessions (project_id, user_id, token_hash, expires_at)
-            VALUES (%s, %s, %s, now() + make_interval(secs => %s))
+            WITH f AS (
+                INSERT INTO gateway.auth_session_families (project_id, user_id)
+                VALUES (%s, %s) RETURNING id, project_id, user_id
+            )
+            INSERT INTO gateway.auth_sessions
+                   (project_id, user_id, family_id, token_hash, expires_at)
+            SELECT project_id, user_id, id, %s, now() + make_interval(secs => %s) FROM f
             """,
             [project_id, user_id, token_hash(token), ttl_s],
         )

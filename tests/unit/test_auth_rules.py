@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.auth import passwords, rules
+from gateway.auth import admin, passwords, rules
 from gateway.auth.rules import AuthError
 
 # Made by Node's crypto exactly as the original does (salt = base64url text of 16 random
@@ -102,6 +102,8 @@ FIELDS = st.fixed_dictionaries(
         "password": JSON | st.text(min_size=0, max_size=1100),
         "metadata": JSON,
         "token": JSON | st.text(max_size=200),
+        "currentPassword": JSON | st.text(max_size=1100),
+        "scope": JSON | st.sampled_from(["local", "global", "everywhere", ""]),
     },
 )
 
@@ -110,7 +112,15 @@ FIELDS = st.fixed_dictionaries(
 @given(body=FIELDS | JSON, raw=st.booleans(), junk=st.binary(max_size=40))
 def test_any_body_is_accepted_or_refused_with_a_4xx_code(body: Any, raw: bool, junk: bytes) -> None:
     payload = junk if raw else orjson.dumps(body)
-    for parse in (rules.sign_up_body, rules.sign_in_body, rules.magic_link_body, rules.verify_body):
+    parsers = (
+        rules.sign_up_body,
+        rules.sign_in_body,
+        rules.magic_link_body,
+        rules.verify_body,
+        rules.password_body,
+        rules.sign_out_global,
+    )
+    for parse in parsers:
         try:
             parse(payload)
         except AuthError as error:
@@ -145,3 +155,43 @@ def test_the_smtp_password_never_appears_in_the_settings_repr() -> None:
     assert "hunter2-secret" not in repr(settings)
     with pytest.raises(SettingsError, match="GATEWAY_SMTP_URL"):
         Settings.from_env({"GATEWAY_SMTP_URL": "http://mx"})
+
+
+def test_password_body_and_sign_out_scope() -> None:
+    change = rules.password_body(b'{"password": "new-password", "currentPassword": "old"}')
+    assert change == rules.PasswordChange("new-password", "old")
+    assert rules.password_body(b'{"password": "new-password"}').current is None
+    for body, code in [
+        (b'{"password": "short"}', "WEAK_PASSWORD"),
+        (b"{}", "VALIDATION_ERROR"),
+        (b'{"password": "new-password", "currentPassword": 5}', "VALIDATION_ERROR"),
+        (b'{"password": "' + b"x" * 1100 + b'"}', "VALIDATION_ERROR"),
+    ]:
+        with pytest.raises(AuthError) as exc:
+            rules.password_body(body)
+        assert exc.value.code == code, body
+    assert rules.sign_out_global(b"") is False
+    assert rules.sign_out_global(b"{}") is False
+    assert rules.sign_out_global(b'{"scope": "local"}') is False
+    assert rules.sign_out_global(b'{"scope": "global"}') is True
+    with pytest.raises(AuthError) as exc:
+        rules.sign_out_global(b'{"scope": "all"}')
+    assert exc.value.code == "VALIDATION_ERROR"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"email": "a@b.co", "password_hash": "$argon2id\\u0000"}',
+        '{"email": "a@b.co", "password_hash": null, "created_at": "0001-01-01T00:00:00+01:00"}',
+        '{"email": "a@b.co", "password_hash": null, "created_at": "9999-12-31T23:00:00-05:00"}',
+        '{"email": "a\\u0000@b.co", "password_hash": null}',
+        '{"email": "a@b.co", "password_hash": null, "metadata": {"k": "\\u0000"}}',
+    ],
+)
+def test_import_lines_a_database_could_not_take_are_refused(line: str) -> None:
+    """NUL can't be stored; a date outside years 1-9999 in UTC could be stored but never
+    read back: each is the file's error, naming the line, before anything is written."""
+    with pytest.raises(admin.AuthAdminError) as exc:
+        admin.parse_import_line(line, 7)
+    assert str(exc.value).startswith("line 7")

@@ -9,6 +9,7 @@ import random
 import socket
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.jobs import rules, signing, ssrf
@@ -91,6 +92,13 @@ def test_signature_round_trip() -> None:
         ("fe80::1", False),
         ("0.0.0.0", False),
         ("224.0.0.1", False),
+        # IPv4 wrapped in IPv6 is judged by the IPv4 it reaches: 6to4, Teredo, NAT64
+        ("2002:7f00:1::1", True),  # 6to4 of 127.0.0.1
+        ("2002:a9fe:a9fe::1", False),  # 6to4 of 169.254.169.254
+        ("2001:0:808:808:0:0:5601:5601", False),  # Teredo, client 169.254.169.254
+        ("2001:0:808:808:0:0:80ff:fffe", True),  # Teredo, client 127.0.0.1
+        ("64:ff9b::7f00:1", True),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
     ],
 )
 def test_ssrf_address_rules(address: str, allowed_with_flag: bool) -> None:
@@ -101,6 +109,9 @@ def test_ssrf_address_rules(address: str, allowed_with_flag: bool) -> None:
 
 def test_public_addresses_pass() -> None:
     assert ssrf.refusal(ipaddress.ip_address("93.184.216.34"), False) is None
+    # wrapped public IPv4 (behind DNS64 every name has a 64:ff9b:: address)
+    for wrapped in ("2002:5db8:d822::1", "64:ff9b::5db8:d822", "::ffff:93.184.216.34"):
+        assert ssrf.refusal(ipaddress.ip_address(wrapped), False) is None, wrapped
     target = ssrf.parse_url("https://example.com/hook?a=1")
     assert (target.host_header, target.port, target.path) == ("example.com", 443, "/hook?a=1")
     assert (
@@ -137,3 +148,46 @@ def test_names_are_checked_after_resolution(addresses: tuple[str, ...], refused:
         assert "hooks.example.com resolves to" in str(exc.value)
     else:
         assert str(asyncio.run(run())) == addresses[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"payload": {}}, "VALIDATION_ERROR"),
+        ({"name": "", "payload": {}}, "VALIDATION_ERROR"),
+        ({"name": "a b", "payload": {}}, "INVALID_JOB_NAME"),
+        ({"name": "ok"}, "INVALID_PAYLOAD"),
+        ({"name": "ok", "payload": None}, "INVALID_PAYLOAD"),
+        ({"name": "ok", "payload": "s"}, "INVALID_PAYLOAD"),
+        ({"name": "ok", "payload": 1.5}, "INVALID_PAYLOAD"),
+        ({"name": "ok", "payload": {"a": ["\x00"]}}, "INVALID_PAYLOAD"),
+        ({"name": "ok", "payload": {"\x00": 1}}, "INVALID_PAYLOAD"),
+        ({"name": "ok", "payload": {}, "concurrencyKey": "\x00"}, "VALIDATION_ERROR"),
+        ({"name": "ok", "payload": {}, "idempotencyKey": "k\x00"}, "VALIDATION_ERROR"),
+        ({"name": "ok", "payload": {}, "runAt": "0001-01-01T00:30:00+01:00"}, "INVALID_DELAY"),
+        ({"name": "ok", "payload": {}, "runAt": "9999-12-31T23:59:59-00:01"}, "INVALID_DELAY"),
+    ],
+)
+def test_enqueue_input_refusals(body: dict[str, Any], code: str) -> None:
+    with pytest.raises(rules.JobsError) as exc:
+        rules.parse_enqueue(orjson.dumps(body))
+    assert exc.value.code == code and exc.value.status == 400
+    assert "\x00" not in exc.value.message
+
+
+def test_arrays_and_objects_are_payloads_and_year_one_is_a_date() -> None:
+    assert rules.parse_enqueue(b'{"name": "a", "payload": [1, 2]}').payload == [1, 2]
+    assert rules.parse_enqueue(b'{"name": "a", "payload": {}}').payload == {}
+    past = rules.parse_enqueue(b'{"name": "a", "payload": {}, "runAt": "0001-01-01T00:00:00Z"}')
+    assert past.run_at is not None and past.run_at.year == 1
+
+
+@pytest.mark.parametrize("cron", ["0 0 30 2 *", "0 0 0 31 4 *", "0 0 31 2,4,6,9,11 *"])
+def test_cron_that_never_fires_is_invalid(cron: str) -> None:
+    with pytest.raises(rules.JobsError) as exc:
+        rules.check_cron(cron)
+    assert exc.value.code == "INVALID_CRON"
+
+
+def test_cron_that_fires_rarely_is_valid() -> None:
+    assert rules.check_cron("0 0 29 2 *") == "0 0 29 2 *"  # leap days only

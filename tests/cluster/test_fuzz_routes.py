@@ -1,0 +1,201 @@
+"""A fuzzer over every route: hypothesis draws whole HTTP requests from each route's
+schema and from mutations of it (tests/support/fuzz_routes.py, fuzz_values.py) and sends
+them to two real ``gateway serve`` processes on the session's PostgreSQL.
+
+The property: every answer is below 500, or a 503 with ``Retry-After`` — the documented
+answer to overload and outages (gateway.errors.service_unavailable), which a 2-core
+machine running other suites can really produce and which a client is told to retry; it
+is a refusal, not a crash. Anything else 5xx, a closed connection or a protocol error
+fails the test and prints the request.
+
+``make test`` runs a fixed number of examples per group with a fixed seed
+(``derandomize``); ``FUZZ_EXAMPLES=5000`` runs that many per group instead (see
+docs/testing.md). Findings of other engineers' open items (issue 21 and 20) are kept out
+of the default strategies by ``known_issue`` and pinned in ``test_known_500s`` as strict
+xfails; the lead deletes an entry from both once its fix is merged.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from gateway.control import tabledef
+from gateway.control.keys import create_key
+from gateway.control.projects import create_project
+from gateway.control.tables import create_table
+from tests.support.admin_client import SECRET, AdminClient
+from tests.support.fuzz_known import known_issue
+from tests.support.fuzz_routes import (
+    FuzzRequest,
+    Targets,
+    admin_requests,
+    auth_requests,
+    data_requests,
+    jobs_requests,
+    send,
+)
+from tests.support.harness import ClusterStarter, GatewayCluster
+from tests.support.jobs_receiver import Receiver, set_endpoint
+from tests.support.owner_rows import NOTES_TABLE, make_session
+from tests.support.sse import REALTIME_ENV
+from tests.support.tables import TODOS_TABLE
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=False,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+ENV = {
+    **REALTIME_ENV,
+    "GATEWAY_ADMIN_HMAC_SECRET": SECRET,
+    "GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS": "true",
+    "GATEWAY_AUTH_MAGIC_LINK_RETURN_TOKEN": "true",
+}
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def cluster(module_cluster: ClusterStarter) -> GatewayCluster:
+    return module_cluster(2, env=ENV, name="fuzz")
+
+
+def _project(pg_url: str, name: str) -> dict[str, Any]:
+    """A project with the demo ``todos`` table, the owner table ``notes`` (realtime on
+    both) and a public and a server key."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        project = create_project(conn, name, rate_limit_per_minute=10**6, requests_per_day=10**8)
+        for table in (TODOS_TABLE, NOTES_TABLE):
+            create_table(conn, project.id, tabledef.parse_table(table))
+        public = create_key(conn, project.id, key_type="public")
+        server = create_key(conn, project.id, key_type="server")
+    return {"id": project.id, "name": name, "public": public["key"], "server": server["key"]}
+
+
+@pytest.fixture(scope="module")
+def targets(cluster: GatewayCluster, pg_url: str, receiver: Receiver) -> Targets:
+    """Everything a request needs to get past the door: keys, a user with a session (and
+    a password, so sign-in reaches the hash), a job, a schedule, a project for the admin
+    routes to work on, and the admin API's OpenAPI document."""
+    suffix = uuid.uuid4().hex[:8]
+    project = _project(pg_url, f"fuzz-{suffix}")
+    receiver.secrets.append(set_endpoint(pg_url, project["name"], receiver.url()))
+    url = cluster.urls[0]
+    signed_up = httpx.post(
+        url + "/v1/inhouse/auth/sign-up",
+        json={"email": "fuzz@example.com", "password": PASSWORD},
+        headers={"x-api-key": project["public"]},
+        timeout=30,
+    )
+    assert signed_up.status_code in (200, 201), signed_up.text
+    user_id = signed_up.json()["data"]["user"]["id"]
+    session = make_session(pg_url, project["id"], user_id)
+    jobs = {"x-api-key": project["server"]}
+    job = httpx.post(url + "/v1/inhouse/jobs", json={"name": "fuzz.job"}, headers=jobs)
+    assert job.status_code == 201, job.text
+    schedule = httpx.post(
+        url + "/v1/inhouse/jobs/schedules",
+        json={"name": "fuzz.schedule", "cron": "0 3 * * *"},
+        headers=jobs,
+    )
+    assert schedule.status_code == 201, schedule.text
+    admin = AdminClient(url)
+    try:
+        admin_project = f"fuzz-admin-{suffix}"
+        admin.ok("POST", "/projects", {"name": admin_project})
+        admin.ok("POST", f"/projects/{admin_project}/tables", TODOS_TABLE)
+        key = admin.ok("POST", f"/projects/{admin_project}/keys", {"type": "server"})
+        openapi = admin.call("GET", "/openapi.json").json()
+    finally:
+        admin.close()
+    return Targets(
+        urls=cluster.urls,
+        public_key=project["public"],
+        server_key=project["server"],
+        session=session,
+        user_id=user_id,
+        job_id=job.json()["data"]["job"]["id"],
+        schedule_id=schedule.json()["data"]["schedule"]["id"],
+        admin_secret=SECRET,
+        admin_project=admin_project,
+        admin_key_id=key.get("id") or key["key"]["id"],
+        openapi=openapi.get("data", openapi),
+    )
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """No keep-alive: each request on its own connection, so a connection the gateway
+    closes is charged to the request that caused it."""
+    with httpx.Client(timeout=30.0, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+        yield c
+
+
+def acceptable(response: httpx.Response) -> bool:
+    """Below 500, or the documented overload answer (503 with Retry-After)."""
+    if response.status_code < 500:
+        return True
+    return response.status_code == 503 and "retry-after" in response.headers
+
+
+def check(http: httpx.Client, base_url: str, request: FuzzRequest) -> None:
+    try:
+        response = send(http, base_url, request)
+    except httpx.TransportError as error:  # closed connection, protocol error, timeout
+        pytest.fail(f"{type(error).__name__}: {error}\n{request!r}")
+    assert acceptable(response), (
+        f"{response.status_code} {response.text[:500]!r}\nfor\n{request!r}"
+    )
+
+
+def fuzz(
+    http: httpx.Client,
+    targets: Targets,
+    data: st.DataObject,
+    requests: Callable[[Targets], st.SearchStrategy[FuzzRequest]],
+) -> None:
+    request = data.draw(requests(targets), label="request")
+    assume(known_issue(request) is None)  # other engineers' open items: test_known_500s
+    base_url = data.draw(st.sampled_from(targets.urls), label="instance")
+    check(http, base_url, request)
+
+
+@FUZZ
+@given(data=st.data())
+def test_data_routes(http: httpx.Client, targets: Targets, data: st.DataObject) -> None:
+    fuzz(http, targets, data, data_requests)
+
+
+@FUZZ
+@given(data=st.data())
+def test_auth_routes(http: httpx.Client, targets: Targets, data: st.DataObject) -> None:
+    fuzz(http, targets, data, auth_requests)
+
+
+@FUZZ
+@given(data=st.data())
+def test_jobs_routes(http: httpx.Client, targets: Targets, data: st.DataObject) -> None:
+    fuzz(http, targets, data, jobs_requests)
+
+
+@FUZZ
+@given(data=st.data())
+def test_admin_routes(http: httpx.Client, targets: Targets, data: st.DataObject) -> None:
+    fuzz(http, targets, data, admin_requests)

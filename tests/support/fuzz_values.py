@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 # characters that have broken parsers, SQL drivers or encoders somewhere
 NASTY_CHARS = [
     "\x00", "\ud800", "\udfff", "\u2028", "\ufeff", "\u0660", "\u00b2", "\u0663",
-    "'", '"', "\\", ";", "%", "_", "*", "/", "..", "\n", "\r", "\t", " ",
+    "'", '"', "\\", ";", "%", "_", "*", "/", ".", "\n", "\r", "\t", " ",
 ]  # fmt: skip
 # values whose shape invites a parser in: dates, uuids, numbers as text, intervals
 SHAPED_STRINGS = [

@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 from hypothesis import strategies as st
 
-from gateway.control.admin_route import PREFIX as ADMIN
 from gateway.control.signing import sign_request
 from tests.support.contract_strategies import queries, shaped_queries
 from tests.support.fuzz_values import (
@@ -43,12 +42,15 @@ class Targets:
     """What exists on the gateway under test: keys, a session, ids, the admin secret."""
 
     urls: list[str]
+    project_id: str
     public_key: str
     server_key: str
-    session: str
+    session: str  # the data routes' session
+    auth_session: str  # the auth routes' own: their sign-out and refresh end it
     user_id: str
     job_id: str
     schedule_id: str
+    doomed_schedule_id: str  # the one DELETE may remove (PATCH keeps schedule_id)
     admin_secret: str
     admin_project: str
     admin_key_id: str
@@ -140,9 +142,12 @@ def query_string(draw: st.DrawFn, known: dict[str, st.SearchStrategy[str]]) -> s
     return "&".join(pairs)
 
 
-def credentials(targets: Targets, *, server: bool = False) -> st.SearchStrategy[dict[str, str]]:
+def credentials(
+    targets: Targets, *, server: bool = False, session: str | None = None
+) -> st.SearchStrategy[dict[str, str]]:
     """Headers: the right key (and session) most of the time, else missing or junk ones,
     plus hostile values in the headers the routes read."""
+    bearer = f"Bearer {session or targets.session}"
     key = st.sampled_from(
         [targets.server_key] * (3 if server else 1) + [targets.public_key] * (1 if server else 3)
     )
@@ -151,7 +156,7 @@ def credentials(targets: Targets, *, server: bool = False) -> st.SearchStrategy[
     return st.fixed_dictionaries(
         {"x-api-key": right_or_junk},
         optional={
-            "authorization": st.sampled_from([f"Bearer {targets.session}"] * 3) | header_text,
+            "authorization": st.sampled_from([bearer] * 3) | header_text,
             "x-forwarded-for": header_text | st.just("1.2.3.4, 10.0.0.1"),
             "last-event-id": header_text,
             "user-agent": header_text,
@@ -184,9 +189,14 @@ def json_request(
 
 # --- the data routes ---------------------------------------------------------------------
 
+# the columns of todos and notes (tests/support/tables.py, owner_rows.py): every type
+REALTIME_COLUMNS = [
+    *["id", "title", "done", "tags", "meta", "created_at", "ext_id", "price", "due"],
+    *["priority", "rank", "ratio", "scores", "user_id", "body", "secret"],
+]
 FILTER_JSON = st.lists(
     st.fixed_dictionaries(
-        {"column": st.sampled_from(["id", "title", "done", "user_id", "body"]) | hostile_text},
+        {"column": st.sampled_from(REALTIME_COLUMNS) | hostile_text},
         optional={
             "op": st.sampled_from(["eq", "neq", "gt", "in", "is"]) | hostile_text,
             "value": hostile_json,
@@ -241,7 +251,7 @@ AUTH_BODIES = {
 
 @st.composite
 def auth_requests(draw: st.DrawFn, targets: Targets) -> FuzzRequest:
-    headers = credentials(targets)
+    headers = credentials(targets, session=targets.auth_session)
     action = draw(st.sampled_from([*sorted(AUTH_BODIES), "user", "junk"]))
     if action == "user":
         method = draw(st.sampled_from(["GET", "GET", "POST", "DELETE"]))
@@ -283,7 +293,7 @@ SCHEDULE = st.fixed_dictionaries(
 LIST_PARAMS = {
     "name": JOB_NAMES,
     "status": st.sampled_from(["pending", "failed", "all", "nope"]),
-    "limit": st.sampled_from(["1", "100", "101", "0", "-1", "²", "１", "1.5", "9" * 30]),
+    "limit": st.sampled_from(["1", "100", "101", "0", "-1", "²", "\uff11", "1.5", "9" * 30]),
     "offset": st.sampled_from(["0", "100000", "100001", "-1", "³", "٣", "9" * 30]),
     "orderBy": st.sampled_from(["createdAt", "runAt", "finishedAt", "id"]),
     "orderDir": st.sampled_from(["asc", "desc", "DESC", "up"]),
@@ -311,7 +321,8 @@ def jobs_requests(draw: st.DrawFn, targets: Targets) -> FuzzRequest:
             return FuzzRequest("GET", f"{JOBS}/schedules", draw(query_string({})), draw(headers))
         return draw(json_request("POST", f"{JOBS}/schedules", SCHEDULE, headers))
     if draw(st.booleans()):
-        return FuzzRequest("DELETE", f"{JOBS}/schedules/{schedule}", "", draw(headers))
+        doomed = draw(segment(targets.doomed_schedule_id))
+        return FuzzRequest("DELETE", f"{JOBS}/schedules/{doomed}", "", draw(headers))
     partial = SCHEDULE.map(lambda s: {k: v for k, v in s.items() if k != "name"})
     return draw(json_request("PATCH", f"{JOBS}/schedules/{schedule}", partial, headers))
 

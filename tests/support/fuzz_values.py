@@ -55,8 +55,9 @@ hostile_numbers = st.one_of(
 hostile_scalars = st.one_of(st.none(), st.booleans(), hostile_numbers, hostile_text)
 hostile_json = st.recursive(
     hostile_scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(hostile_text, children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(hostile_text, children, max_size=4)
+    ),
     max_leaves=10,
 )
 
@@ -110,7 +111,7 @@ def from_schema(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrate
         return examples.filter(lambda s: len(s) <= 64) | st.sampled_from(SHAPED_STRINGS)
     if kind == "integer":
         low, high = schema.get("minimum"), schema.get("maximum")
-        return st.integers(low, high) | st.sampled_from(HUGE_NUMBERS + [-1, 0])
+        return st.integers(low, high) | st.sampled_from([*HUGE_NUMBERS, -1, 0])
     if kind == "number":
         return st.floats(allow_nan=False, allow_infinity=False) | st.integers()
     if kind == "boolean":
@@ -144,14 +145,12 @@ def mutated(draw: st.DrawFn, valid: Any, huge_string_chars: int = 200_000) -> An
     return value
 
 
-def _wrong(
-    value: Any, huge_string_chars: int, kind: str | None = None
-) -> st.SearchStrategy[Any]:
+def _wrong(value: Any, huge_string_chars: int, kind: str | None = None) -> st.SearchStrategy[Any]:
     if kind == "nul":
         text = value if isinstance(value, str) else "x"
         return st.integers(0, len(text)).map(lambda i: text[:i] + "\x00" + text[i:])
     if kind == "huge_number":
-        return st.sampled_from(HUGE_NUMBERS + [float("1e308"), -1e308])
+        return st.sampled_from([*HUGE_NUMBERS, 1e308, -1e308])
     if kind == "huge_string":
         return st.integers(1000, huge_string_chars).map(lambda n: "y" * n)
     if kind == "deep":

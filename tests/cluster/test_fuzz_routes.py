@@ -218,7 +218,7 @@ def fuzz(
     base_url = data.draw(st.sampled_from(targets.urls), label="instance")
     response = check(http, base_url, request)
     # `--hypothesis-show-statistics` shows how many got past the door (not all 401s)
-    event(f"{request.method} {request.path.split('/')[3]}: {response.status_code}")
+    event(f"{request.method} {'/'.join(request.path.split('/')[:4])}: {response.status_code}")
 
 
 @FUZZ
@@ -259,6 +259,15 @@ FIXED: dict[str, tuple[Callable[[Targets], FuzzRequest], int]] = {
     "admin: %00 as the project of a job retry": (
         lambda t: _signed(t, "POST", f"/v1/admin/projects/%00/jobs/{t.job_id}/retry"),
         404,
+    ),
+    # gateway.jobs.rules._int_param: "²".isdigit() is True, int("²") raises ValueError
+    "jobs: a superscript digit as the list's limit": (
+        lambda t: FuzzRequest("GET", JOBS, "limit=%C2%B2", {"x-api-key": t.server_key}),
+        400,
+    ),
+    "jobs: an Arabic-Indic digit as the list's offset": (
+        lambda t: FuzzRequest("GET", JOBS, "offset=%D9%A3", {"x-api-key": t.server_key}),
+        400,
     ),
     "admin: %00 as the project to delete": (
         lambda t: _signed(t, "DELETE", "/v1/admin/projects/a%00", b'{"confirm": "a"}'),

@@ -208,8 +208,14 @@ FILTER_JSON = st.lists(
 
 @st.composite
 def data_requests(draw: st.DrawFn, targets: Targets) -> FuzzRequest:
-    route = draw(st.sampled_from(["query", "batch", "schema", "realtime", "ticket"]))
+    route = draw(st.sampled_from(["query", "batch", "schema", "realtime", "ticket", "other"]))
     headers = credentials(targets)
+    if route == "other":  # a wrong method on a route, or a path that is no route
+        method = draw(st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
+        base = draw(st.sampled_from([DATA, AUTH, JOBS, "/v1/admin", "/v1", ""]))
+        known = ["query", "batch", "schema", "realtime", "realtime/ticket", "health"]
+        path = base + "/" + draw(st.sampled_from(known) | segment("query"))
+        return draw(json_request(method, path, st.just({}), headers))
     if route == "query":
         body = st.builds(lambda q: {"query": q}, shaped_queries | queries)
         return draw(json_request("POST", f"{DATA}/query", body, headers))

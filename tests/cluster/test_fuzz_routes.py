@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -59,7 +60,7 @@ from tests.support.owner_rows import NOTES_TABLE, make_session
 from tests.support.sse import REALTIME_ENV
 from tests.support.tables import TODOS_TABLE
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     derandomize=True,
@@ -80,6 +81,7 @@ ENV = {
     "GATEWAY_AUTH_MAGIC_LINK_RETURN_TOKEN": "true",
 }
 PASSWORD = "correct horse battery"
+UUID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # the demo todos with a column of each other type the contract maps (the example catalog's
 # todos, tests/support/example_catalog.py), so shaped queries reach PostgreSQL with them
 TYPED_TODOS: dict[str, Any] = {
@@ -207,6 +209,15 @@ def check(http: httpx.Client, base_url: str, request: FuzzRequest) -> httpx.Resp
     return response
 
 
+def route_label(path: str) -> str:
+    """The path with ids and junk segments folded, so the statistics group by route."""
+    segments = [
+        "{id}" if UUID_SHAPE.fullmatch(s) else "{junk}" if "%" in s or len(s) > 30 else s
+        for s in path.split("/")
+    ]
+    return "/".join(segments)
+
+
 def fuzz(
     http: httpx.Client,
     targets: Targets,
@@ -218,7 +229,7 @@ def fuzz(
     base_url = data.draw(st.sampled_from(targets.urls), label="instance")
     response = check(http, base_url, request)
     # `--hypothesis-show-statistics` shows how many got past the door (not all 401s)
-    event(f"{request.method} {'/'.join(request.path.split('/')[:4])}: {response.status_code}")
+    event(f"{request.method} {route_label(request.path)}: {response.status_code}")
 
 
 @FUZZ

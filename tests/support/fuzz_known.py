@@ -39,7 +39,7 @@ UUID_COLUMNS = ("user_id", "ext_id")  # notes.user_id, todos.ext_id
 def _json_body(request: FuzzRequest) -> Any:
     try:
         return json.loads(request.body)
-    except ValueError:
+    except (ValueError, RecursionError):  # the gateway refuses both: 400
         return None
 
 
@@ -93,7 +93,7 @@ def _realtime_filter_type(query: str) -> bool:
             continue
         try:
             filters = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # the gateway refuses both: 400
             continue
         for f in filters if isinstance(filters, list) else ():
             on_uuid = isinstance(f, dict) and f.get("column") in UUID_COLUMNS and "value" in f

@@ -180,7 +180,7 @@ def encode_json(value: Any) -> bytes:
 def body_bytes(draw: st.DrawFn, value: Any) -> bytes:
     """The bytes sent for ``value``: mostly its JSON, sometimes broken on the wire."""
     body = encode_json(value)
-    how = draw(st.sampled_from(["json"] * 6 + ["raw", "bad_utf8", "truncated", "dup_keys"]))
+    how = draw(st.sampled_from(["json"] * 8 + ["raw", "bad_utf8", "truncated", "dup_keys"]))
     if how == "raw":
         return draw(st.sampled_from(RAW_BODIES))
     if how == "bad_utf8" and body:

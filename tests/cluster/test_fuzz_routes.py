@@ -10,7 +10,7 @@ fails the test and prints the request.
 
 ``make test`` runs a fixed number of examples per group with a fixed seed
 (``derandomize``); ``FUZZ_EXAMPLES=5000`` runs that many per group instead (see
-docs/testing.md). Findings of other engineers' open items (issue 21 and 20) are kept out
+docs/testing.md). Findings of other engineers' open items (issue 21) are kept out
 of the default strategies by ``known_issue`` and pinned in ``test_known_500s`` as strict
 xfails; the lead deletes an entry from both once its fix is merged.
 """
@@ -18,10 +18,8 @@ xfails; the lead deletes an entry from both once its fix is merged.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,7 +38,6 @@ from tests.support.admin_client import SECRET, AdminClient
 from tests.support.fuzz_known import (
     CRON_NEVER_FIRES,
     NUL_IN_JOB_FIELDS,
-    REALTIME_FILTER_TYPE,
     RUN_AT_OUT_OF_RANGE,
     known_issue,
 )
@@ -289,13 +286,6 @@ def _jobs(targets: Targets, method: str, path: str, body: Any) -> FuzzRequest:
     return FuzzRequest(method, JOBS + path, "", headers, orjson.dumps(body))
 
 
-def _realtime_filter(targets: Targets, table: str, column: str, value: Any) -> FuzzRequest:
-    filters = json.dumps([{"column": column, "op": "eq", "value": value}])
-    headers = {"x-api-key": targets.public_key, "authorization": f"Bearer {targets.session}"}
-    query = f"table={table}&filters={urllib.parse.quote(filters)}"
-    return FuzzRequest("GET", "/v1/inhouse/db/realtime", query, headers)
-
-
 # Other engineers' open items: one reproducing request each (see tests/support/fuzz_known.py).
 KNOWN: dict[str, tuple[str, Callable[[Targets], FuzzRequest]]] = {
     "NUL in payload": (
@@ -331,14 +321,6 @@ KNOWN: dict[str, tuple[str, Callable[[Targets], FuzzRequest]]] = {
     "cron on Apr 31 with seconds": (
         CRON_NEVER_FIRES,
         lambda t: _jobs(t, "POST", "/schedules", {"name": "a", "cron": "0 0 0 31 4 *"}),
-    ),
-    "realtime: a number for a uuid column": (
-        REALTIME_FILTER_TYPE,
-        lambda t: _realtime_filter(t, "notes", "user_id", 1),
-    ),
-    "realtime: an object for a uuid column": (
-        REALTIME_FILTER_TYPE,
-        lambda t: _realtime_filter(t, "notes", "user_id", {"a": 1}),
     ),
 }
 

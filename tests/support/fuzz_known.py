@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import urllib.parse
 from typing import Any
 
 from croniter import croniter
 
 from gateway.jobs.rules import JobsError, check_cron, parse_instant
-from tests.support.fuzz_routes import DATA, JOBS, FuzzRequest
+from tests.support.fuzz_routes import JOBS, FuzzRequest
 
 # issue 21 (i21-auth): "NUL anywhere in a stored string → 400 naming the field"
 NUL_IN_JOB_FIELDS = (
@@ -28,12 +27,9 @@ NUL_IN_JOB_FIELDS = (
 RUN_AT_OUT_OF_RANGE = "i21: runAt outside years 1-9999 in UTC"
 # issue 21 (i21-auth): "a cron expression with no fire time in the next 5 years → 400"
 CRON_NEVER_FIRES = "i21: a cron expression that never fires"
-# issue 21 / i20-realtime: "realtime filter values of the wrong JSON type → 400"
-REALTIME_FILTER_TYPE = "i20-realtime: a realtime filter value of the wrong JSON type"
 
 NUL_FIELDS = ("payload", "concurrencyKey", "idempotencyKey", "description")
 NEVER_WITHIN = dt.timedelta(days=5 * 366)
-UUID_COLUMNS = ("user_id", "ext_id")  # notes.user_id, todos.ext_id
 
 
 def _json_body(request: FuzzRequest) -> Any:
@@ -79,29 +75,6 @@ def _cron_never_fires(value: Any) -> bool:
         return True
 
 
-def _wrong_for_uuid(op: Any, value: Any) -> bool:
-    """Measured on main: only a uuid column answers 500, for a value
-    that is not a string or null (for ``in``: an element that is not)."""
-    if op == "in" and isinstance(value, list):
-        return any(not isinstance(v, str | None) for v in value)
-    return not isinstance(value, str | None)
-
-
-def _realtime_filter_type(query: str) -> bool:
-    for name, raw in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        if name != "filters":
-            continue
-        try:
-            filters = json.loads(raw)
-        except (ValueError, RecursionError):  # the gateway refuses both: 400
-            continue
-        for f in filters if isinstance(filters, list) else ():
-            on_uuid = isinstance(f, dict) and f.get("column") in UUID_COLUMNS and "value" in f
-            if on_uuid and _wrong_for_uuid(f.get("op"), f["value"]):
-                return True
-    return False
-
-
 def _jobs_body_issue(body: dict[str, Any]) -> str | None:
     if any(_has_nul(body.get(field)) for field in NUL_FIELDS):
         return NUL_IN_JOB_FIELDS
@@ -118,6 +91,4 @@ def known_issue(request: FuzzRequest) -> str | None:
         body = _json_body(request)
         if isinstance(body, dict):
             return _jobs_body_issue(body)
-    if request.path == f"{DATA}/realtime" and _realtime_filter_type(request.query):
-        return REALTIME_FILTER_TYPE
     return None

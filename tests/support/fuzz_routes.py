@@ -19,6 +19,7 @@ import httpx
 from hypothesis import strategies as st
 
 from gateway.control.signing import sign_request
+from gateway.query.contract import FILTER_OPS
 from tests.support.contract_strategies import queries, shaped_queries
 from tests.support.fuzz_values import (
     SHAPED_STRINGS,
@@ -27,6 +28,7 @@ from tests.support.fuzz_values import (
     from_schema,
     header_text,
     hostile_json,
+    hostile_scalars,
     hostile_text,
     mutated,
 )
@@ -194,6 +196,13 @@ REALTIME_COLUMNS = [
     *["id", "title", "done", "tags", "meta", "created_at", "ext_id", "price", "due"],
     *["priority", "rank", "ratio", "scores", "user_id", "body", "secret"],
 ]
+GOOD_FILTER = st.fixed_dictionaries(
+    {
+        "column": st.sampled_from(REALTIME_COLUMNS),
+        "op": st.sampled_from(sorted(FILTER_OPS)),
+        "value": hostile_json | st.lists(hostile_scalars, max_size=3),
+    }
+)
 FILTER_JSON = st.lists(
     st.fixed_dictionaries(
         {"column": st.sampled_from(REALTIME_COLUMNS) | hostile_text},
@@ -233,7 +242,14 @@ def data_requests(draw: st.DrawFn, targets: Targets) -> FuzzRequest:
         "apikey": st.sampled_from([targets.public_key, targets.server_key, "x" * 43]),
         "ticket": hostile_text,
     }
-    return FuzzRequest("GET", f"{DATA}/realtime", draw(query_string(params)), draw(headers))
+    if draw(st.booleans()):  # any query string
+        return FuzzRequest("GET", f"{DATA}/realtime", draw(query_string(params)), draw(headers))
+    # a well-formed one (a real table, filters on its columns) with hostile filter values,
+    # so the stream gets as far as compiling its filters against the table's types
+    table = draw(st.sampled_from(["todos", "notes"]))
+    filters = draw(st.lists(GOOD_FILTER, min_size=1, max_size=3))
+    query = f"table={table}&filters={_quote(json.dumps(filters))}"
+    return FuzzRequest("GET", f"{DATA}/realtime", query, draw(headers))
 
 
 # --- the auth routes ---------------------------------------------------------------------

@@ -92,7 +92,10 @@ def _project_from_row(row: dict[str, Any]) -> Project:
 
 
 def find_project(conn: psycopg.Connection[Any], ref: str) -> Project:
-    """PROJECT on the command line is an id or a name."""
+    """PROJECT on the command line is an id or a name. A reference with a NUL (a URL's
+    ``%00``) names no project: PostgreSQL text can't hold one, so it is not sent."""
+    if "\x00" in ref:
+        raise NotFoundError(f"no project {ref!r}")
     try:
         project_id = uuid.UUID(ref)
     except ValueError:

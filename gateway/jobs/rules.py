@@ -245,7 +245,8 @@ class ListQuery:
 def _int_param(value: str | None, default: int, code: str, low: int, high: int) -> int:
     if value is None or value == "":
         return default
-    if not value.isdigit() or not low <= int(value) <= high:
+    # isascii: superscripts and Arabic-Indic digits are digits to str.isdigit, not to int()
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise invalid(code, f"must be an integer from {low} to {high}")
     return int(value)
 

@@ -10,9 +10,8 @@ fails the test and prints the request.
 
 ``make test`` runs a fixed number of examples per group with a fixed seed
 (``derandomize``); ``FUZZ_EXAMPLES=5000`` runs that many per group instead (see
-docs/testing.md). Findings of other engineers' open items (issue 21) are kept out
-of the default strategies by ``known_issue`` and pinned in ``test_known_500s`` as strict
-xfails; the lead deletes an entry from both once its fix is merged.
+docs/testing.md). The 500s of issue 21 that the fuzzer reproduces are pinned in
+``test_issue21_inputs``, one request each, with the 400 code each must answer.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gateway.control import tabledef
@@ -35,12 +34,6 @@ from gateway.control.keys import create_key
 from gateway.control.projects import connect, create_project
 from gateway.control.tables import create_table
 from tests.support.admin_client import SECRET, AdminClient
-from tests.support.fuzz_known import (
-    CRON_NEVER_FIRES,
-    NUL_IN_JOB_FIELDS,
-    RUN_AT_OUT_OF_RANGE,
-    known_issue,
-)
 from tests.support.fuzz_routes import (
     JOBS,
     FuzzRequest,
@@ -147,7 +140,7 @@ def targets(cluster: GatewayCluster, pg_url: str, receiver: Receiver) -> Targets
     assert signed_up.status_code in (200, 201), signed_up.text
     user_id = signed_up.json()["data"]["user"]["id"]
     jobs = {"x-api-key": project["server"]}
-    job = httpx.post(url + "/v1/inhouse/jobs", json={"name": "fuzz.job"}, headers=jobs)
+    job = httpx.post(url + "/v1/inhouse/jobs", json={"name": "fuzz.job", "payload": {}}, headers=jobs)
     assert job.status_code == 201, job.text
     admin = AdminClient(url)
     try:
@@ -234,7 +227,6 @@ GROUPS: dict[str, Callable[[Targets], st.SearchStrategy[FuzzRequest]]] = {
 @given(data=st.data())
 def test_routes(http: httpx.Client, targets: Targets, group: str, data: st.DataObject) -> None:
     request = data.draw(GROUPS[group](targets), label="request")
-    assume(known_issue(request) is None)  # other engineers' open items: test_known_500s
     base_url = data.draw(st.sampled_from(targets.urls), label="instance")
     response = check(http, base_url, request)
     # `--hypothesis-show-statistics` shows how many got past the door (not all 401s)
@@ -249,7 +241,7 @@ def _signed(targets: Targets, method: str, path: str, body: bytes = b"") -> Fuzz
     return FuzzRequest(method, path, "", headers, body, sign_with=targets.admin_secret)
 
 
-# Findings fixed on this branch: (what, the request, the status it must get).
+# What the fuzzer found, fixed: (what, the request, the status it must get).
 FIXED: dict[str, tuple[Callable[[Targets], FuzzRequest], int]] = {
     # gateway.control.projects.find_project sent the NUL to PostgreSQL (DataError → 500)
     "admin: %00 as the project of a job retry": (
@@ -276,7 +268,6 @@ FIXED: dict[str, tuple[Callable[[Targets], FuzzRequest], int]] = {
 def test_fixed_findings(http: httpx.Client, fresh: Targets, finding: str) -> None:
     make, status = FIXED[finding]
     request = make(fresh)
-    assert known_issue(request) is None
     response = send(http, fresh.urls[0], request)
     assert response.status_code == status, (response.status_code, response.text, request)
 
@@ -286,64 +277,51 @@ def _jobs(targets: Targets, method: str, path: str, body: Any) -> FuzzRequest:
     return FuzzRequest(method, JOBS + path, "", headers, orjson.dumps(body))
 
 
-# Other engineers' open items: one reproducing request each (see tests/support/fuzz_known.py).
-KNOWN: dict[str, tuple[str, Callable[[Targets], FuzzRequest]]] = {
+# The 500s of issue 21, one reproducing request each, and the code each now answers.
+ISSUE21: dict[str, tuple[str, Callable[[Targets], FuzzRequest]]] = {
     "NUL in payload": (
-        NUL_IN_JOB_FIELDS,
+        "INVALID_PAYLOAD",
         lambda t: _jobs(t, "POST", "", {"name": "a", "payload": {"k": "\x00"}}),
     ),
     "NUL in a payload key": (
-        NUL_IN_JOB_FIELDS,
+        "INVALID_PAYLOAD",
         lambda t: _jobs(t, "POST", "", {"name": "a", "payload": {"\x00": 1}}),
     ),
     "NUL in concurrencyKey": (
-        NUL_IN_JOB_FIELDS,
-        lambda t: _jobs(t, "POST", "", {"name": "a", "concurrencyKey": "a\x00"}),
+        "VALIDATION_ERROR",
+        lambda t: _jobs(t, "POST", "", {"name": "a", "payload": {}, "concurrencyKey": "a\x00"}),
     ),
     "NUL in idempotencyKey": (
-        NUL_IN_JOB_FIELDS,
-        lambda t: _jobs(t, "POST", "", {"name": "a", "idempotencyKey": "a\x00"}),
+        "VALIDATION_ERROR",
+        lambda t: _jobs(t, "POST", "", {"name": "a", "payload": {}, "idempotencyKey": "a\x00"}),
     ),
     "NUL in a schedule's description": (
-        NUL_IN_JOB_FIELDS,
+        "VALIDATION_ERROR",
         lambda t: _jobs(
             t, "PATCH", f"/schedules/{t.schedule_id}", {"description": "\x00a@example.com"}
         ),
     ),
     "runAt before year 1 in UTC": (
-        RUN_AT_OUT_OF_RANGE,
-        lambda t: _jobs(t, "POST", "", {"name": "a", "runAt": "0001-01-01T00:00:00+01:00"}),
+        "INVALID_DELAY",
+        lambda t: _jobs(
+            t, "POST", "", {"name": "a", "payload": {}, "runAt": "0001-01-01T00:00:00+01:00"}
+        ),
     ),
     "cron on Feb 30": (
-        CRON_NEVER_FIRES,
+        "INVALID_CRON",
         lambda t: _jobs(t, "POST", "/schedules", {"name": "a", "cron": "0 0 30 2 *"}),
     ),
     "cron on Apr 31 with seconds": (
-        CRON_NEVER_FIRES,
+        "INVALID_CRON",
         lambda t: _jobs(t, "POST", "/schedules", {"name": "a", "cron": "0 0 0 31 4 *"}),
     ),
 }
 
 
-@pytest.mark.parametrize("case", sorted(KNOWN))
-def test_known_issue_classifies_each_known_500(targets: Targets, case: str) -> None:
-    """The fuzzer's default run skips each of them (and nothing broader is checked here)."""
-    issue, make = KNOWN[case]
-    assert known_issue(make(targets)) == issue
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(
-            case, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN[case][0])
-        )
-        for case in sorted(KNOWN)
-    ],
-)
-def test_known_500s(http: httpx.Client, fresh: Targets, case: str) -> None:
-    """Strict xfails: each fails on main (a 500). When an item's fix is merged its cases
-    pass, strict makes that a failure, and the lead deletes them here and in
-    tests/support/fuzz_known.py."""
-    _issue, make = KNOWN[case]
-    check(http, fresh.urls[0], make(fresh))
+@pytest.mark.parametrize("case", sorted(ISSUE21))
+def test_issue21_inputs(http: httpx.Client, fresh: Targets, case: str) -> None:
+    """Each was a 500 on main before issue 21; now a 400 with the contract's code."""
+    code, make = ISSUE21[case]
+    response = send(http, fresh.urls[0], make(fresh))
+    assert response.status_code == 400, (response.status_code, response.text)
+    assert response.json()["error"]["code"] == code, response.text

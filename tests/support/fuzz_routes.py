@@ -300,9 +300,8 @@ def auth_requests(draw: st.DrawFn, targets: Targets) -> FuzzRequest:
 
 JOB_NAMES = st.sampled_from(["send.email", "a", "n" * 100, "sys:x", "bad name"]) | hostile_text
 ENQUEUE = st.fixed_dictionaries(
-    {"name": JOB_NAMES},
+    {"name": JOB_NAMES, "payload": st.just({"user": 1}) | hostile_json},
     optional={
-        "payload": hostile_json,
         "delay": st.sampled_from(["30s", "15m", "1h", "7d", "8d", 0, 1500, -1]) | hostile_text,
         "runAt": st.sampled_from(
             ["2030-01-01T00:00:00Z", "2020-01-01T00:00:00Z", "2030-01-01", "2030-01-01T00:00"]

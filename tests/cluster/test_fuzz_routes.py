@@ -140,7 +140,9 @@ def targets(cluster: GatewayCluster, pg_url: str, receiver: Receiver) -> Targets
     assert signed_up.status_code in (200, 201), signed_up.text
     user_id = signed_up.json()["data"]["user"]["id"]
     jobs = {"x-api-key": project["server"]}
-    job = httpx.post(url + "/v1/inhouse/jobs", json={"name": "fuzz.job", "payload": {}}, headers=jobs)
+    job = httpx.post(
+        url + "/v1/inhouse/jobs", json={"name": "fuzz.job", "payload": {}}, headers=jobs
+    )
     assert job.status_code == 201, job.text
     admin = AdminClient(url)
     try:

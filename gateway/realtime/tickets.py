@@ -47,9 +47,13 @@ DELETE FROM gateway.realtime_tickets WHERE ticket_hash = %s
 RETURNING key_hash, session_hash, expires_at > now() AS live
 """
 
+# The session and its family, as admission reads them (gateway/db/sql/admission_session.sql):
+# a token minted by a refresh that raced a sign-out is live itself but its family is ended.
 SESSION_CHECK_SQL = """
-SELECT revoked_at IS NULL, expires_at > now()
-  FROM gateway.auth_sessions WHERE token_hash = %s
+SELECT s.revoked_at IS NULL AND f.revoked_at IS NULL, s.expires_at > now()
+  FROM gateway.auth_sessions s
+  JOIN gateway.auth_session_families f ON f.id = s.family_id
+ WHERE s.token_hash = %s
 """
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from tests.support.owner_rows import NOTES_TABLE, headers, make_session, make_user, revoke_sessions
+from tests.support.owner_rows import NOTES_TABLE, headers, make_session, make_user
 
 BASE = "/v1/inhouse/db"
 TIMEOUT_S = 20.0
@@ -171,8 +171,14 @@ def test_owner_streams_and_tickets(pg_url: str, make_project: Any, gateway_clust
             assert b1["id"] not in [r["id"] for _, r in seen]
             await server_stream.wait_for(lambda evs: len([e for e in evs if e[0] == "insert"]) >= 4)
 
-            # signing out ends the stream at its next revalidation
-            revoke_sessions(pg_url, alice)
+            # an ended session family (sign-out of a sibling token, reuse detection) ends
+            # the stream at its next revalidation, though this token's own row is live
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE gateway.auth_session_families SET revoked_at = now()"
+                    " WHERE user_id = %s",
+                    [alice],
+                )
             await alice_stream.wait_for(lambda evs: any(n == "error" for n, _ in evs))
             errors = [d for n, d in alice_stream.events if n == "error"]
             assert errors[0]["code"] == "SESSION_NOT_FOUND"

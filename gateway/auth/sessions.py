@@ -1,5 +1,5 @@
 """Session statements: the session's user, refresh, sign-out and password change, with
-sessions as FAMILIES (migration 0017, docs/auth.md).
+sessions as FAMILIES (migration 0015, docs/auth.md).
 
 A sign-up, sign-in or magic-link verification starts a family; a refresh rotates the
 token within it. A family ends as one: its row's ``revoked_at`` and every member's are set

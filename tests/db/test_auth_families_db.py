@@ -1,5 +1,5 @@
 """Session families against a real PostgreSQL: the refresh/sign-out race and the
-migration of existing sessions into families (migration 0017)."""
+migration of existing sessions into families (migration 0015)."""
 
 from __future__ import annotations
 

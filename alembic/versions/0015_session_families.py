@@ -1,6 +1,6 @@
 """Session families: refresh rotates within a family, and a family ends as one.
 
-Revision ID: 0017
+Revision ID: 0015
 Revises: 0014
 Create Date: 2026-12-04
 
@@ -18,8 +18,8 @@ new password without the current one (the reset flow). ``rotated_at`` marks a se
 refresh replaced: presented to refresh again after its grace, it is refresh-token reuse.
 
 Every existing session becomes a family of its own (same id, same revocation).
-Downgrade restores the ``admission_session`` 0017 replaces and drops the columns and the
-table. That definition is frozen here as ``0017/0014_admission_session`` because 0010's
+Downgrade restores the ``admission_session`` 0015 replaces and drops the columns and the
+table. That definition is frozen here as ``0015/0014_admission_session`` because 0010's
 copy also holds the ``admit`` overload 0014 merged away (loading it would fail).
 """
 
@@ -31,7 +31,7 @@ from alembic import op
 
 from gateway.db.sql import frozen
 
-revision: str = "0017"
+revision: str = "0015"
 down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -70,9 +70,9 @@ DROP TABLE gateway.auth_session_families;
 
 def upgrade() -> None:
     op.execute(UPGRADE)
-    op.execute(frozen(__file__, "0017/admission_session"))
+    op.execute(frozen(__file__, "0015/admission_session"))
 
 
 def downgrade() -> None:
-    op.execute(frozen(__file__, "0017/0014_admission_session"))
+    op.execute(frozen(__file__, "0015/0014_admission_session"))
     op.execute(DOWNGRADE)

@@ -10,7 +10,9 @@ bound (free 60 s, starter 5 min, growth 10 min, scale 15 min, enterprise the ori
 30 min), a project may override it (``projects.job_timeout_ms_limit``, NULL = the plan's),
 and ``gateway.project_limits`` resolves it (``job_timeout_ms_max``, never unlimited). The
 enqueue refuses a larger ``timeoutMs`` and the worker runs a stored job with
-min(its timeout, the bound) (docs/jobs.md). No SQL function changes.
+min(its timeout, the bound) (docs/jobs.md). ``gateway.enqueue_job`` reads the bound from
+the same view in the same statement (frozen as ``0016/enqueue_job``; the downgrade
+restores 0011's).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from alembic import op
+
+from gateway.db.sql import frozen
 
 revision: str = "0016"
 down_revision: str | None = "0017"
@@ -80,10 +84,10 @@ ALTER TABLE gateway.plans DROP COLUMN job_timeout_ms_max;
 def upgrade() -> None:
     op.execute(UPGRADE)
     for name, bound in BOUNDS:
-        op.execute(
-            f"UPDATE gateway.plans SET job_timeout_ms_max = {bound:d} WHERE name = '{name}'"
-        )
+        op.execute(f"UPDATE gateway.plans SET job_timeout_ms_max = {bound:d} WHERE name = '{name}'")
+    op.execute(frozen(__file__, "0016/enqueue_job"))
 
 
 def downgrade() -> None:
+    op.execute(frozen(__file__, "0011/enqueue_job"))
     op.execute(DOWNGRADE)

@@ -4,8 +4,9 @@ Every ``gateway serve`` (and ``gateway worker``) runs one. The worker keeps at m
 ``GATEWAY_JOBS_CONCURRENCY`` deliveries in flight and at most
 ``GATEWAY_JOBS_PER_PROJECT`` of one project's. The last ``reserve_slots`` free slots are
 handed out one per project, and only to projects with nothing running here: tenants with
-hanging endpoints can't hold every slot, so another tenant's due job starts at once. It claims with ``gateway.claim_jobs``
-(``FOR UPDATE SKIP LOCKED``, fair across projects, lease ``GATEWAY_JOBS_LEASE_S``),
+hanging endpoints can't hold every slot, so another tenant's due job starts at once.
+It claims with ``gateway.claim_jobs`` (``FOR UPDATE SKIP LOCKED``, fair across projects,
+lease ``GATEWAY_JOBS_LEASE_S``),
 renews the leases of what it runs every third of the lease, and sleeps until a NOTIFY on
 ``gateway_jobs`` (heard by the instance's listener connection), a finished delivery that
 freed a slot while work was left, or the poll interval (``GATEWAY_JOBS_POLL_S``: delayed
@@ -112,7 +113,7 @@ class JobsRuntime:
         self._backlog = False
         self._tasks: list[asyncio.Task[None]] = []
         self._deliveries: set[asyncio.Task[None]] = set()
-        self._endpoints: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._endpoints: dict[str, tuple[float, tuple[str, str, int] | None]] = {}
         self._outcomes: list[tuple[Any, ...]] = []
         self._flush_failures = 0
         self._db: asyncio.Semaphore | None = None
@@ -281,7 +282,7 @@ class JobsRuntime:
                         self._clients[slot],
                         endpoint[0],
                         endpoint[1],
-                        job,
+                        {**job, "timeout_ms": min(job["timeout_ms"], endpoint[2])},
                         allow_private=self.settings.jobs_allow_private_targets,
                     )
                 finally:

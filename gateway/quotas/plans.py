@@ -80,8 +80,10 @@ def parse_limit(raw: str, field: str, *, allow_inherit: bool = False) -> int | N
         raise LimitError(f"{_flag(field)} {raw!r} is not a whole number of bytes")
     number = int(value)
     low, maximum = _RANGES.get(field, (0, INT32_MAX if field in _INT32_FIELDS else INT64_MAX // 4))
-    if number > maximum or number < low:
-        raise LimitError(f"{_flag(field)} must be between {low} and {maximum}")
+    if number > maximum:
+        raise LimitError(f"{_flag(field)} must be at most {maximum}")
+    if number < low:
+        raise LimitError(f"{_flag(field)} must be at least {low}")
     return number
 
 

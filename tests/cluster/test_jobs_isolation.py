@@ -85,7 +85,7 @@ def test_hanging_tenants_leave_a_slot_for_another_tenant(
         assert r.status_code == 201, r.text
         job_id = r.json()["data"]["job"]["id"]
         started = wait_until(
-            lambda: next((d.started for d in hanging.for_job(job_id)), None),
+            lambda job_id=job_id: next((d.started for d in hanging.for_job(job_id)), None),
             timeout=HANG_S + 10,
         )
         waited = started - enqueued

@@ -103,3 +103,38 @@ def test_timeout_above_the_plans_bound_is_refused(
     error = r.json()["error"]
     assert error["code"] == "VALIDATION_ERROR"
     assert "timeoutMs" in error["message"] and "60000" in error["message"], error
+
+
+def test_default_timeout_is_capped_and_delivery_uses_the_bound(
+    cluster: GatewayCluster, make_project: Any, pg_url: str, hanging: Receiver, db: Any
+) -> None:
+    """A job without timeoutMs gets 180 s capped at the plan's bound (free: 60 s); a job
+    stored with a larger timeout (before the bound, or before a plan change) runs with the
+    bound: here a project override of 1 s against a receiver that answers after 3 s."""
+    p = tenant(make_project, pg_url, hanging)
+    r = enqueue(cluster.urls[0], p["server_key"], {"name": "later", "payload": {}, "delay": "1h"})
+    assert r.status_code == 201, r.text
+    stored = db.execute(
+        "SELECT timeout_ms FROM gateway.jobs WHERE id = %s", (r.json()["data"]["job"]["id"],)
+    ).fetchone()
+    assert stored["timeout_ms"] == 60_000
+
+    db.execute("UPDATE gateway.projects SET job_timeout_ms_limit = 1000 WHERE id = %s", (p["id"],))
+    r = enqueue(
+        cluster.urls[1], p["server_key"], {"name": "slow", "payload": {"sleep": 3}, "delay": "2s"}
+    )
+    assert r.status_code == 201, r.text
+    job_id = r.json()["data"]["job"]["id"]
+    # as if stored before the bound existed
+    db.execute(
+        "UPDATE gateway.jobs SET timeout_ms = 30000, max_attempts = 1 WHERE id = %s", (job_id,)
+    )
+
+    def failed() -> Any:
+        row = db.execute(
+            "SELECT status, error FROM gateway.jobs WHERE id = %s", (job_id,)
+        ).fetchone()
+        return row if row["status"] == "failed" else None
+
+    row = wait_until(failed, timeout=20.0)
+    assert "within 1000 ms" in row["error"], row

@@ -18,4 +18,5 @@ SCENARIOS = [
     "owner_rows",
     "jobs",
     "peer",
+    "isolation",
 ]

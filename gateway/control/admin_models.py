@@ -96,6 +96,9 @@ class ProjectUpdate(Body):
     db_size_bytes: int | None = _override("the project's schema size in bytes")
     job_runs_monthly: int | None = _override("job runs per calendar month")
     realtime_streams: int | None = _override("concurrent realtime streams", high=INT32_MAX)
+    job_timeout_ms_max: int | None = _override(
+        "the largest timeoutMs of a job (never unlimited)", high=1_800_000, low=1_000
+    )
     status: Literal["active", "suspended"] | None = None
     tier: str | None = Field(
         default=None, pattern=PLAN_NAME_PATTERN, description="move to this plan (gateway.plans)"
@@ -114,6 +117,7 @@ LIMIT_FIELDS: tuple[str, ...] = (
     "db_size_bytes",
     "job_runs_monthly",
     "realtime_streams",
+    "job_timeout_ms_max",
 )
 
 

@@ -76,10 +76,14 @@ projects = Table(
     Column("db_size_limit_bytes", BigInteger),
     Column("job_runs_limit_monthly", BigInteger),
     Column("realtime_streams_limit", Integer),
+    Column("job_timeout_ms_limit", Integer),  # 0016
     CheckConstraint("bandwidth_limit_monthly >= -1", name="projects_bandwidth_limit_check"),
     CheckConstraint("db_size_limit_bytes >= -1", name="projects_db_size_limit_check"),
     CheckConstraint("job_runs_limit_monthly >= -1", name="projects_job_runs_limit_check"),
     CheckConstraint("realtime_streams_limit >= -1", name="projects_realtime_streams_limit_check"),
+    CheckConstraint(
+        "job_timeout_ms_limit BETWEEN 1000 AND 1800000", name="projects_job_timeout_ms_limit_check"
+    ),
     CheckConstraint("schema_name ~ '^p_[0-9a-f]{12}$'", name="projects_schema_name_check"),
 )
 
@@ -325,6 +329,11 @@ plans = Table(
     CheckConstraint("db_size_bytes >= -1", name="plans_db_size_bytes_check"),
     CheckConstraint("job_runs_monthly >= -1", name="plans_job_runs_monthly_check"),
     CheckConstraint("realtime_streams >= -1", name="plans_realtime_streams_check"),
+    # 0016: the largest timeoutMs a job may have (never unlimited)
+    Column("job_timeout_ms_max", Integer, nullable=False),
+    CheckConstraint(
+        "job_timeout_ms_max BETWEEN 1000 AND 1800000", name="plans_job_timeout_ms_max_check"
+    ),
 )
 
 # The UTC month's bandwidth (batched adds by every instance) and the sampled database

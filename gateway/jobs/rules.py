@@ -75,7 +75,7 @@ class EnqueueRequest:
     payload: Any
     run_at: dt.datetime | None  # None: now (database clock)
     delay_ms: int
-    timeout_ms: int
+    timeout_ms: int | None  # None: the default, capped at the plan's job_timeout_ms_max
     max_attempts: int
     concurrency_key: str | None
     idempotency_key: str | None
@@ -215,7 +215,10 @@ def parse_enqueue(body: bytes, now: dt.datetime | None = None) -> EnqueueRequest
         now = now or dt.datetime.now(dt.UTC)
         if run_at - now > dt.timedelta(milliseconds=DELAY_MAX_MS):
             raise invalid("DELAY_TOO_LONG", "runAt is more than 7 days away")
-    timeout_ms = _bounded_int(raw, "timeoutMs", TIMEOUT_DEFAULT_MS, 1000, TIMEOUT_MAX_MS)
+    # the plan's smaller bound is checked by gateway.enqueue_job (store.enqueue)
+    timeout_ms = None
+    if raw.get("timeoutMs") is not None:
+        timeout_ms = _bounded_int(raw, "timeoutMs", TIMEOUT_DEFAULT_MS, 1000, TIMEOUT_MAX_MS)
     max_attempts = _bounded_int(raw, "maxAttempts", ATTEMPTS_DEFAULT, 1, ATTEMPTS_MAX)
     return EnqueueRequest(
         name=name,

@@ -206,7 +206,7 @@ async def fire_due_schedules(conn: AsyncConnection[Any], grace_s: float) -> int:
                 payload=s["payload"],
                 run_at=None,
                 delay_ms=0,
-                timeout_ms=rules.TIMEOUT_DEFAULT_MS,
+                timeout_ms=None,  # the default, capped at the plan's bound
                 max_attempts=rules.ATTEMPTS_DEFAULT,
                 concurrency_key=None,
                 idempotency_key=None,

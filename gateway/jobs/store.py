@@ -22,6 +22,7 @@ from gateway.jobs import rules
 from gateway.jobs.rules import EnqueueRequest, JobsError, ListQuery, invalid
 
 QUOTA_SQLSTATE = "P0J01"
+TIMEOUT_BOUND_SQLSTATE = "P0J02"  # timeoutMs above the plan's job_timeout_ms_max
 RETENTION_BATCH = 2000
 RETENTION_MAX_BATCHES = 20
 ERROR_MAX = 2000
@@ -101,6 +102,12 @@ async def enqueue(
         )
         row = await cur.fetchone()
     except psycopg.Error as exc:
+        if exc.sqlstate == TIMEOUT_BOUND_SQLSTATE:
+            raise invalid(
+                "VALIDATION_ERROR",
+                f"timeoutMs must be at most {int(exc.diag.message_detail or 0)} on this "
+                "project's plan",
+            ) from None
         if exc.sqlstate != QUOTA_SQLSTATE:
             raise
         limit = int(exc.diag.message_detail or 0)
@@ -359,15 +366,22 @@ async def finish_many(
 
 async def endpoints(
     conn: AsyncConnection[Any], project_ids: list[Any]
-) -> dict[str, tuple[str, str]]:
+) -> dict[str, tuple[str, str, int]]:
+    """Per project: ``(url, signing secret, the plan's job_timeout_ms_max)``. The bound
+    also caps jobs stored before it existed (or before the plan changed)."""
     cur = await conn.execute(
         """
-        SELECT project_id, endpoint_url, signing_secret FROM gateway.job_projects
-         WHERE project_id = ANY(%s) AND endpoint_url IS NOT NULL
+        SELECT jp.project_id, jp.endpoint_url, jp.signing_secret, l.job_timeout_ms_max
+          FROM gateway.job_projects jp
+          LEFT JOIN gateway.project_limits l ON l.project_id = jp.project_id
+         WHERE jp.project_id = ANY(%s) AND jp.endpoint_url IS NOT NULL
         """,
         (project_ids,),
     )
-    return {str(r[0]): (r[1], r[2]) for r in await cur.fetchall()}
+    return {
+        str(r[0]): (r[1], r[2], int(r[3] if r[3] is not None else rules.TIMEOUT_MAX_MS))
+        for r in await cur.fetchall()
+    }
 
 
 # --- retention ----------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 Every ``gateway serve`` (and ``gateway worker``) runs one. The worker keeps at most
 ``GATEWAY_JOBS_CONCURRENCY`` deliveries in flight and at most
-``GATEWAY_JOBS_PER_PROJECT`` of one project's. It claims with ``gateway.claim_jobs``
-(``FOR UPDATE SKIP LOCKED``, fair across projects, lease ``GATEWAY_JOBS_LEASE_S``),
+``GATEWAY_JOBS_PER_PROJECT`` of one project's. The last ``reserve_slots`` free slots are
+handed out one per project, and only to projects with nothing running here: tenants with
+hanging endpoints can't hold every slot, so another tenant's due job starts at once.
+It claims with ``gateway.claim_jobs`` (``FOR UPDATE SKIP LOCKED``, fair across projects,
+lease ``GATEWAY_JOBS_LEASE_S``),
 renews the leases of what it runs every third of the lease, and sleeps until a NOTIFY on
 ``gateway_jobs`` (heard by the instance's listener connection), a finished delivery that
 freed a slot while work was left, or the poll interval (``GATEWAY_JOBS_POLL_S``: delayed
@@ -57,6 +60,34 @@ SELECT count(*) FROM r
 """
 
 
+def reserve_slots(concurrency: int) -> int:
+    """Slots kept for projects that run nothing on this instance (a fifth, at least one).
+
+    Without them two projects with hanging endpoints held every slot (the per-project cap
+    was half the concurrency) and a third project's due job waited for a timeout.
+    """
+    if concurrency <= 0:
+        return 0
+    return max(1, concurrency // 5)
+
+
+def claim_plan(
+    concurrency: int, per_project: int, running: dict[str, int]
+) -> tuple[int, int, dict[str, int]]:
+    """What one claim round may take: ``(limit, per-project cap, running counts)``.
+
+    While more than the reserve is free, any project may fill up to the reserve (under
+    its cap). Within the reserve, the claim runs with a cap of one against the same
+    running counts, so only a project with nothing running here gets a slot, one each.
+    """
+    busy = {p: n for p, n in running.items() if n > 0}
+    free = concurrency - sum(busy.values())
+    reserve = reserve_slots(concurrency)
+    if free > reserve:
+        return free - reserve, per_project, busy
+    return max(free, 0), 1, busy
+
+
 def db_connections(settings: Settings, pool_max: int) -> int:
     """Pooled connections the worker may hold at once (shown by ``gateway pool-plan``)."""
     if settings.jobs_concurrency == 0:
@@ -82,7 +113,7 @@ class JobsRuntime:
         self._backlog = False
         self._tasks: list[asyncio.Task[None]] = []
         self._deliveries: set[asyncio.Task[None]] = set()
-        self._endpoints: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._endpoints: dict[str, tuple[float, tuple[str, str, int] | None]] = {}
         self._outcomes: list[tuple[Any, ...]] = []
         self._flush_failures = 0
         self._db: asyncio.Semaphore | None = None
@@ -184,18 +215,21 @@ class JobsRuntime:
         poll_s = self.settings.jobs_poll_s
         while not self._stopping:
             self._wake.clear()
-            free = self.settings.jobs_concurrency - len(self.inflight)
-            if free > 0 or self._outcomes:
+            limit, cap, running = claim_plan(
+                self.settings.jobs_concurrency, self.settings.jobs_per_project, self.running
+            )
+            if limit > 0 or self._outcomes:
                 try:
                     await self._flush()
-                    jobs = await self._claim(free) if free > 0 else []
+                    jobs = await self._claim(limit, cap, running) if limit > 0 else []
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     logger.warning("jobs: claim failed: %s", _first_line(exc))
                     jobs = []
                     await asyncio.sleep(min(poll_s, 1.0))
-                self._backlog = len(jobs) >= free
+                # a full round may leave more due work (and the reserve to hand out)
+                self._backlog = limit > 0 and len(jobs) >= limit
                 for job in jobs:
                     self._launch(job)
                 if self._backlog:
@@ -203,15 +237,10 @@ class JobsRuntime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=poll_s)
 
-    async def _claim(self, free: int) -> list[dict[str, Any]]:
+    async def _claim(self, limit: int, cap: int, running: dict[str, int]) -> list[dict[str, Any]]:
         async with self._conn() as conn:
             jobs = await store.claim(
-                conn,
-                self.worker_id,
-                free,
-                self.settings.jobs_per_project,
-                self.settings.jobs_lease_s,
-                {p: n for p, n in self.running.items() if n > 0},
+                conn, self.worker_id, limit, cap, self.settings.jobs_lease_s, running
             )
             self.claims += 1
             now = time.monotonic()
@@ -253,7 +282,7 @@ class JobsRuntime:
                         self._clients[slot],
                         endpoint[0],
                         endpoint[1],
-                        job,
+                        {**job, "timeout_ms": min(job["timeout_ms"], endpoint[2])},
                         allow_private=self.settings.jobs_allow_private_targets,
                     )
                 finally:

@@ -20,6 +20,7 @@ PLAN_FIELDS: tuple[str, ...] = (
     "db_size_bytes",
     "job_runs_monthly",
     "realtime_streams",
+    "job_timeout_ms_max",
 )
 
 # The project's override column for each plan field (the first two existed before plans).
@@ -30,14 +31,18 @@ OVERRIDE_COLUMNS: dict[str, str] = {
     "db_size_bytes": "db_size_limit_bytes",
     "job_runs_monthly": "job_runs_limit_monthly",
     "realtime_streams": "realtime_streams_limit",
+    "job_timeout_ms_max": "job_timeout_ms_limit",
 }
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
-_INT32_FIELDS = frozenset({"rate_limit_per_minute", "realtime_streams"})
+_INT32_FIELDS = frozenset({"rate_limit_per_minute", "realtime_streams", "job_timeout_ms_max"})
 _BYTE_FIELDS = frozenset({"bandwidth_bytes_monthly", "db_size_bytes"})
 # a rate limit is always a number: "unlimited" would make the rate-limit headers meaningless
-_NO_UNLIMITED = frozenset({"rate_limit_per_minute"})
+# nor a job's timeout: a hanging endpoint would hold a delivery slot for ever
+_NO_UNLIMITED = frozenset({"rate_limit_per_minute", "job_timeout_ms_max"})
+# bounds of the fields that have them (the database checks the same)
+_RANGES = {"job_timeout_ms_max": (1_000, 1_800_000)}
 
 _SUFFIXES = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 _NUMBER_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?B)?$", re.IGNORECASE)
@@ -74,9 +79,11 @@ def parse_limit(raw: str, field: str, *, allow_inherit: bool = False) -> int | N
     if value != int(value):
         raise LimitError(f"{_flag(field)} {raw!r} is not a whole number of bytes")
     number = int(value)
-    maximum = INT32_MAX if field in _INT32_FIELDS else INT64_MAX // 4
+    low, maximum = _RANGES.get(field, (0, INT32_MAX if field in _INT32_FIELDS else INT64_MAX // 4))
     if number > maximum:
         raise LimitError(f"{_flag(field)} must be at most {maximum}")
+    if number < low:
+        raise LimitError(f"{_flag(field)} must be at least {low}")
     return number
 
 

@@ -73,9 +73,10 @@ def set_plan(
             conn.execute(
                 """
                 INSERT INTO gateway.plans (name, rate_limit_per_minute, requests_per_day,
-                    bandwidth_bytes_monthly, db_size_bytes, job_runs_monthly, realtime_streams)
+                    bandwidth_bytes_monthly, db_size_bytes, job_runs_monthly, realtime_streams,
+                    job_timeout_ms_max)
                 SELECT %s, rate_limit_per_minute, requests_per_day, bandwidth_bytes_monthly,
-                       db_size_bytes, job_runs_monthly, realtime_streams
+                       db_size_bytes, job_runs_monthly, realtime_streams, job_timeout_ms_max
                   FROM gateway.plans WHERE name = 'free'
                 """,
                 [name],
@@ -98,6 +99,7 @@ USAGE_SQL = """
 SELECT p.id, p.name, p.tier AS plan,
        l.rate_limit_per_minute, l.requests_per_day, l.bandwidth_bytes_monthly,
        l.db_size_bytes AS db_size_limit, l.job_runs_monthly, l.realtime_streams,
+       l.job_timeout_ms_max,
        (now() AT TIME ZONE 'UTC')::date AS today,
        date_trunc('month', now() AT TIME ZONE 'UTC')::date AS month,
        CASE WHEN ac.day = (now() AT TIME ZONE 'UTC')::date THEN ac.day_used ELSE 0 END
@@ -160,4 +162,5 @@ def usage(conn: psycopg.Connection[Any], project_id: str) -> dict[str, Any]:
         ),
         "rate_limit_per_minute": row["rate_limit_per_minute"],
         "realtime_streams": row["realtime_streams"],
+        "job_timeout_ms_max": row["job_timeout_ms_max"],
     }

@@ -487,3 +487,27 @@ def test_migration_downgrades_and_upgrades_again(db: Any, pg_url: str) -> None:
             args = conn.execute("SELECT pronargs FROM pg_proc WHERE proname = 'admit'").fetchone()
             assert args["pronargs"] == 5
         migrate.upgrade(url, "heads")
+
+
+def test_cli_job_timeout_bound_per_plan_and_override(db: Any, pg_url: str) -> None:
+    """Issue 20: each plan bounds a job's timeoutMs (never unlimited); a project may
+    override it; usage shows the effective bound."""
+    by_name = {p["name"]: p for p in cli_json(pg_url, "plan", "list")["plans"]}
+    assert by_name["free"]["job_timeout_ms_max"] == 60_000
+    assert by_name["enterprise"]["job_timeout_ms_max"] == 1_800_000
+    name = f"q-{uuid.uuid4().hex[:10]}"
+    project = cli_json(pg_url, "project", "create", name)
+    assert cli_json(pg_url, "project", "usage", name)["job_timeout_ms_max"] == 60_000
+    cli_json(pg_url, "project", "set-limits", name, "--job-timeout-ms-max", "120000")
+    assert cli_json(pg_url, "project", "usage", name)["job_timeout_ms_max"] == 120_000
+    assert_refused(
+        run_cli(pg_url, "project", "set-limits", name, "--job-timeout-ms-max", "unlimited"),
+        "can't be unlimited",
+    )
+    assert_refused(
+        run_cli(pg_url, "project", "set-limits", name, "--job-timeout-ms-max", "999"),
+        "at least 1000",
+    )
+    cli_json(pg_url, "project", "set-limits", name, "--job-timeout-ms-max", "plan")
+    assert cli_json(pg_url, "project", "usage", name)["job_timeout_ms_max"] == 60_000
+    assert project["name"] == name

@@ -68,6 +68,13 @@ def test_every_scenario_declares_the_issue_keys() -> None:
             for case in ("read_pk_1", "read_pk_2", "insert", "sign_in"):
                 for k in ("rps_ratio", "cpu_ratio"):
                     assert f"peer.{case}.{k}" in module.KEYS
+        elif name == "isolation":  # issue 20 names these; victim_wait_ms comes beside them
+            attacks = ("like_regex", "jsonb_contains", "query_contains", "slow_write")
+            attacks += ("big_batch", "slow_jobs", "slow_queries")
+            for attack in attacks:
+                assert f"isolation.{attack}.victim_p95_ratio" in module.KEYS
+            assert "isolation.realtime_delay_ms" in module.KEYS
+            assert "isolation.instance_stalls" in module.KEYS
         else:
             assert ISSUE_KEYS[name] == module.KEYS
 

@@ -107,6 +107,7 @@ def cmd_project_usage(cli: CommandLine, args: argparse.Namespace) -> None:
         )
         pct = "" if item["percent_used"] is None else f" ({item['percent_used']}%)"
         lines.append(f"  {label:<22} {used_text} of {limit_text}{pct}")
+    lines.append(f"  {'job timeout at most':<22} {report['job_timeout_ms_max']:,} ms")
     emit(args, report, "\n".join(lines))
 
 

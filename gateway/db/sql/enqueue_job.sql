@@ -1,7 +1,10 @@
 -- gateway.enqueue_job: enqueue with idempotency, quota and the insert in one statement
 -- (docs/jobs.md). outcome is 'created', 'existing' (the idempotency key's job, no quota
 -- used) or an error P0J01 'job run quota exceeded' (nothing written: raising rolls the
--- idempotency row back). Called by the job queue store (gateway/jobs/).
+-- idempotency row back). A p_timeout_ms above the project's job_timeout_ms_max
+-- (gateway.project_limits) raises P0J02 with the bound as DETAIL, before anything is
+-- written; NULL means the API's default (180,000 ms, rules.TIMEOUT_DEFAULT_MS) capped at
+-- the bound. Called by the job queue store (gateway/jobs/).
 CREATE OR REPLACE FUNCTION gateway.enqueue_job(
     p_project uuid,
     p_name text,
@@ -25,7 +28,17 @@ DECLARE
     new_id uuid := gen_random_uuid();
     mapped uuid;
     due    timestamptz := coalesce(p_run_at, now());
+    bound  integer;
+    tmo    integer;
 BEGIN
+    SELECT l.job_timeout_ms_max INTO bound FROM gateway.project_limits l
+     WHERE l.project_id = p_project;
+    bound := coalesce(bound, 1800000);
+    IF p_timeout_ms > bound THEN
+        RAISE EXCEPTION 'timeoutMs above the plan''s bound' USING ERRCODE = 'P0J02',
+            DETAIL = bound::text;
+    END IF;
+    tmo := coalesce(p_timeout_ms, least(180000, bound));
     IF p_idempotency_key IS NOT NULL THEN
         INSERT INTO gateway.job_idempotency AS i (project_id, key, job_id, expires_at)
         VALUES (p_project, p_idempotency_key, new_id, now() + interval '24 hours')
@@ -54,7 +67,7 @@ BEGIN
     END IF;
     INSERT INTO gateway.jobs (id, project_id, name, payload, run_at, timeout_ms, max_attempts,
                               concurrency_key, idempotency_key, schedule_id)
-    VALUES (new_id, p_project, p_name, p_payload, due, p_timeout_ms, p_max_attempts,
+    VALUES (new_id, p_project, p_name, p_payload, due, tmo, p_max_attempts,
             p_concurrency_key, p_idempotency_key, p_schedule);
     created := now();
     due_at := due;

@@ -1,7 +1,7 @@
 """Plans bound a job's ``timeoutMs``: ``plans.job_timeout_ms_max`` and its override.
 
 Revision ID: 0016
-Revises: 0017
+Revises: 0015
 Create Date: 2026-12-04
 
 A job's ``timeoutMs`` was any value up to 30 minutes on every plan, so a free project with
@@ -24,7 +24,7 @@ from alembic import op
 from gateway.db.sql import frozen
 
 revision: str = "0016"
-down_revision: str | None = "0017"
+down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -65,11 +65,12 @@ class ProjectCreate(Body):
 
 
 def _override(description: str, *, high: int = OVERRIDE_MAX, low: int = UNLIMITED) -> Any:
+    unlimited = "-1 = unlimited, " if low <= UNLIMITED else ""
     return Field(
         default=None,
         ge=low,
         le=high,
-        description=description + "; -1 = unlimited, null = the plan's value again",
+        description=f"{description}; {unlimited}null = the plan's value again",
     )
 
 

@@ -1,0 +1,139 @@
+"""Realtime delivery in commit order (migration 0018): the commit stamp and the barrier.
+
+Real transactions on real connections: transactions that take their xids in one order
+and commit in another, concurrent commits, a transaction that stamps early (SET
+CONSTRAINTS ALL IMMEDIATE), and a rolled-back one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from gateway.realtime.events import Event
+from tests.support.polling import wait_until_async
+from tests.support.realtime import TIMEOUT_S, Hub, Reader, run
+from tests.support.tables import todos
+
+
+def titles(events: list[Event]) -> list[str]:
+    return [e.data["row"]["title"] for e in events if e.data]
+
+
+def test_commit_order_not_xid_order_every_row_once(
+    pg_url: str, db: psycopg.Connection[Any], make_project: Any
+) -> None:
+    """Twelve transactions take their xids in one order and commit in a shuffled one (one
+    after the other), then twelve more commit concurrently: the subscriber sees every row
+    once, each transaction's rows together, in the order the transactions committed."""
+    project = make_project()
+    insert = sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(todos(project))
+    rng = random.Random(20)
+
+    async def main() -> None:
+        async with Hub(pg_url) as hub:
+            reader = Reader(await hub.subscribe(project["id"], "todos"))
+            conns = [await psycopg.AsyncConnection.connect(pg_url) for _ in range(24)]
+            try:
+                for i, conn in enumerate(conns):  # xids are taken in this order
+                    await conn.execute(insert, [f"t{i}-a"])
+                    await conn.execute(insert, [f"t{i}-b"])
+                order = list(range(12))
+                rng.shuffle(order)
+                for i in order:
+                    await conns[i].commit()
+                await asyncio.gather(*(c.commit() for c in conns[12:]))
+            finally:
+                for conn in conns:
+                    await conn.close()
+            events = await reader.wait_for(48)
+            got = titles(events)
+            assert len(got) == 48 and len(set(got)) == 48, got
+            cursors = [e.cursor for e in events]
+            assert cursors == sorted(cursors) and len(set(cursors)) == 48
+            # sequential part: exactly the commit order, not the xid order
+            expected = [f"t{i}-{p}" for i in order for p in "ab"]
+            assert got[:24] == expected
+            assert order != sorted(order)  # the shuffle did change the order
+            # concurrent part: each transaction's two rows are adjacent, a before b
+            for k in range(24, 48, 2):
+                assert got[k].split("-")[0] == got[k + 1].split("-")[0], got[24:]
+                assert got[k].endswith("-a") and got[k + 1].endswith("-b")
+            await reader.stop()
+
+    run(main)
+    # one commit number per transaction, in the same order as the stamps say
+    rows = db.execute(
+        """
+        SELECT k.seq, count(*) AS n FROM gateway.changes c
+          JOIN gateway.commits k ON k.xid = c.xid
+         WHERE c.project_id = %s GROUP BY k.seq ORDER BY k.seq
+        """,
+        [project["id"]],
+    ).fetchall()
+    assert [r["n"] for r in rows] == [2] * 24
+
+
+def test_stamp_once_per_transaction_and_none_for_a_rollback(
+    db: psycopg.Connection[Any], pg_url: str, make_project: Any
+) -> None:
+    project = make_project()
+    t = todos(project)
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(sql.SQL("INSERT INTO {} (title) SELECT 'r' || g "
+                             "FROM generate_series(1, 50) g").format(t))  # fmt: skip
+        conn.execute(sql.SQL("UPDATE {} SET done = true").format(t))
+        conn.commit()
+        conn.execute(sql.SQL("INSERT INTO {} (title) VALUES ('rolled back')").format(t))
+        conn.rollback()
+    stamps = db.execute(
+        """
+        SELECT count(DISTINCT k.seq) AS stamps, count(*) AS rows,
+               count(*) FILTER (WHERE k.seq IS NULL) AS unstamped
+          FROM gateway.changes c LEFT JOIN gateway.commits k ON k.xid = c.xid
+         WHERE c.project_id = %s
+        """,
+        [project["id"]],
+    ).fetchone()
+    assert stamps == {"stamps": 1, "rows": 100, "unstamped": 0}
+
+
+def test_an_early_stamp_holds_delivery_back_but_loses_nothing(
+    pg_url: str, make_project: Any
+) -> None:
+    """SET CONSTRAINTS ALL IMMEDIATE fires the stamp at the statement, so the transaction
+    holds the barrier's shared side until it ends: delivery waits for it (the old
+    behaviour, for this writer only), other writers still commit, and when it ends
+    everything arrives once, in commit-number order."""
+    project = make_project()
+    insert = sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(todos(project))
+
+    async def main() -> None:
+        async with Hub(pg_url) as hub:
+            reader = Reader(await hub.subscribe(project["id"], "todos"))
+            early = await psycopg.AsyncConnection.connect(pg_url)
+            try:
+                await early.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                await early.execute(insert, ["early"])  # stamped now, not committed
+                async with await psycopg.AsyncConnection.connect(
+                    pg_url, autocommit=True
+                ) as other:
+                    # commits: a writer waits at most the barrier's lock timeout per poll
+                    await asyncio.wait_for(other.execute(insert, ["other"]), timeout=10)
+                busy = hub.stats.horizon_busy
+                polls = hub.stats.polls
+                await wait_until_async(lambda: hub.stats.polls >= polls + 3, timeout=TIMEOUT_S)
+                assert hub.stats.horizon_busy > busy
+                assert reader.changes == []
+                await early.commit()
+            finally:
+                await early.close()
+            events = await reader.wait_for(2)
+            assert titles(events) == ["early", "other"]
+            await reader.stop()
+
+    run(main)

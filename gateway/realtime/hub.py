@@ -1,8 +1,8 @@
 """Realtime fan-out: one poller per instance over ``gateway.changes``, a queue per subscriber.
 
 Capture (migrations 0005, 0018) appends every change of a realtime table to
-``gateway.changes`` and numbers the writing transaction at commit. This module reads that log (with the
-statements of ``changelog.py``) and fans it out:
+``gateway.changes`` and numbers the writing transaction at commit. This module reads that
+log (with the statements of ``changelog.py``) and fans it out:
 
 * **One cursor per instance.** ``RealtimeHub`` keeps one cursor ``(seq, id)`` and polls
   only for the projects that have subscribers on this instance, up to the commit

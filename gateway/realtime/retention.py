@@ -58,8 +58,8 @@ async def prune_changes(
     left without changes, and takes a transaction-scoped
     advisory lock first: when instances prune at the same time only one deletes, the
     others find nothing and stop. On an autocommit connection every batch commits on its
-    own, so no transaction stays open long. At most ``max_batches`` per call; the next call continues. Returns the number
-    of rows deleted.
+    own, so no transaction stays open long. At most ``max_batches`` per call; the next
+    call continues. Returns the number of rows deleted.
     """
     total = 0
     for _ in range(max_batches):

@@ -119,9 +119,7 @@ def test_an_early_stamp_holds_delivery_back_but_loses_nothing(
             try:
                 await early.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 await early.execute(insert, ["early"])  # stamped now, not committed
-                async with await psycopg.AsyncConnection.connect(
-                    pg_url, autocommit=True
-                ) as other:
+                async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as other:
                     # commits: a writer waits at most the barrier's lock timeout per poll
                     await asyncio.wait_for(other.execute(insert, ["other"]), timeout=10)
                 busy = hub.stats.horizon_busy

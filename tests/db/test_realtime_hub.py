@@ -208,9 +208,7 @@ def test_insert_update_delete_reach_subscriber(pg_url: str, make_project: Any) -
     run(main)
 
 
-def test_out_of_order_commits_are_delivered_in_commit_order(
-    pg_url: str, make_project: Any
-) -> None:
+def test_out_of_order_commits_are_delivered_in_commit_order(pg_url: str, make_project: Any) -> None:
     """A transaction with an early xid still open holds no one back (0018): later commits
     are delivered first, and its change arrives when it commits, after them."""
     project = make_project()
@@ -468,8 +466,7 @@ def test_retention_and_reset(pg_url: str, db: psycopg.Connection[Any], make_proj
             ).fetchone()
             assert left is not None and left["n"] == 0
             mark = db.execute(
-                "SELECT seq, id FROM gateway.changes_pruned "
-                "WHERE project_id = %s",
+                "SELECT seq, id FROM gateway.changes_pruned WHERE project_id = %s",
                 [project["id"]],
             ).fetchone()
             assert mark is not None and Cursor(mark["seq"], mark["id"]) == fresh

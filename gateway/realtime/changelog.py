@@ -35,16 +35,23 @@ from gateway.realtime.events import Change, Cursor, change_from_row
 
 HORIZON_SQL = "SELECT gateway.realtime_horizon()"
 
+# LATERAL (kept apart by OFFSET 0) keeps the plan a walk of the commit numbers since the cursor (an index range
+# on commits.seq, in order) probing each transaction's changes by the primary key: its
+# cost follows what was committed since the last poll, not the size of the active
+# projects' retained log (a hash join of both reads all of the latter).
 POLL_SQL = """
 SELECT k.seq, c.id, c.op, c.pk::text, c.row::text, c.old_row::text,
        c.project_id::text, c.table_name,
        extract(epoch FROM clock_timestamp() - c.created_at), v.version, c.owner::text
   FROM gateway.commits k
-  JOIN gateway.changes c ON c.xid = k.xid
+  CROSS JOIN LATERAL (
+        SELECT id, op, pk, row, old_row, project_id, table_name, created_at, owner
+          FROM gateway.changes
+         WHERE xid = k.xid AND project_id = ANY(%(projects)s::uuid[])
+           AND (k.seq, id) > (%(seq)s, %(id)s)
+        OFFSET 0) AS c
   LEFT JOIN gateway.registry_versions v ON v.project_id = c.project_id
  WHERE k.seq >= %(seq)s AND k.seq <= %(horizon)s
-   AND (k.seq, c.id) > (%(seq)s, %(id)s)
-   AND c.project_id = ANY(%(projects)s::uuid[])
  ORDER BY k.seq, c.id
  LIMIT %(limit)s
 """

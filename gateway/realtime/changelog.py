@@ -35,10 +35,11 @@ from gateway.realtime.events import Change, Cursor, change_from_row
 
 HORIZON_SQL = "SELECT gateway.realtime_horizon()"
 
-# LATERAL (kept apart by OFFSET 0) keeps the plan a walk of the commit numbers since the cursor (an index range
-# on commits.seq, in order) probing each transaction's changes by the primary key: its
-# cost follows what was committed since the last poll, not the size of the active
-# projects' retained log (a hash join of both reads all of the latter).
+# LATERAL (kept apart by OFFSET 0) makes the plan a walk of the commit numbers since the
+# cursor (an index range on commits.seq, in order) probing each transaction's changes by
+# the primary key: its cost follows what was committed since the last poll, not the size
+# of the active projects' retained log (the planner's hash join read all of the latter;
+# EXPLAIN on 100k changes in 500 projects: 0.3 ms near the head, docs/realtime.md).
 POLL_SQL = """
 SELECT k.seq, c.id, c.op, c.pk::text, c.row::text, c.old_row::text,
        c.project_id::text, c.table_name,

@@ -79,9 +79,9 @@ SOURCES: dict[str, tuple[str, ...]] = {
         "overflows",
         "send_timeouts",
         "resets",
-        "held_back_s",
+        "horizon_wait_s",
         "last_change_age_s",
-        "xmin_lag_xids",
+        "horizon_busy",
     ),
 }
 
@@ -336,26 +336,27 @@ class _SourceCollector(Collector):
         for name, key, help_text in (
             ("gateway_realtime_subscribers", "subscribers", "Open realtime streams"),
             (
-                "gateway_realtime_held_back_seconds",
-                "held_back_s",
-                "Age of the oldest committed change not yet deliverable because an older "
-                "transaction is still open (delivery waits for it)",
+                "gateway_realtime_horizon_wait_seconds",
+                "horizon_wait_s",
+                "How long the last commit-barrier statement took (it waits for transactions "
+                "that are committing realtime changes)",
             ),
             (
                 "gateway_realtime_last_change_age_seconds",
                 "last_change_age_s",
                 "now - created_at of the last change the poller read (database clock)",
             ),
-            (
-                "gateway_realtime_xmin_lag_xids",
-                "xmin_lag_xids",
-                "Transaction ids between the oldest open transaction and the next one",
-            ),
         ):
             yield _gauge(name, help_text, _num(rt, key) if present else None)
         for name, key, help_text in (
             ("gateway_realtime_polls", "polls", "Change-log polls"),
             ("gateway_realtime_poll_errors", "poll_errors", "Failed change-log polls"),
+            (
+                "gateway_realtime_horizon_busy",
+                "horizon_busy",
+                "Polls that found the commit barrier held past its timeout (a transaction "
+                "stamped its commit early: SET CONSTRAINTS ALL IMMEDIATE)",
+            ),
             ("gateway_realtime_events", "rows_delivered", "Change events sent to subscribers"),
             ("gateway_realtime_overflows", "overflows", "Streams closed with overflow"),
             ("gateway_realtime_send_timeouts", "send_timeouts", "Streams dropped on send timeout"),

@@ -20,28 +20,31 @@ MAX_BIGINT = 2**63 - 1
 
 
 class Cursor(NamedTuple):
-    """A position in the change log: ``(xid, id)``; tuples compare like the SQL row value."""
+    """A position in the change log: ``(seq, id)``, the commit number of the writing
+    transaction (``gateway.commits``) and the change's id; tuples compare like the SQL row
+    value. Cursors issued before migration 0018 held the xid: it became that commit's
+    number, so they keep working."""
 
-    xid: int
+    seq: int
     id: int
 
     def __str__(self) -> str:
-        return f"{self.xid}-{self.id}"
+        return f"{self.seq}-{self.id}"
 
 
 _CURSOR_RE = re.compile(r"^([0-9]{1,19})-([0-9]{1,19})$")
 
 
 def parse_cursor(raw: str) -> Cursor:
-    """``<xid>-<id>``, both decimal, at most 2**63-1; anything else is 400 INVALID_QUERY."""
+    """``<seq>-<id>``, both decimal, at most 2**63-1; anything else is 400 INVALID_QUERY."""
     match = _CURSOR_RE.match(raw.strip()) if isinstance(raw, str) else None
     if match:
-        xid, id_ = int(match.group(1)), int(match.group(2))
-        if xid <= MAX_BIGINT and id_ <= MAX_BIGINT:
-            return Cursor(xid, id_)
+        seq, id_ = int(match.group(1)), int(match.group(2))
+        if seq <= MAX_BIGINT and id_ <= MAX_BIGINT:
+            return Cursor(seq, id_)
     raise GatewayError(
         "INVALID_QUERY",
-        "invalid realtime cursor: expected '<xid>-<id>' as sent in an event's id",
+        "invalid realtime cursor: expected '<seq>-<id>' as sent in an event's id",
         details={"field": "since"},
     )
 
@@ -114,10 +117,10 @@ def change_from_row(
     age: Any,
     owner: str | None = None,
 ) -> Change:
-    """From ``xid, id, op, pk, row, old_row`` at ``offset`` in a result row."""
-    xid, id_, op, pk, row, old = r[offset : offset + 6]
+    """From ``seq, id, op, pk, row, old_row`` at ``offset`` in a result row."""
+    seq, id_, op, pk, row, old = r[offset : offset + 6]
     return Change(
-        cursor=Cursor(int(xid), int(id_)),
+        cursor=Cursor(int(seq), int(id_)),
         project_id=project_id,
         table=table,
         op=op,

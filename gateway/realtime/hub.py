@@ -1,12 +1,12 @@
 """Realtime fan-out: one poller per instance over ``gateway.changes``, a queue per subscriber.
 
-Capture (migration 0005) appends every change of a realtime table to ``gateway.changes``
-stamped with the writing transaction's id. This module reads that log (with the
-statements of ``changelog.py``) and fans it out:
+Capture (migrations 0005, 0018) appends every change of a realtime table to
+``gateway.changes`` and numbers the writing transaction at commit. This module reads that
+log (with the statements of ``changelog.py``) and fans it out:
 
-* **One cursor per instance.** ``RealtimeHub`` keeps one cursor ``(xid, id)`` and polls
-  only for the projects that have subscribers on this instance, below the snapshot's
-  xmin, so nothing is ever skipped (``changelog.py`` says why). It polls again at once
+* **One cursor per instance.** ``RealtimeHub`` keeps one cursor ``(seq, id)`` and polls
+  only for the projects that have subscribers on this instance, up to the commit
+  barrier's horizon, so nothing is ever skipped (``changelog.py`` says why). It polls again at once
   while pages are full, backs off to ``realtime_poll_max_ms`` when idle, and does not
   poll at all without subscribers. Cost grows with instances, not with subscribers.
 * **Dispatch** is synchronous with the cursor update (no ``await`` between them), so
@@ -19,7 +19,7 @@ statements of ``changelog.py``) and fans it out:
   between, and never while a poll that excludes its project is in flight. After joining
   it receives only changes above its position: no gap, no duplicate at the join.
 * **Retention** (``prune_changes``) deletes old changes in bounded batches and records,
-  per project, the largest ``(xid, id)`` it deleted; a resume cursor below it would have
+  per project, the largest ``(seq, id)`` it deleted; a resume cursor below it would have
   a gap, so the subscriber gets a ``reset`` event carrying a fresh cursor instead.
 * **Permissions** are the caller's: each subscription has a ``columns`` callable giving
   the columns the key may read *now* (from the metadata cache), applied to each event as
@@ -133,8 +133,8 @@ class RealtimeHub:
             "resets": s.resets,
             "send_timeouts": s.send_timeouts,
             "last_change_age_s": s.last_change_age_s,
-            "held_back_s": s.held_back_s,
-            "xmin_lag_xids": s.xmin_lag_xids,
+            "horizon_wait_s": s.horizon_wait_s,
+            "horizon_busy": s.horizon_busy,
             "cursor": str(self._cursor) if self._cursor else None,
         }
 
@@ -307,7 +307,7 @@ class RealtimeHub:
                 sub.close()
                 return
             checked = True
-            if (page.pruned is not None and page.pruned > pos) or pos.xid > page.xmax:
+            if (page.pruned is not None and page.pruned > pos) or pos.seq > page.last_seq + 1:
                 # changes after ``pos`` were deleted by retention (or the cursor is from
                 # the future): the client must refetch and resume from a fresh cursor
                 self.stats.resets += 1
@@ -443,9 +443,9 @@ class RealtimeHub:
             verdicts: dict[Any, Verdict] = {}
             try:
                 page = await read_poll(self.pool, cursor, projects, self.page_size)
-                self.stats.xmin_lag_xids = page.xmin_lag_xids
-                # committed changes held back by an older open transaction: how long they wait
-                self.stats.held_back_s = page.held_back_s
+                self.stats.horizon_wait_s = page.horizon_wait_s
+                if page.horizon is None:
+                    self.stats.horizon_busy += 1
                 # registry changed since the catalog we hold: reload before these changes
                 # are sent (same snapshot as the rows, so never older than the write)
                 await self._refresh_catalogs(page.versions)
@@ -468,15 +468,15 @@ class RealtimeHub:
             self.stats.last_poll_monotonic = time.monotonic()
             if epoch != self._epoch or self._cursor != cursor:
                 continue  # everyone left (and maybe came back at a new head) meanwhile
-            changes, xmin = page.changes, page.xmin
+            changes, horizon = page.changes, page.horizon
             self.stats.rows_polled += len(changes)
             self._dispatch(changes, verdicts)
             new = changes[-1].cursor if changes else cursor
             if changes:
                 self.stats.last_change_age_s = changes[-1].age_s
             full = len(changes) >= self.page_size
-            if not full:
-                new = max(new, Cursor(xmin, 0))  # all rows below xmin have been read
+            if not full and horizon is not None:
+                new = max(new, Cursor(horizon + 1, 0))  # all numbers <= horizon are read
             self._cursor = new
             if full:
                 delay = min_delay

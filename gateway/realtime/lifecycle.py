@@ -54,9 +54,8 @@ def install(hub: RealtimeHub, extras: dict[str, Any]) -> None:
     retention as a job of the maintenance leader (one instance per tick).
 
     The job deliberately does NOT delete inside the leader's transaction (the ``conn`` it
-    is given): every transaction that holds an xid holds realtime delivery back until it
-    ends, so each batch commits on its own connection in a few milliseconds instead of
-    staying open for the whole tick.
+    is given): each batch commits on its own connection in a few milliseconds instead of
+    holding its row locks (and the deleted rows' commit stamps) for the whole tick.
     """
     metrics = extras.get("metrics")
     if metrics is not None:

@@ -13,25 +13,34 @@ ADVISORY_LOCK_RETENTION = 0x6761_7465_7274  # "gatert": one pruner at a time
 
 PRUNE_SQL = """
 WITH doomed AS (
-    SELECT xid, id FROM gateway.changes
-     WHERE created_at < now() - make_interval(secs => %(seconds)s)
+    SELECT c.xid, c.id, k.seq FROM gateway.changes c
+      JOIN gateway.commits k ON k.xid = c.xid
+     WHERE c.created_at < now() - make_interval(secs => %(seconds)s)
        AND (SELECT pg_try_advisory_xact_lock(%(lock)s))
      LIMIT %(batch)s
 ), deleted AS (
     DELETE FROM gateway.changes c USING doomed
      WHERE c.xid = doomed.xid AND c.id = doomed.id
-    RETURNING c.project_id, c.xid, c.id
+    RETURNING c.project_id, doomed.seq, c.id
 ), newest AS (
-    SELECT DISTINCT ON (project_id) project_id, xid, id
-      FROM deleted ORDER BY project_id, xid DESC, id DESC
+    SELECT DISTINCT ON (project_id) project_id, seq, id
+      FROM deleted ORDER BY project_id, seq DESC, id DESC
 ), marked AS (
-    INSERT INTO gateway.changes_pruned AS w (project_id, xid, id)
-    SELECT project_id, xid, id FROM newest
+    INSERT INTO gateway.changes_pruned AS w (project_id, seq, id)
+    SELECT project_id, seq, id FROM newest
     ON CONFLICT (project_id) DO UPDATE
-       SET xid = excluded.xid, id = excluded.id, pruned_at = now()
-     WHERE (w.xid, w.id) < (excluded.xid, excluded.id)
+       SET seq = excluded.seq, id = excluded.id, pruned_at = now()
+     WHERE (w.seq, w.id) < (excluded.seq, excluded.id)
 )
-SELECT count(*) FROM deleted
+SELECT count(*), max(seq) FROM deleted
+"""
+
+# A commit number whose changes are all gone (a separate statement: the one above sees
+# the changes it deletes). Only numbers up to the last batch's largest are looked at.
+PRUNE_COMMITS_SQL = """
+DELETE FROM gateway.commits k
+ WHERE k.seq <= %(upto)s
+   AND NOT EXISTS (SELECT 1 FROM gateway.changes c WHERE c.xid = k.xid)
 """
 
 
@@ -45,12 +54,12 @@ async def prune_changes(
     """Delete changes older than the retention, at most ``batch`` rows per statement.
 
     Each batch is one statement that also records, per project, the largest deleted
-    ``(xid, id)`` (resuming below it answers ``reset``), and takes a transaction-scoped
+    ``(seq, id)`` (resuming below it answers ``reset``), then deletes the commit numbers
+    left without changes, and takes a transaction-scoped
     advisory lock first: when instances prune at the same time only one deletes, the
     others find nothing and stop. On an autocommit connection every batch commits on its
-    own, so no transaction stays open long (an open transaction holds realtime delivery
-    back). At most ``max_batches`` per call; the next call continues. Returns the number
-    of rows deleted.
+    own, so no transaction stays open long. At most ``max_batches`` per call; the next
+    call continues. Returns the number of rows deleted.
     """
     total = 0
     for _ in range(max_batches):
@@ -64,6 +73,9 @@ async def prune_changes(
         )
         row = await cur.fetchone()
         deleted = int(row[0]) if row else 0
+        if deleted:
+            assert row is not None
+            await conn.execute(PRUNE_COMMITS_SQL, {"upto": int(row[1])})
         total += deleted
         if deleted < batch:
             break

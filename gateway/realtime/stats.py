@@ -23,6 +23,6 @@ class HubStats:
     resets: int = 0
     send_timeouts: int = 0
     last_change_age_s: float = 0.0  # now - created_at of the last change read (DB clock)
-    held_back_s: float = 0.0  # age of the oldest visible change not yet deliverable
-    xmin_lag_xids: int = 0  # how far pg_snapshot_xmin trails the next xid
+    horizon_wait_s: float = 0.0  # how long the last commit-barrier statement took
+    horizon_busy: int = 0  # polls whose barrier wasn't granted (an early stamp held it)
     last_poll_monotonic: float = field(default=0.0)

@@ -395,7 +395,7 @@ def test_no_polling_without_subscribers(
         row = db.execute(
             "SELECT coalesce(sum(calls), 0)::bigint AS n FROM pg_stat_statements "
             "WHERE query LIKE %s",
-            ["%FROM gateway.changes%AND xid < s.xmin%"],
+            ["%gateway.realtime_horizon()%"],
         ).fetchone()
         assert row is not None
         return int(row["n"])
@@ -531,34 +531,46 @@ def metric(url: str, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
-def test_metrics_show_subscribers_and_held_back_delivery(
+def test_another_tenants_open_transaction_does_not_delay_events(
     cluster: GatewayCluster, pg_url: str, make_project: Any
 ) -> None:
-    """An open transaction holds delivery back; the lag metric shows it, nothing is lost."""
-    project = make_project()
-    insert = sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(todos(project))
+    """Issue 20: tenant A's slow write (a transaction left open, as a statement running up
+    to the statement timeout would) used to hold every tenant's events back until it
+    ended. Now B's event arrives within 1 s of B's commit (asserted < 1.5 s: margin for
+    this 2-core machine shared with other work), A's own later write is not held back
+    either, and A's slow row arrives when A commits, after them, nothing lost."""
+    a, b = make_project(), make_project()
+    insert_a = sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(todos(a))
+    insert_b = sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(todos(b))
     url = cluster.urls[2]
 
     async def main() -> None:
-        s = Stream(url, key=project["public_key"])
-        assert await s.wait_open() == 200
+        sa = Stream(url, key=a["public_key"])
+        sb = Stream(cluster.urls[1], key=b["public_key"])
+        assert await sa.wait_open() == 200 and await sb.wait_open() == 200
         assert metric(url, "gateway_realtime_subscribers") == 1
-        async with await psycopg.AsyncConnection.connect(pg_url) as early:
-            await early.execute(insert, ["early"])  # holds an xid, uncommitted
+        async with await psycopg.AsyncConnection.connect(pg_url) as slow:
+            await slow.execute(insert_a, ["a-slow"])  # holds an xid, uncommitted
             async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as c:
-                await c.execute(insert, ["later"])
-            await asyncio.sleep(1.5)
-            held = metric(url, "gateway_realtime_held_back_seconds")
-            assert s.changes == []
-            assert held >= 1.0, held
-            await early.commit()
-        events = await s.wait_for(2)
-        assert [e.data["row"]["title"] for e in events] == ["early", "later"]
-        await asyncio.sleep(0.3)
-        print(f"held back {held:.2f}s by an open transaction, then delivered in order")
-        assert metric(url, "gateway_realtime_held_back_seconds") < 1.0
+                await c.execute(insert_b, ["b-1"])
+                committed = time.monotonic()
+                (event,) = await sb.wait_for(1, timeout=10)
+                b_delay = time.monotonic() - committed
+                await c.execute(insert_a, ["a-quick"])
+                (quick,) = await sa.wait_for(1, timeout=10)
+            assert event.data["row"]["title"] == "b-1"
+            assert quick.data["row"]["title"] == "a-quick"
+            await slow.commit()
+        events = await sa.wait_for(2)
+        assert [e.data["row"]["title"] for e in events] == ["a-quick", "a-slow"]
+        check_sequence(events)
+        assert [e.data["row"]["title"] for e in sb.changes] == ["b-1"]
+        print(f"B's event {b_delay:.3f} s after B's commit while A's transaction was open")
+        assert b_delay < 1.5, b_delay
+        assert metric(url, "gateway_realtime_horizon_wait_seconds") < 1.0
         assert metric(url, "gateway_realtime_events_total") >= 2
-        await s.close()
+        await sa.close()
+        await sb.close()
         await wait_until_async(
             lambda: metric(url, "gateway_realtime_subscribers") == 0, timeout=TIMEOUT_S
         )

@@ -274,7 +274,7 @@ def test_catch_up_applies_the_registry_as_of_its_changes(
     t = todos(project)
     db.execute(sql.SQL("INSERT INTO {} (title) VALUES ('before')").format(t))
     first = changes(db, project["id"])[0]
-    since = Cursor(first["xid"], first["id"])
+    since = Cursor(first["seq"], first["id"])
     db.execute(sql.SQL("INSERT INTO {} (title) VALUES ('a')").format(t))
 
     async def main() -> None:

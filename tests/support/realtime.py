@@ -96,11 +96,13 @@ async def awrite(pg_url: str, statement: sql.Composable, params: Any = None) -> 
 
 
 def changes(db: psycopg.Connection[Any], project_id: str) -> list[dict[str, Any]]:
-    """What the capture trigger recorded for the project, in commit (xid) order."""
+    """What the capture trigger recorded for the project, in commit order (the commit
+    number ``seq`` of migration 0018, with the writing transaction's ``xid``)."""
     return db.execute(
         """
-        SELECT xid::text::bigint AS xid, id, table_name, op, pk, row
-          FROM gateway.changes WHERE project_id = %s ORDER BY xid, id
+        SELECT k.seq, c.xid::text::bigint AS xid, c.id, c.table_name, c.op, c.pk, c.row
+          FROM gateway.changes c JOIN gateway.commits k ON k.xid = c.xid
+         WHERE c.project_id = %s ORDER BY k.seq, c.id
         """,
         [project_id],
     ).fetchall()

@@ -1,6 +1,6 @@
 """Reading the change log: the instance's poll, a subscriber's catch-up page, the head.
 
-Capture (migrations 0005, 0018) appends every change of a realtime table to
+Capture (migrations 0005, 0017) appends every change of a realtime table to
 ``gateway.changes`` and, when the writing transaction COMMITS, numbers it in
 ``gateway.commits`` (``stamp_commit.sql``). Positions are ``(seq, id)``: the commit number,
 then the change's id. The hub (``hub.py``) keeps one cursor per instance and polls only for

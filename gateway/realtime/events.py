@@ -22,7 +22,7 @@ MAX_BIGINT = 2**63 - 1
 class Cursor(NamedTuple):
     """A position in the change log: ``(seq, id)``, the commit number of the writing
     transaction (``gateway.commits``) and the change's id; tuples compare like the SQL row
-    value. Cursors issued before migration 0018 held the xid: it became that commit's
+    value. Cursors issued before migration 0017 held the xid: it became that commit's
     number, so they keep working."""
 
     seq: int

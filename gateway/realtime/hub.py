@@ -1,6 +1,6 @@
 """Realtime fan-out: one poller per instance over ``gateway.changes``, a queue per subscriber.
 
-Capture (migrations 0005, 0018) appends every change of a realtime table to
+Capture (migrations 0005, 0017) appends every change of a realtime table to
 ``gateway.changes`` and numbers the writing transaction at commit. This module reads that
 log (with the statements of ``changelog.py``) and fans it out:
 

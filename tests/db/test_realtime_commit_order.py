@@ -1,4 +1,4 @@
-"""Realtime delivery in commit order (migration 0018): the commit stamp and the barrier.
+"""Realtime delivery in commit order (migration 0017): the commit stamp and the barrier.
 
 Real transactions on real connections: transactions that take their xids in one order
 and commit in another, concurrent commits, a transaction that stamps early (SET
@@ -153,7 +153,7 @@ def before_commit_order(url: str) -> str:
 
 
 def test_cursors_from_before_the_migration_keep_working(pg_url: str) -> None:
-    """0018 numbers every existing change's transaction with its xid and starts the
+    """0017 numbers every existing change's transaction with its xid and starts the
     sequence above every xid: a cursor a client got before the upgrade resumes after it
     with nothing lost and nothing repeated, and later commits come after."""
     with scratch_database(pg_url, "rtseq") as url:

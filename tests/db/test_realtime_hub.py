@@ -209,7 +209,7 @@ def test_insert_update_delete_reach_subscriber(pg_url: str, make_project: Any) -
 
 
 def test_out_of_order_commits_are_delivered_in_commit_order(pg_url: str, make_project: Any) -> None:
-    """A transaction with an early xid still open holds no one back (0018): later commits
+    """A transaction with an early xid still open holds no one back (0017): later commits
     are delivered first, and its change arrives when it commits, after them."""
     project = make_project()
     insert = sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(todos(project))

@@ -97,7 +97,7 @@ async def awrite(pg_url: str, statement: sql.Composable, params: Any = None) -> 
 
 def changes(db: psycopg.Connection[Any], project_id: str) -> list[dict[str, Any]]:
     """What the capture trigger recorded for the project, in commit order (the commit
-    number ``seq`` of migration 0018, with the writing transaction's ``xid``)."""
+    number ``seq`` of migration 0017, with the writing transaction's ``xid``)."""
     return db.execute(
         """
         SELECT k.seq, c.xid::text::bigint AS xid, c.id, c.table_name, c.op, c.pk, c.row

@@ -1,6 +1,6 @@
 -- gateway.stamp_commit: numbers a transaction that wrote realtime changes in COMMIT order
 -- (docs/realtime.md, "Commit order"). A deferred constraint trigger on gateway.changes
--- (gateway_commit_stamp, migration 0018) calls it for every change row at COMMIT time. The
+-- (gateway_commit_stamp, migration 0017) calls it for every change row at COMMIT time. The
 -- transaction's first firing takes the SHARED side of the commit barrier, then inserts
 -- (its xid, nextval) into gateway.commits; the transaction-local setting
 -- gateway.commit_stamped (the xid it stamped) makes every later row one comparison. The

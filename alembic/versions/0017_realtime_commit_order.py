@@ -1,7 +1,7 @@
 """Realtime delivery in commit order: a commit stamp and a commit barrier.
 
-Revision ID: 0018
-Revises: 0017
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-04
 
 Until now the hub delivered only changes with ``xid < pg_snapshot_xmin``: one open
@@ -37,8 +37,8 @@ from alembic import op
 
 from gateway.db.sql import frozen
 
-revision: str = "0018"
-down_revision: str | None = "0017"
+revision: str = "0017"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -89,7 +89,7 @@ DROP SEQUENCE IF EXISTS gateway.commit_seq;
 
 def upgrade() -> None:
     op.execute(TABLES)
-    op.execute(frozen(__file__, "0018/stamp_commit", "0018/realtime_horizon"))
+    op.execute(frozen(__file__, "0017/stamp_commit", "0017/realtime_horizon"))
     op.execute(TRIGGER)
 
 

@@ -39,6 +39,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)
     statement_timeout_ms: int = 10_000
     max_body_bytes: int = 256 * 1024
+    # row JSON one request may answer, a batch counted as a whole (docs/query-api.md)
+    max_response_bytes: int = 4 * 1024 * 1024
 
     # admission
     rate_limit_algorithm: RateLimitAlgorithm = "fixed"
@@ -135,6 +137,7 @@ class Settings:
             instance_id=r.str("GATEWAY_INSTANCE_ID", "") or _default_instance_id(),
             cors_origins=r.list("GATEWAY_CORS_ORIGINS", ("*",)),
             statement_timeout_ms=r.int("GATEWAY_STATEMENT_TIMEOUT_MS", 10_000, minimum=1),
+            max_response_bytes=r.int("GATEWAY_MAX_RESPONSE_BYTES", 4 * 1024 * 1024, minimum=1024),
             rate_limit_algorithm=r.choice(
                 "GATEWAY_RATE_LIMIT_ALGORITHM", "fixed", ("fixed", "sliding")
             ),

@@ -38,6 +38,13 @@ from gateway.query.values import BadValue, ColumnType, column_type, convert
 
 PUBLIC_DEFAULT_MAX_ROWS = 50
 ROW_LIMIT_MARKER = "gateway_row_limit_exceeded:"
+RESPONSE_LIMIT_MARKER = "gateway_response_too_large:"
+# what the transaction's earlier statements answered (the executor starts it at 0); a
+# statement run outside the executor counts from 0
+_ANSWER_BYTES_SO_FAR = sql.SQL(
+    "coalesce(nullif(current_setting('gateway.answer_bytes', true), ''), '0')::bigint"
+)
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 _OPERATORS: dict[str, str] = {
     "eq": "=",
@@ -61,6 +68,7 @@ class CompiledStatement:
     operation: str
     table: str
     max_rows: int | None
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 # --- building blocks ------------------------------------------------------------------
@@ -73,8 +81,10 @@ class _Builder:
         table: TableInfo,
         principal: Principal,
         owner: str | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.catalog = catalog
+        self.max_response_bytes = max_response_bytes
         self.table = table
         self.principal = principal
         self.params: list[Any] = []
@@ -205,13 +215,15 @@ def _data_expr(cols: Sequence[ColumnInfo], alias: str) -> sql.Composable:
 
 def _compile_select(b: _Builder, query: Query) -> sql.Composable:
     cols = perm.select_columns(b.table, query.columns, b.principal, f"{query.field}.columns")
+    # the two answer-size bounds come first in the text, then WHERE, LIMIT and OFFSET
+    b.params.extend([b.max_response_bytes] * 2)
     where = b.where(query.filters, f"{query.field}.filters")
     keys = b.sort_keys(query)
     b.params.extend([query.limit, query.offset])
     # The inner query filters, sorts and limits (a top-N sort) and passes the values on
     # under generated names (c0.., and the sort keys as k0..), so no user column name can
     # collide with them; the JSON is built only for the rows that survive the LIMIT, and
-    # json_agg orders by the sort keys explicitly rather than trusting a sorted subquery
+    # string_agg orders by the sort keys explicitly rather than trusting a sorted subquery
     # to be aggregated in order.
     named = [(b.col(c), f"c{i}") for i, c in enumerate(cols)]
     named += [(ref, f"k{i}") for i, (ref, _) in enumerate(keys)]
@@ -223,17 +235,40 @@ def _compile_select(b: _Builder, query: Query) -> sql.Composable:
         for i, c in enumerate(cols)
     )
     inner_order = sql.SQL(", ").join(sql.SQL("{} {}").format(ref, d) for ref, d in keys)
-    agg_order = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier("r", f"k{i}"), d) for i, (_, d) in enumerate(keys)
+    key_names = [f"k{i}" for i in range(len(keys))]
+    window_order = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier("r", k), d) for k, (_, d) in zip(key_names, keys)
     )
+    agg_order = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier("s", k), d) for k, (_, d) in zip(key_names, keys)
+    )
+    s_keys = sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier("r", k)) for k in key_names)
+    # The answer is bounded in the statement (docs/query-api.md "Bounded answers"): each
+    # row's JSON is measured as it is built, a running total (plus what the transaction's
+    # earlier statements answered, kept in the transaction-local gateway.answer_bytes) stops
+    # the aggregate from growing past the limit, and an answer over it aborts the
+    # transaction with RESPONSE_LIMIT_MARKER — so PostgreSQL never sends the oversized rows.
     return sql.SQL(
-        "SELECT coalesce(json_agg(to_json(v.*){agg_order}), '[]')::text AS data,"
-        " count(*)::bigint AS count, NULL::bigint AS matched"
+        "SELECT CASE WHEN a.used > %s::bigint"
+        " THEN ({marker} || a.used::text)::bigint::text ELSE a.data END AS data,"
+        " a.count AS count, NULL::bigint AS matched"
+        " FROM (SELECT '[' || coalesce(string_agg(s.j, ','{agg_order})"
+        " FILTER (WHERE s.run <= %s::bigint), '') || ']' AS data,"
+        " count(*)::bigint AS count,"
+        " set_config('gateway.answer_bytes',"
+        " ({used} + coalesce(sum(octet_length(s.j)), 0))::text, true)::bigint AS used"
+        " FROM (SELECT o.j{s_keys}, {used} + sum(octet_length(o.j))"
+        " OVER ({window_order}ROWS UNBOUNDED PRECEDING) AS run"
         " FROM (SELECT {inner_cols} FROM {target} AS x{where}{order}"
         " LIMIT %s::bigint OFFSET %s::bigint) AS r"
-        " CROSS JOIN LATERAL (SELECT {row_cols}) AS v"
+        " CROSS JOIN LATERAL (SELECT to_json(v.*)::text AS j FROM (SELECT {row_cols}) AS v) AS o"
+        ") AS s) AS a"
     ).format(
+        marker=sql.Literal(RESPONSE_LIMIT_MARKER),
+        used=_ANSWER_BYTES_SO_FAR,
         agg_order=sql.SQL(" ORDER BY ") + agg_order if keys else sql.SQL(""),
+        s_keys=s_keys,
+        window_order=sql.SQL("ORDER BY ") + window_order + sql.SQL(" ") if keys else sql.SQL(""),
         inner_cols=inner_cols,
         target=b.target,
         where=where,
@@ -402,11 +437,20 @@ def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Co
     )
 
 
-def compile_query(query: Query, catalog: ProjectCatalog, principal: Principal) -> CompiledStatement:
-    """The one statement for ``query``; every refusal is a ``GatewayError``."""
+def compile_query(
+    query: Query,
+    catalog: ProjectCatalog,
+    principal: Principal,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+) -> CompiledStatement:
+    """The one statement for ``query``; every refusal is a ``GatewayError``.
+
+    A select's answer, with those of the transaction's earlier statements, may hold at
+    most ``max_response_bytes`` of row JSON (``GATEWAY_MAX_RESPONSE_BYTES``)."""
     write = query.operation != "select"
     table = perm.resolve_table(catalog, query.table, principal, write=write)
-    b = _Builder(catalog, table, principal, perm.row_owner(table, principal, write=write))
+    owner = perm.row_owner(table, principal, write=write)
+    b = _Builder(catalog, table, principal, owner, max_response_bytes)
     max_rows: int | None = None
     if query.operation == "select":
         composed = _compile_select(b, query)
@@ -416,4 +460,6 @@ def compile_query(query: Query, catalog: ProjectCatalog, principal: Principal) -
         max_rows = _effective_max_rows(query, principal)
         composed = _compile_mutation(b, query, max_rows)
     assert isinstance(composed, sql.Composed)
-    return CompiledStatement(composed, b.params, query.operation, table.name, max_rows)
+    return CompiledStatement(
+        composed, b.params, query.operation, table.name, max_rows, max_response_bytes
+    )

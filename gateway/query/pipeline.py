@@ -159,7 +159,10 @@ class Pipeline:
                 contract.parse_batch_body(parsed) if batch else [contract.parse_query_body(parsed)]
             )
             catalog = await self.catalog(conn, admission.project_id)
-            statements = [_compile(q, i, catalog, admission, batch) for i, q in enumerate(queries)]
+            statements = [
+                _compile(q, i, catalog, admission, batch, self.settings.max_response_bytes)
+                for i, q in enumerate(queries)
+            ]
             results = await run_transaction(
                 conn,
                 statements,
@@ -248,11 +251,16 @@ class Pipeline:
 
 
 def _compile(
-    query: contract.Query, index: int, catalog: ProjectCatalog, admission: Admission, batch: bool
+    query: contract.Query,
+    index: int,
+    catalog: ProjectCatalog,
+    admission: Admission,
+    batch: bool,
+    max_response_bytes: int,
 ) -> CompiledStatement:
     """Compile one query; in a batch, a refusal names the query's index."""
     try:
-        return compile_query(query, catalog, admission.principal)
+        return compile_query(query, catalog, admission.principal, max_response_bytes)
     except GatewayError as error:
         raise with_index(error, index if batch else None) from None
 

@@ -63,6 +63,8 @@ class Settings:
     pool_max: int | None = None
     pool_min: int = 1
     pool_timeout_s: float = 2.0
+    # one project's most pool connections at once; None: default_share(pool_max)
+    pool_max_per_project: int | None = None
     pool_max_waiting: int | None = None
     pool_max_idle_s: float = 60.0
 
@@ -160,6 +162,7 @@ class Settings:
             pool_max=r.optional_int("GATEWAY_POOL_MAX", minimum=1),
             pool_min=r.int("GATEWAY_POOL_MIN", 1, minimum=0),
             pool_timeout_s=r.float("GATEWAY_POOL_TIMEOUT_S", 2.0, minimum=0.01),
+            pool_max_per_project=r.optional_int("GATEWAY_POOL_MAX_PER_PROJECT", minimum=1),
             pool_max_waiting=r.optional_int("GATEWAY_POOL_MAX_WAITING", minimum=0),
             pool_max_idle_s=r.float("GATEWAY_POOL_MAX_IDLE_S", 60.0, minimum=0.1),
             log_flush_ms=r.int("GATEWAY_LOG_FLUSH_MS", 250, minimum=1),

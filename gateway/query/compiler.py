@@ -237,10 +237,12 @@ def _compile_select(b: _Builder, query: Query) -> sql.Composable:
     inner_order = sql.SQL(", ").join(sql.SQL("{} {}").format(ref, d) for ref, d in keys)
     key_names = [f"k{i}" for i in range(len(keys))]
     window_order = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier("r", k), d) for k, (_, d) in zip(key_names, keys)
+        sql.SQL("{} {}").format(sql.Identifier("r", k), d)
+        for k, (_, d) in zip(key_names, keys, strict=True)
     )
     agg_order = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier("s", k), d) for k, (_, d) in zip(key_names, keys)
+        sql.SQL("{} {}").format(sql.Identifier("s", k), d)
+        for k, (_, d) in zip(key_names, keys, strict=True)
     )
     s_keys = sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier("r", k)) for k in key_names)
     # The answer is bounded in the statement (docs/query-api.md "Bounded answers"): each

@@ -36,7 +36,8 @@ def _fill(pg_url: str, project: dict[str, Any], rows: int, chars: int) -> None:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL(
-                "INSERT INTO {t} (title) SELECT lpad(g::text, %s, 'x') FROM generate_series(1, %s) g"
+                "INSERT INTO {t} (title)"
+                " SELECT lpad(g::text, %s, 'x') FROM generate_series(1, %s) g"
             ).format(t=todos(project)),
             [chars, rows],
         )

@@ -50,7 +50,7 @@ def test_select_shape() -> None:
     assert 'SELECT "x"."title" AS "c0", "x"."id" AS "c1", "x"."created_at" AS "k0"' in sql
     assert '(SELECT "r"."c0" AS "title", "r"."c1" AS "id") AS v' in sql
     assert 'ORDER BY "r"."k0" DESC NULLS LAST ROWS UNBOUNDED PRECEDING' in sql
-    assert "string_agg(s.j, ',' ORDER BY \"s\".\"k0\" DESC NULLS LAST)" in sql
+    assert 'string_agg(s.j, \',\' ORDER BY "s"."k0" DESC NULLS LAST)' in sql
     assert st.operation == "select" and st.table == "todos" and st.max_rows is None
 
 

@@ -295,7 +295,9 @@ def _compile(
 ) -> CompiledStatement:
     """Compile one query; in a batch, a refusal names the query's index."""
     try:
-        return compile_query(query, catalog, admission.principal, max_response_bytes)
+        return compile_query(
+            query, catalog, admission.principal, max_response_bytes, in_batch=batch
+        )
     except GatewayError as error:
         raise with_index(error, index if batch else None) from None
 

@@ -42,15 +42,19 @@ def test_select_shape() -> None:
     )
     sql = text(st)
     bound = st.max_response_bytes
-    assert st.params == [bound, bound, False, [1, 2], 10, 20]
-    assert sql.count("%s") == 6
+    assert st.params == [bound, False, [1, 2], 10, 20]
+    assert sql.count("%s") == 5
     assert '"p_aaaaaaaaaaaa"."todos"' in sql
     assert '"x"."done" = %s::boolean AND "x"."id" = ANY(%s::bigint[])' in sql
     assert '"x"."created_at" DESC NULLS LAST' in sql
     assert 'SELECT "x"."title" AS "c0", "x"."id" AS "c1", "x"."created_at" AS "k0"' in sql
     assert '(SELECT "r"."c0" AS "title", "r"."c1" AS "id") AS v' in sql
-    assert 'ORDER BY "r"."k0" DESC NULLS LAST ROWS UNBOUNDED PRECEDING' in sql
-    assert 'string_agg(s.j, \',\' ORDER BY "s"."k0" DESC NULLS LAST)' in sql
+    assert 'json_agg(to_json(v.*) ORDER BY "r"."k0" DESC NULLS LAST)' in sql
+    assert "octet_length(" in sql and "gateway.answer_bytes" not in sql
+    in_batch = compile_query(
+        parse_query({"operation": "select", "table": "todos"}), CATALOG, SERVER, in_batch=True
+    )
+    assert "set_config('gateway.answer_bytes'" in text(in_batch)
     assert st.operation == "select" and st.table == "todos" and st.max_rows is None
 
 

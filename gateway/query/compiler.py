@@ -205,11 +205,42 @@ def _returning_clause(cols: Sequence[ColumnInfo]) -> sql.Composable:
     return sql.SQL(" RETURNING ") + _column_list(cols)
 
 
-def _data_expr(cols: Sequence[ColumnInfo], alias: str) -> sql.Composable:
+def _data_expr(
+    b: _Builder, cols: Sequence[ColumnInfo], alias: str, params: list[Any]
+) -> sql.Composable:
+    """A mutation's RETURNING rows as JSON text, bounded like a select's answer; the
+    bound's parameter is appended to ``params`` (the caller places it in text order)."""
     if not cols:
         return sql.SQL("NULL::text")
     # alias.* (not a bare alias): a bare name would mean a column if one had that name.
-    return sql.SQL("coalesce(json_agg({}.*), '[]')::text").format(sql.Identifier(alias))
+    data = sql.SQL("coalesce(json_agg({}.*), '[]')::text").format(sql.Identifier(alias))
+    params.append(b.max_response_bytes)
+    return _bounded(b, data)
+
+
+def _bounded(b: _Builder, data: sql.Composable) -> sql.Composable:
+    """``data`` (an aggregate's JSON text), or an error past the answer bound (one ``%s``).
+
+    The answer is bounded in the statement (docs/query-api.md "Bounded answers"): the
+    bytes of the rows' JSON, in a batch added to what the transaction's earlier statements
+    answered (the transaction-local gateway.answer_bytes), are checked before the answer
+    leaves PostgreSQL; past the limit the statement aborts the transaction with
+    RESPONSE_LIMIT_MARKER, so the oversized rows are never sent. Identical aggregate calls
+    are one aggregate: PostgreSQL computes it once.
+    """
+    if b.in_batch:
+        check: sql.Composable = sql.SQL(
+            "set_config('gateway.answer_bytes', ({so_far} + octet_length({data}))::text,"
+            " true)::bigint"
+        ).format(so_far=_ANSWER_BYTES_SO_FAR, data=data)
+        reported: sql.Composable = sql.SQL("current_setting('gateway.answer_bytes')")
+    else:
+        # one statement: no running total (measured: the setting costs ~20 us)
+        check = sql.SQL("octet_length({data})::bigint").format(data=data)
+        reported = sql.SQL("({})::text").format(check)
+    return sql.SQL(
+        "CASE WHEN {check} > %s::bigint THEN ({marker} || {reported})::bigint::text ELSE {data} END"
+    ).format(check=check, reported=reported, data=data, marker=sql.Literal(RESPONSE_LIMIT_MARKER))
 
 
 # --- the four operations --------------------------------------------------------------
@@ -243,33 +274,13 @@ def _compile_select(b: _Builder, query: Query) -> sql.Composable:
     data = sql.SQL("coalesce(json_agg(to_json(v.*){agg_order}), '[]')::text").format(
         agg_order=sql.SQL(" ORDER BY ") + agg_order if keys else sql.SQL("")
     )
-    # The answer is bounded in the statement (docs/query-api.md "Bounded answers"): the
-    # bytes of the rows' JSON, added to what the transaction's earlier statements answered
-    # (the transaction-local gateway.answer_bytes), are checked before the answer leaves
-    # PostgreSQL; past the limit the statement aborts the transaction with
-    # RESPONSE_LIMIT_MARKER, so the oversized rows are never sent. The two identical
-    # json_agg calls are one aggregate: PostgreSQL computes it once.
-    if b.in_batch:
-        # a batch counts as a whole: each select adds its bytes to the running total
-        used: sql.Composable = sql.SQL(
-            "set_config('gateway.answer_bytes', ({so_far} + octet_length({data}))::text,"
-            " true)::bigint"
-        ).format(so_far=_ANSWER_BYTES_SO_FAR, data=data)
-    else:
-        # one statement: no running total needed (measured: the setting costs ~20 us)
-        used = sql.SQL("octet_length({data})::bigint").format(data=data)
     return sql.SQL(
-        "SELECT CASE WHEN {used} > %s::bigint"
-        " THEN ({marker} || ({used})::text)::bigint::text"
-        " ELSE {data} END AS data,"
-        " count(*)::bigint AS count, NULL::bigint AS matched"
+        "SELECT {data} AS data, count(*)::bigint AS count, NULL::bigint AS matched"
         " FROM (SELECT {inner_cols} FROM {target} AS x{where}{order}"
         " LIMIT %s::bigint OFFSET %s::bigint) AS r"
         " CROSS JOIN LATERAL (SELECT {row_cols}) AS v"
     ).format(
-        used=used,
-        data=data,
-        marker=sql.Literal(RESPONSE_LIMIT_MARKER),
+        data=_bounded(b, data),
         inner_cols=inner_cols,
         target=b.target,
         where=where,
@@ -309,7 +320,10 @@ def _compile_insert(b: _Builder, query: Query) -> sql.Composable:
         "WITH w AS (INSERT INTO {target} AS x {body}{returning})"
         " SELECT {data} AS data, count(*)::bigint AS count, NULL::bigint AS matched FROM w"
     ).format(
-        target=b.target, body=body, returning=_returning_clause(ret), data=_data_expr(ret, "w")
+        target=b.target,
+        body=body,
+        returning=_returning_clause(ret),
+        data=_data_expr(b, ret, "w", b.params),
     )
 
 
@@ -404,7 +418,7 @@ def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Co
         return sql.SQL(
             "WITH u AS ({change}) SELECT {data} AS data, count(*)::bigint AS count,"
             " count(*)::bigint AS matched FROM u"
-        ).format(change=change(where), data=_data_expr(ret, "u"))
+        ).format(change=change(where), data=_data_expr(b, ret, "u", b.params))
 
     # Bounded: lock what matches, count it, change it only if the count fits. The key is
     # the primary key when there is one (robust to concurrent updates), else ctid.
@@ -419,7 +433,9 @@ def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Co
         m_cols = sql.SQL("x.ctid")
     condition = sql.SQL(" WHERE {} AND (SELECT n FROM c) <= %s::bigint").format(match)
     # m's WHERE, then u's SET and its guard, then the guard that aborts the transaction.
-    b.params.extend([*where_params, *set_params, max_rows, max_rows])
+    data_params: list[Any] = []
+    data = _data_expr(b, ret, "u", data_params)
+    b.params.extend([*where_params, *set_params, max_rows, *data_params, max_rows])
     return sql.SQL(
         "WITH m AS (SELECT {m_cols} FROM {target} AS x{where} FOR UPDATE OF x),"
         " c AS (SELECT count(*)::bigint AS n FROM m),"
@@ -433,7 +449,7 @@ def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Co
         target=b.target,
         where=where,
         change=change(condition),
-        data=_data_expr(ret, "u"),
+        data=data,
         marker=sql.Literal(ROW_LIMIT_MARKER),
     )
 

@@ -121,3 +121,31 @@ def test_answers_within_the_limit_are_exact_and_a_batch_counts_as_a_whole(
     small = client.post("/batch", json={"queries": [_select(5), _select(0), _select(5, 5)]})
     assert small.status_code == 200, small.text[:300]
     assert [r["count"] for r in small.json()["data"]] == [5, 0, 5]
+
+
+def test_a_mutations_returning_rows_are_bounded_too_and_nothing_is_changed(
+    make_project: Callable[..., dict[str, Any]], gateway_cluster: Any, pg_url: str
+) -> None:
+    project = make_project()
+    _fill(pg_url, project, 40, 1000)
+    cluster = gateway_cluster(1, env={"GATEWAY_MAX_RESPONSE_BYTES": "20000"})
+    client = _client(cluster.urls[0], project)
+    update = {
+        "operation": "update",
+        "table": "todos",
+        "set": {"done": True},
+        "filters": [{"column": "id", "op": "gt", "value": 0}],
+        "returning": ["id", "title"],
+    }
+    refused = client.post("/query", json={"query": update})
+    assert refused.status_code == 400, refused.text[:300]
+    assert refused.json()["error"]["code"] == "RESPONSE_TOO_LARGE"
+    with psycopg.connect(pg_url) as conn:
+        changed = conn.execute(
+            sql.SQL("SELECT count(*) FROM {t} WHERE done").format(t=todos(project))
+        ).fetchone()
+    assert changed == (0,)  # the transaction was rolled back
+    # bounded by maxRows as well: the guard's parameters keep their order
+    small = client.post("/query", json={"query": {**update, "returning": ["id"], "maxRows": 100}})
+    assert small.status_code == 200, small.text[:300]
+    assert small.json()["count"] == 40

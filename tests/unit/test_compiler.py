@@ -109,7 +109,7 @@ def test_bounded_mutation_shape_and_param_order() -> None:
     sql = text(st)
     # WHERE (in the CTE) comes before SET in the text, so its parameter comes first.
     assert sql.index('"x"."priority" > %s') < sql.index('SET "title" = %s')
-    assert st.params == [3, "new", 50, 50]
+    assert st.params == [3, "new", 50, st.max_response_bytes, 50]
     assert st.max_rows == 50 and "FOR UPDATE" in sql
     unbounded = compile_(
         {
@@ -119,7 +119,8 @@ def test_bounded_mutation_shape_and_param_order() -> None:
             "filters": [{"column": "priority", "op": "gt", "value": 3}],
         }
     )
-    assert unbounded.max_rows is None and unbounded.params == ["new", 3]
+    assert unbounded.max_rows is None
+    assert unbounded.params == ["new", 3, unbounded.max_response_bytes]
     assert "FOR UPDATE" not in text(unbounded)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from psycopg import sql
 
 from tests.support.tables import todos
@@ -91,13 +92,21 @@ def test_the_worst_batch_is_refused_and_the_instance_memory_stays_bounded(
     assert page.status_code == 200 and len(page.json()["data"]) == 500
 
 
-def test_answers_within_the_limit_are_exact_and_a_batch_counts_as_a_whole(
+@pytest.fixture
+def small_limit(
     make_project: Callable[..., dict[str, Any]], gateway_cluster: Any, pg_url: str
-) -> None:
+) -> tuple[dict[str, Any], httpx.Client]:
+    """40 rows of ~1 KB behind a gateway that answers at most 20,000 bytes of rows."""
     project = make_project()
     _fill(pg_url, project, 40, 1000)
     cluster = gateway_cluster(1, env={"GATEWAY_MAX_RESPONSE_BYTES": "20000"})
-    client = _client(cluster.urls[0], project)
+    return project, _client(cluster.urls[0], project)
+
+
+def test_answers_within_the_limit_are_exact_and_a_batch_counts_as_a_whole(
+    small_limit: tuple[dict[str, Any], httpx.Client], pg_url: str
+) -> None:
+    project, client = small_limit
     with psycopg.connect(pg_url) as conn:
         expected = conn.execute(
             sql.SQL("SELECT id, title FROM {t} ORDER BY id LIMIT 15").format(t=todos(project))
@@ -124,12 +133,9 @@ def test_answers_within_the_limit_are_exact_and_a_batch_counts_as_a_whole(
 
 
 def test_a_mutations_returning_rows_are_bounded_too_and_nothing_is_changed(
-    make_project: Callable[..., dict[str, Any]], gateway_cluster: Any, pg_url: str
+    small_limit: tuple[dict[str, Any], httpx.Client], pg_url: str
 ) -> None:
-    project = make_project()
-    _fill(pg_url, project, 40, 1000)
-    cluster = gateway_cluster(1, env={"GATEWAY_MAX_RESPONSE_BYTES": "20000"})
-    client = _client(cluster.urls[0], project)
+    project, client = small_limit
     update = {
         "operation": "update",
         "table": "todos",

@@ -44,6 +44,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "INVALID_VALUE": 400,
     "FILTERLESS_MUTATION": 400,
     "ROW_LIMIT_EXCEEDED": 400,
+    "RESPONSE_TOO_LARGE": 400,
     # PostgreSQL errors mapped to the contract
     "UNIQUE_VIOLATION": 409,
     "FOREIGN_KEY_VIOLATION": 409,

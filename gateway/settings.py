@@ -39,6 +39,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)
     statement_timeout_ms: int = 10_000
     max_body_bytes: int = 256 * 1024
+    # row JSON one request may answer, a batch counted as a whole (docs/query-api.md)
+    max_response_bytes: int = 4 * 1024 * 1024
 
     # admission
     rate_limit_algorithm: RateLimitAlgorithm = "fixed"
@@ -61,6 +63,8 @@ class Settings:
     pool_max: int | None = None
     pool_min: int = 1
     pool_timeout_s: float = 2.0
+    # one project's most pool connections at once; None: default_share(pool_max)
+    pool_max_per_project: int | None = None
     pool_max_waiting: int | None = None
     pool_max_idle_s: float = 60.0
 
@@ -135,6 +139,7 @@ class Settings:
             instance_id=r.str("GATEWAY_INSTANCE_ID", "") or _default_instance_id(),
             cors_origins=r.list("GATEWAY_CORS_ORIGINS", ("*",)),
             statement_timeout_ms=r.int("GATEWAY_STATEMENT_TIMEOUT_MS", 10_000, minimum=1),
+            max_response_bytes=r.int("GATEWAY_MAX_RESPONSE_BYTES", 4 * 1024 * 1024, minimum=1024),
             rate_limit_algorithm=r.choice(
                 "GATEWAY_RATE_LIMIT_ALGORITHM", "fixed", ("fixed", "sliding")
             ),
@@ -157,6 +162,7 @@ class Settings:
             pool_max=r.optional_int("GATEWAY_POOL_MAX", minimum=1),
             pool_min=r.int("GATEWAY_POOL_MIN", 1, minimum=0),
             pool_timeout_s=r.float("GATEWAY_POOL_TIMEOUT_S", 2.0, minimum=0.01),
+            pool_max_per_project=r.optional_int("GATEWAY_POOL_MAX_PER_PROJECT", minimum=1),
             pool_max_waiting=r.optional_int("GATEWAY_POOL_MAX_WAITING", minimum=0),
             pool_max_idle_s=r.float("GATEWAY_POOL_MAX_IDLE_S", 60.0, minimum=0.1),
             log_flush_ms=r.int("GATEWAY_LOG_FLUSH_MS", 250, minimum=1),

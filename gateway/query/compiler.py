@@ -38,6 +38,13 @@ from gateway.query.values import BadValue, ColumnType, column_type, convert
 
 PUBLIC_DEFAULT_MAX_ROWS = 50
 ROW_LIMIT_MARKER = "gateway_row_limit_exceeded:"
+RESPONSE_LIMIT_MARKER = "gateway_response_too_large:"
+# what the transaction's earlier statements answered (the executor starts it at 0); a
+# statement run outside the executor counts from 0
+_ANSWER_BYTES_SO_FAR = sql.SQL(
+    "coalesce(nullif(current_setting('gateway.answer_bytes', true), ''), '0')::bigint"
+)
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 _OPERATORS: dict[str, str] = {
     "eq": "=",
@@ -61,6 +68,7 @@ class CompiledStatement:
     operation: str
     table: str
     max_rows: int | None
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 # --- building blocks ------------------------------------------------------------------
@@ -73,8 +81,12 @@ class _Builder:
         table: TableInfo,
         principal: Principal,
         owner: str | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        in_batch: bool = False,
     ) -> None:
         self.catalog = catalog
+        self.max_response_bytes = max_response_bytes
+        self.in_batch = in_batch
         self.table = table
         self.principal = principal
         self.params: list[Any] = []
@@ -193,11 +205,42 @@ def _returning_clause(cols: Sequence[ColumnInfo]) -> sql.Composable:
     return sql.SQL(" RETURNING ") + _column_list(cols)
 
 
-def _data_expr(cols: Sequence[ColumnInfo], alias: str) -> sql.Composable:
+def _data_expr(
+    b: _Builder, cols: Sequence[ColumnInfo], alias: str, params: list[Any]
+) -> sql.Composable:
+    """A mutation's RETURNING rows as JSON text, bounded like a select's answer; the
+    bound's parameter is appended to ``params`` (the caller places it in text order)."""
     if not cols:
         return sql.SQL("NULL::text")
     # alias.* (not a bare alias): a bare name would mean a column if one had that name.
-    return sql.SQL("coalesce(json_agg({}.*), '[]')::text").format(sql.Identifier(alias))
+    data = sql.SQL("coalesce(json_agg({}.*), '[]')::text").format(sql.Identifier(alias))
+    params.append(b.max_response_bytes)
+    return _bounded(b, data)
+
+
+def _bounded(b: _Builder, data: sql.Composable) -> sql.Composable:
+    """``data`` (an aggregate's JSON text), or an error past the answer bound (one ``%s``).
+
+    The answer is bounded in the statement (docs/query-api.md "Bounded answers"): the
+    bytes of the rows' JSON, in a batch added to what the transaction's earlier statements
+    answered (the transaction-local gateway.answer_bytes), are checked before the answer
+    leaves PostgreSQL; past the limit the statement aborts the transaction with
+    RESPONSE_LIMIT_MARKER, so the oversized rows are never sent. Identical aggregate calls
+    are one aggregate: PostgreSQL computes it once.
+    """
+    if b.in_batch:
+        check: sql.Composable = sql.SQL(
+            "set_config('gateway.answer_bytes', ({so_far} + octet_length({data}))::text,"
+            " true)::bigint"
+        ).format(so_far=_ANSWER_BYTES_SO_FAR, data=data)
+        reported: sql.Composable = sql.SQL("current_setting('gateway.answer_bytes')")
+    else:
+        # one statement: no running total (measured: the setting costs ~20 us)
+        check = sql.SQL("octet_length({data})::bigint").format(data=data)
+        reported = sql.SQL("({})::text").format(check)
+    return sql.SQL(
+        "CASE WHEN {check} > %s::bigint THEN ({marker} || {reported})::bigint::text ELSE {data} END"
+    ).format(check=check, reported=reported, data=data, marker=sql.Literal(RESPONSE_LIMIT_MARKER))
 
 
 # --- the four operations --------------------------------------------------------------
@@ -205,6 +248,8 @@ def _data_expr(cols: Sequence[ColumnInfo], alias: str) -> sql.Composable:
 
 def _compile_select(b: _Builder, query: Query) -> sql.Composable:
     cols = perm.select_columns(b.table, query.columns, b.principal, f"{query.field}.columns")
+    # the answer-size bound comes first in the text, then WHERE, LIMIT and OFFSET
+    b.params.append(b.max_response_bytes)
     where = b.where(query.filters, f"{query.field}.filters")
     keys = b.sort_keys(query)
     b.params.extend([query.limit, query.offset])
@@ -226,14 +271,16 @@ def _compile_select(b: _Builder, query: Query) -> sql.Composable:
     agg_order = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier("r", f"k{i}"), d) for i, (_, d) in enumerate(keys)
     )
+    data = sql.SQL("coalesce(json_agg(to_json(v.*){agg_order}), '[]')::text").format(
+        agg_order=sql.SQL(" ORDER BY ") + agg_order if keys else sql.SQL("")
+    )
     return sql.SQL(
-        "SELECT coalesce(json_agg(to_json(v.*){agg_order}), '[]')::text AS data,"
-        " count(*)::bigint AS count, NULL::bigint AS matched"
+        "SELECT {data} AS data, count(*)::bigint AS count, NULL::bigint AS matched"
         " FROM (SELECT {inner_cols} FROM {target} AS x{where}{order}"
         " LIMIT %s::bigint OFFSET %s::bigint) AS r"
         " CROSS JOIN LATERAL (SELECT {row_cols}) AS v"
     ).format(
-        agg_order=sql.SQL(" ORDER BY ") + agg_order if keys else sql.SQL(""),
+        data=_bounded(b, data),
         inner_cols=inner_cols,
         target=b.target,
         where=where,
@@ -273,7 +320,10 @@ def _compile_insert(b: _Builder, query: Query) -> sql.Composable:
         "WITH w AS (INSERT INTO {target} AS x {body}{returning})"
         " SELECT {data} AS data, count(*)::bigint AS count, NULL::bigint AS matched FROM w"
     ).format(
-        target=b.target, body=body, returning=_returning_clause(ret), data=_data_expr(ret, "w")
+        target=b.target,
+        body=body,
+        returning=_returning_clause(ret),
+        data=_data_expr(b, ret, "w", b.params),
     )
 
 
@@ -368,7 +418,7 @@ def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Co
         return sql.SQL(
             "WITH u AS ({change}) SELECT {data} AS data, count(*)::bigint AS count,"
             " count(*)::bigint AS matched FROM u"
-        ).format(change=change(where), data=_data_expr(ret, "u"))
+        ).format(change=change(where), data=_data_expr(b, ret, "u", b.params))
 
     # Bounded: lock what matches, count it, change it only if the count fits. The key is
     # the primary key when there is one (robust to concurrent updates), else ctid.
@@ -383,7 +433,9 @@ def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Co
         m_cols = sql.SQL("x.ctid")
     condition = sql.SQL(" WHERE {} AND (SELECT n FROM c) <= %s::bigint").format(match)
     # m's WHERE, then u's SET and its guard, then the guard that aborts the transaction.
-    b.params.extend([*where_params, *set_params, max_rows, max_rows])
+    data_params: list[Any] = []
+    data = _data_expr(b, ret, "u", data_params)
+    b.params.extend([*where_params, *set_params, max_rows, *data_params, max_rows])
     return sql.SQL(
         "WITH m AS (SELECT {m_cols} FROM {target} AS x{where} FOR UPDATE OF x),"
         " c AS (SELECT count(*)::bigint AS n FROM m),"
@@ -397,16 +449,28 @@ def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Co
         target=b.target,
         where=where,
         change=change(condition),
-        data=_data_expr(ret, "u"),
+        data=data,
         marker=sql.Literal(ROW_LIMIT_MARKER),
     )
 
 
-def compile_query(query: Query, catalog: ProjectCatalog, principal: Principal) -> CompiledStatement:
-    """The one statement for ``query``; every refusal is a ``GatewayError``."""
+def compile_query(
+    query: Query,
+    catalog: ProjectCatalog,
+    principal: Principal,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    *,
+    in_batch: bool = False,
+) -> CompiledStatement:
+    """The one statement for ``query``; every refusal is a ``GatewayError``.
+
+    A select's answer may hold at most ``max_response_bytes`` of row JSON
+    (``GATEWAY_MAX_RESPONSE_BYTES``); ``in_batch``: together with the answers of the
+    transaction's earlier statements."""
     write = query.operation != "select"
     table = perm.resolve_table(catalog, query.table, principal, write=write)
-    b = _Builder(catalog, table, principal, perm.row_owner(table, principal, write=write))
+    owner = perm.row_owner(table, principal, write=write)
+    b = _Builder(catalog, table, principal, owner, max_response_bytes, in_batch)
     max_rows: int | None = None
     if query.operation == "select":
         composed = _compile_select(b, query)
@@ -416,4 +480,6 @@ def compile_query(query: Query, catalog: ProjectCatalog, principal: Principal) -
         max_rows = _effective_max_rows(query, principal)
         composed = _compile_mutation(b, query, max_rows)
     assert isinstance(composed, sql.Composed)
-    return CompiledStatement(composed, b.params, query.operation, table.name, max_rows)
+    return CompiledStatement(
+        composed, b.params, query.operation, table.name, max_rows, max_response_bytes
+    )

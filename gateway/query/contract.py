@@ -15,6 +15,7 @@ cannot hold them), non-finite floats, absurd nesting, and wrong JSON types.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -56,6 +57,18 @@ MAX_INSERT_ROWS = 1000
 MAX_BATCH = 20
 MAX_IDENTIFIER_CHARS = 256
 MAX_VALUE_DEPTH = 32
+# Filter values whose cost grows with their size (docs/query-api.md "Filter value bounds").
+# PostgreSQL checks for cancellation between rows, not inside one jsonb @> / array &&
+# comparison, which costs (value elements) x (row elements): measured 0.2 s for 100
+# elements against the largest row a 256 KB body can write, so these caps keep every
+# statement cancellable within ~statement_timeout + 1 s. The containment and pattern
+# caps are totals over one filter list: several filters on the same row add up.
+MAX_IN_VALUES = 1000
+MAX_CONTAINMENT_ELEMENTS = 100
+MAX_CONTAINMENT_BYTES = 8192
+MAX_PATTERN_CHARS = 256
+MAX_PATTERN_WILDCARDS = 32
+CONTAINMENT_OPS: frozenset[str] = frozenset({"contains", "containedBy", "overlaps"})
 # NUL cannot be stored in text or jsonb; lone surrogates (which Python's json accepts
 # from "\ud800" escapes) cannot be encoded to UTF-8 for the server or the response.
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
@@ -143,6 +156,106 @@ def _check_value(value: object, field: str, depth: int = 0) -> None:
     raise _invalid("INVALID_VALUE", field, "not a JSON value")
 
 
+def _json_nodes(value: object) -> int:
+    """How many JSON values ``value`` holds, nested ones included (the comparison's size)."""
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return count
+
+
+def _json_bytes(value: object) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def _wildcards(pattern: str) -> int:
+    """Unescaped ``%`` and ``_`` in a LIKE pattern (backslash is LIKE's default escape)."""
+    count = 0
+    escaped = False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in "%_":
+            count += 1
+    return count
+
+
+def _bound_error(field: str, message: str, bound: str, limit: int) -> GatewayError:
+    return GatewayError(
+        "INVALID_FILTER",
+        f"{field}: {message}",
+        details={"field": field, "bound": bound, "limit": limit},
+    )
+
+
+class _FilterBudget:
+    """The size bounds of one filter list: per value, and totals where costs add up per row."""
+
+    def __init__(self) -> None:
+        self.containment_elements = 0
+        self.pattern_chars = 0
+        self.pattern_wildcards = 0
+
+    def check(self, op: str, value: object, field: str) -> None:
+        if op == "in":
+            assert isinstance(value, list)
+            if len(value) > MAX_IN_VALUES:
+                raise _bound_error(
+                    field,
+                    f'an "in" list may have at most {MAX_IN_VALUES} values',
+                    "inValues",
+                    MAX_IN_VALUES,
+                )
+        elif op in ("like", "ilike"):
+            assert isinstance(value, str)
+            self.pattern_chars += len(value)
+            self.pattern_wildcards += _wildcards(value)
+            if self.pattern_chars > MAX_PATTERN_CHARS:
+                raise _bound_error(
+                    field,
+                    f"like/ilike patterns may have at most {MAX_PATTERN_CHARS} characters"
+                    " (all patterns of the query together)",
+                    "patternChars",
+                    MAX_PATTERN_CHARS,
+                )
+            if self.pattern_wildcards > MAX_PATTERN_WILDCARDS:
+                raise _bound_error(
+                    field,
+                    f"like/ilike patterns may have at most {MAX_PATTERN_WILDCARDS} wildcards"
+                    " (% and _, all patterns of the query together)",
+                    "patternWildcards",
+                    MAX_PATTERN_WILDCARDS,
+                )
+        elif op in CONTAINMENT_OPS:
+            # the outer array or object itself is not an element
+            elements = _json_nodes(value) - (1 if isinstance(value, list | dict) else 0)
+            self.containment_elements += elements
+            if self.containment_elements > MAX_CONTAINMENT_ELEMENTS:
+                raise _bound_error(
+                    field,
+                    f"a {op} value may have at most {MAX_CONTAINMENT_ELEMENTS} elements"
+                    " (nested ones included, all contains/containedBy/overlaps values of"
+                    " the query together)",
+                    "containmentElements",
+                    MAX_CONTAINMENT_ELEMENTS,
+                )
+            if _json_bytes(value) > MAX_CONTAINMENT_BYTES:
+                raise _bound_error(
+                    field,
+                    f"a {op} value may have at most {MAX_CONTAINMENT_BYTES} bytes as JSON",
+                    "containmentBytes",
+                    MAX_CONTAINMENT_BYTES,
+                )
+
+
 def _identifier(value: object, field: str, code: str = "INVALID_QUERY") -> str:
     if not isinstance(value, str):
         raise _invalid(code, field, "must be a string")
@@ -193,6 +306,7 @@ def _filters(value: object, field: str) -> tuple[Filter, ...]:
     if len(value) > MAX_FILTERS:
         raise _invalid("INVALID_QUERY", field, f"at most {MAX_FILTERS} filters")
     out: list[Filter] = []
+    budget = _FilterBudget()
     for i, item in enumerate(value):
         f = f"{field}[{i}]"
         if not isinstance(item, dict):
@@ -219,6 +333,7 @@ def _filters(value: object, field: str) -> tuple[Filter, ...]:
                 raise _invalid("INVALID_FILTER", vfield, f'"{op}" takes a string pattern')
         elif val is None:
             raise _invalid("INVALID_FILTER", vfield, f'"{op}" cannot compare with null; use "is"')
+        budget.check(op, val, vfield)
         out.append(Filter(column, op, val))
     return tuple(out)
 

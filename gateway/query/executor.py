@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 
 from gateway.errors import GatewayError
-from gateway.query.compiler import ROW_LIMIT_MARKER, CompiledStatement
+from gateway.query.compiler import RESPONSE_LIMIT_MARKER, ROW_LIMIT_MARKER, CompiledStatement
 
 log = logging.getLogger("gateway.executor")
 
@@ -38,11 +38,14 @@ _SETUP = sql.SQL(
     "SELECT set_config('role', %s, true), set_config('statement_timeout', %s, true),"
     " set_config('TimeZone', 'UTC', true),"
     # read by the row-level security policies of owner tables (gateway/control/rowpolicy.py)
-    " set_config('gateway.key_type', %s, true), set_config('gateway.user_id', %s, true)"
+    " set_config('gateway.key_type', %s, true), set_config('gateway.user_id', %s, true),"
+    # the answer bytes of the transaction's selects so far (compiler.py bounds the total)
+    " set_config('gateway.answer_bytes', '0', true)"
 )
 _BEGIN = sql.SQL("BEGIN")
 _COMMIT = sql.SQL("COMMIT")
 _ROW_LIMIT = re.compile(re.escape(ROW_LIMIT_MARKER) + r"(\d+)")
+_RESPONSE_LIMIT = re.compile(re.escape(RESPONSE_LIMIT_MARKER) + r"(\d+)")
 
 # SQLSTATE → (contract code, message for the API's user).
 _BY_SQLSTATE: dict[str, tuple[str, str]] = {
@@ -82,7 +85,9 @@ def _propagates(exc: BaseException) -> bool:
     return state.startswith(("08", "53", "57P", "58"))
 
 
-def map_pg_error(exc: psycopg.Error, max_rows: int | None = None) -> GatewayError:
+def map_pg_error(
+    exc: psycopg.Error, max_rows: int | None = None, max_response_bytes: int | None = None
+) -> GatewayError:
     """A PostgreSQL error → the contract's ``GatewayError`` (message free of server text)."""
     state = exc.sqlstate or ""
     diag = exc.diag
@@ -95,6 +100,15 @@ def map_pg_error(exc: psycopg.Error, max_rows: int | None = None) -> GatewayErro
                 f"the filters match {m.group(1)} rows, more than maxRows ({max_rows}); "
                 "nothing was changed",
                 details={"maxRows": max_rows, "matchedRows": int(m.group(1))},
+            )
+        m = _RESPONSE_LIMIT.search(diag.message_primary or "")
+        if m is not None:
+            return GatewayError(
+                "RESPONSE_TOO_LARGE",
+                f"the answer would be more than {max_response_bytes} bytes of rows; "
+                "page through them with limit and offset, or select fewer columns",
+                details={"maxResponseBytes": max_response_bytes},
+                hint="use limit/offset to fetch the rows in pages",
             )
     if state in _BY_SQLSTATE:
         code, message = _BY_SQLSTATE[state]
@@ -173,8 +187,12 @@ async def run_transaction(
             log.error("transaction setup failed: sqlstate=%s %s", exc.sqlstate, exc)
             raise GatewayError(*_QUERY_FAILED) from None
         index = _failed_index(cursors)
-        max_rows = statements[index].max_rows if index is not None else None
-        err = map_pg_error(exc, max_rows)
+        failed = statements[index] if index is not None else None
+        err = map_pg_error(
+            exc,
+            failed.max_rows if failed else None,
+            failed.max_response_bytes if failed else None,
+        )
         if err.code == "QUERY_FAILED":
             log.error(
                 "statement %s failed: sqlstate=%s %s", index, exc.sqlstate, exc, exc_info=False

@@ -12,6 +12,7 @@ statement and COMMIT pipelined). A metadata cache miss adds one.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ from gateway.admission.admitter import Admitter
 from gateway.admission.decision import Admission
 from gateway.admission.headers import admission_headers
 from gateway.auth.tokens import token_hash
-from gateway.db.pool import acquire, run_with_retry
+from gateway.db.pool import acquire, checkout_deadline, run_with_retry
+from gateway.db.share import ProjectShare, default_share
 from gateway.errors import GatewayError, service_unavailable
 from gateway.metadata.cache import MetadataCache, ProjectNotFound, load_catalog
 from gateway.metadata.catalog import ProjectCatalog
@@ -76,6 +78,10 @@ class Pipeline:
         self.metadata = metadata
         # Key, rate limit and quota in one statement; keeps this instance's local denies.
         self.admitter = admitter or Admitter(settings)
+        # one project's most connections at once (GATEWAY_POOL_MAX_PER_PROJECT)
+        self.share = ProjectShare(
+            settings.pool_max_per_project or default_share(getattr(pool, "max_size", 1))
+        )
 
     # --- the pieces -----------------------------------------------------------------
 
@@ -159,7 +165,10 @@ class Pipeline:
                 contract.parse_batch_body(parsed) if batch else [contract.parse_query_body(parsed)]
             )
             catalog = await self.catalog(conn, admission.project_id)
-            statements = [_compile(q, i, catalog, admission, batch) for i, q in enumerate(queries)]
+            statements = [
+                _compile(q, i, catalog, admission, batch, self.settings.max_response_bytes)
+                for i, q in enumerate(queries)
+            ]
             results = await run_transaction(
                 conn,
                 statements,
@@ -200,15 +209,25 @@ class Pipeline:
         """
         out = Outcome(status=200, body=b"")
         headers: dict[str, str] = {}
+        # the project's share of the pool (gateway/db/share.py): the slot this request
+        # holds, and the admission of a request that found no slot free after admission
+        slot: str | None = None
+        over_share: Admission | None = None
 
         async def unit(conn: psycopg.AsyncConnection[Any]) -> None:
-            nonlocal headers
+            nonlocal headers, slot, over_share
             admission = await self.admit(
                 conn, key, cost, key_hash=key_hash, session_hash=session_hash, grows=grows
             )
             headers = admission_headers(admission)
             out.project_id, out.key_id = admission.project_id, admission.key_id
             out.headers = {**headers, "X-Project-Id": admission.project_id}
+            self.share.remember(key_hash, admission.project_id)
+            if slot is None:
+                if not self.share.try_enter(admission.project_id):
+                    over_share = admission  # give the connection back, wait below
+                    return
+                slot = admission.project_id
             await work(conn, admission, out)
 
         try:
@@ -221,15 +240,34 @@ class Pipeline:
             else:
                 # a realtime ticket carries the hashes only (EventSource sends no headers)
                 key_hash, session_hash = hashes
+            deadline = (
+                checkout_deadline(self.pool, None) if self.pool is not None else time.monotonic()
+            )
+            known = self.share.project_of(key_hash)
+            if known is not None:
+                await self.share.enter(known, deadline)
+                slot = known
             # Pool exhausted, queue full or database down → 503 with Retry-After within
             # GATEWAY_POOL_TIMEOUT_S; a session the server ended is run again once.
             await run_with_retry(self.pool, unit)
+            if over_share is not None:
+                admitted_as = over_share
+                await self.share.enter(admitted_as.project_id, deadline)
+                slot = admitted_as.project_id
+                await run_with_retry(
+                    self.pool,
+                    lambda conn: work(conn, admitted_as, out),
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
             return out
         except GatewayError as error:
             return self.failed(out, error, headers)
         except psycopg.OperationalError as exc:
             log.warning("database unavailable: %s", str(exc).strip().splitlines()[:1])
             return self.failed(out, service_unavailable(), headers)
+        finally:
+            if slot is not None:
+                self.share.leave(slot)
 
     @staticmethod
     def failed(out: Outcome, error: GatewayError, headers: dict[str, str] | None = None) -> Outcome:
@@ -248,11 +286,18 @@ class Pipeline:
 
 
 def _compile(
-    query: contract.Query, index: int, catalog: ProjectCatalog, admission: Admission, batch: bool
+    query: contract.Query,
+    index: int,
+    catalog: ProjectCatalog,
+    admission: Admission,
+    batch: bool,
+    max_response_bytes: int,
 ) -> CompiledStatement:
     """Compile one query; in a batch, a refusal names the query's index."""
     try:
-        return compile_query(query, catalog, admission.principal)
+        return compile_query(
+            query, catalog, admission.principal, max_response_bytes, in_batch=batch
+        )
     except GatewayError as error:
         raise with_index(error, index if batch else None) from None
 

@@ -41,14 +41,20 @@ def test_select_shape() -> None:
         }
     )
     sql = text(st)
-    assert st.params == [False, [1, 2], 10, 20]
-    assert sql.count("%s") == 4
+    bound = st.max_response_bytes
+    assert st.params == [bound, False, [1, 2], 10, 20]
+    assert sql.count("%s") == 5
     assert '"p_aaaaaaaaaaaa"."todos"' in sql
     assert '"x"."done" = %s::boolean AND "x"."id" = ANY(%s::bigint[])' in sql
     assert '"x"."created_at" DESC NULLS LAST' in sql
     assert 'SELECT "x"."title" AS "c0", "x"."id" AS "c1", "x"."created_at" AS "k0"' in sql
     assert '(SELECT "r"."c0" AS "title", "r"."c1" AS "id") AS v' in sql
-    assert 'ORDER BY "r"."k0" DESC NULLS LAST' in sql
+    assert 'json_agg(to_json(v.*) ORDER BY "r"."k0" DESC NULLS LAST)' in sql
+    assert "octet_length(" in sql and "gateway.answer_bytes" not in sql
+    in_batch = compile_query(
+        parse_query({"operation": "select", "table": "todos"}), CATALOG, SERVER, in_batch=True
+    )
+    assert "set_config('gateway.answer_bytes'" in text(in_batch)
     assert st.operation == "select" and st.table == "todos" and st.max_rows is None
 
 
@@ -103,7 +109,7 @@ def test_bounded_mutation_shape_and_param_order() -> None:
     sql = text(st)
     # WHERE (in the CTE) comes before SET in the text, so its parameter comes first.
     assert sql.index('"x"."priority" > %s') < sql.index('SET "title" = %s')
-    assert st.params == [3, "new", 50, 50]
+    assert st.params == [3, "new", 50, st.max_response_bytes, 50]
     assert st.max_rows == 50 and "FOR UPDATE" in sql
     unbounded = compile_(
         {
@@ -113,7 +119,8 @@ def test_bounded_mutation_shape_and_param_order() -> None:
             "filters": [{"column": "priority", "op": "gt", "value": 3}],
         }
     )
-    assert unbounded.max_rows is None and unbounded.params == ["new", 3]
+    assert unbounded.max_rows is None
+    assert unbounded.params == ["new", 3, unbounded.max_response_bytes]
     assert "FOR UPDATE" not in text(unbounded)
 
 

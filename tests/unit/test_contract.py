@@ -7,11 +7,13 @@ from typing import Any
 import pytest
 
 from gateway.errors import GatewayError
+from gateway.query import contract as c
 from gateway.query.contract import (
     Filter,
     Query,
     Sort,
     parse_batch_body,
+    parse_filters,
     parse_query,
     parse_query_body,
 )
@@ -248,3 +250,39 @@ def test_lone_surrogates_refused() -> None:
     bad(q(filters=flt), "INVALID_VALUE", "query.filters[0].value")
     ins = {"operation": "insert", "table": "t", "data": {"a": {"k\ud800": 1}}}
     bad(ins, "INVALID_VALUE", "query.data.a")
+
+
+def _filter_error(*filters: dict[str, Any]) -> GatewayError:
+    with pytest.raises(GatewayError) as caught:
+        parse_filters(list(filters))
+    assert caught.value.code == "INVALID_FILTER" and caught.value.status == 400
+    return caught.value
+
+
+def test_filter_values_are_bounded_per_operator() -> None:
+    at_bound = [
+        {"column": "a", "op": "in", "value": [1] * c.MAX_IN_VALUES},
+        {"column": "a", "op": "contains", "value": [1] * c.MAX_CONTAINMENT_ELEMENTS},
+        {"column": "a", "op": "like", "value": "%_" * (c.MAX_PATTERN_WILDCARDS // 2)},
+    ]
+    assert len(parse_filters(at_bound)) == 3
+    err = _filter_error({"column": "a", "op": "in", "value": [1] * (c.MAX_IN_VALUES + 1)})
+    assert err.details == {"field": "filters[0].value", "bound": "inValues", "limit": 1000}
+    err = _filter_error({"column": "a", "op": "overlaps", "value": [1] * 101})
+    assert err.message.startswith("filters[0].value: a overlaps value may have at most 100")
+    # nested elements count, and so do the values of every containment filter together
+    err = _filter_error({"column": "a", "op": "contains", "value": {"k": [[1] * 60] * 2}})
+    assert err.details["bound"] == "containmentElements"
+    err = _filter_error(
+        {"column": "a", "op": "contains", "value": [1] * 60},
+        {"column": "b", "op": "containedBy", "value": [1] * 60},
+    )
+    assert err.details["field"] == "filters[1].value"
+    err = _filter_error({"column": "a", "op": "contains", "value": ["x" * 9000]})
+    assert err.details["bound"] == "containmentBytes"
+    err = _filter_error({"column": "a", "op": "ilike", "value": "a" * 257})
+    assert err.details["bound"] == "patternChars"
+    err = _filter_error({"column": "a", "op": "like", "value": "%" * 33})
+    assert err.details["bound"] == "patternWildcards"
+    # escaped wildcards are literal characters, not wildcards
+    assert parse_filters([{"column": "a", "op": "like", "value": "\\%" * 40}])

@@ -1,0 +1,120 @@
+"""A fair share of the instance's pool per project (``GATEWAY_POOL_MAX_PER_PROJECT``).
+
+One project may hold at most ``limit`` of the instance's pool connections at once; its
+other requests wait here, in arrival order, for one of its own slots — never in the
+pool's queue — so a project at its share cannot take a freed connection from a project
+below it: only requests holding a slot ask the pool for a connection, and the pool
+serves those in arrival order. The share also bounds how many of one tenant's statements
+run at once in PostgreSQL (its CPU is shared by every tenant).
+
+The project of a request is known only after admission, which runs on a pooled
+connection. So the share learns each key's project from admission (``remember``) and
+takes the slot BEFORE checkout for a key it has seen; a key not seen yet takes its slot
+right after admission, and when none is free gives the connection back and waits (its
+query then runs on a connection checked out again: still two round trips). Everything
+here is in-process: a dict lookup and a counter per request, no round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict, deque
+
+from gateway.errors import service_unavailable
+
+# keys whose project the share remembers (least recently used ones are forgotten)
+MAX_REMEMBERED_KEYS = 10_000
+# what GATEWAY_POOL_MAX_PER_PROJECT defaults to: a quarter of the pool, at most 4
+# (docs/scaling.md "A fair share of the pool")
+DEFAULT_SHARE_FRACTION = 4
+DEFAULT_SHARE_CAP = 4
+
+
+def default_share(pool_max: int) -> int:
+    return max(1, min(DEFAULT_SHARE_CAP, pool_max // DEFAULT_SHARE_FRACTION))
+
+
+class ProjectShare:
+    """Per-project slots: ``enter`` / ``try_enter`` take one, ``leave`` gives it back."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._held: dict[str, int] = {}
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+        self._projects: OrderedDict[str, str] = OrderedDict()
+
+    def project_of(self, key_hash: str | None) -> str | None:
+        if key_hash is None:
+            return None
+        project = self._projects.get(key_hash)
+        if project is not None:
+            self._projects.move_to_end(key_hash)
+        return project
+
+    def remember(self, key_hash: str | None, project_id: str) -> None:
+        if key_hash is None:
+            return
+        self._projects[key_hash] = project_id
+        self._projects.move_to_end(key_hash)
+        while len(self._projects) > MAX_REMEMBERED_KEYS:
+            self._projects.popitem(last=False)
+
+    def held(self, project_id: str) -> int:
+        return self._held.get(project_id, 0)
+
+    def try_enter(self, project_id: str) -> bool:
+        """A slot now if one is free and nobody of the project waits for one."""
+        if self._held.get(project_id, 0) < self.limit and not self._waiting.get(project_id):
+            self._held[project_id] = self._held.get(project_id, 0) + 1
+            return True
+        return False
+
+    async def enter(self, project_id: str, deadline: float) -> None:
+        """A slot before ``deadline`` (monotonic), else 503 with ``Retry-After``."""
+        if self.try_enter(project_id):
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(project_id, deque()).append(waiter)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.leave(project_id)  # handed over just as the wait ended: pass it on
+            else:
+                waiter.cancel()
+                self._forget_waiter(project_id, waiter)
+            if isinstance(exc, TimeoutError):
+                raise service_unavailable(
+                    "this project already uses its share of the gateway's database"
+                    " connections and none came free in time; retry shortly"
+                ) from None
+            raise
+
+    def leave(self, project_id: str) -> None:
+        """Give the slot to the project's next waiter, else back to the free count."""
+        queue = self._waiting.get(project_id)
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot changes hands: ``held`` stays
+                if not queue:
+                    del self._waiting[project_id]
+                return
+        self._waiting.pop(project_id, None)
+        held = self._held.get(project_id, 0) - 1
+        if held > 0:
+            self._held[project_id] = held
+        else:
+            self._held.pop(project_id, None)
+
+    def _forget_waiter(self, project_id: str, waiter: asyncio.Future[None]) -> None:
+        queue = self._waiting.get(project_id)
+        if queue is None:
+            return
+        with contextlib.suppress(ValueError):
+            queue.remove(waiter)
+        if not queue:
+            del self._waiting[project_id]

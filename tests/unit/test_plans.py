@@ -8,12 +8,14 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from gateway.errors import GatewayError
 from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
 from gateway.metadata.plancache import MAX_PLAN_WEIGHT, MAX_PLANS, PlanCache
 from gateway.query.compiler import CompiledStatement, compile_query
 from gateway.query.contract import parse_batch_body, parse_query
+from tests.support.contract_strategies import shaped_queries
 from tests.support.example_catalog import CATALOG, PUBLIC, SERVER, TODOS
 
 ME = str(uuid.UUID(int=1))
@@ -40,7 +42,8 @@ def by_pk(value: Any) -> dict[str, Any]:
 
 
 def outcome(obj: dict[str, Any], catalog: ProjectCatalog, principal: Principal) -> Any:
-    """What compiling answers: the statement, or the refusal as the client sees it."""
+    """What parsing and compiling answer: the statement, or the refusal as the client
+    sees it."""
     try:
         st = compile_(obj, catalog, principal)
     except GatewayError as e:
@@ -359,3 +362,15 @@ def test_batch_positions_are_their_own_shapes() -> None:
         compile_query(queries[1], catalog, SERVER, in_batch=True)
     assert e.value.details["field"] == "queries[1].filters[0].value"
     assert first.text == compile_query(queries[0], fresh(), SERVER, in_batch=True).text
+
+
+WARM = fresh()  # shared by every example: later ones meet the plans of earlier ones
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shaped_queries)
+def test_any_query_answers_from_a_warm_cache_what_a_fresh_compile_answers(
+    query: dict[str, Any],
+) -> None:
+    for principal in (SERVER, PUBLIC, Principal("public", user_id=ME)):
+        assert outcome(query, WARM, principal) == outcome(query, fresh(), principal)

@@ -21,7 +21,7 @@ from gateway.query import permissions as perm
 from gateway.query import sqltext as sql
 from gateway.query.contract import Filter, Query
 from gateway.query.plans import Source
-from gateway.query.values import BadValue, ColumnType, column_type, convert
+from gateway.query.values import BadValue, ColumnType, column_type, converter
 
 _OPERATORS: dict[str, str] = {
     "eq": "=",
@@ -123,10 +123,11 @@ class Builder:
         ctype = self.ctype(column)
         array = ctype.is_array if as_array is None else as_array
         name = column.name
+        to_python = converter(ctype, as_array=array)
 
         def converted(query: Query, user_id: str | None) -> Any:
             try:
-                return convert(ctype, raw(query, user_id), as_array=array)
+                return to_python(raw(query, user_id))
             except BadValue as exc:
                 raise GatewayError(
                     "INVALID_VALUE",

@@ -11,15 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from gateway.errors import GatewayError
-from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
+from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog
 from gateway.metadata.plancache import MAX_PLAN_WEIGHT, MAX_PLANS, PlanCache
 from gateway.query.compiler import CompiledStatement, compile_query
 from gateway.query.contract import parse_batch_body, parse_query
 from tests.support.contract_strategies import shaped_queries
 from tests.support.example_catalog import CATALOG, PUBLIC, SERVER, TODOS
-
-ME = str(uuid.UUID(int=1))
-OTHER = str(uuid.UUID(int=2))
+from tests.unit.test_owner_rules import ME, OTHER
+from tests.unit.test_owner_rules import catalog as owner_rules_catalog
 
 
 def fresh(catalog: ProjectCatalog = CATALOG) -> ProjectCatalog:
@@ -270,17 +269,7 @@ def test_a_cached_plan_answers_exactly_what_a_fresh_compile_answers(
 
 
 def owner_catalog() -> ProjectCatalog:
-    notes = TableInfo(
-        "notes",
-        (
-            ColumnInfo("id", "bigint", is_primary_key=True, has_default=True),
-            ColumnInfo("user_id", "uuid", allow_client_write=False),
-            ColumnInfo("body", "text"),
-        ),
-        owner_column="user_id",
-        row_access="owner",
-    )
-    return ProjectCatalog("p", "p_schema", {"notes": notes})
+    return owner_rules_catalog("owner")
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,10 @@ def session_user_uuid(query: Query, user_id: str | None) -> uuid.UUID:
 
 
 class Builder:
+    """One compile in progress: the statement's pieces are rendered here, and every
+    parameter and value check is recorded with its source, in the order it ran, so the
+    plan can repeat exactly those per request."""
+
     def __init__(
         self,
         query: Query,

@@ -9,6 +9,11 @@ Safety by construction:
   each converted in Python first, so a wrong value is a 400 ``INVALID_VALUE`` naming the
   column rather than a PostgreSQL error.
 
+Compiled once per query shape: ``compile_query`` keeps the statement's text and where
+each parameter comes from as a plan on the catalog (``plans.py``); a later request of
+the same shape binds its own values into it and runs the value checks again, nothing
+else (docs/query-api.md "How a query becomes SQL").
+
 Every statement answers exactly ONE row ``(data text, count bigint, matched bigint)``:
 ``data`` is the JSON array text of the rows (columns in the requested order) or NULL when
 the statement returns no rows by design; ``count`` is rows returned/affected; ``matched``

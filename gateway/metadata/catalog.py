@@ -66,8 +66,9 @@ class ProjectCatalog:
     project_id: str
     schema_name: str
     tables: dict[str, TableInfo]
-    # the plans compiled against this catalog (query/compiler.py): replaced with it
-    plans: PlanCache = field(default_factory=PlanCache, compare=False, repr=False)
+    # the plans compiled against this catalog (query/compiler.py): never copied, so a
+    # catalog made from another (dataclasses.replace too) starts with none
+    plans: PlanCache = field(default_factory=PlanCache, init=False, compare=False, repr=False)
 
     def table(self, name: str) -> TableInfo | None:
         return self.tables.get(name)

@@ -93,9 +93,8 @@ def test_a_metadata_change_gives_a_new_plan() -> None:
     catalog = fresh()
     before = compile_({"operation": "select", "table": "todos"}, catalog)
     wider = dataclasses.replace(TODOS, columns=(*TODOS.columns, ColumnInfo("extra", "text")))
-    changed = ProjectCatalog(
-        CATALOG.project_id, CATALOG.schema_name, {**CATALOG.tables, "todos": wider}
-    )
+    # made from the warm catalog: it must not inherit the warm catalog's plans
+    changed = dataclasses.replace(catalog, tables={**CATALOG.tables, "todos": wider})
     after = compile_({"operation": "select", "table": "todos"}, changed)
     assert '"extra"' in after.text and '"extra"' not in before.text
     dropped = ProjectCatalog(

@@ -173,7 +173,7 @@ async def run_transaction(
             )
             for st in statements:
                 cur = conn.cursor()
-                await cur.execute(st.sql.as_string(), st.params, prepare=False)
+                await cur.execute(st.text, st.params, prepare=False)
                 cursors.append(cur)
             await conn.execute(_COMMIT, prepare=False)
         rows = [await cur.fetchone() for cur in cursors]

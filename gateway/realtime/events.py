@@ -76,6 +76,9 @@ class Change:
     # subscriber's predicate rejects the new row; NULL for changes captured before 0007
     old_text: str | None = field(default=None, compare=False, repr=False)
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # (pk, row) as the database sent them (JSON text): what the filter worker process
+    # parses itself (``filter_worker.py``) instead of the gateway re-serializing the row
+    texts: tuple[str, str | None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def image(self) -> dict[str, Any]:
@@ -129,6 +132,7 @@ def change_from_row(
         age_s=float(age or 0.0),
         old_text=old,
         owner=owner,
+        texts=(pk, row),
     )
 
 

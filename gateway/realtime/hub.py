@@ -52,8 +52,10 @@ from gateway.errors import GatewayError, service_unavailable
 from gateway.metadata.cache import load_catalog
 from gateway.metadata.catalog import ProjectCatalog
 from gateway.realtime.changelog import read_catch_up, read_head, read_poll
+from gateway.realtime import evaluation
 from gateway.realtime.evaluation import Verdict, verdict, verdicts_off_loop
 from gateway.realtime.events import Change, Cursor, Event
+from gateway.realtime.filter_worker import spec_of
 from gateway.realtime.filters import FilterLike, compile_filters
 from gateway.realtime.stats import HubStats
 from gateway.realtime.subscription import ColumnsFn, Subscription
@@ -162,6 +164,7 @@ class RealtimeHub:
                 await self._task
             self._task = None
         self._poll_done.set()  # a catch-up waiting for a poll sees it is closed
+        evaluation.WORKER.stop()
 
     async def subscribe(
         self,
@@ -183,6 +186,7 @@ class RealtimeHub:
         """
         if self._stopped:
             raise service_unavailable("the instance is shutting down")
+        filters = tuple(filters)
         predicate, filter_columns = compile_filters(filters, column_types)
         limit = self.settings.realtime_max_streams_per_project
         if self._per_project.get(project_id, 0) >= limit:
@@ -204,6 +208,7 @@ class RealtimeHub:
             revalidate=revalidate,
             revalidate_s=self.settings.realtime_revalidate_s,
             owner=owner,
+            spec=spec_of(project_id, filters, column_types, owner) if filter_columns else None,
         )
         # register first (reserves the slot; keeps the hub cursor alive), then start at
         # the hub's cursor if the client gave none: the catch-up joins it to the stream
@@ -332,9 +337,7 @@ class RealtimeHub:
                     return
             fresh = [c for c in changes if c.cursor > pos]
             if sub.filter_columns:
-                seen_all = await verdicts_off_loop(
-                    [(sub, c) for c in fresh], lambda: self._stopped or sub.closed
-                )
+                seen_all = await verdicts_off_loop([(sub, c) for c in fresh])
             else:
                 seen_all = [verdict(sub, c) for c in fresh]
             for seen in seen_all:
@@ -378,7 +381,7 @@ class RealtimeHub:
                 if sub.filter_columns and sub.live and change.cursor > sub.floor:
                     pairs.append((sub, change))
                     keys.append((sub, i))
-        verdicts = await verdicts_off_loop(pairs, lambda: self._stopped)
+        verdicts = await verdicts_off_loop(pairs)
         return dict(zip(keys, verdicts, strict=True))
 
     def _dispatch(self, changes: list[Change], verdicts: dict[Any, Verdict]) -> None:

@@ -14,6 +14,7 @@ Pure: no I/O, no psycopg; the classification is the subscription's own
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -93,10 +94,8 @@ _compiled: OrderedDict[int, _Compiled] = OrderedDict()
 
 def init_worker(niceness: int) -> None:
     """Run at a lower CPU priority: on a busy machine the OS prefers request handling."""
-    try:
+    with contextlib.suppress(OSError):  # not permitted here: run at the same priority
         os.nice(niceness)
-    except OSError:  # pragma: no cover - not permitted here: run at the same priority
-        pass
 
 
 def _compile(spec: FilterSpec) -> _Compiled:
@@ -128,9 +127,7 @@ def _parse(text: ChangeText, project_id: str) -> Change:
 
 def _one(compiled: _Compiled, change: Change) -> WireVerdict:
     try:
-        seen = classify_change(
-            compiled.predicate, compiled.filter_columns, compiled.owner, change
-        )
+        seen = classify_change(compiled.predicate, compiled.filter_columns, compiled.owner, change)
     except GatewayError as exc:
         return (exc.code, exc.message)
     except Exception:  # a filter must never stop the poller for everyone

@@ -51,8 +51,8 @@ from psycopg_pool import AsyncConnectionPool
 from gateway.errors import GatewayError, service_unavailable
 from gateway.metadata.cache import load_catalog
 from gateway.metadata.catalog import ProjectCatalog
-from gateway.realtime.changelog import read_catch_up, read_head, read_poll
 from gateway.realtime import evaluation
+from gateway.realtime.changelog import PAGE_MAX_BYTES, read_catch_up, read_head, read_poll
 from gateway.realtime.evaluation import Verdict, verdict, verdicts_off_loop
 from gateway.realtime.events import Change, Cursor, Event
 from gateway.realtime.filter_worker import spec_of
@@ -79,6 +79,7 @@ class RealtimeHub:
         *,
         page_size: int = PAGE_SIZE,
         catchup_page_size: int = CATCHUP_PAGE_SIZE,
+        page_max_bytes: int = PAGE_MAX_BYTES,
         catalog_loader: Callable[[AsyncConnection[Any], str], Awaitable[ProjectCatalog]]
         | None = None,
     ) -> None:
@@ -88,6 +89,7 @@ class RealtimeHub:
         # (after a long transaction ends) must not overflow subscribers that keep up
         self.page_size = max(1, min(page_size, settings.realtime_queue_max))
         self.catchup_page_size = catchup_page_size
+        self.page_max_bytes = page_max_bytes  # row text per page, poll or catch-up
         self.stats = HubStats()
         self._index: dict[tuple[str, str], set[Subscription]] = {}
         self._per_project: dict[str, int] = {}
@@ -300,7 +302,13 @@ class RealtimeHub:
             self.stats.catchup_queries += 1
             try:
                 page = await read_catch_up(
-                    self.pool, sub.project_id, sub.table, pos, target, self.catchup_page_size
+                    self.pool,
+                    sub.project_id,
+                    sub.table,
+                    pos,
+                    target,
+                    self.catchup_page_size,
+                    self.page_max_bytes,
                 )
             except Exception as exc:
                 logger.warning("realtime: catch-up query failed: %s", exc)
@@ -351,7 +359,7 @@ class RealtimeHub:
                     yield Event(seen.op, seen.cursor, {"change": seen})
             if changes:
                 pos = max(pos, changes[-1].cursor)
-            if len(changes) < self.catchup_page_size:
+            if not page.full:
                 pos = max(pos, target)  # everything up to the target has been read
 
     def catalog(self, project_id: str) -> ProjectCatalog | None:
@@ -445,7 +453,9 @@ class RealtimeHub:
             error: Exception | None = None
             verdicts: dict[Any, Verdict] = {}
             try:
-                page = await read_poll(self.pool, cursor, projects, self.page_size)
+                page = await read_poll(
+                    self.pool, cursor, projects, self.page_size, self.page_max_bytes
+                )
                 self.stats.horizon_wait_s = page.horizon_wait_s
                 if page.horizon is None:
                     self.stats.horizon_busy += 1
@@ -477,7 +487,7 @@ class RealtimeHub:
             new = changes[-1].cursor if changes else cursor
             if changes:
                 self.stats.last_change_age_s = changes[-1].age_s
-            full = len(changes) >= self.page_size
+            full = page.full
             if not full and horizon is not None:
                 new = max(new, Cursor(horizon + 1, 0))  # all numbers <= horizon are read
             self._cursor = new

@@ -24,13 +24,12 @@ statements' own, kept next to them); what to do with the changes is the hub's.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.realtime.evaluation import off_loop
 from gateway.realtime.events import Change, Cursor, change_from_row
 
 HORIZON_SQL = "SELECT gateway.realtime_horizon()"
@@ -114,21 +113,6 @@ SELECT w.seq, w.id,
 # One change larger than this still comes alone, so the log never sticks.
 PAGE_MAX_BYTES = 8 * 1024 * 1024
 
-# A page whose row images add up to more than this is parsed in a worker thread: JSON
-# parsing is ~10 ms per MB here, and a page of 256 KB rows would otherwise hold the event
-# loop (every tenant's requests) for as long (docs/realtime.md, bounded work per event).
-PARSE_OFF_LOOP_CHARS = 256 * 1024
-
-T = TypeVar("T")
-
-
-async def _parse(rows: Sequence[Sequence[Any]], text_at: int, build: Callable[[], T]) -> T:
-    """``build()`` inline for small pages, in a worker thread for large ones."""
-    size = sum(len(r[text_at] or "") + len(r[text_at + 1] or "") for r in rows)
-    if size > PARSE_OFF_LOOP_CHARS:
-        return await off_loop(build)
-    return build()
-
 
 class PollPage(NamedTuple):
     """One poll: the finished changes after the cursor, and the barrier's figures."""
@@ -201,11 +185,8 @@ async def read_poll(
             },
         )
         rows = await cur.fetchall()
-    changes = await _parse(
-        rows,
-        4,
-        lambda: [change_from_row(r[6], r[7], r, 0, r[8], owner=r[10]) for r in rows],
-    )
+    # rows stay JSON text until someone reads them (``Change.row``): nothing to parse here
+    changes = [change_from_row(r[6], r[7], r, 0, r[8], owner=r[10]) for r in rows]
     versions: dict[str, int | None] = {r[6]: int(r[9] or 0) for r in rows}
     return PollPage(changes, horizon, waited, versions, _cut(rows, 11, limit))
 
@@ -234,15 +215,11 @@ async def read_catch_up(
         rows = await cur.fetchall()
     first = rows[0]
     pruned = Cursor(int(first[0]), int(first[1])) if first[0] is not None else None
-    changes = await _parse(
-        rows,
-        7,
-        lambda: [
-            change_from_row(project_id, table, r, 3, r[9], owner=r[11])
-            for r in rows
-            if r[3] is not None
-        ],
-    )
+    changes = [
+        change_from_row(project_id, table, r, 3, r[9], owner=r[11])
+        for r in rows
+        if r[3] is not None
+    ]
     page_rows = [r for r in rows if r[3] is not None]
     return CatchUpPage(
         changes, pruned, int(first[2]), int(first[10] or 0), _cut(page_rows, 12, limit)

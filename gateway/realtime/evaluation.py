@@ -20,9 +20,9 @@ of the batch it held are answered with ``SERVICE_UNAVAILABLE`` (the stream ends 
 error event and its client resumes from its last id), never left waiting.
 
 Unfiltered subscribers are classified inline: their test is a dictionary lookup, and a
-process hop per page would only add latency. Large pages are still PARSED in a worker
-thread of the instance (``off_loop``, used by ``changelog.py``): the hub needs the rows
-itself to send them.
+process hop per page would only add latency. The instance parses a row only to send it
+(``Change.row`` is parsed on first use): a row that only filters read, or that no one
+receives, never costs the instance's interpreter a parse.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from gateway.errors import GatewayError
 from gateway.realtime import filter_worker
@@ -52,20 +52,10 @@ from gateway.realtime.filter_worker import (
 logger = logging.getLogger("gateway.realtime")
 
 Verdict = Change | None | GatewayError
-T = TypeVar("T")
-
-# Parsing large pages: ONE thread for the whole instance (every thread running Python
-# competes with the loop for the GIL; several would slow the loop down more).
-_PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="realtime-parse")
 
 WORKER_NICE = 10  # below request handling; 19 would starve it on a saturated machine
 VERDICT_TIMEOUT_S = 10.0  # far above one batch's work (PROJECT_SHARE_S per project)
 WORKER_FAILED = "realtime filter evaluation failed: reconnect with the last id"
-
-
-async def off_loop(fn: Callable[[], T]) -> T:
-    """``fn()`` in the instance's single realtime parsing thread."""
-    return await asyncio.get_running_loop().run_in_executor(_PARSER, fn)
 
 
 class Classifier(Protocol):

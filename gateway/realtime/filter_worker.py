@@ -119,7 +119,7 @@ def _parse(text: ChangeText, project_id: str) -> Change:
         table="",
         op=text.op,
         pk=orjson.loads(text.pk),
-        row=orjson.loads(text.row) if text.row is not None else None,
+        row_text=text.row,
         old_text=text.old_row,
         owner=text.owner,
     )
@@ -158,12 +158,16 @@ def evaluate(batch: Batch) -> list[WireVerdict]:
 
 
 def wire_change(change: Change) -> ChangeText:
-    """The change's text as read (kept by ``change_from_row``), for the worker."""
-    pk, row = change.texts or (orjson.dumps(change.pk).decode(), None)
-    if change.texts is None and change.row is not None:
-        row = orjson.dumps(change.row).decode()
+    """The change as text for the worker: the row as read (never parsed here), the
+    primary key (small) serialized again."""
     return ChangeText(
-        change.cursor.seq, change.cursor.id, change.op, pk, row, change.old_text, change.owner
+        change.cursor.seq,
+        change.cursor.id,
+        change.op,
+        orjson.dumps(change.pk).decode(),
+        change.row_text,
+        change.old_text,
+        change.owner,
     )
 
 

@@ -418,13 +418,15 @@ def classify_change(
         return change  # every row is gone, whatever the filter (and whoever owned it)
     if owner is not None and change.owner != owner:
         return None  # owner tables: only this subscriber's rows
-    if change.row is None:
+    if not filter_columns:
+        return change  # no filter: the row is not even parsed
+    row = change.row
+    if row is None:
         partial = getattr(predicate, "partial", None)
         return change if partial is None or partial(change.pk) else None
-    if predicate(change.row):
+    if predicate(row):
         return change
-    if filter_columns:
-        old = change.old_row()
-        if old is not None and predicate(old):
-            return change.as_leave()
+    old = change.old_row()
+    if old is not None and predicate(old):
+        return change.as_leave()
     return None

@@ -301,14 +301,9 @@ class RealtimeHub:
                 continue
             self.stats.catchup_queries += 1
             try:
+                limits = (self.catchup_page_size, self.page_max_bytes)
                 page = await read_catch_up(
-                    self.pool,
-                    sub.project_id,
-                    sub.table,
-                    pos,
-                    target,
-                    self.catchup_page_size,
-                    self.page_max_bytes,
+                    self.pool, sub.project_id, sub.table, pos, target, *limits
                 )
             except Exception as exc:
                 logger.warning("realtime: catch-up query failed: %s", exc)
@@ -380,8 +375,7 @@ class RealtimeHub:
             self._catalogs[project_id] = (version, catalog)
 
     async def _filter_verdicts(self, changes: list[Change]) -> dict[Any, Verdict]:
-        """The filtered live subscribers' verdicts on a page, computed off the loop
-        (``evaluation.py``); keyed by (subscription, index of the change)."""
+        """Filtered live subscribers' verdicts on a page, by (subscription, change index)."""
         pairs: list[tuple[Subscription, Change]] = []
         keys: list[tuple[Subscription, int]] = []
         for i, change in enumerate(changes):

@@ -64,10 +64,10 @@ def install(hub: RealtimeHub, extras: dict[str, Any]) -> None:
     # The filter worker is a process of its own (evaluation.py), started now so the first
     # filtered stream does not wait for an interpreter to start.
     evaluation.WORKER.start()
-    # The parsing thread (evaluation.off_loop) and the loop share the GIL; a waiting
-    # thread gets it back after the switch interval. 1 ms instead of Python's 5 ms keeps a
-    # victim's request from waiting 5 ms per hand-over while a large page is parsed; when
-    # no thread runs, the loop is the only one wanting the GIL and nothing changes.
+    # The worker pool's feeder threads (they pickle a batch's row texts into the pipe)
+    # and the loop share the GIL; a waiting thread gets it back after the switch
+    # interval. 1 ms instead of Python's 5 ms keeps a victim's request from waiting 5 ms
+    # per hand-over; when no thread runs, the loop alone wants the GIL: nothing changes.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     metrics = extras.get("metrics")
     if metrics is not None:

@@ -90,10 +90,10 @@ def test_a_page_that_ends_before_either_bound_is_not_full(pg_url: str, make_proj
             sub = await hub.subscribe(project["id"], "todos")
             start = sub.position
             await insert_titles(pg_url, project, ["a", "b"])
+            sub.close()
             target = Cursor(2**62, 0)
             page = await read_catch_up(hub.pool, project["id"], "todos", start, target, 500)
             assert [c.row["title"] for c in page.changes if c.row] == ["a", "b"]
             assert not page.full
-            sub.close()
 
     run(main)

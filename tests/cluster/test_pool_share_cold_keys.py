@@ -20,11 +20,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
 from gateway.control.keys import create_key
 from gateway.control.projects import connect
-from tests.support.tables import todos
+from tests.cluster.test_pool_share import seed_scan_table
 
 POOL_MAX = 4
 BURST = 12  # requests at once, each with a key of its own
@@ -107,15 +106,7 @@ def test_the_share_holds_for_keys_the_instance_has_not_seen(
     pg_url: str,
 ) -> None:
     attacker = make_project()
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {t} (title) SELECT repeat(md5(g::text), 6)"
-                " FROM generate_series(1, %s) g"
-            ).format(t=todos(attacker)),
-            [ROWS],
-        )
-        conn.execute(sql.SQL("ANALYZE {t}").format(t=todos(attacker)))
+    seed_scan_table(pg_url, attacker, ROWS)
     cluster = gateway_cluster(
         1,
         env={"GATEWAY_POOL_MAX": str(POOL_MAX), "GATEWAY_POOL_MAX_PER_PROJECT": str(share)},

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -92,10 +93,25 @@ class _Compiled(NamedTuple):
 _compiled: OrderedDict[int, _Compiled] = OrderedDict()
 
 
+# how often the worker checks that the instance that started it still runs
+PARENT_CHECK_S = 1.0
+
+
 def init_worker(niceness: int) -> None:
-    """Run at a lower CPU priority: on a busy machine the OS prefers request handling."""
+    """Run at a lower CPU priority (on a busy machine the OS prefers request handling),
+    and end with the instance: a SIGKILLed instance can't stop its worker, and the
+    worker's queue never reports the parent gone (it holds a write end of it itself)."""
     with contextlib.suppress(OSError):  # not permitted here: run at the same priority
         os.nice(niceness)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _compile(spec: FilterSpec) -> _Compiled:

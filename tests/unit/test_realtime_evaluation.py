@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,7 @@ from gateway.realtime import evaluation, filter_worker
 from gateway.realtime.events import Change, Cursor, change_from_row
 from gateway.realtime.filter_worker import FilterSpec, spec_of
 from gateway.realtime.filters import Filter, Predicate, classify_change, compile_filters
+from tests.support.polling import wait_until
 
 
 @dataclass(eq=False)
@@ -125,3 +128,40 @@ def test_a_killed_worker_is_replaced_and_its_batch_answered(
     )
     assert worker.restarts >= 1 or all(isinstance(v, Change) for v in answered)
     assert [v.cursor for v in after] == [Cursor(1, i) for i in range(5)]  # type: ignore[union-attr]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whoever adopted it, if ever)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            state = next(line for line in f if line.startswith("State:"))
+    except (FileNotFoundError, StopIteration):
+        return False
+    return "Z" not in state.split()[1]
+
+
+def test_the_worker_ends_when_its_instance_is_killed() -> None:
+    """A SIGKILLed instance can't stop its worker: the worker notices and exits."""
+    script = (
+        "import sys, time\n"
+        "from gateway.realtime import evaluation, filter_worker\n"
+        "w = evaluation.FilterWorker(); w.start()\n"
+        "ex = w._executor\n"
+        "ex.submit(filter_worker.evaluate, filter_worker.Batch({}, [], [])).result(60)\n"
+        "print(*[p.pid for p in ex._processes.values()], flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert pids and all(_running(p) for p in pids)
+        parent.kill()
+        parent.wait(10)
+        wait_until(
+            lambda: not any(_running(p) for p in pids),
+            timeout=10 * filter_worker.PARENT_CHECK_S,
+            message=lambda: f"the worker outlived its instance: {pids}",
+        )
+    finally:
+        parent.kill()

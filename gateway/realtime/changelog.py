@@ -24,13 +24,12 @@ statements' own, kept next to them); what to do with the changes is the hub's.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.realtime.evaluation import off_loop
 from gateway.realtime.events import Change, Cursor, change_from_row
 
 HORIZON_SQL = "SELECT gateway.realtime_horizon()"
@@ -41,9 +40,11 @@ HORIZON_SQL = "SELECT gateway.realtime_horizon()"
 # of the active projects' retained log (the planner's hash join read all of the latter;
 # EXPLAIN on 100k changes in 500 projects: 0.3 ms near the head, docs/realtime.md).
 POLL_SQL = """
-SELECT k.seq, c.id, c.op, c.pk::text, c.row::text, c.old_row::text,
-       c.project_id::text, c.table_name,
-       extract(epoch FROM clock_timestamp() - c.created_at), v.version, c.owner::text
+WITH page AS (
+SELECT k.seq, c.id, c.op, c.pk::text AS pk_text, c.row::text AS row_text,
+       c.old_row::text AS old_text, c.project_id::text AS project_id, c.table_name,
+       extract(epoch FROM clock_timestamp() - c.created_at) AS age, v.version,
+       c.owner::text AS owner
   FROM gateway.commits k
   CROSS JOIN LATERAL (
         SELECT id, op, pk, row, old_row, project_id, table_name, created_at, owner
@@ -55,43 +56,62 @@ SELECT k.seq, c.id, c.op, c.pk::text, c.row::text, c.old_row::text,
  WHERE k.seq >= %(seq)s AND k.seq <= %(horizon)s
  ORDER BY k.seq, c.id
  LIMIT %(limit)s
+), sized AS (
+SELECT page.*, coalesce(octet_length(row_text), 0) + coalesce(octet_length(old_text), 0)
+       AS bytes
+  FROM page
+), counted AS (
+SELECT sized.*, sum(bytes) OVER (ORDER BY seq, id ROWS UNBOUNDED PRECEDING) AS upto,
+       count(*) OVER () AS total
+  FROM sized
+)
+SELECT seq, id, op, pk_text, row_text, old_text, project_id, table_name, age, version,
+       owner, total
+  FROM counted
+ WHERE upto - bytes < %(max_bytes)s
+ ORDER BY seq, id
 """
 
 CATCHUP_SQL = """
 SELECT w.seq, w.id,
        (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM gateway.commit_seq),
-       c.seq, c.id, c.op, c.pk::text, c.row::text, c.old_row::text,
-       extract(epoch FROM clock_timestamp() - c.created_at), v.version, c.owner::text
+       c.seq, c.id, c.op, c.pk_text, c.row_text, c.old_text,
+       extract(epoch FROM clock_timestamp() - c.created_at), v.version, c.owner::text,
+       c.total
   FROM (SELECT 1) AS one
   LEFT JOIN gateway.changes_pruned w ON w.project_id = %(project)s::uuid
   LEFT JOIN gateway.registry_versions v ON v.project_id = %(project)s::uuid
   LEFT JOIN LATERAL (
-        SELECT k.seq, c.id, c.op, c.pk, c.row, c.old_row, c.created_at, c.owner
-          FROM gateway.commits k
-          JOIN gateway.changes c ON c.xid = k.xid
-         WHERE c.project_id = %(project)s::uuid AND c.table_name = %(table)s
-           AND k.seq >= %(seq)s AND k.seq <= %(to_seq)s
-           AND (k.seq, c.id) > (%(seq)s, %(id)s)
-           AND (k.seq, c.id) <= (%(to_seq)s, %(to_id)s)
-         ORDER BY k.seq, c.id
-         LIMIT %(limit)s) AS c ON true
+        SELECT * FROM (
+              SELECT s.*, sum(s.bytes) OVER (ORDER BY s.seq, s.id ROWS UNBOUNDED PRECEDING)
+                          AS upto,
+                     count(*) OVER () AS total
+                FROM (
+                      SELECT p.*, coalesce(octet_length(p.row_text), 0)
+                                  + coalesce(octet_length(p.old_text), 0) AS bytes
+                        FROM (
+                              SELECT k.seq, c.id, c.op, c.pk::text AS pk_text,
+                                     c.row::text AS row_text, c.old_row::text AS old_text,
+                                     c.created_at, c.owner
+                                FROM gateway.commits k
+                                JOIN gateway.changes c ON c.xid = k.xid
+                               WHERE c.project_id = %(project)s::uuid
+                                 AND c.table_name = %(table)s
+                                 AND k.seq >= %(seq)s AND k.seq <= %(to_seq)s
+                                 AND (k.seq, c.id) > (%(seq)s, %(id)s)
+                                 AND (k.seq, c.id) <= (%(to_seq)s, %(to_id)s)
+                               ORDER BY k.seq, c.id
+                               LIMIT %(limit)s) AS p) AS s) AS q
+         WHERE q.upto - q.bytes < %(max_bytes)s) AS c ON true
  ORDER BY c.seq, c.id
 """
 
-# A page whose row images add up to more than this is parsed in a worker thread: JSON
-# parsing is ~10 ms per MB here, and a page of 256 KB rows would otherwise hold the event
-# loop (every tenant's requests) for as long (docs/realtime.md, bounded work per event).
-PARSE_OFF_LOOP_CHARS = 256 * 1024
-
-T = TypeVar("T")
-
-
-async def _parse(rows: Sequence[Sequence[Any]], text_at: int, build: Callable[[], T]) -> T:
-    """``build()`` inline for small pages, in a worker thread for large ones."""
-    size = sum(len(r[text_at] or "") + len(r[text_at + 1] or "") for r in rows)
-    if size > PARSE_OFF_LOOP_CHARS:
-        return await off_loop(build)
-    return build()
+# The most row text (new and old images) one page of the log carries into the gateway:
+# the rest follows in the next page, in order. A page is at most ``limit`` changes AND,
+# past its first change, at most this many bytes: 500 changes of 256 KB rows (and their
+# old images) were up to 256 MB in the instance's memory at once (docs/realtime.md).
+# One change larger than this still comes alone, so the log never sticks.
+PAGE_MAX_BYTES = 8 * 1024 * 1024
 
 
 class PollPage(NamedTuple):
@@ -101,6 +121,7 @@ class PollPage(NamedTuple):
     horizon: int | None  # every number up to it is finished; None: barrier not granted
     horizon_wait_s: float  # how long the barrier statement took (waits for committers)
     versions: dict[str, int | None]  # project id -> registry version read with its changes
+    full: bool = False  # cut at the change or byte limit: more may follow at once
 
 
 class CatchUpPage(NamedTuple):
@@ -110,6 +131,7 @@ class CatchUpPage(NamedTuple):
     pruned: Cursor | None  # the retention's high-water mark for the project, if any
     last_seq: int  # the last commit number issued: a cursor beyond it is from the future
     version: int  # the project's registry version read with these changes
+    full: bool = False  # cut at the change or byte limit: read on from the last change
 
 
 async def _horizon(conn: AsyncConnection[Any]) -> int | None:
@@ -132,8 +154,18 @@ async def read_head(pool: AsyncConnectionPool) -> Cursor:
     return Cursor(horizon + 1, 0)
 
 
+def _cut(rows: Sequence[Sequence[Any]], total_at: int, limit: int) -> bool:
+    """Whether a page stopped at a limit (changes or bytes) rather than at the end."""
+    total = int(rows[0][total_at] or 0) if rows else 0
+    return total >= limit or len(rows) < total
+
+
 async def read_poll(
-    pool: AsyncConnectionPool, cursor: Cursor, projects: list[str], limit: int
+    pool: AsyncConnectionPool,
+    cursor: Cursor,
+    projects: list[str],
+    limit: int,
+    max_bytes: int = PAGE_MAX_BYTES,
 ) -> PollPage:
     async with pool.connection() as conn:
         started = time.monotonic()
@@ -149,16 +181,14 @@ async def read_poll(
                 "horizon": horizon,
                 "projects": projects,
                 "limit": limit,
+                "max_bytes": max_bytes,
             },
         )
         rows = await cur.fetchall()
-    changes = await _parse(
-        rows,
-        4,
-        lambda: [change_from_row(r[6], r[7], r, 0, r[8], owner=r[10]) for r in rows],
-    )
+    # rows stay JSON text until someone reads them (``Change.row``): nothing to parse here
+    changes = [change_from_row(r[6], r[7], r, 0, r[8], owner=r[10]) for r in rows]
     versions: dict[str, int | None] = {r[6]: int(r[9] or 0) for r in rows}
-    return PollPage(changes, horizon, waited, versions)
+    return PollPage(changes, horizon, waited, versions, _cut(rows, 11, limit))
 
 
 async def read_catch_up(
@@ -168,6 +198,7 @@ async def read_catch_up(
     after: Cursor,
     up_to: Cursor,
     limit: int,
+    max_bytes: int = PAGE_MAX_BYTES,
 ) -> CatchUpPage:
     params: dict[str, Any] = {
         "project": project_id,
@@ -177,19 +208,19 @@ async def read_catch_up(
         "to_seq": up_to.seq,
         "to_id": up_to.id,
         "limit": limit,
+        "max_bytes": max_bytes,
     }
     async with pool.connection() as conn:
         cur = await conn.execute(CATCHUP_SQL, params)
         rows = await cur.fetchall()
     first = rows[0]
     pruned = Cursor(int(first[0]), int(first[1])) if first[0] is not None else None
-    changes = await _parse(
-        rows,
-        7,
-        lambda: [
-            change_from_row(project_id, table, r, 3, r[9], owner=r[11])
-            for r in rows
-            if r[3] is not None
-        ],
+    changes = [
+        change_from_row(project_id, table, r, 3, r[9], owner=r[11])
+        for r in rows
+        if r[3] is not None
+    ]
+    page_rows = [r for r in rows if r[3] is not None]
+    return CatchUpPage(
+        changes, pruned, int(first[2]), int(first[10] or 0), _cut(page_rows, 12, limit)
     )
-    return CatchUpPage(changes, pruned, int(first[2]), int(first[10] or 0))

@@ -63,7 +63,11 @@ class Change:
     table: str
     op: str  # insert | update | delete | truncate, or leave (derived per subscriber)
     pk: dict[str, Any]  # {} for truncate
-    row: dict[str, Any] | None  # None for deletes (only the primary key is kept), truncate
+    # the row as the database sent it (JSON text); None for deletes (only the primary key
+    # is kept) and truncate. Parsed on first use (``row``): a row that only a filter
+    # reads is parsed in the filter worker process (``filter_worker.py``), never here, and
+    # a row no subscriber receives is never parsed by the gateway at all
+    row_text: str | None
     age_s: float = 0.0  # database clock: how old the change was when it was read
     # owner tables: the row's user (the old row's for a delete), from the capture trigger
     owner: str | None = None
@@ -78,8 +82,20 @@ class Change:
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
+    def row(self) -> dict[str, Any] | None:
+        """The row image (parsed once, shared by every subscriber)."""
+        if self.row_text is None:
+            return None
+        row = self.memo.get("row")
+        if row is None:
+            row = self.memo["row"] = orjson.loads(self.row_text)
+        parsed: dict[str, Any] = row
+        return parsed
+
+    @property
     def image(self) -> dict[str, Any]:
-        return self.row if self.row is not None else self.pk
+        row = self.row
+        return row if row is not None else self.pk
 
     def old_row(self) -> dict[str, Any] | None:
         """The row before an update (parsed once, shared by every subscriber)."""
@@ -125,7 +141,7 @@ def change_from_row(
         table=table,
         op=op,
         pk=orjson.loads(pk),
-        row=orjson.loads(row) if row is not None else None,
+        row_text=row,
         age_s=float(age or 0.0),
         old_text=old,
         owner=owner,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError
+from gateway.realtime.events import Change
 from gateway.realtime.like import like_matcher
 
 # --- filters, evaluated in Python against the row image -----------------------------------
@@ -403,3 +404,29 @@ def compile_filters(
 
     predicate.partial = partial  # type: ignore[attr-defined]
     return predicate, columns
+
+
+def classify_change(
+    predicate: Predicate, filter_columns: tuple[str, ...], owner: str | None, change: Change
+) -> Change | None:
+    """What a subscriber with this filter receives for a change: the change itself, its
+    ``leave`` form (an update moved the row out of the filter), or nothing.
+
+    One function for the subscription on the loop and the filter worker process, so a
+    verdict does not depend on where it is computed."""
+    if change.op == "truncate":
+        return change  # every row is gone, whatever the filter (and whoever owned it)
+    if owner is not None and change.owner != owner:
+        return None  # owner tables: only this subscriber's rows
+    if not filter_columns:
+        return change  # no filter: the row is not even parsed
+    row = change.row
+    if row is None:
+        partial = getattr(predicate, "partial", None)
+        return change if partial is None or partial(change.pk) else None
+    if predicate(row):
+        return change
+    old = change.old_row()
+    if old is not None and predicate(old):
+        return change.as_leave()
+    return None

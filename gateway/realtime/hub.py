@@ -51,9 +51,11 @@ from psycopg_pool import AsyncConnectionPool
 from gateway.errors import GatewayError, service_unavailable
 from gateway.metadata.cache import load_catalog
 from gateway.metadata.catalog import ProjectCatalog
-from gateway.realtime.changelog import read_catch_up, read_head, read_poll
+from gateway.realtime import evaluation
+from gateway.realtime.changelog import PAGE_MAX_BYTES, read_catch_up, read_head, read_poll
 from gateway.realtime.evaluation import Verdict, verdict, verdicts_off_loop
 from gateway.realtime.events import Change, Cursor, Event
+from gateway.realtime.filter_worker import spec_of
 from gateway.realtime.filters import FilterLike, compile_filters
 from gateway.realtime.stats import HubStats
 from gateway.realtime.subscription import ColumnsFn, Subscription
@@ -77,6 +79,7 @@ class RealtimeHub:
         *,
         page_size: int = PAGE_SIZE,
         catchup_page_size: int = CATCHUP_PAGE_SIZE,
+        page_max_bytes: int = PAGE_MAX_BYTES,
         catalog_loader: Callable[[AsyncConnection[Any], str], Awaitable[ProjectCatalog]]
         | None = None,
     ) -> None:
@@ -86,6 +89,7 @@ class RealtimeHub:
         # (after a long transaction ends) must not overflow subscribers that keep up
         self.page_size = max(1, min(page_size, settings.realtime_queue_max))
         self.catchup_page_size = catchup_page_size
+        self.page_max_bytes = page_max_bytes  # row text per page, poll or catch-up
         self.stats = HubStats()
         self._index: dict[tuple[str, str], set[Subscription]] = {}
         self._per_project: dict[str, int] = {}
@@ -162,6 +166,7 @@ class RealtimeHub:
                 await self._task
             self._task = None
         self._poll_done.set()  # a catch-up waiting for a poll sees it is closed
+        evaluation.WORKER.stop()
 
     async def subscribe(
         self,
@@ -183,6 +188,7 @@ class RealtimeHub:
         """
         if self._stopped:
             raise service_unavailable("the instance is shutting down")
+        filters = tuple(filters)
         predicate, filter_columns = compile_filters(filters, column_types)
         limit = self.settings.realtime_max_streams_per_project
         if self._per_project.get(project_id, 0) >= limit:
@@ -204,6 +210,7 @@ class RealtimeHub:
             revalidate=revalidate,
             revalidate_s=self.settings.realtime_revalidate_s,
             owner=owner,
+            spec=spec_of(project_id, filters, column_types, owner) if filter_columns else None,
         )
         # register first (reserves the slot; keeps the hub cursor alive), then start at
         # the hub's cursor if the client gave none: the catch-up joins it to the stream
@@ -294,8 +301,9 @@ class RealtimeHub:
                 continue
             self.stats.catchup_queries += 1
             try:
+                limits = (self.catchup_page_size, self.page_max_bytes)
                 page = await read_catch_up(
-                    self.pool, sub.project_id, sub.table, pos, target, self.catchup_page_size
+                    self.pool, sub.project_id, sub.table, pos, target, *limits
                 )
             except Exception as exc:
                 logger.warning("realtime: catch-up query failed: %s", exc)
@@ -332,9 +340,7 @@ class RealtimeHub:
                     return
             fresh = [c for c in changes if c.cursor > pos]
             if sub.filter_columns:
-                seen_all = await verdicts_off_loop(
-                    [(sub, c) for c in fresh], lambda: self._stopped or sub.closed
-                )
+                seen_all = await verdicts_off_loop([(sub, c) for c in fresh])
             else:
                 seen_all = [verdict(sub, c) for c in fresh]
             for seen in seen_all:
@@ -348,7 +354,7 @@ class RealtimeHub:
                     yield Event(seen.op, seen.cursor, {"change": seen})
             if changes:
                 pos = max(pos, changes[-1].cursor)
-            if len(changes) < self.catchup_page_size:
+            if not page.full:
                 pos = max(pos, target)  # everything up to the target has been read
 
     def catalog(self, project_id: str) -> ProjectCatalog | None:
@@ -369,8 +375,7 @@ class RealtimeHub:
             self._catalogs[project_id] = (version, catalog)
 
     async def _filter_verdicts(self, changes: list[Change]) -> dict[Any, Verdict]:
-        """The filtered live subscribers' verdicts on a page, computed off the loop
-        (``evaluation.py``); keyed by (subscription, index of the change)."""
+        """Filtered live subscribers' verdicts on a page, by (subscription, change index)."""
         pairs: list[tuple[Subscription, Change]] = []
         keys: list[tuple[Subscription, int]] = []
         for i, change in enumerate(changes):
@@ -378,7 +383,7 @@ class RealtimeHub:
                 if sub.filter_columns and sub.live and change.cursor > sub.floor:
                     pairs.append((sub, change))
                     keys.append((sub, i))
-        verdicts = await verdicts_off_loop(pairs, lambda: self._stopped)
+        verdicts = await verdicts_off_loop(pairs)
         return dict(zip(keys, verdicts, strict=True))
 
     def _dispatch(self, changes: list[Change], verdicts: dict[Any, Verdict]) -> None:
@@ -442,7 +447,9 @@ class RealtimeHub:
             error: Exception | None = None
             verdicts: dict[Any, Verdict] = {}
             try:
-                page = await read_poll(self.pool, cursor, projects, self.page_size)
+                page = await read_poll(
+                    self.pool, cursor, projects, self.page_size, self.page_max_bytes
+                )
                 self.stats.horizon_wait_s = page.horizon_wait_s
                 if page.horizon is None:
                     self.stats.horizon_busy += 1
@@ -474,7 +481,7 @@ class RealtimeHub:
             new = changes[-1].cursor if changes else cursor
             if changes:
                 self.stats.last_change_age_s = changes[-1].age_s
-            full = len(changes) >= self.page_size
+            full = page.full
             if not full and horizon is not None:
                 new = max(new, Cursor(horizon + 1, 0))  # all numbers <= horizon are read
             self._cursor = new

@@ -16,6 +16,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from gateway.realtime import evaluation
 from gateway.realtime.hub import RealtimeHub
 from gateway.realtime.retention import prune_changes
 
@@ -60,10 +61,13 @@ def install(hub: RealtimeHub, extras: dict[str, Any]) -> None:
     is given): each batch commits on its own connection in a few milliseconds instead of
     holding its row locks (and the deleted rows' commit stamps) for the whole tick.
     """
-    # The filter worker (evaluation.py) and the loop share the GIL; a waiting thread gets
-    # it back after the switch interval. 1 ms instead of Python's 5 ms keeps a victim's
-    # request from waiting 5 ms per hand-over while another tenant's filters run; when no
-    # worker runs, the loop is the only thread wanting the GIL and nothing changes.
+    # The filter worker is a process of its own (evaluation.py), started now so the first
+    # filtered stream does not wait for an interpreter to start.
+    evaluation.WORKER.start()
+    # The worker pool's feeder threads (they pickle a batch's row texts into the pipe)
+    # and the loop share the GIL; a waiting thread gets it back after the switch
+    # interval. 1 ms instead of Python's 5 ms keeps a victim's request from waiting 5 ms
+    # per hand-over; when no thread runs, the loop alone wants the GIL: nothing changes.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     metrics = extras.get("metrics")
     if metrics is not None:

@@ -18,7 +18,8 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.realtime.events import CHANGE_KINDS, Change, Cursor, Event
-from gateway.realtime.filters import Predicate
+from gateway.realtime.filter_worker import FilterSpec
+from gateway.realtime.filters import Predicate, classify_change
 from gateway.realtime.stats import HubStats
 
 logger = logging.getLogger("gateway.realtime")
@@ -70,6 +71,7 @@ class Subscription:
         revalidate: Callable[[], Awaitable[None]] | None = None,
         revalidate_s: float = 30.0,
         owner: str | None = None,
+        spec: FilterSpec | None = None,
     ) -> None:
         self.hub = hub
         self.project_id = project_id
@@ -90,27 +92,16 @@ class Subscription:
         self._next_check = time.monotonic() + revalidate_s
         # owner tables: only this user's rows reach the stream (None: every row)
         self.owner = owner
+        # the filter as data, for the filter worker process (None: no filter to evaluate
+        # there; ``filter_columns`` empty)
+        self.spec = spec
         # why the hub ended the stream (its filter ran out of budget), sent before the end
         self.failure: Event | None = None
 
     # called by the hub, synchronously, during dispatch
     def classify(self, change: Change) -> Change | None:
-        """What this subscriber receives for a change: the change itself, its ``leave``
-        form (an update moved the row out of the filter), or nothing."""
-        if change.op == "truncate":
-            return change  # every row is gone, whatever the filter (and whoever owned it)
-        if self.owner is not None and change.owner != self.owner:
-            return None  # owner tables: only this subscriber's rows
-        if change.row is None:
-            partial = getattr(self.predicate, "partial", None)
-            return change if partial is None or partial(change.pk) else None
-        if self.predicate(change.row):
-            return change
-        if self.filter_columns:
-            old = change.old_row()
-            if old is not None and self.predicate(old):
-                return change.as_leave()
-        return None
+        """What this subscriber receives for a change (``filters.classify_change``)."""
+        return classify_change(self.predicate, self.filter_columns, self.owner, change)
 
     def matches(self, change: Change) -> bool:
         return self.classify(change) is not None

@@ -67,25 +67,32 @@ async def _phase(victim: Load, attacker: Load | None) -> list[Result]:
     return victim.results[start:]
 
 
-def test_a_tenant_running_slow_queries_does_not_push_another_tenants_p95_up(
-    make_project: Callable[..., dict[str, Any]], gateway_cluster: Any, pg_url: str
-) -> None:
-    attacker_project = make_project()
-    victim_project = make_project()
+def seed_scan_table(pg_url: str, project: dict[str, Any], rows: int) -> None:
+    """``rows`` of 192 characters in the project's todos: a ``like '%zzz%'`` over them is a
+    slow allowed query (a sequential scan, well inside the statement timeout)."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL(
                 "INSERT INTO {t} (title)"
                 " SELECT repeat(md5(g::text), 6) FROM generate_series(1, %s) g"
-            ).format(t=todos(attacker_project)),
-            [BIG_ROWS],
+            ).format(t=todos(project)),
+            [rows],
         )
+        conn.execute(sql.SQL("ANALYZE {t}").format(t=todos(project)))
+
+
+def test_a_tenant_running_slow_queries_does_not_push_another_tenants_p95_up(
+    make_project: Callable[..., dict[str, Any]], gateway_cluster: Any, pg_url: str
+) -> None:
+    attacker_project = make_project()
+    victim_project = make_project()
+    seed_scan_table(pg_url, attacker_project, BIG_ROWS)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL("INSERT INTO {t} (title) SELECT 'v' || g FROM generate_series(1, 50) g").format(
                 t=todos(victim_project)
             )
         )
-        conn.execute(sql.SQL("ANALYZE {t}").format(t=todos(attacker_project)))
     cluster = gateway_cluster(2, env={"GATEWAY_POOL_MAX": str(POOL_MAX)})
     scan = {
         "operation": "select",

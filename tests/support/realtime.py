@@ -38,7 +38,11 @@ class Hub:
     """A hub with its own pool, closed at the end of the block."""
 
     def __init__(self, pg_url: str, **kwargs: Any) -> None:
-        hub_kwargs = {k: kwargs.pop(k) for k in ("page_size", "catchup_page_size") if k in kwargs}
+        hub_kwargs = {
+            k: kwargs.pop(k)
+            for k in ("page_size", "catchup_page_size", "page_max_bytes")
+            if k in kwargs
+        }
         self.settings = settings_for(pg_url, **kwargs)
         self.pool = create_pool(self.settings, max_size=4)
         self.hub = RealtimeHub(self.settings, self.pool, **hub_kwargs)

@@ -9,13 +9,19 @@ ended up shared.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import Response
 
-from gateway.http.responses import forwarded_for
+from gateway.errors import GatewayError
+from gateway.http.responses import error_response, forwarded_for
 from gateway.query.pipeline import Outcome
+
+logger = logging.getLogger("gateway")
 
 # scope key: perf_counter() when the HTTP front (``front.py``) let the request through
 ARRIVED = "gateway.arrived"
@@ -80,3 +86,17 @@ def observe(
                 "error_code": outcome.error_code,
             }
     return headers
+
+
+def http_error(exc: HTTPException) -> Response:
+    """Starlette's own refusals (404 unknown route, 405 wrong method) in the contract's
+    error body."""
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "INVALID_QUERY")
+    return error_response(GatewayError(code, str(exc.detail), status=exc.status_code))
+
+
+def unexpected_error(request: Request, exc: Exception) -> Response:
+    """An exception no route handled: logged with its traceback here, answered 500
+    ``INTERNAL_ERROR`` without one."""
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(GatewayError("INTERNAL_ERROR", "internal error", status=500))

@@ -16,7 +16,6 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,10 +23,10 @@ from starlette.responses import Response
 from gateway.admission.admitter import Admitter
 from gateway.db.budget import PlanError, PoolPlan
 from gateway.db.pool import create_pool, plan_for
-from gateway.errors import GatewayError
 from gateway.http import admin, auth_routes, front, routes
 from gateway.http import jobs as jobs_routes
-from gateway.http.responses import error_response
+from gateway.http.cors import GatewayCORS
+from gateway.http.endpoint import http_error, unexpected_error
 from gateway.jobs.worker import CHANNEL as JOBS_CHANNEL
 from gateway.jobs.worker import JobsRuntime
 from gateway.metadata.cache import MetadataCache
@@ -153,14 +152,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await observability.stop_request_log()
             await state.pool.close()
 
-    async def http_error(request: Request, exc: Exception) -> Response:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "INVALID_QUERY")
-        return error_response(GatewayError(code, str(exc.detail), status=exc.status_code))
+        return http_error(exc)
 
-    async def unexpected_error(request: Request, exc: Exception) -> Response:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(GatewayError("INTERNAL_ERROR", "internal error", status=500))
+    async def on_unexpected_error(request: Request, exc: Exception) -> Response:
+        return unexpected_error(request, exc)
 
     app = Starlette(
         # the admin API (issue 15): none when GATEWAY_ADMIN_HMAC_SECRET is unset
@@ -175,7 +172,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 bandwidth=observability.bandwidth,  # quotas: bytes sent, after gzip
             ),
             Middleware(
-                CORSMiddleware,
+                GatewayCORS,
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["authorization", "x-api-key", "content-type", "last-event-id"],
@@ -185,10 +182,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ),
             Middleware(GZipMiddleware, minimum_size=1024),
         ],
-        exception_handlers={HTTPException: http_error, Exception: unexpected_error},
+        exception_handlers={HTTPException: on_http_error, Exception: on_unexpected_error},
         lifespan=lifespan,
     )
     app.state.gw = state
-    # outermost, before routing and middleware: the early local deny and the overload gate
+    # outermost, before routing and middleware: the early local deny, the overload gate
+    # and the hot data routes' lean path (gateway/http/lean.py)
     front.install(app, state, observability)
     return app

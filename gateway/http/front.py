@@ -29,13 +29,16 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
 
 from gateway.admission.gate import Gate
 from gateway.auth.bearer import credentials_from_headers
 from gateway.db.pool import REQUEST_DEADLINE
 from gateway.errors import GatewayError, service_unavailable
+from gateway.http import routes
+from gateway.http.cors import GatewayCORS
 from gateway.http.endpoint import ARRIVED
+from gateway.http.lean import Lean, hot_routes
 from gateway.ops.observe import Observability, access_line
 from gateway.query.envelope import error_body
 from gateway.query.pipeline import Outcome
@@ -93,13 +96,17 @@ class Front:
         app: ASGIApp,
         state: Any,
         observability: Observability,
-        cors: dict[str, Any] | None,
+        lean: Lean,
+        hot: dict[tuple[str, str], Route],
     ) -> None:
         self.app = app
         self.state = state
         self.observability = observability
         self.metrics = observability.metrics
-        self.cors = cors
+        self.lean = lean
+        self.cors: GatewayCORS | None = lean.cors
+        # (method, path) → (the route, its request-log kind if the front gates it)
+        self.hot = {key: (route, GATED_ROUTES.get(key)) for key, route in hot.items()}
         self.gate: Gate | None = None
         self.budget_s = state.settings.pool_timeout_s
         self.counts = {"early_local_deny": 0, "shed": 0}
@@ -128,9 +135,13 @@ class Front:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        kind = GATED_ROUTES.get((scope["method"], scope["path"]))
-        if kind is None:
+        hot = self.hot.get((scope["method"], scope["path"]))
+        if hot is None:
             await self.app(scope, receive, send)
+            return
+        route, kind = hot
+        if kind is None:
+            await self.lean.serve(scope, receive, send, route)
             return
         started = time.perf_counter()
         admitter = self.state.admitter
@@ -144,7 +155,7 @@ class Front:
                 return
         gate = self.gate or self._gate()
         if gate is None:  # not started yet: the routes answer (503 while the pool is None)
-            await self.app(scope, receive, send)
+            await self.lean.serve(scope, receive, send, route)
             return
         arrived = time.monotonic()
         scope[ARRIVED] = started  # durations (metrics, log, header) include the gate's wait
@@ -164,7 +175,7 @@ class Front:
                 return
         token = REQUEST_DEADLINE.set(arrived + self.budget_s)
         try:
-            await self.app(scope, receive, send)
+            await self.lean.serve(scope, receive, send, route)
         finally:
             REQUEST_DEADLINE.reset(token)
             gate.leave()
@@ -237,15 +248,9 @@ class Front:
         start = {"type": "http.response.start", "status": error.status, "headers": raw}
         end = {"type": "http.response.body", "body": body}
         if self.cors is not None and "origin" in extra:
-
-            async def respond(scope: Scope, receive: Receive, send: Send) -> None:
-                await send(start)
-                await send(end)
-
-            await CORSMiddleware(respond, **self.cors)(scope, receive, send)
-        else:
-            await send(start)
-            await send(end)
+            self.cors.decorate(raw, extra["origin"])
+        await send(start)
+        await send(end)
         route = ROUTE_OF_KIND[kind]
         duration = time.perf_counter() - started
         self.metrics.observe_request(route, error.status, duration)
@@ -262,11 +267,13 @@ class Front:
 
 
 def install(app: Starlette, state: Any, observability: Observability) -> None:
-    """Wrap the app's middleware stack (built lazily by Starlette) in the ``Front``."""
-    cors = next((dict(m.kwargs) for m in app.user_middleware if m.cls is CORSMiddleware), None)
+    """Wrap the app's middleware stack (built lazily by Starlette) in the ``Front``, with
+    the lean path of the hot routes built from the same middleware declarations."""
     build = app.build_middleware_stack
 
     def build_with_front() -> ASGIApp:
-        return Front(build(), state, observability, cors)
+        lean = Lean(app.user_middleware)
+        hot = hot_routes(app.routes, routes.HOT_PATHS)
+        return Front(build(), state, observability, lean, hot)
 
     app.build_middleware_stack = build_with_front  # type: ignore[method-assign]

@@ -33,6 +33,8 @@ logger = logging.getLogger("gateway")
 
 BASE = "/v1/inhouse/db"
 READY_TIMEOUT_S = 1.0
+# served by the HTTP front's lean path (gateway/http/lean.py), not the middleware stack
+HOT_PATHS = (f"{BASE}/query", f"{BASE}/batch", f"{BASE}/schema", f"{BASE}/realtime/ticket")
 
 
 async def health(request: Request) -> Response:

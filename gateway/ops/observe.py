@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import orjson
@@ -66,6 +66,7 @@ class ObserveMiddleware:
         self.bandwidth = bandwidth
         self.instance_id = settings.instance_id
         self.access_json = settings.access_log == "json"
+        self.reads_ids = self.access_json or bandwidth is not None
         if self.access_json:
             configure_access_log()
 
@@ -73,9 +74,7 @@ class ObserveMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # arrival at the HTTP front, if it held the request at the overload gate
-        arrived = scope.get("gateway.arrived")
-        started = arrived if isinstance(arrived, float) else time.perf_counter()
+        started = self.started(scope)
         status = 500
         size = 0
         request_id: str | None = None
@@ -86,13 +85,8 @@ class ObserveMiddleware:
             nonlocal status, size, request_id, project_id
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                if self.access_json or meter is not None:
-                    for name, value in message.get("headers") or ():
-                        lowered = name.lower()
-                        if lowered == b"x-request-id":
-                            request_id = value.decode("latin-1")
-                        elif lowered == b"x-project-id":
-                            project_id = value.decode("latin-1")
+                if self.reads_ids:
+                    request_id, project_id = response_ids(message.get("headers") or ())
             elif message["type"] == "http.response.body":
                 n = len(message.get("body") or b"")
                 size += n
@@ -103,22 +97,37 @@ class ObserveMiddleware:
         try:
             await self.app(scope, receive, observe_send)
         finally:
-            duration = time.perf_counter() - started
-            route = route_label(scope)
-            self.metrics.observe_request(route, status, duration)
-            if self.access_json:
-                self._access_line(scope, route, status, duration, size, request_id)
+            self.finish(scope, status, started, size, request_id)
 
-    def _access_line(
-        self,
-        scope: Scope,
-        route: str,
-        status: int,
-        duration: float,
-        size: int,
-        request_id: str | None,
+    @staticmethod
+    def started(scope: Scope) -> float:
+        """Arrival at the HTTP front, if it held the request at the overload gate."""
+        arrived = scope.get("gateway.arrived")
+        return arrived if isinstance(arrived, float) else time.perf_counter()
+
+    def finish(
+        self, scope: Scope, status: int, started: float, size: int, request_id: str | None
     ) -> None:
-        access_line(self.instance_id, scope, route, status, duration, size, request_id)
+        """The request's metrics and access line, once its answer is sent (or failed)."""
+        duration = time.perf_counter() - started
+        route = route_label(scope)
+        self.metrics.observe_request(route, status, duration)
+        if self.access_json:
+            access_line(self.instance_id, scope, route, status, duration, size, request_id)
+
+
+def response_ids(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """(X-Request-Id, X-Project-Id) of an answer's raw headers: the access line's id and
+    the project whose bandwidth the body counts against (set only after admission)."""
+    request_id: str | None = None
+    project_id: str | None = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"x-request-id":
+            request_id = value.decode("latin-1")
+        elif lowered == b"x-project-id":
+            project_id = value.decode("latin-1")
+    return request_id, project_id
 
 
 def access_line(

@@ -39,13 +39,20 @@ BODY_SLACK = 8 * 1024  # the envelope around a 256 KB payload
 Handler = Callable[[AsyncConnection[Any], str], Awaitable[tuple[int, dict[str, Any]]]]
 
 
-def _error(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    merged = dict(headers or {})
-    merged.update(error.headers)
+def jobs_error_body(error: GatewayError) -> bytes:
+    """The jobs API's envelope for every refusal (its own and admission's): ``code`` and
+    ``message``, and the ``quota`` when the error carries one."""
     body: dict[str, Any] = {"ok": False, "error": {"code": error.code, "message": error.message}}
     if isinstance(error.details, dict) and "quota" in error.details:
         body["quota"] = error.details["quota"]
-    return Response(orjson.dumps(body), status_code=error.status, media_type=JSON, headers=merged)
+    return orjson.dumps(body)
+
+
+def _error(error: GatewayError) -> Response:
+    """A refusal before admission (bad headers, an unreadable body)."""
+    return Response(
+        jobs_error_body(error), status_code=error.status, media_type=JSON, headers=error.headers
+    )
 
 
 async def _body(request: Request) -> bytes:
@@ -56,20 +63,6 @@ async def _body(request: Request) -> bytes:
         raise invalid("PAYLOAD_TOO_LARGE", "the request body exceeds 256 KB", 413) from None
     except ClientDisconnect:
         raise invalid("VALIDATION_ERROR", "the request body was not received") from None
-
-
-def _jobs_error_body(out: Outcome) -> bytes:
-    """The pipeline's refusal (data-API envelope) in the jobs API's envelope: ``code`` and
-    ``message``, and the ``quota`` when the error carries one (as the jobs API answers)."""
-    error = orjson.loads(out.body).get("error") or {}
-    body: dict[str, Any] = {
-        "ok": False,
-        "error": {"code": error.get("code"), "message": error.get("message")},
-    }
-    details = error.get("details")
-    if isinstance(details, dict) and "quota" in details:
-        body["quota"] = details["quota"]
-    return orjson.dumps(body)
 
 
 async def _serve(request: Request, handler: Handler) -> Response:
@@ -88,12 +81,10 @@ async def _serve(request: Request, handler: Handler) -> Response:
         out.status = status
         out.body = orjson.dumps({"ok": True, **payload})
 
-    out = await state.pipeline.admitted(key, cost=1, work=work)
+    out = await state.pipeline.admitted(key, cost=1, work=work, envelope=jobs_error_body)
     # what the request log records: the HTTP method and the path below /v1/inhouse
     out.operation = request.method
     out.path = request.url.path.removeprefix("/v1/inhouse")[:200]
-    if out.error_code is not None:
-        out.body = _jobs_error_body(out)
     return Response(
         out.body,
         status_code=out.status,

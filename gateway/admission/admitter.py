@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -54,6 +54,11 @@ _SESSION_ERRORS = {
     "session_not_found": ("SESSION_NOT_FOUND", "Session not found or signed out"),
     "session_expired": ("SESSION_EXPIRED", "Session has expired"),
 }
+
+
+# the statement's row as an ``AdmissionRow`` without a Python call or a copy (a column a
+# later migration appends is carried along, never read)
+_as_row = tuple.__new__
 
 
 class Admitter:
@@ -178,39 +183,30 @@ class Admitter:
             # the upsert must commit on its own (and its synchronous_commit=off must not
             # leak into a caller's transaction)
             raise RuntimeError("admission needs an autocommit connection")
-        if not self.enabled:
-            row = await self._counted(self.statement.lookup(conn, key_hash, session_hash))
-            return self._key_only(row)
         # arrival, not the statement's sending: a local deny measured from here ends a
         # little earlier, never later, than the database's own reset
         sent_at = self.clock()
         try:
-            if self.coalescer is not None:
-                row = await self._counted(
-                    self.coalescer.admit(conn, (key_hash, cost, grows, session_hash))
-                )
+            if not self.enabled:  # the key (and session) only: no counters, no local deny
+                row = await self.statement.lookup(conn, key_hash, session_hash)
+            elif self.coalescer is not None:
+                row = await self.coalescer.admit(conn, (key_hash, cost, grows, session_hash))
             else:
-                row = await self._counted(
-                    self.statement.admit(conn, key_hash, cost, grows, session_hash)
-                )
-        except BaseException:
+                row = await self.statement.admit(conn, key_hash, cost, grows, session_hash)
+        except BaseException as error:
+            if isinstance(error, GatewayError) and error.status == 503:
+                # counted once per request (one coalesced statement answers many)
+                self._stats["unavailable"] += 1
             self.local.probe_failed(key_hash)  # the next request probes again
             raise
+        if not self.enabled:
+            return self._key_only(row)
         return self._decide(row, key_hash, sent_at, cost=cost, grows=grows)
-
-    async def _counted(self, call: Awaitable[tuple[Any, ...]]) -> tuple[Any, ...]:
-        """Count each request answered 503 once (a coalesced statement answers many)."""
-        try:
-            return await call
-        except GatewayError as error:
-            if error.status == 503:
-                self._stats["unavailable"] += 1
-            raise
 
     # --- decisions ----------------------------------------------------------------------
 
     def _key_only(self, raw: tuple[Any, ...]) -> Admission:
-        row = AdmissionRow.from_row(raw)
+        row: AdmissionRow = _as_row(AdmissionRow, raw)
         outcome = row.outcome
         if outcome in _SESSION_ERRORS:
             self._stats["db_session_refused"] += 1
@@ -239,7 +235,7 @@ class Admitter:
         cost: int = 1,
         grows: bool = False,
     ) -> Admission:
-        row = AdmissionRow.from_row(raw)
+        row: AdmissionRow = _as_row(AdmissionRow, raw)
         outcome = row.outcome
         remaining = row.remaining
         quota_used, quota_limit = row.quota_used, row.quota_limit

@@ -15,8 +15,9 @@ class AdmissionRow(NamedTuple):
     """One row of the ``gateway.admission`` composite type (``gateway.admit``,
     ``gateway.admit_many`` and ``gateway.lookup_key`` all return it), in its column order.
 
-    A NamedTuple because the statement's row already is a tuple: ``from_row`` wraps it
-    without copying a value, and every reader names the column it means."""
+    A NamedTuple because the statement's row already is a tuple: ``tuple.__new__``
+    wraps it without a copy or a Python call (``admitter.py``), and every reader names
+    the column it means."""
 
     outcome: str  # admitted, rate_limited, quota_exceeded, invalid_key, revoked, ...
     project_id: Any
@@ -40,14 +41,6 @@ class AdmissionRow(NamedTuple):
     db_size_used: int | None
     db_size_limit: int | None
     month_reset_in: float
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> AdmissionRow:
-        """The row by name (columns a later migration appends are not read here)."""
-        return tuple.__new__(cls, row if len(row) == _WIDTH else row[:_WIDTH])
-
-
-_WIDTH = len(AdmissionRow._fields)
 
 
 @dataclass(frozen=True, slots=True)

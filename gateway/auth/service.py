@@ -2,7 +2,7 @@
 ``gateway/http/auth_routes.py`` hand over headers, body and client address.
 
 Every request is first admitted through the data routes' own call
-(``Pipeline.run_admitted``: the local deny, the key checked in the database, the
+(``Pipeline.admitted``: the local deny, the key checked in the database, the
 project's rate limit and daily quota counted — an auth call costs the project one
 request — the pool share and the retry on a lost connection), then the route's own work
 runs, its first statement on the admission's connection:
@@ -128,7 +128,9 @@ class AuthService:
             found[:] = [(project, await first(conn, project))]  # a retried run replaces it
 
         # the auth API's answers carry no rate-limit headers (as in the original)
-        await self.pipeline.run_admitted(out, key, cost=1, work=work, rate_headers=False)
+        await self.pipeline.admitted(
+            key, cost=1, work=work, envelope=None, out=out, rate_headers=False
+        )
         return found[0]
 
     def _throttle(self, kind: str, limit: int, *parts: str) -> store.Throttle:

@@ -26,7 +26,7 @@ from gateway.admission.decision import Admission
 from gateway.auth.bearer import credentials_from_headers
 from gateway.errors import GatewayError
 from gateway.http.endpoint import BodyTooLarge, arrival_time, new_request_id, observe, read_body
-from gateway.http.responses import JSON
+from gateway.http.responses import JSON, error_response
 from gateway.jobs import rules, schedules, store
 from gateway.jobs.rules import invalid
 from gateway.query.pipeline import Outcome
@@ -48,13 +48,6 @@ def jobs_error_body(error: GatewayError) -> bytes:
     return orjson.dumps(body)
 
 
-def _error(error: GatewayError) -> Response:
-    """A refusal before admission (bad headers, an unreadable body)."""
-    return Response(
-        jobs_error_body(error), status_code=error.status, media_type=JSON, headers=error.headers
-    )
-
-
 async def _body(request: Request) -> bytes:
     limit = request.app.state.gw.settings.max_body_bytes + BODY_SLACK
     try:
@@ -72,7 +65,7 @@ async def _serve(request: Request, handler: Handler) -> Response:
     try:
         key, _session = credentials_from_headers(request.headers)
     except GatewayError as exc:
-        return _error(exc)
+        return error_response(exc, envelope=jobs_error_body)
 
     async def work(conn: AsyncConnection[Any], admission: Admission, out: Outcome) -> None:
         if admission.principal.key_type != "server":
@@ -97,7 +90,7 @@ async def enqueue(request: Request) -> Response:
     try:
         body = await _body(request)
     except GatewayError as exc:
-        return _error(exc)
+        return error_response(exc, envelope=jobs_error_body)
     runtime = request.app.state.gw.extras.get("jobs")
 
     async def handler(conn: AsyncConnection[Any], project_id: str) -> tuple[int, dict[str, Any]]:
@@ -154,7 +147,7 @@ async def create_schedule(request: Request) -> Response:
     try:
         body = await _body(request)
     except GatewayError as exc:
-        return _error(exc)
+        return error_response(exc, envelope=jobs_error_body)
 
     async def handler(conn: AsyncConnection[Any], project_id: str) -> tuple[int, dict[str, Any]]:
         schedule = await schedules.create_schedule(
@@ -184,7 +177,7 @@ async def update_schedule(request: Request) -> Response:
     try:
         body = await _body(request)
     except GatewayError as exc:
-        return _error(exc)
+        return error_response(exc, envelope=jobs_error_body)
 
     async def handler(conn: AsyncConnection[Any], project_id: str) -> tuple[int, dict[str, Any]]:
         schedule_id = _schedule_id(request)

@@ -4,7 +4,7 @@ The routes hand over the key and the raw body; the pipeline answers with an ``Ou
 (status, body bytes, headers, and the facts the request log needs). No Starlette here,
 so tests and benchmarks can drive it without HTTP.
 
-Every keyed surface admits through ``Pipeline.run_admitted`` (the data API's /query,
+Every keyed surface admits through ``Pipeline.admitted`` (the data API's /query,
 /batch and /schema, the auth API, the jobs API, realtime streams), and every refusal
 becomes an answer in ``Outcome.refuse``, in the surface's envelope.
 
@@ -229,42 +229,53 @@ class Pipeline:
         session: str | None = None,
         hashes: tuple[str, str | None] | None = None,
         grows: bool = False,
-        envelope: Envelope = error_body,
-    ) -> Outcome:
-        """``run_admitted`` with any refusal turned into the outcome (``Outcome.refuse``)."""
-        out = Outcome(status=200, body=b"")
-        try:
-            await self.run_admitted(
-                out, key, cost=cost, work=work, session=session, hashes=hashes, grows=grows
-            )
-        except (GatewayError, psycopg.OperationalError) as error:
-            return out.refuse_exception(error, envelope)
-        return out
-
-    async def run_admitted(
-        self,
-        out: Outcome,
-        key: str | None,
-        *,
-        cost: int,
-        work: Work,
-        session: str | None = None,
-        hashes: tuple[str, str | None] | None = None,
-        grows: bool = False,
+        envelope: Envelope | None = error_body,
+        out: Outcome | None = None,
         rate_headers: bool = True,
-    ) -> None:
+    ) -> Outcome:
         """The one way into the database for a request that costs ``cost`` requests.
 
         The local deny (no connection, no round trip), then admission (one statement,
         committed on its own), then ``work(conn, admission, out)`` on the same connection
         — it loads the catalog with ``self.catalog`` when it needs it and fills ``out``.
-        A refusal raises (``GatewayError``; ``psycopg.OperationalError`` when the database
-        went away) with ``out`` already naming the project once admitted. /query, /batch,
-        /schema, the auth API, the jobs API and the opening of a realtime stream all come
-        through here, so they share the order of checks, the pool share, the retry on a
-        lost connection and the request-log facts. ``rate_headers``: the answer carries
-        the rate-limit headers (the auth API's answers do not, as in the original).
+        /query, /batch, /schema, the auth API, the jobs API and the opening of a realtime
+        stream all come through here, so they share the order of checks, the pool share,
+        the retry on a lost connection and the request-log facts.
+
+        A refusal anywhere becomes the outcome (``Outcome.refuse``) in ``envelope``, the
+        surface's error body; with ``envelope=None`` it is raised instead (a
+        ``GatewayError``, or ``psycopg.OperationalError`` when the database went away),
+        ``out`` already naming the project once admitted: the auth API's refusals can
+        also come after the connection is given back, so it renders them itself.
+        ``rate_headers``: the answer carries the rate-limit headers (the auth API's
+        answers do not, as in the original).
         """
+        if out is None:
+            out = Outcome(status=200, body=b"")
+        try:
+            await self._admit_and_work(
+                out, key, cost, work, session, hashes, grows, rate_headers=rate_headers
+            )
+        except (GatewayError, psycopg.OperationalError) as error:
+            if envelope is None:
+                raise
+            return out.refuse_exception(error, envelope)
+        return out
+
+    async def _admit_and_work(
+        self,
+        out: Outcome,
+        key: str | None,
+        cost: int,
+        work: Work,
+        session: str | None,
+        hashes: tuple[str, str | None] | None,
+        grows: bool,
+        *,
+        rate_headers: bool,
+    ) -> None:
+        """``admitted``'s steps; raises every refusal (``admitted`` decides how it is
+        answered)."""
         # the project's share of the pool (gateway/db/share.py): the slot this request
         # holds, and the admission of a request that found no slot free after admission
         slot: str | None = None

@@ -252,64 +252,40 @@ class Pipeline:
         """
         if out is None:
             out = Outcome(status=200, body=b"")
-        try:
-            await self._admit_and_work(
-                out, key, cost, work, session, hashes, grows, rate_headers=rate_headers
-            )
-        except (GatewayError, psycopg.OperationalError) as error:
-            if envelope is None:
-                raise
-            return out.refuse_exception(error, envelope)
-        return out
-
-    async def _admit_and_work(
-        self,
-        out: Outcome,
-        key: str | None,
-        cost: int,
-        work: Work,
-        session: str | None,
-        hashes: tuple[str, str | None] | None,
-        grows: bool,
-        *,
-        rate_headers: bool,
-    ) -> None:
-        """``admitted``'s steps; raises every refusal (``admitted`` decides how it is
-        answered)."""
         # the project's share of the pool (gateway/db/share.py): the slot this request
         # holds, and the admission of a request that found no slot free after admission
         slot: str | None = None
         over_share: Admission | None = None
-        # a project known to be over its limit is refused here: no pool connection, no
-        # round trip (the local deny; it never admits anything)
-        if hashes is None:
-            key_hash = self.admitter.check_local(key)
-            # the session is resolved inside the admission statement, never cached here
-            session_hash = token_hash(session) if session is not None else None
-        else:
-            # a realtime ticket carries the hashes only (EventSource sends no headers)
-            key_hash, session_hash = hashes
-        admitter = self.admitter
-
-        async def unit(conn: Conn) -> None:
-            nonlocal slot, over_share
-            admission = await admitter.admit(
-                conn, key, cost, key_hash=key_hash, session_hash=session_hash, grows=grows
-            )
-            project_id = admission.project_id
-            out.project_id, out.key_id = project_id, admission.key_id
-            if rate_headers:
-                out.headers = admission_headers(admission)
-                out.headers["X-Project-Id"] = project_id
-            self.share.remember(key_hash, project_id)
-            if slot is None:
-                if not self.share.try_enter(project_id):
-                    over_share = admission  # give the connection back, wait below
-                    return
-                slot = project_id
-            await work(conn, admission, out)
-
         try:
+            # a project known to be over its limit is refused here: no pool connection, no
+            # round trip (the local deny; it never admits anything)
+            if hashes is None:
+                key_hash = self.admitter.check_local(key)
+                # the session is resolved inside the admission statement, never cached here
+                session_hash = token_hash(session) if session is not None else None
+            else:
+                # a realtime ticket carries the hashes only (EventSource sends no headers)
+                key_hash, session_hash = hashes
+            admitter = self.admitter
+
+            async def unit(conn: Conn) -> None:
+                nonlocal slot, over_share
+                admission = await admitter.admit(
+                    conn, key, cost, key_hash=key_hash, session_hash=session_hash, grows=grows
+                )
+                project_id = admission.project_id
+                out.project_id, out.key_id = project_id, admission.key_id
+                if rate_headers:
+                    out.headers = admission_headers(admission)
+                    out.headers["X-Project-Id"] = project_id
+                self.share.remember(key_hash, project_id)
+                if slot is None:
+                    if not self.share.try_enter(project_id):
+                        over_share = admission  # give the connection back, wait below
+                        return
+                    slot = project_id
+                await work(conn, admission, out)
+
             deadline = (
                 checkout_deadline(self.pool, None) if self.pool is not None else time.monotonic()
             )
@@ -329,9 +305,14 @@ class Pipeline:
                     lambda conn: work(conn, admitted_as, out),
                     timeout=max(0.0, deadline - time.monotonic()),
                 )
+        except (GatewayError, psycopg.OperationalError) as error:
+            if envelope is None:
+                raise
+            return out.refuse_exception(error, envelope)
         finally:
             if slot is not None:
                 self.share.leave(slot)
+        return out
 
     @staticmethod
     def failed(out: Outcome, error: GatewayError) -> Outcome:

@@ -237,7 +237,7 @@ class Admitter:
     ) -> Admission:
         row: AdmissionRow = _as_row(AdmissionRow, raw)
         outcome = row.outcome
-        remaining = row.remaining
+        remaining = row.rate_remaining
         quota_used, quota_limit = row.quota_used, row.quota_limit
         self._stats["db_decisions"] += 1
         violations: list[dict[str, Any]] = []

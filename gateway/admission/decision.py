@@ -27,7 +27,7 @@ class AdmissionRow(NamedTuple):
     scopes: Any
     rate_limit: int
     rate_used: int
-    remaining: int
+    rate_remaining: int
     reset_at: float  # epoch seconds, database clock
     reset_in: float
     window_s: int

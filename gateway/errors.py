@@ -1,8 +1,16 @@
-"""The contract's error codes and their HTTP statuses, in one table.
+"""The contract's error codes and their HTTP statuses, in one table for every surface.
 
-Everything below the routes raises ``GatewayError``; the routes render it as the
-original contract's ``{"data": null, "error": {...}, "status": N}`` body. Messages are
-written for the API's users: they never carry SQL, stack traces or internals.
+Everything below the routes raises ``GatewayError``; the routes render it in their
+surface's envelope (``Outcome.refuse`` in ``gateway/query/pipeline.py``: the data API's
+``{"data": null, "error": {...}, "status": N}``, the auth API's and the jobs API's
+``{"ok": false, ...}``). Messages are written for the API's users: they never carry SQL,
+stack traces or internals.
+
+A refusal carries its facts as declared fields, never as attributes patched on later:
+``project_id`` and ``key_id`` once admission recognised the key (the request log still
+counts the request as the project's), ``admission`` when admission itself refused it
+(``rate_limited``, ``quota_exceeded``, ``local_deny``) and ``rendered``, the wire form
+of an answer object shared by many requests (the HTTP front renders it once).
 """
 
 from __future__ import annotations
@@ -59,11 +67,39 @@ STATUS_BY_CODE: dict[str, int] = {
     "SERVICE_UNAVAILABLE": 503,
     "INTERNAL_ERROR": 500,
     "NOT_IMPLEMENTED": 501,
+    # the auth API (docs/auth.md); its "INSUFFICIENT_SCOPE" and "RATE_LIMIT" are its own
+    "API_KEY_REQUIRED": 401,
+    "INSUFFICIENT_SCOPE": 403,
+    "VALIDATION_ERROR": 400,
+    "INVALID_EMAIL": 400,
+    "WEAK_PASSWORD": 400,
+    "EMAIL_IN_USE": 409,
+    "INVALID_CREDENTIALS": 401,
+    "MAGIC_LINK_INVALID": 401,
+    "MAGIC_LINK_EXPIRED": 401,
+    "SESSION_REQUIRED": 401,
+    "SESSION_NOT_FOUND": 401,
+    "SESSION_EXPIRED": 401,
+    "RATE_LIMIT": 429,
 }
 
 
 class GatewayError(Exception):
     """An answer the gateway gives on purpose: a contract code, a status, a message."""
+
+    code: str
+    message: str
+    status: int
+    details: Any
+    hint: str | None
+    headers: dict[str, str]
+    # the refused request's project and key, once admission recognised the key
+    project_id: str | None
+    key_id: str | None
+    # how admission refused it: "rate_limited", "quota_exceeded" or "local_deny"
+    admission: str | None
+    # the HTTP front's wire form (body, raw headers) of an answer shared by many requests
+    rendered: Any
 
     def __init__(
         self,
@@ -74,6 +110,9 @@ class GatewayError(Exception):
         details: Any = None,
         hint: str | None = None,
         headers: dict[str, str] | None = None,
+        project_id: str | None = None,
+        key_id: str | None = None,
+        admission: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -82,6 +121,10 @@ class GatewayError(Exception):
         self.details = details
         self.hint = hint
         self.headers = headers or {}
+        self.project_id = project_id
+        self.key_id = key_id
+        self.admission = admission
+        self.rendered = None
 
     def to_error(self) -> dict[str, Any]:
         """The ``error`` object of the contract's response body."""

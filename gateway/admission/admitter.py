@@ -27,21 +27,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from psycopg import AsyncConnection
 
 from gateway.admission.coalescer import Coalescer
-from gateway.admission.decision import Admission, QuotaExceeded
+from gateway.admission.decision import Admission, AdmissionRow, QuotaExceeded
 from gateway.admission.headers import rate_limit_headers
-from gateway.admission.local_deny import (
-    LocalDenies,
-    LocalDeny,
-    rate_limited_error,
-    seconds_up,
-    tag,
-)
+from gateway.admission.local_deny import LocalDenies, LocalDeny, rate_limited_error, seconds_up
 from gateway.admission.statement import CANCEL_GRACE_S, AdmissionStatement
 from gateway.auth.keys import hash_key
 from gateway.errors import GatewayError
@@ -60,6 +54,11 @@ _SESSION_ERRORS = {
     "session_not_found": ("SESSION_NOT_FOUND", "Session not found or signed out"),
     "session_expired": ("SESSION_EXPIRED", "Session has expired"),
 }
+
+
+# the statement's row as an ``AdmissionRow`` without a Python call or a copy (a column a
+# later migration appends is carried along, never read)
+_as_row = tuple.__new__
 
 
 class Admitter:
@@ -184,87 +183,62 @@ class Admitter:
             # the upsert must commit on its own (and its synchronous_commit=off must not
             # leak into a caller's transaction)
             raise RuntimeError("admission needs an autocommit connection")
-        if not self.enabled:
-            row = await self._counted(self.statement.lookup(conn, key_hash, session_hash))
-            return self._key_only(row)
         # arrival, not the statement's sending: a local deny measured from here ends a
         # little earlier, never later, than the database's own reset
         sent_at = self.clock()
         try:
-            if self.coalescer is not None:
-                row = await self._counted(
-                    self.coalescer.admit(conn, (key_hash, cost, grows, session_hash))
-                )
+            if not self.enabled:  # the key (and session) only: no counters, no local deny
+                row = await self.statement.lookup(conn, key_hash, session_hash)
+            elif self.coalescer is not None:
+                row = await self.coalescer.admit(conn, (key_hash, cost, grows, session_hash))
             else:
-                row = await self._counted(
-                    self.statement.admit(conn, key_hash, cost, grows, session_hash)
-                )
-        except BaseException:
+                row = await self.statement.admit(conn, key_hash, cost, grows, session_hash)
+        except BaseException as error:
+            if isinstance(error, GatewayError) and error.status == 503:
+                # counted once per request (one coalesced statement answers many)
+                self._stats["unavailable"] += 1
             self.local.probe_failed(key_hash)  # the next request probes again
             raise
+        if not self.enabled:
+            return self._key_only(row)
         return self._decide(row, key_hash, sent_at, cost=cost, grows=grows)
-
-    async def _counted(self, call: Awaitable[tuple[Any, ...]]) -> tuple[Any, ...]:
-        """Count each request answered 503 once (a coalesced statement answers many)."""
-        try:
-            return await call
-        except GatewayError as error:
-            if error.status == 503:
-                self._stats["unavailable"] += 1
-            raise
 
     # --- decisions ----------------------------------------------------------------------
 
-    def _key_only(self, row: tuple[Any, ...]) -> Admission:
-        outcome = row[0]
+    def _key_only(self, raw: tuple[Any, ...]) -> Admission:
+        row: AdmissionRow = _as_row(AdmissionRow, raw)
+        outcome = row.outcome
         if outcome in _SESSION_ERRORS:
             self._stats["db_session_refused"] += 1
             code, message = _SESSION_ERRORS[outcome]
-            raise _tag_project(GatewayError(code, message, status=401), str(row[1]), str(row[3]))
+            # the key was recognised: still the project's request for the request log
+            raise GatewayError(
+                code, message, status=401, project_id=str(row.project_id), key_id=str(row.key_id)
+            )
         if outcome != "admitted":
             self._stats["db_key_refused"] += 1
             code, message = _KEY_ERRORS[outcome]
             raise GatewayError(code, message)
         return Admission(
-            project_id=str(row[1]),
-            schema_name=row[2],
-            key_id=str(row[3]),
-            principal=_principal(row[4], row[5], row[15]),
+            project_id=str(row.project_id),
+            schema_name=row.schema_name,
+            key_id=str(row.key_id),
+            principal=_principal(row.key_type, row.scopes, row.user_id),
         )
 
     def _decide(
         self,
-        row: tuple[Any, ...],
+        raw: tuple[Any, ...],
         key_hash: str,
         sent_at: float,
         *,
         cost: int = 1,
         grows: bool = False,
     ) -> Admission:
-        (
-            outcome,
-            project_id,
-            schema_name,
-            key_id,
-            key_type,
-            scopes,
-            rate_limit,
-            _rate_used,
-            remaining,
-            reset_at,
-            reset_in,
-            window_s,
-            quota_used,
-            quota_limit,
-            day_reset_in,
-            user_id,  # the session's user (0009)
-            # quotas (0010)
-            bandwidth_used,
-            bandwidth_limit,
-            db_size_used,
-            db_size_limit,
-            month_reset_in,
-        ) = row[:21]
+        row: AdmissionRow = _as_row(AdmissionRow, raw)
+        outcome = row.outcome
+        remaining = row.rate_remaining
+        quota_used, quota_limit = row.quota_used, row.quota_limit
         self._stats["db_decisions"] += 1
         violations: list[dict[str, Any]] = []
         requests_full = bandwidth_over = False
@@ -273,11 +247,13 @@ class Admitter:
                 cost=cost,
                 grows=grows,
                 requests=(quota_used, quota_limit),
-                bandwidth=(bandwidth_used, bandwidth_limit),
-                database=(db_size_used, db_size_limit),
+                bandwidth=(row.bandwidth_used, row.bandwidth_limit),
+                database=(row.db_size_used, row.db_size_limit),
             )
             requests_full = quota_limit is not None and quota_used >= quota_limit
-            bandwidth_over = bandwidth_limit is not None and bandwidth_used >= bandwidth_limit
+            bandwidth_over = row.bandwidth_limit is not None and (
+                row.bandwidth_used >= row.bandwidth_limit
+            )
         full = (outcome == "rate_limited" and remaining == 0) or requests_full or bandwidth_over
         if not full:
             # the database answered something else than "full": no local deny for this key
@@ -286,23 +262,18 @@ class Admitter:
             self._stats["db_key_refused"] += 1
             code, message = _KEY_ERRORS[outcome]
             raise GatewayError(code, message)
-        project_id = str(project_id)
-        reset_epoch = math.ceil(reset_at)
+        project_id = str(row.project_id)
+        key_id = str(row.key_id)
+        rate_limit, window_s, reset_in = row.rate_limit, row.window_s, row.reset_in
+        reset_epoch = math.ceil(row.reset_at)
         t = seconds_up(reset_in)
-        if outcome in _SESSION_ERRORS:
-            # admitted (and counted), then refused for its session
-            self._stats["db_session_refused"] += 1
-            code, message = _SESSION_ERRORS[outcome]
-            headers = rate_limit_headers(rate_limit, remaining, reset_epoch, t, window_s)
-            error = GatewayError(code, message, status=401, headers=headers)
-            raise _tag_project(error, project_id, str(key_id))
         if outcome == "admitted":
             self._stats["db_admitted"] += 1
             return Admission(
                 project_id=project_id,
-                schema_name=schema_name,
-                key_id=str(key_id),
-                principal=_principal(key_type, scopes, user_id),
+                schema_name=row.schema_name,
+                key_id=key_id,
+                principal=_principal(row.key_type, row.scopes, row.user_id),
                 rate_limit=rate_limit,
                 rate_remaining=remaining,
                 rate_reset_epoch=reset_epoch,
@@ -310,6 +281,14 @@ class Admitter:
                 window_s=window_s,
                 quota_used=quota_used,
                 quota_limit=quota_limit,
+            )
+        if outcome in _SESSION_ERRORS:
+            # admitted (and counted), then refused for its session: the project's request
+            self._stats["db_session_refused"] += 1
+            code, message = _SESSION_ERRORS[outcome]
+            headers = rate_limit_headers(rate_limit, remaining, reset_epoch, t, window_s)
+            raise GatewayError(
+                code, message, status=401, headers=headers, project_id=project_id, key_id=key_id
             )
         if outcome == "rate_limited":
             self._stats["db_rate_limited"] += 1
@@ -321,7 +300,7 @@ class Admitter:
                     key_hash,
                     LocalDeny(
                         project_id=project_id,
-                        key_id=str(key_id),
+                        key_id=key_id,
                         check_until=sent_at + reset_in,
                         reset_mono=sent_at + reset_in,
                         limit=rate_limit,
@@ -331,11 +310,15 @@ class Admitter:
                         window_s=window_s,
                     ),
                 )
-            raise tag(
-                rate_limited_error(rate_limit, reset_epoch, t, window_s, remaining),
-                project_id,
-                str(key_id),
-                "rate_limited",
+            raise rate_limited_error(
+                rate_limit,
+                reset_epoch,
+                t,
+                window_s,
+                remaining,
+                project_id=project_id,
+                key_id=key_id,
+                admission="rate_limited",
             )
         if outcome == "quota_exceeded":
             self._stats["db_quota_exceeded"] += 1
@@ -351,8 +334,8 @@ class Admitter:
             # when the refusal can lift: the day (requests), the month (bandwidth), the
             # next database-size sample (database) — all of them for several
             lifts = {
-                "requests": day_reset_in,
-                "bandwidth": month_reset_in,
+                "requests": row.day_reset_in,
+                "bandwidth": row.month_reset_in,
                 "database": self.db_size_sample_s,
             }
             retry = max(seconds_up(lifts.get(v["type"], 1.0)) for v in violations)
@@ -363,14 +346,14 @@ class Admitter:
                 # on the next sample, so a local answer never lists it
                 local = [v for v in violations if v["type"] != "database"]
                 until = min(
-                    day_reset_in if requests_full else math.inf,
-                    month_reset_in if bandwidth_over else math.inf,
+                    row.day_reset_in if requests_full else math.inf,
+                    row.month_reset_in if bandwidth_over else math.inf,
                 )
                 self.local.remember(
                     key_hash,
                     LocalDeny(
                         project_id=project_id,
-                        key_id=str(key_id),
+                        key_id=key_id,
                         check_until=sent_at + until,
                         reset_mono=sent_at + until,
                         limit=rate_limit,
@@ -383,11 +366,12 @@ class Admitter:
                 )
             headers = rate_limit_headers(rate_limit, remaining, reset_epoch, t, window_s)
             headers["Retry-After"] = str(max(t, retry))
-            raise tag(
-                QuotaExceeded(violations, headers),
-                project_id,
-                str(key_id),
-                "quota_exceeded",
+            raise QuotaExceeded(
+                violations,
+                headers,
+                project_id=project_id,
+                key_id=key_id,
+                admission="quota_exceeded",
             )
         raise RuntimeError(f"unknown admission outcome {outcome!r}")
 
@@ -396,11 +380,3 @@ def _principal(key_type: Any, scopes: Any, user_id: Any) -> Principal:
     return Principal(
         key_type, frozenset(scopes or ()), str(user_id) if user_id is not None else None
     )
-
-
-def _tag_project(error: GatewayError, project_id: str, key_id: str) -> GatewayError:
-    """A session refusal: the request was admitted and counted (the metrics say so), but
-    it is still the project's request for the request log."""
-    error.project_id = project_id  # type: ignore[attr-defined]
-    error.key_id = key_id  # type: ignore[attr-defined]
-    return error

@@ -1,13 +1,46 @@
-"""What admission answers: an admitted request, or the quota error that carries ``violations``."""
+"""What admission answers: the statement's row read by name, an admitted request, or the
+quota error that carries ``violations``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.errors import GatewayError
 from gateway.metadata.catalog import Principal
 from gateway.quotas.plans import HINT, quota_code, quota_message
+
+
+class AdmissionRow(NamedTuple):
+    """One row of the ``gateway.admission`` composite type (``gateway.admit``,
+    ``gateway.admit_many`` and ``gateway.lookup_key`` all return it), in its column order.
+
+    A NamedTuple because the statement's row already is a tuple: ``tuple.__new__``
+    wraps it without a copy or a Python call (``admitter.py``), and every reader names
+    the column it means."""
+
+    outcome: str  # admitted, rate_limited, quota_exceeded, invalid_key, revoked, ...
+    project_id: Any
+    schema_name: str
+    key_id: Any
+    key_type: str
+    scopes: Any
+    rate_limit: int
+    rate_used: int
+    rate_remaining: int
+    reset_at: float  # epoch seconds, database clock
+    reset_in: float
+    window_s: int
+    quota_used: int | None
+    quota_limit: int | None
+    day_reset_in: float
+    user_id: Any  # the session's user (0009)
+    # quotas (0010)
+    bandwidth_used: int | None
+    bandwidth_limit: int | None
+    db_size_used: int | None
+    db_size_limit: int | None
+    month_reset_in: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +70,15 @@ class QuotaExceeded(GatewayError):
     ``MULTIPLE_QUOTAS_EXCEEDED`` when several are; ``violations`` (the original's
     ``[{type, used, limit, percentUsed}]``) in ``details`` and at the top level."""
 
-    def __init__(self, violations: list[dict[str, Any]], headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        violations: list[dict[str, Any]],
+        headers: dict[str, str],
+        *,
+        project_id: str | None = None,
+        key_id: str | None = None,
+        admission: str | None = None,
+    ) -> None:
         super().__init__(
             quota_code(violations),
             quota_message(violations),
@@ -45,6 +86,9 @@ class QuotaExceeded(GatewayError):
             details={"violations": violations},
             hint=HINT,
             headers=headers,
+            project_id=project_id,
+            key_id=key_id,
+            admission=admission,
         )
         self.violations = violations
 

@@ -68,9 +68,18 @@ def seconds_up(value: float) -> int:
 
 
 def rate_limited_error(
-    limit: int, reset_epoch: int, t: int, window_s: int, remaining: int = 0
+    limit: int,
+    reset_epoch: int,
+    t: int,
+    window_s: int,
+    remaining: int = 0,
+    *,
+    project_id: str,
+    key_id: str,
+    admission: str,
 ) -> GatewayError:
-    """The contract's 429 ``RATE_LIMIT_EXCEEDED`` with the rate-limit headers."""
+    """The contract's 429 ``RATE_LIMIT_EXCEEDED`` with the rate-limit headers; it names
+    its project and key (the request log) and how it was decided (the metrics)."""
     headers = rate_limit_headers(limit, remaining, reset_epoch, t, window_s)
     headers["Retry-After"] = str(t)
     return GatewayError(
@@ -79,16 +88,10 @@ def rate_limited_error(
         status=429,
         details={"limit": limit, "windowSeconds": window_s, "retryAfter": t},
         headers=headers,
+        project_id=project_id,
+        key_id=key_id,
+        admission=admission,
     )
-
-
-def tag(error: GatewayError, project_id: str, key_id: str, outcome: str) -> GatewayError:
-    """A refusal after the key was recognised names its project and key (for the request
-    log) and how it was decided (``rate_limited``, ``quota_exceeded`` or ``local_deny``)."""
-    error.project_id = project_id  # type: ignore[attr-defined]
-    error.key_id = key_id  # type: ignore[attr-defined]
-    error.admission = outcome  # type: ignore[attr-defined]
-    return error
 
 
 class LocalDenies:
@@ -112,7 +115,7 @@ class LocalDenies:
         return len(self.entries)
 
     def refuse(self, key_hash: str, *, probe: bool) -> GatewayError | None:
-        """The local answer (429, tagged ``local_deny``) if this key is denied now.
+        """The local answer (429, ``admission="local_deny"``) if this key is denied now.
 
         ``probe=True``: when the deny's re-check is due, this request becomes the probe
         (it goes to the database for everyone) and ``None`` is returned; a deny past its
@@ -130,13 +133,12 @@ class LocalDenies:
             or (deny.probe_at is not None and now - deny.probe_at < self.probe_timeout_s)
         ):
             if probe or deny.violations is not None:
-                return tag(self.answer(deny, now), deny.project_id, deny.key_id, "local_deny")
+                return self.answer(deny, now)
             # without side effects (the front): one answer object per Retry-After second
             t = seconds_up(deny.reset_mono - now)
             shared = deny.shared
             if shared is None or shared[0] != t:
-                error = tag(self.answer(deny, now), deny.project_id, deny.key_id, "local_deny")
-                shared = deny.shared = (t, error)
+                shared = deny.shared = (t, self.answer(deny, now))
             return shared[1]
         if probe:
             if now < deny.reset_mono:
@@ -158,12 +160,16 @@ class LocalDenies:
             self.drop(key_hash, deny)
 
     def answer(self, deny: LocalDeny, now: float) -> GatewayError:
+        """The local 429 (``admission="local_deny"``), as the database would answer."""
         if deny.violations is None:
             return rate_limited_error(
                 deny.limit,
                 deny.rate_reset_epoch,
                 seconds_up(deny.reset_mono - now),
                 deny.window_s,
+                project_id=deny.project_id,
+                key_id=deny.key_id,
+                admission="local_deny",
             )
         # a used-up quota: requests refused for it consume nothing, so once the rate
         # window has rolled the window is empty again (exact for the fixed window; in
@@ -178,7 +184,13 @@ class LocalDenies:
         t = seconds_up(reset_mono - now)
         headers = rate_limit_headers(deny.limit, remaining, reset_epoch, t, deny.window_s)
         headers["Retry-After"] = str(max(t, seconds_up(deny.reset_mono - now)))
-        return QuotaExceeded(deny.violations, headers)
+        return QuotaExceeded(
+            deny.violations,
+            headers,
+            project_id=deny.project_id,
+            key_id=deny.key_id,
+            admission="local_deny",
+        )
 
     def remember(self, key_hash: str, deny: LocalDeny) -> None:
         now = self.clock()

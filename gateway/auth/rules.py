@@ -31,32 +31,15 @@ MAX_USER_AGENT = 512
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-STATUS_BY_CODE = {
-    "API_KEY_REQUIRED": 401,
-    "INVALID_API_KEY": 401,
-    "INSUFFICIENT_SCOPE": 403,
-    "VALIDATION_ERROR": 400,
-    "INVALID_EMAIL": 400,
-    "WEAK_PASSWORD": 400,
-    "EMAIL_IN_USE": 409,
-    "INVALID_CREDENTIALS": 401,
-    "MAGIC_LINK_INVALID": 401,
-    "MAGIC_LINK_EXPIRED": 401,
-    "SESSION_REQUIRED": 401,
-    "SESSION_NOT_FOUND": 401,
-    "SESSION_EXPIRED": 401,
-    "RATE_LIMIT": 429,
-    "PAYLOAD_TOO_LARGE": 413,
-    "NOT_FOUND": 404,
-    "METHOD_NOT_ALLOWED": 405,
-}
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Expires": "0"}
 
 
 class AuthError(GatewayError):
+    """A refusal of the auth API's own (its status from ``gateway.errors.STATUS_BY_CODE``)."""
+
     def __init__(self, code: str, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(code, message, status=STATUS_BY_CODE.get(code, 400), headers=headers)
+        super().__init__(code, message, headers=headers)
 
 
 # --- the envelope -----------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """The auth API's requests, from key to answer. No Starlette: the routes in
 ``gateway/http/auth_routes.py`` hand over headers, body and client address.
 
-Every request is first admitted like any other keyed request (``Admitter.admit``: the key
-checked in the database, the project's rate limit and daily quota counted — an auth call
-costs the project one request), then the route's own work runs:
+Every request is first admitted through the data routes' own call
+(``Pipeline.admitted``: the local deny, the key checked in the database, the
+project's rate limit and daily quota counted — an auth call costs the project one
+request — the pool share and the retry on a lost connection), then the route's own work
+runs, its first statement on the admission's connection:
 
 - sign-in: [admission] → [throttle + user by email] → verify in a worker thread, holding
   no pool connection → [user updated (re-hash) + session inserted];
@@ -21,14 +23,14 @@ hashed, so 20 sign-ins at once don't starve the data routes of connections.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
-from gateway.admission.admitter import Admitter
 from gateway.admission.decision import Admission
 from gateway.auth import mail, rules, sessions, store
 from gateway.auth.keys import MAX_KEY_LENGTH
@@ -36,7 +38,8 @@ from gateway.auth.passwords import Hasher
 from gateway.auth.rules import AuthError
 from gateway.auth.tokens import new_token, token_hash
 from gateway.db.pool import acquire
-from gateway.errors import GatewayError, service_unavailable
+from gateway.errors import GatewayError
+from gateway.query.pipeline import Conn, Outcome, Pipeline
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.auth")
@@ -44,15 +47,7 @@ log = logging.getLogger("gateway.auth")
 ALLOWED_KEY_TYPES = ("public", "server")
 
 
-@dataclass
-class AuthOutcome:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    project_id: str | None = None
-    key_id: str | None = None
-    error_code: str | None = None
-    admission: str | None = None
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +61,11 @@ class Caller:
 
 
 class AuthService:
-    def __init__(
-        self, settings: Settings, pool: AsyncConnectionPool | None, admitter: Admitter
-    ) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self.settings = settings
         self.config = settings.auth
-        self.pool = pool
-        self.admitter = admitter
+        self.pipeline = pipeline
+        self.pool = pipeline.pool
         self.hasher = Hasher(
             self.config.hash_workers, self.config.hash_queue_max, self.config.hash_nice
         )
@@ -92,35 +85,23 @@ class AuthService:
 
     # --- the entry point ------------------------------------------------------------------
 
-    async def handle(self, action: str, caller: Caller, body: bytes) -> AuthOutcome:
-        out = AuthOutcome(status=200, body=b"")
+    async def handle(self, action: str, caller: Caller, body: bytes) -> Outcome:
+        out = Outcome(status=200, body=b"")
         try:
             handler = getattr(self, f"_{action}")
             data = await handler(caller, body, out)
             out.body = rules.ok_body(data)
-        except GatewayError as error:
-            self._refused(out, error)
-        except psycopg.OperationalError as exc:
-            log.warning("database unavailable: %s", type(exc).__name__)
-            self._refused(out, service_unavailable())
+        except (GatewayError, psycopg.OperationalError) as error:
+            out.refuse_exception(error, rules.error_body)
         except Exception:
             # a bug, not the caller's fault: logged with its traceback (statements carry
             # only hashes, never a token or a password), answered in the auth envelope
             log.exception("auth %s failed", action)
-            self._refused(out, GatewayError("INTERNAL_ERROR", "internal error", status=500))
+            out.refuse(
+                GatewayError("INTERNAL_ERROR", "internal error", status=500), rules.error_body
+            )
         out.headers.update(rules.NO_STORE)
         return out
-
-    @staticmethod
-    def _refused(out: AuthOutcome, error: GatewayError) -> None:
-        if out.project_id is None and getattr(error, "project_id", None):
-            out.project_id = error.project_id  # type: ignore[attr-defined]
-            out.key_id = error.key_id  # type: ignore[attr-defined]
-        out.admission = getattr(error, "admission", None)
-        out.status = error.status
-        out.body = rules.error_body(error)
-        out.headers.update(error.headers)
-        out.error_code = error.code
 
     # --- admission ---------------------------------------------------------------------------
 
@@ -131,15 +112,26 @@ class AuthService:
             raise AuthError("API_KEY_REQUIRED", "API key required")
         return key[:MAX_KEY_LENGTH]
 
-    async def _admit(
-        self, conn: psycopg.AsyncConnection[Any], key: str, key_hash: str, out: AuthOutcome
-    ) -> Admission:
-        admission = await self.admitter.admit(conn, key, 1, key_hash=key_hash)
-        out.project_id, out.key_id = admission.project_id, admission.key_id
-        out.admission = "admitted"
-        if admission.key_type not in ALLOWED_KEY_TYPES:
-            raise AuthError("INSUFFICIENT_SCOPE", "API key not permitted")
-        return admission
+    async def _admitted(
+        self, key: str, out: Outcome, first: Callable[[Conn, str], Awaitable[T]]
+    ) -> tuple[str, T]:
+        """``(project_id, first(conn, project_id))``: admitted through the data routes'
+        call, then the route's first statement on the admission's connection (no
+        connection is held once this returns). Only public and server keys may call."""
+        found: list[tuple[str, T]] = []
+
+        async def work(conn: Conn, admission: Admission, out: Outcome) -> None:
+            out.admission = "admitted"
+            if admission.key_type not in ALLOWED_KEY_TYPES:
+                raise AuthError("INSUFFICIENT_SCOPE", "API key not permitted")
+            project = admission.project_id
+            found[:] = [(project, await first(conn, project))]  # a retried run replaces it
+
+        # the auth API's answers carry no rate-limit headers (as in the original)
+        await self.pipeline.admitted(
+            key, cost=1, work=work, envelope=None, out=out, rate_headers=False
+        )
+        return found[0]
 
     def _throttle(self, kind: str, limit: int, *parts: str) -> store.Throttle:
         return store.Throttle(
@@ -157,17 +149,17 @@ class AuthService:
 
     # --- routes ------------------------------------------------------------------------------
 
-    async def _sign_up(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
+    async def _sign_up(self, caller: Caller, body: bytes, out: Outcome) -> dict[str, Any]:
         key = self._key(caller)
         creds = rules.sign_up_body(body)
-        key_hash = self.admitter.check_local(key)
-        async with acquire(self.pool) as conn:
-            admission = await self._admit(conn, key, key_hash, out)
-            project = admission.project_id
+
+        async def first(conn: Conn, project: str) -> store.Checked:
             throttle = self._throttle(
                 "sign_up", self.config.sign_up_limit, project, self._ip(caller)
             )
-            checked = await store.throttled_user(conn, throttle, project, creds.email)
+            return await store.throttled_user(conn, throttle, project, creds.email)
+
+        project, checked = await self._admitted(key, out, first)
         if not checked.allowed:
             raise rules.rate_limited("sign_up", checked.retry_after)
         if checked.row is not None:
@@ -197,17 +189,17 @@ class AuthService:
             await self.mailer.send_verification(creds.email, link, self.config.magic_link_ttl_s)
         return self._signed_in(row, token)
 
-    async def _sign_in(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
+    async def _sign_in(self, caller: Caller, body: bytes, out: Outcome) -> dict[str, Any]:
         key = self._key(caller)
         creds = rules.sign_in_body(body)
-        key_hash = self.admitter.check_local(key)
-        async with acquire(self.pool) as conn:
-            admission = await self._admit(conn, key, key_hash, out)
-            project = admission.project_id
+
+        async def first(conn: Conn, project: str) -> store.Checked:
             throttle = self._throttle(
                 "sign_in", self.config.sign_in_limit, project, creds.email, self._ip(caller)
             )
-            checked = await store.throttled_user(conn, throttle, project, creds.email)
+            return await store.throttled_user(conn, throttle, project, creds.email)
+
+        _, checked = await self._admitted(key, out, first)
         if not checked.allowed:
             raise rules.rate_limited("sign_in", checked.retry_after)
         stored = checked.row.get("password_hash") if checked.row else None
@@ -231,20 +223,20 @@ class AuthService:
             raise AuthError("INVALID_CREDENTIALS", "Invalid credentials")
         return self._signed_in(row, token)
 
-    async def _magic_link(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
+    async def _magic_link(self, caller: Caller, body: bytes, out: Outcome) -> dict[str, Any]:
         key = self._key(caller)
         email = rules.magic_link_body(body)
-        key_hash = self.admitter.check_local(key)
         token = new_token()
-        async with acquire(self.pool) as conn:
-            admission = await self._admit(conn, key, key_hash, out)
-            project = admission.project_id
+
+        async def first(conn: Conn, project: str) -> tuple[bool, int, dt.datetime | None]:
             throttle = self._throttle(
                 "magic_link", self.config.magic_link_limit, project, email, self._ip(caller)
             )
-            allowed, retry_after, expires_at = await store.create_magic_link(
+            return await store.create_magic_link(
                 conn, throttle, project, email, token_hash(token), self.config.magic_link_ttl_s
             )
+
+        _, (allowed, retry_after, expires_at) = await self._admitted(key, out, first)
         if not allowed or expires_at is None:
             raise rules.rate_limited("magic_link", retry_after)
         data: dict[str, Any] = {"expiresAt": rules.iso(expires_at)}
@@ -257,18 +249,16 @@ class AuthService:
         data["message"] = "Magic link sent to your email"
         return data
 
-    async def _verify(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
+    async def _verify(self, caller: Caller, body: bytes, out: Outcome) -> dict[str, Any]:
         key = self._key(caller)
         link_token = rules.verify_body(body)
         # a live session of the same account presented with the link keeps its password
         keeper = rules.optional_bearer(caller.authorization)
-        key_hash = self.admitter.check_local(key)
         session = new_token()
-        async with acquire(self.pool) as conn:
-            admission = await self._admit(conn, key, key_hash, out)
-            project = admission.project_id
+
+        async def first(conn: Conn, project: str) -> tuple[store.Checked, bool | None]:
             throttle = self._throttle("verify", self.config.verify_limit, project, self._ip(caller))
-            checked, live = await store.verify_magic_link(
+            return await store.verify_magic_link(
                 conn,
                 throttle,
                 project,
@@ -279,6 +269,8 @@ class AuthService:
                 self._ua(caller),
                 keeper_hash=token_hash(keeper) if keeper else None,
             )
+
+        _, (checked, live) = await self._admitted(key, out, first)
         if not checked.allowed:
             raise rules.rate_limited("verify", checked.retry_after)
         if live is None:
@@ -287,29 +279,29 @@ class AuthService:
             raise AuthError("MAGIC_LINK_EXPIRED", "Magic link expired")
         return self._signed_in(checked.row, session)
 
-    async def _user(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
+    async def _user(self, caller: Caller, body: bytes, out: Outcome) -> dict[str, Any]:
         key = self._key(caller)
         token = rules.bearer_token(caller.authorization)
-        key_hash = self.admitter.check_local(key)
-        async with acquire(self.pool) as conn:
-            admission = await self._admit(conn, key, key_hash, out)
-            row = await sessions.session_user(conn, admission.project_id, token_hash(token))
+
+        async def first(conn: Conn, project: str) -> dict[str, Any] | None:
+            return await sessions.session_user(conn, project, token_hash(token))
+
+        _, row = await self._admitted(key, out, first)
         if row is None:
             raise AuthError("SESSION_NOT_FOUND", "Session not found")
         if not row.pop("live"):
             raise AuthError("SESSION_EXPIRED", "Session expired")
         return {"user": rules.user_json(row)}
 
-    async def _refresh(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
+    async def _refresh(self, caller: Caller, body: bytes, out: Outcome) -> dict[str, Any]:
         key = self._key(caller)
         token = rules.bearer_token(caller.authorization)
-        key_hash = self.admitter.check_local(key)
         fresh = new_token()
-        async with acquire(self.pool) as conn:
-            admission = await self._admit(conn, key, key_hash, out)
-            result = await sessions.refresh(
+
+        async def first(conn: Conn, project: str) -> sessions.Refreshed:
+            return await sessions.refresh(
                 conn,
-                admission.project_id,
+                project,
                 token_hash(token),
                 token_hash(fresh),
                 self.config.session_ttl_s,
@@ -317,43 +309,43 @@ class AuthService:
                 caller.ip,
                 self._ua(caller),
             )
+
+        _, result = await self._admitted(key, out, first)
         if result.reuse:
             log.warning("refresh-token reuse: a rotated token came back, its family ended")
         if result.expires_at is None:
             raise self._dead_session(result.refusal)
         return {"session": rules.session_json(fresh, result.expires_at)}
 
-    async def _sign_out(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
+    async def _sign_out(self, caller: Caller, body: bytes, out: Outcome) -> dict[str, Any]:
         """Ends the presented session's family (``scope`` ``local``, the default: an
         unknown token still answers success, as in the original) or, with ``global``, every
         session of its user — which needs the presented session to be live."""
         key = self._key(caller)
         token = rules.bearer_token(caller.authorization)
         everywhere = rules.sign_out_global(body)
-        key_hash = self.admitter.check_local(key)
-        async with acquire(self.pool) as conn:
-            admission = await self._admit(conn, key, key_hash, out)
-            state = await sessions.sign_out(
-                conn, admission.project_id, token_hash(token), everywhere=everywhere
-            )
+
+        async def first(conn: Conn, project: str) -> str | None:
+            return await sessions.sign_out(conn, project, token_hash(token), everywhere=everywhere)
+
+        _, state = await self._admitted(key, out, first)
         if everywhere and state != "live":
             raise self._dead_session(state)
         return {"success": True}
 
-    async def _password(self, caller: Caller, body: bytes, out: AuthOutcome) -> dict[str, Any]:
+    async def _password(self, caller: Caller, body: bytes, out: Outcome) -> dict[str, Any]:
         """Change (the current password) or reset (a magic-link session younger than
         ``sessions.RESET_WINDOW_S``, also the way back after ``gateway auth force-reset``).
         The user's other sessions end; this one stays."""
         key = self._key(caller)
         token = rules.bearer_token(caller.authorization)
         change = rules.password_body(body)
-        key_hash = self.admitter.check_local(key)
-        async with acquire(self.pool) as conn:
-            admission = await self._admit(conn, key, key_hash, out)
-            throttle = self._throttle("password", self.config.sign_in_limit, admission.project_id)
-            found = await sessions.password_check(
-                conn, throttle, admission.project_id, token_hash(token)
-            )
+
+        async def first(conn: Conn, project: str) -> sessions.PasswordCheck:
+            throttle = self._throttle("password", self.config.sign_in_limit, project)
+            return await sessions.password_check(conn, throttle, project, token_hash(token))
+
+        _, found = await self._admitted(key, out, first)
         if found.state != "live" or found.checked.row is None or found.session_id is None:
             raise self._dead_session(found.state)
         if not found.checked.allowed:

@@ -19,9 +19,10 @@ from starlette.routing import Route
 
 from gateway.auth import rules, store
 from gateway.auth.rules import AuthError
-from gateway.auth.service import ACTIONS, AuthOutcome, AuthService, Caller
+from gateway.auth.service import ACTIONS, AuthService, Caller
 from gateway.http.responses import JSON, forwarded_for
 from gateway.ops.request_log import LogRecord, client_ip
+from gateway.query.pipeline import Outcome
 
 logger = logging.getLogger("gateway.auth")
 
@@ -31,7 +32,7 @@ AUTH_BASE = "/v1/inhouse/auth"
 def install(state: Any) -> AuthService:
     """The instance's auth service; cleanup of throttle windows, links and dead sessions
     runs as a job of the maintenance leader (one instance per tick)."""
-    service = AuthService(state.settings, state.pool, state.admitter)
+    service = AuthService(state.settings, state.pipeline)
     state.extras["auth"] = service
     metrics = state.extras.get("metrics")
     if metrics is not None:
@@ -65,7 +66,14 @@ async def _read(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _render(out: AuthOutcome, request_id: str, started: float) -> Response:
+def _refused(error: AuthError) -> Outcome:
+    """A refusal before the service runs (an unknown route, an oversized body)."""
+    out = Outcome(status=200, body=b"").refuse(error, rules.error_body)
+    out.headers.update(rules.NO_STORE)
+    return out
+
+
+def _render(out: Outcome, request_id: str, started: float) -> Response:
     headers = dict(out.headers)
     headers["X-Request-Id"] = request_id
     headers["X-Gateway-Duration-Ms"] = f"{(time.perf_counter() - started) * 1000:.2f}"
@@ -74,7 +82,7 @@ def _render(out: AuthOutcome, request_id: str, started: float) -> Response:
     return Response(out.body, status_code=out.status, media_type=JSON, headers=headers)
 
 
-def _record(request: Request, path: str, out: AuthOutcome, request_id: str, started: float) -> None:
+def _record(request: Request, path: str, out: Outcome, request_id: str, started: float) -> None:
     """One request-log row, like the data routes' (only once the key named a project)."""
     state = request.app.state.gw
     observability = state.extras.get("observability")
@@ -123,15 +131,11 @@ async def auth_endpoint(request: Request) -> Response:
             if known
             else AuthError("NOT_FOUND", "no such auth route")
         )
-        out = AuthOutcome(status=error.status, body=rules.error_body(error), error_code=error.code)
-        out.headers.update(rules.NO_STORE)
-        return _render(out, request_id, started)
+        return _render(_refused(error), request_id, started)
     try:
         body = await _read(request) if request.method == "POST" else b""
     except AuthError as error:
-        out = AuthOutcome(status=error.status, body=rules.error_body(error), error_code=error.code)
-        out.headers.update(rules.NO_STORE)
-        return _render(out, request_id, started)
+        return _render(_refused(error), request_id, started)
     except ClientDisconnect:
         return Response(status_code=400)
     settings = request.app.state.gw.settings

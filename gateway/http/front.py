@@ -194,7 +194,7 @@ class Front:
         request-log row, metrics and access-log line."""
         request_id = uuid.uuid4().hex
         # the body and the error's own headers, rendered once per (shared) error object
-        rendered = getattr(error, "_front_rendered", None)
+        rendered = error.rendered
         if rendered is None:
             rendered = (
                 error_body(error),
@@ -203,7 +203,7 @@ class Front:
                     for k, v in error.headers.items()
                 ],
             )
-            error._front_rendered = rendered  # type: ignore[attr-defined]
+            error.rendered = rendered
         body, error_raw = rendered
         outcome = Outcome(
             status=error.status,

@@ -26,7 +26,7 @@ from gateway.admission.decision import Admission
 from gateway.auth.bearer import credentials_from_headers
 from gateway.errors import GatewayError
 from gateway.http.endpoint import BodyTooLarge, arrival_time, new_request_id, observe, read_body
-from gateway.http.responses import JSON
+from gateway.http.responses import JSON, error_response
 from gateway.jobs import rules, schedules, store
 from gateway.jobs.rules import invalid
 from gateway.query.pipeline import Outcome
@@ -39,13 +39,13 @@ BODY_SLACK = 8 * 1024  # the envelope around a 256 KB payload
 Handler = Callable[[AsyncConnection[Any], str], Awaitable[tuple[int, dict[str, Any]]]]
 
 
-def _error(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    merged = dict(headers or {})
-    merged.update(error.headers)
+def jobs_error_body(error: GatewayError) -> bytes:
+    """The jobs API's envelope for every refusal (its own and admission's): ``code`` and
+    ``message``, and the ``quota`` when the error carries one."""
     body: dict[str, Any] = {"ok": False, "error": {"code": error.code, "message": error.message}}
     if isinstance(error.details, dict) and "quota" in error.details:
         body["quota"] = error.details["quota"]
-    return Response(orjson.dumps(body), status_code=error.status, media_type=JSON, headers=merged)
+    return orjson.dumps(body)
 
 
 async def _body(request: Request) -> bytes:
@@ -58,20 +58,6 @@ async def _body(request: Request) -> bytes:
         raise invalid("VALIDATION_ERROR", "the request body was not received") from None
 
 
-def _jobs_error_body(out: Outcome) -> bytes:
-    """The pipeline's refusal (data-API envelope) in the jobs API's envelope: ``code`` and
-    ``message``, and the ``quota`` when the error carries one (as the jobs API answers)."""
-    error = orjson.loads(out.body).get("error") or {}
-    body: dict[str, Any] = {
-        "ok": False,
-        "error": {"code": error.get("code"), "message": error.get("message")},
-    }
-    details = error.get("details")
-    if isinstance(details, dict) and "quota" in details:
-        body["quota"] = details["quota"]
-    return orjson.dumps(body)
-
-
 async def _serve(request: Request, handler: Handler) -> Response:
     started = arrival_time(request)
     request_id = new_request_id()
@@ -79,7 +65,7 @@ async def _serve(request: Request, handler: Handler) -> Response:
     try:
         key, _session = credentials_from_headers(request.headers)
     except GatewayError as exc:
-        return _error(exc)
+        return error_response(exc, envelope=jobs_error_body)
 
     async def work(conn: AsyncConnection[Any], admission: Admission, out: Outcome) -> None:
         if admission.principal.key_type != "server":
@@ -88,12 +74,10 @@ async def _serve(request: Request, handler: Handler) -> Response:
         out.status = status
         out.body = orjson.dumps({"ok": True, **payload})
 
-    out = await state.pipeline.admitted(key, cost=1, work=work)
+    out = await state.pipeline.admitted(key, cost=1, work=work, envelope=jobs_error_body)
     # what the request log records: the HTTP method and the path below /v1/inhouse
     out.operation = request.method
     out.path = request.url.path.removeprefix("/v1/inhouse")[:200]
-    if out.error_code is not None:
-        out.body = _jobs_error_body(out)
     return Response(
         out.body,
         status_code=out.status,
@@ -106,7 +90,7 @@ async def enqueue(request: Request) -> Response:
     try:
         body = await _body(request)
     except GatewayError as exc:
-        return _error(exc)
+        return error_response(exc, envelope=jobs_error_body)
     runtime = request.app.state.gw.extras.get("jobs")
 
     async def handler(conn: AsyncConnection[Any], project_id: str) -> tuple[int, dict[str, Any]]:
@@ -163,7 +147,7 @@ async def create_schedule(request: Request) -> Response:
     try:
         body = await _body(request)
     except GatewayError as exc:
-        return _error(exc)
+        return error_response(exc, envelope=jobs_error_body)
 
     async def handler(conn: AsyncConnection[Any], project_id: str) -> tuple[int, dict[str, Any]]:
         schedule = await schedules.create_schedule(
@@ -193,7 +177,7 @@ async def update_schedule(request: Request) -> Response:
     try:
         body = await _body(request)
     except GatewayError as exc:
-        return _error(exc)
+        return error_response(exc, envelope=jobs_error_body)
 
     async def handler(conn: AsyncConnection[Any], project_id: str) -> tuple[int, dict[str, Any]]:
         schedule_id = _schedule_id(request)

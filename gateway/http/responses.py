@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -21,10 +21,16 @@ def json_response(
     return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=headers)
 
 
-def error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> Response:
+def error_response(
+    error: GatewayError,
+    headers: Mapping[str, str] | None = None,
+    envelope: Callable[[GatewayError], bytes] = error_body,
+) -> Response:
+    """A refusal answered before the pipeline (an oversized body, bad headers), in the
+    surface's ``envelope`` (the data API's by default; see ``Outcome.refuse``)."""
     merged = dict(headers or {})
     merged.update(error.headers)
-    return Response(error_body(error), status_code=error.status, media_type=JSON, headers=merged)
+    return Response(envelope(error), status_code=error.status, media_type=JSON, headers=merged)
 
 
 def forwarded_for(headers: Headers) -> str | None:

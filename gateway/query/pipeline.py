@@ -4,6 +4,10 @@ The routes hand over the key and the raw body; the pipeline answers with an ``Ou
 (status, body bytes, headers, and the facts the request log needs). No Starlette here,
 so tests and benchmarks can drive it without HTTP.
 
+Every keyed surface admits through ``Pipeline.admitted`` (the data API's /query,
+/batch and /schema, the auth API, the jobs API, realtime streams), and every refusal
+becomes an answer in ``Outcome.refuse``, in the surface's envelope.
+
 Database round trips per admitted request: one for admission (key, rate limit and
 quota in one statement, committed on its own), one for the query (BEGIN, settings,
 statement and COMMIT pipelined). A metadata cache miss adds one.
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +45,9 @@ from gateway.settings import Settings
 log = logging.getLogger("gateway.pipeline")
 
 Conn = psycopg.AsyncConnection[Any]
+# a surface's error body: the data API's (``query.envelope.error_body``), the auth
+# API's (``auth.rules.error_body``), the jobs API's (``http.jobs.jobs_error_body``)
+Envelope = Callable[[GatewayError], bytes]
 
 
 @dataclass
@@ -60,6 +67,35 @@ class Outcome:
     admission: str | None = None
     # the request log's path when the route sets it (the jobs API); else derived from kind
     path: str | None = None
+
+    def refuse(self, error: GatewayError, envelope: Envelope = error_body) -> Outcome:
+        """This outcome turned into the refusal ``error``, for every surface: its status,
+        its body in ``envelope``, its headers over the ones already set (the rate-limit
+        headers once admitted), its code, and the project, key and admission decision it
+        names (a refusal after the key was recognised is still the project's request)."""
+        if self.project_id is None and error.project_id is not None:
+            self.project_id, self.key_id = error.project_id, error.key_id
+        self.admission = error.admission
+        self.status = error.status
+        self.body = envelope(error)
+        if error.headers:
+            self.headers = {**self.headers, **error.headers}
+        self.error_code = error.code
+        return self
+
+    def refuse_exception(self, error: Exception, envelope: Envelope = error_body) -> Outcome:
+        """A refusal, or a database that went away (503, ``Retry-After: 1``); anything
+        else is a bug and propagates."""
+        if isinstance(error, GatewayError):
+            return self.refuse(error, envelope)
+        if isinstance(error, psycopg.OperationalError):
+            log.warning("database unavailable: %s", str(error).strip().splitlines()[:1])
+            return self.refuse(service_unavailable(), envelope)
+        raise error
+
+
+# what a surface runs once admitted, on the admission's connection
+Work = Callable[[Conn, Admission, Outcome], Awaitable[None]]
 
 
 class Pipeline:
@@ -128,9 +164,7 @@ class Pipeline:
         return await self._run(key, body, batch=True, session=session)
 
     async def schema(self, key: str | None, session: str | None = None) -> Outcome:
-        async def work(
-            conn: psycopg.AsyncConnection[Any], admission: Admission, out: Outcome
-        ) -> None:
+        async def work(conn: Conn, admission: Admission, out: Outcome) -> None:
             catalog = await self.catalog(conn, admission.project_id)
             out.body = orjson.dumps(permissions.schema_view(catalog, admission.principal))
 
@@ -154,9 +188,7 @@ class Pipeline:
         # quotas: inserts and updates are refused while the project is over its database size
         grows = request_grows(parsed, batch=batch)
 
-        async def work(
-            conn: psycopg.AsyncConnection[Any], admission: Admission, out: Outcome
-        ) -> None:
+        async def work(conn: Conn, admission: Admission, out: Outcome) -> None:
             if parse_error is not None:
                 raise parse_error
             out.table = "batch" if batch else _peek_table(parsed)
@@ -193,53 +225,67 @@ class Pipeline:
         key: str | None,
         *,
         cost: int,
-        work: Callable[[psycopg.AsyncConnection[Any], Admission, Outcome], Any],
+        work: Work,
         session: str | None = None,
         hashes: tuple[str, str | None] | None = None,
         grows: bool = False,
+        envelope: Envelope | None = error_body,
+        out: Outcome | None = None,
+        rate_headers: bool = True,
     ) -> Outcome:
         """The one way into the database for a request that costs ``cost`` requests.
 
         The local deny (no connection, no round trip), then admission (one statement,
         committed on its own), then ``work(conn, admission, out)`` on the same connection
         — it loads the catalog with ``self.catalog`` when it needs it and fills ``out``.
-        A refusal anywhere becomes the outcome's status, body and headers. /query, /batch,
-        /schema and the opening of a realtime stream all come through here, so they share
-        the order of checks, the retry on a lost connection and the request-log facts.
+        /query, /batch, /schema, the auth API, the jobs API and the opening of a realtime
+        stream all come through here, so they share the order of checks, the pool share,
+        the retry on a lost connection and the request-log facts.
+
+        A refusal anywhere becomes the outcome (``Outcome.refuse``) in ``envelope``, the
+        surface's error body; with ``envelope=None`` it is raised instead (a
+        ``GatewayError``, or ``psycopg.OperationalError`` when the database went away),
+        ``out`` already naming the project once admitted: the auth API's refusals can
+        also come after the connection is given back, so it renders them itself.
+        ``rate_headers``: the answer carries the rate-limit headers (the auth API's
+        answers do not, as in the original).
         """
-        out = Outcome(status=200, body=b"")
-        headers: dict[str, str] = {}
+        if out is None:
+            out = Outcome(status=200, body=b"")
         # the project's share of the pool (gateway/db/share.py): the slot this request
         # holds, and the admission of a request that found no slot free after admission
         slot: str | None = None
         over_share: Admission | None = None
-
-        async def unit(conn: psycopg.AsyncConnection[Any]) -> None:
-            nonlocal headers, slot, over_share
-            admission = await self.admit(
-                conn, key, cost, key_hash=key_hash, session_hash=session_hash, grows=grows
-            )
-            headers = admission_headers(admission)
-            out.project_id, out.key_id = admission.project_id, admission.key_id
-            out.headers = {**headers, "X-Project-Id": admission.project_id}
-            self.share.remember(key_hash, admission.project_id)
-            if slot is None:
-                if not self.share.try_enter(admission.project_id):
-                    over_share = admission  # give the connection back, wait below
-                    return
-                slot = admission.project_id
-            await work(conn, admission, out)
-
         try:
-            # a project known to be over its limit is refused here: no pool connection,
-            # no round trip (the local deny; it never admits anything)
+            # a project known to be over its limit is refused here: no pool connection, no
+            # round trip (the local deny; it never admits anything)
             if hashes is None:
-                key_hash: str | None = self.admitter.check_local(key)
+                key_hash = self.admitter.check_local(key)
                 # the session is resolved inside the admission statement, never cached here
                 session_hash = token_hash(session) if session is not None else None
             else:
                 # a realtime ticket carries the hashes only (EventSource sends no headers)
                 key_hash, session_hash = hashes
+            admitter = self.admitter
+
+            async def unit(conn: Conn) -> None:
+                nonlocal slot, over_share
+                admission = await admitter.admit(
+                    conn, key, cost, key_hash=key_hash, session_hash=session_hash, grows=grows
+                )
+                project_id = admission.project_id
+                out.project_id, out.key_id = project_id, admission.key_id
+                if rate_headers:
+                    out.headers = admission_headers(admission)
+                    out.headers["X-Project-Id"] = project_id
+                self.share.remember(key_hash, project_id)
+                if slot is None:
+                    if not self.share.try_enter(project_id):
+                        over_share = admission  # give the connection back, wait below
+                        return
+                    slot = project_id
+                await work(conn, admission, out)
+
             deadline = (
                 checkout_deadline(self.pool, None) if self.pool is not None else time.monotonic()
             )
@@ -259,30 +305,19 @@ class Pipeline:
                     lambda conn: work(conn, admitted_as, out),
                     timeout=max(0.0, deadline - time.monotonic()),
                 )
-            return out
-        except GatewayError as error:
-            return self.failed(out, error, headers)
-        except psycopg.OperationalError as exc:
-            log.warning("database unavailable: %s", str(exc).strip().splitlines()[:1])
-            return self.failed(out, service_unavailable(), headers)
+        except (GatewayError, psycopg.OperationalError) as error:
+            if envelope is None:
+                raise
+            return out.refuse_exception(error, envelope)
         finally:
             if slot is not None:
                 self.share.leave(slot)
+        return out
 
     @staticmethod
-    def failed(out: Outcome, error: GatewayError, headers: dict[str, str] | None = None) -> Outcome:
-        """``out`` turned into the refusal ``error`` (kept: the project and key it names)."""
-        headers = headers or {}
-        if out.project_id is None and getattr(error, "project_id", None):
-            # refused by admission after the key was recognised: still the project's request
-            out.project_id = error.project_id  # type: ignore[attr-defined]
-            out.key_id = error.key_id  # type: ignore[attr-defined]
-        out.admission = getattr(error, "admission", None)
-        out.status = error.status
-        out.body = error_body(error)
-        out.headers = {**out.headers, **headers, **error.headers}
-        out.error_code = error.code
-        return out
+    def failed(out: Outcome, error: GatewayError) -> Outcome:
+        """``out.refuse(error)`` in the data API's envelope (the realtime stream's call)."""
+        return out.refuse(error)
 
 
 def _compile(

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.auth import admin, passwords, rules
 from gateway.auth.rules import AuthError
+from gateway.errors import STATUS_BY_CODE
 
 # Made by Node's crypto exactly as the original does (salt = base64url text of 16 random
 # bytes, used as the salt string; scryptSync(password, salt, 64, {N: 16384, r: 8, p: 1})),
@@ -124,7 +125,7 @@ def test_any_body_is_accepted_or_refused_with_a_4xx_code(body: Any, raw: bool, j
         try:
             parse(payload)
         except AuthError as error:
-            assert 400 <= error.status < 500 and error.code in rules.STATUS_BY_CODE
+            assert 400 <= error.status < 500 and error.code in STATUS_BY_CODE
 
 
 def test_the_hash_queue_is_bounded_with_a_503() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -20,6 +19,7 @@ from starlette.routing import Route
 from gateway.auth import rules, store
 from gateway.auth.rules import AuthError
 from gateway.auth.service import ACTIONS, AuthService, Caller
+from gateway.http.endpoint import new_request_id
 from gateway.http.responses import JSON, forwarded_for
 from gateway.ops.request_log import LogRecord, client_ip
 from gateway.query.pipeline import Outcome
@@ -120,7 +120,7 @@ def _record(request: Request, path: str, out: Outcome, request_id: str, started:
 
 async def auth_endpoint(request: Request) -> Response:
     started = time.perf_counter()
-    request_id = uuid.uuid4().hex
+    request_id = new_request_id()
     path = request.path_params.get("path", "").strip("/")
     action = ACTIONS.get((request.method, path))
     service: AuthService | None = request.app.state.gw.extras.get("auth")

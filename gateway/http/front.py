@@ -24,7 +24,6 @@ stack is built as before and wrapped, so ``create_app`` still returns the Starle
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -37,7 +36,7 @@ from gateway.db.pool import REQUEST_DEADLINE
 from gateway.errors import GatewayError, service_unavailable
 from gateway.http import routes
 from gateway.http.cors import GatewayCORS
-from gateway.http.endpoint import ARRIVED
+from gateway.http.endpoint import ARRIVED, new_request_id
 from gateway.http.lean import Lean, hot_routes
 from gateway.ops.observe import Observability, access_line
 from gateway.query.envelope import error_body
@@ -192,7 +191,7 @@ class Front:
     ) -> None:
         """The answer the routes would give for ``error`` (``_render``), with the same
         request-log row, metrics and access-log line."""
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         # the body and the error's own headers, rendered once per (shared) error object
         rendered = error.rendered
         if rendered is None:
@@ -209,10 +208,10 @@ class Front:
             status=error.status,
             body=body,
             headers=error.headers,
-            project_id=getattr(error, "project_id", None),
-            key_id=getattr(error, "key_id", None),
+            project_id=error.project_id,
+            key_id=error.key_id,
             error_code=error.code,
-            admission=getattr(error, "admission", None),
+            admission=error.admission,
         )
         duration_ms = (time.perf_counter() - started) * 1000
         extra = wanted if wanted is not None else _wanted_headers(scope)

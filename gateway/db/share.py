@@ -9,10 +9,15 @@ run at once in PostgreSQL (its CPU is shared by every tenant).
 
 The project of a request is known only after admission, which runs on a pooled
 connection. So the share learns each key's project from admission (``remember``) and
-takes the slot BEFORE checkout for a key it has seen; a key not seen yet takes its slot
-right after admission, and when none is free gives the connection back and waits (its
-query then runs on a connection checked out again: still two round trips). Everything
-here is in-process: a dict lookup and a counter per request, no round trip.
+takes the slot BEFORE checkout for a key it has seen: a request that finds no slot in
+time gets its 503 before admission, so it is never counted. For a key not seen yet, one
+request at a time is admitted (``learn``: the others wait for it, then go the known
+way); it takes its slot right after admission, and when none is free gives the
+connection back and waits at the FRONT of the project's queue (``enter(...,
+admitted=True)``): it has been counted, so it is served — the next slot the project
+frees is its own — and never answered 503 for the share (its query then runs on a
+connection checked out again: still two round trips). Everything here is in-process: a
+dict lookup and a counter per request, no round trip.
 """
 
 from __future__ import annotations
@@ -43,7 +48,10 @@ class ProjectShare:
         self.limit = max(1, limit)
         self._held: dict[str, int] = {}
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+        self._admitted: dict[str, deque[asyncio.Future[None]]] = {}
         self._projects: OrderedDict[str, str] = OrderedDict()
+        # keys being learned: the first request's admission runs, the others wait for it
+        self._learning: dict[str, asyncio.Event] = {}
 
     def project_of(self, key_hash: str | None) -> str | None:
         if key_hash is None:
@@ -64,19 +72,57 @@ class ProjectShare:
     def held(self, project_id: str) -> int:
         return self._held.get(project_id, 0)
 
+    async def learn(self, key_hash: str | None, deadline: float) -> tuple[str | None, bool]:
+        """``(project, learner)``: the key's project when known. Else, when no request of
+        this key is being admitted, ``(None, True)``: this request's admission teaches it
+        (call ``learned`` after). Else wait for that request, until ``deadline`` (then
+        503): the project, or ``(None, False)`` if its admission failed (a bad key is
+        not worth queueing for)."""
+        project = self.project_of(key_hash)
+        if project is not None or key_hash is None:
+            return project, False
+        event = self._learning.get(key_hash)
+        if event is None:
+            self._learning[key_hash] = asyncio.Event()
+            return None, True
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await event.wait()
+        except TimeoutError:
+            raise service_unavailable(
+                "this key's first request is still being admitted; retry shortly"
+            ) from None
+        return self.project_of(key_hash), False
+
+    def learned(self, key_hash: str | None) -> None:
+        """The learning request is through admission (or failed): wake the others."""
+        if key_hash is not None:
+            event = self._learning.pop(key_hash, None)
+            if event is not None:
+                event.set()
+
     def try_enter(self, project_id: str) -> bool:
         """A slot now if one is free and nobody of the project waits for one."""
-        if self._held.get(project_id, 0) < self.limit and not self._waiting.get(project_id):
+        if (
+            self._held.get(project_id, 0) < self.limit
+            and not self._waiting.get(project_id)
+            and not self._admitted.get(project_id)
+        ):
             self._held[project_id] = self._held.get(project_id, 0) + 1
             return True
         return False
 
-    async def enter(self, project_id: str, deadline: float) -> None:
-        """A slot before ``deadline`` (monotonic), else 503 with ``Retry-After``."""
+    async def enter(self, project_id: str, deadline: float, *, admitted: bool = False) -> None:
+        """A slot before ``deadline`` (monotonic), else 503 with ``Retry-After``.
+
+        ``admitted``: the request is already counted, so it waits ahead of the requests
+        not admitted yet (its deadline is the statement timeout's, not the pool's)."""
         if self.try_enter(project_id):
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(project_id, deque()).append(waiter)
+        # admitted requests queue apart and are handed a freed slot first
+        queues = self._admitted if admitted else self._waiting
+        queues.setdefault(project_id, deque()).append(waiter)
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await waiter
@@ -94,16 +140,18 @@ class ProjectShare:
             raise
 
     def leave(self, project_id: str) -> None:
-        """Give the slot to the project's next waiter, else back to the free count."""
-        queue = self._waiting.get(project_id)
-        while queue:
-            waiter = queue.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot changes hands: ``held`` stays
-                if not queue:
-                    del self._waiting[project_id]
-                return
-        self._waiting.pop(project_id, None)
+        """Give the slot to the project's next waiter (admitted ones first), else back to
+        the free count."""
+        for queues in (self._admitted, self._waiting):
+            queue = queues.get(project_id)
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # the slot changes hands: ``held`` stays
+                    if not queue:
+                        del queues[project_id]
+                    return
+            queues.pop(project_id, None)
         held = self._held.get(project_id, 0) - 1
         if held > 0:
             self._held[project_id] = held
@@ -111,10 +159,11 @@ class ProjectShare:
             self._held.pop(project_id, None)
 
     def _forget_waiter(self, project_id: str, waiter: asyncio.Future[None]) -> None:
-        queue = self._waiting.get(project_id)
-        if queue is None:
-            return
-        with contextlib.suppress(ValueError):
-            queue.remove(waiter)
-        if not queue:
-            del self._waiting[project_id]
+        for queues in (self._admitted, self._waiting):
+            queue = queues.get(project_id)
+            if queue is None:
+                continue
+            with contextlib.suppress(ValueError):
+                queue.remove(waiter)
+            if not queue:
+                del queues[project_id]

@@ -115,6 +115,9 @@ class Pipeline:
         # Key, rate limit and quota in one statement; keeps this instance's local denies.
         self.admitter = admitter or Admitter(settings)
         # one project's most connections at once (GATEWAY_POOL_MAX_PER_PROJECT)
+        # how long an admitted request may wait for its project's slot: the statements
+        # holding the slots end within the statement timeout
+        self.admitted_wait_s = (settings.statement_timeout_ms / 1000.0) + settings.pool_timeout_s
         self.share = ProjectShare(
             settings.pool_max_per_project or default_share(getattr(pool, "max_size", 1))
         )
@@ -256,6 +259,8 @@ class Pipeline:
         # holds, and the admission of a request that found no slot free after admission
         slot: str | None = None
         over_share: Admission | None = None
+        learning = False  # this request's admission teaches the share its key's project
+        key_hash: str | None = None
         try:
             # a project known to be over its limit is refused here: no pool connection, no
             # round trip (the local deny; it never admits anything)
@@ -279,6 +284,8 @@ class Pipeline:
                     out.headers = admission_headers(admission)
                     out.headers["X-Project-Id"] = project_id
                 self.share.remember(key_hash, project_id)
+                if learning:
+                    self.share.learned(key_hash)  # the key's other requests go on
                 if slot is None:
                     if not self.share.try_enter(project_id):
                         over_share = admission  # give the connection back, wait below
@@ -289,7 +296,9 @@ class Pipeline:
             deadline = (
                 checkout_deadline(self.pool, None) if self.pool is not None else time.monotonic()
             )
-            known = self.share.project_of(key_hash)
+            # a key seen before takes its slot before admission (no slot in time: 503,
+            # not counted); of a key not seen yet, one request is admitted at a time
+            known, learning = await self.share.learn(key_hash, deadline)
             if known is not None:
                 await self.share.enter(known, deadline)
                 slot = known
@@ -297,19 +306,21 @@ class Pipeline:
             # GATEWAY_POOL_TIMEOUT_S; a session the server ended is run again once.
             await run_with_retry(self.pool, unit)
             if over_share is not None:
+                # counted already, so served: first in the project's queue, for as long
+                # as the project's running statements can take to end
                 admitted_as = over_share
-                await self.share.enter(admitted_as.project_id, deadline)
-                slot = admitted_as.project_id
-                await run_with_retry(
-                    self.pool,
-                    lambda conn: work(conn, admitted_as, out),
-                    timeout=max(0.0, deadline - time.monotonic()),
+                await self.share.enter(
+                    admitted_as.project_id, time.monotonic() + self.admitted_wait_s, admitted=True
                 )
+                slot = admitted_as.project_id
+                await run_with_retry(self.pool, lambda conn: work(conn, admitted_as, out))
         except (GatewayError, psycopg.OperationalError) as error:
             if envelope is None:
                 raise
             return out.refuse_exception(error, envelope)
         finally:
+            if learning:
+                self.share.learned(key_hash)
             if slot is not None:
                 self.share.leave(slot)
         return out

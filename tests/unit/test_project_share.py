@@ -69,3 +69,60 @@ def test_keys_are_remembered_with_a_bound() -> None:
     share.remember("k1", "p1")
     assert share.project_of("k1") == "p1" and share.project_of("k2") is None
     assert share.project_of(None) is None
+
+
+def test_an_admitted_waiter_is_served_before_waiters_not_admitted_yet() -> None:
+    async def scenario() -> list[str]:
+        share = ProjectShare(1)
+        assert share.try_enter("a")
+        order: list[str] = []
+
+        async def wait(name: str, admitted: bool) -> None:
+            await share.enter("a", time.monotonic() + 5, admitted=admitted)
+            order.append(name)
+            share.leave("a")
+
+        tasks = [asyncio.create_task(wait("first-come", False))]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(wait("admitted", True)))
+        await asyncio.sleep(0)
+        share.leave("a")
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(scenario()) == ["admitted", "first-come"]
+
+
+def test_one_request_of_an_unknown_key_is_admitted_at_a_time() -> None:
+    async def scenario() -> tuple[bool, tuple[str | None, bool], tuple[str | None, bool]]:
+        share = ProjectShare(1)
+        project, learner = await share.learn("k", time.monotonic() + 5)
+        assert project is None and learner
+        follower = asyncio.create_task(share.learn("k", time.monotonic() + 5))
+        await asyncio.sleep(0.01)
+        waited = not follower.done()  # waits for the learner's admission
+        share.remember("k", "p")
+        share.learned("k")
+        known = await follower
+        # a key whose learner failed: the next request does not queue behind it again
+        assert await share.learn("bad", time.monotonic() + 5) == (None, True)
+        failed = asyncio.create_task(share.learn("bad", time.monotonic() + 5))
+        await asyncio.sleep(0)
+        share.learned("bad")
+        return waited, known, await failed
+
+    waited, known, failed = asyncio.run(scenario())
+    assert waited
+    assert known == ("p", False)
+    assert failed == (None, False)
+
+
+def test_waiting_for_an_unknown_key_ends_at_the_deadline() -> None:
+    async def scenario() -> None:
+        share = ProjectShare(1)
+        await share.learn("k", time.monotonic() + 5)
+        await share.learn("k", time.monotonic() + 0.05)
+
+    with pytest.raises(GatewayError) as err:
+        asyncio.run(scenario())
+    assert err.value.status == 503

@@ -231,7 +231,15 @@ def _communicate(pgconn: PGconn, expected: int) -> PQGen[list[PGresult]]:
     yield from send(pgconn)
     results: list[PGresult] = []
     while True:
-        res = yield from fetch(pgconn)
+        try:
+            res = yield from fetch(pgconn)
+        except e.OperationalError:
+            # EOF after the server's goodbye: report the goodbye (its SQLSTATE, 57P01…,
+            # tells gateway.db.pool.retry_is_safe that nothing was applied)
+            for earlier in reversed(results):
+                if earlier.status == _FATAL_ERROR:
+                    raise _lost(earlier, pgconn) from None
+            raise
         if res is None:
             # the end of one statement's results; a broken connection answers None forever
             if pgconn.status == _BAD:

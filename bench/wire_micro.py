@@ -1,0 +1,149 @@
+"""Micro-benchmark of the database side of an admitted select, two source trees side by side.
+
+``python bench/wire_micro.py TREE_A TREE_B [--n 2000] [--rounds 3]`` (from a checkout) starts one throwaway
+PostgreSQL, creates a project with a ``todos`` table, then runs, alternating A B B A …,
+a client process per round from each tree (``PYTHONPATH=TREE``): N sequential
+``Pipeline.query`` calls (admission on, select one row by primary key) on the gateway's
+own pool with ONE connection. Per request it reports the client's CPU (the process's, from
+``time.process_time``) and PostgreSQL's (utime + stime of every child of the postmaster,
+from /proc, before and after the round: only this client runs against it), and the wall
+time. Not a scenario of ``make bench``: it exists to compare two versions of the wire.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu(ppid: int) -> float:
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == ppid or int(entry) == ppid:
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+async def _client(url: str, key: str, n: int, warmup: int) -> dict[str, float]:
+    from gateway.db.pool import create_pool
+    from gateway.query.pipeline import Pipeline
+    from gateway.settings import Settings
+
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": url,
+            "GATEWAY_INSTANCE_ID": "wire-micro",
+            "GATEWAY_POOL_MAX": "1",
+            "GATEWAY_POOL_MIN": "1",
+        }
+    )
+    pool = create_pool(settings)
+    await pool.open(wait=True, timeout=30)
+    pipeline = Pipeline(settings, pool)
+    query = {
+        "operation": "select",
+        "table": "todos",
+        "columns": ["id", "title", "done"],
+        "filters": [{"column": "id", "op": "eq", "value": 1}],
+    }
+    body = json.dumps({"query": query}).encode()
+    for _ in range(warmup):
+        out = await pipeline.query(key, body)
+        assert out.status == 200, out.body
+    print("READY", flush=True)
+    sys.stdin.readline()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        await pipeline.query(key, body)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    await pool.close()
+    return {"client_cpu_ms": cpu / n * 1000, "wall_ms": wall / n * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("trees", nargs="*")
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--client", nargs=2, metavar=("URL", "KEY"))
+    args = parser.parse_args()
+    if args.client:
+        result = asyncio.run(_client(args.client[0], args.client[1], args.n, 200))
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    from gateway.control import tabledef
+    from gateway.control.keys import create_key
+    from gateway.control.projects import connect, create_project
+    from gateway.control.tables import create_table
+    from gateway.db import migrate
+    from gateway.db.localdb import LocalPostgres
+    from gateway.control.devserver import DEMO_TABLE as TODOS_TABLE
+
+    root = Path(tempfile.mkdtemp(prefix="wire-micro-"))
+    root.chmod(0o755)
+    server = LocalPostgres(root / "data", durable=False)
+    server.start()
+    try:
+        migrate.upgrade(server.url)
+        with connect(server.url) as conn:
+            project = create_project(conn, "wire-micro", rate_limit_per_minute=10**9)
+            create_table(conn, project.id, tabledef.parse_table(TODOS_TABLE))
+            key = create_key(conn, project.id, key_type="server")["key"]
+            conn.execute(f'INSERT INTO "{project.schema_name}".todos (title) VALUES (%s)', ("one",))
+        postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+        figures: dict[str, list[dict[str, float]]] = {t: [] for t in args.trees}
+        order = []
+        for r in range(args.rounds):
+            order += args.trees if r % 2 == 0 else list(reversed(args.trees))
+        for tree in order:
+            env = {**os.environ, "PYTHONPATH": tree}
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--n", str(args.n), "--client", server.url, key],
+                cwd=tree,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.stdout is not None and proc.stdin is not None
+            line = proc.stdout.readline()
+            assert line.startswith("READY"), line
+            pg0 = _children_cpu(postmaster)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            result: dict[str, Any] = {}
+            for line in proc.stdout:
+                if line.startswith("RESULT "):
+                    result = json.loads(line[7:])
+            proc.wait()
+            result["pg_cpu_ms"] = (_children_cpu(postmaster) - pg0) / args.n * 1000
+            figures[tree].append(result)
+            print(tree, {k: round(v, 3) for k, v in result.items()}, flush=True)
+        print(f"load average {os.getloadavg()[0]:.2f}; medians over {args.rounds} rounds:")
+        for tree, rows in figures.items():
+            med = {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
+            print(tree, med)
+    finally:
+        server.destroy()
+
+
+if __name__ == "__main__":
+    main()

@@ -3,8 +3,8 @@
 ``python bench/wire_micro.py TREE_A TREE_B [--n 2000] [--rounds 3]`` (from a checkout) starts one throwaway
 PostgreSQL, creates a project with a ``todos`` table, then runs, alternating A B B A …,
 a client process per round from each tree (``PYTHONPATH=TREE``): N sequential
-``Pipeline.query`` calls (admission on, select one row by primary key) on the gateway's
-own pool with ONE connection. Per request it reports the client's CPU (the process's, from
+``Pipeline.query`` calls (admission on, metadata cached, select one row by primary key)
+on the gateway's own pool with ONE connection. Per request it reports the client's CPU (the process's, from
 ``time.process_time``) and PostgreSQL's (utime + stime of every child of the postmaster,
 from /proc, before and after the round: only this client runs against it), and the wall
 time. Not a scenario of ``make bench``: it exists to compare two versions of the wire.
@@ -43,6 +43,7 @@ def _children_cpu(ppid: int) -> float:
 
 async def _client(url: str, key: str, n: int, warmup: int) -> dict[str, float]:
     from gateway.db.pool import create_pool
+    from gateway.metadata.cache import MetadataCache
     from gateway.query.pipeline import Pipeline
     from gateway.settings import Settings
 
@@ -56,7 +57,8 @@ async def _client(url: str, key: str, n: int, warmup: int) -> dict[str, float]:
     )
     pool = create_pool(settings)
     await pool.open(wait=True, timeout=30)
-    pipeline = Pipeline(settings, pool)
+    # the metadata cache as the app has it (no listener: entries live for the TTL)
+    pipeline = Pipeline(settings, pool, metadata=MetadataCache(settings, pool=None))
     query = {
         "operation": "select",
         "table": "todos",
@@ -73,6 +75,9 @@ async def _client(url: str, key: str, n: int, warmup: int) -> dict[str, float]:
     for _ in range(n):
         await pipeline.query(key, body)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    # the backend's CPU is read while it still exists
+    print("DONE", flush=True)
+    sys.stdin.readline()
     await pool.close()
     return {"client_cpu_ms": cpu / n * 1000, "wall_ms": wall / n * 1000}
 
@@ -83,6 +88,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--client", nargs=2, metavar=("URL", "KEY"))
+    parser.add_argument(
+        "--profile", metavar="DIR", help="one more round per tree under py-spy (raw stacks)"
+    )
     args = parser.parse_args()
     if args.client:
         result = asyncio.run(_client(args.client[0], args.client[1], args.n, 200))
@@ -113,10 +121,19 @@ def main() -> None:
         order = []
         for r in range(args.rounds):
             order += args.trees if r % 2 == 0 else list(reversed(args.trees))
-        for tree in order:
+        runs = [(tree, None) for tree in order]
+        if args.profile:
+            runs += [(tree, f"{args.profile}/{i}.txt") for i, tree in enumerate(args.trees)]
+        for tree, profile in runs:
             env = {**os.environ, "PYTHONPATH": tree}
+            command = [sys.executable, __file__, "--n", str(args.n), "--client", server.url, key]
+            if profile:
+                spy = os.environ.get("PY_SPY") or str(Path(sys.executable).with_name("py-spy"))
+                command = [spy, "record", "-r", "250", "--format", "raw", "-o", profile, "--"]
+                command += [sys.executable, __file__, "--n", str(args.n), "--client"]
+                command += [server.url, key]
             proc = subprocess.Popen(
-                [sys.executable, __file__, "--n", str(args.n), "--client", server.url, key],
+                command,
                 cwd=tree,
                 env=env,
                 stdin=subprocess.PIPE,
@@ -125,16 +142,26 @@ def main() -> None:
             )
             assert proc.stdout is not None and proc.stdin is not None
             line = proc.stdout.readline()
+            while line and not line.startswith("READY"):  # py-spy's own lines
+                line = proc.stdout.readline()
             assert line.startswith("READY"), line
             pg0 = _children_cpu(postmaster)
             proc.stdin.write("go\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            assert line.startswith("DONE"), line
+            pg_cpu = _children_cpu(postmaster) - pg0
+            proc.stdin.write("close\n")
             proc.stdin.flush()
             result: dict[str, Any] = {}
             for line in proc.stdout:
                 if line.startswith("RESULT "):
                     result = json.loads(line[7:])
             proc.wait()
-            result["pg_cpu_ms"] = (_children_cpu(postmaster) - pg0) / args.n * 1000
+            result["pg_cpu_ms"] = pg_cpu / args.n * 1000
+            if profile:
+                print(tree, "profiled in", profile, flush=True)
+                continue
             figures[tree].append(result)
             print(tree, {k: round(v, 3) for k, v in result.items()}, flush=True)
         print(f"load average {os.getloadavg()[0]:.2f}; medians over {args.rounds} rounds:")

@@ -1,13 +1,15 @@
 """Micro-benchmark of the database side of an admitted select, two source trees side by side.
 
-``python bench/wire_micro.py TREE_A TREE_B [--n 2000] [--rounds 3]`` (from a checkout) starts one throwaway
-PostgreSQL, creates a project with a ``todos`` table, then runs, alternating A B B A …,
-a client process per round from each tree (``PYTHONPATH=TREE``): N sequential
-``Pipeline.query`` calls (admission on, metadata cached, select one row by primary key)
-on the gateway's own pool with ONE connection. Per request it reports the client's CPU (the process's, from
-``time.process_time``) and PostgreSQL's (utime + stime of every child of the postmaster,
-from /proc, before and after the round: only this client runs against it), and the wall
-time. Not a scenario of ``make bench``: it exists to compare two versions of the wire.
+``python bench/wire_micro.py TREE_A TREE_B [--n 2000] [--rounds 3] [--profile DIR]``
+(from a checkout) starts one throwaway PostgreSQL, creates a project with a ``todos``
+table, then runs, alternating A B B A …, a client process per round from each tree
+(``PYTHONPATH=TREE``): N sequential ``Pipeline.query`` calls (admission on, metadata
+cached, select one row by primary key) on the gateway's own pool with ONE connection.
+Per request it reports the client's CPU (``time.process_time``), PostgreSQL's (utime +
+stime of the postmaster and its children, from /proc, read while the client's backend
+still exists: only this client runs against the server) and the wall time. With
+``--profile`` one more round per tree runs under py-spy (``PY_SPY`` names the binary),
+raw stacks in DIR. Not a scenario of ``make bench``: it compares two versions of the wire.
 """
 
 from __future__ import annotations
@@ -98,12 +100,12 @@ def main() -> None:
         return
 
     from gateway.control import tabledef
+    from gateway.control.devserver import DEMO_TABLE as TODOS_TABLE
     from gateway.control.keys import create_key
     from gateway.control.projects import connect, create_project
     from gateway.control.tables import create_table
     from gateway.db import migrate
     from gateway.db.localdb import LocalPostgres
-    from gateway.control.devserver import DEMO_TABLE as TODOS_TABLE
 
     root = Path(tempfile.mkdtemp(prefix="wire-micro-"))
     root.chmod(0o755)

@@ -1,6 +1,7 @@
 """Micro-benchmark of the database side of an admitted select, two source trees side by side.
 
 ``python bench/wire_micro.py TREE_A TREE_B [--n 2000] [--rounds 3] [--profile DIR]``
+(a ``TREE:transaction`` variant runs with ``GATEWAY_DB_POOLER=transaction``)
 (from a checkout) starts one throwaway PostgreSQL, creates a project with a ``todos``
 table, then runs, alternating A B B A …, a client process per round from each tree
 (``PYTHONPATH=TREE``): N sequential ``Pipeline.query`` calls (admission on, metadata
@@ -43,7 +44,7 @@ def _children_cpu(ppid: int) -> float:
     return total
 
 
-async def _client(url: str, key: str, n: int, warmup: int) -> dict[str, float]:
+async def _client(url: str, key: str, n: int, warmup: int, pooler: str) -> dict[str, float]:
     from gateway.db.pool import create_pool
     from gateway.metadata.cache import MetadataCache
     from gateway.query.pipeline import Pipeline
@@ -55,6 +56,7 @@ async def _client(url: str, key: str, n: int, warmup: int) -> dict[str, float]:
             "GATEWAY_INSTANCE_ID": "wire-micro",
             "GATEWAY_POOL_MAX": "1",
             "GATEWAY_POOL_MIN": "1",
+            "GATEWAY_DB_POOLER": pooler,
         }
     )
     pool = create_pool(settings)
@@ -84,6 +86,42 @@ async def _client(url: str, key: str, n: int, warmup: int) -> dict[str, float]:
     return {"client_cpu_ms": cpu / n * 1000, "wall_ms": wall / n * 1000}
 
 
+PROFILE_GROUPS = (
+    "psycopg/",
+    "gateway/db/wire",
+    "gateway/query/",
+    "gateway/admission/",
+    "gateway/db/pool",
+    "psycopg_pool/",
+    "asyncio/",
+)
+
+
+def summarize(path: str, top: int = 12) -> None:
+    """py-spy raw stacks → share of the measured requests' samples: cumulative per
+    module group, then the functions with the most samples of their own. Stacks outside
+    ``Pipeline.query`` (start-up, the pauses between phases) and imports are left out."""
+    own: dict[str, int] = {}
+    cumulative: dict[str, int] = dict.fromkeys(PROFILE_GROUPS, 0)
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not any(f.startswith("Pipeline.query ") for f in frames) or "importlib" in stack:
+            continue
+        n = int(count)
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for group in PROFILE_GROUPS:
+            if group in stack:
+                cumulative[group] += n
+    print(f"{path}: {total} samples")
+    for group, n in sorted(cumulative.items(), key=lambda kv: -kv[1]):
+        print(f"  {100 * n / max(total, 1):5.1f}% cumulative  {group}")
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {100 * n / max(total, 1):5.1f}% own         {frame}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("trees", nargs="*")
@@ -93,9 +131,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", metavar="DIR", help="one more round per tree under py-spy (raw stacks)"
     )
+    parser.add_argument("--summarize", nargs="+", metavar="RAW", help="summarize py-spy stacks")
     args = parser.parse_args()
+    if args.summarize:
+        for path in args.summarize:
+            summarize(path)
+        return
     if args.client:
-        result = asyncio.run(_client(args.client[0], args.client[1], args.n, 200))
+        pooler = os.environ.get("WIRE_MICRO_POOLER", "none")
+        result = asyncio.run(_client(args.client[0], args.client[1], args.n, 200, pooler))
         print("RESULT " + json.dumps(result), flush=True)
         return
 
@@ -126,8 +170,10 @@ def main() -> None:
         runs = [(tree, None) for tree in order]
         if args.profile:
             runs += [(tree, f"{args.profile}/{i}.txt") for i, tree in enumerate(args.trees)]
-        for tree, profile in runs:
-            env = {**os.environ, "PYTHONPATH": tree}
+        for variant, profile in runs:
+            # TREE or TREE:transaction (GATEWAY_DB_POOLER=transaction: unnamed statements)
+            tree, _, pooler = variant.partition(":")
+            env = {**os.environ, "PYTHONPATH": tree, "WIRE_MICRO_POOLER": pooler or "none"}
             command = [sys.executable, __file__, "--n", str(args.n), "--client", server.url, key]
             if profile:
                 spy = os.environ.get("PY_SPY") or str(Path(sys.executable).with_name("py-spy"))
@@ -162,14 +208,14 @@ def main() -> None:
             proc.wait()
             result["pg_cpu_ms"] = pg_cpu / args.n * 1000
             if profile:
-                print(tree, "profiled in", profile, flush=True)
+                print(variant, "profiled in", profile, flush=True)
                 continue
-            figures[tree].append(result)
-            print(tree, {k: round(v, 3) for k, v in result.items()}, flush=True)
+            figures[variant].append(result)
+            print(variant, {k: round(v, 3) for k, v in result.items()}, flush=True)
         print(f"load average {os.getloadavg()[0]:.2f}; medians over {args.rounds} rounds:")
-        for tree, rows in figures.items():
+        for variant, rows in figures.items():
             med = {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
-            print(tree, med)
+            print(variant, med)
     finally:
         server.destroy()
 

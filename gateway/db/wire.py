@@ -126,12 +126,26 @@ def uses_prepared(conn: AsyncConnection[Any]) -> bool:
     return conn.prepare_threshold is not None
 
 
+# (query, parameter types) → name: the query bytes come from psycopg's own conversion
+# cache, so their hash is computed once; bounded by clearing (names are recomputable)
+_NAMES: dict[tuple[bytes, tuple[int, ...] | None], bytes] = {}
+_NAMES_MAX = 4096
+
+
 def statement_name(bound: Bound) -> bytes:
     """The same text with the same parameter types is the same statement on every connection."""
-    digest = hashlib.blake2b(bound.query, digest_size=12)
-    if bound.types:
-        digest.update(repr(tuple(bound.types)).encode())
-    return b"gw_" + digest.hexdigest().encode()
+    types = tuple(bound.types) if bound.types is not None else None
+    key = (bound.query, types)
+    name = _NAMES.get(key)
+    if name is None:
+        digest = hashlib.blake2b(bound.query, digest_size=12)
+        if types:
+            digest.update(repr(types).encode())
+        name = b"gw_" + digest.hexdigest().encode()
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[key] = name
+    return name
 
 
 async def exchange(

@@ -26,7 +26,10 @@ object, so a replaced connection starts empty):
   at the head of the next pipeline, before anything that could fail;
 - a ``26000`` (no such prepared statement: a ``DISCARD ALL`` or a pooler that moved us to
   another server connection) forgets every name of the connection and runs the unit once
-  more; nothing of the failed attempt was committed, the Sync rolled it back.
+  more; nothing of the failed attempt was committed, the Sync rolled it back;
+- a ``42P05`` (the name exists already: a unit cancelled after its Parse ran, before its
+  answer was read, e.g. an admission timeout) registers the name and runs the unit once
+  more, for the same reason. A name always stands for the same text and types.
 
 Behind a transaction pooler (``GATEWAY_DB_POOLER=transaction``: the pool sets
 ``prepare_threshold=None`` on its connections) every statement is sent unnamed, Parse
@@ -57,6 +60,8 @@ from psycopg.pq.abc import PGconn, PGresult
 PREPARED_PER_CONNECTION = 256
 # the SQLSTATE of a Bind/Execute naming a statement the server does not know
 UNKNOWN_STATEMENT = "26000"
+# the SQLSTATE of a Parse under a name the server already holds
+DUPLICATE_STATEMENT = "42P05"
 
 TEXT = Format.TEXT
 BINARY = Format.BINARY
@@ -161,13 +166,20 @@ async def exchange(
     """
     state = state_of(conn)
     results = await _exchange(conn, state, statements, result_format)
-    if state.names or state.closing:
-        for res in results:
-            if res.status == _FATAL_ERROR and _sqlstate(res) == UNKNOWN_STATEMENT:
-                # our names are gone on the server (DISCARD ALL, another backend behind a
-                # pooler): nothing was committed, so start over with fresh Parses
-                state.forget()
-                return await _exchange(conn, state, statements, result_format)
+    for res in results:
+        if res.status != _FATAL_ERROR:
+            continue
+        sqlstate = _sqlstate(res)
+        if sqlstate == UNKNOWN_STATEMENT:
+            # our names are gone on the server (DISCARD ALL, another backend behind a
+            # pooler): nothing was committed, so start over with fresh Parses
+            state.forget()
+            return await _exchange(conn, state, statements, result_format)
+        if sqlstate == DUPLICATE_STATEMENT:
+            # a Parse whose answer we never read (the unit was cancelled) had run: the
+            # name is now registered; nothing was committed, so run the unit again
+            return await _exchange(conn, state, statements, result_format)
+        break
     return results
 
 
@@ -194,6 +206,7 @@ async def _exchange(
                     expect.append(b"")
                 state.closing = []
             names = state.names
+            parsing: set[bytes] = set()
             for st in statements:
                 if not prepared:
                     pgconn.send_query_params(
@@ -204,7 +217,8 @@ async def _exchange(
                 name = statement_name(st)
                 if name in names:
                     names.move_to_end(name)
-                else:
+                elif name not in parsing:  # a batch may repeat a statement: one Parse
+                    parsing.add(name)
                     pgconn.send_prepare(name, st.query, st.types)
                     expect.append(name)
                 pgconn.send_query_prepared(name, st.params, st.formats, result_format)
@@ -225,6 +239,9 @@ async def _exchange(
                 _register(state, kind)
             else:
                 failed_parse = res
+                if _sqlstate(res) == DUPLICATE_STATEMENT:
+                    # prepared on the server already, under the same text and types
+                    _register(state, kind)
     # anything after the statements' results is the Sync's own: a failed commit
     # (e.g. a deferred constraint), answered after every statement succeeded
     results.extend(raw[len(expect) :])

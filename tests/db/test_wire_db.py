@@ -68,6 +68,17 @@ def test_a_name_is_registered_only_when_its_parse_ran(pg_url: str, table: str) -
     run(scenario())
 
 
+def test_a_statement_repeated_in_one_pipeline_is_parsed_once(pg_url: str) -> None:
+    async def scenario() -> None:
+        async with await AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            query = ("SELECT %s::int * 2", [21])
+            results = await _exchange(conn, query, query, query)
+            assert [r.get_value(0, 0) for r in results] == [b"42"] * 3
+            assert len(wire.state_of(conn).names) == 1
+
+    run(scenario())
+
+
 def test_statement_k_failing_rolls_back_the_earlier_writes(pg_url: str, table: str) -> None:
     async def scenario() -> None:
         async with await AsyncConnection.connect(pg_url, autocommit=True) as conn:
@@ -133,6 +144,25 @@ def test_names_lost_on_the_server_are_prepared_again(pg_url: str) -> None:
             [res] = await _exchange(conn, query)
             assert res.status == ExecStatus.TUPLES_OK and res.get_value(0, 0) == b"2"
             assert len(await _names(conn)) == 1
+
+    run(scenario())
+
+
+def test_a_name_prepared_behind_our_back_is_adopted(pg_url: str) -> None:
+    """A unit cancelled after its Parse ran never read the answer: the next Parse of that
+    name fails with 42P05; the wire registers the name and runs the unit again."""
+
+    async def scenario() -> None:
+        async with await AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            state = wire.state_of(conn)
+            bound = state.bind("SELECT %s::text || 'x'", ["a"])
+            name = wire.statement_name(bound).decode()
+            assert not any(bound.types or ())  # a str goes as "unknown": no signature
+            await conn.execute(f"PREPARE {name} AS SELECT $1::text || 'x'")
+            [res] = await wire.exchange(conn, [bound])
+            assert res.status == ExecStatus.TUPLES_OK, res.error_message
+            assert res.get_value(0, 0) == b"ax"
+            assert list(state.names) == [name.encode()]
 
     run(scenario())
 

@@ -158,7 +158,9 @@ def main() -> None:
     try:
         migrate.upgrade(server.url)
         with connect(server.url) as conn:
-            project = create_project(conn, "wire-micro", rate_limit_per_minute=10**9)
+            project = create_project(
+                conn, "wire-micro", rate_limit_per_minute=10**9, requests_per_day=10**9
+            )
             create_table(conn, project.id, tabledef.parse_table(TODOS_TABLE))
             key = create_key(conn, project.id, key_type="server")["key"]
             conn.execute(f'INSERT INTO "{project.schema_name}".todos (title) VALUES (%s)', ("one",))

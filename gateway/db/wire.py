@@ -44,7 +44,6 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from psycopg import AsyncConnection
 from psycopg import errors as e
@@ -64,8 +63,6 @@ UNKNOWN_STATEMENT = "26000"
 DUPLICATE_STATEMENT = "42P05"
 
 TEXT = Format.TEXT
-BINARY = Format.BINARY
-_TUPLES_OK = ExecStatus.TUPLES_OK
 _COMMAND_OK = ExecStatus.COMMAND_OK
 _FATAL_ERROR = ExecStatus.FATAL_ERROR
 _PIPELINE_SYNC = ExecStatus.PIPELINE_SYNC
@@ -115,14 +112,15 @@ class WireState:
         self.closing.clear()
 
 
-_STATES: WeakKeyDictionary[AsyncConnection[Any], WireState] = WeakKeyDictionary()
-
-
 def state_of(conn: AsyncConnection[Any]) -> WireState:
-    state = _STATES.get(conn)
-    if state is None:
-        state = _STATES[conn] = WireState(conn)
-    return state
+    """The connection's own state, kept as an attribute of the connection object: it
+    lives and dies with it (a replaced connection starts with no names). Not a weak
+    mapping: the Transformer refers to the connection, which would keep it alive."""
+    try:
+        return conn._gateway_wire  # type: ignore[attr-defined,no-any-return]
+    except AttributeError:
+        state = conn._gateway_wire = WireState(conn)  # type: ignore[attr-defined]
+        return state
 
 
 def uses_prepared(conn: AsyncConnection[Any]) -> bool:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
+import weakref
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -210,3 +212,19 @@ def test_a_closed_connection_raises_operational_error(pg_url: str) -> None:
             await _exchange(conn, ("SELECT 1", []))
 
     run(scenario())
+
+
+def test_a_connection_with_wire_state_can_be_collected(pg_url: str) -> None:
+    """The state refers to its connection (through psycopg's Transformer): kept on the
+    connection itself, the pair is a cycle the collector frees, not a leak per connection."""
+
+    async def scenario() -> weakref.ref[AsyncConnection[Any]]:
+        conn = await AsyncConnection.connect(pg_url, autocommit=True)
+        await _exchange(conn, ("SELECT %s::int", [1]))
+        ref = weakref.ref(conn)
+        await conn.close()
+        return ref
+
+    ref = run(scenario())
+    gc.collect()
+    assert ref() is None

@@ -67,6 +67,7 @@ class Settings:
     pool_max_per_project: int | None = None
     pool_max_waiting: int | None = None
     pool_max_idle_s: float = 60.0
+    pool_max_lifetime_s: float = 1800.0
 
     # request log and observability
     log_flush_ms: int = 250
@@ -165,6 +166,7 @@ class Settings:
             pool_max_per_project=r.optional_int("GATEWAY_POOL_MAX_PER_PROJECT", minimum=1),
             pool_max_waiting=r.optional_int("GATEWAY_POOL_MAX_WAITING", minimum=0),
             pool_max_idle_s=r.float("GATEWAY_POOL_MAX_IDLE_S", 60.0, minimum=0.1),
+            pool_max_lifetime_s=r.float("GATEWAY_POOL_MAX_LIFETIME_S", 1800.0, minimum=1.0),
             log_flush_ms=r.int("GATEWAY_LOG_FLUSH_MS", 250, minimum=1),
             log_buffer_max=r.int("GATEWAY_LOG_BUFFER_MAX", 50_000, minimum=1),
             log_retention_days=r.int("GATEWAY_LOG_RETENTION_DAYS", 30, minimum=1),

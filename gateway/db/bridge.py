@@ -129,8 +129,13 @@ async def run_sync(
     fn: Callable[..., T],
     *args: Any,
     timeout: float | None = None,
+    discard: bool = False,
 ) -> T:
-    """``fn(SyncConnection, *args)`` in a worker thread on one pooled connection."""
+    """``fn(SyncConnection, *args)`` in a worker thread on one pooled connection.
+
+    ``discard``: close the connection afterwards instead of returning it (provisioning
+    fills a backend's catalog cache with the tables it creates: gateway/db/disposable.py).
+    """
     loop = asyncio.get_running_loop()
     async with acquire(pool, timeout) as aconn:
         work = asyncio.ensure_future(asyncio.to_thread(fn, SyncConnection(aconn, loop), *args))
@@ -142,3 +147,6 @@ async def run_sync(
             with contextlib.suppress(BaseException):
                 await work
             raise
+        finally:
+            if discard and work.done():
+                await aconn.close()

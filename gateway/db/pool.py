@@ -47,7 +47,6 @@ logger = logging.getLogger("gateway.pool")
 T = TypeVar("T")
 
 RECONNECT_TIMEOUT_S = 5.0
-MAX_LIFETIME_S = 30 * 60.0
 SETUP_APPLICATION_NAME = "gateway-setup"
 
 # SQLSTATEs with which PostgreSQL announces that it ended the session itself. The server
@@ -188,7 +187,8 @@ def create_pool(
         timeout=plan.timeout,
         max_waiting=plan.max_waiting,
         max_idle=settings.pool_max_idle_s,
-        max_lifetime=MAX_LIFETIME_S,
+        # bounds what one backend caches of the catalog (docs/scaling.md)
+        max_lifetime=settings.pool_max_lifetime_s,
         reconnect_timeout=RECONNECT_TIMEOUT_S,
         kwargs=connection_kwargs(settings),
         connection_class=AsyncConnection,

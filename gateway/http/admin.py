@@ -151,7 +151,9 @@ def _handler(route: AdminRoute, settings: Settings) -> Any:
             if route.is_async:
                 data = await route.call(call)  # type: ignore[misc]
             else:
-                data = await run_sync(state.pool, route.call, call)
+                # calls that change things may create schemas and tables: their
+                # connection is not kept (gateway/db/disposable.py)
+                data = await run_sync(state.pool, route.call, call, discard=route.method != "GET")
         except NotFoundError as exc:
             return refuse(404, "NOT_FOUND", str(exc), field=exc.field)
         except ConflictError as exc:

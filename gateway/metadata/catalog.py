@@ -2,13 +2,17 @@
 
 The metadata cache loads a ``ProjectCatalog`` in one query and shares it between
 requests, so these types are frozen: a request can never change what another sees.
-Identifiers that reach SQL come only from here (never from the request body).
+Identifiers that reach SQL come only from here (never from the request body). The one
+mutable part, ``ProjectCatalog.plans``, holds only what is derived from the frozen rest
+(compiled statements), so sharing it changes no answer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+
+from gateway.metadata.plancache import PlanCache
 
 KeyType = Literal["public", "server", "admin"]
 RowAccess = Literal["all", "owner", "public_read"]
@@ -62,6 +66,9 @@ class ProjectCatalog:
     project_id: str
     schema_name: str
     tables: dict[str, TableInfo]
+    # the plans compiled against this catalog (query/compiler.py): never copied, so a
+    # catalog made from another (dataclasses.replace too) starts with none
+    plans: PlanCache = field(default_factory=PlanCache, init=False, compare=False, repr=False)
 
     def table(self, name: str) -> TableInfo | None:
         return self.tables.get(name)

@@ -9,6 +9,11 @@ Safety by construction:
   each converted in Python first, so a wrong value is a 400 ``INVALID_VALUE`` naming the
   column rather than a PostgreSQL error.
 
+Compiled once per query shape: ``compile_query`` keeps the statement's text and where
+each parameter comes from as a plan on the catalog (``plans.py``); a later request of
+the same shape binds its own values into it and runs the value checks again, nothing
+else (docs/query-api.md "How a query becomes SQL").
+
 Every statement answers exactly ONE row ``(data text, count bigint, matched bigint)``:
 ``data`` is the JSON array text of the rows (columns in the requested order) or NULL when
 the statement returns no rows by design; ``count`` is rows returned/affected; ``matched``
@@ -24,17 +29,28 @@ after COMMIT was sent); the executor turns that into 400 ``ROW_LIMIT_EXCEEDED``.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import GatewayError
-from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog, TableInfo
+from gateway.metadata.catalog import ColumnInfo, Principal, ProjectCatalog
 from gateway.query import permissions as perm
 from gateway.query import sqltext as sql
-from gateway.query.contract import Filter, Query
-from gateway.query.values import BadValue, ColumnType, column_type, convert
+from gateway.query.builder import (
+    Builder,
+    Param,
+    owner_check,
+    query_limit,
+    query_max_rows,
+    query_offset,
+    row_owner_value,
+    row_value,
+    session_user_text,
+    set_value,
+)
+from gateway.query.contract import Query
+from gateway.query.plans import Plan, shape_key
 
 PUBLIC_DEFAULT_MAX_ROWS = 50
 ROW_LIMIT_MARKER = "gateway_row_limit_exceeded:"
@@ -46,153 +62,18 @@ _ANSWER_BYTES_SO_FAR = sql.SQL(
 )
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
-_OPERATORS: dict[str, str] = {
-    "eq": "=",
-    "neq": "<>",
-    "gt": ">",
-    "gte": ">=",
-    "lt": "<",
-    "lte": "<=",
-    "like": "LIKE",
-    "ilike": "ILIKE",
-    "contains": "@>",
-    "containedBy": "<@",
-    "overlaps": "&&",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class CompiledStatement:
-    sql: sql.Composed
+    """One statement to run: ``text`` is the same string object for every request of a
+    query shape (the plan's), ``params`` this request's values in ``%s`` order."""
+
+    text: str
     params: list[Any]
     operation: str
     table: str
     max_rows: int | None
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
-
-
-# --- building blocks ------------------------------------------------------------------
-
-
-class _Builder:
-    def __init__(
-        self,
-        catalog: ProjectCatalog,
-        table: TableInfo,
-        principal: Principal,
-        owner: str | None = None,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        in_batch: bool = False,
-    ) -> None:
-        self.catalog = catalog
-        self.max_response_bytes = max_response_bytes
-        self.in_batch = in_batch
-        self.table = table
-        self.principal = principal
-        self.params: list[Any] = []
-        self.target = sql.Identifier(catalog.schema_name, table.name)
-        # the session user this statement is held to (owner tables, public keys), else None
-        self.owner = owner
-
-    def ctype(self, column: ColumnInfo) -> ColumnType:
-        ctype = column_type(column)
-        if ctype is None:
-            raise GatewayError(
-                "INVALID_COLUMN",
-                f"column '{column.name}' has a type the gateway cannot take values for",
-                details={"column": column.name, "type": column.data_type},
-            )
-        return ctype
-
-    def value(
-        self, column: ColumnInfo, value: Any, field: str, *, as_array: bool | None = None
-    ) -> sql.Composed:
-        """``%s::<type>`` with the converted value bound; ``as_array`` forces ``<base>[]``."""
-        ctype = self.ctype(column)
-        array = ctype.is_array if as_array is None else as_array
-        try:
-            converted = convert(ctype, value, as_array=array)
-        except BadValue as exc:
-            raise GatewayError(
-                "INVALID_VALUE",
-                f"{field}: invalid value for column '{column.name}': {exc}",
-                details={"field": field, "column": column.name},
-            ) from None
-        self.params.append(converted)
-        cast = ctype.element_array_cast if array else ctype.cast
-        return sql.SQL("%s::{}").format(cast)
-
-    def col(self, column: ColumnInfo, alias: str = "x") -> sql.Composable:
-        return sql.Identifier(alias, column.name)
-
-    def where(self, filters: Sequence[Filter], field: str) -> sql.Composable:
-        parts = [self.filter(f, f"{field}[{i}]") for i, f in enumerate(filters)]
-        if self.owner is not None:
-            # the owner condition, last so its parameter follows the filters' (the row
-            # policies enforce the same rule again in PostgreSQL: docs/auth.md)
-            assert self.table.owner_column is not None
-            self.params.append(uuid.UUID(self.owner))
-            parts.append(
-                sql.SQL("{} = %s::uuid").format(sql.Identifier("x", self.table.owner_column))
-            )
-        if not parts:
-            return sql.SQL("")
-        return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts)
-
-    def filter(self, f: Filter, field: str) -> sql.Composable:
-        column = perm.require_readable(self.table, f.column, self.principal, f"{field}.column")
-        ref = self.col(column)
-        vfield = f"{field}.value"
-        if f.op == "is":
-            word = {None: "NULL", True: "TRUE", False: "FALSE"}[f.value]
-            if f.value is not None and column_type(column) != ColumnType("boolean", False):
-                raise self._bad_filter(field, f"'is {word.lower()}' needs a boolean column")
-            return sql.SQL("{} IS " + word).format(ref)
-        ctype = self.ctype(column)
-        if f.op == "in":
-            if ctype.is_array or ctype.base == "jsonb":
-                raise self._bad_filter(field, "'in' needs a scalar column")
-            return sql.SQL("{} = ANY({})").format(
-                ref, self.value(column, f.value, vfield, as_array=True)
-            )
-        if f.op in ("like", "ilike"):
-            if ctype.base != "text" or ctype.is_array:
-                raise self._bad_filter(field, f"'{f.op}' needs a text column")
-        elif f.op in ("contains", "containedBy", "overlaps") and not (
-            ctype.is_array or (ctype.base == "jsonb" and f.op != "overlaps")
-        ):
-            allowed = "an array column" if f.op == "overlaps" else "an array or jsonb column"
-            raise self._bad_filter(field, f"'{f.op}' needs {allowed}")
-        op = sql.SQL(_OPERATORS[f.op])
-        return sql.SQL("{} {} {}").format(ref, op, self.value(column, f.value, vfield))
-
-    @staticmethod
-    def _bad_filter(field: str, message: str) -> GatewayError:
-        return GatewayError(
-            "INVALID_FILTER", f"{field}: {message}", details={"field": f"{field}.op"}
-        )
-
-    def sort_keys(self, query: Query) -> list[tuple[sql.Composable, sql.SQL]]:
-        """Each sort as (column reference, "ASC NULLS LAST"-style direction)."""
-        keys = []
-        for i, s in enumerate(query.sorts):
-            column = perm.require_readable(
-                self.table, s.column, self.principal, f"{query.field}.sorts[{i}].column"
-            )
-            direction = ("DESC" if s.descending else "ASC") + (
-                " NULLS FIRST" if s.nulls_first else " NULLS LAST"
-            )
-            keys.append((self.col(column), sql.SQL(direction)))
-        return keys
-
-    def returning(self, query: Query) -> tuple[ColumnInfo, ...]:
-        return perm.returning_columns(
-            self.table,
-            query.returning,
-            self.principal,
-            f"{query.field}.returning",
-            explicit=query.returning is not None,
-        )
 
 
 def _column_list(cols: Sequence[ColumnInfo], alias: str = "x") -> sql.Composable:
@@ -206,7 +87,7 @@ def _returning_clause(cols: Sequence[ColumnInfo]) -> sql.Composable:
 
 
 def _data_expr(
-    b: _Builder, cols: Sequence[ColumnInfo], alias: str, params: list[Any]
+    b: Builder, cols: Sequence[ColumnInfo], alias: str, params: list[Param]
 ) -> sql.Composable:
     """A mutation's RETURNING rows as JSON text, bounded like a select's answer; the
     bound's parameter is appended to ``params`` (the caller places it in text order)."""
@@ -214,11 +95,11 @@ def _data_expr(
         return sql.SQL("NULL::text")
     # alias.* (not a bare alias): a bare name would mean a column if one had that name.
     data = sql.SQL("coalesce(json_agg({}.*), '[]')::text").format(sql.Identifier(alias))
-    params.append(b.max_response_bytes)
+    params.append(b.const(b.max_response_bytes))
     return _bounded(b, data)
 
 
-def _bounded(b: _Builder, data: sql.Composable) -> sql.Composable:
+def _bounded(b: Builder, data: sql.Composable) -> sql.Composable:
     """``data`` (an aggregate's JSON text), or an error past the answer bound (one ``%s``).
 
     The answer is bounded in the statement (docs/query-api.md "Bounded answers"): the
@@ -246,13 +127,13 @@ def _bounded(b: _Builder, data: sql.Composable) -> sql.Composable:
 # --- the four operations --------------------------------------------------------------
 
 
-def _compile_select(b: _Builder, query: Query) -> sql.Composable:
+def _compile_select(b: Builder, query: Query) -> sql.Composable:
     cols = perm.select_columns(b.table, query.columns, b.principal, f"{query.field}.columns")
     # the answer-size bound comes first in the text, then WHERE, LIMIT and OFFSET
-    b.params.append(b.max_response_bytes)
+    b.params.append(b.const(b.max_response_bytes))
     where = b.where(query.filters, f"{query.field}.filters")
     keys = b.sort_keys(query)
-    b.params.extend([query.limit, query.offset])
+    b.params.extend([b.bind(query_limit), b.bind(query_offset)])
     # The inner query filters, sorts and limits (a top-N sort) and passes the values on
     # under generated names (c0.., and the sort keys as k0..), so no user column name can
     # collide with them; the JSON is built only for the rows that survive the LIMIT, and
@@ -289,26 +170,31 @@ def _compile_select(b: _Builder, query: Query) -> sql.Composable:
     )
 
 
-def _compile_insert(b: _Builder, query: Query) -> sql.Composable:
+def _compile_insert(b: Builder, query: Query) -> sql.Composable:
     assert query.data is not None
     field = f"{query.field}.data"
     single = len(query.data) == 1
-    data = query.data
     names = query.data_columns
     if b.owner is not None:
-        data, names = _owned_rows(b, query, field)
+        names = _owned_rows(b, query, field)
     columns = [_insert_column(b, name, f"{field}.{name}") for name in names]
     ret = b.returning(query)
     if not columns:
         body = sql.SQL("DEFAULT VALUES")
     else:
+        owner_column = b.table.owner_column if b.owner is not None else None
         rows = []
-        for i, row in enumerate(data):
+        for i in range(len(query.data)):
             rfield = field if single else f"{field}[{i}]"
             rows.append(
                 sql.SQL("({})").format(
                     sql.SQL(", ").join(
-                        b.value(c, row[c.name], f"{rfield}.{c.name}") for c in columns
+                        b.value(
+                            c,
+                            session_user_text if c.name == owner_column else row_value(i, c.name),
+                            f"{rfield}.{c.name}",
+                        )
+                        for c in columns
                     )
                 )
             )
@@ -327,7 +213,7 @@ def _compile_insert(b: _Builder, query: Query) -> sql.Composable:
     )
 
 
-def _insert_column(b: _Builder, name: str, field: str) -> ColumnInfo:
+def _insert_column(b: Builder, name: str, field: str) -> ColumnInfo:
     """A column an insert writes. The owner column of an owner table is filled by the
     gateway with the session's user, so its client-write flag doesn't apply."""
     if b.owner is not None and name == b.table.owner_column:
@@ -337,33 +223,21 @@ def _insert_column(b: _Builder, name: str, field: str) -> ColumnInfo:
     return perm.require_writable(b.table, name, b.principal, field)
 
 
-def _owned_rows(
-    b: _Builder, query: Query, field: str
-) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+def _owned_rows(b: Builder, query: Query, field: str) -> tuple[str, ...]:
     """An insert by a session on an owner table: every row's owner column is the session's
-    user — filled when absent or null, 403 ``ROW_OWNER_MISMATCH`` when it names another."""
+    user — filled when absent or null, 403 ``ROW_OWNER_MISMATCH`` when it names another
+    (checked per request, every row before any value). The columns written."""
     assert query.data is not None and b.owner is not None
     owner_column = b.table.owner_column
     assert owner_column is not None
     single = len(query.data) == 1
-    rows: list[dict[str, Any]] = []
-    for i, row in enumerate(query.data):
-        value = row.get(owner_column)
-        if value is not None and not _same_user(value, b.owner):
-            rfield = field if single else f"{field}[{i}]"
-            raise perm.owner_mismatch(b.table, f"{rfield}.{owner_column}")
-        rows.append({**row, owner_column: b.owner})
+    for i in range(len(query.data)):
+        rfield = field if single else f"{field}[{i}]"
+        b.check(owner_check(b.table, row_owner_value(i, owner_column), f"{rfield}.{owner_column}"))
     names = query.data_columns
     if owner_column not in names:
         names = (*names, owner_column)
-    return rows, names
-
-
-def _same_user(value: Any, user_id: str) -> bool:
-    try:
-        return isinstance(value, str) and uuid.UUID(value) == uuid.UUID(user_id)
-    except ValueError:
-        return False
+    return names
 
 
 def _effective_max_rows(query: Query, principal: Principal) -> int | None:
@@ -372,7 +246,7 @@ def _effective_max_rows(query: Query, principal: Principal) -> int | None:
     return PUBLIC_DEFAULT_MAX_ROWS if principal.is_public else None
 
 
-def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Composable:
+def _compile_mutation(b: Builder, query: Query, max_rows: int | None) -> sql.Composable:
     if not query.filters:
         raise GatewayError(
             "FILTERLESS_MUTATION",
@@ -390,18 +264,19 @@ def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Co
     if query.operation == "update":
         assert query.set is not None
         sets = []
-        for name, val in query.set:
+        for i, (name, _) in enumerate(query.set):
             f = f"{query.field}.set.{name}"
+            raw = set_value(i)
             owner_set = b.owner is not None and name == b.table.owner_column
-            if owner_set and not _same_user(val, b.owner or ""):
+            if owner_set:
                 # a public key can't hand its rows to another user
-                raise perm.owner_mismatch(b.table, f)
+                b.check(owner_check(b.table, raw, f))
             # setting it to the session's own user is a no-op (a client may send a whole
             # row back), whatever the column's client-write flag says
             column = b.table.column(name) if owner_set else None
             if column is None:
                 column = perm.require_writable(b.table, name, b.principal, f)
-            sets.append(sql.SQL("{} = {}").format(sql.Identifier(name), b.value(column, val, f)))
+            sets.append(sql.SQL("{} = {}").format(sql.Identifier(name), b.value(column, raw, f)))
         set_clause = sql.SQL(", ").join(sets)
     b.params = outer
     ret = b.returning(query)
@@ -433,9 +308,10 @@ def _compile_mutation(b: _Builder, query: Query, max_rows: int | None) -> sql.Co
         m_cols = sql.SQL("x.ctid")
     condition = sql.SQL(" WHERE {} AND (SELECT n FROM c) <= %s::bigint").format(match)
     # m's WHERE, then u's SET and its guard, then the guard that aborts the transaction.
-    data_params: list[Any] = []
+    data_params: list[Param] = []
     data = _data_expr(b, ret, "u", data_params)
-    b.params.extend([*where_params, *set_params, max_rows, *data_params, max_rows])
+    bound = b.bind(query_max_rows) if query.max_rows is not None else b.const(max_rows)
+    b.params.extend([*where_params, *set_params, bound, *data_params, bound])
     return sql.SQL(
         "WITH m AS (SELECT {m_cols} FROM {target} AS x{where} FOR UPDATE OF x),"
         " c AS (SELECT count(*)::bigint AS n FROM m),"
@@ -466,20 +342,52 @@ def compile_query(
 
     A select's answer may hold at most ``max_response_bytes`` of row JSON
     (``GATEWAY_MAX_RESPONSE_BYTES``); ``in_batch``: together with the answers of the
-    transaction's earlier statements."""
+    transaction's earlier statements. Compiled once per query shape and catalog
+    (``query/plans.py``); later requests of the shape only bind their values."""
+    key = shape_key(query, principal, max_response_bytes, in_batch)
+    plan: Plan | None = catalog.plans.get(key)
+    if plan is None:
+        plan, params = _compile_plan(query, catalog, principal, max_response_bytes, in_batch)
+        catalog.plans.put(key, plan, plan.weight)
+    else:
+        params = plan.params(query, principal.user_id)
+    max_rows = _effective_max_rows(query, principal) if plan.mutation else None
+    return CompiledStatement(
+        plan.text, params, plan.operation, plan.table, max_rows, max_response_bytes
+    )
+
+
+def _compile_plan(
+    query: Query,
+    catalog: ProjectCatalog,
+    principal: Principal,
+    max_response_bytes: int,
+    in_batch: bool,
+) -> tuple[Plan, list[Any]]:
+    """The whole compiler on one request: its plan, and its parameters."""
     write = query.operation != "select"
     table = perm.resolve_table(catalog, query.table, principal, write=write)
     owner = perm.row_owner(table, principal, write=write)
-    b = _Builder(catalog, table, principal, owner, max_response_bytes, in_batch)
-    max_rows: int | None = None
+    b = Builder(query, table, principal, catalog.schema_name, owner, max_response_bytes, in_batch)
     if query.operation == "select":
         composed = _compile_select(b, query)
     elif query.operation == "insert":
         composed = _compile_insert(b, query)
     else:
-        max_rows = _effective_max_rows(query, principal)
-        composed = _compile_mutation(b, query, max_rows)
-    assert isinstance(composed, sql.Composed)
-    return CompiledStatement(
-        composed, b.params, query.operation, table.name, max_rows, max_response_bytes
+        composed = _compile_mutation(b, query, _effective_max_rows(query, principal))
+    # the parameters in text order → each source's positions (maxRows is bound twice)
+    positions: dict[int, list[int]] = {}
+    for position, param in enumerate(b.params):
+        positions.setdefault(id(param), []).append(position)
+    plan = Plan(
+        text=composed.as_string(),
+        template=tuple(None if p.source is not None else p.value for p in b.params),
+        steps=tuple(
+            (tuple(positions.get(id(param), ())) if param is not None else (), source)
+            for param, source in b.steps
+        ),
+        operation=query.operation,
+        table=table.name,
+        mutation=write and query.operation != "insert",
     )
+    return plan, [p.value for p in b.params]

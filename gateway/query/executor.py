@@ -178,7 +178,7 @@ async def run_transaction(
         )
         bound = [setup]
         for st in statements:
-            bound.append(state.bind(st.sql.as_string(), st.params))
+            bound.append(state.bind(st.text, st.params))
         results = await wire.exchange(conn, bound)
     except psycopg.Error as exc:
         # raised before the server answered: a value psycopg cannot encode, or the

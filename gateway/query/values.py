@@ -1,7 +1,7 @@
 """Column types and values: which registered types the gateway takes values for, and how a
 JSON value becomes the Python value psycopg binds for a column of that type.
 
-The compiler (``compiler.py``) binds every value through ``convert``, so a wrong value is
+The compiler (``compiler.py``) binds every value through ``converter``, so a wrong value is
 a 400 ``INVALID_VALUE`` naming the column rather than a PostgreSQL error, and writes each
 value's cast from the allowlist here (``ColumnType.cast``), never from the catalog's
 string. Kept apart from statement assembly: these rules are per type and change on their
@@ -222,18 +222,33 @@ def _scalar_converter(base: str) -> Callable[[Any], Any]:
     }[base]
 
 
-def convert(ctype: ColumnType, value: Any, *, as_array: bool) -> Any:
-    """A JSON value → the Python value psycopg binds; ``None`` stays SQL NULL."""
-    if value is None:
-        return None
-    scalar = _scalar_converter(ctype.base)
+# one converter per base type, built once (a compiled plan converts on every request)
+_SCALAR: dict[str, Callable[[Any], Any]] = {
+    base: _scalar_converter(base) for base in set(_BASE_TYPES.values())
+}
+
+
+def converter(ctype: ColumnType, *, as_array: bool) -> Callable[[Any], Any]:
+    """One column type's conversion, resolved once: a JSON value → the Python value
+    psycopg binds (``None`` stays SQL NULL); a wrong value raises ``BadValue``."""
+    scalar = _SCALAR[ctype.base]
     if not as_array:
-        return scalar(value)
-    if not isinstance(value, list):
-        raise BadValue(f"expected an array of {ctype.base}")
-    out = []
-    for item in value:
-        if isinstance(item, list):
-            raise BadValue("nested arrays are not supported")
-        out.append(None if item is None else scalar(item))
-    return out
+
+        def one(value: Any) -> Any:
+            return None if value is None else scalar(value)
+
+        return one
+
+    def many(value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise BadValue(f"expected an array of {ctype.base}")
+        out = []
+        for item in value:
+            if isinstance(item, list):
+                raise BadValue("nested arrays are not supported")
+            out.append(None if item is None else scalar(item))
+        return out
+
+    return many

@@ -34,6 +34,8 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection, sql
 
+from gateway.db.disposable import disposable
+
 logger = logging.getLogger("gateway.quotas")
 
 BATCH = 50
@@ -173,8 +175,10 @@ def install(maintenance: Any, sample_s: float) -> DbSizeSampler:
 
     async def job(conn: AsyncConnection[Any]) -> int:
         # Not in the leader's transaction: VACUUM can't run in one, and each batch must
-        # commit (and release its locks) on its own.
-        async with maintenance.pool.connection() as own:
+        # commit (and release its locks) on its own. A disposable connection: a tick
+        # touches up to MAX_PER_TICK projects' tables, whose catalog entries must not stay
+        # cached in a pooled backend (gateway/db/disposable.py).
+        async with disposable(maintenance.pool) as own:
             return await sampler.run(own)
 
     maintenance.register("quota_db_size", job)

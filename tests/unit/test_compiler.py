@@ -22,7 +22,7 @@ def compile_(obj: dict[str, Any], principal: Principal = SERVER) -> CompiledStat
 
 
 def text(st: CompiledStatement) -> str:
-    return st.sql.as_string(None)
+    return st.text
 
 
 def test_select_shape() -> None:

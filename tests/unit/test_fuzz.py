@@ -29,7 +29,7 @@ def _check(body: Any) -> None:
         try:
             for query in parse_batch_body(body) if "queries" in body else [parse_query_body(body)]:
                 statement = compile_query(query, CATALOG, principal)
-                assert statement.sql.as_string(None).count("%s") == len(statement.params)
+                assert statement.text.count("%s") == len(statement.params)
         except GatewayError as err:
             assert 400 <= err.status < 500, err
             assert isinstance(err.message, str) and "\x00" not in err.message

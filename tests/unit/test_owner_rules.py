@@ -84,7 +84,7 @@ def test_owner_rules(key_type: str, session: bool, row_access: str, operation: s
         assert error.status == {"SESSION_REQUIRED": 401}.get(error.code, 403)
         return
     assert expected is None, f"expected {expected}"
-    text = statement.sql.as_string(None)
+    text = statement.text
     condition = '"x"."user_id" = %s::uuid' in text
     assert condition == (held and operation != "insert" and not operation.startswith("insert"))
     if held:

@@ -151,9 +151,9 @@ def test_returning_needs_a_readable_table() -> None:
     obj = {"operation": "insert", "table": "writeonly", "data": {"id": 1}, "returning": ["id"]}
     refused(obj, PUBLIC_WRITE_ONLY, "INSUFFICIENT_SCOPES")
     refused(obj, PUBLIC, "TABLE_NOT_READABLE")
-    assert compile_(obj, SERVER).sql is not None
+    assert compile_(obj, SERVER).text
     default = compile_({**obj, "returning": None}, PUBLIC)
-    assert "RETURNING 1" in default.sql.as_string(None)
+    assert "RETURNING 1" in default.text
 
 
 def test_schema_view_public() -> None:

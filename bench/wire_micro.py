@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -220,6 +221,7 @@ def main() -> None:
             print(variant, med)
     finally:
         server.destroy()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,17 @@ from typing import Any, Literal, overload
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg.rows import tuple_row
+from psycopg.pq import ExecStatus
 from psycopg.types.numeric import Int4
 
+from gateway.db import wire
 from gateway.errors import service_unavailable
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.admission")
 
 Row = tuple[Any, ...]
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 ADMIT_SQL = "SELECT * FROM gateway.admit(%s, %s, %s, %s, %s, %s)"
 LOOKUP_SQL = "SELECT * FROM gateway.lookup_key(%s)"
@@ -64,6 +66,8 @@ class AdmissionStatement:
             sliding,
             lock_timeout_ms,
         )
+        # reported by the admitter; what the wire reads is the same choice on the pool's
+        # connections (prepare_threshold=None behind a transaction pooler, gateway.db.wire)
         self.prepare = settings.db_pooler != "transaction"
 
     def admit(
@@ -180,11 +184,13 @@ class AdmissionStatement:
     async def _execute(
         self, conn: AsyncConnection[Any], query: str, params: tuple[Any, ...], many: bool
     ) -> Any:
-        async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(query, params, prepare=self.prepare)
-            if many:
-                return await cur.fetchall()
-            row = await cur.fetchone()
+        state = wire.state_of(conn)
+        [res] = await wire.exchange(conn, [state.bind(query, params)])
+        if res.status != TUPLES_OK:
+            wire.raise_for(res, conn)
+        if many:
+            return wire.all_rows(res, state)
+        row = wire.first_row(res, state)
         assert row is not None
         return row
 

@@ -9,7 +9,10 @@ Three parts:
   lifespan. Connections are in autocommit: admission is a statement that must commit on
   its own before the tenant query starts, and the executor opens its own explicit
   transaction. Behind a transaction pooler (``GATEWAY_DB_POOLER=transaction``) no
-  server-side prepared statements are used.
+  named server-side prepared statements are used. The names ``gateway.db.wire``
+  prepares are tracked per connection object: a connection the pool replaces starts
+  with none, and one whose server session lost them (``DISCARD ALL``) finds out by the
+  ``26000`` of its next statement and prepares them again.
 - **Checkout** (``acquire``, ``run_with_retry``): no connection within
   ``GATEWAY_POOL_TIMEOUT_S``, a full wait queue, or a database that can't be reached is a
   ``GatewayError`` 503 ``SERVICE_UNAVAILABLE`` with ``Retry-After: 1`` — never a hang. A
@@ -161,7 +164,9 @@ def connection_kwargs(settings: Settings) -> dict[str, Any]:
         "keepalives_count": 3,
     }
     if settings.db_pooler == "transaction":
-        kwargs["prepare_threshold"] = None  # no server-side prepared statements via PgBouncer
+        # no named server-side prepared statements via PgBouncer: psycopg's cursors read
+        # this, and so does gateway.db.wire (unnamed statements on these connections)
+        kwargs["prepare_threshold"] = None
     return kwargs
 
 

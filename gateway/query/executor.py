@@ -1,12 +1,13 @@
 """Running compiled statements: one transaction, one network round trip, mapped errors.
 
 The pool hands out AUTOCOMMIT connections (so admission, a separate statement, commits
-on its own). Here BEGIN, the transaction-local settings, every statement and COMMIT are
-queued in psycopg's pipeline mode and flushed together with a single Sync: the server
-answers them in one go, so a query costs one round trip however many statements a batch
-holds. When statement k fails, the server skips the rest up to the Sync (COMMIT
-included) and psycopg sends a ROLLBACK — one extra round trip, on failure only — so the
-connection always comes back idle with nothing committed.
+on its own). Here the transaction-local settings and every statement go out as ONE
+pipeline ending in ONE Sync (``gateway.db.wire``): in the extended protocol everything up
+to a Sync is one implicit transaction, committed by the Sync, or rolled back whole when
+statement k fails (the server skips the rest). No BEGIN, no COMMIT, no ROLLBACK round
+trip after a failure: a query costs one round trip, success or not, however many
+statements a batch holds, and the connection always comes back idle with nothing of a
+failed unit committed. Each statement is prepared once per connection (named by its text).
 
 Settings are transaction-local (``set_config(..., true)`` = ``SET LOCAL``): the role the
 project's statements run as, ``statement_timeout``, and ``TimeZone = UTC`` so timestamps
@@ -24,26 +25,31 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
-from psycopg import sql
+from psycopg.pq import ExecStatus
+from psycopg.pq.abc import PGresult
 
+from gateway.db import wire
 from gateway.errors import GatewayError
 from gateway.query.compiler import RESPONSE_LIMIT_MARKER, ROW_LIMIT_MARKER, CompiledStatement
 
 log = logging.getLogger("gateway.executor")
 
-_SETUP = sql.SQL(
-    "SELECT set_config('role', %s, true), set_config('statement_timeout', %s, true),"
-    " set_config('TimeZone', 'UTC', true),"
+TEXT_OID = 25
+
+_SETUP = (
+    b"SELECT set_config('role', $1, true), set_config('statement_timeout', $2, true),"
+    b" set_config('TimeZone', 'UTC', true),"
     # read by the row-level security policies of owner tables (gateway/control/rowpolicy.py)
-    " set_config('gateway.key_type', %s, true), set_config('gateway.user_id', %s, true),"
+    b" set_config('gateway.key_type', $3, true), set_config('gateway.user_id', $4, true),"
     # the answer bytes of the transaction's selects so far (compiler.py bounds the total)
-    " set_config('gateway.answer_bytes', '0', true)"
+    b" set_config('gateway.answer_bytes', '0', true)"
 )
-_BEGIN = sql.SQL("BEGIN")
-_COMMIT = sql.SQL("COMMIT")
+_SETUP_TYPES = (TEXT_OID,) * 4
+_TUPLES_OK = ExecStatus.TUPLES_OK
+_PIPELINE_ABORTED = ExecStatus.PIPELINE_ABORTED
 _ROW_LIMIT = re.compile(re.escape(ROW_LIMIT_MARKER) + r"(\d+)")
 _RESPONSE_LIMIT = re.compile(re.escape(RESPONSE_LIMIT_MARKER) + r"(\d+)")
 
@@ -156,65 +162,51 @@ async def run_transaction(
     if not statements:
         return []
     in_batch = len(statements) > 1 if batch is None else batch
-    setup = conn.cursor()
-    cursors: list[psycopg.AsyncCursor[Any]] = []
     try:
-        # Explicit BEGIN/COMMIT rather than conn.transaction(): the latter syncs (waits
-        # for the server) on entry and on exit, turning one round trip into four.
-        # prepare=False: psycopg's prepared-statement cache records a statement as
-        # prepared when its Parse is queued; if an earlier statement fails, the server
-        # skips that Parse and the next use of the "prepared" name fails (26000).
-        async with conn.pipeline():
-            await conn.execute(_BEGIN, prepare=False)
-            await setup.execute(
-                _SETUP,
-                [role, str(int(statement_timeout_ms)), key_type, user_id or ""],
-                prepare=False,
-            )
-            for st in statements:
-                cur = conn.cursor()
-                await cur.execute(st.text, st.params, prepare=False)
-                cursors.append(cur)
-            await conn.execute(_COMMIT, prepare=False)
-        rows = [await cur.fetchone() for cur in cursors]
+        state = wire.state_of(conn)
+        encoding = state.tx.encoding
+        setup = wire.Bound(
+            _SETUP,
+            [
+                role.encode(encoding),
+                str(int(statement_timeout_ms)).encode(),
+                key_type.encode(encoding),
+                (user_id or "").encode(encoding),
+            ],
+            _SETUP_TYPES,
+            None,
+        )
+        bound = [setup]
+        for st in statements:
+            bound.append(state.bind(st.text, st.params))
+        results = await wire.exchange(conn, bound)
     except psycopg.Error as exc:
+        # raised before the server answered: a value psycopg cannot encode, or the
+        # connection is lost
         await _ensure_idle(conn)
         if _propagates(exc):
             raise
-        if not _has_result(setup) and exc.sqlstate != "57014":
-            # BEGIN or the settings failed (e.g. the project role is missing): never the
-            # API user's fault, whatever the SQLSTATE says.
-            log.error("transaction setup failed: sqlstate=%s %s", exc.sqlstate, exc)
-            raise GatewayError(*_QUERY_FAILED) from None
-        index = _failed_index(cursors)
-        failed = statements[index] if index is not None else None
-        err = map_pg_error(
-            exc,
-            failed.max_rows if failed else None,
-            failed.max_response_bytes if failed else None,
-        )
-        if err.code == "QUERY_FAILED":
-            log.error(
-                "statement %s failed: sqlstate=%s %s", index, exc.sqlstate, exc, exc_info=False
-            )
-        else:
-            log.info("statement %s refused: sqlstate=%s", index, exc.sqlstate)
-        raise with_index(err, index if in_batch else None) from None
+        log.error("transaction setup failed: sqlstate=%s %s", exc.sqlstate, exc)
+        raise GatewayError(*_QUERY_FAILED) from None
     except Exception:
         # Not from PostgreSQL (e.g. a value psycopg cannot encode): leave the connection
         # idle for the pool and let the caller answer 500.
         await _ensure_idle(conn)
         raise
-    finally:
-        await setup.close()
-        for cur in cursors:
-            await cur.close()
-
-    results: list[StatementResult] = []
-    for i, (st, row) in enumerate(zip(statements, rows, strict=True)):
-        if row is None:  # pragma: no cover - every compiled statement answers one row
+    # results[0] is the settings', then one per statement, then a failed commit's error
+    for position, res in enumerate(results):
+        if res.status != _TUPLES_OK:
+            _raise_failure(conn, res, position, statements, in_batch)
+    encoding = conn.pgconn._encoding
+    out: list[StatementResult] = []
+    for i, st in enumerate(statements):
+        res = results[i + 1]
+        if res.ntuples != 1:  # pragma: no cover - every compiled statement answers one row
             raise with_index(GatewayError(*_QUERY_FAILED), i)
-        data, count, matched = row
+        data = res.get_value(0, 0)
+        count = res.get_value(0, 1)
+        raw_matched = res.get_value(0, 2)
+        matched = None if raw_matched is None else int(raw_matched)
         if st.max_rows is not None and matched is not None and matched > st.max_rows:
             # Unreachable while the compiler's guard aborts the transaction; kept so a
             # compiler change can never turn into a silent over-limit write report.
@@ -226,21 +218,51 @@ async def run_transaction(
                 ),
                 i if in_batch else None,
             )
-        results.append(StatementResult(data, int(count), st.operation, st.table, matched))
-    return results
+        out.append(
+            StatementResult(
+                None if data is None else bytes(data).decode(encoding),
+                int(count) if count is not None else 0,
+                st.operation,
+                st.table,
+                matched,
+            )
+        )
+    return out
 
 
-def _failed_index(cursors: list[psycopg.AsyncCursor[Any]]) -> int | None:
-    """The statement whose error this is: the first without a result (None: COMMIT)."""
-    for i, cur in enumerate(cursors):
-        if not _has_result(cur):
-            return i
-    return None
-
-
-def _has_result(cur: psycopg.AsyncCursor[Any]) -> bool:
-    res = cur.pgresult
-    return res is not None and res.status == psycopg.pq.ExecStatus.TUPLES_OK
+def _raise_failure(
+    conn: psycopg.AsyncConnection[Any],
+    res: PGresult,
+    position: int,
+    statements: list[CompiledStatement],
+    in_batch: bool,
+) -> NoReturn:
+    """The first result that is not rows: the settings' (position 0), statement
+    ``position - 1``'s, or past the statements the commit's at the Sync."""
+    if res.status == _PIPELINE_ABORTED:  # pragma: no cover - a failure always comes first
+        raise GatewayError(*_QUERY_FAILED)
+    exc = psycopg.errors.error_from_result(res, encoding=conn.pgconn._encoding)
+    if _propagates(exc):
+        raise exc
+    if position == 0 and exc.sqlstate != "57014":
+        # the settings failed (e.g. the project role is missing): never the API user's
+        # fault, whatever the SQLSTATE says
+        log.error("transaction setup failed: sqlstate=%s %s", exc.sqlstate, exc)
+        raise GatewayError(*_QUERY_FAILED) from None
+    index: int | None = max(position - 1, 0)
+    if position > len(statements):
+        index = None  # the commit
+    failed = statements[index] if index is not None else None
+    err = map_pg_error(
+        exc,
+        failed.max_rows if failed else None,
+        failed.max_response_bytes if failed else None,
+    )
+    if err.code == "QUERY_FAILED":
+        log.error("statement %s failed: sqlstate=%s %s", index, exc.sqlstate, exc, exc_info=False)
+    else:
+        log.info("statement %s refused: sqlstate=%s", index, exc.sqlstate)
+    raise with_index(err, index if in_batch else None) from None
 
 
 async def _ensure_idle(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -9,8 +9,9 @@ Every keyed surface admits through ``Pipeline.admitted`` (the data API's /query,
 becomes an answer in ``Outcome.refuse``, in the surface's envelope.
 
 Database round trips per admitted request: one for admission (key, rate limit and
-quota in one statement, committed on its own), one for the query (BEGIN, settings,
-statement and COMMIT pipelined). A metadata cache miss adds one.
+quota in one statement, committed on its own), one for the query (the settings and
+the statements in one pipeline, one implicit transaction: gateway/db/wire.py). A metadata
+cache miss adds one.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.db.disposable import expire
 from gateway.db.pool import acquire
 
 T = TypeVar("T")
@@ -149,4 +150,4 @@ async def run_sync(
             raise
         finally:
             if discard and work.done():
-                await aconn.close()
+                expire(aconn)

@@ -11,7 +11,7 @@ pool full of such connections holds the whole catalog in every backend (docs/sca
 
 ``disposable(pool)`` hands out a pooled connection (counted in the pool's budget like any
 other, so no connection is added beyond the plan) and closes it when the sweep is done:
-the pool replaces a closed connection with a fresh backend whose caches hold nothing.
+the pool replaces it with a fresh backend whose caches hold nothing.
 """
 
 from __future__ import annotations
@@ -33,5 +33,12 @@ async def disposable(
         try:
             yield conn
         finally:
-            # the pool sees a closed connection coming back, drops it and opens a new one
-            await conn.close()
+            expire(conn)
+
+
+def expire(conn: AsyncConnection[Any]) -> None:
+    """Make the pool replace ``conn`` when it comes back: psycopg_pool closes a connection
+    past its lifetime on return and opens a new one (closing it ourselves would do the
+    same, with a warning in the log each time). tests/db/test_disposable_connections.py
+    checks that the next checkout is another backend."""
+    conn._expire_at = 0.0

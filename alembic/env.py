@@ -7,6 +7,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
+import gateway.db.cell_models  # noqa: F401  (the cell directory's tables, on metadata)
 from gateway.db.migrate import sqlalchemy_url
 from gateway.db.models import SCHEMA, metadata
 

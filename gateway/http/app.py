@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.admission.admitter import Admitter
+from gateway.cells.runtime import CellRuntime
 from gateway.db.budget import PlanError, PoolPlan
 from gateway.db.pool import create_pool, plan_for
 from gateway.http import admin, auth_routes, front, routes
@@ -73,6 +74,8 @@ class GatewayState:
     listener: MetadataListener | None = None
     realtime: RealtimeHub | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # one runtime per cell (gateway/cells/runtime.py); "home"'s holds the fields above
+    cells: dict[str, CellRuntime] = field(default_factory=dict)
 
 
 def create_dev_app() -> Starlette:
@@ -136,6 +139,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         realtime_lifecycle.drain_on_signals(state.realtime)
         # end-user auth: its service, cleanup job and metrics (gateway/http/auth_routes.py)
         auth = auth_routes.install(state)
+        state.cells["home"] = CellRuntime(
+            name="home",
+            settings=settings,
+            pool=state.pool,
+            pool_plan=state.pool_plan,
+            pipeline=state.pipeline,
+            admitter=state.admitter,
+            metadata=state.metadata,
+            listener=state.listener,
+            realtime=state.realtime,
+            jobs=jobs,
+            auth=auth,
+        )
         try:
             # In the background: /readyz says 503 until it listens; requests never wait.
             await state.listener.start()

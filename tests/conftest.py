@@ -108,6 +108,24 @@ def make_project(pg_url: str) -> ProjectFactory:
     return factory
 
 
+@pytest.fixture(scope="session")
+def cell_databases(pg_url: str) -> Iterator[Callable[[int], list[str]]]:
+    """``cell_databases(n)``: n fresh databases on the session's server, each migrated to
+    head (a cell is a full gateway database), dropped at the end of the session. Register
+    them with ``tests.support.cells.register_cell``; a cell on its own server (to stop it)
+    is ``tests.support.cells.cell_server``."""
+    from contextlib import ExitStack
+
+    from tests.support.cells import cell_database
+
+    with ExitStack() as stack:
+
+        def make(n: int) -> list[str]:
+            return [stack.enter_context(cell_database(pg_url)) for _ in range(n)]
+
+        yield make
+
+
 @pytest.fixture
 def gateway_cluster(
     pg_url: str, request: pytest.FixtureRequest, tmp_path: Path

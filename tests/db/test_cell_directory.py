@@ -10,6 +10,7 @@ import pytest
 
 from gateway.cells import directory
 from gateway.control.errors import ConflictError, NotFoundError, ProvisioningError
+from tests.support.cells import make_cell_project, register_cell, remove_cell, unique_cell_name
 
 
 def _name(prefix: str) -> str:
@@ -60,3 +61,27 @@ def test_locate_finds_home_projects_and_placed_ones_and_keys_notify(
         "SELECT count(*) AS n FROM gateway.key_cells WHERE key_hash = %s", [key_hash]
     ).fetchone() == {"n": 0}
     db.execute("DELETE FROM gateway.cells WHERE name = %s", [cell.name])
+
+
+def test_a_project_made_on_a_cell_lives_there_and_is_located_through_the_directory(
+    pg_url: str, cell_databases: Any
+) -> None:
+    (cell_url,) = cell_databases(1)
+    name = unique_cell_name()
+    register_cell(pg_url, name, cell_url)
+    try:
+        project = make_cell_project(pg_url, name, cell_url)
+        with psycopg.connect(cell_url) as cell, psycopg.connect(pg_url) as control:
+            assert cell.execute(
+                "SELECT count(*) FROM gateway.projects WHERE id = %s", [project["id"]]
+            ).fetchone() == (1,)
+            assert control.execute(
+                "SELECT count(*) FROM gateway.projects WHERE id = %s", [project["id"]]
+            ).fetchone() == (0,)
+            assert control.execute(
+                "SELECT count(*) FROM gateway.key_cells WHERE project_id = %s", [project["id"]]
+            ).fetchone() == (2,)
+        with psycopg.connect(pg_url, row_factory=psycopg.rows.dict_row) as control:
+            assert directory.locate(control, project["name"]).cell == name
+    finally:
+        remove_cell(pg_url, name)

@@ -614,9 +614,19 @@ def _proc_stat(pid: int) -> tuple[int, float] | None:
 
 
 def postgres_pids(bench: Bench) -> list[int]:
-    """The postmaster and every process it forked (backends, walwriter, ...)."""
+    """The bench server's postmaster and every process it forked (backends, walwriter, ...)."""
+    return server_pids(bench.server)
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """The user+system CPU seconds the live processes among ``pids`` have spent so far."""
+    return sum(stat[1] for pid in pids if (stat := _proc_stat(pid)))
+
+
+def server_pids(server: LocalPostgres) -> list[int]:
+    """The postmaster of ``server`` and every process it forked."""
     try:
-        postmaster = int((bench.server.data_dir / "postmaster.pid").read_text().split()[0])
+        postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return []
     pids = [postmaster]

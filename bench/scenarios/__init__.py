@@ -19,4 +19,5 @@ SCENARIOS = [
     "jobs",
     "peer",
     "isolation",
+    "cells",
 ]

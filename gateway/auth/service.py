@@ -61,12 +61,17 @@ class Caller:
 
 
 class AuthService:
-    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+    def __init__(
+        self, settings: Settings, pipeline: Pipeline, *, hasher: Hasher | None = None
+    ) -> None:
+        """``hasher``: share one password-hashing pool between the services of an
+        instance's cells (gateway/cells/runtime.py); the owner closes it."""
         self.settings = settings
         self.config = settings.auth
         self.pipeline = pipeline
         self.pool = pipeline.pool
-        self.hasher = Hasher(
+        self.owns_hasher = hasher is None
+        self.hasher = hasher or Hasher(
             self.config.hash_workers, self.config.hash_queue_max, self.config.hash_nice
         )
         self.mailer = mail.Mailer(
@@ -81,7 +86,8 @@ class AuthService:
         }
 
     def close(self) -> None:
-        self.hasher.close()
+        if self.owns_hasher:
+            self.hasher.close()
 
     # --- the entry point ------------------------------------------------------------------
 

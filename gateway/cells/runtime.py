@@ -1,26 +1,62 @@
-"""``CellRuntime``: what one instance holds for one cell (one PostgreSQL database).
+"""``CellRuntime``: what one instance holds for one cell (one PostgreSQL database), and
+``Cells``: all of them, and the route from a request's key to one.
 
 Everything the request path needs for a project lives in its cell, so each cell has its
 own pool (sized from that cell's connection budget), LISTEN connection, catalog cache,
-admitter, pipeline, realtime hub, job worker and auth service. The instance holds one
-runtime per cell in ``GatewayState.cells``; ``home`` (the control database) is always
-there, and a single-database deployment has only ``home``.
+admitter, pipeline, realtime hub, job worker, auth service and maintenance leader.
+``home`` (the control database) is always there and is built by the app's lifespan with
+the instance-wide pieces (request log, metrics, bandwidth); a single-database deployment
+has only ``home`` and never consults the router.
+
+Lifecycle of a remote cell (``open_cell`` / ``CellRuntime.close``): the pool opens in the
+background (a cell that is down at start never keeps the instance from starting), the
+listener connects in the background, and while the listener is NOT connected the cell
+counts as down: its projects are answered 503 at once, without waiting for the pool's
+timeout (``Cells.runtime_for``). The listener reconnects by itself, and with it the cell.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.admission.admitter import Admitter
-from gateway.db.budget import PoolPlan
+from gateway.auth import store as auth_store
+from gateway.auth.keys import hash_key
+from gateway.auth.passwords import Hasher
+from gateway.auth.service import AuthService
+from gateway.cells.directory import HOME, Cell
+from gateway.cells.router import CellRouter
+from gateway.db.budget import PlanError, PoolPlan, plan_pool, static_plan
+from gateway.db.pool import create_pool, discover_limits
+from gateway.errors import GatewayError, service_unavailable
+from gateway.jobs.worker import CHANNEL as JOBS_CHANNEL
+from gateway.jobs.worker import JobsRuntime
 from gateway.metadata.cache import MetadataCache
 from gateway.metadata.listener import MetadataListener
+from gateway.ops.maintenance import ConnectionSampler, Maintenance, install_default_jobs
 from gateway.query.pipeline import Pipeline
+from gateway.quotas.bandwidth import BandwidthMeter
+from gateway.realtime import lifecycle as realtime_lifecycle
 from gateway.realtime.hub import RealtimeHub
 from gateway.settings import Settings
+
+logger = logging.getLogger("gateway.cells")
+
+DIRECTORY_CHANNEL = "gateway_directory"
+# how long a remote cell's budget discovery may take at start before the static plan
+DISCOVERY_TIMEOUT_S = 3.0
+
+CELLS_SQL = """
+SELECT name, database_url, direct_url, max_connections, status, 0
+  FROM gateway.cells ORDER BY name
+"""
 
 
 @dataclass
@@ -39,3 +75,199 @@ class CellRuntime:
     realtime: RealtimeHub | None = None
     jobs: Any = None  # gateway.jobs.worker.JobsRuntime
     auth: Any = None  # gateway.auth.service.AuthService
+    bandwidth: BandwidthMeter | None = None
+    maintenance: Maintenance | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        """False while the cell's database is known to be unreachable (its LISTEN
+        connection is down): requests for its projects get 503 at once."""
+        return self.name == HOME or self.listener is None or self.listener.connected
+
+    def stats(self) -> dict[str, Any]:
+        pool_stats = self.pool.get_stats() if self.pool is not None else {}
+        return {
+            "available": int(self.available),
+            "pool_size": pool_stats.get("pool_size", 0),
+            "pool_available": pool_stats.get("pool_available", 0),
+            "requests_waiting": pool_stats.get("requests_waiting", 0),
+            "connections_errors": pool_stats.get("connections_errors", 0),
+            "pool_max": self.pool_plan.pool_max if self.pool_plan else 0,
+        }
+
+    async def close(self) -> None:
+        """Stop in reverse order of ``open_cell``; home is closed by the app's lifespan."""
+        if self.jobs is not None:
+            await self.jobs.stop()
+        if self.listener is not None:
+            await self.listener.stop()
+        if self.maintenance is not None:
+            await self.maintenance.stop()
+        if self.realtime is not None:
+            await self.realtime.stop()
+        if self.auth is not None:
+            self.auth.close()
+        if self.bandwidth is not None:
+            await self.bandwidth.stop()
+        if self.pool is not None:
+            await self.pool.close()
+
+
+async def cell_plan(cell: Cell, settings: Settings) -> PoolPlan:
+    """A cell's pool plan: its recorded budget (``cells.max_connections``), else the one
+    discovered from its database like home's, else (database down at start) the static
+    default; always divided by ``GATEWAY_INSTANCES``."""
+    if cell.max_connections is not None:
+        reserved = settings.db_reserved_connections
+        return plan_pool(
+            settings, cell.max_connections, 3 if reserved is None else reserved, source="cell"
+        )
+    try:
+        limits = await discover_limits(settings, timeout=DISCOVERY_TIMEOUT_S)
+    except psycopg.OperationalError:
+        return static_plan(settings)
+    max_connections, reserved, source = limits
+    return plan_pool(settings, max_connections, reserved, source=source)
+
+
+async def open_cell(cell: Cell, control: Settings, *, hasher: Hasher | None = None) -> CellRuntime:
+    """Build and start one remote cell's runtime; never waits for its database."""
+    settings = cell.settings(control)
+    runtime = CellRuntime(name=cell.name, settings=settings)
+    try:
+        runtime.pool_plan = await cell_plan(cell, settings)
+    except PlanError as exc:
+        logger.error("cell %s: %s; using the static plan", cell.name, exc)
+        runtime.pool_plan = static_plan(settings)
+    pool = create_pool(settings, runtime.pool_plan)
+    runtime.pool = pool
+    await pool.open(wait=False)
+    metadata = MetadataCache(settings, pool=pool)
+    listener = MetadataListener(
+        settings, on_project=metadata.invalidate, on_all=metadata.invalidate_all
+    )
+    metadata.attach_listener(listener)
+    admitter = Admitter(settings, invalidation_live=lambda: listener.connected)
+    listener.add_callbacks(on_project=admitter.forget_project, on_all=admitter.forget_all)
+    runtime.metadata, runtime.listener, runtime.admitter = metadata, listener, admitter
+    runtime.pipeline = Pipeline(settings, pool, metadata=metadata, admitter=admitter)
+    # the cell's own maintenance leader (elected in the cell's database): retention of
+    # its change log, jobs, sessions; its own bandwidth meter (quota_usage lives there)
+    maintenance = Maintenance(settings, pool)
+    install_default_jobs(maintenance, ConnectionSampler())
+    runtime.maintenance = maintenance
+    runtime.extras["maintenance"] = maintenance
+    runtime.bandwidth = BandwidthMeter(settings, pool)
+    runtime.realtime = RealtimeHub(settings, pool)
+    realtime_lifecycle.install(runtime.realtime, runtime.extras)
+    realtime_lifecycle.drain_on_signals(runtime.realtime)
+    runtime.jobs = JobsRuntime(settings, runtime.extras)
+    listener.add_channel(JOBS_CHANNEL, runtime.jobs.wake)
+    runtime.auth = AuthService(settings, runtime.pipeline, hasher=hasher)
+    window_s = settings.auth.throttle_window_s
+
+    async def auth_cleanup(conn: psycopg.AsyncConnection[Any]) -> int:
+        return await auth_store.cleanup(conn, window_s)
+
+    maintenance.register("auth_cleanup", auth_cleanup, every_s=60.0)
+    maintenance.start()
+    runtime.bandwidth.start()
+    await listener.start()
+    await runtime.jobs.start(pool)
+    logger.info("cell %s opened: %s", cell.name, runtime.pool_plan.summary())
+    return runtime
+
+
+class Cells:
+    """The instance's cells by name, and the way from a request's key to its cell."""
+
+    def __init__(self, control: Settings) -> None:
+        self.control = control
+        self.runtimes: dict[str, CellRuntime] = {}
+        self.router = CellRouter(None)
+        self.hasher: Hasher | None = None
+
+    @property
+    def home(self) -> CellRuntime:
+        return self.runtimes[HOME]
+
+    @property
+    def single(self) -> bool:
+        """Only home: every key is home's, nothing to look up."""
+        return len(self.runtimes) <= 1
+
+    def attach_home(self, home: CellRuntime, hasher: Hasher | None) -> None:
+        """Home is built by the app's lifespan; its pool answers the directory lookups and
+        its listener carries the directory's notifications."""
+        self.runtimes[HOME] = home
+        self.hasher = hasher
+        listener = home.listener
+        self.router = CellRouter(
+            home.pool, live=(lambda: listener.connected) if listener is not None else lambda: True
+        )
+        if listener is not None:
+            listener.add_channel(DIRECTORY_CHANNEL, self.on_notify)
+            listener.add_callbacks(on_all=self.router.forget_all)
+
+    async def open_remote(self) -> None:
+        """Start a runtime for every cell in the directory that has none yet (at start,
+        and on NOTIFY ``cells``)."""
+        home = self.home
+        assert home.pool is not None
+        try:
+            async with home.pool.connection() as conn:
+                cur = await conn.execute(CELLS_SQL)
+                rows = await cur.fetchall()
+        except psycopg.Error as exc:
+            logger.warning("cells: the directory could not be read: %s", exc)
+            return
+        for name, url, direct, budget, status, _ in rows:
+            if name == HOME or name in self.runtimes:
+                continue
+            cell = Cell(name, url, direct, budget, status)
+            self.runtimes[name] = await open_cell(cell, self.control, hasher=self.hasher)
+
+    def on_notify(self, payload: str) -> None:
+        self.router.on_notify(payload)
+        if payload == "cells":
+            asyncio.get_running_loop().create_task(self.open_remote())
+
+    async def close_remote(self) -> None:
+        for name, runtime in list(self.runtimes.items()):
+            if name != HOME:
+                with contextlib.suppress(Exception):
+                    await runtime.close()
+                del self.runtimes[name]
+
+    # --- the request path ------------------------------------------------------------------
+
+    async def runtime_for(self, key: str | None) -> CellRuntime:
+        """The runtime of the key's cell; 503 ``SERVICE_UNAVAILABLE`` (Retry-After 1) when
+        that cell is down or unknown to this instance, or the directory can't be read."""
+        if self.single or not key:
+            return self.home
+        return await self.runtime_for_hash(hash_key(key))
+
+    async def runtime_for_hash(self, key_hash: str) -> CellRuntime:
+        if self.single:
+            return self.home
+        try:
+            name = await self.router.cell_of(key_hash)
+        except (psycopg.OperationalError, GatewayError):
+            raise service_unavailable(
+                "the project directory is unavailable, retry shortly"
+            ) from None
+        return self.runtime_named(name)
+
+    def runtime_named(self, name: str) -> CellRuntime:
+        runtime = self.runtimes.get(name)
+        if runtime is None or not runtime.available:
+            raise service_unavailable("the project's database is unavailable, retry shortly")
+        return runtime
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "router": self.router.stats(),
+            "cells": {name: runtime.stats() for name, runtime in self.runtimes.items()},
+        }

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.admission.admitter import Admitter
-from gateway.cells.runtime import CellRuntime
+from gateway.cells.runtime import CellRuntime, Cells
 from gateway.db.budget import PlanError, PoolPlan
 from gateway.db.pool import create_pool, plan_for
 from gateway.http import admin, auth_routes, front, routes
@@ -74,8 +74,9 @@ class GatewayState:
     listener: MetadataListener | None = None
     realtime: RealtimeHub | None = None
     extras: dict[str, Any] = field(default_factory=dict)
-    # one runtime per cell (gateway/cells/runtime.py); "home"'s holds the fields above
-    cells: dict[str, CellRuntime] = field(default_factory=dict)
+    # one runtime per cell and the route to them (gateway/cells/runtime.py); home's
+    # runtime holds the fields above
+    cells: Cells | None = None
 
 
 def create_dev_app() -> Starlette:
@@ -139,7 +140,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         realtime_lifecycle.drain_on_signals(state.realtime)
         # end-user auth: its service, cleanup job and metrics (gateway/http/auth_routes.py)
         auth = auth_routes.install(state)
-        state.cells["home"] = CellRuntime(
+        cells = Cells(settings)
+        state.cells = cells
+        home = CellRuntime(
             name="home",
             settings=settings,
             pool=state.pool,
@@ -151,14 +154,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
             realtime=state.realtime,
             jobs=jobs,
             auth=auth,
+            bandwidth=observability.bandwidth,
+            maintenance=observability.maintenance,
         )
+        # before the listener starts: the directory's channel rides on home's listener
+        cells.attach_home(home, auth.hasher)
+        observability.metrics.register_source("cells", cells.stats)
         try:
             # In the background: /readyz says 503 until it listens; requests never wait.
             await state.listener.start()
             await jobs.start(state.pool)
+            # the other cells' runtimes (none in a single-database deployment)
+            await cells.open_remote()
             logger.info("instance %s ready: %s", settings.instance_id, state.pool_plan.summary())
             yield
         finally:
+            await cells.close_remote()
             await jobs.stop()
             await state.listener.stop()
             await observability.stop_background()

@@ -17,8 +17,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.auth import rules, store
+from gateway.auth.keys import MAX_KEY_LENGTH
 from gateway.auth.rules import AuthError
 from gateway.auth.service import ACTIONS, AuthService, Caller
+from gateway.errors import GatewayError
 from gateway.http.endpoint import new_request_id
 from gateway.http.responses import JSON, forwarded_for
 from gateway.ops.request_log import LogRecord, client_ip
@@ -66,7 +68,7 @@ async def _read(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _refused(error: AuthError) -> Outcome:
+def _refused(error: GatewayError) -> Outcome:
     """A refusal before the service runs (an unknown route, an oversized body)."""
     out = Outcome(status=200, body=b"").refuse(error, rules.error_body)
     out.headers.update(rules.NO_STORE)
@@ -150,7 +152,15 @@ async def auth_endpoint(request: Request) -> Response:
         ),
         user_agent=request.headers.get("user-agent"),
     )
-    out = await service.handle(action, caller, body)
+    # the project's cell (the key is x-api-key's; without one, home's service refuses it)
+    try:
+        runtime = await request.app.state.gw.cells.runtime_for(
+            (caller.api_key or "").strip()[:MAX_KEY_LENGTH] or None
+        )
+    except GatewayError as error:
+        out = _refused(error)
+    else:
+        out = await (runtime.auth or service).handle(action, caller, body)
     _record(request, path, out, request_id, started)
     return _render(out, request_id, started)
 

@@ -74,7 +74,12 @@ async def _serve(request: Request, handler: Handler) -> Response:
         out.status = status
         out.body = orjson.dumps({"ok": True, **payload})
 
-    out = await state.pipeline.admitted(key, cost=1, work=work, envelope=jobs_error_body)
+    try:
+        pipeline = (await state.cells.runtime_for(key)).pipeline
+    except GatewayError as error:
+        out = Outcome(status=200, body=b"").refuse(error, jobs_error_body)
+    else:
+        out = await pipeline.admitted(key, cost=1, work=work, envelope=jobs_error_body)
     # what the request log records: the HTTP method and the path below /v1/inhouse
     out.operation = request.method
     out.path = request.url.path.removeprefix("/v1/inhouse")[:200]

@@ -122,10 +122,14 @@ async def _with_body(request: Request, batch: bool) -> Response:
     except ClientDisconnect:
         return Response(status_code=400)
     key, session = credentials_from_headers(request.headers)
-    pipeline = state.pipeline
-    outcome = await (
-        pipeline.batch(key, body, session) if batch else pipeline.query(key, body, session)
-    )
+    try:
+        pipeline = (await state.cells.runtime_for(key)).pipeline
+    except GatewayError as error:
+        outcome = Outcome(status=200, body=b"").refuse(error)
+    else:
+        outcome = await (
+            pipeline.batch(key, body, session) if batch else pipeline.query(key, body, session)
+        )
     return _render(request, "batch" if batch else "query", outcome, request_id, started)
 
 
@@ -140,7 +144,12 @@ async def batch(request: Request) -> Response:
 async def schema(request: Request) -> Response:
     started = arrival_time(request)
     key, session = credentials_from_headers(request.headers)
-    outcome = await request.app.state.gw.pipeline.schema(key, session)
+    try:
+        pipeline = (await request.app.state.gw.cells.runtime_for(key)).pipeline
+    except GatewayError as error:
+        outcome = Outcome(status=200, body=b"").refuse(error)
+    else:
+        outcome = await pipeline.schema(key, session)
     return _render(request, "schema", outcome, new_request_id(), started)
 
 

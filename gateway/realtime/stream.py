@@ -42,9 +42,12 @@ from gateway.realtime.sse import sse_stream
 from gateway.realtime.subscription import Subscription
 from gateway.realtime.tickets import (
     TICKET_TTL_S,
+    cell_ticket,
     check_session,
     consume_ticket,
     create_ticket,
+    invalid_ticket,
+    split_ticket,
 )
 
 logger = logging.getLogger("gateway.realtime")
@@ -245,6 +248,7 @@ async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
     """
     state = request.app.state.gw
     pipeline = state.pipeline
+    runtime = None
     out = Outcome(status=200, body=b"", operation="REALTIME")
     url_key = request.query_params.get("apikey")
     # before anything touches the database: a session or a secret in a URL is refused
@@ -261,6 +265,15 @@ async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
     key = key or url_key
     ticket = request.query_params.get("ticket")
     try:
+        # the project's cell: a ticket names it (tickets of home carry no cell), else the key
+        cell, ticket = split_ticket(ticket)
+        if cell is not None:
+            if cell not in state.cells.runtimes:
+                raise invalid_ticket()
+            runtime = state.cells.runtime_named(cell)
+        else:
+            runtime = await state.cells.runtime_for(key)
+        pipeline = runtime.pipeline
         table, filters, since = _parse_request(request)
         hashes = await _redeem(pipeline, ticket, key) if ticket is not None else None
     except GatewayError as error:
@@ -290,7 +303,7 @@ async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
         return out, None
     admission, catalog, info = opened["admission"], opened["catalog"], opened["info"]
     owner = opened["owner"]
-    hub: RealtimeHub = state.realtime
+    hub: RealtimeHub = runtime.realtime
 
     async def revalidate() -> None:
         # the key (and the session) is checked again now and then (without counting a
@@ -345,15 +358,19 @@ async def issue_ticket(request: Request) -> Outcome:
     """``POST /v1/inhouse/db/realtime/ticket``: key and session in headers → a single-use
     ticket for the stream's URL (gateway/realtime/tickets.py). Costs one request, and goes
     the same way in as /query (local deny, admission with the session)."""
-    pipeline = request.app.state.gw.pipeline
     key, session = credentials_from_headers(request.headers)
+    try:
+        runtime = await request.app.state.gw.cells.runtime_for(key)
+    except GatewayError as error:
+        return Outcome(status=200, body=b"", operation="TICKET").refuse(error)
+    pipeline = runtime.pipeline
 
     async def work(conn: psycopg.AsyncConnection[Any], admission: Admission, o: Outcome) -> None:
         key_hash = hash_key(key or "")
         session_hash = token_hash(session) if session is not None else None
         ticket, expires_at = await create_ticket(conn, admission.project_id, key_hash, session_hash)
         data = {
-            "ticket": ticket,
+            "ticket": cell_ticket(runtime.name, ticket),
             "expiresAt": expires_at.isoformat().replace("+00:00", "Z"),
             "expiresIn": TICKET_TTL_S,
         }

@@ -83,11 +83,11 @@ async def create_ticket(
 async def consume_ticket(conn: psycopg.AsyncConnection[Any], ticket: str) -> Ticket:
     """The ticket's key and session; 401 when unknown, used or expired. Single use."""
     if not ticket or len(ticket) > MAX_TOKEN_LENGTH:
-        raise _invalid()
+        raise invalid_ticket()
     cur = await conn.execute(CONSUME_SQL, [token_hash(ticket)])
     row = await cur.fetchone()
     if row is None:
-        raise _invalid()
+        raise invalid_ticket()
     key_hash, session_hash, live = row
     if not live:
         raise GatewayError(
@@ -108,7 +108,22 @@ async def check_session(conn: psycopg.AsyncConnection[Any], session_hash: str) -
         raise GatewayError("SESSION_EXPIRED", "Session has expired", status=401)
 
 
-def _invalid() -> GatewayError:
+def cell_ticket(cell: str, ticket: str) -> str:
+    """The ticket as given to the client: a project off the home cell has its cell's name
+    in front (``<cell>.<ticket>``; tokens never contain a dot), so the stream that redeems
+    it — with no key beside it — is routed to the cell that stored it."""
+    return ticket if cell == "home" else f"{cell}.{ticket}"
+
+
+def split_ticket(ticket: str | None) -> tuple[str | None, str | None]:
+    """``(cell or None for home, the ticket itself)`` of a ticket from ``cell_ticket``."""
+    if ticket is None or "." not in ticket:
+        return None, ticket
+    cell, _, rest = ticket.partition(".")
+    return cell, rest
+
+
+def invalid_ticket() -> GatewayError:
     return GatewayError(
         "TICKET_INVALID",
         "unknown or already used realtime ticket: ask POST /v1/inhouse/db/realtime/ticket "

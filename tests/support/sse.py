@@ -54,10 +54,13 @@ class Stream:
         filters: Any = None,
         since: str | None = None,
         last_event_id: str | None = None,
+        ticket: str | None = None,
     ) -> None:
         params: dict[str, str] = {"table": table}
         if key is not None:
             params["apikey"] = key
+        if ticket is not None:
+            params["ticket"] = ticket
         if filters is not None:
             params["filters"] = json.dumps(filters)
         if since is not None:

@@ -75,6 +75,13 @@ def test_every_scenario_declares_the_issue_keys() -> None:
                 assert f"isolation.{attack}.victim_p95_ratio" in module.KEYS
             assert "isolation.realtime_delay_ms" in module.KEYS
             assert "isolation.instance_stalls" in module.KEYS
+        elif name == "cells":  # issue 25 asks for cells.*: 1 vs 2 cells and a move's freeze
+            assert all(k.startswith("cells.") for k in module.KEYS)
+            for case in ("one_cell", "two_cells"):
+                for load in ("select", "admissions"):
+                    assert f"cells.{case}.{load}_rps" in module.KEYS
+                    assert f"cells.{case}.{load}_cpu_ms_per_req" in module.KEYS
+            assert "cells.move.freeze_ms" in module.KEYS
         else:
             assert ISSUE_KEYS[name] == module.KEYS
 

@@ -108,8 +108,6 @@ class CellRuntime:
             await self.realtime.stop()
         if self.auth is not None:
             self.auth.close()
-        if self.bandwidth is not None:
-            await self.bandwidth.stop()
         if self.pool is not None:
             await self.pool.close()
 
@@ -153,12 +151,11 @@ async def open_cell(cell: Cell, control: Settings, *, hasher: Hasher | None = No
     runtime.metadata, runtime.listener, runtime.admitter = metadata, listener, admitter
     runtime.pipeline = Pipeline(settings, pool, metadata=metadata, admitter=admitter)
     # the cell's own maintenance leader (elected in the cell's database): retention of
-    # its change log, jobs, sessions; its own bandwidth meter (quota_usage lives there)
+    # its change log, jobs, sessions (the instance's bandwidth meter writes to every cell)
     maintenance = Maintenance(settings, pool)
     install_default_jobs(maintenance, ConnectionSampler())
     runtime.maintenance = maintenance
     runtime.extras["maintenance"] = maintenance
-    runtime.bandwidth = BandwidthMeter(settings, pool)
     runtime.realtime = RealtimeHub(settings, pool)
     realtime_lifecycle.install(runtime.realtime, runtime.extras)
     realtime_lifecycle.drain_on_signals(runtime.realtime)
@@ -172,7 +169,6 @@ async def open_cell(cell: Cell, control: Settings, *, hasher: Hasher | None = No
 
     maintenance.register("auth_cleanup", auth_cleanup, every_s=60.0)
     maintenance.start()
-    runtime.bandwidth.start()
     await listener.start()
     await runtime.jobs.start(pool)
     logger.info("cell %s opened: %s", cell.name, runtime.pool_plan.summary())
@@ -265,6 +261,10 @@ class Cells:
         if runtime is None or not runtime.available:
             raise service_unavailable("the project's database is unavailable, retry shortly")
         return runtime
+
+    def remote_pools(self) -> list[AsyncConnectionPool]:
+        """The pools of the cells other than home (the bandwidth meter writes to them)."""
+        return [r.pool for name, r in self.runtimes.items() if name != HOME and r.pool is not None]
 
     def stats(self) -> dict[str, Any]:
         return {

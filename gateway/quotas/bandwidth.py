@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -39,7 +40,8 @@ from gateway.settings import Settings
 logger = logging.getLogger("gateway.quotas")
 
 # Sorted by project id so concurrent flushes of several instances lock rows in the same
-# order (no deadlocks); projects deleted meanwhile are skipped by the join.
+# order (no deadlocks); projects deleted meanwhile — or living in another cell — are
+# skipped by the join, and the ids returned are the ones this database took.
 FLUSH_SQL = """
 INSERT INTO gateway.quota_usage AS u (project_id, bandwidth_month, bandwidth_bytes)
 SELECT b.project_id, date_trunc('month', now() AT TIME ZONE 'UTC')::date, b.bytes
@@ -51,6 +53,7 @@ ON CONFLICT (project_id) DO UPDATE
                               THEN u.bandwidth_bytes + excluded.bandwidth_bytes
                               ELSE excluded.bandwidth_bytes END,
        bandwidth_month = excluded.bandwidth_month
+RETURNING u.project_id::text
 """
 STOP_TIMEOUT_S = 5.0
 WARN_EVERY_S = 10.0
@@ -61,6 +64,9 @@ class BandwidthMeter:
 
     def __init__(self, settings: Settings, pool: AsyncConnectionPool | None = None) -> None:
         self.pool = pool
+        # the pools of the instance's other cells (gateway/cells/runtime.py): a project's
+        # bytes go to the one cell whose database holds it
+        self.cell_pools: Callable[[], list[AsyncConnectionPool]] = list
         self.flush_interval_s = settings.bandwidth_flush_ms / 1000.0
         self._pending: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -140,17 +146,28 @@ class BandwidthMeter:
             if not self._pending:
                 return True
             batch, self._pending = self._pending, {}
+            remaining = dict(batch)
             try:
                 if self.pool is None:
                     raise RuntimeError("the bandwidth meter has no pool yet")
-                ids = sorted(batch)
-                async with self.pool.connection() as conn:
-                    await conn.execute(FLUSH_SQL, (ids, [batch[i] for i in ids]))
+                # home first, then every other cell, each taking its own projects' bytes
+                failed: Exception | None = None
+                for pool in [self.pool, *self.cell_pools()]:
+                    if not remaining:
+                        break
+                    try:
+                        for taken in await self._write(pool, remaining):
+                            remaining.pop(taken, None)
+                    except Exception as exc:
+                        failed = exc
+                if failed is not None:
+                    raise failed
             except asyncio.CancelledError:
-                self._merge_back(batch)
+                self._merge_back(remaining)
                 raise
             except Exception as exc:
-                self._merge_back(batch)
+                # the bytes no database took yet (a cell that is down) wait for the next
+                self._merge_back(remaining)
                 self.flush_errors += 1
                 self.last_error = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
                 now = time.monotonic()
@@ -161,6 +178,13 @@ class BandwidthMeter:
             self.flushes += 1
             self.bytes_flushed += sum(batch.values())
             return True
+
+    @staticmethod
+    async def _write(pool: AsyncConnectionPool, batch: dict[str, int]) -> list[str]:
+        ids = sorted(batch)
+        async with pool.connection() as conn:
+            cur = await conn.execute(FLUSH_SQL, (ids, [batch[i] for i in ids]))
+            return [row[0] for row in await cur.fetchall()]
 
     def _merge_back(self, batch: dict[str, int]) -> None:
         for project_id, nbytes in batch.items():

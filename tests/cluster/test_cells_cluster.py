@@ -112,6 +112,18 @@ def test_projects_on_three_cells_serve_data_from_every_instance(
             headers={"Authorization": f"Bearer {project['public_key']}"},
         )
         assert schema.status_code == 200 and "todos" in schema.text
+    # the bytes sent are counted in each project's own cell (bandwidth quota)
+    for project in projects:
+
+        def sent(p: dict[str, Any] = project) -> int:
+            with psycopg.connect(p["url"]) as conn:
+                row = conn.execute(
+                    "SELECT bandwidth_bytes FROM gateway.quota_usage WHERE project_id = %s",
+                    [p["id"]],
+                ).fetchone()
+            return int(row[0]) if row else 0
+
+        assert eventually(lambda s=sent: s() > 0, timeout=10), project["cell"]
     # the rows live in their project's cell only
     for project in projects:
         for other in projects:

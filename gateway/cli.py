@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg
 
 from gateway.auth import cli as auth_commands
+from gateway.cells import commands as cell_commands
 from gateway.control.commands import admin, key, plan, project, running, table, types
 from gateway.control.commands.common import EXIT_USAGE, CommandLine, Parser, UsageError
 from gateway.control.errors import ProvisioningError
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli = CommandLine(subcommands, common, DatabaseResolver().settings)
     # the order of `gateway --help`
     running.register(cli)
+    cell_commands.register(cli)
     project_group = project.register(cli)
     key.register(cli)
     plan.register(cli, project_group)

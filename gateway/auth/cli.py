@@ -24,7 +24,7 @@ def _page_number(low: int) -> Callable[[str], int]:
 
 
 def cmd_users(cli: CommandLine, args: argparse.Namespace) -> None:
-    with cli.connect() as conn:
+    with cli.connect_project(args.project) as conn:
         result = admin.list_users(conn, args.project, limit=args.limit, offset=args.offset)
     lines = [
         f"{u['id']}  {u['email']}  {u['provider']}  verified={u['emailVerified']}  "
@@ -35,13 +35,13 @@ def cmd_users(cli: CommandLine, args: argparse.Namespace) -> None:
 
 
 def cmd_logout(cli: CommandLine, args: argparse.Namespace) -> None:
-    with cli.connect() as conn:
+    with cli.connect_project(args.project) as conn:
         result = admin.logout(conn, args.project, args.user_id)
     emit(args, result, f"revoked {result['revokedSessions']} session(s) of {result['email']}")
 
 
 def cmd_force_reset(cli: CommandLine, args: argparse.Namespace) -> None:
-    with cli.connect() as conn:
+    with cli.connect_project(args.project) as conn:
         result = admin.force_reset(conn, args.project, args.user_id)
     emit(
         args,
@@ -56,7 +56,7 @@ def cmd_import(cli: CommandLine, args: argparse.Namespace) -> None:
         text = Path(args.file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise admin.AuthAdminError(f"can't read {args.file}: {type(exc).__name__}") from None
-    with cli.connect() as conn:
+    with cli.connect_project(args.project) as conn:
         result = admin.import_users(conn, args.project, text.splitlines())
     emit(
         args,

@@ -216,7 +216,7 @@ async def run_worker(settings: Settings) -> None:
 def cmd_set_endpoint(cli: CommandLine, args: argparse.Namespace) -> None:
     settings = cli.settings()
     try:
-        with cli.connect() as conn:
+        with cli.connect_project(args.project) as conn:
             result = set_endpoint(conn, settings, args.project, args.url)
     except JobsCommandError as exc:
         raise UsageError(str(exc)) from None
@@ -230,7 +230,7 @@ def cmd_set_endpoint(cli: CommandLine, args: argparse.Namespace) -> None:
 
 def cmd_set_quota(cli: CommandLine, args: argparse.Namespace) -> None:
     limit = None if args.monthly_runs == "default" else non_negative_int(args.monthly_runs)
-    with cli.connect() as conn:
+    with cli.connect_project(args.project) as conn:
         result = set_quota(conn, args.project, limit)
     runs = result["monthly_runs"]
     emit(

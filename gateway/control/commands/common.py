@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import orjson
 import psycopg
 
+from gateway.cells import directory
 from gateway.control.projects import connect
 from gateway.settings import Settings
 
@@ -113,8 +115,32 @@ class CommandLine:
         return p
 
     def connect(self) -> psycopg.Connection[Any]:
-        """A connection to the resolved database, on its direct URL (no pooler)."""
+        """A connection to the resolved (control) database, on its direct URL (no pooler)."""
         return connect(self.settings().direct_url)
+
+    @contextmanager
+    def connect_project(self, ref: str) -> Iterator[psycopg.Connection[Any]]:
+        """A connection to the database of the cell that holds project ``ref`` (an id or
+        a name): the control database for ``home``'s projects, else a short-lived one
+        to the cell (docs/cells.md). An unknown project is ``NotFoundError``."""
+        settings = self.settings()
+        with connect(settings.direct_url) as control:
+            placement = directory.locate(control, ref)
+            if placement.cell == directory.HOME:
+                yield control
+                return
+            cell = directory.get_cell(control, placement.cell)
+        with directory.connect_cell(settings, cell) as conn:
+            yield conn
+
+    def each_cell(self) -> Iterator[tuple[directory.Cell, psycopg.Connection[Any]]]:
+        """Every cell, home first, each with a connection of its own (opened in turn)."""
+        settings = self.settings()
+        with connect(settings.direct_url) as control:
+            cells = directory.list_cells(control)
+        for cell in cells:
+            with directory.connect_cell(settings, cell) as conn:
+                yield cell, conn
 
 
 Handler = Callable[[CommandLine, argparse.Namespace], None]

@@ -75,8 +75,10 @@ def cmd_set(cli: CommandLine, args: argparse.Namespace) -> None:
     values = {k: v for k, v in limit_args(args, allow_inherit=False).items() if v is not None}
     if not values and not args.create:
         raise UsageError("nothing to change: give at least one limit, e.g. --requests-per-day")
-    with cli.connect() as conn:
+    # plans are identical in every cell (admission reads them in the project's cell)
+    for _cell, conn in cli.each_cell():
         plan = store.set_plan(conn, args.name, values, create=args.create)
+        conn.commit()
     emit(
         args,
         plan,
@@ -86,7 +88,7 @@ def cmd_set(cli: CommandLine, args: argparse.Namespace) -> None:
 
 
 def cmd_project_usage(cli: CommandLine, args: argparse.Namespace) -> None:
-    with cli.connect() as conn:
+    with cli.connect_project(args.project) as conn:
         project = find_project(conn, args.project)
         report = store.usage(conn, project.id)
     head = f"{report['project']} ({report['plan']})"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from gateway.cells import directory
 from gateway.control import devserver
 from gateway.control.commands.common import (
     CommandLine,
@@ -28,7 +29,13 @@ from gateway.settings import Settings
 def cmd_migrate(cli: CommandLine, args: argparse.Namespace) -> None:
     settings = cli.settings()
     migrate.upgrade(settings.direct_url)
-    emit(args, {"status": "ok", "revision": "head"}, "migrated to head")
+    # then every other cell (a cell is a full gateway database: the same head)
+    with cli.connect() as control:
+        others = [c for c in directory.list_cells(control) if not c.is_home]
+    for cell in others:
+        migrate.upgrade(cell.direct(settings))
+    payload = {"status": "ok", "revision": "head", "cells": ["home", *(c.name for c in others)]}
+    emit(args, payload, f"migrated to head: {', '.join(payload['cells'])}")
 
 
 def cmd_serve(cli: CommandLine, args: argparse.Namespace) -> None:

@@ -18,7 +18,7 @@ def cmd_create(cli: CommandLine, args: argparse.Namespace) -> None:
         raise UsageError(f"can't read {args.file}: {exc.strerror}") from None
     except ValueError as exc:
         raise UsageError(f"{args.file} is not valid JSON: {exc}") from None
-    with cli.connect() as conn:
+    with cli.connect_project(args.project) as conn:
         result = tables.create_table_from_definition(conn, args.project, raw)
     emit(args, result, f"created table {result['table']} in {result['schema_name']}")
 
@@ -26,7 +26,7 @@ def cmd_create(cli: CommandLine, args: argparse.Namespace) -> None:
 def cmd_realtime(cli: CommandLine, args: argparse.Namespace) -> None:
     if args.enable == args.disable:
         raise UsageError("give exactly one of --enable or --disable")
-    with cli.connect() as conn:
+    with cli.connect_project(args.project) as conn:
         result = realtime_capture.set_realtime(conn, args.project, args.table, enabled=args.enable)
     state = "enabled" if result["realtime"] else "disabled"
     emit(args, result, f"realtime {state} for {result['table']}")
@@ -59,7 +59,7 @@ def cmd_add_column(cli: CommandLine, args: argparse.Namespace) -> None:
     }
     if has_default:
         raw["default"] = default
-    with cli.connect() as conn:
+    with cli.connect_project(args.project) as conn:
         result = table_changes.add_column_from_definition(conn, args.project, args.table, raw)
     column = result["column"]
     emit(
@@ -77,7 +77,7 @@ def cmd_set_access(cli: CommandLine, args: argparse.Namespace) -> None:
         # rows that belong to users (docs/auth.md)
         if args.column is not None:
             raise UsageError("--row-access and --owner-column are table settings: no --column")
-        with cli.connect() as conn:
+        with cli.connect_project(args.project) as conn:
             result = table_changes.set_row_access(
                 conn,
                 args.project,
@@ -89,7 +89,7 @@ def cmd_set_access(cli: CommandLine, args: argparse.Namespace) -> None:
             message = f"{args.table}: row_access={result['row_access']}"
             emit(args, result, message + f", owner_column={result['owner_column']}")
             return
-    with cli.connect() as conn:
+    with cli.connect_project(args.project) as conn:
         result = table_changes.set_access(
             conn,
             args.project,
@@ -105,7 +105,7 @@ def cmd_set_access(cli: CommandLine, args: argparse.Namespace) -> None:
 
 
 def cmd_drop(cli: CommandLine, args: argparse.Namespace) -> None:
-    with cli.connect() as conn:
+    with cli.connect_project(args.project) as conn:
         result = tables.drop_table(conn, args.project, args.table)
     emit(args, result, f"dropped table {args.table} from {result['schema_name']}")
 

@@ -123,7 +123,7 @@ def render(catalog: ProjectCatalog, principal: Principal, who: str) -> str:
 
 
 def cmd_types(cli: CommandLine, args: argparse.Namespace) -> None:
-    with cli.connect() as conn:
+    with cli.connect_project(args.project) as conn:
         project = find_project(conn, args.project)
         if args.key is None:
             principal, who = Principal(key_type="public"), "a public key"

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.auth import admin as auth_admin
+from gateway.cells import directory
 from gateway.control import keys, openapi, projects, realtime_capture, table_changes, tables
 from gateway.control.admin_models import (
     AccessUpdate,
@@ -50,11 +51,17 @@ async def _openapi(c: AdminCall) -> Any:
 
 
 def _project(conn: Any, c: AdminCall) -> Any:
-    return projects.get_project(conn, c.params["project"])
+    return {**projects.get_project(conn, c.params["project"]), "cell": c.cell}
 
 
 def _create_project(conn: Any, c: AdminCall) -> Any:
-    return projects.create_project(conn, **c.body.as_args()).as_json()
+    args = c.body.as_args()
+    args.pop("cell", None)  # chosen by the endpoint: ``conn`` is that cell's
+    return {**projects.create_project(conn, **args).as_json(), "cell": c.cell}
+
+
+def _list_cells(conn: Any, c: AdminCall) -> Any:
+    return {"cells": [cell.as_json() for cell in directory.list_cells(conn)]}
 
 
 def _list_projects(conn: Any, c: AdminCall) -> Any:
@@ -193,7 +200,10 @@ ROUTES: list[AdminRoute] = [
                body=ProjectCreate, status=201, operation_id="createProject"),
     AdminRoute("GET", "/projects", _list_projects, "List projects (paged)", "projects",
                query=ProjectListQuery, operation_id="listProjects"),
-    AdminRoute("GET", P, _project, "Get a project", "projects", operation_id="getProject"),
+    AdminRoute("GET", P, _project, "Get a project (and its cell)", "projects",
+               operation_id="getProject"),
+    AdminRoute("GET", "/cells", _list_cells, "List the cells (URLs redacted)", "cells",
+               operation_id="listCells"),
     AdminRoute("PATCH", P, _update_project, "Set a project's limits, plan or status",
                "projects", body=ProjectUpdate, operation_id="updateProject"),
     AdminRoute("DELETE", P, _delete_project, "Delete a project (schema, tables, role, keys)",

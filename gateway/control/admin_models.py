@@ -57,6 +57,11 @@ class ProjectCreate(Body):
         }
     )
     name: str = Field(pattern=PROJECT_NAME_PATTERN, description="unique; letters, digits, _ . -")
+    cell: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="the cell to place it on (default: the active cell with the fewest projects)",
+    )
     tier: str = Field(
         default="free", pattern=PLAN_NAME_PATTERN, description="a plan in gateway.plans"
     )

@@ -25,7 +25,8 @@ class AdminCall:
     params: dict[str, str]
     body: Any = None
     query: Any = None
-    pool: AsyncConnectionPool | None = None  # for async calls
+    pool: AsyncConnectionPool | None = None  # for async calls: the project's cell's
+    cell: str = "home"  # the cell of the project the path names (or the new project's)
 
 
 SyncCall = Callable[[Any, AdminCall], Any]  # (sync connection, call) -> data

@@ -26,6 +26,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.cells.admin_calls import placement, record_placement
+from gateway.cells.directory import HOME
 from gateway.control import nonces, signing
 from gateway.control.admin import ROUTES
 from gateway.control.admin_route import PREFIX, AdminCall, AdminRoute
@@ -146,14 +148,19 @@ def _handler(route: AdminRoute, settings: Settings) -> Any:
         except ValueError as exc:
             return refuse(400, "VALIDATION_ERROR", str(exc), field="body")
         state = request.app.state.gw
-        call = AdminCall(dict(request.path_params), parsed, query, state.pool)
         try:
+            cells = state.cells
+            where = await placement(state.pool, cells.single, route, request.path_params, parsed)
+            pool = state.pool if where.cell == HOME else cells.runtime_named(where.cell).pool
+            call = AdminCall(dict(request.path_params), parsed, query, pool, cell=where.cell)
             if route.is_async:
                 data = await route.call(call)  # type: ignore[misc]
             else:
                 # calls that change things may create schemas and tables: their
                 # connection is not kept (gateway/db/disposable.py)
-                data = await run_sync(state.pool, route.call, call, discard=route.method != "GET")
+                data = await run_sync(pool, route.call, call, discard=route.method != "GET")
+            if where.cell != HOME:
+                await record_placement(state.pool, route, where, data)
         except NotFoundError as exc:
             return refuse(404, "NOT_FOUND", str(exc), field=exc.field)
         except ConflictError as exc:

@@ -22,6 +22,7 @@ from gateway.auth.keys import hash_key
 from gateway.cells import directory
 from gateway.control.keys import create_key
 from gateway.control.projects import connect
+from tests.support.admin_client import SECRET, AdminClient
 from tests.support.admission import LONG_WINDOW_S, counter_row, fresh_window
 from tests.support.cells import make_cell_project, register_cell, remove_cell, unique_cell_name
 from tests.support.harness import ClusterStarter, GatewayCluster
@@ -32,6 +33,7 @@ from tests.support.sse import REALTIME_ENV, Stream
 BASE = "/v1/inhouse/db"
 ENV = {
     **REALTIME_ENV,
+    "GATEWAY_ADMIN_HMAC_SECRET": SECRET,
     "GATEWAY_RATE_LIMIT_WINDOW_S": str(LONG_WINDOW_S),
     "GATEWAY_JOBS_ALLOW_PRIVATE_TARGETS": "true",
     "GATEWAY_JOBS_POLL_S": "0.2",
@@ -280,3 +282,56 @@ def test_a_key_created_after_the_first_request_routes_at_once(
         lambda: all(_query(u, new["key"], select).status_code == 200 for u in cluster.urls),
         timeout=5,
     )
+
+
+def test_the_admin_api_places_projects_and_serves_them_on_their_cell(
+    cells: dict[str, str], cluster: GatewayCluster
+) -> None:
+    name, url = list(cells.items())[1]
+    admin = AdminClient(cluster.urls[0])
+    try:
+        listed = admin.ok("GET", "/cells")["cells"]
+        assert {c["name"] for c in listed} >= {"home", *cells}
+        project = admin.ok(
+            "POST", "/projects", {"name": f"adm-{uuid.uuid4().hex[:8]}", "cell": name}
+        )
+        assert project["cell"] == name
+        assert admin.ok("GET", f"/projects/{project['name']}")["cell"] == name
+        admin.ok(
+            "POST",
+            f"/projects/{project['id']}/tables",
+            {
+                "name": "todos",
+                "client_read": True,
+                "client_write": True,
+                "columns": [
+                    {"name": "id", "type": "bigint", "primary_key": True, "identity": True},
+                    {"name": "title", "type": "text"},
+                ],
+            },
+        )
+        key = admin.ok("POST", f"/projects/{project['id']}/keys", {"type": "server"})
+        with psycopg.connect(url) as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM gateway.api_keys WHERE project_id = %s", [project["id"]]
+            ).fetchone() == (1,)
+        # the new key is routed by every instance
+        insert = {"operation": "insert", "table": "todos", "data": {"title": "via admin"}}
+        for instance in cluster.urls:
+            assert _query(instance, key["key"], insert).status_code == 200
+        # a name is unique across cells; an unknown cell is a 404
+        taken = admin.call("POST", "/projects", {"name": project["name"]})
+        assert taken.status_code == 409, taken.text
+        unknown = admin.call(
+            "POST", "/projects", {"name": "x-" + uuid.uuid4().hex[:8], "cell": "nope"}
+        )
+        assert unknown.status_code == 404, unknown.text
+        admin.ok("DELETE", f"/projects/{project['id']}", {"confirm": project["name"]})
+        with psycopg.connect(url) as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM gateway.projects WHERE id = %s", [project["id"]]
+            ).fetchone() == (0,)
+        gone = admin.call("GET", f"/projects/{project['id']}")
+        assert gone.status_code == 404
+    finally:
+        admin.close()

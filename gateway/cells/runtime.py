@@ -12,7 +12,7 @@ Lifecycle of a remote cell (``open_cell`` / ``CellRuntime.close``): the pool ope
 background (a cell that is down at start never keeps the instance from starting), the
 listener connects in the background, and while the listener is NOT connected the cell
 counts as down: its projects are answered 503 at once, without waiting for the pool's
-timeout (``Cells.runtime_for``). The listener reconnects by itself, and with it the cell.
+timeout (``Pipeline.reachable``). The listener reconnects by itself, and with it the cell.
 """
 
 from __future__ import annotations
@@ -149,7 +149,11 @@ async def open_cell(cell: Cell, control: Settings, *, hasher: Hasher | None = No
     admitter = Admitter(settings, invalidation_live=lambda: listener.connected)
     listener.add_callbacks(on_project=admitter.forget_project, on_all=admitter.forget_all)
     runtime.metadata, runtime.listener, runtime.admitter = metadata, listener, admitter
-    runtime.pipeline = Pipeline(settings, pool, metadata=metadata, admitter=admitter)
+    runtime.pipeline = Pipeline(
+        settings, pool, metadata=metadata, admitter=admitter, cell=cell.name
+    )
+    # the cell counts as down while its LISTEN connection is: its requests get 503 at once
+    runtime.pipeline.reachable = lambda: listener.connected
     # the cell's own maintenance leader (elected in the cell's database): retention of
     # its change log, jobs, sessions (the instance's bandwidth meter writes to every cell)
     maintenance = Maintenance(settings, pool)
@@ -240,7 +244,9 @@ class Cells:
 
     async def runtime_for(self, key: str | None) -> CellRuntime:
         """The runtime of the key's cell; 503 ``SERVICE_UNAVAILABLE`` (Retry-After 1) when
-        that cell is down or unknown to this instance, or the directory can't be read."""
+        that cell is unknown to this instance or the directory can't be read. A cell that
+        is down is refused by its own pipeline (``Pipeline.reachable``), so the refusal
+        names the cell in the metrics."""
         if self.single or not key:
             return self.home
         return await self.runtime_for_hash(hash_key(key))
@@ -258,7 +264,7 @@ class Cells:
 
     def runtime_named(self, name: str) -> CellRuntime:
         runtime = self.runtimes.get(name)
-        if runtime is None or not runtime.available:
+        if runtime is None:
             raise service_unavailable("the project's database is unavailable, retry shortly")
         return runtime
 

@@ -69,6 +69,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "pool": ("pool_size", "pool_available", "requests_waiting", "requests_errors"),
     "pool_plan": ("pool_max",),
     "db_connections": (),  # {instance_id: connections}
+    "cells": ("router", "cells"),  # {"router": {...}, "cells": {name: pool stats}}
     "request_log": ("depth", "dropped", "written", "flush_errors"),
     "maintenance": ("is_leader",),
     "realtime": (
@@ -109,6 +110,20 @@ class Metrics:
             registry=r,
         )
         # gateway/ops/looplag.py samples it every 0.1 s from the app's start
+        # per cell (gateway/cells/): how long its requests take, and its 5xx answers
+        self.cell_duration = Histogram(
+            "gateway_cell_request_duration_seconds",
+            "Time to answer a request, by the cell of its project",
+            ["cell"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.cell_errors = Counter(
+            "gateway_cell_errors",
+            "Requests answered 5xx (503: the cell's database unavailable), by cell",
+            ["cell"],
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "gateway_event_loop_lag_seconds",
             "How late a periodic timer on the instance's event loop fires (a held loop "
@@ -137,6 +152,14 @@ class Metrics:
             children[1].observe(duration_s)
         except Exception:  # pragma: no cover - metrics must never fail a request
             logger.exception("metrics: observe failed")
+
+    def observe_cell(self, cell: str, status: int, duration_s: float) -> None:
+        try:
+            self.cell_duration.labels(cell).observe(duration_s)
+            if status >= 500:
+                self.cell_errors.labels(cell).inc()
+        except Exception:  # pragma: no cover - metrics never fail a request
+            logger.exception("metrics: observe_cell failed")
 
     def count_admission(self, outcome: str) -> None:
         """For callers without a stats source of their own (summed with the source)."""
@@ -328,6 +351,36 @@ class _SourceCollector(Collector):
                 fam = CounterMetricFamily("gateway_request_log_flush_errors", help_text)
             if present:
                 fam.add_metric([], _num(log, key))
+            yield fam
+
+        # cells (gateway.cells.runtime.Cells.stats): each cell's pool and availability
+        cells = m.read("cells")
+        per_cell = cells.get("cells", {}) if isinstance(cells, Mapping) else {}
+        for name, key, help_text in (
+            ("gateway_cell_up", "available", "1 while the cell's database is reachable"),
+            ("gateway_cell_pool_size", "pool_size", "Connections open in the cell's pool"),
+            ("gateway_cell_pool_available", "pool_available", "Idle connections of the cell"),
+            ("gateway_cell_pool_waiting", "requests_waiting", "Requests waiting for the cell"),
+            ("gateway_cell_pool_max", "pool_max", "The cell's planned pool size"),
+        ):
+            fam = GaugeMetricFamily(name, help_text, labels=["cell"])
+            for cell, stats in sorted(per_cell.items()):
+                fam.add_metric([cell], _num(stats, key))
+            yield fam
+        fam = CounterMetricFamily(
+            "gateway_cell_connection_errors", "Failed connection attempts, by cell", labels=["cell"]
+        )
+        for cell, stats in sorted(per_cell.items()):
+            fam.add_metric([cell], _num(stats, "connections_errors"))
+        yield fam
+        router = cells.get("router", {}) if isinstance(cells, Mapping) else {}
+        for key, help_text in (
+            ("lookups", "Key routes looked up in the control database (cache misses)"),
+            ("hits", "Key routes answered from the instance's cache"),
+        ):
+            fam = CounterMetricFamily(f"gateway_cell_route_{key}", help_text)
+            if router:
+                fam.add_metric([], _num(router, key))
             yield fam
 
         # realtime (gateway.realtime.RealtimeHub.snapshot)

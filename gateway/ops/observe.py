@@ -236,6 +236,7 @@ class Observability:
         outcome and, when the key was validated (the outcome names a project), queue one
         request-log row. O(1), never raises."""
         try:
+            self.metrics.observe_cell(outcome.cell, outcome.status, duration_ms / 1000.0)
             admission = admission_outcome(outcome)
             if admission is not None:
                 self.metrics.count_admission(admission)

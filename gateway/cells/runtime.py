@@ -52,6 +52,8 @@ logger = logging.getLogger("gateway.cells")
 DIRECTORY_CHANNEL = "gateway_directory"
 # how long a remote cell's budget discovery may take at start before the static plan
 DISCOVERY_TIMEOUT_S = 3.0
+# after a project moved: time for the hubs' next poll to send the old cell's last changes
+STREAMS_END_AFTER_S = 1.0
 
 CELLS_SQL = """
 SELECT name, database_url, direct_url, max_connections, status, 0
@@ -187,6 +189,7 @@ class Cells:
         self.runtimes: dict[str, CellRuntime] = {}
         self.router = CellRouter(None)
         self.hasher: Hasher | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def home(self) -> CellRuntime:
@@ -230,8 +233,21 @@ class Cells:
 
     def on_notify(self, payload: str) -> None:
         self.router.on_notify(payload)
+        loop = asyncio.get_running_loop()
         if payload == "cells":
-            asyncio.get_running_loop().create_task(self.open_remote())
+            task = loop.create_task(self.open_remote())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif payload.startswith("project:"):
+            # a project placed or moved: its streams end (after the hubs' next poll has sent
+            # the old cell's last changes) and their clients reconnect to its cell
+            project_id = payload.removeprefix("project:")
+            loop.call_later(STREAMS_END_AFTER_S, self._end_streams, project_id)
+
+    def _end_streams(self, project_id: str) -> None:
+        for runtime in self.runtimes.values():
+            if runtime.realtime is not None:
+                runtime.realtime.end_streams(project_id)
 
     async def close_remote(self) -> None:
         for name, runtime in list(self.runtimes.items()):

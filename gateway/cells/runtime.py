@@ -229,7 +229,10 @@ class Cells:
             if name == HOME or name in self.runtimes:
                 continue
             cell = Cell(name, url, direct, budget, status)
-            self.runtimes[name] = await open_cell(cell, self.control, hasher=self.hasher)
+            try:
+                self.runtimes[name] = await open_cell(cell, self.control, hasher=self.hasher)
+            except Exception as exc:  # a bad URL must not stop the instance or the others
+                logger.error("cell %s: could not be opened: %s", name, type(exc).__name__)
 
     def on_notify(self, payload: str) -> None:
         self.router.on_notify(payload)

@@ -183,6 +183,8 @@ class Cells:
         self.runtimes: dict[str, CellRuntime] = {}
         self.router = CellRouter(None)
         self.hasher: Hasher | None = None
+        self._sync_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def home(self) -> CellRuntime:
@@ -207,8 +209,36 @@ class Cells:
             listener.add_callbacks(on_all=self.router.forget_all)
 
     async def open_remote(self) -> None:
-        """Start a runtime for every cell in the directory that has none yet (at start,
-        and on NOTIFY ``cells``)."""
+        """Make this instance's runtimes match the directory (at start, and on NOTIFY
+        ``cells``): start one for every new cell, stop those of removed cells. Serialized,
+        so two notifications never build one cell twice; new cells open concurrently, so
+        cells that are down (each may spend ``DISCOVERY_TIMEOUT_S`` on its budget) delay
+        the start by that once, not once per cell."""
+        async with self._sync_lock:
+            cells = await self._read_directory()
+            if cells is None:
+                return
+            wanted = {cell.name for cell in cells}
+            gone = [n for n in self.runtimes if n != HOME and n not in wanted]
+            for name in gone:
+                runtime = self.runtimes.pop(name)
+                logger.info("cell %s left the directory: stopping its runtime", name)
+                with contextlib.suppress(Exception):
+                    await runtime.close()
+            new = [c for c in cells if not c.is_home and c.name not in self.runtimes]
+            opened = await asyncio.gather(
+                *(open_cell(cell, self.control, hasher=self.hasher) for cell in new),
+                return_exceptions=True,
+            )
+            for cell, result in zip(new, opened, strict=True):
+                if isinstance(result, BaseException):
+                    logger.error("cell %s could not be started: %s", cell.name, result)
+                else:
+                    self.runtimes[cell.name] = result
+
+    async def _read_directory(self) -> list[Cell] | None:
+        """The directory's cells, or None (logged) when control can't be read: the
+        runtimes stay as they are until the next notification."""
         home = self.home
         assert home.pool is not None
         try:
@@ -217,24 +247,33 @@ class Cells:
                 rows = await cur.fetchall()
         except psycopg.Error as exc:
             logger.warning("cells: the directory could not be read: %s", exc)
-            return
-        for name, url, direct, budget, status, _ in rows:
-            if name == HOME or name in self.runtimes:
-                continue
-            cell = Cell(name, url, direct, budget, status)
-            self.runtimes[name] = await open_cell(cell, self.control, hasher=self.hasher)
+            return None
+        return [
+            Cell(name, url, direct, budget, status) for name, url, direct, budget, status, _ in rows
+        ]
 
     def on_notify(self, payload: str) -> None:
         self.router.on_notify(payload)
         if payload == "cells":
-            asyncio.get_running_loop().create_task(self.open_remote())
+            task = asyncio.get_running_loop().create_task(self.open_remote())
+            # held until done: a bare task may be garbage-collected mid-way
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def close_remote(self) -> None:
-        for name, runtime in list(self.runtimes.items()):
-            if name != HOME:
-                with contextlib.suppress(Exception):
-                    await runtime.close()
-                del self.runtimes[name]
+        for task in list(self._tasks):
+            task.cancel()
+        async with self._sync_lock:
+            for name, runtime in list(self.runtimes.items()):
+                if name != HOME:
+                    with contextlib.suppress(Exception):
+                        await runtime.close()
+                    del self.runtimes[name]
+
+    def readiness(self) -> dict[str, str]:
+        """Each cell "up" or "down" for /readyz's body: a cell other than home being down
+        does not make the instance unready (its projects get 503, the others are served)."""
+        return {name: "up" if r.available else "down" for name, r in self.runtimes.items()}
 
     # --- the request path ------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from gateway.jobs.worker import CHANNEL as JOBS_CHANNEL
 from gateway.jobs.worker import JobsRuntime
 from gateway.metadata.cache import MetadataCache
 from gateway.metadata.listener import MetadataListener
+from gateway.ops.cell_metrics import note_cell
 from gateway.ops.maintenance import ConnectionSampler, Maintenance, install_default_jobs
 from gateway.query.pipeline import Pipeline
 from gateway.quotas.bandwidth import BandwidthMeter
@@ -281,11 +282,13 @@ class Cells:
         """The runtime of the key's cell; 503 ``SERVICE_UNAVAILABLE`` (Retry-After 1) when
         that cell is down or unknown to this instance, or the directory can't be read."""
         if self.single or not key:
+            note_cell(HOME)
             return self.home
         return await self.runtime_for_hash(hash_key(key))
 
     async def runtime_for_hash(self, key_hash: str) -> CellRuntime:
         if self.single:
+            note_cell(HOME)
             return self.home
         try:
             name = await self.router.cell_of(key_hash)
@@ -296,6 +299,7 @@ class Cells:
         return self.runtime_named(name)
 
     def runtime_named(self, name: str) -> CellRuntime:
+        note_cell(name)  # the request's cell for the per-cell metrics, refused or not
         runtime = self.runtimes.get(name)
         if runtime is None or not runtime.available:
             raise service_unavailable("the project's database is unavailable, retry shortly")

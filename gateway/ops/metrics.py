@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 import gateway
+from gateway.ops.cell_metrics import CellMetrics
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.metrics")
@@ -121,6 +122,8 @@ class Metrics:
             {"instance_id": settings.instance_id, "version": version or gateway.__version__}
         )
         r.register(_SourceCollector(self))
+        # per-cell requests and pools (gateway/ops/cell_metrics.py)
+        self.cells = CellMetrics(r, lambda: self.read("cells").get("cells") or {}, DURATION_BUCKETS)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     # --- request path ------------------------------------------------------------------
@@ -135,6 +138,12 @@ class Metrics:
                 self._children[(route, status)] = children
             children[0].inc()
             children[1].observe(duration_s)
+        except Exception:  # pragma: no cover - metrics must never fail a request
+            logger.exception("metrics: observe failed")
+
+    def observe_cell_request(self, cell: str, status: int, duration_s: float) -> None:
+        try:
+            self.cells.observe(cell, status, duration_s)
         except Exception:  # pragma: no cover - metrics must never fail a request
             logger.exception("metrics: observe failed")
 

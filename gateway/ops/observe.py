@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.ops import cell_metrics
 from gateway.ops.looplag import LoopLagMonitor
 from gateway.ops.maintenance import ConnectionSampler, Maintenance, install_default_jobs
 from gateway.ops.metrics import Metrics
@@ -102,6 +103,7 @@ class ObserveMiddleware:
     @staticmethod
     def started(scope: Scope) -> float:
         """Arrival at the HTTP front, if it held the request at the overload gate."""
+        cell_metrics.open_box()
         arrived = scope.get("gateway.arrived")
         return arrived if isinstance(arrived, float) else time.perf_counter()
 
@@ -112,6 +114,9 @@ class ObserveMiddleware:
         duration = time.perf_counter() - started
         route = route_label(scope)
         self.metrics.observe_request(route, status, duration)
+        cell = cell_metrics.take_cell()
+        if cell is not None:
+            self.metrics.observe_cell_request(cell, status, duration)
         if self.access_json:
             access_line(self.instance_id, scope, route, status, duration, size, request_id)
 

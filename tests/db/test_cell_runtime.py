@@ -10,15 +10,18 @@ import time
 from collections.abc import Callable
 
 import pytest
+from starlette.testclient import TestClient
 
 from gateway.cells.directory import HOME, Cell
 from gateway.cells.runtime import DISCOVERY_TIMEOUT_S, CellRuntime, Cells, open_cell
 from gateway.errors import GatewayError
+from gateway.http.app import create_app
 from gateway.settings import Settings
-from tests.support.cells import register_cell, remove_cell, unique_cell_name
-from tests.support.polling import wait_until_async
+from tests.support.cells import make_cell_project, register_cell, remove_cell, unique_cell_name
+from tests.support.polling import wait_until, wait_until_async
 
 # An address nothing listens on: connecting is refused at once, like a stopped server.
+QUERY = "/v1/inhouse/db/query"
 UNREACHABLE_URL = "postgresql://gateway@127.0.0.1:9/nothing?connect_timeout=2"
 
 
@@ -145,3 +148,56 @@ def test_a_cell_that_is_down_starts_and_fails_fast(pg_url: str) -> None:
     finally:
         remove_cell(pg_url, down)
         remove_cell(pg_url, down_too)
+
+
+def test_the_app_serves_reports_and_measures_each_cell(
+    pg_url: str, cell_databases: Callable[[int], list[str]]
+) -> None:
+    """In one app: a project on a remote cell is served there, a project on a cell that
+    is down gets 503 at once, /readyz stays ready and names the down cell, and /metrics
+    counts requests and pools per cell."""
+    (url_a,) = cell_databases(1)
+    up, down = unique_cell_name("up"), unique_cell_name("down")
+    register_cell(pg_url, up, url_a)
+    register_cell(pg_url, down, UNREACHABLE_URL)
+    served = make_cell_project(pg_url, up, url_a)
+    # a project whose directory row points at the down cell (its rows were made on the
+    # reachable database: only the routing matters here)
+    stranded_key = make_cell_project(pg_url, down, url_a)["server_key"]
+    body = {"query": {"operation": "select", "table": "todos", "limit": 1}}
+    settings = Settings.from_env({"DATABASE_URL": pg_url, "GATEWAY_MAINTENANCE_INTERVAL_S": "3600"})
+    try:
+        app = create_app(settings)
+        with TestClient(app) as client:
+            cells = app.state.gw.cells
+            wait_until(lambda: up in cells.runtimes and cells.runtimes[up].available, timeout=20)
+            ok = client.post(QUERY, json=body, headers=bearer(served["server_key"]))
+            assert ok.status_code == 200, ok.text
+            started = time.monotonic()
+            refused = client.post(QUERY, json=body, headers=bearer(stranded_key))
+            # far below the pool timeout (GATEWAY_POOL_TIMEOUT_MS, 5 s by default); the
+            # margin is for a loaded 2-core machine
+            assert time.monotonic() - started < 1.0
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+            assert refused.headers["Retry-After"] == "1"
+            ready = client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["cells"][down] == "down"
+            assert ready.json()["cells"][up] == "up"
+            text = client.get("/metrics").text
+    finally:
+        remove_cell(pg_url, up)
+        remove_cell(pg_url, down)
+    assert f'gateway_cell_requests_total{{cell="{up}",status="200"}} 1.0' in text
+    assert f'gateway_cell_requests_total{{cell="{down}",status="503"}} 1.0' in text
+    assert f'gateway_cell_request_duration_seconds_count{{cell="{up}"}} 1.0' in text
+    assert f'gateway_cell_available{{cell="{down}"}} 0.0' in text
+    assert f'gateway_cell_available{{cell="{up}"}} 1.0' in text
+    assert 'gateway_cell_pool_size{cell="home"}' in text
+    # instance-wide figures still count every request
+    assert 'gateway_requests_total{route="/v1/inhouse/db/query",status="503"} 1.0' in text
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -42,7 +42,9 @@ from gateway.metadata.cache import MetadataCache
 from gateway.metadata.listener import MetadataListener
 from gateway.ops.cell_metrics import note_cell
 from gateway.ops.maintenance import ConnectionSampler, Maintenance, install_default_jobs
+from gateway.ops.request_log import STOP_TIMEOUT_S, RequestLog
 from gateway.query.pipeline import Pipeline
+from gateway.quotas import dbsize
 from gateway.quotas.bandwidth import BandwidthMeter
 from gateway.realtime import lifecycle as realtime_lifecycle
 from gateway.realtime.hub import RealtimeHub
@@ -109,6 +111,10 @@ class CellRuntime:
             await self.realtime.stop()
         if self.auth is not None:
             self.auth.close()
+        request_log = self.extras.get("request_log")
+        if request_log is not None:
+            # a cell that is down can't take its buffered rows: don't hold the shutdown
+            await request_log.stop(timeout=STOP_TIMEOUT_S if self.available else 0.5)
         if self.pool is not None:
             await self.pool.close()
 
@@ -169,6 +175,12 @@ async def open_cell(cell: Cell, control: Settings, *, hasher: Hasher | None = No
         return await auth_store.cleanup(conn, window_s)
 
     maintenance.register("auth_cleanup", auth_cleanup, every_s=60.0)
+    # storage quotas of the cell's projects: sampled by the cell's own leader
+    runtime.extras["db_size"] = dbsize.install(maintenance, settings.db_size_sample_s)
+    # the request log of the cell's projects lives in the cell (written by this instance)
+    request_log = RequestLog(settings, pool)
+    runtime.extras["request_log"] = request_log
+    request_log.start()
     maintenance.start()
     await listener.start()
     await runtime.jobs.start(pool)
@@ -270,6 +282,11 @@ class Cells:
                     with contextlib.suppress(Exception):
                         await runtime.close()
                     del self.runtimes[name]
+
+    def request_log_for(self, name: str) -> RequestLog | None:
+        """A remote cell's request log (home's is the instance's own)."""
+        runtime = self.runtimes.get(name)
+        return runtime.extras.get("request_log") if runtime is not None else None
 
     def readiness(self) -> dict[str, str]:
         """Each cell "up" or "down" for /readyz's body: a cell other than home being down

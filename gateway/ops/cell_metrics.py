@@ -48,6 +48,12 @@ def note_cell(name: str) -> None:
         box[:] = [name]
 
 
+def current_cell() -> str | None:
+    """The current request's cell so far (the request log writes its row there)."""
+    box = _CURRENT.get()
+    return box[0] if box else None
+
+
 def take_cell() -> str | None:
     """At the request's end: its cell, if one was resolved; the box is closed."""
     box = _CURRENT.get()

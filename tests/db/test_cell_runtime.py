@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import psycopg
 import pytest
 from starlette.testclient import TestClient
 
@@ -165,7 +166,13 @@ def test_the_app_serves_reports_and_measures_each_cell(
     # reachable database: only the routing matters here)
     stranded_key = make_cell_project(pg_url, down, url_a)["server_key"]
     body = {"query": {"operation": "select", "table": "todos", "limit": 1}}
-    settings = Settings.from_env({"DATABASE_URL": pg_url, "GATEWAY_MAINTENANCE_INTERVAL_S": "3600"})
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": pg_url,
+            "GATEWAY_MAINTENANCE_INTERVAL_S": "3600",
+            "GATEWAY_LOG_FLUSH_MS": "50",
+        }
+    )
     try:
         app = create_app(settings)
         with TestClient(app) as client:
@@ -186,6 +193,9 @@ def test_the_app_serves_reports_and_measures_each_cell(
             assert ready.json()["cells"][down] == "down"
             assert ready.json()["cells"][up] == "up"
             text = client.get("/metrics").text
+            # the served request's log row is written in its project's cell, not in home
+            wait_until(lambda: logged_rows(url_a, served["id"]) == 1, timeout=20)
+            assert logged_rows(pg_url, served["id"]) == 0
     finally:
         remove_cell(pg_url, up)
         remove_cell(pg_url, down)
@@ -197,6 +207,14 @@ def test_the_app_serves_reports_and_measures_each_cell(
     assert 'gateway_cell_pool_size{cell="home"}' in text
     # instance-wide figures still count every request
     assert 'gateway_requests_total{route="/v1/inhouse/db/query",status="503"} 1.0' in text
+
+
+def logged_rows(url: str, project_id: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM gateway.request_log WHERE project_id = %s", [project_id]
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -267,7 +267,8 @@ class Cells:
 
     def on_notify(self, payload: str) -> None:
         self.router.on_notify(payload)
-        if payload == "cells":
+        # "*": the listener reconnected and may have missed a 'cells' notification
+        if payload in ("cells", "*"):
             task = asyncio.get_running_loop().create_task(self.open_remote())
             # held until done: a bare task may be garbage-collected mid-way
             self._tasks.add(task)

@@ -20,7 +20,6 @@ from typing import Any
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
     Histogram,
     Info,
     ProcessCollector,
@@ -30,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 import gateway
-from gateway.ops.cell_metrics import CellMetrics
+from gateway.ops.cell_metrics import CellMetrics, RequestFamilies
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.metrics")
@@ -96,19 +95,7 @@ class Metrics:
         self._sources: dict[str, Source] = {}
         self._admission: dict[str, int] = {}
         r = self.registry
-        self.requests = Counter(
-            "gateway_requests",
-            "HTTP requests answered, by route and status code",
-            ["route", "status"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "gateway_request_duration_seconds",
-            "Time from request start to response end, by route",
-            ["route"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
+        self.requests = RequestFamilies(r, "gateway_requests", "route", "route", DURATION_BUCKETS)
         # gateway/ops/looplag.py samples it every 0.1 s from the app's start
         self.loop_lag = Histogram(
             "gateway_event_loop_lag_seconds",
@@ -124,20 +111,12 @@ class Metrics:
         r.register(_SourceCollector(self))
         # per-cell requests and pools (gateway/ops/cell_metrics.py)
         self.cells = CellMetrics(r, lambda: self.read("cells").get("cells") or {}, DURATION_BUCKETS)
-        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     # --- request path ------------------------------------------------------------------
 
     def observe_request(self, route: str, status: int, duration_s: float) -> None:
         try:
-            # the labelled children, looked up once per (route, status): prometheus_client's
-            # labels() costs more than the increment (route is a template, never a raw path)
-            children = self._children.get((route, status))
-            if children is None:
-                children = (self.requests.labels(route, str(status)), self.duration.labels(route))
-                self._children[(route, status)] = children
-            children[0].inc()
-            children[1].observe(duration_s)
+            self.requests.observe(route, status, duration_s)  # route: a template, never a path
         except Exception:  # pragma: no cover - metrics must never fail a request
             logger.exception("metrics: observe failed")
 

@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     running.register(cli)
     cell_commands.register(cli)
     project_group = project.register(cli)
+    cell_commands.register_move(cli, project_group)
     key.register(cli)
     plan.register(cli, project_group)
     admin.register(cli)

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from gateway.cells import directory
+from gateway.cells.move import move_project
 from gateway.control import projects
 from gateway.control.commands.common import CommandLine, UsageError, emit, positive_int
 from gateway.control.errors import ConflictError
@@ -107,6 +108,26 @@ def create_project(
                 projects.delete_project(conn, project.id, confirm=project.name)
             raise
     return project, cell.name
+
+
+def cmd_move(cli: CommandLine, args: argparse.Namespace) -> None:
+    report = move_project(cli.settings(), args.project, args.to, abort=args.abort)
+    freeze = "" if report.freeze_ms is None else f", writes frozen {report.freeze_ms} ms"
+    emit(
+        args,
+        report.as_json(),
+        f"project {report.name}: {report.source} -> {report.target}: {report.state}{freeze}",
+    )
+
+
+def register_move(cli: CommandLine, project_group: Any) -> None:
+    """``gateway project move PROJECT --to CELL [--abort]`` (docs/cells.md)."""
+    p = cli.command(
+        project_group, "move", cmd_move, "move a project to another cell while it serves"
+    )
+    p.add_argument("project")
+    p.add_argument("--to", required=True, metavar="CELL", help="the target cell")
+    p.add_argument("--abort", action="store_true", help="roll back a move that has not switched")
 
 
 def register(cli: CommandLine) -> None:

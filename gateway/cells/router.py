@@ -57,6 +57,7 @@ class CellRouter:
         self._routes: OrderedDict[str, tuple[str, str | None, float]] = OrderedDict()
         self._by_project: dict[str, set[str]] = {}
         self._inflight: dict[str, asyncio.Future[tuple[str, str | None]]] = {}
+        self._epoch = 0  # bumped by every invalidation
         self.lookups = 0
         self.hits = 0
         self.invalidations = 0
@@ -77,6 +78,7 @@ class CellRouter:
             return (await asyncio.shield(pending))[0]
         future: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
         self._inflight[key_hash] = future
+        epoch = self._epoch
         try:
             cell, project_id = await self._lookup(key_hash)
         except BaseException as exc:
@@ -85,7 +87,10 @@ class CellRouter:
             raise
         else:
             future.set_result((cell, project_id))
-            self._remember(key_hash, cell, project_id)
+            # an invalidation that arrived while the query ran may name this very route:
+            # the answer serves this request but is not kept
+            if epoch == self._epoch:
+                self._remember(key_hash, cell, project_id)
             return cell
         finally:
             del self._inflight[key_hash]
@@ -127,6 +132,7 @@ class CellRouter:
     def on_notify(self, payload: str) -> None:
         """A ``gateway_directory`` notification: drop what it names."""
         self.invalidations += 1
+        self._epoch += 1
         kind, _, value = payload.partition(":")
         if kind == "key":
             entry = self._routes.pop(value, None)
@@ -140,6 +146,7 @@ class CellRouter:
 
     def forget_all(self) -> None:
         """After a reconnect of the listener: notifications may have been missed."""
+        self._epoch += 1
         self._routes.clear()
         self._by_project.clear()
 

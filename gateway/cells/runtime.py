@@ -12,7 +12,7 @@ Lifecycle of a remote cell (``open_cell`` / ``CellRuntime.close``): the pool ope
 background (a cell that is down at start never keeps the instance from starting), the
 listener connects in the background, and while the listener is NOT connected the cell
 counts as down: its projects are answered 503 at once, without waiting for the pool's
-timeout (``Cells.runtime_for``). The listener reconnects by itself, and with it the cell.
+timeout (``Pipeline.reachable``). The listener reconnects by itself, and with it the cell.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from gateway.jobs.worker import CHANNEL as JOBS_CHANNEL
 from gateway.jobs.worker import JobsRuntime
 from gateway.metadata.cache import MetadataCache
 from gateway.metadata.listener import MetadataListener
-from gateway.ops.cell_metrics import note_cell
 from gateway.ops.maintenance import ConnectionSampler, Maintenance, install_default_jobs
 from gateway.ops.request_log import STOP_TIMEOUT_S, RequestLog
 from gateway.query.pipeline import Pipeline
@@ -55,6 +54,8 @@ logger = logging.getLogger("gateway.cells")
 DIRECTORY_CHANNEL = "gateway_directory"
 # how long a remote cell's budget discovery may take at start before the static plan
 DISCOVERY_TIMEOUT_S = 3.0
+# after a project moved: time for the hubs' next poll to send the old cell's last changes
+STREAMS_END_AFTER_S = 1.0
 
 CELLS_SQL = """
 SELECT name, database_url, direct_url, max_connections, status, 0
@@ -156,7 +157,11 @@ async def open_cell(cell: Cell, control: Settings, *, hasher: Hasher | None = No
     admitter = Admitter(settings, invalidation_live=lambda: listener.connected)
     listener.add_callbacks(on_project=admitter.forget_project, on_all=admitter.forget_all)
     runtime.metadata, runtime.listener, runtime.admitter = metadata, listener, admitter
-    runtime.pipeline = Pipeline(settings, pool, metadata=metadata, admitter=admitter)
+    runtime.pipeline = Pipeline(
+        settings, pool, metadata=metadata, admitter=admitter, cell=cell.name
+    )
+    # the cell counts as down while its LISTEN connection is: its requests get 503 at once
+    runtime.pipeline.reachable = lambda: listener.connected
     # the cell's own maintenance leader (elected in the cell's database): retention of
     # its change log, jobs, sessions (the instance's bandwidth meter writes to every cell)
     maintenance = Maintenance(settings, pool)
@@ -267,12 +272,23 @@ class Cells:
 
     def on_notify(self, payload: str) -> None:
         self.router.on_notify(payload)
+        loop = asyncio.get_running_loop()
         # "*": the listener reconnected and may have missed a 'cells' notification
         if payload in ("cells", "*"):
-            task = asyncio.get_running_loop().create_task(self.open_remote())
+            task = loop.create_task(self.open_remote())
             # held until done: a bare task may be garbage-collected mid-way
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        elif payload.startswith("project:"):
+            # a project placed or moved: its streams end (after the hubs' next poll has sent
+            # the old cell's last changes) and their clients reconnect to its cell
+            project_id = payload.removeprefix("project:")
+            loop.call_later(STREAMS_END_AFTER_S, self._end_streams, project_id)
+
+    def _end_streams(self, project_id: str) -> None:
+        for runtime in self.runtimes.values():
+            if runtime.realtime is not None:
+                runtime.realtime.end_streams(project_id)
 
     async def close_remote(self) -> None:
         for task in list(self._tasks):
@@ -298,15 +314,15 @@ class Cells:
 
     async def runtime_for(self, key: str | None) -> CellRuntime:
         """The runtime of the key's cell; 503 ``SERVICE_UNAVAILABLE`` (Retry-After 1) when
-        that cell is down or unknown to this instance, or the directory can't be read."""
+        that cell is unknown to this instance or the directory can't be read. A cell that
+        is down is refused by its own pipeline (``Pipeline.reachable``), so the refusal
+        names the cell in the metrics."""
         if self.single or not key:
-            note_cell(HOME)
             return self.home
         return await self.runtime_for_hash(hash_key(key))
 
     async def runtime_for_hash(self, key_hash: str) -> CellRuntime:
         if self.single:
-            note_cell(HOME)
             return self.home
         try:
             name = await self.router.cell_of(key_hash)
@@ -317,9 +333,8 @@ class Cells:
         return self.runtime_named(name)
 
     def runtime_named(self, name: str) -> CellRuntime:
-        note_cell(name)  # the request's cell for the per-cell metrics, refused or not
         runtime = self.runtimes.get(name)
-        if runtime is None or not runtime.available:
+        if runtime is None:
             raise service_unavailable("the project's database is unavailable, retry shortly")
         return runtime
 

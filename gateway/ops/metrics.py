@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Counter,
     Histogram,
     Info,
     ProcessCollector,
@@ -29,7 +30,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 import gateway
-from gateway.ops.cell_metrics import CellMetrics, RequestFamilies
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.metrics")
@@ -69,6 +69,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "pool": ("pool_size", "pool_available", "requests_waiting", "requests_errors"),
     "pool_plan": ("pool_max",),
     "db_connections": (),  # {instance_id: connections}
+    "cells": ("router", "cells"),  # {"router": {...}, "cells": {name: pool stats}}
     "request_log": ("depth", "dropped", "written", "flush_errors"),
     "maintenance": ("is_leader",),
     "realtime": (
@@ -95,8 +96,34 @@ class Metrics:
         self._sources: dict[str, Source] = {}
         self._admission: dict[str, int] = {}
         r = self.registry
-        self.requests = RequestFamilies(r, "gateway_requests", "route", "route", DURATION_BUCKETS)
+        self.requests = Counter(
+            "gateway_requests",
+            "HTTP requests answered, by route and status code",
+            ["route", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request start to response end, by route",
+            ["route"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         # gateway/ops/looplag.py samples it every 0.1 s from the app's start
+        # per cell (gateway/cells/): how long its requests take, and its 5xx answers
+        self.cell_duration = Histogram(
+            "gateway_cell_request_duration_seconds",
+            "Time to answer a request, by the cell of its project",
+            ["cell"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.cell_errors = Counter(
+            "gateway_cell_errors",
+            "Requests answered 5xx (503: the cell's database unavailable), by cell",
+            ["cell"],
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "gateway_event_loop_lag_seconds",
             "How late a periodic timer on the instance's event loop fires (a held loop "
@@ -109,22 +136,30 @@ class Metrics:
             {"instance_id": settings.instance_id, "version": version or gateway.__version__}
         )
         r.register(_SourceCollector(self))
-        # per-cell requests and pools (gateway/ops/cell_metrics.py)
-        self.cells = CellMetrics(r, lambda: self.read("cells").get("cells") or {}, DURATION_BUCKETS)
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     # --- request path ------------------------------------------------------------------
 
     def observe_request(self, route: str, status: int, duration_s: float) -> None:
         try:
-            self.requests.observe(route, status, duration_s)  # route: a template, never a path
+            # the labelled children, looked up once per (route, status): prometheus_client's
+            # labels() costs more than the increment (route is a template, never a raw path)
+            children = self._children.get((route, status))
+            if children is None:
+                children = (self.requests.labels(route, str(status)), self.duration.labels(route))
+                self._children[(route, status)] = children
+            children[0].inc()
+            children[1].observe(duration_s)
         except Exception:  # pragma: no cover - metrics must never fail a request
             logger.exception("metrics: observe failed")
 
-    def observe_cell_request(self, cell: str, status: int, duration_s: float) -> None:
+    def observe_cell(self, cell: str, status: int, duration_s: float) -> None:
         try:
-            self.cells.observe(cell, status, duration_s)
-        except Exception:  # pragma: no cover - metrics must never fail a request
-            logger.exception("metrics: observe failed")
+            self.cell_duration.labels(cell).observe(duration_s)
+            if status >= 500:
+                self.cell_errors.labels(cell).inc()
+        except Exception:  # pragma: no cover - metrics never fail a request
+            logger.exception("metrics: observe_cell failed")
 
     def count_admission(self, outcome: str) -> None:
         """For callers without a stats source of their own (summed with the source)."""
@@ -316,6 +351,36 @@ class _SourceCollector(Collector):
                 fam = CounterMetricFamily("gateway_request_log_flush_errors", help_text)
             if present:
                 fam.add_metric([], _num(log, key))
+            yield fam
+
+        # cells (gateway.cells.runtime.Cells.stats): each cell's pool and availability
+        cells = m.read("cells")
+        per_cell = cells.get("cells", {}) if isinstance(cells, Mapping) else {}
+        for name, key, help_text in (
+            ("gateway_cell_up", "available", "1 while the cell's database is reachable"),
+            ("gateway_cell_pool_size", "pool_size", "Connections open in the cell's pool"),
+            ("gateway_cell_pool_available", "pool_available", "Idle connections of the cell"),
+            ("gateway_cell_pool_waiting", "requests_waiting", "Requests waiting for the cell"),
+            ("gateway_cell_pool_max", "pool_max", "The cell's planned pool size"),
+        ):
+            fam = GaugeMetricFamily(name, help_text, labels=["cell"])
+            for cell, stats in sorted(per_cell.items()):
+                fam.add_metric([cell], _num(stats, key))
+            yield fam
+        fam = CounterMetricFamily(
+            "gateway_cell_connection_errors", "Failed connection attempts, by cell", labels=["cell"]
+        )
+        for cell, stats in sorted(per_cell.items()):
+            fam.add_metric([cell], _num(stats, "connections_errors"))
+        yield fam
+        router = cells.get("router", {}) if isinstance(cells, Mapping) else {}
+        for key, help_text in (
+            ("lookups", "Key routes looked up in the control database (cache misses)"),
+            ("hits", "Key routes answered from the instance's cache"),
+        ):
+            fam = CounterMetricFamily(f"gateway_cell_route_{key}", help_text)
+            if router:
+                fam.add_metric([], _num(router, key))
             yield fam
 
         # realtime (gateway.realtime.RealtimeHub.snapshot)

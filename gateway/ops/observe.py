@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 
-from gateway.ops import cell_metrics
 from gateway.ops.looplag import LoopLagMonitor
 from gateway.ops.maintenance import ConnectionSampler, Maintenance, install_default_jobs
 from gateway.ops.metrics import Metrics
@@ -103,7 +102,6 @@ class ObserveMiddleware:
     @staticmethod
     def started(scope: Scope) -> float:
         """Arrival at the HTTP front, if it held the request at the overload gate."""
-        cell_metrics.open_box()
         arrived = scope.get("gateway.arrived")
         return arrived if isinstance(arrived, float) else time.perf_counter()
 
@@ -114,9 +112,6 @@ class ObserveMiddleware:
         duration = time.perf_counter() - started
         route = route_label(scope)
         self.metrics.observe_request(route, status, duration)
-        cell = cell_metrics.take_cell()
-        if cell is not None:
-            self.metrics.observe_cell_request(cell, status, duration)
         if self.access_json:
             access_line(self.instance_id, scope, route, status, duration, size, request_id)
 
@@ -244,6 +239,7 @@ class Observability:
         outcome and, when the key was validated (the outcome names a project), queue one
         request-log row. O(1), never raises."""
         try:
+            self.metrics.observe_cell(outcome.cell, outcome.status, duration_ms / 1000.0)
             admission = admission_outcome(outcome)
             if admission is not None:
                 self.metrics.count_admission(admission)
@@ -263,8 +259,7 @@ class Observability:
                 table = outcome.table
                 method = outcome.operation or "QUERY"
                 path = f"/db/{table}" if table else "/db/query"
-            cell = cell_metrics.current_cell()
-            log = (self.cell_request_log(cell) if cell else None) or self.request_log
+            log = self.cell_request_log(outcome.cell) or self.request_log
             log.record(
                 LogRecord(
                     method=method,

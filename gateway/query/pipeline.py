@@ -68,6 +68,8 @@ class Outcome:
     admission: str | None = None
     # the request log's path when the route sets it (the jobs API); else derived from kind
     path: str | None = None
+    # the cell whose pipeline answered (per-cell metrics, gateway/cells/)
+    cell: str = "home"
 
     def refuse(self, error: GatewayError, envelope: Envelope = error_body) -> Outcome:
         """This outcome turned into the refusal ``error``, for every surface: its status,
@@ -107,9 +109,14 @@ class Pipeline:
         *,
         metadata: MetadataCache | None = None,
         admitter: Admitter | None = None,
+        cell: str = "home",
     ) -> None:
         self.settings = settings
         self.pool = pool
+        self.cell = cell  # named on every outcome: the per-cell metrics
+        # False while the cell's database is known to be down (its LISTEN connection is):
+        # requests are refused at once instead of waiting for the pool (gateway/cells/)
+        self.reachable: Callable[[], bool] = _always
         # The instance's metadata cache (gateway/metadata.py); without one, every request
         # loads its catalog (tests and benchmarks that want no cache).
         self.metadata = metadata
@@ -256,6 +263,7 @@ class Pipeline:
         """
         if out is None:
             out = Outcome(status=200, body=b"")
+        out.cell = self.cell
         # the project's share of the pool (gateway/db/share.py): the slot this request
         # holds, and the admission of a request that found no slot free after admission
         slot: str | None = None
@@ -263,6 +271,8 @@ class Pipeline:
         learning = False  # this request's admission teaches the share its key's project
         key_hash: str | None = None
         try:
+            if not self.reachable():
+                raise service_unavailable("the project's database is unavailable, retry shortly")
             # a project known to be over its limit is refused here: no pool connection, no
             # round trip (the local deny; it never admits anything)
             if hashes is None:
@@ -330,6 +340,10 @@ class Pipeline:
     def failed(out: Outcome, error: GatewayError) -> Outcome:
         """``out.refuse(error)`` in the data API's envelope (the realtime stream's call)."""
         return out.refuse(error)
+
+
+def _always() -> bool:
+    return True
 
 
 def _compile(

@@ -36,13 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Mapping,
-)
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -146,20 +140,24 @@ class RealtimeHub:
         if self._task is None and not self._stopped:
             self._task = asyncio.create_task(self._run(), name="realtime-poller")
 
+    def end_streams(self, project_id: str | None = None) -> None:
+        """End every stream (of one project: it moved to another cell); each client
+        reconnects with its Last-Event-ID, to another instance or the project's cell."""
+        for sub in [s for s in self._subscribers if project_id in (None, s.project_id)]:
+            sub.close()
+
     def drain(self) -> None:
         """Shutdown has begun: refuse new streams (503) and end every open one now, so
         clients reconnect to another instance at once instead of when the server gives up
         waiting for them."""
         self._stopped = True
-        for sub in list(self._subscribers):
-            sub.close()
+        self.end_streams()
         self._poll_done.set()
 
     async def stop(self) -> None:
         """Stop polling and end every stream (each consumer returns at its next step)."""
         self._stopped = True
-        for sub in list(self._subscribers):
-            sub.close()
+        self.end_streams()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -85,6 +85,15 @@ def test_a_stopped_cell_answers_503_fast_and_the_others_keep_their_latency(
         assert all(status == 503 and code == "SERVICE_UNAVAILABLE" for status, _, code in refused)
         slowest = max(seconds for _, seconds, _ in refused)
         assert slowest < POOL_TIMEOUT_S / 2, f"a refusal took {slowest:.3f} s"
+        metrics = client.get(cluster.urls[0] + "/metrics").text
+        assert f'gateway_cell_up{{cell="{name}"}} 0.0' in metrics
+        assert 'gateway_cell_up{cell="home"} 1.0' in metrics
+        errors = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith(f'gateway_cell_errors_total{{cell="{name}"}}')
+        ]
+        assert errors and float(errors[0].split()[-1]) >= 5
         after = _p95(client, cluster.urls[0], home["public_key"])
         print(
             f"home p95 before {before * 1000:.1f} ms, while the cell is down {after * 1000:.1f} ms"

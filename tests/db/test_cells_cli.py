@@ -48,6 +48,10 @@ def test_cell_add_list_and_a_project_lives_on_its_cell(pg_url: str, bare_databas
         mine = next(c for c in cells if c["name"] == name)
         assert mine["max_connections"] == 50 and mine["projects"] == 0
         assert "***" in mine["database_url"] and "s3cret-pw" not in str(cells)
+        # the pool plan names the cell's own budget
+        plan = cli_json(pg_url, "pool-plan", "--instances", "2")
+        assert plan["cells"][name]["max_connections"] == 50
+        assert plan["cells"][name]["instances"] == 2
         # the plans were copied: a project on the cell takes the free plan
         project = cli_json(
             pg_url, "project", "create", f"p-{name}", "--cell", name, "--plan", "starter"

@@ -11,6 +11,7 @@ from pathlib import Path
 import uvicorn
 
 from gateway.cells import directory
+from gateway.cells.runtime import cell_plan
 from gateway.control import devserver
 from gateway.control.commands.common import (
     CommandLine,
@@ -19,6 +20,7 @@ from gateway.control.commands.common import (
     non_negative_int,
     positive_int,
 )
+from gateway.control.projects import connect
 from gateway.db import budget, migrate, pool
 from gateway.db.localdb import DEFAULT_DATA_ROOT, find_local_database
 from gateway.jobs.worker import db_connections
@@ -105,12 +107,22 @@ def cmd_pool_plan(cli: CommandLine, args: argparse.Namespace) -> None:
     payload = plan.as_json()
     workers = db_connections(settings, plan.pool_max)
     payload["jobs_worker_connections"] = workers
-    emit(
-        args,
-        payload,
+    human = (
         plan.summary() + f"; of each pool, the jobs worker and cron hold at most {workers} "
-        f"(GATEWAY_JOBS_CONCURRENCY={settings.jobs_concurrency} deliveries hold none)",
+        f"(GATEWAY_JOBS_CONCURRENCY={settings.jobs_concurrency} deliveries hold none)"
     )
+    if asks_the_database:
+        # every other cell: its own pool per instance, from its own budget
+        others = asyncio.run(_cell_plans(settings))
+        payload["cells"] = {name: p.as_json() for name, p in others.items()}
+        human += "".join(f"\ncell {name}: {p.summary()}" for name, p in others.items())
+    emit(args, payload, human)
+
+
+async def _cell_plans(settings: Settings) -> dict[str, budget.PoolPlan]:
+    with connect(settings.direct_url) as control:
+        cells = [c for c in directory.list_cells(control) if not c.is_home]
+    return {cell.name: await cell_plan(cell, cell.settings(settings)) for cell in cells}
 
 
 def cmd_stats(cli: CommandLine, args: argparse.Namespace) -> None:

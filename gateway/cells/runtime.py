@@ -250,7 +250,11 @@ class Cells:
             )
             for cell, result in zip(new, opened, strict=True):
                 if isinstance(result, BaseException):
-                    logger.error("cell %s could not be started: %s", cell.name, result)
+                    # a bad URL must not stop the instance or the others; the type only:
+                    # a connection error's text may carry the URL
+                    logger.error(
+                        "cell %s: could not be opened: %s", cell.name, type(result).__name__
+                    )
                 else:
                     self.runtimes[cell.name] = result
 

@@ -109,6 +109,7 @@ def test_cli_provisioning_flow(pg_url: str, tmp_path: Path) -> None:
         "tier",
         "rate_limit_per_minute",
         "requests_limit_daily",
+        "cell",  # where it was placed (docs/cells.md): home when there is no other cell
     }
     assert project["name"] == name and project["tier"] == "starter"
     assert project["rate_limit_per_minute"] == 7 and project["requests_limit_daily"] == 70

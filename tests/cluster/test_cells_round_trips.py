@@ -15,22 +15,9 @@ from urllib.parse import quote
 
 import psycopg
 
-from tests.cluster.test_admission_cluster import RoundTripProxy, one_request
-from tests.support.admission import LONG_WINDOW_S
+from tests.cluster.test_admission_cluster import QUIET_ENV, RoundTripProxy, one_request
 from tests.support.cells import make_cell_project, register_cell, remove_cell, unique_cell_name
 from tests.support.harness import GatewayCluster
-
-QUIET_ENV = {
-    "GATEWAY_POOL_MAX": "1",
-    "GATEWAY_POOL_MIN": "1",
-    "GATEWAY_RATE_LIMIT_WINDOW_S": str(LONG_WINDOW_S),
-    "GATEWAY_LOG_FLUSH_MS": "600000",
-    "GATEWAY_MAINTENANCE_INTERVAL_S": "3600",
-    "GATEWAY_BANDWIDTH_FLUSH_MS": "600000",
-    "GATEWAY_JOBS_CRON_TICK_S": "3600",
-    "GATEWAY_JOBS_CONCURRENCY": "0",
-    "GATEWAY_LISTENER_PING_S": "3600",
-}
 
 
 def _proxied(url: str) -> tuple[RoundTripProxy, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -19,9 +20,21 @@ from tests.support.cells import make_cell_project, register_cell, remove_cell, u
 CHANNEL = "gateway_directory"
 
 
-def directory_notifications(listener: psycopg.Connection[Any]) -> list[str]:
-    """The payloads that arrived on the listener so far (waits at most 5 s for the first)."""
-    return [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+def change_directory(
+    pg_url: str,
+    listener: psycopg.Connection[Any],
+    router: CellRouter,
+    change: Callable[[psycopg.Connection[Any]], None],
+) -> list[str]:
+    """Commit ``change`` on the control database and hand the router the notifications it
+    caused, as home's listener does (waits at most 5 s for them); returns their payloads."""
+    with psycopg.connect(pg_url) as control:
+        change(control)
+        control.commit()
+    payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+    for payload in payloads:
+        router.on_notify(payload)
+    return payloads
 
 
 def test_keys_route_to_their_cell_and_notifications_keep_the_cache_right(
@@ -64,23 +77,17 @@ async def scenario(
         # until the directory's NOTIFY names it
         new_hash = hash_key("gw_" + secrets.token_hex(16))
         assert await router.cell_of(new_hash) == HOME
-        with psycopg.connect(pg_url) as control:
-            directory.register_key(control, placed["id"], new_hash)
-            control.commit()
-        payloads = directory_notifications(listener)
-        assert f"key:{new_hash}" in payloads
-        for payload in payloads:
-            router.on_notify(payload)
+        notified = change_directory(
+            pg_url, listener, router, lambda c: directory.register_key(c, placed["id"], new_hash)
+        )
+        assert f"key:{new_hash}" in notified
         assert await router.cell_of(new_hash) == cell
 
         # the project leaves the directory (as a move back home would end): every one of
         # its hashes is dropped by the one 'project:<uuid>' payload
-        with psycopg.connect(pg_url) as control:
-            directory.unregister_project(control, placed["id"])
-            control.commit()
-        payloads = directory_notifications(listener)
-        assert f"project:{placed['id']}" in payloads
-        for payload in payloads:
-            router.on_notify(payload)
+        notified = change_directory(
+            pg_url, listener, router, lambda c: directory.unregister_project(c, placed["id"])
+        )
+        assert f"project:{placed['id']}" in notified
         assert await router.cell_of(server_hash) == HOME
         assert await router.cell_of(new_hash) == HOME

@@ -55,18 +55,14 @@ LOCK_TIMEOUT = "10s"
 DROP_GRACE_S = 2.0
 PG_DUMP_TIMEOUT_S = 300
 
-# The gateway's rows of one project, in an order their foreign keys accept. Not copied:
+# The gateway's rows of one project, in an order their foreign keys accept (the table
+# registry is copied apart: its ids are the database's own, see ``_copy_registry``). Not copied:
 # registry_versions (the registry's triggers write it on the target), the request log
 # (history, stays behind), realtime tickets (single use, short-lived), the change log
 # (the target's stream continues past the source's cursors), the auth throttle windows.
 GATEWAY_ROWS: tuple[tuple[str, str], ...] = (
     ("projects", "id = {p}"),
     ("api_keys", "project_id = {p}"),
-    ("table_registry", "project_id = {p}"),
-    (
-        "column_registry",
-        "table_id IN (SELECT id FROM gateway.table_registry WHERE project_id = {p})",
-    ),
     ("quota_usage", "project_id = {p}"),
     ("admission_counters", "project_id = {p}"),
     ("auth_users", "project_id = {p}"),
@@ -286,8 +282,10 @@ def _copy_and_switch(control: Settings, where: Placement, source: Cell, target: 
                     report.rows += _copy(
                         src, dst, query, sql.SQL("gateway.{}").format(sql.Identifier(table))
                     )
+                report.rows += _copy_registry(src, dst, where.project_id)
                 _sync_sequences(src, dst, schema)
                 dst.execute(post_data)
+                dst.execute("RESET search_path")  # pg_dump's script empties it
                 seq = src.execute("SELECT last_value FROM gateway.commit_seq").fetchone()
                 dst.execute(
                     "SELECT setval('gateway.commit_seq', greatest("
@@ -327,6 +325,67 @@ def _copy_and_switch(control: Settings, where: Placement, source: Cell, target: 
         report.freeze_ms = round((time.perf_counter() - frozen_at) * 1000, 1)
         report.state = "switched"
     return report
+
+
+def _columns(conn: psycopg.Connection[Any], table: str, *, without: tuple[str, ...]) -> list[str]:
+    rows = conn.execute(
+        "SELECT column_name AS name FROM information_schema.columns"
+        " WHERE table_schema = 'gateway' AND table_name = %s ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    return [r["name"] for r in rows if r["name"] not in without]
+
+
+def _listed(names: list[str], prefix: str = "") -> sql.Composable:
+    if prefix:
+        return sql.SQL(", ").join(sql.Identifier(prefix, n) for n in names)
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def _copy_registry(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], project: str) -> int:
+    """The project's rows of ``table_registry`` and ``column_registry``, renumbered: their
+    ids come from each database's own sequence, so the source's may be taken on the
+    target. Tables are matched by (project, name), columns follow their table."""
+    for temp, table in (("move_tables", "table_registry"), ("move_columns", "column_registry")):
+        dst.execute(
+            sql.SQL("CREATE TEMP TABLE {} (LIKE gateway.{}) ON COMMIT DROP").format(
+                sql.Identifier(temp), sql.Identifier(table)
+            )
+        )
+    p = sql.Literal(project)
+    rows = _copy(
+        src,
+        dst,
+        sql.SQL("(SELECT * FROM gateway.table_registry WHERE project_id = {})").format(p),
+        sql.SQL("pg_temp.move_tables"),
+    )
+    rows += _copy(
+        src,
+        dst,
+        sql.SQL(
+            "(SELECT * FROM gateway.column_registry WHERE table_id IN"
+            " (SELECT id FROM gateway.table_registry WHERE project_id = {}))"
+        ).format(p),
+        sql.SQL("pg_temp.move_columns"),
+    )
+    tables = _columns(dst, "table_registry", without=("id",))
+    dst.execute(
+        sql.SQL(
+            "INSERT INTO gateway.table_registry ({c}) SELECT {c} FROM pg_temp.move_tables"
+            " ORDER BY id"
+        ).format(c=_listed(tables))
+    )
+    columns = _columns(dst, "column_registry", without=("id", "table_id"))
+    dst.execute(
+        sql.SQL(
+            "INSERT INTO gateway.column_registry (table_id, {c})"
+            " SELECT t.id, {cc} FROM pg_temp.move_columns c"
+            " JOIN pg_temp.move_tables m ON m.id = c.table_id"
+            " JOIN gateway.table_registry t ON t.project_id = m.project_id AND t.name = m.name"
+            " ORDER BY c.id"
+        ).format(c=_listed(columns), cc=_listed(columns, "c"))
+    )
+    return rows
 
 
 def _sync_sequences(

@@ -41,7 +41,9 @@ from gateway.jobs.worker import JobsRuntime
 from gateway.metadata.cache import MetadataCache
 from gateway.metadata.listener import MetadataListener
 from gateway.ops.maintenance import ConnectionSampler, Maintenance, install_default_jobs
+from gateway.ops.request_log import STOP_TIMEOUT_S, RequestLog
 from gateway.query.pipeline import Pipeline
+from gateway.quotas import dbsize
 from gateway.quotas.bandwidth import BandwidthMeter
 from gateway.realtime import lifecycle as realtime_lifecycle
 from gateway.realtime.hub import RealtimeHub
@@ -110,6 +112,10 @@ class CellRuntime:
             await self.realtime.stop()
         if self.auth is not None:
             self.auth.close()
+        request_log = self.extras.get("request_log")
+        if request_log is not None:
+            # a cell that is down can't take its buffered rows: don't hold the shutdown
+            await request_log.stop(timeout=STOP_TIMEOUT_S if self.available else 0.5)
         if self.pool is not None:
             await self.pool.close()
 
@@ -174,6 +180,12 @@ async def open_cell(cell: Cell, control: Settings, *, hasher: Hasher | None = No
         return await auth_store.cleanup(conn, window_s)
 
     maintenance.register("auth_cleanup", auth_cleanup, every_s=60.0)
+    # storage quotas of the cell's projects: sampled by the cell's own leader
+    runtime.extras["db_size"] = dbsize.install(maintenance, settings.db_size_sample_s)
+    # the request log of the cell's projects lives in the cell (written by this instance)
+    request_log = RequestLog(settings, pool)
+    runtime.extras["request_log"] = request_log
+    request_log.start()
     maintenance.start()
     await listener.start()
     await runtime.jobs.start(pool)
@@ -189,6 +201,7 @@ class Cells:
         self.runtimes: dict[str, CellRuntime] = {}
         self.router = CellRouter(None)
         self.hasher: Hasher | None = None
+        self._sync_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -214,8 +227,40 @@ class Cells:
             listener.add_callbacks(on_all=self.router.forget_all)
 
     async def open_remote(self) -> None:
-        """Start a runtime for every cell in the directory that has none yet (at start,
-        and on NOTIFY ``cells``)."""
+        """Make this instance's runtimes match the directory (at start, and on NOTIFY
+        ``cells``): start one for every new cell, stop those of removed cells. Serialized,
+        so two notifications never build one cell twice; new cells open concurrently, so
+        cells that are down (each may spend ``DISCOVERY_TIMEOUT_S`` on its budget) delay
+        the start by that once, not once per cell."""
+        async with self._sync_lock:
+            cells = await self._read_directory()
+            if cells is None:
+                return
+            wanted = {cell.name for cell in cells}
+            gone = [n for n in self.runtimes if n != HOME and n not in wanted]
+            for name in gone:
+                runtime = self.runtimes.pop(name)
+                logger.info("cell %s left the directory: stopping its runtime", name)
+                with contextlib.suppress(Exception):
+                    await runtime.close()
+            new = [c for c in cells if not c.is_home and c.name not in self.runtimes]
+            opened = await asyncio.gather(
+                *(open_cell(cell, self.control, hasher=self.hasher) for cell in new),
+                return_exceptions=True,
+            )
+            for cell, result in zip(new, opened, strict=True):
+                if isinstance(result, BaseException):
+                    # a bad URL must not stop the instance or the others; the type only:
+                    # a connection error's text may carry the URL
+                    logger.error(
+                        "cell %s: could not be opened: %s", cell.name, type(result).__name__
+                    )
+                else:
+                    self.runtimes[cell.name] = result
+
+    async def _read_directory(self) -> list[Cell] | None:
+        """The directory's cells, or None (logged) when control can't be read: the
+        runtimes stay as they are until the next notification."""
         home = self.home
         assert home.pool is not None
         try:
@@ -224,21 +269,18 @@ class Cells:
                 rows = await cur.fetchall()
         except psycopg.Error as exc:
             logger.warning("cells: the directory could not be read: %s", exc)
-            return
-        for name, url, direct, budget, status, _ in rows:
-            if name == HOME or name in self.runtimes:
-                continue
-            cell = Cell(name, url, direct, budget, status)
-            try:
-                self.runtimes[name] = await open_cell(cell, self.control, hasher=self.hasher)
-            except Exception as exc:  # a bad URL must not stop the instance or the others
-                logger.error("cell %s: could not be opened: %s", name, type(exc).__name__)
+            return None
+        return [
+            Cell(name, url, direct, budget, status) for name, url, direct, budget, status, _ in rows
+        ]
 
     def on_notify(self, payload: str) -> None:
         self.router.on_notify(payload)
         loop = asyncio.get_running_loop()
-        if payload == "cells":
+        # "*": the listener reconnected and may have missed a 'cells' notification
+        if payload in ("cells", "*"):
             task = loop.create_task(self.open_remote())
+            # held until done: a bare task may be garbage-collected mid-way
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif payload.startswith("project:"):
@@ -253,11 +295,24 @@ class Cells:
                 runtime.realtime.end_streams(project_id)
 
     async def close_remote(self) -> None:
-        for name, runtime in list(self.runtimes.items()):
-            if name != HOME:
-                with contextlib.suppress(Exception):
-                    await runtime.close()
-                del self.runtimes[name]
+        for task in list(self._tasks):
+            task.cancel()
+        async with self._sync_lock:
+            for name, runtime in list(self.runtimes.items()):
+                if name != HOME:
+                    with contextlib.suppress(Exception):
+                        await runtime.close()
+                    del self.runtimes[name]
+
+    def request_log_for(self, name: str) -> RequestLog | None:
+        """A remote cell's request log (home's is the instance's own)."""
+        runtime = self.runtimes.get(name)
+        return runtime.extras.get("request_log") if runtime is not None else None
+
+    def readiness(self) -> dict[str, str]:
+        """Each cell "up" or "down" for /readyz's body: a cell other than home being down
+        does not make the instance unready (its projects get 503, the others are served)."""
+        return {name: "up" if r.available else "down" for name, r in self.runtimes.items()}
 
     # --- the request path ------------------------------------------------------------------
 

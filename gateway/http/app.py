@@ -160,6 +160,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # before the listener starts: the directory's channel rides on home's listener
         cells.attach_home(home, auth.hasher)
         observability.bandwidth.cell_pools = cells.remote_pools
+        observability.cell_request_log = cells.request_log_for
         observability.metrics.register_source("cells", cells.stats)
         try:
             # In the background: /readyz says 503 until it listens; requests never wait.

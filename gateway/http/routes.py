@@ -84,6 +84,8 @@ async def readyz(request: Request) -> Response:
         body["listener"] = state.listener.state()
     if state.metadata is not None:
         body["metadata"] = state.metadata.stats()
+    if state.cells is not None and not state.cells.single:
+        body["cells"] = state.cells.readiness()  # reported, never a reason to be unready
     ready = all(v == "up" for v in checks.values())
     return json_response(
         {

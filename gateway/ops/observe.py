@@ -194,6 +194,9 @@ class Observability:
         self.metrics.register_source("request_log", self.request_log.stats)
         self.metrics.register_source("maintenance", self.maintenance.stats)
         self.metrics.register_source("db_connections", lambda: self.sampler.current(stale_after))
+        # a project's request-log rows go to its own cell's log (set by the app: the
+        # log of a remote cell by name, None for home or an unknown cell)
+        self.cell_request_log: Callable[[str], RequestLog | None] = lambda name: None
         extras["observability"] = self
         extras["metrics"] = self.metrics
         extras["request_log"] = self.request_log
@@ -256,7 +259,8 @@ class Observability:
                 table = outcome.table
                 method = outcome.operation or "QUERY"
                 path = f"/db/{table}" if table else "/db/query"
-            self.request_log.record(
+            log = self.cell_request_log(outcome.cell) or self.request_log
+            log.record(
                 LogRecord(
                     method=method,
                     path=path,

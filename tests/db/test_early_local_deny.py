@@ -126,3 +126,63 @@ def test_early_local_deny_answers_exactly_as_the_pipeline(
     assert samples['gateway_admission_decisions_total{outcome="local_deny"}'] >= attempt + 3
     assert samples[f'gateway_requests_total{{route="{QUERY}",status="429"}}'] == attempt + 2
     assert samples["gateway_overload_early_local_denies_total"] == attempt + 3
+
+
+def test_early_local_deny_for_a_project_on_another_cell(
+    pg_url: str, db: psycopg.Connection[Any], cell_databases: Any
+) -> None:
+    """The admitter is per cell: the front asks the cell whose admitter knows the key's
+    project to be over its limit, and the answer is counted for that cell."""
+    from starlette.testclient import TestClient
+
+    from gateway.http.app import create_app
+    from gateway.settings import Settings
+    from tests.support.cells import (
+        make_cell_project,
+        register_cell,
+        remove_cell,
+        unique_cell_name,
+    )
+
+    (cell_url,) = cell_databases(1)
+    cell = unique_cell_name("deny")
+    register_cell(pg_url, cell, cell_url)
+    try:
+        project = make_cell_project(pg_url, cell, cell_url, rate_limit_per_minute=1)
+        settings = Settings.from_env(
+            {
+                "DATABASE_URL": pg_url,
+                "GATEWAY_INSTANCE_ID": "early-deny-cell",
+                "GATEWAY_RATE_LIMIT_WINDOW_S": str(WINDOW_S),
+                "GATEWAY_MAINTENANCE_INTERVAL_S": "3600",
+            }
+        )
+        headers = {"Authorization": f"Bearer {project['server_key']}"}
+        body = {"query": {"operation": "select", "table": "todos", "limit": 1}}
+        app = create_app(settings)
+        fresh_window(db, WINDOW_S, 25)
+        with TestClient(app) as client:
+            cells = app.state.gw.cells
+            wait_until(lambda: cell in cells.runtimes, timeout=10, message="cell opened")
+            runtime = cells.runtimes[cell]
+            wait_until(
+                lambda: runtime.listener is not None and runtime.listener.connected,
+                timeout=10,
+                message="the cell's listener connected",
+            )
+            assert client.post(QUERY, json=body, headers=headers).status_code == 200
+            assert client.post(QUERY, json=body, headers=headers).status_code == 429
+            front = app.middleware_stack
+            assert front.counts["early_local_deny"] == 0
+            assert runtime.admitter.stats()["local_deny_entries"] == 1
+            assert app.state.gw.admitter.stats()["local_deny_entries"] == 0  # home's
+            early = client.post(QUERY, json=body, headers=headers)
+            assert early.status_code == 429
+            assert early.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+            assert front.counts["early_local_deny"] == 1
+            # a key of a project on home is not denied by the cell's entry
+            other = {"Authorization": "Bearer sheen_sk_unknown"}
+            assert client.post(QUERY, json=body, headers=other).status_code == 401
+            assert front.counts["early_local_deny"] == 1
+    finally:
+        remove_cell(pg_url, cell)

@@ -7,10 +7,12 @@ after; the move back to home, an abort before the switch, and refusals are cover
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from gateway.cells import directory, move, move_delta
@@ -265,3 +267,40 @@ def test_an_interrupted_move_resumes_or_rolls_back_at_each_state(
     assert move.move_project(settings, project["name"], "home").state == "done"
     assert state() is None and _rows(pg_url, schema) == expected
     assert _snapshot(a_url, project)["rows"] is None
+
+
+def test_the_delta_copies_a_truncated_table_or_one_without_a_key_whole(
+    cell_databases: Any,
+) -> None:
+    src_url, dst_url = cell_databases(2)
+    schema = f"delta_{uuid.uuid4().hex[:8]}"
+    ddl = (
+        f'CREATE SCHEMA "{schema}"; CREATE TABLE "{schema}".keyed (id int PRIMARY KEY, v text);'
+        f' CREATE TABLE "{schema}".loose (v text)'
+    )
+    tables = ["keyed", "loose"]
+    with (
+        psycopg.connect(src_url, row_factory=dict_row) as src,
+        psycopg.connect(dst_url, row_factory=dict_row) as dst,
+    ):
+        src.execute(ddl)
+        dst.execute(ddl)
+        src.execute(f"INSERT INTO \"{schema}\".keyed SELECT g, 'a' FROM generate_series(1, 5) g")
+        src.execute(f"INSERT INTO \"{schema}\".loose VALUES ('x'), ('y')")
+        src.commit()
+        dst.commit()
+        move_delta.install_tracking(src, schema, tables)
+        with src.transaction(), dst.transaction():
+            for table in tables:
+                name = sql.Identifier(schema, table)
+                move._copy(src, dst, name, name)
+        src.execute(f'TRUNCATE "{schema}".keyed')
+        src.execute(f"INSERT INTO \"{schema}\".keyed VALUES (9, 'b')")
+        src.execute(f"INSERT INTO \"{schema}\".loose VALUES ('z')")
+        src.commit()
+        with src.transaction(), dst.transaction():
+            move_delta.apply_delta(src, dst, schema, tables, move._copy)
+        for table in tables:
+            query = f'SELECT * FROM "{schema}".{table} ORDER BY 1'
+            assert dst.execute(query).fetchall() == src.execute(query).fetchall()
+        assert len(dst.execute(f'SELECT * FROM "{schema}".loose').fetchall()) == 3

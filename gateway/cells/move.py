@@ -1,25 +1,33 @@
 """Moving a project to another cell while it keeps serving: ``gateway project move``.
 
-The steps, recorded in the control database's ``gateway.cell_moves`` so that an
-interrupted move can be run again (it starts over from a clean target) or rolled back
-(``--abort``: the target's partial copy is dropped; the source was never changed):
+The steps, recorded in the control database's ``gateway.cell_moves`` (``state``, progress
+in ``detail``) so that an interrupted move can be run again or rolled back (``--abort``):
 
 1. ``copying``: on the target, the project's role and, from ``pg_dump --section=pre-data``
-   of its schema, its tables (no indexes, triggers or policies yet). Reads and writes
-   continue on the source.
-2. the freeze, one transaction on the source: every table of the project's schema is
-   locked ``EXCLUSIVE`` (writers wait, readers don't); its rows and its rows in the
-   gateway's own tables are streamed to the target with ``COPY``, its sequences set,
-   ``pg_dump --section=post-data`` (indexes, constraints, triggers, policies) applied,
-   the target's realtime commit sequence moved past the source's, and the target
-   committed; then the directory is flipped in the control database (NOTIFY: every
-   instance routes the project's keys to the target on its next request); last, still
-   inside the freeze, a statement trigger on every source table refuses writes with
-   SQLSTATE 57P03, so a write that queued behind the lock fails with 503 (and is retried
-   by its client on the target) instead of landing on the old copy. The freeze ends when
-   the source commits; its length is measured and reported.
-3. ``switched``: the source copy is dropped (schema, rows; the role too unless both cells
-   share one PostgreSQL server, where roles are shared), and the move's row is deleted.
+   of its schema, its tables (no indexes, triggers or policies yet); on the source, change
+   tracking (``move_delta``: every write records its row's key); then the bulk copy of the
+   project's rows with ``COPY`` from one snapshot. Reads and writes continue on the source.
+2. ``copied``: the freeze, one transaction on the source: every table of the project's
+   schema is locked ``EXCLUSIVE`` (writers wait, readers don't); only the rows written
+   since the bulk copy's snapshot are copied again, then the project's rows in the
+   gateway's own tables, its sequences, ``pg_dump --section=post-data`` (indexes,
+   constraints, triggers, policies), the target's realtime commit sequence moved past the
+   source's, and the target committed; then the directory is flipped in the control
+   database (NOTIFY: every instance routes the project's keys to the target on its next
+   request); last, still inside the freeze, a statement trigger on every source table
+   refuses writes with SQLSTATE 57P03, so a write that queued behind the lock fails with
+   503 (and is retried by its client on the target) instead of landing on the old copy.
+   The freeze ends when the source commits; its length is measured, stored in ``detail``
+   and reported.
+3. ``switched``: the source copy is dropped (schema with its tracking, rows; the role too
+   unless both cells share one PostgreSQL server, where roles are shared), and the move's
+   row is deleted.
+
+Which state allows what: ``copying`` and ``copied`` are resumed by running the move again
+(it starts over: the target's partial copy and the source's tracking are dropped first; the
+source's data was never changed) or rolled back with ``--abort`` (the same cleanup, and the
+move is forgotten); ``switched`` can only be finished (running the move again drops the
+source copy), not aborted: the project serves from the target already (move it back).
 
 Realtime: when the directory flips, every instance ends the moved project's streams on
 the source cell a moment later (after the hub's next poll has delivered the source's last
@@ -28,12 +36,13 @@ commit sequence now starts past every source cursor, sends every change made aft
 switch. A stream that had not yet received the source's last changes when it ended loses
 those (docs/cells.md, limits).
 
-The freeze grows with the project's size (its rows are copied inside it): seconds for
-projects of a few hundred MB on a local network, more for larger ones.
+The freeze grows with the writes made during the bulk copy (they are copied again) and
+with the index builds of post-data, not with the rows copied in bulk.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -45,7 +54,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from gateway.cells import directory
+from gateway.cells import directory, move_delta
 from gateway.cells.directory import Cell, Placement
 from gateway.control.errors import ConflictError, ProvisioningError
 from gateway.control.projects import connect
@@ -156,7 +165,18 @@ def _tables(conn: psycopg.Connection[Any], schema: str) -> list[str]:
         " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY c.relname",
         [schema],
     ).fetchall()
-    return [r["name"] for r in rows]
+    return [r["name"] for r in rows if r["name"] != move_delta.DELTA_TABLE]
+
+
+def _record(control: Settings, project_id: str, state: str, detail: dict[str, Any]) -> None:
+    """Advance the move's recorded state (its progress merged into ``detail``)."""
+    with connect(control.direct_url) as ctl:
+        ctl.execute(
+            "UPDATE gateway.cell_moves SET state = %s, updated_at = now(),"
+            " detail = detail || %s::jsonb WHERE project_id = %s",
+            [state, json.dumps(detail), project_id],
+        )
+        ctl.commit()
 
 
 def _copy(
@@ -250,8 +270,10 @@ def _copy_and_switch(control: Settings, where: Placement, source: Cell, target: 
             raise ProvisioningError(f"project {where.name} is not in cell {source.name}")
         schema = project["schema_name"]
         shared = _same_server(src, dst)
-        # a clean target: whatever an interrupted attempt left there goes first
+        # a clean target and source: whatever an interrupted attempt left goes first
         _drop_copy(dst, where.project_id, schema, keep_role=shared)
+        move_delta.remove_tracking(src, schema)
+        src.commit()
         role = sql.Identifier(schema)
         with dst.transaction():
             if not dst.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [schema]).fetchone():
@@ -260,6 +282,16 @@ def _copy_and_switch(control: Settings, where: Placement, source: Cell, target: 
             dst.execute(_dump(source.direct(control), schema, "pre-data"))
         post_data = _dump(source.direct(control), schema, "post-data")
         tables = _tables(src, schema)
+        src.commit()
+        # --- the bulk copy: reads and writes continue, their changes are recorded ------
+        move_delta.install_tracking(src, schema, tables)
+        src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with src.transaction(), dst.transaction():
+            for table in tables:
+                name = sql.SQL("{}.{}").format(role, sql.Identifier(table))
+                report.rows += _copy(src, dst, name, name)
+        src.isolation_level = None
+        _record(control, where.project_id, "copied", {"bulk_blocks": report.rows})
         # --- the freeze --------------------------------------------------------------
         frozen_at = time.perf_counter()
         with src.transaction():
@@ -271,9 +303,7 @@ def _copy_and_switch(control: Settings, where: Placement, source: Cell, target: 
                     )
                 )
             with dst.transaction():
-                for table in tables:
-                    name = sql.SQL("{}.{}").format(role, sql.Identifier(table))
-                    report.rows += _copy(src, dst, name, name)
+                report.rows += move_delta.apply_delta(src, dst, schema, tables, _copy)
                 for table, condition in GATEWAY_ROWS:
                     query = sql.SQL("(SELECT * FROM gateway.{} WHERE {})").format(
                         sql.Identifier(table),
@@ -307,7 +337,7 @@ def _copy_and_switch(control: Settings, where: Placement, source: Cell, target: 
                     directory.register_project(ctl, where.project_id, where.name, target.name, keys)
                 ctl.execute(
                     "UPDATE gateway.cell_moves SET state = 'switched', updated_at = now(),"
-                    " detail = jsonb_build_object('freeze_ms', %s::float8)"
+                    " detail = detail || jsonb_build_object('freeze_ms', %s::float8)"
                     " WHERE project_id = %s",
                     [round((time.perf_counter() - frozen_at) * 1000, 1), where.project_id],
                 )
@@ -441,6 +471,8 @@ def _abort(control: Settings, where: Placement, source: Cell, pending: Any) -> M
         ).fetchone()
         if row is not None:
             _drop_copy(dst, where.project_id, row["schema_name"], keep_role=_same_server(src, dst))
+            move_delta.remove_tracking(src, row["schema_name"])
+            src.commit()
     with connect(control.direct_url) as ctl:
         ctl.execute("DELETE FROM gateway.cell_moves WHERE project_id = %s", [where.project_id])
         ctl.commit()

@@ -83,6 +83,19 @@ def test_cell_add_list_and_a_project_lives_on_its_cell(pg_url: str, bare_databas
         assert cli_json(pg_url, "key", "revoke", regenerated["id"])["status"] == "revoked"
         listed = cli_json(pg_url, "project", "list", "--cell", name)["projects"]
         assert [p["name"] for p in listed] == [project["name"]]
+        assert listed[0]["cell"] == name
+        # without --cell: every cell's projects, home's first, paged over the whole list
+        home_total = cli_json(pg_url, "project", "list", "--cell", "home", "--limit", "1")
+        everywhere = cli_json(pg_url, "project", "list", "--limit", "1")
+        assert everywhere["total"] >= home_total["total"] + 1
+        assert everywhere["projects"][0]["cell"] == "home" or home_total["total"] == 0
+        rest = cli_json(
+            pg_url, "project", "list", "--offset", str(home_total["total"]), "--limit", "100"
+        )
+        assert all(p["cell"] != "home" for p in rest["projects"])
+        assert {"id": project["id"], "cell": name}.items() <= next(
+            p for p in rest["projects"] if p["id"] == project["id"]
+        ).items()
         # a name is unique across cells
         assert_refused(run_cli(pg_url, "project", "create", project["name"]), "already exists")
         cli_json(pg_url, "project", "delete", project["name"], "--confirm", project["name"])

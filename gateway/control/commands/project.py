@@ -59,17 +59,47 @@ def cmd_set_limits(cli: CommandLine, args: argparse.Namespace) -> None:
 
 
 def cmd_list(cli: CommandLine, args: argparse.Namespace) -> None:
-    settings = cli.settings()
-    with cli.connect() as control:
-        cell = directory.get_cell(control, args.cell)
-        if cell.is_home:
-            page = projects.list_projects(control, limit=args.limit, offset=args.offset)
-        else:
-            with directory.connect_cell(settings, cell) as conn:
-                page = projects.list_projects(conn, limit=args.limit, offset=args.offset)
-    lines = [f"{p['name']}\t{p['id']}\t{p['tier']}\t{p['status']}" for p in page["projects"]]
+    if args.cell is None:
+        page = list_every_cell(cli, limit=args.limit, offset=args.offset)
+    else:
+        settings = cli.settings()
+        with cli.connect() as control:
+            cell = directory.get_cell(control, args.cell)
+            if cell.is_home:
+                page = projects.list_projects(control, limit=args.limit, offset=args.offset)
+            else:
+                with directory.connect_cell(settings, cell) as conn:
+                    page = projects.list_projects(conn, limit=args.limit, offset=args.offset)
+        page["projects"] = [{**p, "cell": cell.name} for p in page["projects"]]
+    lines = [
+        f"{p['name']}\t{p['id']}\t{p['tier']}\t{p['status']}\t{p['cell']}" for p in page["projects"]
+    ]
     lines.append(f"({len(page['projects'])} of {page['total']})")
     emit(args, page, "\n".join(lines))
+
+
+def list_every_cell(cli: CommandLine, *, limit: int, offset: int) -> dict[str, Any]:
+    """One page over every cell's projects: the cells in ``cell list`` order (home
+    first), each cell's projects oldest first, ``offset``/``limit`` counted over that
+    concatenation and ``total`` summed. Each cell answers one page query (its own count
+    comes with it), so a page costs one short connection per cell."""
+    found: list[dict[str, Any]] = []
+    total = 0
+    skip = offset
+    for cell, conn in cli.each_cell():
+        wanted = limit - len(found)
+        page = projects.list_projects(conn, limit=max(wanted, 1), offset=skip)
+        if wanted > 0:
+            found.extend({**p, "cell": cell.name} for p in page["projects"])
+        total += page["total"]
+        skip = max(0, skip - page["total"])
+    return {
+        "projects": found,
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "hasMore": offset + len(found) < total,
+    }
 
 
 def cmd_get(cli: CommandLine, args: argparse.Namespace) -> None:
@@ -104,8 +134,8 @@ def register(cli: CommandLine) -> Any:
     add_limit_flags(p)
     p.add_argument("--status", choices=("active", "suspended"))
     p.add_argument("--plan", "--tier", dest="plan", help="move the project to this plan")
-    p = cli.command(group, "list", cmd_list, "list a cell's projects, oldest first (paged)")
-    p.add_argument("--cell", default="home", help="whose projects (default: home)")
+    p = cli.command(group, "list", cmd_list, "list the projects of every cell (or one), paged")
+    p.add_argument("--cell", help="only this cell's projects (default: every cell's)")
     p.add_argument("--limit", type=positive_int, default=20)
     p.add_argument("--offset", type=non_negative_int, default=0)
     p = cli.command(group, "get", cmd_get, "show a project, its tables and key count")

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from gateway.control.errors import ConflictError, NotFoundError, ProvisioningError
-from gateway.control.projects import PROJECT_NAME_RE, connect
+from gateway.control.projects import PROJECT_NAME_RE, connect, list_projects
 from gateway.settings import Settings
 
 HOME = "home"
@@ -257,3 +257,35 @@ def connect_cell(control: Settings, cell: Cell) -> Iterator[psycopg.Connection[d
     direct URL: provisioning on a fresh connection keeps no catalog cache behind."""
     with connect(cell.direct(control)) as conn:
         yield conn
+
+
+def list_every_cell(
+    control: psycopg.Connection[Any],
+    connect_other: Callable[[Cell], AbstractContextManager[psycopg.Connection[Any]]],
+    *,
+    limit: int,
+    offset: int,
+) -> dict[str, Any]:
+    """One page over every cell's projects, each naming its ``cell``: the cells in
+    ``list_cells`` order (home first, on ``control`` itself; the others on a short
+    connection from ``connect_other``), each cell's projects oldest first, ``offset`` and
+    ``limit`` counted over that concatenation and ``total`` summed. Each cell answers one
+    page query (its count comes with it). A cell that is down fails the page."""
+    found: list[dict[str, Any]] = []
+    total = 0
+    skip = offset
+    for cell in list_cells(control):
+        with nullcontext(control) if cell.is_home else connect_other(cell) as conn:
+            wanted = limit - len(found)
+            page = list_projects(conn, limit=max(wanted, 1), offset=skip)
+        if wanted > 0:
+            found.extend({**p, "cell": cell.name} for p in page["projects"])
+        total += page["total"]
+        skip = max(0, skip - page["total"])
+    return {
+        "projects": found,
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "hasMore": offset + len(found) < total,
+    }

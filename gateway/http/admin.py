@@ -173,6 +173,8 @@ def _handler(route: AdminRoute, settings: Settings) -> Any:
             return refuse(
                 503, "SERVICE_UNAVAILABLE", "the object is busy (locked by queries); retry shortly"
             )
+        except psycopg.OperationalError:  # a cell's database can't be reached
+            return refuse(503, "SERVICE_UNAVAILABLE", "a database is unavailable; retry shortly")
         except Exception:
             logger.exception("admin %s %s failed", route.method, route.full_path)
             return refuse(500, "INTERNAL_ERROR", "internal error")

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.admin_client import SECRET, AdminClient
 from tests.support.cells import (
     cell_server,
     make_cell_project,
@@ -68,7 +69,7 @@ def test_a_stopped_cell_answers_503_fast_and_the_others_keep_their_latency(
     make_project: Any,
 ) -> None:
     name, server = down_cell
-    cluster = gateway_cluster(2)
+    cluster = gateway_cluster(2, env={"GATEWAY_ADMIN_HMAC_SECRET": SECRET})
     home = make_project()
     remote = make_cell_project(pg_url, name, server.url)
     with httpx.Client(timeout=30) as client:
@@ -94,6 +95,15 @@ def test_a_stopped_cell_answers_503_fast_and_the_others_keep_their_latency(
             if line.startswith(f'gateway_cell_errors_total{{cell="{name}"}}')
         ]
         assert errors and float(errors[0].split()[-1]) >= 5
+        # the admin API: listing every cell's projects can't include the stopped one: 503
+        admin = AdminClient(cluster.urls[1])
+        try:
+            listing = admin.call("GET", "/projects")
+            assert listing.status_code == 503, listing.text
+            assert listing.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+            assert admin.ok("GET", f"/projects/{home['id']}")["cell"] == "home"
+        finally:
+            admin.close()
         after = _p95(client, cluster.urls[0], home["public_key"])
         print(
             f"home p95 before {before * 1000:.1f} ms, while the cell is down {after * 1000:.1f} ms"

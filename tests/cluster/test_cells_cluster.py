@@ -297,6 +297,20 @@ def test_the_admin_api_places_projects_and_serves_them_on_their_cell(
         )
         assert project["cell"] == name
         assert admin.ok("GET", f"/projects/{project['name']}")["cell"] == name
+        # the list pages over every cell's projects, each naming its cell
+        listed_all, offset = [], 0
+        while True:
+            page = admin.ok("GET", f"/projects?limit=100&offset={offset}")
+            listed_all += page["projects"]
+            offset += len(page["projects"])
+            if not page["hasMore"]:
+                break
+        assert len(listed_all) == page["total"]
+        mine = [p for p in listed_all if p["id"] == project["id"]]
+        assert [p["cell"] for p in mine] == [name]
+        order = [c["name"] for c in listed]  # home first, then by name
+        positions = [order.index(p["cell"]) for p in listed_all]
+        assert positions == sorted(positions)
         admin.ok(
             "POST",
             f"/projects/{project['id']}/tables",

@@ -60,7 +60,14 @@ def cmd_set_limits(cli: CommandLine, args: argparse.Namespace) -> None:
 
 def cmd_list(cli: CommandLine, args: argparse.Namespace) -> None:
     if args.cell is None:
-        page = list_every_cell(cli, limit=args.limit, offset=args.offset)
+        settings = cli.settings()
+        with cli.connect() as control:
+            page = directory.list_every_cell(
+                control,
+                lambda cell: directory.connect_cell(settings, cell),
+                limit=args.limit,
+                offset=args.offset,
+            )
     else:
         settings = cli.settings()
         with cli.connect() as control:
@@ -76,30 +83,6 @@ def cmd_list(cli: CommandLine, args: argparse.Namespace) -> None:
     ]
     lines.append(f"({len(page['projects'])} of {page['total']})")
     emit(args, page, "\n".join(lines))
-
-
-def list_every_cell(cli: CommandLine, *, limit: int, offset: int) -> dict[str, Any]:
-    """One page over every cell's projects: the cells in ``cell list`` order (home
-    first), each cell's projects oldest first, ``offset``/``limit`` counted over that
-    concatenation and ``total`` summed. Each cell answers one page query (its own count
-    comes with it), so a page costs one short connection per cell."""
-    found: list[dict[str, Any]] = []
-    total = 0
-    skip = offset
-    for cell, conn in cli.each_cell():
-        wanted = limit - len(found)
-        page = projects.list_projects(conn, limit=max(wanted, 1), offset=skip)
-        if wanted > 0:
-            found.extend({**p, "cell": cell.name} for p in page["projects"])
-        total += page["total"]
-        skip = max(0, skip - page["total"])
-    return {
-        "projects": found,
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-        "hasMore": offset + len(found) < total,
-    }
 
 
 def cmd_get(cli: CommandLine, args: argparse.Namespace) -> None:

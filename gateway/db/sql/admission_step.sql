@@ -4,9 +4,12 @@
 -- and daily quota; a quota of -1 refuses without consuming anything). Out: the row to
 -- store, the decision (admitted), and whether the row changed: a denial in the same
 -- window and day writes nothing. The window and the day roll forward here.
--- Pure and a single SELECT, so the planner inlines it. Called by gateway.admit's upsert
--- (INSERT and ON CONFLICT branches) and by gateway.admit_many, which walks a batch
--- through it in memory.
+-- Pure and a single SELECT, so the planner inlines it. Each level ends in OFFSET 0, a fence
+-- that keeps it a subquery: flattened, every reference to an inner column repeated that
+-- column's whole expression (the decision three times over, each with the window tests),
+-- and the executor built that tree again on every call (a third of admit_many's CPU).
+-- Called by gateway.admit's upsert (INSERT and ON CONFLICT branches) and by
+-- gateway.admit_many, which walks a batch through it in memory.
 CREATE OR REPLACE FUNCTION gateway.admission_step(
     -- the project's counter row as stored (NULLs: no row yet)
     c_window_s integer, c_window_start bigint, c_count integer, c_prev integer,
@@ -54,7 +57,7 @@ AS $function$
                              AND c_window_start = p_window_start - p_window_s,
                              false) AS adjacent,
                     coalesce(c_day >= p_today, false) AS dsame
-            ) s
-        ) q
-    ) r
+            OFFSET 0) s
+        OFFSET 0) q
+    OFFSET 0) r
 $function$;

@@ -36,8 +36,9 @@ from gateway.admission.coalescer import Coalescer
 from gateway.admission.decision import Admission, AdmissionRow, QuotaExceeded
 from gateway.admission.headers import rate_limit_headers
 from gateway.admission.local_deny import LocalDenies, LocalDeny, rate_limited_error, seconds_up
-from gateway.admission.statement import CANCEL_GRACE_S, AdmissionStatement
+from gateway.admission.statement import AdmissionStatement
 from gateway.auth.keys import hash_key
+from gateway.db.wire import CANCEL_GRACE_S
 from gateway.errors import GatewayError
 from gateway.metadata.catalog import Principal
 from gateway.quotas.plans import violations_for

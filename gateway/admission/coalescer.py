@@ -28,7 +28,7 @@ Deadlines and cancellation, per request, as with one statement each:
   is dropped — like a timed-out single admit, it may have been counted);
 * the request whose connection carries the statement: the statement's own timeout is
   its deadline (cancel on the server, close the connection if that hangs:
-  ``AdmissionStatement.call``), and if that request is cancelled the statement is
+  ``gateway.db.wire.exchange``), and if that request is cancelled the statement is
   cancelled; the others in that batch get 503 with ``Retry-After: 1``;
 * the connection lost with PostgreSQL saying it ended the session (nothing applied):
   the others go back to the head of the queue and are sent again on another connection;

@@ -14,8 +14,6 @@ protocol of admission, while the decision is its rules.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -45,10 +43,6 @@ LOOKUP_SESSION_SQL = "SELECT * FROM gateway.lookup_key(%s, %s)"
 ADMIT_MANY_SQL = (
     "SELECT * FROM gateway.admit_many(%s::text[], %s::int4[], %s, %s, %s, %s::bool[], %s::text[])"
 )
-
-# After a timeout the cancelled call gets this long to finish before its connection is
-# closed (psycopg would otherwise wait up to 5 s + 5 s for an unreachable server).
-CANCEL_GRACE_S = 0.25
 
 
 class AdmissionStatement:
@@ -148,53 +142,36 @@ class AdmissionStatement:
         timeout: float | None = None,
         many: bool = False,
     ) -> Any:
-        """One bounded round trip: a timeout or a lost connection is a fast 503."""
-        task = asyncio.ensure_future(self._execute(conn, query, params, many))
-        try:
-            done, _ = await asyncio.wait(
-                (task,), timeout=self.timeout_s if timeout is None else timeout
-            )
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if task in done:
-            try:
-                return task.result()
-            except psycopg.errors.LockNotAvailable:
-                raise service_unavailable(
-                    "Admission timed out waiting for the project's counter"
-                ) from None
-            except psycopg.OperationalError as exc:
-                logger.warning("admission failed: %s", type(exc).__name__)
-                # chained: gateway.pool.run_with_retry sees the lost connection behind the
-                # 503 and runs the request once more on a fresh one when that is safe
-                raise service_unavailable("Admission is unavailable: try again") from exc
-        # timed out: cancel on the server; give it a moment, then close the connection
-        task.cancel()
-        done, _ = await asyncio.wait((task,), timeout=CANCEL_GRACE_S)
-        if not done:
-            task.cancel()  # a second interrupt makes psycopg close the connection
-            await asyncio.wait((task,), timeout=CANCEL_GRACE_S)
-        task.add_done_callback(_swallow)
-        if not task.done():
-            with contextlib.suppress(Exception):
-                conn.pgconn.finish()
-        raise service_unavailable("Admission timed out")
+        """One bounded round trip, in the caller's task: a timeout, a counter row held
+        too long or a lost connection is a fast 503.
 
-    async def _execute(
-        self, conn: AsyncConnection[Any], query: str, params: tuple[Any, ...], many: bool
-    ) -> Any:
+        The timeout is the wire's (``gateway.db.wire.exchange``): past it the statement is
+        cancelled on the server, and the connection closed if that takes longer than a
+        moment too (an unreachable server). The caller's own cancellation reaches the
+        statement directly.
+        """
         state = wire.state_of(conn)
-        [res] = await wire.exchange(conn, [state.bind(query, params)])
-        if res.status != TUPLES_OK:
-            wire.raise_for(res, conn)
+        try:
+            [res] = await wire.exchange(
+                conn,
+                [state.bind(query, params)],
+                timeout=self.timeout_s if timeout is None else timeout,
+            )
+            if res.status != TUPLES_OK:
+                wire.raise_for(res, conn)
+        except wire.Timeout:
+            raise service_unavailable("Admission timed out") from None
+        except psycopg.errors.LockNotAvailable:
+            raise service_unavailable(
+                "Admission timed out waiting for the project's counter"
+            ) from None
+        except psycopg.OperationalError as exc:
+            logger.warning("admission failed: %s", type(exc).__name__)
+            # chained: gateway.pool.run_with_retry sees the lost connection behind the
+            # 503 and runs the request once more on a fresh one when that is safe
+            raise service_unavailable("Admission is unavailable: try again") from exc
         if many:
             return wire.all_rows(res, state)
         row = wire.first_row(res, state)
         assert row is not None
         return row
-
-
-def _swallow(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()

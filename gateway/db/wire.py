@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from time import monotonic
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -57,6 +58,9 @@ from psycopg.pq.abc import PGconn, PGresult
 # Names a connection keeps prepared. A project's query shapes repeat (the plans are cached
 # per shape), so the hot ones stay; a long tail of shapes costs a Parse each, as before.
 PREPARED_PER_CONNECTION = 256
+# after a timeout, how long the cancellation and the unit's last answers may take before
+# the connection is closed instead
+CANCEL_GRACE_S = 0.25
 # the SQLSTATE of a Bind/Execute naming a statement the server does not know
 UNKNOWN_STATEMENT = "26000"
 # the SQLSTATE of a Parse under a name the server already holds
@@ -151,8 +155,16 @@ def statement_name(bound: Bound) -> bytes:
     return name
 
 
+class Timeout(e.OperationalError):
+    """No answer within ``exchange``'s ``timeout`` (the unit may or may not have run)."""
+
+
 async def exchange(
-    conn: AsyncConnection[Any], statements: Sequence[Bound], result_format: Format = TEXT
+    conn: AsyncConnection[Any],
+    statements: Sequence[Bound],
+    result_format: Format = TEXT,
+    *,
+    timeout: float | None = None,
 ) -> list[PGresult]:
     """Run ``statements`` as one pipeline ending in one Sync; one result per statement.
 
@@ -161,9 +173,16 @@ async def exchange(
     PIPELINE_ABORTED (skipped after a failure). One more FATAL_ERROR result after them
     is the commit's failure at the Sync (a deferred constraint).
     A lost connection raises ``psycopg.OperationalError`` with ``conn.closed`` true.
+
+    ``timeout`` (seconds) bounds the wait for the answers in the caller's own task, with
+    the timer psycopg's wait arms anyway (no task, no extra loop turn). Past it the unit is
+    cancelled on the server and its answers read, within ``CANCEL_GRACE_S`` each, so the
+    connection stays usable; a server that answers neither gets the connection closed.
+    Either way ``Timeout`` is raised: the unit may or may not have run.
     """
     state = state_of(conn)
-    results = await _exchange(conn, state, statements, result_format)
+    deadline = None if timeout is None else monotonic() + timeout
+    results = await _exchange(conn, state, statements, result_format, deadline)
     for res in results:
         if res.status != _FATAL_ERROR:
             continue
@@ -172,11 +191,11 @@ async def exchange(
             # our names are gone on the server (DISCARD ALL, another backend behind a
             # pooler): nothing was committed, so start over with fresh Parses
             state.forget()
-            return await _exchange(conn, state, statements, result_format)
+            return await _exchange(conn, state, statements, result_format, deadline)
         if sqlstate == DUPLICATE_STATEMENT:
             # a Parse whose answer we never read (the unit was cancelled) had run: the
             # name is now registered; nothing was committed, so run the unit again
-            return await _exchange(conn, state, statements, result_format)
+            return await _exchange(conn, state, statements, result_format, deadline)
         break
     return results
 
@@ -186,6 +205,7 @@ async def _exchange(
     state: WireState,
     statements: Sequence[Bound],
     result_format: Format,
+    deadline: float | None = None,
 ) -> list[PGresult]:
     pgconn = conn.pgconn
     prepared = uses_prepared(conn)
@@ -222,7 +242,15 @@ async def _exchange(
                 pgconn.send_query_prepared(name, st.params, st.formats, result_format)
                 expect.append(None)
             pgconn.pipeline_sync()
-            raw = await conn.wait(_communicate(pgconn, len(expect)))
+            communicate = _communicate(pgconn, len(expect))
+            if deadline is None:
+                raw = await conn.wait(communicate)
+            else:
+                try:
+                    raw = await conn.wait(communicate, timeout=max(deadline - monotonic(), 0.0))
+                except e._WaitTimeout:
+                    await _cancel(conn, communicate)
+                    raise Timeout("no answer in time") from None
         finally:
             _leave_pipeline(pgconn)
     results: list[PGresult] = []
@@ -244,6 +272,17 @@ async def _exchange(
     # (e.g. a deferred constraint), answered after every statement succeeded
     results.extend(raw[len(expect) :])
     return results
+
+
+async def _cancel(conn: AsyncConnection[Any], communicate: PQGen[list[PGresult]]) -> None:
+    """After a timeout: cancel the unit on the server and read its answers, so that the
+    connection can be reused; if either takes longer than ``CANCEL_GRACE_S`` (a server
+    that does not answer at all), close the connection instead."""
+    try:
+        await conn.cancel_safe(timeout=CANCEL_GRACE_S)
+        await conn.wait(communicate, timeout=CANCEL_GRACE_S)
+    except Exception:
+        conn.pgconn.finish()
 
 
 def _register(state: WireState, name: bytes) -> None:

@@ -109,25 +109,31 @@ class Coalescer:
             finally:
                 self.in_flight -= 1
                 self._pump()
-        waiter = _Waiter(args, conn, deadline, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(args, conn, deadline, loop.create_future())
         self._queue.append(waiter)
+        # one timer, not a wait with a timeout: a plain timer handle is the cheapest
+        # deadline asyncio has (this runs for every queued request)
+        timer = loop.call_at(loop.time() + (deadline - time.monotonic()), self._expire, waiter)
         try:
-            while True:
-                # the carrier waits for its statement, which enforces its deadline itself
-                timeout = None if waiter.state == "carrier" else waiter.deadline - time.monotonic()
-                done, _ = await asyncio.wait((waiter.future,), timeout=timeout)
-                if done:
-                    return waiter.future.result()
-                if waiter.state != "carrier":
-                    self._leave(waiter)
-                    raise service_unavailable("Admission timed out")
+            return await waiter.future
         except asyncio.CancelledError:
             self._leave(waiter)
             if waiter.state == "carrier" and waiter.task is not None:
                 waiter.task.cancel()  # its connection goes back to the pool: stop using it
             raise
+        finally:
+            timer.cancel()
 
     # --- internals --------------------------------------------------------------------
+
+    def _expire(self, waiter: _Waiter) -> None:
+        """A waiter's deadline: 503 unless it carries the batch's statement, which enforces
+        its deadline itself (the statement's timeout), or its answer is in already."""
+        if waiter.state == "carrier" or waiter.future.done():
+            return
+        self._leave(waiter)
+        waiter.future.set_exception(service_unavailable("Admission timed out"))
 
     def _leave(self, waiter: _Waiter) -> None:
         waiter.gone = True

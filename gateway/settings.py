@@ -97,7 +97,7 @@ class Settings:
     # coalesced admission (issue 16 part 1, gateway/admission/coalescer.py): every admission
     # waiting at one moment goes in one statement, at most this many statements in flight
     admission_coalesce: bool = True
-    admission_statements_max: int = 2
+    admission_statements_max: int = 1
     # end-user auth (docs/auth.md): its own group of GATEWAY_AUTH_* / GATEWAY_SMTP_* values
     auth: AuthSettings = field(default_factory=lambda: AuthSettings())
 
@@ -187,7 +187,7 @@ class Settings:
             overload_inflight_max=r.optional_int("GATEWAY_OVERLOAD_INFLIGHT_MAX", minimum=1),
             overload_queue_max=r.optional_int("GATEWAY_OVERLOAD_QUEUE_MAX", minimum=0),
             admission_coalesce=r.bool("GATEWAY_ADMISSION_COALESCE", True),
-            admission_statements_max=r.int("GATEWAY_ADMISSION_STATEMENTS_MAX", 2, minimum=1),
+            admission_statements_max=r.int("GATEWAY_ADMISSION_STATEMENTS_MAX", 1, minimum=1),
             # quotas
             bandwidth_flush_ms=r.int("GATEWAY_BANDWIDTH_FLUSH_MS", 1000, minimum=10),
             db_size_sample_s=r.float("GATEWAY_DB_SIZE_SAMPLE_S", 60.0, minimum=0.1),

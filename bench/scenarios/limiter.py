@@ -158,7 +158,7 @@ def _settings(url: str, coalesce: bool = True) -> Settings:
             "GATEWAY_ADMISSION_COALESCE": "1" if coalesce else "0",
             # the coalescer's statements in flight, as the bench's environment says
             "GATEWAY_ADMISSION_STATEMENTS_MAX": os.environ.get(
-                "GATEWAY_ADMISSION_STATEMENTS_MAX", "2"
+                "GATEWAY_ADMISSION_STATEMENTS_MAX", "1"
             ),
         }
     )

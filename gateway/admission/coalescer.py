@@ -3,7 +3,7 @@
 The database is the one part that does not scale out, and one project's decisions
 serialise on its counter row. A statement per request pays, per request, a round trip,
 a transaction, a commit and a wait for the row lock. So each instance keeps at most
-``statements_max`` admission statements in flight (1 or 2):
+``statements_max`` admission statements in flight (1 by default):
 
 * A request that finds a free slot and nobody queued goes at once, in its own task,
   with the single ``gateway.admit`` — exactly today's path: no added latency when idle.
@@ -81,7 +81,7 @@ class Coalescer:
         send: Send,
         *,
         timeout_s: float,
-        statements_max: int = 2,
+        statements_max: int = 1,
         batch_max: int = BATCH_MAX,
     ) -> None:
         self.send = send

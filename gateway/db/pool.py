@@ -334,8 +334,10 @@ async def run_with_retry(
     for attempt in (1, 2):
         conn = await checkout(pool, deadline)
         try:
-            async with conn:
-                return await fn(conn)
+            # not ``async with conn``: on an autocommit connection its commit is a no-op
+            # that still takes the connection's lock and a wait (every request pays it),
+            # and a connection given back inside a transaction is rolled back by putconn
+            return await fn(conn)
         except (psycopg.OperationalError, GatewayError) as exc:
             lost = lost_connection_error(conn, exc)
             if lost is None:

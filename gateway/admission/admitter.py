@@ -126,18 +126,20 @@ class Admitter:
         """Drop every local deny (e.g. the invalidation channel reconnected)."""
         self.local.forget_all()
 
-    def check_local(self, key: str | None) -> str:
+    def check_local(self, key: str | None, key_hash: str | None = None) -> str:
         """Raise the local 429 if this key's project is known to be over its limit.
 
         Costs no database round trip and no pool connection; returns the key's hash, to
         pass on to ``admit(..., key_hash=...)`` (routes call this before they acquire a
         connection). When a deny's one-second cap has passed but the database's reset
         hasn't, ONE request (the probe) goes to the database while the others keep
-        being refused locally until its answer is in.
+        being refused locally until its answer is in. ``key_hash``: the key's hash when
+        the caller has it already (routing to a cell hashed the key).
         """
         if not key:
             raise GatewayError("INVALID_API_KEY", "Missing API key", status=401)
-        key_hash = hash_key(key)
+        if key_hash is None:
+            key_hash = hash_key(key)
         if self.local.entries:
             error = self.local.refuse(key_hash, probe=True)
             if error is not None:

@@ -321,9 +321,15 @@ class Cells:
         that cell is unknown to this instance or the directory can't be read. A cell that
         is down is refused by its own pipeline (``Pipeline.reachable``), so the refusal
         names the cell in the metrics."""
+        return (await self.route(key))[0]
+
+    async def route(self, key: str | None) -> tuple[CellRuntime, str | None]:
+        """``runtime_for``, with the key's hash when routing needed it (several cells), so
+        that the request's pipeline does not hash the key again; ``None`` otherwise."""
         if self.single or not key:
-            return self.home
-        return await self.runtime_for_hash(hash_key(key))
+            return self.home, None
+        key_hash = hash_key(key)
+        return await self.runtime_for_hash(key_hash), key_hash
 
     async def runtime_for_hash(self, key_hash: str) -> CellRuntime:
         if self.single:

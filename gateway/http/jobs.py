@@ -75,11 +75,13 @@ async def _serve(request: Request, handler: Handler) -> Response:
         out.body = orjson.dumps({"ok": True, **payload})
 
     try:
-        pipeline = (await state.cells.runtime_for(key)).pipeline
+        runtime, key_hash = await state.cells.route(key)
     except GatewayError as error:
         out = Outcome(status=200, body=b"").refuse(error, jobs_error_body)
     else:
-        out = await pipeline.admitted(key, cost=1, work=work, envelope=jobs_error_body)
+        out = await runtime.pipeline.admitted(
+            key, cost=1, work=work, envelope=jobs_error_body, key_hash=key_hash
+        )
     # what the request log records: the HTTP method and the path below /v1/inhouse
     out.operation = request.method
     out.path = request.url.path.removeprefix("/v1/inhouse")[:200]

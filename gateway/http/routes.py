@@ -125,13 +125,12 @@ async def _with_body(request: Request, batch: bool) -> Response:
         return Response(status_code=400)
     key, session = credentials_from_headers(request.headers)
     try:
-        pipeline = (await state.cells.runtime_for(key)).pipeline
+        runtime, key_hash = await state.cells.route(key)
     except GatewayError as error:
         outcome = Outcome(status=200, body=b"").refuse(error)
     else:
-        outcome = await (
-            pipeline.batch(key, body, session) if batch else pipeline.query(key, body, session)
-        )
+        run = runtime.pipeline.batch if batch else runtime.pipeline.query
+        outcome = await run(key, body, session, key_hash=key_hash)
     return _render(request, "batch" if batch else "query", outcome, request_id, started)
 
 
@@ -147,11 +146,11 @@ async def schema(request: Request) -> Response:
     started = arrival_time(request)
     key, session = credentials_from_headers(request.headers)
     try:
-        pipeline = (await request.app.state.gw.cells.runtime_for(key)).pipeline
+        runtime, key_hash = await request.app.state.gw.cells.route(key)
     except GatewayError as error:
         outcome = Outcome(status=200, body=b"").refuse(error)
     else:
-        outcome = await pipeline.schema(key, session)
+        outcome = await runtime.pipeline.schema(key, session, key_hash=key_hash)
     return _render(request, "schema", outcome, new_request_id(), started)
 
 

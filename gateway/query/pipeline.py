@@ -168,23 +168,45 @@ class Pipeline:
 
     # --- the endpoints --------------------------------------------------------------
 
-    async def query(self, key: str | None, body: bytes, session: str | None = None) -> Outcome:
-        return await self._run(key, body, batch=False, session=session)
+    async def query(
+        self,
+        key: str | None,
+        body: bytes,
+        session: str | None = None,
+        *,
+        key_hash: str | None = None,
+    ) -> Outcome:
+        return await self._run(key, body, batch=False, session=session, key_hash=key_hash)
 
-    async def batch(self, key: str | None, body: bytes, session: str | None = None) -> Outcome:
-        return await self._run(key, body, batch=True, session=session)
+    async def batch(
+        self,
+        key: str | None,
+        body: bytes,
+        session: str | None = None,
+        *,
+        key_hash: str | None = None,
+    ) -> Outcome:
+        return await self._run(key, body, batch=True, session=session, key_hash=key_hash)
 
-    async def schema(self, key: str | None, session: str | None = None) -> Outcome:
+    async def schema(
+        self, key: str | None, session: str | None = None, *, key_hash: str | None = None
+    ) -> Outcome:
         async def work(conn: Conn, admission: Admission, out: Outcome) -> None:
             catalog = await self.catalog(conn, admission.project_id)
             out.body = orjson.dumps(permissions.schema_view(catalog, admission.principal))
 
-        return await self.admitted(key, cost=1, work=work, session=session)
+        return await self.admitted(key, cost=1, work=work, session=session, key_hash=key_hash)
 
     # --- plumbing -------------------------------------------------------------------
 
     async def _run(
-        self, key: str | None, body: bytes, *, batch: bool, session: str | None = None
+        self,
+        key: str | None,
+        body: bytes,
+        *,
+        batch: bool,
+        session: str | None = None,
+        key_hash: str | None = None,
     ) -> Outcome:
         cost = 1
         parsed: Any = None
@@ -229,7 +251,9 @@ class Pipeline:
                 out.body = data_body(result.data_json, result.count)
                 out.row_count = result.count
 
-        return await self.admitted(key, cost=cost, work=work, session=session, grows=grows)
+        return await self.admitted(
+            key, cost=cost, work=work, session=session, grows=grows, key_hash=key_hash
+        )
 
     async def admitted(
         self,
@@ -239,6 +263,7 @@ class Pipeline:
         work: Work,
         session: str | None = None,
         hashes: tuple[str, str | None] | None = None,
+        key_hash: str | None = None,
         grows: bool = False,
         envelope: Envelope | None = error_body,
         out: Outcome | None = None,
@@ -259,7 +284,8 @@ class Pipeline:
         ``out`` already naming the project once admitted: the auth API's refusals can
         also come after the connection is given back, so it renders them itself.
         ``rate_headers``: the answer carries the rate-limit headers (the auth API's
-        answers do not, as in the original).
+        answers do not, as in the original). ``key_hash``: the key's hash when routing
+        to the cell computed it already (the key is hashed once per request).
         """
         if out is None:
             out = Outcome(status=200, body=b"")
@@ -269,14 +295,13 @@ class Pipeline:
         slot: str | None = None
         over_share: Admission | None = None
         learning = False  # this request's admission teaches the share its key's project
-        key_hash: str | None = None
         try:
             if not self.reachable():
                 raise service_unavailable("the project's database is unavailable, retry shortly")
             # a project known to be over its limit is refused here: no pool connection, no
             # round trip (the local deny; it never admits anything)
             if hashes is None:
-                key_hash = self.admitter.check_local(key)
+                key_hash = self.admitter.check_local(key, key_hash)
                 # the session is resolved inside the admission statement, never cached here
                 session_hash = token_hash(session) if session is not None else None
             else:

@@ -360,13 +360,15 @@ async def issue_ticket(request: Request) -> Outcome:
     the same way in as /query (local deny, admission with the session)."""
     key, session = credentials_from_headers(request.headers)
     try:
-        runtime = await request.app.state.gw.cells.runtime_for(key)
+        runtime, routed_hash = await request.app.state.gw.cells.route(key)
     except GatewayError as error:
         return Outcome(status=200, body=b"", operation="TICKET").refuse(error)
     pipeline = runtime.pipeline
+    # hashed once: for routing (several cells), the local deny and the ticket's row
+    key_hash = routed_hash or (hash_key(key) if key else None)
 
     async def work(conn: psycopg.AsyncConnection[Any], admission: Admission, o: Outcome) -> None:
-        key_hash = hash_key(key or "")
+        assert key_hash is not None  # admitted: the pipeline refused a missing key
         session_hash = token_hash(session) if session is not None else None
         ticket, expires_at = await create_ticket(conn, admission.project_id, key_hash, session_hash)
         data = {
@@ -376,7 +378,7 @@ async def issue_ticket(request: Request) -> Outcome:
         }
         o.body = orjson.dumps({"data": data, "error": None, "status": 200})
 
-    out = await pipeline.admitted(key, cost=1, work=work, session=session)
+    out = await pipeline.admitted(key, cost=1, work=work, session=session, key_hash=key_hash)
     out.operation = "TICKET"
     out.headers["Cache-Control"] = "no-store"
     return out

@@ -130,7 +130,7 @@ async def _with_body(request: Request, batch: bool) -> Response:
         outcome = Outcome(status=200, body=b"").refuse(error)
     else:
         run = runtime.pipeline.batch if batch else runtime.pipeline.query
-        outcome = await run(key, body, session, key_hash=key_hash)
+        outcome = await run(key, body, session, key_hash)
     return _render(request, "batch" if batch else "query", outcome, request_id, started)
 
 
@@ -150,7 +150,7 @@ async def schema(request: Request) -> Response:
     except GatewayError as error:
         outcome = Outcome(status=200, body=b"").refuse(error)
     else:
-        outcome = await runtime.pipeline.schema(key, session, key_hash=key_hash)
+        outcome = await runtime.pipeline.schema(key, session, key_hash)
     return _render(request, "schema", outcome, new_request_id(), started)
 
 

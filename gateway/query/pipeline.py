@@ -173,7 +173,6 @@ class Pipeline:
         key: str | None,
         body: bytes,
         session: str | None = None,
-        *,
         key_hash: str | None = None,
     ) -> Outcome:
         return await self._run(key, body, batch=False, session=session, key_hash=key_hash)
@@ -183,13 +182,12 @@ class Pipeline:
         key: str | None,
         body: bytes,
         session: str | None = None,
-        *,
         key_hash: str | None = None,
     ) -> Outcome:
         return await self._run(key, body, batch=True, session=session, key_hash=key_hash)
 
     async def schema(
-        self, key: str | None, session: str | None = None, *, key_hash: str | None = None
+        self, key: str | None, session: str | None = None, key_hash: str | None = None
     ) -> Outcome:
         async def work(conn: Conn, admission: Admission, out: Outcome) -> None:
             catalog = await self.catalog(conn, admission.project_id)

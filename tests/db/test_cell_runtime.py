@@ -6,13 +6,16 @@ start nor slows a request for it (503 at once)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
 from starlette.testclient import TestClient
 
+from gateway.auth import keys as keys_module
 from gateway.cells.directory import HOME, Cell
 from gateway.cells.runtime import DISCOVERY_TIMEOUT_S, CellRuntime, Cells, open_cell
 from gateway.errors import GatewayError
@@ -220,3 +223,47 @@ def logged_rows(url: str, project_id: str) -> int:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def test_a_request_hashes_its_key_once_with_several_cells(
+    pg_url: str, cell_databases: Callable[[int], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a second cell the key is hashed to route the request; the local deny, the
+    admission and a ticket's row use that same hash (issue 23: hashed once per request)."""
+    (url_a,) = cell_databases(1)
+    name = unique_cell_name("once")
+    register_cell(pg_url, name, url_a)
+    served = make_cell_project(pg_url, name, url_a)
+    key = served["public_key"]
+    body = {"query": {"operation": "select", "table": "todos", "limit": 1}}
+    settings = Settings.from_env({"DATABASE_URL": pg_url, "GATEWAY_MAINTENANCE_INTERVAL_S": "3600"})
+    hashed: list[bytes] = []
+    real_sha256 = hashlib.sha256
+
+    class CountingHashlib:
+        @staticmethod
+        def sha256(data: bytes = b"", **kwargs: Any) -> Any:
+            hashed.append(data)
+            return real_sha256(data, **kwargs)
+
+    try:
+        app = create_app(settings)
+        with TestClient(app) as client:
+            cells = app.state.gw.cells
+            wait_until(
+                lambda: name in cells.runtimes and cells.runtimes[name].available, timeout=20
+            )
+            warm = client.post(QUERY, json=body, headers=bearer(key))
+            assert warm.status_code == 200, warm.text
+            monkeypatch.setattr(keys_module, "hashlib", CountingHashlib)
+            for method, path, payload in (
+                ("POST", QUERY, body),
+                ("GET", "/v1/inhouse/db/schema", None),
+                ("POST", "/v1/inhouse/db/realtime/ticket", {}),
+            ):
+                hashed.clear()
+                answer = client.request(method, path, json=payload, headers=bearer(key))
+                assert answer.status_code == 200, (path, answer.text)
+                assert hashed.count(key.encode()) == 1, path
+    finally:
+        remove_cell(pg_url, name)

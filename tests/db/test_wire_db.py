@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import uuid
 import weakref
@@ -228,3 +229,80 @@ def test_a_connection_with_wire_state_can_be_collected(pg_url: str) -> None:
     ref = run(scenario())
     gc.collect()
     assert ref() is None
+
+
+def test_a_timeout_cancels_the_unit_and_keeps_the_connection(pg_url: str, table: str) -> None:
+    """Past ``timeout`` the unit is cancelled on the server and its answers read: the
+    caller gets ``wire.Timeout`` at the deadline, nothing of the unit is committed, and
+    the connection serves the next unit."""
+
+    async def scenario() -> float:
+        async with await AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            state = wire.state_of(conn)
+            unit = [
+                state.bind(f"INSERT INTO {table} (id) VALUES (%s) RETURNING id", [1]),
+                state.bind("SELECT pg_sleep(5)", []),
+            ]
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(wire.Timeout):
+                await wire.exchange(conn, unit, timeout=0.2)
+            took = loop.time() - started
+            assert not conn.closed
+            assert conn.info.transaction_status == TransactionStatus.IDLE
+            [res] = await _exchange(conn, (f"SELECT count(*) FROM {table}", []))
+            assert res.get_value(0, 0) == b"0"  # the insert was rolled back with the unit
+            return took
+
+    took = run(scenario())
+    assert took < 0.2 + 2 * wire.CANCEL_GRACE_S
+
+
+def test_a_timeout_against_a_silent_server_closes_the_connection(pg_url: str) -> None:
+    """A server that answers neither the unit nor the cancel request (a network that
+    stopped forwarding) costs the deadline plus the grace, then the connection is closed:
+    never a hang."""
+
+    async def scenario() -> float:
+        info = psycopg.conninfo.conninfo_to_dict(pg_url)
+        forwarding = asyncio.Event()
+        forwarding.set()
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    if forwarding.is_set():
+                        writer.write(data)
+                        await writer.drain()
+            writer.close()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection(
+                "127.0.0.1", int(info.get("port", 5432))
+            )
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            url = psycopg.conninfo.make_conninfo(pg_url, host="127.0.0.1", port=port)
+            conn = await AsyncConnection.connect(url, autocommit=True)
+            await _exchange(conn, ("SELECT 1", []))
+            forwarding.clear()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(wire.Timeout):
+                await _exchange_with_timeout(conn, 0.2)
+            took = loop.time() - started
+            assert conn.closed
+            return took
+        finally:
+            server.close()
+
+    took = run(scenario())
+    assert took < 0.2 + 2 * wire.CANCEL_GRACE_S + 0.5
+
+
+async def _exchange_with_timeout(conn: AsyncConnection[Any], timeout: float) -> list[Any]:
+    state = wire.state_of(conn)
+    return await wire.exchange(conn, [state.bind("SELECT 1", [])], timeout=timeout)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from gateway.control import tabledef
-from gateway.control.keys import create_key
-from gateway.control.projects import connect, create_project
-from gateway.control.tables import create_table
 from gateway.db import migrate
 from tests.support.harness import ClusterStarter, GatewayCluster, LocalServerControl
-from tests.support.tables import TODOS_TABLE
+from tests.support.projects import provision_project
 
 
 @pytest.fixture(scope="session")
@@ -87,23 +82,13 @@ def make_project(pg_url: str) -> ProjectFactory:
         table: dict[str, Any] | None = None,
         name: str | None = None,
     ) -> dict[str, Any]:
-        with connect(pg_url) as conn:
-            project = create_project(
-                conn,
-                name or f"t-{uuid.uuid4().hex[:12]}",
-                rate_limit_per_minute=rate_limit_per_minute,
-                requests_per_day=requests_per_day,
-            )
-            create_table(conn, project.id, tabledef.parse_table(table or TODOS_TABLE))
-            public = create_key(conn, project.id, key_type="public")
-            server = create_key(conn, project.id, key_type="server")
-        return {
-            **project.as_json(),
-            "public_key": public["key"],
-            "public_key_id": public["id"],
-            "server_key": server["key"],
-            "server_key_id": server["id"],
-        }
+        return provision_project(
+            pg_url,
+            rate_limit_per_minute=rate_limit_per_minute,
+            requests_per_day=requests_per_day,
+            table=table,
+            name=name,
+        )
 
     return factory
 

@@ -92,12 +92,11 @@ def create_project(
     with cli.connect() as control:
         chosen = cell_name or directory.choose_cell(control)
         cell = directory.get_cell(control, chosen)
-        if cell.is_home:
-            if directory.name_taken(control, name):
-                raise ConflictError(f"a project named {name!r} already exists", field="name")
-            return projects.create_project(control, name, **options), cell.name
+        # names are unique across every cell (the directory knows those off home)
         if directory.name_taken(control, name):
             raise ConflictError(f"a project named {name!r} already exists", field="name")
+        if cell.is_home:
+            return projects.create_project(control, name, **options), cell.name
         with directory.connect_cell(settings, cell) as conn:
             project = projects.create_project(conn, name, **options)
         try:

@@ -160,8 +160,9 @@ async def open_cell(cell: Cell, control: Settings, *, hasher: Hasher | None = No
     runtime.pipeline = Pipeline(
         settings, pool, metadata=metadata, admitter=admitter, cell=cell.name
     )
-    # the cell counts as down while its LISTEN connection is: its requests get 503 at once
-    runtime.pipeline.reachable = lambda: listener.connected
+    # its requests get 503 at once while the cell is down: the runtime decides that once,
+    # for the pipeline, /readyz and the metrics alike
+    runtime.pipeline.reachable = lambda: runtime.available
     # the cell's own maintenance leader (elected in the cell's database): retention of
     # its change log, jobs, sessions (the instance's bandwidth meter writes to every cell)
     maintenance = Maintenance(settings, pool)

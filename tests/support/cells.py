@@ -21,15 +21,12 @@ from typing import Any
 
 from gateway.auth.keys import hash_key
 from gateway.cells import directory
-from gateway.control import tabledef
-from gateway.control.keys import create_key
-from gateway.control.projects import connect, create_project
-from gateway.control.tables import create_table
+from gateway.control.projects import connect
 from gateway.db import migrate
 from gateway.db.localdb import LocalPostgres
 from tests.support.harness import LocalServerControl
+from tests.support.projects import provision_project
 from tests.support.scratchdb import scratch_database
-from tests.support.tables import TODOS_TABLE
 
 
 @contextmanager
@@ -92,30 +89,20 @@ def make_cell_project(
     """Like the ``make_project`` fixture, on cell ``cell`` (database ``cell_url``): the
     project, a ``todos`` table and a public and a server key live in the cell; the
     control database's directory routes the keys there."""
-    with connect(cell_url) as conn:
-        project = create_project(
-            conn,
-            name or f"t-{uuid.uuid4().hex[:12]}",
-            rate_limit_per_minute=rate_limit_per_minute,
-            requests_per_day=requests_per_day,
-        )
-        create_table(conn, project.id, tabledef.parse_table(table or TODOS_TABLE))
-        public = create_key(conn, project.id, key_type="public")
-        server = create_key(conn, project.id, key_type="server")
+    project = provision_project(
+        cell_url,
+        rate_limit_per_minute=rate_limit_per_minute,
+        requests_per_day=requests_per_day,
+        table=table,
+        name=name,
+    )
     with connect(control_url) as conn:
         directory.register_project(
             conn,
-            project.id,
-            project.name,
+            project["id"],
+            project["name"],
             cell,
-            [hash_key(public["key"]), hash_key(server["key"])],
+            [hash_key(project["public_key"]), hash_key(project["server_key"])],
         )
         conn.commit()
-    return {
-        **project.as_json(),
-        "cell": cell,
-        "public_key": public["key"],
-        "public_key_id": public["id"],
-        "server_key": server["key"],
-        "server_key_id": server["id"],
-    }
+    return {**project, "cell": cell}

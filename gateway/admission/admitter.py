@@ -147,14 +147,15 @@ class Admitter:
                 raise error
         return key_hash
 
-    def deny_early(self, key: str | None) -> GatewayError | None:
+    def deny_early(self, key: str | None, key_hash: str | None = None) -> GatewayError | None:
         """The local 429 for ``key`` if its project is known to be over its limit, else
         ``None`` — with no side effects besides the count, so the HTTP front can ask
         before routing and body reading and leave everything else (a missing key, the
-        probe when a re-check is due) to the pipeline's ``check_local``."""
+        probe when a re-check is due) to the pipeline's ``check_local``. ``key_hash``:
+        the key's hash when the caller has it already."""
         if not key or not self.local.entries:
             return None
-        error = self.local.refuse(hash_key(key), probe=False)
+        error = self.local.refuse(key_hash or hash_key(key), probe=False)
         if error is not None:
             self._stats["local_denied"] += 1
         return error

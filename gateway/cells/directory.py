@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -73,6 +73,12 @@ class Cell:
         """The URL for LISTEN, migrations and provisioning (never through a pooler)."""
         if self.is_home:
             return control.direct_url
+        return self.own_direct_url
+
+    @property
+    def own_direct_url(self) -> str:
+        """A cell's own direct URL, its pooled one when it has none (not for ``home``,
+        whose URLs are the instance's settings: ``direct``)."""
         return self.direct_url or str(self.database_url)
 
     def settings(self, control: Settings) -> Settings:
@@ -259,23 +265,17 @@ def connect_cell(control: Settings, cell: Cell) -> Iterator[psycopg.Connection[d
         yield conn
 
 
-def list_every_cell(
-    control: psycopg.Connection[Any],
-    connect_other: Callable[[Cell], AbstractContextManager[psycopg.Connection[Any]]],
-    *,
-    limit: int,
-    offset: int,
-) -> dict[str, Any]:
+def list_every_cell(control: psycopg.Connection[Any], *, limit: int, offset: int) -> dict[str, Any]:
     """One page over every cell's projects, each naming its ``cell``: the cells in
     ``list_cells`` order (home first, on ``control`` itself; the others on a short
-    connection from ``connect_other``), each cell's projects oldest first, ``offset`` and
+    connection of their own), each cell's projects oldest first, ``offset`` and
     ``limit`` counted over that concatenation and ``total`` summed. Each cell answers one
     page query (its count comes with it). A cell that is down fails the page."""
     found: list[dict[str, Any]] = []
     total = 0
     skip = offset
     for cell in list_cells(control):
-        with nullcontext(control) if cell.is_home else connect_other(cell) as conn:
+        with nullcontext(control) if cell.is_home else connect(cell.own_direct_url) as conn:
             wanted = limit - len(found)
             page = list_projects(conn, limit=max(wanted, 1), offset=skip)
         if wanted > 0:

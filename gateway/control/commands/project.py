@@ -60,14 +60,8 @@ def cmd_set_limits(cli: CommandLine, args: argparse.Namespace) -> None:
 
 def cmd_list(cli: CommandLine, args: argparse.Namespace) -> None:
     if args.cell is None:
-        settings = cli.settings()
         with cli.connect() as control:
-            page = directory.list_every_cell(
-                control,
-                lambda cell: directory.connect_cell(settings, cell),
-                limit=args.limit,
-                offset=args.offset,
-            )
+            page = directory.list_every_cell(control, limit=args.limit, offset=args.offset)
     else:
         settings = cli.settings()
         with cli.connect() as control:

@@ -241,7 +241,12 @@ class RequestLog:
                     self._inflight_dropped += 1
                 self._warn_drops()
             self._buffer.append(row)
-            if len(self._buffer) >= self.flush_rows and not self._wake.is_set():
+            # the rows of a batch in flight don't count: counted, every row recorded
+            # during a COPY would start the next one at once, a few rows each
+            if (
+                len(self._buffer) - self._inflight_left >= self.flush_rows
+                and not self._wake.is_set()
+            ):
                 self._wake.set()
         except Exception:  # pragma: no cover - logging must never fail a request
             logger.exception("request log: record failed")
@@ -339,8 +344,13 @@ class RequestLog:
             return await self._flush_locked()
 
     async def _flush_locked(self) -> bool:
-        while self._buffer:
-            count = min(len(self._buffer), self.batch_max)
+        # the rows buffered now, not those recorded while they are written: under steady
+        # load draining "until empty" would run COPY after COPY of a few rows each, each
+        # with its own transaction, instead of one batch per interval
+        left = len(self._buffer)
+        while self._buffer and left > 0:
+            count = min(len(self._buffer), self.batch_max, left)
+            left -= count
             batch = list(itertools.islice(self._buffer, count))  # they stay buffered
             self._inflight_left, self._inflight_dropped = count, 0
             try:

@@ -170,6 +170,40 @@ def test_copy_batches_and_round_trips_fields(pg_url: str, db: psycopg.Connection
     assert row["duration_ms"] == pytest.approx(1.0)
 
 
+def test_rows_recorded_during_a_copy_wait_for_their_own_batch(
+    pg_url: str, db: psycopg.Connection[T]
+) -> None:
+    """Under steady load the writer keeps one batch per interval (or per 500 rows): the
+    rows recorded while a COPY runs neither extend it nor start the next one at once."""
+    settings = settings_for(pg_url, log_flush_ms=60_000)  # only the 500-row wake flushes
+
+    async def scenario(blocker: psycopg.Connection[T]) -> dict[str, Any]:
+        pool = await open_pool(settings)
+        log = RequestLog(settings, pool)
+        log.start()
+        try:
+            with blocker.transaction():
+                # the COPY waits for this lock: rows recorded meanwhile arrive mid-batch
+                blocker.execute("LOCK TABLE gateway.request_log IN SHARE MODE")
+                for i in range(500):
+                    log.record(record(i))
+                await wait_until_async(lambda: log._inflight_left == 500, timeout=30)
+                for i in range(500, 520):
+                    log.record(record(i))
+            await wait_until_async(lambda: log.written >= 500, timeout=30)
+            await asyncio.sleep(0.5)
+            return log.stats()
+        finally:
+            await log.stop()
+            await pool.close()
+
+    with psycopg.connect(pg_url) as blocker:
+        seen = run(scenario(blocker))
+    assert seen["written"] == 500 and seen["batches"] == 1
+    assert seen["depth"] == 20
+    assert logged(db, settings.instance_id) == 520  # stop() wrote the rest
+
+
 def test_stop_flushes_exactly_everything(pg_url: str, db: psycopg.Connection[T]) -> None:
     settings = settings_for(pg_url, log_flush_ms=60_000)
 

@@ -1,10 +1,10 @@
 """Admission: one database round trip decides whether a keyed request may run.
 
 ``Admitter.admit(conn, key, cost)`` calls ``gateway.admit(...)`` (gateway/db/sql/admit.sql)
-once, on an autocommit pool connection: the key is validated, the project's rate limit and daily
-quota are checked and incremented by one atomic upsert that commits on its own, before
-the tenant query starts. The answer is an ``Admission`` (who is asking, and the
-rate-limit numbers for the response headers) or a ``GatewayError``.
+once, on an autocommit pool connection: the key is validated, the project's rate limit and
+daily quota are checked and incremented on its locked counter row, in a statement that
+commits on its own, before the tenant query starts. The answer is an ``Admission`` (who
+is asking, and the rate-limit numbers for the response headers) or a ``GatewayError``.
 
 Local deny: once the database has said that a project is over its rate limit in the
 current window (no room left even for one request), this instance answers 429 for that
@@ -184,7 +184,7 @@ class Admitter:
         if cost < 1:
             raise ValueError("cost must be at least 1")
         if not conn.autocommit:
-            # the upsert must commit on its own (and its synchronous_commit=off must not
+            # the counter write must commit on its own (and its synchronous_commit=off must not
             # leak into a caller's transaction)
             raise RuntimeError("admission needs an autocommit connection")
         # arrival, not the statement's sending: a local deny measured from here ends a

@@ -8,7 +8,7 @@
 -- that keeps it a subquery: flattened, every reference to an inner column repeated that
 -- column's whole expression (the decision three times over, each with the window tests),
 -- and the executor built that tree again on every call (a third of admit_many's CPU).
--- Called by gateway.admit's upsert (INSERT and ON CONFLICT branches) and by
+-- Called by gateway.admit, which steps one request from the locked row, and by
 -- gateway.admit_many, which walks a batch through it in memory.
 CREATE OR REPLACE FUNCTION gateway.admission_step(
     -- the project's counter row as stored (NULLs: no row yet)

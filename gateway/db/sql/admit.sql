@@ -1,5 +1,5 @@
--- gateway.admit: THE admission of one keyed request, in one call and one upsert: key
--- validity, the rate limit, the daily request quota, the monthly bandwidth and
+-- gateway.admit: THE admission of one keyed request, in one call and one locked counter
+-- row: key validity, the rate limit, the daily request quota, the monthly bandwidth and
 -- database-size quotas, and the request's session (docs/admission.md).
 -- Called by gateway/admission/admitter.py for a request decided alone; a batch goes to
 -- gateway.admit_many, which applies the same rules (admission_rules.sql,
@@ -22,6 +22,8 @@ DECLARE
     r gateway.admission;
     k record;
     c record;
+    s record;
+    v_found boolean;
     v_epoch double precision := extract(epoch FROM now())::double precision;
     v_window_start bigint;
     v_today date := (now() AT TIME ZONE 'UTC')::date;
@@ -72,43 +74,43 @@ BEGIN
     v_quota := gateway.admission_quota(k.requests_per_day, p_grows, k.bw_used, k.bw_limit,
                                        k.db_used, k.db_limit);
 
-    -- THE decision: one atomic upsert on the project's row; the row lock serialises
-    -- concurrent callers, so the returned state is exact.
-    INSERT INTO gateway.admission_counters AS ac
-           (project_id, window_s, window_start, window_count, prev_count, day, day_used,
-            admitted)
-    SELECT k.pid, s.window_s, s.window_start, s.window_count, s.prev_count, s.day,
-           s.day_used, s.admitted
-      FROM gateway.admission_step(NULL, NULL, NULL, NULL, NULL, NULL,
-                                  p_window_s, v_window_start, v_epoch, v_today, p_sliding,
-                                  p_cost, k.rate_limit_per_minute, v_quota) s
-    ON CONFLICT (project_id) DO UPDATE
-       SET (window_s, window_start, window_count, prev_count, day, day_used, admitted) =
-           (SELECT s.window_s, s.window_start, s.window_count, s.prev_count, s.day,
-                   s.day_used, s.admitted
-              FROM gateway.admission_step(ac.window_s, ac.window_start, ac.window_count,
-                                          ac.prev_count, ac.day, ac.day_used,
-                                          p_window_s, v_window_start, v_epoch, v_today,
-                                          p_sliding, p_cost, k.rate_limit_per_minute,
-                                          v_quota) s)
-     WHERE (SELECT s.changed
-              FROM gateway.admission_step(ac.window_s, ac.window_start, ac.window_count,
-                                          ac.prev_count, ac.day, ac.day_used,
-                                          p_window_s, v_window_start, v_epoch, v_today,
-                                          p_sliding, p_cost, k.rate_limit_per_minute,
-                                          v_quota) s)
-    RETURNING ac.window_start, ac.window_count, ac.prev_count, ac.day_used, ac.admitted
-      INTO c;
-
-    IF NOT FOUND THEN
-        -- denied without a write (same window, same day): the upsert still holds the
-        -- row lock, so this read sees exactly the state the decision was made on
-        SELECT ac.window_start, ac.window_count, ac.prev_count, ac.day_used,
-               false AS admitted
+    -- THE decision, on the project's counter row: lock it, take one step, write the step
+    -- only if it changed the row (a denial in the same window and day writes nothing).
+    -- The lock serialises concurrent callers, so the decision is exact. This is
+    -- gateway.admit_many's walk, for one request and without its arrays.
+    LOOP
+        SELECT ac.window_s, ac.window_start, ac.window_count, ac.prev_count, ac.day,
+               ac.day_used
           INTO c
           FROM gateway.admission_counters ac
-         WHERE ac.project_id = k.pid;
-    END IF;
+         WHERE ac.project_id = k.pid
+           FOR UPDATE;
+        v_found := FOUND;  -- no row yet: c is all NULLs, the step starts one
+        SELECT * INTO s
+          FROM gateway.admission_step(c.window_s, c.window_start, c.window_count,
+                                      c.prev_count, c.day, c.day_used,
+                                      p_window_s, v_window_start, v_epoch, v_today, p_sliding,
+                                      p_cost, k.rate_limit_per_minute, v_quota);
+        IF v_found THEN
+            IF s.changed THEN
+                UPDATE gateway.admission_counters
+                   SET (window_s, window_start, window_count, prev_count, day, day_used,
+                        admitted) =
+                       (s.window_s, s.window_start, s.window_count, s.prev_count, s.day,
+                        s.day_used, s.admitted)
+                 WHERE project_id = k.pid;
+            END IF;
+            EXIT;
+        END IF;
+        INSERT INTO gateway.admission_counters
+               (project_id, window_s, window_start, window_count, prev_count, day,
+                day_used, admitted)
+        VALUES (k.pid, s.window_s, s.window_start, s.window_count, s.prev_count, s.day,
+                s.day_used, s.admitted)
+        ON CONFLICT (project_id) DO NOTHING;
+        EXIT WHEN FOUND;
+        -- another call created the row meanwhile: lock it and step from it
+    END LOOP;
 
     r.rate_limit := k.rate_limit_per_minute;
     r.quota_limit := k.requests_per_day;  -- NULL = unlimited
@@ -116,8 +118,10 @@ BEGIN
     r.bandwidth_limit := k.bw_limit;
     r.db_size_used := k.db_used;
     r.db_size_limit := k.db_limit;
-    r := gateway.admission_report(r, c.window_start, c.window_count, c.prev_count,
-                                  c.day_used, c.admitted, p_window_s, p_sliding, p_cost,
+    -- the answer, from the row after the step (unchanged by a denial: the step's output
+    -- is the stored row then, the decision aside)
+    r := gateway.admission_report(r, s.window_start, s.window_count, s.prev_count,
+                                  s.day_used, s.admitted, p_window_s, p_sliding, p_cost,
                                   v_epoch, v_today, v_month);
     IF p_session_hash IS NOT NULL THEN
         r := gateway.admission_session(r, p_session_hash);

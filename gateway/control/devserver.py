@@ -175,6 +175,7 @@ def run(host: str, port: int, data_root: Path) -> None:
             host=host,
             port=port,
             log_level="warning",
+            server_header=False,  # as `gateway serve`
         )
     finally:
         if server is not None:

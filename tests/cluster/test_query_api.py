@@ -805,6 +805,7 @@ def test_cors_preflight_and_exposed_headers(project: dict[str, Any], client: htt
     assert response.headers["x-project-id"] == project["id"]
     assert float(response.headers["x-gateway-duration-ms"]) >= 0
     assert len(response.headers["x-request-id"]) >= 16
+    assert "server" not in response.headers  # the server software is not advertised
 
 
 def test_large_responses_are_gzipped(project: dict[str, Any], client: httpx.Client) -> None:

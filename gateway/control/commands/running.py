@@ -66,6 +66,9 @@ def cmd_serve(cli: CommandLine, args: argparse.Namespace) -> None:
         # the gateway reads X-Forwarded-For itself, only from GATEWAY_TRUSTED_PROXIES
         # (uvicorn would otherwise rewrite the peer address for any local proxy)
         proxy_headers=False,
+        # no "server: uvicorn" on every answer: it tells a prober what to look for, and
+        # it is one more header to validate and write per response
+        server_header=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )

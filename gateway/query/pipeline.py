@@ -260,8 +260,9 @@ class Pipeline:
         cost: int,
         work: Work,
         session: str | None = None,
-        hashes: tuple[str, str | None] | None = None,
         key_hash: str | None = None,
+        session_hash: str | None = None,
+        local_deny: bool = True,
         grows: bool = False,
         envelope: Envelope | None = error_body,
         out: Outcome | None = None,
@@ -282,8 +283,11 @@ class Pipeline:
         ``out`` already naming the project once admitted: the auth API's refusals can
         also come after the connection is given back, so it renders them itself.
         ``rate_headers``: the answer carries the rate-limit headers (the auth API's
-        answers do not, as in the original). ``key_hash``: the key's hash when routing
-        to the cell computed it already (the key is hashed once per request).
+        answers do not, as in the original). ``key_hash`` and ``session_hash``: the
+        hashes when the caller computed them already (routing to a cell hashes the key;
+        a realtime ticket carries both): each is computed once per request.
+        ``local_deny=False`` skips the local deny: a redeemed realtime ticket, which
+        carries the hashes only (EventSource sends no headers).
         """
         if out is None:
             out = Outcome(status=200, body=b"")
@@ -298,13 +302,13 @@ class Pipeline:
                 raise service_unavailable("the project's database is unavailable, retry shortly")
             # a project known to be over its limit is refused here: no pool connection, no
             # round trip (the local deny; it never admits anything)
-            if hashes is None:
+            if local_deny:
                 key_hash = self.admitter.check_local(key, key_hash)
+            elif key_hash is None:
+                raise GatewayError("INVALID_API_KEY", "Missing API key", status=401)
+            if session_hash is None and session is not None:
                 # the session is resolved inside the admission statement, never cached here
-                session_hash = token_hash(session) if session is not None else None
-            else:
-                # a realtime ticket carries the hashes only (EventSource sends no headers)
-                key_hash, session_hash = hashes
+                session_hash = token_hash(session)
             admitter = self.admitter
 
             async def unit(conn: Conn) -> None:

@@ -297,7 +297,14 @@ async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
         owner = permissions.row_owner(info, admission.principal, write=False)
         opened.update(admission=admission, catalog=catalog, info=info, owner=owner)
 
-    out = await pipeline.admitted(key, cost=1, work=work, session=session, hashes=hashes)
+    out = await pipeline.admitted(
+        key,
+        cost=1,
+        work=work,
+        key_hash=key_hash or None,
+        session_hash=session_hash,
+        local_deny=hashes is None,
+    )
     out.operation = "REALTIME"
     if out.error_code is not None:
         return out, None
@@ -367,9 +374,11 @@ async def issue_ticket(request: Request) -> Outcome:
     # hashed once: for routing (several cells), the local deny and the ticket's row
     key_hash = routed_hash or (hash_key(key) if key else None)
 
+    # hashed once too: for the admission and the ticket's row
+    session_hash = token_hash(session) if session is not None else None
+
     async def work(conn: psycopg.AsyncConnection[Any], admission: Admission, o: Outcome) -> None:
         assert key_hash is not None  # admitted: the pipeline refused a missing key
-        session_hash = token_hash(session) if session is not None else None
         ticket, expires_at = await create_ticket(conn, admission.project_id, key_hash, session_hash)
         data = {
             "ticket": cell_ticket(runtime.name, ticket),
@@ -378,7 +387,9 @@ async def issue_ticket(request: Request) -> Outcome:
         }
         o.body = orjson.dumps({"data": data, "error": None, "status": 200})
 
-    out = await pipeline.admitted(key, cost=1, work=work, session=session, key_hash=key_hash)
+    out = await pipeline.admitted(
+        key, cost=1, work=work, key_hash=key_hash, session_hash=session_hash
+    )
     out.operation = "TICKET"
     out.headers["Cache-Control"] = "no-store"
     return out

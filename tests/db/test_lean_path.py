@@ -200,3 +200,37 @@ def test_an_unexpected_error_is_a_500_without_a_traceback(
     assert b"secret" not in lean["body"] and b"Traceback" not in lean["body"]
     observed = [line["status"] for line in lines.lines[before:]]
     assert observed == [500, 500]
+
+
+def test_a_ticket_hashes_its_key_and_its_session_once(
+    gateway: Any, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ticket route hashes the key and the session once each: the local deny, the
+    admission and the ticket's row share the hashes (issue 23: hashed once per request)."""
+    import hashlib
+
+    from gateway.auth import keys, tokens
+    from tests.support.owner_rows import make_session, make_user
+
+    _, client, project, _ = gateway
+    key = project["public_key"]
+    session = make_session(pg_url, project["id"], make_user(pg_url, project["id"]))
+    headers = {"x-api-key": key, "Authorization": f"Bearer {session}"}
+    path = f"{BASE}/realtime/ticket"
+    warm = client.post(path, json={}, headers=headers)
+    assert warm.status_code == 200, warm.text
+    hashed: list[bytes] = []
+    real_sha256 = hashlib.sha256
+
+    class CountingHashlib:
+        @staticmethod
+        def sha256(data: bytes = b"", **kwargs: Any) -> Any:
+            hashed.append(data)
+            return real_sha256(data, **kwargs)
+
+    monkeypatch.setattr(keys, "hashlib", CountingHashlib)
+    monkeypatch.setattr(tokens, "hashlib", CountingHashlib)
+    answer = client.post(path, json={}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert hashed.count(key.encode()) == 1
+    assert hashed.count(session.encode()) == 1

@@ -160,6 +160,15 @@ class Admitter:
             self._stats["local_denied"] += 1
         return error
 
+    async def recheck(
+        self, conn: AsyncConnection[Any], key_hash: str, session_hash: str | None
+    ) -> None:
+        """The key (and the session) checked again, nothing counted: an open realtime
+        stream asks now and then. ``gateway.lookup_key``, the statement admission uses
+        when its counters are off, so the key's and the session's rules and refusals
+        (``INVALID_API_KEY`` … ``SESSION_EXPIRED``) are admission's own."""
+        self._key_only(await self.statement.lookup(conn, key_hash, session_hash))
+
     async def admit(
         self,
         conn: AsyncConnection[Any],

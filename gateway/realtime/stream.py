@@ -43,7 +43,6 @@ from gateway.realtime.subscription import Subscription
 from gateway.realtime.tickets import (
     TICKET_TTL_S,
     cell_ticket,
-    check_session,
     consume_ticket,
     create_ticket,
     invalid_ticket,
@@ -121,28 +120,6 @@ class SSEResponse(Response):
                 logger.info("realtime: closing a stream whose client stopped reading")
             elif exc is not None and not isinstance(exc, OSError):
                 logger.warning("realtime: stream failed: %r", exc)
-
-
-KEY_CHECK_SQL = """
-SELECT k.status, k.expires_at IS NOT NULL AND k.expires_at <= now(), p.status
-  FROM gateway.api_keys k JOIN gateway.projects p ON p.id = k.project_id
- WHERE k.key_hash = %s
-"""
-
-
-async def check_key(conn: psycopg.AsyncConnection[Any], key_hash: str) -> None:
-    """Is the key still usable? Raises the admission's codes; counts nothing."""
-    cur = await conn.execute(KEY_CHECK_SQL, [key_hash])
-    row = await cur.fetchone()
-    if row is None:
-        raise GatewayError("INVALID_API_KEY", "Invalid API key")
-    status, expired, project_status = row
-    if status != "active":
-        raise GatewayError("REVOKED_API_KEY", "API key has been revoked")
-    if expired:
-        raise GatewayError("EXPIRED_API_KEY", "API key has expired")
-    if project_status != "active":
-        raise GatewayError("PROJECT_SUSPENDED", "Project is suspended")
 
 
 def _readable_fn(
@@ -317,9 +294,7 @@ async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
         # request): a revoked or expired key, a suspended project, or a signed-out
         # session ends the stream
         async with pipeline.connection() as conn:
-            await check_key(conn, key_hash)
-            if session_hash is not None:
-                await check_session(conn, session_hash)
+            await pipeline.admitter.recheck(conn, key_hash, session_hash)
 
     try:
         sub = await hub.subscribe(

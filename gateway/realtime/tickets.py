@@ -47,15 +47,6 @@ DELETE FROM gateway.realtime_tickets WHERE ticket_hash = %s
 RETURNING key_hash, session_hash, expires_at > now() AS live
 """
 
-# The session and its family, as admission reads them (gateway/db/sql/admission_session.sql):
-# a token minted by a refresh that raced a sign-out is live itself but its family is ended.
-SESSION_CHECK_SQL = """
-SELECT s.revoked_at IS NULL AND f.revoked_at IS NULL, s.expires_at > now()
-  FROM gateway.auth_sessions s
-  JOIN gateway.auth_session_families f ON f.id = s.family_id
- WHERE s.token_hash = %s
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
@@ -96,16 +87,6 @@ async def consume_ticket(conn: psycopg.AsyncConnection[Any], ticket: str) -> Tic
             status=401,
         )
     return Ticket(key_hash, session_hash)
-
-
-async def check_session(conn: psycopg.AsyncConnection[Any], session_hash: str) -> None:
-    """Is the stream's session still good? Raises the auth routes' codes; counts nothing."""
-    cur = await conn.execute(SESSION_CHECK_SQL, [session_hash])
-    row = await cur.fetchone()
-    if row is None or not row[0]:
-        raise GatewayError("SESSION_NOT_FOUND", "Session not found or signed out", status=401)
-    if not row[1]:
-        raise GatewayError("SESSION_EXPIRED", "Session has expired", status=401)
 
 
 def cell_ticket(cell: str, ticket: str) -> str:

@@ -304,8 +304,7 @@ class Pipeline:
             # round trip (the local deny; it never admits anything)
             if local_deny:
                 key_hash = self.admitter.check_local(key, key_hash)
-            elif key_hash is None:
-                raise GatewayError("INVALID_API_KEY", "Missing API key", status=401)
+            assert key_hash is not None  # a redeemed ticket always carries its key's hash
             if session_hash is None and session is not None:
                 # the session is resolved inside the admission statement, never cached here
                 session_hash = token_hash(session)

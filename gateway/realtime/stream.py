@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import re
 from collections.abc import Collection
@@ -241,6 +242,7 @@ async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
     key, session = credentials_from_headers(request.headers)
     key = key or url_key
     ticket = request.query_params.get("ticket")
+    routed_hash: str | None = None  # the key's hash when routing computed it
     try:
         # the project's cell: a ticket names it (tickets of home carry no cell), else the key
         cell, ticket = split_ticket(ticket)
@@ -249,16 +251,23 @@ async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
                 raise invalid_ticket()
             runtime = state.cells.runtime_named(cell)
         else:
-            runtime = await state.cells.runtime_for(key)
+            runtime, routed_hash = await state.cells.route(key)
         pipeline = runtime.pipeline
         table, filters, since = _parse_request(request)
-        hashes = await _redeem(pipeline, ticket, key) if ticket is not None else None
+        if ticket is not None:
+            hashes = await _redeem(pipeline, ticket, key, routed_hash)
+        else:
+            hashes = None
     except GatewayError as error:
         return pipeline.failed(out, error), None
     except psycopg.OperationalError:
         return pipeline.failed(out, service_unavailable()), None
-    key_hash = hashes[0] if hashes else (hash_key(key) if key else "")
-    session_hash = hashes[1] if hashes else (token_hash(session) if session else None)
+    # each hashed once: a ticket carries both; else the route's hash, or hashed here
+    if hashes is not None:
+        key_hash, session_hash = hashes
+    else:
+        key_hash = routed_hash or (hash_key(key) if key else None)
+        session_hash = token_hash(session) if session else None
     opened: dict[str, Any] = {}
 
     async def work(conn: psycopg.AsyncConnection[Any], admission: Admission, o: Outcome) -> None:
@@ -278,7 +287,7 @@ async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
         key,
         cost=1,
         work=work,
-        key_hash=key_hash or None,
+        key_hash=key_hash,
         session_hash=session_hash,
         local_deny=hashes is None,
     )
@@ -288,13 +297,15 @@ async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
     admission, catalog, info = opened["admission"], opened["catalog"], opened["info"]
     owner = opened["owner"]
     hub: RealtimeHub = runtime.realtime
+    assert key_hash is not None  # admitted: the pipeline refused a missing key
+    stream_key_hash = key_hash
 
     async def revalidate() -> None:
         # the key (and the session) is checked again now and then (without counting a
         # request): a revoked or expired key, a suspended project, or a signed-out
         # session ends the stream
         async with pipeline.connection() as conn:
-            await pipeline.admitter.recheck(conn, key_hash, session_hash)
+            await pipeline.admitter.recheck(conn, stream_key_hash, session_hash)
 
     try:
         sub = await hub.subscribe(
@@ -315,12 +326,15 @@ async def open_stream(request: Request) -> tuple[Outcome, Subscription | None]:
     return out, sub
 
 
-async def _redeem(pipeline: Any, ticket: str, key: str | None) -> tuple[str, str | None]:
+async def _redeem(
+    pipeline: Any, ticket: str, key: str | None, key_hash: str | None
+) -> tuple[str, str | None]:
     """A ticket, consumed (single use on every instance): the key and session hashes it
-    was issued for. A key sent beside it must be the same key."""
+    was issued for. A key sent beside it must be the same key (``key_hash``: its hash
+    when routing computed it)."""
     async with pipeline.connection() as conn:
         used = await consume_ticket(conn, ticket)
-    if key is not None and hash_key(key) != used.key_hash:
+    if key is not None and not hmac.compare_digest(key_hash or hash_key(key), used.key_hash):
         raise GatewayError("INVALID_API_KEY", "the ticket was issued for another key", status=401)
     return used.key_hash, used.session_hash
 

@@ -6,22 +6,20 @@ start nor slows a request for it (503 at once)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.auth import keys as keys_module
 from gateway.cells.directory import HOME, Cell
 from gateway.cells.runtime import DISCOVERY_TIMEOUT_S, CellRuntime, Cells, open_cell
 from gateway.errors import GatewayError
 from gateway.http.app import create_app
 from gateway.settings import Settings
 from tests.support.cells import make_cell_project, register_cell, remove_cell, unique_cell_name
+from tests.support.hashing import count_sha256
 from tests.support.polling import wait_until, wait_until_async
 
 # An address nothing listens on: connecting is refused at once, like a stopped server.
@@ -237,15 +235,6 @@ def test_a_request_hashes_its_key_once_with_several_cells(
     key = served["public_key"]
     body = {"query": {"operation": "select", "table": "todos", "limit": 1}}
     settings = Settings.from_env({"DATABASE_URL": pg_url, "GATEWAY_MAINTENANCE_INTERVAL_S": "3600"})
-    hashed: list[bytes] = []
-    real_sha256 = hashlib.sha256
-
-    class CountingHashlib:
-        @staticmethod
-        def sha256(data: bytes = b"", **kwargs: Any) -> Any:
-            hashed.append(data)
-            return real_sha256(data, **kwargs)
-
     try:
         app = create_app(settings)
         with TestClient(app) as client:
@@ -255,7 +244,7 @@ def test_a_request_hashes_its_key_once_with_several_cells(
             )
             warm = client.post(QUERY, json=body, headers=bearer(key))
             assert warm.status_code == 200, warm.text
-            monkeypatch.setattr(keys_module, "hashlib", CountingHashlib)
+            hashed = count_sha256(monkeypatch)
             for method, path, payload in (
                 ("POST", QUERY, body),
                 ("GET", "/v1/inhouse/db/schema", None),

@@ -207,9 +207,7 @@ def test_a_ticket_hashes_its_key_and_its_session_once(
 ) -> None:
     """The ticket route hashes the key and the session once each: the local deny, the
     admission and the ticket's row share the hashes (issue 23: hashed once per request)."""
-    import hashlib
-
-    from gateway.auth import keys, tokens
+    from tests.support.hashing import count_sha256
     from tests.support.owner_rows import make_session, make_user
 
     _, client, project, _ = gateway
@@ -219,17 +217,7 @@ def test_a_ticket_hashes_its_key_and_its_session_once(
     path = f"{BASE}/realtime/ticket"
     warm = client.post(path, json={}, headers=headers)
     assert warm.status_code == 200, warm.text
-    hashed: list[bytes] = []
-    real_sha256 = hashlib.sha256
-
-    class CountingHashlib:
-        @staticmethod
-        def sha256(data: bytes = b"", **kwargs: Any) -> Any:
-            hashed.append(data)
-            return real_sha256(data, **kwargs)
-
-    monkeypatch.setattr(keys, "hashlib", CountingHashlib)
-    monkeypatch.setattr(tokens, "hashlib", CountingHashlib)
+    hashed = count_sha256(monkeypatch)
     answer = client.post(path, json={}, headers=headers)
     assert answer.status_code == 200, answer.text
     assert hashed.count(key.encode()) == 1

@@ -32,6 +32,7 @@ from gateway.control.projects import connect, create_project, find_project
 from gateway.control.tables import create_table
 from gateway.db import migrate
 from gateway.db.localdb import LocalPostgres, start_in
+from gateway.http.protocol import OneSendHttpToolsProtocol
 from gateway.settings import Settings
 
 DEMO_PROJECT = "demo"
@@ -176,6 +177,7 @@ def run(host: str, port: int, data_root: Path) -> None:
             port=port,
             log_level="warning",
             server_header=False,  # as `gateway serve`
+            http=OneSendHttpToolsProtocol,  # as `gateway serve`
         )
     finally:
         if server is not None:

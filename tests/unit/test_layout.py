@@ -31,6 +31,10 @@ MAX_MODULE_LINES = 500
 HTTP_ALLOWED = {"http", "realtime/stream.py"}
 # the modules that put the whole gateway together, HTTP included
 ASSEMBLERS = {"cli.py", "__main__.py"}
+# The commands that start uvicorn hand it the HTTP protocol class (uvicorn takes the app by
+# name but its protocol only as a class); nothing else of the HTTP layer.
+SERVER_STARTERS = {"control.commands.running", "control.devserver"}
+SERVER_PROTOCOL = "http.protocol"
 # Packages a function may import, because they may not be installed (or not exist on the
 # platform) and the module must still import without them. Each with its reason.
 OPTIONAL_IMPORTS = {
@@ -235,6 +239,10 @@ def _http_importers(root: Path = PACKAGE) -> list[str]:
         if module != http and not module.startswith(f"{http}.") and module not in allowed
         for target in sorted(targets)
         if target == http or target.startswith(f"{http}.")
+        if not (
+            module.removeprefix(f"{root.name}.") in SERVER_STARTERS
+            and target == f"{root.name}.{SERVER_PROTOCOL}"
+        )
     )
 
 

@@ -23,6 +23,7 @@ from gateway.control.commands.common import (
 from gateway.control.projects import connect
 from gateway.db import budget, migrate, pool
 from gateway.db.localdb import DEFAULT_DATA_ROOT, find_local_database
+from gateway.http.protocol import OneSendHttpToolsProtocol
 from gateway.jobs.worker import db_connections
 from gateway.ops import stats
 from gateway.settings import Settings
@@ -69,6 +70,8 @@ def cmd_serve(cli: CommandLine, args: argparse.Namespace) -> None:
         # no "server: uvicorn" on every answer: it tells a prober what to look for, and
         # it is one more header to validate and write per response
         server_header=False,
+        # an answer's head and body in one socket send (gateway/http/protocol.py)
+        http=OneSendHttpToolsProtocol,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )

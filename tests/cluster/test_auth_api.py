@@ -611,37 +611,6 @@ def test_cli_logout_and_force_reset_take_effect_on_the_next_request_everywhere(
     assert_refused(run_cli(pg_url, "auth", "force-reset", other["name"], user_id), "no user")
 
 
-# --- hashing stays off the event loop --------------------------------------------------------
-
-
-def test_a_select_p95_while_20_sign_ins_hash_stays_within_3x_of_alone(
-    cluster: GatewayCluster, make_project: Any, db: psycopg.Connection[Any]
-) -> None:
-    from bench.scenarios import auth_hashing
-
-    project = make_project()
-    emails = auth_hashing.make_users(
-        db, project["id"], auth_hashing.SIGN_INS * auth_hashing.USERS_PER_CLIENT
-    )
-    runs = []
-    # Measured twice at most: this box has 2 cores shared with other work, and a burst of
-    # someone else's load during one phase can move a p95 of 120 samples. Hashing on the
-    # event loop (100+ ms per hash against a ~5 ms select) would fail both runs by far.
-    for _ in range(2):
-        figures = auth_hashing.measure(
-            cluster.urls[0], project["server_key"], project["public_key"], emails, "todos"
-        )
-        print(f"select p95 alone {figures.alone_p95_ms} ms, loaded {figures.loaded_p95_ms} ms")
-        assert figures.selects >= 20 and figures.sign_ins_during >= 1, figures
-        runs.append(figures)
-        if figures.ratio <= 3.0:
-            break
-        emails = auth_hashing.make_users(
-            db, project["id"], auth_hashing.SIGN_INS * auth_hashing.USERS_PER_CLIENT
-        )
-    assert min(f.ratio for f in runs) <= 3.0, runs
-
-
 # --- client IP, sign-up throttle, request log -------------------------------------------------
 
 

@@ -137,6 +137,35 @@ async def cell_plan(cell: Cell, settings: Settings) -> PoolPlan:
     return plan_pool(settings, max_connections, reserved, source=source)
 
 
+def listening_caches(
+    settings: Settings, pool: AsyncConnectionPool | None
+) -> tuple[MetadataCache, MetadataListener, Admitter]:
+    """A cell's catalog cache, the LISTEN connection that invalidates it, and its admitter,
+    wired together: a NOTIFY of a project's tables drops its catalog, one of its limits,
+    status or keys drops its local denies (all of them after a reconnect), and while the
+    listener is down the denies are re-checked with the database at least once a second.
+    Home's (``pool`` None until the app's lifespan opens it) and every remote cell's."""
+    metadata = MetadataCache(settings, pool=pool)
+    listener = MetadataListener(
+        settings, on_project=metadata.invalidate, on_all=metadata.invalidate_all
+    )
+    metadata.attach_listener(listener)
+    admitter = Admitter(settings, invalidation_live=lambda: listener.connected)
+    listener.add_callbacks(on_project=admitter.forget_project, on_all=admitter.forget_all)
+    return metadata, listener, admitter
+
+
+def start_realtime(
+    settings: Settings, pool: AsyncConnectionPool, extras: dict[str, Any]
+) -> RealtimeHub:
+    """A cell's realtime hub: it polls only while someone subscribes, its retention is a
+    job of the maintenance leader, its figures a metrics source, and SIGTERM drains it."""
+    hub = RealtimeHub(settings, pool)
+    realtime_lifecycle.install(hub, extras)
+    realtime_lifecycle.drain_on_signals(hub)
+    return hub
+
+
 async def open_cell(cell: Cell, control: Settings, *, hasher: Hasher | None = None) -> CellRuntime:
     """Build and start one remote cell's runtime; never waits for its database."""
     settings = cell.settings(control)
@@ -149,13 +178,7 @@ async def open_cell(cell: Cell, control: Settings, *, hasher: Hasher | None = No
     pool = create_pool(settings, runtime.pool_plan)
     runtime.pool = pool
     await pool.open(wait=False)
-    metadata = MetadataCache(settings, pool=pool)
-    listener = MetadataListener(
-        settings, on_project=metadata.invalidate, on_all=metadata.invalidate_all
-    )
-    metadata.attach_listener(listener)
-    admitter = Admitter(settings, invalidation_live=lambda: listener.connected)
-    listener.add_callbacks(on_project=admitter.forget_project, on_all=admitter.forget_all)
+    metadata, listener, admitter = listening_caches(settings, pool)
     runtime.metadata, runtime.listener, runtime.admitter = metadata, listener, admitter
     runtime.pipeline = Pipeline(
         settings, pool, metadata=metadata, admitter=admitter, cell=cell.name
@@ -169,9 +192,7 @@ async def open_cell(cell: Cell, control: Settings, *, hasher: Hasher | None = No
     install_default_jobs(maintenance, ConnectionSampler())
     runtime.maintenance = maintenance
     runtime.extras["maintenance"] = maintenance
-    runtime.realtime = RealtimeHub(settings, pool)
-    realtime_lifecycle.install(runtime.realtime, runtime.extras)
-    realtime_lifecycle.drain_on_signals(runtime.realtime)
+    runtime.realtime = start_realtime(settings, pool, runtime.extras)
     runtime.jobs = JobsRuntime(settings, runtime.extras)
     listener.add_channel(JOBS_CHANNEL, runtime.jobs.wake)
     runtime.auth = AuthService(settings, runtime.pipeline, hasher=hasher)

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.admission.admitter import Admitter
-from gateway.cells.runtime import CellRuntime, Cells
+from gateway.cells.runtime import CellRuntime, Cells, listening_caches, start_realtime
 from gateway.db.budget import PlanError, PoolPlan
 from gateway.db.pool import create_pool, plan_for
 from gateway.http import admin, auth_routes, front, routes
@@ -34,7 +34,6 @@ from gateway.metadata.cache import MetadataCache
 from gateway.metadata.listener import MetadataListener
 from gateway.ops.observe import Observability, ObserveMiddleware
 from gateway.query.pipeline import Pipeline
-from gateway.realtime import lifecycle as realtime_lifecycle
 from gateway.realtime.hub import RealtimeHub
 from gateway.settings import Settings
 
@@ -90,19 +89,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     settings.require_database()
     state = GatewayState(settings=settings)
-    state.metadata = MetadataCache(settings, pool=None)
-    state.listener = MetadataListener(
-        settings, on_project=state.metadata.invalidate, on_all=state.metadata.invalidate_all
-    )
-    state.metadata.attach_listener(state.listener)
-    # Local denies of admission: dropped on NOTIFY of a project's limits, status or keys
-    # (and all of them after a reconnect); while the listener is down they are re-checked
-    # with the database at least once a second.
-    listener_ = state.listener
-    state.admitter = Admitter(settings, invalidation_live=lambda: listener_.connected)
-    state.listener.add_callbacks(
-        on_project=state.admitter.forget_project, on_all=state.admitter.forget_all
-    )
+    # home's catalog cache, LISTEN connection and admitter, wired as every cell's; the
+    # pool comes with the lifespan
+    state.metadata, state.listener, state.admitter = listening_caches(settings, pool=None)
     observability = Observability(settings, state.extras)
     listener, metadata = state.listener, state.metadata
     # Without its LISTEN connection the instance can't hear about schema changes: 503.
@@ -133,11 +122,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.pipeline = Pipeline(
             settings, state.pool, metadata=state.metadata, admitter=state.admitter
         )
-        # realtime: the hub polls only while someone subscribes; retention is a job of
-        # the maintenance leader; the hub's figures are a metrics source
-        state.realtime = RealtimeHub(settings, state.pool)
-        realtime_lifecycle.install(state.realtime, state.extras)
-        realtime_lifecycle.drain_on_signals(state.realtime)
+        state.realtime = start_realtime(settings, state.pool, state.extras)
         # end-user auth: its service, cleanup job and metrics (gateway/http/auth_routes.py)
         auth = auth_routes.install(state)
         cells = Cells(settings)

@@ -70,6 +70,9 @@ def _lookup(payload: dict[str, Any], dotted: str) -> tuple[bool, Any]:
     return True, node
 
 
+STEAL_WARN_PERCENT = 5.0
+
+
 def run_scenario(bench: fw.Bench, name: str, postgres: dict[str, Any]) -> Ran:
     module = importlib.import_module(f"bench.scenarios.{name}")
     waited = bench.settle(SETTLE_S[fw.mode()])
@@ -91,6 +94,7 @@ def run_scenario(bench: fw.Bench, name: str, postgres: dict[str, Any]) -> Ran:
         "commit": fw.source_revision(),
     }
     started = time.perf_counter()
+    cpu_before = fw.cpu_times()
     try:
         result: fw.ScenarioResult = module.run(bench)
     except fw.Skip as exc:
@@ -102,6 +106,13 @@ def run_scenario(bench: fw.Bench, name: str, postgres: dict[str, Any]) -> Ran:
         )
     result.seconds = round(time.perf_counter() - started, 1)
     facts["seconds"] = result.seconds
+    steal = facts["machine"]["steal_percent"] = fw.steal_percent(cpu_before, fw.cpu_times())
+    if steal is not None and steal >= STEAL_WARN_PERCENT:
+        print(
+            f"(the hypervisor took {steal:g} % of the CPU time during {name}: its figures are "
+            "slower than this machine is when quiet; compare ratios within the run only)",
+            file=sys.stderr,
+        )
     return Ran(result, facts)
 
 

@@ -207,6 +207,36 @@ def machine_description() -> dict[str, Any]:
     }
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time so far by kind, in clock ticks (``/proc/stat``'s ``cpu``
+    line: user, nice, system, idle, iowait, irq, softirq, steal, ...); None off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    return [int(x) for x in fields[1:]]
+
+
+STEAL_FIELD = 7
+
+
+def steal_percent(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of the machine's CPU time between two ``cpu_times`` readings that the
+    hypervisor gave to other guests. On a shared virtual machine that share moves the
+    CPU a request costs (other guests' work evicts our caches) by more than most changes
+    do, so a run records it beside its figures."""
+    if before is None or after is None or len(before) <= STEAL_FIELD:
+        return None
+    deltas = [b - a for a, b in zip(before, after, strict=False)]
+    total = sum(deltas[: STEAL_FIELD + 1])
+    if total <= 0:
+        return None
+    return round(100.0 * deltas[STEAL_FIELD] / total, 1)
+
+
 def source_revision() -> str | None:
     """The checkout's commit, ``+dirty`` when tracked files differ from it (the results
     and the rendered document excepted: a run writes them itself)."""

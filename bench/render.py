@@ -57,12 +57,15 @@ def _leaves(node: dict[str, Any], prefix: str) -> Iterator[str]:
 def _measured_line(facts: dict[str, Any]) -> str:
     machine = facts.get("machine", {})
     load = (machine.get("loadavg_at_start") or [None])[0]
+    steal = machine.get("steal_percent")  # recorded since 2026-12-05
+    stolen = "" if steal is None else f", {steal:g} % of CPU time stolen by the hypervisor"
     postgres = facts.get("postgres", {})
     parts = [
         f"Measured {_when(facts['date'])}",
         f"{facts.get('mode', 'full')} run, {facts.get('seconds', 0):g} s",
         f"commit `{facts.get('commit') or 'unknown'}`",
-        f"{machine.get('cores')} cores ({machine.get('cpu')}), load average {load} at the start",
+        f"{machine.get('cores')} cores ({machine.get('cpu')}), load average {load} at the start"
+        + stolen,
         f"PostgreSQL {postgres.get('version')}, "
         + ("durable" if postgres.get("durable", True) else "fsync off"),
     ]

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from bench import framework as fw
 from bench import render
 from bench.report import collapse_keys
 from bench.scenarios import SCENARIOS
@@ -63,6 +64,21 @@ stale figures
 <!-- bench:targets -->
 <!-- /bench -->
 """
+
+
+def test_the_measured_line_names_the_stolen_cpu_time_when_recorded() -> None:
+    facts = {**FACTS, "machine": {**FACTS["machine"], "steal_percent": 12.5}}
+    once = render.render_text(DOC, {**RESULTS, "_meta": {"scenarios": {"local_deny": facts}}})
+    assert "load average 3.2 at the start, 12.5 % of CPU time stolen by the hypervisor" in once
+
+
+def test_steal_percent_is_the_steal_share_of_the_time_between_two_readings() -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    before = [100, 0, 10, 500, 0, 0, 0, 10, 0, 0]
+    after = [160, 0, 20, 600, 0, 0, 0, 40, 0, 0]  # 200 ticks, 30 of them stolen
+    assert fw.steal_percent(before, after) == 15.0
+    assert fw.steal_percent(before, before) is None
+    assert fw.steal_percent(None, after) is None
 
 
 def test_render_replaces_only_the_blocks_and_is_idempotent() -> None:

@@ -137,6 +137,7 @@ class Metrics:
         )
         r.register(_SourceCollector(self))
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._cell_children: dict[str, Any] = {}  # cell → its duration histogram child
 
     # --- request path ------------------------------------------------------------------
 
@@ -155,7 +156,10 @@ class Metrics:
 
     def observe_cell(self, cell: str, status: int, duration_s: float) -> None:
         try:
-            self.cell_duration.labels(cell).observe(duration_s)
+            child = self._cell_children.get(cell)
+            if child is None:  # looked up once per cell, as observe_request's children
+                child = self._cell_children[cell] = self.cell_duration.labels(cell)
+            child.observe(duration_s)
             if status >= 500:
                 self.cell_errors.labels(cell).inc()
         except Exception:  # pragma: no cover - metrics never fail a request

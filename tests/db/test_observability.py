@@ -170,6 +170,37 @@ def test_copy_batches_and_round_trips_fields(pg_url: str, db: psycopg.Connection
     assert row["duration_ms"] == pytest.approx(1.0)
 
 
+def test_copy_keeps_text_that_means_something_to_copy(
+    pg_url: str, db: psycopg.Connection[T]
+) -> None:
+    """Tabs, line breaks, backslashes and a literal ``\\N`` in a client's text arrive as
+    sent (a NUL, which text can't hold, is dropped); NULLs stay NULL."""
+    settings = settings_for(pg_url, log_flush_ms=50)
+    agent = "a\tb\nc\rd\\e \\N \\. f\x00g é"
+    path = "/db/x\\y\tz"
+
+    async def scenario() -> None:
+        pool = await open_pool(settings)
+        log = RequestLog(settings, pool)
+        log.start()
+        log.record(record(1, user_agent=agent, path=path, table_name=None, row_count=None))
+        log.record(record(2, duration_ms=float("nan")))
+        await log.stop()
+        await pool.close()
+
+    run(scenario())
+    rows = db.execute(
+        "SELECT request_id, user_agent, path, table_name, row_count, duration_ms"
+        "  FROM gateway.request_log WHERE instance_id = %s ORDER BY request_id",
+        (settings.instance_id,),
+    ).fetchall()
+    assert [r["request_id"] for r in rows] == ["r1", "r2"]
+    assert rows[0]["user_agent"] == agent.replace("\x00", "")
+    assert rows[0]["path"] == path
+    assert rows[0]["table_name"] is None and rows[0]["row_count"] is None
+    assert rows[1]["duration_ms"] != rows[1]["duration_ms"]  # NaN
+
+
 def test_rows_recorded_during_a_copy_wait_for_their_own_batch(
     pg_url: str, db: psycopg.Connection[T]
 ) -> None:

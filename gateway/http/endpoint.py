@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.errors import GatewayError
@@ -30,7 +32,12 @@ ARRIVED = "gateway.arrived"
 def arrival_time(request: Request) -> float:
     """When the request arrived: at the overload gate (``gateway/http/front.py``) if it
     waited there — that wait is part of its duration — else now."""
-    arrived = request.scope.get(ARRIVED)
+    return arrived_at(request.scope)
+
+
+def arrived_at(scope: MutableMapping[str, Any]) -> float:
+    """``arrival_time`` from the scope."""
+    arrived = scope.get(ARRIVED)
     return arrived if isinstance(arrived, float) else time.perf_counter()
 
 
@@ -73,42 +80,84 @@ class BodyTooLarge(Exception):
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes without reading them all."""
-    declared = request.headers.get("content-length")
+    """The body, refusing more than ``limit`` bytes without reading them all. Read from
+    the request's ``receive``: call it before anything else reads the body."""
+    return await read_limited(request.receive, limit, request.headers.get("content-length"))
+
+
+async def read_limited(
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]], limit: int, declared: str | None
+) -> bytes:
+    """The body from ``receive``: ``BodyTooLarge`` past ``limit`` bytes (a declared
+    ``content-length`` over it is not read at all), ``ClientDisconnect`` when the client
+    went away first (Starlette's ``Request.stream`` rule)."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif kind == "http.disconnect":
+            raise ClientDisconnect
 
 
 def observe(
     request: Request, kind: str, outcome: Outcome, request_id: str, started: float
 ) -> dict[str, str]:
     """Record the outcome (metrics, request log, access line); the response's headers."""
+    client = request.client
+    return record(
+        request.scope,
+        kind,
+        outcome,
+        request_id,
+        started,
+        peer=client.host if client else None,
+        forwarded_for=forwarded_for(request.headers),
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+def record(
+    scope: MutableMapping[str, Any],
+    kind: str,
+    outcome: Outcome,
+    request_id: str,
+    started: float,
+    *,
+    peer: str | None,
+    forwarded_for: str | None,
+    user_agent: str | None,
+) -> dict[str, str]:
+    """``observe`` from the request's facts (the data routes read them from the scope in
+    one pass: ``gateway/http/data.py``): the outcome recorded, the answer's headers."""
     duration_ms = (time.perf_counter() - started) * 1000
     headers = dict(outcome.headers)
     headers["X-Request-Id"] = request_id
     headers["X-Gateway-Duration-Ms"] = f"{duration_ms:.2f}"
-    observability = request.app.state.gw.extras.get("observability")
+    observability = scope["app"].state.gw.extras.get("observability")
     if observability is not None:
-        client = request.client
         observability.record_outcome(
             kind,
             outcome,
             request_id=request_id,
             duration_ms=duration_ms,
-            peer=client.host if client else None,
-            forwarded_for=forwarded_for(request.headers),
-            user_agent=request.headers.get("user-agent"),
+            peer=peer,
+            forwarded_for=forwarded_for,
+            user_agent=user_agent,
         )
         if observability.access_json:  # extra fields for the JSON access line
-            request.scope.setdefault("state", {})["gateway_log"] = {
+            scope.setdefault("state", {})["gateway_log"] = {
                 "request_id": request_id,
                 "project_id": outcome.project_id,
                 "operation": outcome.operation,

@@ -39,6 +39,7 @@ from gateway.db.pool import REQUEST_DEADLINE
 from gateway.errors import GatewayError, service_unavailable
 from gateway.http import routes
 from gateway.http.cors import GatewayCORS
+from gateway.http.data import wanted_headers
 from gateway.http.endpoint import ARRIVED, new_request_id
 from gateway.http.lean import Lean, hot_routes
 from gateway.ops.observe import Observability, access_line
@@ -66,28 +67,6 @@ OVERLOADED = (
     "the gateway is overloaded: too many requests are waiting for a database connection; "
     "retry shortly"
 )
-
-
-# the key (as credentials_from_headers reads it) and what the request log and CORS need
-WANTED_HEADERS = {
-    name: name.decode("latin-1")
-    for name in (b"authorization", b"x-api-key", b"x-forwarded-for", b"user-agent", b"origin")
-}
-
-
-def _wanted_headers(scope: Scope) -> dict[str, str]:
-    """The first value of each header the front reads (every line of X-Forwarded-For,
-    joined), decoded as Starlette's ``Headers`` does (one pass over the raw list)."""
-    found: dict[str, str] = {}
-    for name, value in scope.get("headers") or ():
-        text = WANTED_HEADERS.get(name)
-        if text is None:
-            continue
-        if text not in found:
-            found[text] = value.decode("latin-1")
-        elif text == "x-forwarded-for":  # the real-IP rule reads the whole chain's right end
-            found[text] += ", " + value.decode("latin-1")
-    return found
 
 
 class Front:
@@ -198,7 +177,7 @@ class Front:
             if admitter is None or not admitter.local.entries:
                 continue
             if wanted is None:  # the headers read and the key hashed once, for every cell
-                wanted = _wanted_headers(scope)
+                wanted = wanted_headers(scope)
                 key, _session = credentials_from_headers(wanted)
                 if not key:
                     return None
@@ -245,7 +224,7 @@ class Front:
             cell=cell,
         )
         duration_ms = (time.perf_counter() - started) * 1000
-        extra = wanted if wanted is not None else _wanted_headers(scope)
+        extra = wanted if wanted is not None else wanted_headers(scope)
         client = scope.get("client")
         observability = self.observability
         observability.record_outcome(

@@ -38,7 +38,9 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.http.cors import GatewayCORS
+from gateway.http.data import DataAnswer, to_response
 from gateway.http.endpoint import http_error, unexpected_error
+from gateway.http.routes import DATA_ANSWERS
 from gateway.ops.observe import ObserveMiddleware, response_ids
 
 # scope key: the handler's answer, for the middleware objects that send a large one
@@ -88,14 +90,19 @@ class Lean:
         started = observe.started(scope)
         observed = response_started = False
         try:
-            try:
-                response = await route.endpoint(Request(scope, receive))
-            except HTTPException as exc:
-                response = http_error(exc)
-            body = response.body
+            answer_for = DATA_ANSWERS.get(route.path)
+            if answer_for is not None:
+                answer = await answer_for(scope, receive)
+            else:
+                try:
+                    response = await route.endpoint(Request(scope, receive))
+                except HTTPException as exc:
+                    response = http_error(exc)
+                answer = self._from_response(response, scope)
+            body = answer.body
             if len(body) >= self.gzip_minimum:
                 # the middleware objects send and observe it, exactly as in the stack
-                scope[RESPONSE] = response
+                scope[RESPONSE] = to_response(answer)
                 observed = True
 
                 async def tracked_send(message: Message) -> None:
@@ -105,25 +112,32 @@ class Lean:
 
                 await observe(scope, receive, tracked_send)
                 return
-            raw = response.raw_headers
-            self.cors.decorate(raw, _origin(scope))
-            request_id, project_id = response_ids(raw) if observe.reads_ids else (None, None)
-            status = response.status_code
+            raw = answer.raw_headers
+            self.cors.decorate(raw, answer.origin)
+            status = answer.status
             observed = response_started = True
             try:
                 await send({"type": START, "status": status, "headers": raw})
                 await send({"type": "http.response.body", "body": body})
-                if project_id is not None and observe.bandwidth is not None:
-                    observe.bandwidth.add(project_id, len(body))
+                if answer.project_id is not None and observe.bandwidth is not None:
+                    observe.bandwidth.add(answer.project_id, len(body))
             finally:
-                observe.finish(scope, status, started, len(body), request_id)
+                observe.finish(scope, status, started, len(body), answer.request_id)
         except Exception as exc:
             if not observed:
                 observe.finish(scope, 500, started, 0, None)
-            answer = unexpected_error(Request(scope, receive), exc)
+            answer_500 = unexpected_error(Request(scope, receive), exc)
             if not response_started:
-                await answer(scope, receive, send)
+                await answer_500(scope, receive, send)
             raise
+
+    def _from_response(self, response: Response, scope: Scope) -> DataAnswer:
+        """A route's ``Response`` as the lean path sends it."""
+        raw = response.raw_headers
+        request_id, project_id = response_ids(raw) if self.observe.reads_ids else (None, None)
+        return DataAnswer(
+            response.status_code, response.body, raw, _origin(scope), request_id, project_id
+        )
 
 
 def _origin(scope: MutableMapping[str, Any]) -> str | None:

@@ -4,27 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import inspect
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.auth.bearer import credentials_from_headers
 from gateway.db.pool import acquire
-from gateway.errors import GatewayError
 from gateway.http import auth_routes
+from gateway.http.data import DataAnswer, Receive, Scope, answer_query, answer_schema, to_response
 from gateway.http.endpoint import (
-    BodyTooLarge,
     arrival_time,
     new_request_id,
     observe,
-    read_body,
 )
-from gateway.http.responses import JSON, error_response, json_response
+from gateway.http.responses import JSON, json_response
 from gateway.ops.metrics import CONTENT_TYPE
 from gateway.query.pipeline import Outcome
 from gateway.realtime.stream import issue_ticket, open_stream, stream_response
@@ -35,6 +34,13 @@ BASE = "/v1/inhouse/db"
 READY_TIMEOUT_S = 1.0
 # served by the HTTP front's lean path (gateway/http/lean.py), not the middleware stack
 HOT_PATHS = (f"{BASE}/query", f"{BASE}/batch", f"{BASE}/schema", f"{BASE}/realtime/ticket")
+# of those, the data routes, answered from the scope without a Request or Response
+# (gateway/http/data.py); the lean path sends their DataAnswer as is
+DATA_ANSWERS: dict[str, Callable[[Scope, Receive], Awaitable[DataAnswer]]] = {
+    f"{BASE}/query": functools.partial(answer_query, batch=False),
+    f"{BASE}/batch": functools.partial(answer_query, batch=True),
+    f"{BASE}/schema": answer_schema,
+}
 
 
 async def health(request: Request) -> Response:
@@ -111,47 +117,16 @@ def _render(
     return Response(outcome.body, status_code=outcome.status, media_type=JSON, headers=headers)
 
 
-async def _with_body(request: Request, batch: bool) -> Response:
-    started = arrival_time(request)
-    request_id = new_request_id()
-    state = request.app.state.gw
-    try:
-        body = await read_body(request, state.settings.max_body_bytes)
-    except BodyTooLarge:
-        limit_kb = state.settings.max_body_bytes // 1024
-        error = GatewayError("PAYLOAD_TOO_LARGE", f"the request body exceeds {limit_kb} KB")
-        return error_response(error, {"X-Request-Id": request_id})
-    except ClientDisconnect:
-        return Response(status_code=400)
-    key, session = credentials_from_headers(request.headers)
-    try:
-        runtime, key_hash = await state.cells.route(key)
-    except GatewayError as error:
-        outcome = Outcome(status=200, body=b"").refuse(error)
-    else:
-        run = runtime.pipeline.batch if batch else runtime.pipeline.query
-        outcome = await run(key, body, session, key_hash)
-    return _render(request, "batch" if batch else "query", outcome, request_id, started)
-
-
 async def query(request: Request) -> Response:
-    return await _with_body(request, batch=False)
+    return to_response(await answer_query(request.scope, request.receive, batch=False))
 
 
 async def batch(request: Request) -> Response:
-    return await _with_body(request, batch=True)
+    return to_response(await answer_query(request.scope, request.receive, batch=True))
 
 
 async def schema(request: Request) -> Response:
-    started = arrival_time(request)
-    key, session = credentials_from_headers(request.headers)
-    try:
-        runtime, key_hash = await request.app.state.gw.cells.route(key)
-    except GatewayError as error:
-        outcome = Outcome(status=200, body=b"").refuse(error)
-    else:
-        outcome = await runtime.pipeline.schema(key, session, key_hash)
-    return _render(request, "schema", outcome, new_request_id(), started)
+    return to_response(await answer_schema(request.scope, request.receive))
 
 
 async def realtime(request: Request) -> Response:

@@ -281,6 +281,26 @@ def test_dead_idle_connection_is_replaced_at_checkout(pg_url: str) -> None:
     asyncio.run(main())
 
 
+def test_the_connection_returned_last_is_handed_out_first(pg_url: str) -> None:
+    """Most recently used first (``gateway.db.pool.MostRecentFirst``): psycopg_pool alone
+    hands out the connection returned first, so this fails if its internals change."""
+
+    async def main() -> None:
+        async with real_pool(pg_url, GATEWAY_POOL_MAX="3", GATEWAY_POOL_MIN="3") as pool:
+            conns = [await pool.getconn() for _ in range(3)]
+            pids = [await backend_pid(conn) for conn in conns]
+            for conn in conns:  # returned in order: the last one is the warmest
+                await pool.putconn(conn)
+            again = [await pool.getconn() for _ in range(3)]
+            assert [await backend_pid(conn) for conn in again] == list(reversed(pids))
+            for conn in again:
+                await pool.putconn(conn)
+            async with acquire_conn(pool) as conn:
+                assert await backend_pid(conn) == pids[0]
+
+    asyncio.run(main())
+
+
 def test_checkout_check_costs_no_round_trip(pg_url: str) -> None:
     async def main() -> None:
         async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:

@@ -28,13 +28,13 @@ from starlette.responses import Response
 
 from gateway.auth.bearer import credentials_from_headers
 from gateway.errors import GatewayError
+from gateway.http.cors import RawHeaders
 from gateway.http.endpoint import BodyTooLarge, arrived_at, new_request_id, read_limited, record
 from gateway.query.envelope import error_body
 from gateway.query.pipeline import Outcome
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-RawHeaders = list[tuple[bytes, bytes]]
 
 JSON_TYPE = (b"content-type", b"application/json")
 

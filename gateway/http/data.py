@@ -19,12 +19,11 @@ the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from gateway.auth.bearer import credentials_from_headers
 from gateway.errors import GatewayError
@@ -32,9 +31,6 @@ from gateway.http.cors import RawHeaders
 from gateway.http.endpoint import BodyTooLarge, arrived_at, new_request_id, read_limited, record
 from gateway.query.envelope import error_body
 from gateway.query.pipeline import Outcome
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 JSON_TYPE = (b"content-type", b"application/json")
 

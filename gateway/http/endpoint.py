@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from gateway.errors import GatewayError
 from gateway.http.responses import error_response, forwarded_for
@@ -35,7 +34,7 @@ def arrival_time(request: Request) -> float:
     return arrived_at(request.scope)
 
 
-def arrived_at(scope: MutableMapping[str, Any]) -> float:
+def arrived_at(scope: Scope) -> float:
     """``arrival_time`` from the scope."""
     arrived = scope.get(ARRIVED)
     return arrived if isinstance(arrived, float) else time.perf_counter()
@@ -85,9 +84,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await read_limited(request.receive, limit, request.headers.get("content-length"))
 
 
-async def read_limited(
-    receive: Callable[[], Awaitable[MutableMapping[str, Any]]], limit: int, declared: str | None
-) -> bytes:
+async def read_limited(receive: Receive, limit: int, declared: str | None) -> bytes:
     """The body from ``receive``: ``BodyTooLarge`` past ``limit`` bytes (a declared
     ``content-length`` over it is not read at all), ``ClientDisconnect`` when the client
     went away first (Starlette's ``Request.stream`` rule)."""
@@ -129,7 +126,7 @@ def observe(
 
 
 def record(
-    scope: MutableMapping[str, Any],
+    scope: Scope,
     kind: str,
     outcome: Outcome,
     request_id: str,

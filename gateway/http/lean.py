@@ -26,7 +26,7 @@ Everything else (other routes, preflights, HEAD, other methods) takes the full s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.http.cors import GatewayCORS
-from gateway.http.data import DataAnswer, to_response
+from gateway.http.data import DataAnswer, to_response, wanted_headers
 from gateway.http.endpoint import http_error, unexpected_error
 from gateway.http.routes import DATA_ANSWERS
 from gateway.ops.observe import ObserveMiddleware, response_ids
@@ -136,12 +136,10 @@ class Lean:
         raw = response.raw_headers
         request_id, project_id = response_ids(raw) if self.observe.reads_ids else (None, None)
         return DataAnswer(
-            response.status_code, response.body, raw, _origin(scope), request_id, project_id
+            response.status_code,
+            response.body,
+            raw,
+            wanted_headers(scope).get("origin"),
+            request_id,
+            project_id,
         )
-
-
-def _origin(scope: MutableMapping[str, Any]) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"origin":
-            return str(value.decode("latin-1"))
-    return None

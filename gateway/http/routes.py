@@ -14,10 +14,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope
 
 from gateway.db.pool import acquire
 from gateway.http import auth_routes
-from gateway.http.data import DataAnswer, Receive, Scope, answer_query, answer_schema, to_response
+from gateway.http.data import DataAnswer, answer_query, answer_schema, to_response
 from gateway.http.endpoint import (
     arrival_time,
     new_request_id,
@@ -117,16 +118,15 @@ def _render(
     return Response(outcome.body, status_code=outcome.status, media_type=JSON, headers=headers)
 
 
-async def query(request: Request) -> Response:
-    return to_response(await answer_query(request.scope, request.receive, batch=False))
+def _stack_endpoint(path: str) -> Callable[[Request], Awaitable[Response]]:
+    """A data route's Starlette endpoint (the middleware stack's way in, e.g. ``HEAD
+    /schema``): its ``DATA_ANSWERS`` answer as a ``Response``."""
+    answer_for = DATA_ANSWERS[path]
 
+    async def endpoint(request: Request) -> Response:
+        return to_response(await answer_for(request.scope, request.receive))
 
-async def batch(request: Request) -> Response:
-    return to_response(await answer_query(request.scope, request.receive, batch=True))
-
-
-async def schema(request: Request) -> Response:
-    return to_response(await answer_schema(request.scope, request.receive))
+    return endpoint
 
 
 async def realtime(request: Request) -> Response:
@@ -149,9 +149,9 @@ async def realtime_ticket(request: Request) -> Response:
 
 def build_routes() -> list[Route]:
     return [
-        Route(f"{BASE}/query", query, methods=["POST"]),
-        Route(f"{BASE}/batch", batch, methods=["POST"]),
-        Route(f"{BASE}/schema", schema, methods=["GET"]),
+        Route(f"{BASE}/query", _stack_endpoint(f"{BASE}/query"), methods=["POST"], name="query"),
+        Route(f"{BASE}/batch", _stack_endpoint(f"{BASE}/batch"), methods=["POST"], name="batch"),
+        Route(f"{BASE}/schema", _stack_endpoint(f"{BASE}/schema"), methods=["GET"], name="schema"),
         Route(f"{BASE}/realtime", realtime, methods=["GET"]),
         Route(f"{BASE}/realtime/ticket", realtime_ticket, methods=["POST"]),
         Route(f"{BASE}/health", health, methods=["GET"]),

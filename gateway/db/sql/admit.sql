@@ -86,11 +86,10 @@ BEGIN
          WHERE ac.project_id = k.pid
            FOR UPDATE;
         v_found := FOUND;  -- no row yet: c is all NULLs, the step starts one
-        SELECT * INTO s
-          FROM gateway.admission_step(c.window_s, c.window_start, c.window_count,
-                                      c.prev_count, c.day, c.day_used,
-                                      p_window_s, v_window_start, v_epoch, v_today, p_sliding,
-                                      p_cost, k.rate_limit_per_minute, v_quota);
+        s := gateway.admission_step(c.window_s, c.window_start, c.window_count, c.prev_count,
+                                    c.day, c.day_used,
+                                    p_window_s, v_window_start, v_epoch, v_today, p_sliding,
+                                    p_cost, k.rate_limit_per_minute, v_quota);
         IF v_found THEN
             IF s.changed THEN
                 UPDATE gateway.admission_counters

@@ -147,8 +147,7 @@ BEGIN
             FOR e IN j .. g LOOP
                 i := v_order[e];
                 r := v_out[i];
-                SELECT * INTO s
-                  FROM gateway.admission_step(
+                s := gateway.admission_step(
                            CASE WHEN c_exists THEN c_window_s END,
                            CASE WHEN c_exists THEN c_window_start END,
                            CASE WHEN c_exists THEN c_count END,

@@ -97,6 +97,8 @@ def test_remote_cells_follow_the_directory(
             remove_cell(pg_url, name_a)
             cells.on_notify("cells")
             await wait_for(lambda: name_a not in cells.runtimes)
+            # the runtime leaves the map first (its requests get 503 at once), then closes
+            await wait_for(lambda: runtime_a.pool is not None and runtime_a.pool.closed)
             assert runtime_a.pool is not None and runtime_a.pool.closed
             with pytest.raises(GatewayError) as refused:
                 cells.runtime_named(name_a)

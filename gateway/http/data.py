@@ -28,7 +28,8 @@ from starlette.types import Receive, Scope
 from gateway.auth.bearer import credentials_from_headers
 from gateway.errors import GatewayError
 from gateway.http.cors import RawHeaders
-from gateway.http.endpoint import BodyTooLarge, arrived_at, new_request_id, read_limited, record
+from gateway.http.endpoint import BodyTooLarge, new_request_id, read_limited, record
+from gateway.ops.observe import arrived_at
 from gateway.query.envelope import error_body
 from gateway.query.pipeline import Outcome
 

@@ -20,24 +20,15 @@ from starlette.types import Receive, Scope
 
 from gateway.errors import GatewayError
 from gateway.http.responses import error_response, forwarded_for
+from gateway.ops.observe import arrived_at
 from gateway.query.pipeline import Outcome
 
 logger = logging.getLogger("gateway")
 
-# scope key: perf_counter() when the HTTP front (``front.py``) let the request through
-ARRIVED = "gateway.arrived"
-
 
 def arrival_time(request: Request) -> float:
-    """When the request arrived: at the overload gate (``gateway/http/front.py``) if it
-    waited there — that wait is part of its duration — else now."""
+    """``arrived_at`` for a Starlette request."""
     return arrived_at(request.scope)
-
-
-def arrived_at(scope: Scope) -> float:
-    """``arrival_time`` from the scope."""
-    arrived = scope.get(ARRIVED)
-    return arrived if isinstance(arrived, float) else time.perf_counter()
 
 
 class _Entropy:

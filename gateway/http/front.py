@@ -40,9 +40,9 @@ from gateway.errors import GatewayError, service_unavailable
 from gateway.http import routes
 from gateway.http.cors import GatewayCORS
 from gateway.http.data import wanted_headers
-from gateway.http.endpoint import ARRIVED, new_request_id
+from gateway.http.endpoint import new_request_id
 from gateway.http.lean import Lean, hot_routes
-from gateway.ops.observe import Observability, access_line
+from gateway.ops.observe import ARRIVED, Observability, access_line
 from gateway.query.envelope import error_body
 from gateway.query.pipeline import Outcome
 

@@ -41,7 +41,7 @@ from gateway.http.cors import GatewayCORS
 from gateway.http.data import DataAnswer, to_response, wanted_headers
 from gateway.http.endpoint import http_error, unexpected_error
 from gateway.http.routes import DATA_ANSWERS
-from gateway.ops.observe import ObserveMiddleware, response_ids
+from gateway.ops.observe import ObserveMiddleware, arrived_at, response_ids
 
 # scope key: the handler's answer, for the middleware objects that send a large one
 RESPONSE = "gateway.response"
@@ -87,7 +87,7 @@ class Lean:
     async def serve(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         scope["route"] = route
         observe = self.observe
-        started = observe.started(scope)
+        started = arrived_at(scope)
         observed = response_started = False
         try:
             answer_for = DATA_ANSWERS.get(route.path)

@@ -51,6 +51,18 @@ def route_label(scope: Scope) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
+# scope key: perf_counter() when the HTTP front (gateway/http/front.py) let the request
+# through; the one clock every duration of a request starts from
+ARRIVED = "gateway.arrived"
+
+
+def arrived_at(scope: Scope) -> float:
+    """When the request arrived: at the HTTP front's overload gate if it waited there
+    (that wait is part of its duration), else now."""
+    arrived = scope.get(ARRIVED)
+    return arrived if isinstance(arrived, float) else time.perf_counter()
+
+
 class ObserveMiddleware:
     def __init__(
         self,
@@ -74,7 +86,7 @@ class ObserveMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = self.started(scope)
+        started = arrived_at(scope)
         status = 500
         size = 0
         request_id: str | None = None
@@ -98,12 +110,6 @@ class ObserveMiddleware:
             await self.app(scope, receive, observe_send)
         finally:
             self.finish(scope, status, started, size, request_id)
-
-    @staticmethod
-    def started(scope: Scope) -> float:
-        """Arrival at the HTTP front, if it held the request at the overload gate."""
-        arrived = scope.get("gateway.arrived")
-        return arrived if isinstance(arrived, float) else time.perf_counter()
 
     def finish(
         self, scope: Scope, status: int, started: float, size: int, request_id: str | None

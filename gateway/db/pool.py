@@ -19,7 +19,8 @@ Three parts:
   returned last (``MostRecentFirst``): the same few backends serve the requests while
   the others stay idle, and their caches stay warm. Side by side (``read_pk_2``'s load,
   2 instances, 8 alternating rounds of 6 s, three runs): 2.7 to 3.8 % less CPU per read,
-  PostgreSQL's 5 to 7 % less (docs/performance.md, "The eighth round").
+  PostgreSQL's 5 to 7 % less (docs/performance.md,
+  "What each part of the design saves").
 - **Checkout** (``acquire``, ``run_with_retry``): no connection within
   ``GATEWAY_POOL_TIMEOUT_S``, a full wait queue, or a database that can't be reached is a
   ``GatewayError`` 503 ``SERVICE_UNAVAILABLE`` with ``Retry-After: 1`` — never a hang. A

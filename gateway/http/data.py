@@ -7,9 +7,9 @@ once per header read (the key, the session, the body's length, ``X-Forwarded-For
 ``User-Agent``), the body's async generator, a ``Response`` that encodes every header
 again, and a scan of those headers for the request and project ids: the HTTP layers of
 a select cost 64 to 80 µs in-process that way, 49 to 59 µs this way (docs/performance.md,
-"The eighth round"). The request's headers are read in one pass (``wanted_headers``)
-and the answer's are encoded once, as Starlette would have encoded them (same names,
-values, order).
+"What each part of the design saves"). The request's headers are read in one pass
+(``wanted_headers``) and the answer's are encoded once, as Starlette would have encoded
+them (same names, values, order).
 
 ``Lean.serve`` sends a ``DataAnswer`` as is, or through the stack's compression when
 it is large; the Starlette route functions (the middleware stack's way in, e.g. ``HEAD

@@ -5,7 +5,7 @@ uvicorn writes an answer's status line and headers when the app sends
 two TCP segments, two wake-ups of the client for every answer. On loopback a send runs
 the receiver's side of TCP too, and the header send was the gateway's largest single
 line in a profile of a select by primary key after the database exchange itself
-(docs/performance.md, "The fifth round").
+(docs/performance.md, "What each part of the design saves").
 
 :class:`OneSendHttpToolsProtocol` holds the head of an answer that declares its
 ``content-length`` until the body's first write, and sends both at once. Everything

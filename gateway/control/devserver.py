@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -146,12 +148,21 @@ def banner(
     return "\n".join(lines)
 
 
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM (a supervisor, ``kill``, ``timeout``) ends ``gateway dev`` as Ctrl-C does:
+    through ``run``'s ``finally``, which stops the local database. Without it the signal's
+    default action ends the process on the spot; uvicorn, which handles SIGTERM while it
+    serves, raises it again after its graceful shutdown, with this handler back in place."""
+    raise SystemExit(128 + signum)
+
+
 def run(host: str, port: int, data_root: Path) -> None:
     """The local database, migrations, the demo project, the banner, then the server.
 
     uvicorn imports the app by name (``gateway.http.app:create_dev_app``, which reads the
     same development settings from the environment this function has just completed), so
     nothing below the HTTP layer imports it and the CLI starts without the HTTP stack."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     server: LocalPostgres | None = None
     if not os.environ.get("DATABASE_URL", ""):
         server = start_in(data_root)

@@ -242,3 +242,35 @@ def test_ctrl_c_stops_the_database_and_the_cli_says_so(dev: DevServer) -> None:
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "not running" in result.stderr and "make run" in result.stderr
+
+
+def test_sigterm_stops_the_database_too(dev: DevServer) -> None:
+    """After the Ctrl-C test: ``gateway dev`` again in the same folder, ended the way a
+    supervisor, ``kill`` or ``timeout`` ends it. uvicorn shuts down on SIGTERM and then
+    raises it again, whose default action would end the process before the local
+    database is stopped."""
+    dev.stop()
+    log_path = dev.folder / "gateway-dev-sigterm.log"
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "dev", "--port", str(port)],
+            cwd=dev.folder,
+            env=newcomer_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    again = DevServer(dev.folder, port, process, log_path)
+    try:
+        started = eventually(
+            lambda: "Serving on" in again.output() or process.poll() is not None,
+            timeout=START_TIMEOUT_S,
+            interval=0.2,
+        )
+        assert started and process.poll() is None, again.output()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM, again.output()
+        assert "local database stopped" in again.output()
+        assert not LocalPostgres(dev.folder / ".pgdata" / "data").is_running()
+    finally:
+        again.stop()

@@ -85,13 +85,11 @@ def cli(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def dev() -> Iterator[DevServer]:
-    # not under pytest's temporary folder: pytest (any session on the machine) resets it to
-    # mode 0700, and as root the database runs as another user who must reach its data
-    folder = Path(tempfile.mkdtemp(prefix="gateway-make-run-"))
+def start_dev(folder: Path, log_name: str) -> DevServer:
+    """``gateway dev`` in ``folder`` on a free port, as a newcomer starts it, once it says
+    it serves (its output in ``folder / log_name``)."""
     port = free_port()
-    log_path = folder / "gateway-dev.log"
+    log_path = folder / log_name
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "dev", "--port", str(port)],
@@ -101,17 +99,30 @@ def dev() -> Iterator[DevServer]:
             stderr=subprocess.STDOUT,
         )
     server = DevServer(folder, port, process, log_path)
-    try:
-        started = eventually(
-            lambda: "Serving on" in server.output() or process.poll() is not None,
-            timeout=START_TIMEOUT_S,
-            interval=0.2,
-        )
-        assert started and process.poll() is None, server.output()
-        assert eventually(lambda: _answers(server.base_url), timeout=30), server.output()
-        yield server
-    finally:
+    started = eventually(
+        lambda: "Serving on" in server.output() or process.poll() is not None,
+        timeout=START_TIMEOUT_S,
+        interval=0.2,
+    )
+    if not started or process.poll() is not None:
         server.stop()
+        raise AssertionError(server.output())
+    return server
+
+
+@pytest.fixture(scope="module")
+def dev() -> Iterator[DevServer]:
+    # not under pytest's temporary folder: pytest (any session on the machine) resets it to
+    # mode 0700, and as root the database runs as another user who must reach its data
+    folder = Path(tempfile.mkdtemp(prefix="gateway-make-run-"))
+    server: DevServer | None = None
+    try:
+        server = started = start_dev(folder, "gateway-dev.log")
+        assert eventually(lambda: _answers(started.base_url), timeout=30), started.output()
+        yield started
+    finally:
+        if server is not None:
+            server.stop()
         # whatever happened to the dev server, its database doesn't outlive the module
         LocalPostgres(folder / ".pgdata" / "data").stop("immediate")
         shutil.rmtree(folder, ignore_errors=True)
@@ -250,24 +261,9 @@ def test_sigterm_stops_the_database_too(dev: DevServer) -> None:
     raises it again, whose default action would end the process before the local
     database is stopped."""
     dev.stop()
-    log_path = dev.folder / "gateway-dev-sigterm.log"
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "dev", "--port", str(port)],
-            cwd=dev.folder,
-            env=newcomer_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    again = DevServer(dev.folder, port, process, log_path)
+    again = start_dev(dev.folder, "gateway-dev-sigterm.log")
+    process = again.process
     try:
-        started = eventually(
-            lambda: "Serving on" in again.output() or process.poll() is not None,
-            timeout=START_TIMEOUT_S,
-            interval=0.2,
-        )
-        assert started and process.poll() is None, again.output()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 128 + signal.SIGTERM, again.output()
         assert "local database stopped" in again.output()

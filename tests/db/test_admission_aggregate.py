@@ -355,3 +355,50 @@ def test_migration_0013_round_trip_restores_the_per_element_function(pg_url: str
                 [[hash_key(key["key"])] * 2, [1, 1]],
             ).fetchall()
         assert [r[0] for r in rows] == ["admitted", "admitted"]
+
+
+KEY_JOIN = "%FROM unnest(p_key_hashes) WITH ORDINALITY AS u(h, i)%"
+
+
+def test_admit_many_plans_its_key_join_once_on_a_database_of_many_projects(
+    pg_url: str, make_project: Any
+) -> None:
+    """The key join's generic plan is costed for the 10 elements PostgreSQL assumes of an
+    array parameter; with ~1,000 projects the custom plans of small batches cost less, and
+    under ``plan_cache_mode = auto`` every call planned the join again, tripling the
+    function's cost (migration 0022). The join must be planned once per connection,
+    however the batches and the projects grow. The projects are added, analysed and
+    counted in one transaction that is rolled back."""
+    app = make_project()
+    public = hash_key(app["public_key"])
+    with _connect(pg_url) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.execute(
+            "INSERT INTO gateway.projects (name, schema_name, tier)"
+            " SELECT 'plans-' || g || '-' || md5(random()::text),"
+            "        'p_' || substr(md5(random()::text || g), 1, 12), 'free'"
+            "   FROM generate_series(1, 1000) g"
+        )
+        conn.execute(
+            "INSERT INTO gateway.api_keys (project_id, key_prefix, key_hash, key_type)"
+            " SELECT id, substr(md5(random()::text), 1, 12), md5(random()::text) ||"
+            "        md5(random()::text), 'server'"
+            "   FROM gateway.projects WHERE name LIKE 'plans-%'"
+        )
+        conn.execute("ANALYZE gateway.projects, gateway.api_keys, gateway.plans")
+        conn.execute("SET pg_stat_statements.track = 'all'")
+        conn.execute("SET pg_stat_statements.track_planning = on")
+
+        def plans() -> int:
+            return conn.execute(
+                "SELECT coalesce(sum(plans), 0)::bigint AS n FROM pg_stat_statements"
+                " WHERE query LIKE %s",
+                [KEY_JOIN],
+            ).fetchone()["n"]
+
+        before = plans()
+        for size in (1, 2, 3, 1, 2) * 6:
+            rows = _many(conn, [public] * size, [1] * size, LONG_WINDOW_S, True)
+            assert [r["outcome"] for r in rows] == ["admitted"] * size
+        assert plans() - before <= 1
+        conn.rollback()

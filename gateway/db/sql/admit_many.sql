@@ -58,9 +58,15 @@ BEGIN
     IF n = 0 THEN
         RETURN;
     END IF;
-    -- this call's own transaction only (the gateway runs it in autocommit)
+    -- this call's own transaction only (the gateway runs it in autocommit). The generic
+    -- plan of the key join, always: it is index lookups for any batch, but it is costed
+    -- for the 10 elements PostgreSQL assumes of an array parameter, and so, under
+    -- plan_cache_mode = auto, lost to the custom plans of small batches once a database
+    -- held ~1,000 projects: the join was planned again on every call, which tripled this
+    -- function's cost (docs/performance.md, "The key join planned on every call").
     PERFORM set_config('synchronous_commit', 'off', true),
-            set_config('lock_timeout', greatest(p_lock_timeout_ms, 1)::text || 'ms', true);
+            set_config('lock_timeout', greatest(p_lock_timeout_ms, 1)::text || 'ms', true),
+            set_config('plan_cache_mode', 'force_generic_plan', true);
     v_out := array_fill(NULL::gateway.admission, ARRAY[n]);
     v_quotas := array_fill(NULL::bigint, ARRAY[n]);
 

@@ -115,14 +115,14 @@ def dev() -> Iterator[DevServer]:
     # not under pytest's temporary folder: pytest (any session on the machine) resets it to
     # mode 0700, and as root the database runs as another user who must reach its data
     folder = Path(tempfile.mkdtemp(prefix="gateway-make-run-"))
-    server: DevServer | None = None
     try:
-        server = started = start_dev(folder, "gateway-dev.log")
-        assert eventually(lambda: _answers(started.base_url), timeout=30), started.output()
-        yield started
-    finally:
-        if server is not None:
+        server = start_dev(folder, "gateway-dev.log")  # stops the server itself if it fails
+        try:
+            assert eventually(lambda: _answers(server.base_url), timeout=30), server.output()
+            yield server
+        finally:
             server.stop()
+    finally:
         # whatever happened to the dev server, its database doesn't outlive the module
         LocalPostgres(folder / ".pgdata" / "data").stop("immediate")
         shutil.rmtree(folder, ignore_errors=True)

@@ -200,9 +200,10 @@ def wait_notifications_settled(url: str, quiet_s: float = 0.3, timeout: float = 
     """Until the instance at ``url`` has heard no metadata notification for ``quiet_s``.
 
     Creating a project (its keys, its tables) notifies every instance, and a notification
-    drops the project's local denies: a test of the local deny must start after they have
-    arrived, or one lands between the database's refusal and the request that should be
-    refused locally. ``quiet_s`` is longer than the listener's debounce (~100 ms).
+    drops the project's local denies and its cached catalog: a test of either must start
+    after they have arrived, or one lands between the database's refusal and the request
+    that should be refused locally, or between a catalog's load and the requests that
+    should find it cached. ``quiet_s`` is longer than the listener's debounce (~100 ms).
     """
 
     def count() -> int:

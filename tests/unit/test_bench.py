@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bench import delay_proxy, wrk
 from bench import framework as fw
 from bench.__main__ import SCENARIOS, _nest
@@ -143,3 +145,28 @@ def test_help_runs() -> None:
         [sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and "--scenario" in out.stdout
+
+
+def test_ab_refuses_what_it_cannot_compare(tmp_path: Path) -> None:
+    """``bench.ab`` compares source trees on one schema: a folder that is not a tree, or
+    two trees whose migrations differ, is a usage error before anything starts."""
+    from bench import ab
+
+    def tree(name: str, migrations: list[str]) -> Path:
+        root = tmp_path / name
+        (root / "gateway").mkdir(parents=True)
+        (root / "gateway" / "__init__.py").write_text("")
+        (root / "alembic" / "versions").mkdir(parents=True)
+        for m in migrations:
+            (root / "alembic" / "versions" / m).write_text("")
+        return root
+
+    a = tree("a", ["0001_x.py"])
+    same = tree("same", ["0001_x.py"])
+    newer = tree("newer", ["0001_x.py", "0002_y.py"])
+    assert not ab._trees_differ_in_migrations(a, same)
+    assert ab._trees_differ_in_migrations(a, newer)
+    for argv in ([str(tmp_path), str(a)], [str(a), str(newer)]):
+        with pytest.raises(SystemExit) as refused:
+            ab.main(argv)
+        assert refused.value.code == 2

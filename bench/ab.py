@@ -29,12 +29,21 @@ ROWS = 10_000
 
 
 def _measure_round(
-    bench: fw.Bench, cluster: fw.Cluster, script: Path, seconds: float, connections: list[int]
+    wrk_bin: str,
+    bench: fw.Bench,
+    cluster: fw.Cluster,
+    script: Path,
+    seconds: float,
+    connections: list[int],
 ) -> dict[str, float]:
     meter = fw.CpuMeter(bench, cluster)
     meter.start()
     run = wrk.run(
-        "wrk", [i.url for i in cluster.instances], script, seconds=seconds, connections=connections
+        wrk_bin,
+        [i.url for i in cluster.instances],
+        script,
+        seconds=seconds,
+        connections=connections,
     )
     meter.stop()
     answered = max(run.requests, 1)
@@ -48,10 +57,17 @@ def _measure_round(
 
 
 def _trees_differ_in_migrations(a: Path, b: Path) -> bool:
-    def names(tree: Path) -> set[str]:
-        return {p.name for p in (tree / "alembic" / "versions").glob("*.py")}
+    """Whether the migrations (and the frozen SQL they load) differ, file by file."""
 
-    return names(a) != names(b)
+    def files(tree: Path) -> dict[str, bytes]:
+        versions = tree / "alembic" / "versions"
+        return {
+            str(p.relative_to(versions)): p.read_bytes()
+            for p in versions.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+
+    return files(a) != files(b)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{tree} is not a source tree (no gateway/__init__.py)")
     if _trees_differ_in_migrations(trees["A"], trees["B"]):
         parser.error("the trees' migrations differ: both would run on one schema")
-    connections = [
-        args.connections // args.instances + (1 if i < args.connections % args.instances else 0)
-        for i in range(args.instances)
-    ]
+    try:
+        wrk_bin = fw.require_binary("wrk", "wrk")
+    except fw.Skip as missing:
+        parser.error(str(missing))
+    connections = wrk.split_connections(args.connections, args.instances)
 
     bench = fw.Bench(durable=False)
     bench.start()
@@ -92,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for cluster in clusters.values():  # connections, pools, caches, statements
             wrk.run(
-                "wrk",
+                wrk_bin,
                 [i.url for i in cluster.instances],
                 script,
                 seconds=3,
@@ -101,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
         for r in range(args.rounds):
             for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
-                figures = _measure_round(bench, clusters[name], script, args.seconds, connections)
+                figures = _measure_round(
+                    wrk_bin, bench, clusters[name], script, args.seconds, connections
+                )
                 rounds[name].append(figures)
                 print(
                     f"round {r + 1} {name}: {figures['rps']:8.1f} req/s  "

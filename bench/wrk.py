@@ -115,6 +115,12 @@ class WrkResult:
     max_ms: float = 0.0  # the slowest answer of any process
 
 
+def split_connections(total: int, parts: int) -> list[int]:
+    """``total`` connections over ``parts`` wrk processes, as even as integers allow
+    (16 over 3: 6, 5, 5)."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
 def run(
     wrk_bin: str,
     urls: list[str],

@@ -272,7 +272,9 @@ class Side:
 
 
 def _measure(wrk_bin: str, sides: dict[str, Side], size: Size) -> None:
-    per_url = {name: _split(CONNECTIONS, len(side.urls)) for name, side in sides.items()}
+    per_url = {
+        name: wrk.split_connections(CONNECTIONS, len(side.urls)) for name, side in sides.items()
+    }
     if size.warmup_s:  # connections, pools, caches, statements
         for name, side in sides.items():
             wrk.run(
@@ -312,10 +314,6 @@ def _check_answers(gateway_url: str, key: str, pocketbase_url: str) -> None:
         row = json.loads(response.read())
     if row.get("title") != "item 1":
         raise RuntimeError(f"PocketBase read by pk answered {row}")
-
-
-def _split(total: int, parts: int) -> list[int]:
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 def _figures(side: Side, *, with_postgres: bool) -> dict[str, Any]:

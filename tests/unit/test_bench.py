@@ -133,6 +133,12 @@ def test_delay_proxy_forwards_in_order_and_adds_the_delay() -> None:
     assert elapsed >= 0.010  # 5 ms each way, at least
 
 
+def test_connections_split_as_evenly_as_integers_allow() -> None:
+    assert wrk.split_connections(16, 2) == [8, 8]
+    assert wrk.split_connections(16, 3) == [6, 5, 5]
+    assert wrk.split_connections(200, 3) == [67, 67, 66]
+
+
 def test_wrk_script_carries_the_keys_and_the_mode(tmp_path: Path) -> None:
     script = wrk.write_script(tmp_path / "s.lua", keys=["k1", "k2"], mode="pk", max_id=42)
     text = script.read_text()
@@ -152,20 +158,23 @@ def test_ab_refuses_what_it_cannot_compare(tmp_path: Path) -> None:
     two trees whose migrations differ, is a usage error before anything starts."""
     from bench import ab
 
-    def tree(name: str, migrations: list[str]) -> Path:
+    def tree(name: str, migrations: dict[str, str]) -> Path:
         root = tmp_path / name
         (root / "gateway").mkdir(parents=True)
         (root / "gateway" / "__init__.py").write_text("")
-        (root / "alembic" / "versions").mkdir(parents=True)
-        for m in migrations:
-            (root / "alembic" / "versions" / m).write_text("")
+        for path, text in migrations.items():
+            (root / "alembic" / "versions" / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / "alembic" / "versions" / path).write_text(text)
         return root
 
-    a = tree("a", ["0001_x.py"])
-    same = tree("same", ["0001_x.py"])
-    newer = tree("newer", ["0001_x.py", "0002_y.py"])
+    first = {"0001_x.py": "up", "sql/0001/f.sql": "CREATE FUNCTION f"}
+    a = tree("a", first)
+    same = tree("same", first)
+    newer = tree("newer", {**first, "0002_y.py": "up"})
+    edited = tree("edited", {**first, "sql/0001/f.sql": "CREATE FUNCTION f2"})
     assert not ab._trees_differ_in_migrations(a, same)
     assert ab._trees_differ_in_migrations(a, newer)
+    assert ab._trees_differ_in_migrations(a, edited)
     for argv in ([str(tmp_path), str(a)], [str(a), str(newer)]):
         with pytest.raises(SystemExit) as refused:
             ab.main(argv)

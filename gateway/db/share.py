@@ -119,25 +119,26 @@ class ProjectShare:
         not admitted yet (its deadline is the statement timeout's, not the pool's)."""
         if self.try_enter(project_id):
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         # admitted requests queue apart and are handed a freed slot first
         queues = self._admitted if admitted else self._waiting
         queues.setdefault(project_id, deque()).append(waiter)
+        # the deadline as a plain timer on the waiter, not ``asyncio.timeout``: under one
+        # busy project every other request waits here (docs/performance.md, "The
+        # project's share under one busy project"), and the timer costs about half
+        timer = loop.call_at(loop.time() + (deadline - time.monotonic()), _expire, waiter)
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                await waiter
-        except BaseException as exc:
-            if waiter.done() and not waiter.cancelled():
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.leave(project_id)  # handed over just as the wait ended: pass it on
             else:
                 waiter.cancel()
                 self._forget_waiter(project_id, waiter)
-            if isinstance(exc, TimeoutError):
-                raise service_unavailable(
-                    "this project already uses its share of the gateway's database"
-                    " connections and none came free in time; retry shortly"
-                ) from None
             raise
+        finally:
+            timer.cancel()
 
     def leave(self, project_id: str) -> None:
         """Give the slot to the project's next waiter (admitted ones first), else back to
@@ -167,3 +168,14 @@ class ProjectShare:
                 queue.remove(waiter)
             if not queue:
                 del queues[project_id]
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    """A share wait's deadline: 503 with ``Retry-After``, unless a slot came first."""
+    if not waiter.done():
+        waiter.set_exception(
+            service_unavailable(
+                "this project already uses its share of the gateway's database"
+                " connections and none came free in time; retry shortly"
+            )
+        )

@@ -126,3 +126,33 @@ def test_waiting_for_an_unknown_key_ends_at_the_deadline() -> None:
     with pytest.raises(GatewayError) as err:
         asyncio.run(scenario())
     assert err.value.status == 503
+
+
+def test_a_waiter_that_times_out_or_is_cancelled_leaves_its_queue_and_passes_a_slot_on() -> None:
+    async def scenario() -> None:
+        share = ProjectShare(1)
+        assert share.try_enter("a")
+        # timed out: 503, and no trace in the queue (a leftover would block try_enter)
+        with pytest.raises(GatewayError) as caught:
+            await share.enter("a", time.monotonic() + 0.01)
+        assert caught.value.status == 503
+        share.leave("a")
+        assert share.held("a") == 0 and share.try_enter("a")
+        # cancelled while waiting: the same
+        waiting = asyncio.create_task(share.enter("a", time.monotonic() + 5))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        share.leave("a")
+        assert share.held("a") == 0 and share.try_enter("a")
+        # handed the slot just as it was cancelled: the slot goes back, not lost
+        handed = asyncio.create_task(share.enter("a", time.monotonic() + 5))
+        await asyncio.sleep(0)
+        share.leave("a")  # the slot changes hands: still held, by the waiter
+        handed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handed
+        assert share.held("a") == 0
+
+    asyncio.run(scenario())

@@ -132,7 +132,7 @@ def test_a_waiter_that_times_out_or_is_cancelled_leaves_its_queue_and_passes_a_s
     async def scenario() -> None:
         share = ProjectShare(1)
         assert share.try_enter("a")
-        # timed out: 503, and no trace in the queue (a leftover would block try_enter)
+        # timed out: 503, and the slot freed later is not handed to it
         with pytest.raises(GatewayError) as caught:
             await share.enter("a", time.monotonic() + 0.01)
         assert caught.value.status == 503

@@ -216,6 +216,20 @@ class Admitter:
             return self._key_only(row)
         return self._decide(row, key_hash, sent_at, cost=cost, grows=grows)
 
+    def answer(self, answer: Any, key_hash: str, sent_at: float, *, cost: int, grows: bool) -> Any:
+        """A passenger's answer (gateway/admission/coalescer.py: the admission of a
+        request that waited for its project's share of the pool) decided as ``admit``
+        decides its own: the ``Admission``, or the exception that refuses the request."""
+        if isinstance(answer, BaseException):
+            if isinstance(answer, GatewayError) and answer.status == 503:
+                self._stats["unavailable"] += 1
+            self.local.probe_failed(key_hash)
+            return answer
+        try:
+            return self._decide(answer, key_hash, sent_at, cost=cost, grows=grows)
+        except GatewayError as error:
+            return error
+
     # --- decisions ----------------------------------------------------------------------
 
     def _key_only(self, raw: tuple[Any, ...]) -> Admission:

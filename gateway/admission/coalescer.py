@@ -20,6 +20,11 @@ the batch, so the statement's own timeout (that request's deadline) never cuts s
 request that still had time. The others' connections sit idle for that round trip, as
 they would while queueing for the counter row.
 
+Passengers: every statement formed also takes along the admissions of requests waiting
+for their project's share of the pool (``take``, gateway/db/share.py), which hold no
+connection; they are never the carrier. Passengers alone wait for a request with a
+connection, or for their own request to bring one (``carry``) when its slot comes first.
+
 Deadlines and cancellation, per request, as with one statement each:
 
 * queued past its deadline (``GATEWAY_ADMISSION_TIMEOUT_MS`` after arrival): it leaves
@@ -65,12 +70,27 @@ Send = Callable[[AsyncConnection[Any], list[Args], float], Awaitable[list[Row]]]
 @dataclass(eq=False, slots=True)
 class _Waiter:
     args: Args
-    conn: AsyncConnection[Any]
+    conn: AsyncConnection[Any] | None  # None: a passenger, never the carrier
     deadline: float  # time.monotonic()
     future: asyncio.Future[Row]
     state: str = "queued"  # queued | sent | carrier
     gone: bool = False  # its request stopped waiting: nobody reads its future
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass(eq=False, slots=True)
+class Passenger:
+    """The admission of a request that waits for its project's share of the pool
+    (gateway/db/share.py) and holds no connection: a statement being formed takes it
+    along (``Coalescer.take``). ``tell`` hears its row, or the exception that ended it."""
+
+    args: Args
+    tell: Callable[[Any], None]
+    waiter: _Waiter | None = None  # once boarded
+
+
+# the passengers a statement being formed takes along
+Take = Callable[[], list[Passenger]]
 
 
 class Coalescer:
@@ -91,7 +111,15 @@ class Coalescer:
         self.in_flight = 0
         self._queue: deque[_Waiter] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stats = {"statements": 0, "coalesced": 0, "largest_batch": 0, "requeued": 0}
+        self._stats = {
+            "statements": 0,
+            "coalesced": 0,
+            "largest_batch": 0,
+            "requeued": 0,
+            "passengers": 0,
+        }
+        # the pool share's waiting requests, taken along by every statement formed
+        self.take: Take | None = None
 
     def stats(self) -> dict[str, int]:
         return {**self._stats, "queued": len(self._queue), "in_flight": self.in_flight}
@@ -100,7 +128,7 @@ class Coalescer:
         """The admission row for one request (``args``: its inputs to the statement,
         ``(key_hash, cost, ...)``); a timeout or a lost database is a 503."""
         deadline = time.monotonic() + self.timeout_s
-        if self.in_flight < self.statements_max and not self._queue:
+        if self.in_flight < self.statements_max and not self._queue and not self._board():
             # idle: this request's own statement, at once, in its own task
             self.in_flight += 1
             self._stats["statements"] += 1
@@ -115,6 +143,8 @@ class Coalescer:
         # one timer, not a wait with a timeout: a plain timer handle is the cheapest
         # deadline asyncio has (this runs for every queued request)
         timer = loop.call_at(loop.time() + (deadline - time.monotonic()), self._expire, waiter)
+        if self.in_flight < self.statements_max:
+            self._pump()  # passengers are queued, or only passengers were: this one carries
         try:
             return await waiter.future
         except asyncio.CancelledError:
@@ -141,11 +171,55 @@ class Coalescer:
             with contextlib.suppress(ValueError):
                 self._queue.remove(waiter)
 
+    def _board(self) -> bool:
+        """Queue the waiting requests a statement can take along (``take``); True if any."""
+        if self.take is None:
+            return False
+        passengers = self.take()
+        if not passengers:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.timeout_s
+        for passenger in passengers:
+            waiter = _Waiter(passenger.args, None, deadline, loop.create_future())
+            timer = loop.call_at(loop.time() + self.timeout_s, self._expire, waiter)
+            waiter.future.add_done_callback(_telling(passenger.tell, timer))
+            passenger.waiter = waiter
+            self._queue.append(waiter)
+        self._stats["passengers"] += len(passengers)
+        return True
+
+    def carry(self, passenger: Passenger, conn: AsyncConnection[Any]) -> None:
+        """The passenger's request holds a connection now (its slot came first): if its
+        admission still waits in the queue, that connection can carry the queue."""
+        waiter = passenger.waiter
+        if waiter is not None and waiter.state == "queued" and not waiter.gone:
+            waiter.conn = conn
+            self._pump()
+
+    def drop(self, passenger: Passenger) -> None:
+        """The passenger's request stopped waiting (cancelled): as ``admit`` does for its
+        own waiters, and its connection is no longer the statement's to use."""
+        waiter = passenger.waiter
+        if waiter is not None:
+            self._leave(waiter)
+            if waiter.state == "carrier" and waiter.task is not None:
+                waiter.task.cancel()
+
     def _pump(self) -> None:
         """Send everything queued while there is a free slot."""
+        if self.in_flight < self.statements_max and any(w.conn is not None for w in self._queue):
+            self._board()
         while self._queue and self.in_flight < self.statements_max:
             batch = [self._queue.popleft() for _ in range(min(self.batch_max, len(self._queue)))]
-            carrier = next((w for w in reversed(batch) if not w.conn.closed), batch[-1])
+            # the most recent arrival's connection, an open one if any; passengers alone
+            # (no connection among them) wait for a request that has one
+            carrier = next(
+                (w for w in reversed(batch) if w.conn is not None and not w.conn.closed), None
+            ) or next((w for w in reversed(batch) if w.conn is not None), None)
+            if carrier is None:
+                self._queue.extendleft(reversed(batch))
+                return
             for w in batch:
                 w.state = "sent"
             carrier.state = "carrier"
@@ -160,6 +234,7 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[_Waiter], carrier: _Waiter) -> None:
+        assert carrier.conn is not None
         try:
             rows = await self.send(carrier.conn, [w.args for w in batch], carrier.deadline)
         except BaseException as exc:  # every waiter must hear of it
@@ -179,6 +254,7 @@ class Coalescer:
         cause = exc.__cause__ if isinstance(exc, GatewayError) else exc
         if (
             others
+            and carrier.conn is not None
             and carrier.conn.closed
             and isinstance(cause, psycopg.OperationalError)
             and retry_is_safe(cause, idempotent=False)
@@ -197,3 +273,18 @@ class Coalescer:
                 carrier.future.set_exception(service_unavailable("Admission was interrupted"))
             else:
                 carrier.future.set_exception(exc)
+
+
+def _telling(tell: Callable[[Any], None], timer: asyncio.TimerHandle) -> Callable[[Any], None]:
+    """A passenger's answer, passed on: its row, or the exception that ended its wait."""
+
+    def done(future: asyncio.Future[Row]) -> None:
+        timer.cancel()
+        if future.cancelled():
+            tell(service_unavailable("Admission was interrupted"))
+        elif (error := future.exception()) is not None:
+            tell(error)
+        else:
+            tell(future.result())
+
+    return done

@@ -18,6 +18,15 @@ admitted=True)``): it has been counted, so it is served — the next slot the pr
 frees is its own — and never answered 503 for the share (its query then runs on a
 connection checked out again: still two round trips). Everything here is in-process: a
 dict lookup and a counter per request, no round trip.
+
+A request waiting for a slot can be admitted meanwhile (``Ride``): the coalesced
+admission statement of a request that holds a slot takes it along (``take_rides``, at
+most ``limit`` of a project's at a time), without a connection of its own. Once admitted
+it is counted, so it is served: it moves ahead of the requests not admitted yet, with
+the admitted requests' deadline. Refused, it stops waiting with that refusal. A request
+never taken is refused for the share, uncounted, as before. This keeps one busy
+project's admission batches as large as its requests (docs/performance.md, "The
+project's share under one busy project").
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
 
 from gateway.errors import service_unavailable
 
@@ -41,11 +52,33 @@ def default_share(pool_max: int) -> int:
     return max(1, min(DEFAULT_SHARE_CAP, pool_max // DEFAULT_SHARE_FRACTION))
 
 
+@dataclass(eq=False, slots=True)
+class Ride:
+    """A request waiting for its project's slot, whose admission a coalesced statement may
+    take meanwhile (``ProjectShare.take_rides``): it holds no connection for that, the
+    statement goes on a slot holder's. Once taken, ``admission`` is its answer to come (an
+    ``Admission``, or the refusal), and the request is counted: it is then served, never
+    refused for the share (docs/scaling.md, "A fair share of the pool")."""
+
+    args: tuple[Any, ...]  # its inputs to the admission statement
+    project_id: str = ""
+    slot: asyncio.Future[None] | None = None  # its wait for a slot
+    timer: asyncio.TimerHandle | None = None  # that wait's deadline
+    admission: asyncio.Future[Any] | None = None  # set once taken
+    passenger: Any = None  # its place in the coalescer's queue, once taken
+
+
 class ProjectShare:
     """Per-project slots: ``enter`` / ``try_enter`` take one, ``leave`` gives it back."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, admitted_wait_s: float = 30.0) -> None:
         self.limit = max(1, limit)
+        # how long a counted request may wait for its slot (the pipeline's own figure)
+        self.admitted_wait_s = admitted_wait_s
+        # waiting requests whose admission no statement has taken yet, and how many of
+        # each project's are taken and still waiting (at most ``limit``)
+        self._rides: dict[str, deque[Ride]] = {}
+        self._taken: dict[str, int] = {}
         self._held: dict[str, int] = {}
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self._admitted: dict[str, deque[asyncio.Future[None]]] = {}
@@ -112,11 +145,20 @@ class ProjectShare:
             return True
         return False
 
-    async def enter(self, project_id: str, deadline: float, *, admitted: bool = False) -> None:
+    async def enter(
+        self,
+        project_id: str,
+        deadline: float,
+        *,
+        admitted: bool = False,
+        ride: Ride | None = None,
+    ) -> None:
         """A slot before ``deadline`` (monotonic), else 503 with ``Retry-After``.
 
         ``admitted``: the request is already counted, so it waits ahead of the requests
-        not admitted yet (its deadline is the statement timeout's, not the pool's)."""
+        not admitted yet (its deadline is the statement timeout's, not the pool's).
+        ``ride``: while it waits, a coalesced statement may take its admission
+        (``take_rides``); if it is refused there, that refusal is raised here."""
         if self.try_enter(project_id):
             return
         loop = asyncio.get_running_loop()
@@ -128,6 +170,9 @@ class ProjectShare:
         # busy project every other request waits here (docs/performance.md, "The
         # project's share under one busy project"), and the timer costs about half
         timer = loop.call_at(loop.time() + (deadline - time.monotonic()), _expire, waiter)
+        if ride is not None:
+            ride.project_id, ride.slot, ride.timer = project_id, waiter, timer
+            self._rides.setdefault(project_id, deque()).append(ride)
         try:
             await waiter
         except BaseException:
@@ -138,7 +183,80 @@ class ProjectShare:
                 self._forget_waiter(project_id, waiter)
             raise
         finally:
-            timer.cancel()
+            if ride is None:
+                timer.cancel()
+            else:
+                self._ride_ends(ride)
+
+    def take_rides(self) -> list[Ride]:
+        """The waiting requests whose admission the statement being formed can take:
+        the oldest of each project, as many as keep its taken ones at ``limit``. Each is
+        counted once the statement answers; until then the coalescer's deadline is its
+        own."""
+        if not self._rides:
+            return []
+        taken: list[Ride] = []
+        for project_id, queue in list(self._rides.items()):
+            room = self.limit - self._taken.get(project_id, 0)
+            while queue and room > 0:
+                ride = queue.popleft()
+                if ride.slot is None or ride.slot.done():
+                    continue
+                if ride.timer is not None:
+                    ride.timer.cancel()
+                ride.admission = ride.slot.get_loop().create_future()
+                ride.admission.add_done_callback(_retrieved)
+                self._taken[project_id] = self._taken.get(project_id, 0) + 1
+                room -= 1
+                taken.append(ride)
+            if not queue:
+                del self._rides[project_id]
+        return taken
+
+    def ride_answered(self, ride: Ride, answer: Any) -> None:
+        """A taken ride's admission: an ``Admission``, or the exception that refused it.
+        Still waiting for a slot: refused, it stops waiting with that refusal; admitted,
+        it moves ahead of the requests not admitted yet, with the admitted requests'
+        deadline. Holding its slot already, it reads ``ride.admission`` itself."""
+        admission, slot = ride.admission, ride.slot
+        if admission is None or slot is None or admission.done():
+            return
+        refused = isinstance(answer, BaseException)
+        if slot.done():
+            if refused:
+                admission.set_exception(answer)
+            else:
+                admission.set_result(answer)
+            return
+        if refused:
+            admission.cancel()  # nobody reads it: the slot's wait raises the refusal
+            slot.set_exception(answer)
+            return
+        admission.set_result(answer)
+        project_id = ride.project_id
+        self._forget_waiter(project_id, slot)
+        self._admitted.setdefault(project_id, deque()).append(slot)
+        loop = slot.get_loop()
+        ride.timer = loop.call_at(loop.time() + self.admitted_wait_s, _expire, slot)
+
+    def _ride_ends(self, ride: Ride) -> None:
+        """Its wait for a slot is over (a slot, a refusal, a timeout or a cancel)."""
+        if ride.timer is not None:
+            ride.timer.cancel()
+        project_id = ride.project_id
+        if ride.admission is None:
+            queue = self._rides.get(project_id)
+            if queue is not None:
+                with contextlib.suppress(ValueError):
+                    queue.remove(ride)
+                if not queue:
+                    del self._rides[project_id]
+            return
+        left = self._taken.get(project_id, 0) - 1
+        if left > 0:
+            self._taken[project_id] = left
+        else:
+            self._taken.pop(project_id, None)
 
     def leave(self, project_id: str) -> None:
         """Give the slot to the project's next waiter (admitted ones first), else back to
@@ -179,3 +297,10 @@ def _expire(waiter: asyncio.Future[None]) -> None:
                 " connections and none came free in time; retry shortly"
             )
         )
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A ride's answer may find its request gone (cancelled): marked as read, so that
+    asyncio does not log a refusal nobody was there to hear."""
+    if not future.cancelled():
+        future.exception()

@@ -16,6 +16,7 @@ cache miss adds one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,11 +29,12 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.admission.admitter import Admitter
+from gateway.admission.coalescer import Passenger
 from gateway.admission.decision import Admission
 from gateway.admission.headers import admission_headers
 from gateway.auth.tokens import token_hash
 from gateway.db.pool import acquire, checkout_deadline, run_with_retry
-from gateway.db.share import ProjectShare, default_share
+from gateway.db.share import ProjectShare, Ride, default_share
 from gateway.errors import GatewayError, service_unavailable
 from gateway.metadata.cache import MetadataCache, ProjectNotFound, load_catalog
 from gateway.metadata.catalog import ProjectCatalog
@@ -127,8 +129,37 @@ class Pipeline:
         # holding the slots end within the statement timeout
         self.admitted_wait_s = (settings.statement_timeout_ms / 1000.0) + settings.pool_timeout_s
         self.share = ProjectShare(
-            settings.pool_max_per_project or default_share(getattr(pool, "max_size", 1))
+            settings.pool_max_per_project or default_share(getattr(pool, "max_size", 1)),
+            admitted_wait_s=self.admitted_wait_s,
         )
+        # requests waiting for their project's share ride along in the coalesced
+        # admission statements (docs/performance.md, "The project's share under one busy
+        # project"): no connection of their own, counted once answered, then served
+        coalescer = self.admitter.coalescer
+        if coalescer is not None:
+            coalescer.take = self._take_rides
+
+    def _take_rides(self) -> list[Passenger]:
+        """The waiting requests a coalesced statement being formed takes along."""
+        rides = self.share.take_rides()
+        if not rides:
+            return []
+        sent_at = self.admitter.clock()
+        passengers = []
+        for ride in rides:
+            passenger = Passenger(
+                ride.args, lambda answer, ride=ride: self._ridden(ride, answer, sent_at)
+            )
+            ride.passenger = passenger
+            passengers.append(passenger)
+        return passengers
+
+    def _ridden(self, ride: Ride, answer: Any, sent_at: float) -> None:
+        """A passenger's row (or the exception that ended it), decided as ``admit``
+        decides, passed to the share: the request's wait ends or moves ahead."""
+        key_hash, cost, grows, _session = ride.args
+        decided = self.admitter.answer(answer, key_hash, sent_at, cost=cost, grows=grows)
+        self.share.ride_answered(ride, decided)
 
     # --- the pieces -----------------------------------------------------------------
 
@@ -309,12 +340,17 @@ class Pipeline:
                 # the session is resolved inside the admission statement, never cached here
                 session_hash = token_hash(session)
             admitter = self.admitter
+            ride: Ride | None = None
 
             async def unit(conn: Conn) -> None:
                 nonlocal slot, over_share
-                admission = await admitter.admit(
-                    conn, key, cost, key_hash=key_hash, session_hash=session_hash, grows=grows
-                )
+                if ride is not None and ride.admission is not None:
+                    # admitted while it waited for its slot, in another request's statement
+                    admission = await self._ride_admission(ride, conn)
+                else:
+                    admission = await admitter.admit(
+                        conn, key, cost, key_hash=key_hash, session_hash=session_hash, grows=grows
+                    )
                 project_id = admission.project_id
                 out.project_id, out.key_id = project_id, admission.key_id
                 if rate_headers:
@@ -337,7 +373,11 @@ class Pipeline:
             # not counted); of a key not seen yet, one request is admitted at a time
             known, learning = await self.share.learn(key_hash, deadline)
             if known is not None:
-                await self.share.enter(known, deadline)
+                if not self.share.try_enter(known):
+                    if admitter.coalescer is not None and admitter.enabled:
+                        # while it waits, an admission statement may take it along
+                        ride = Ride((key_hash, cost, grows, session_hash))
+                    await self.share.enter(known, deadline, ride=ride)
                 slot = known
             # Pool exhausted, queue full or database down → 503 with Retry-After within
             # GATEWAY_POOL_TIMEOUT_S; a session the server ended is run again once.
@@ -361,6 +401,20 @@ class Pipeline:
             if slot is not None:
                 self.share.leave(slot)
         return out
+
+    async def _ride_admission(self, ride: Ride, conn: Conn) -> Admission:
+        """A taken ride's admission, once the request holds its slot and a connection:
+        answered already, or in flight, or still queued (then this connection carries it)."""
+        assert ride.admission is not None
+        coalescer = self.admitter.coalescer
+        if not ride.admission.done() and coalescer is not None and ride.passenger is not None:
+            coalescer.carry(ride.passenger, conn)
+        try:
+            return await ride.admission
+        except asyncio.CancelledError:
+            if coalescer is not None and ride.passenger is not None:
+                coalescer.drop(ride.passenger)  # its connection goes back to the pool
+            raise
 
     @staticmethod
     def failed(out: Outcome, error: GatewayError) -> Outcome:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway.db.share import ProjectShare, default_share
+from gateway.db.share import ProjectShare, Ride, default_share
 from gateway.errors import GatewayError
 
 
@@ -153,6 +153,43 @@ def test_a_waiter_that_times_out_or_is_cancelled_leaves_its_queue_and_passes_a_s
         handed.cancel()
         with pytest.raises(asyncio.CancelledError):
             await handed
+        assert share.held("a") == 0
+
+    asyncio.run(scenario())
+
+
+def test_rides_are_taken_oldest_first_within_the_share_and_answered_in_their_wait() -> None:
+    async def scenario() -> None:
+        share = ProjectShare(1, admitted_wait_s=5)
+        assert share.try_enter("a")
+        rides = [Ride(("k", i)) for i in range(3)]
+        waits = [
+            asyncio.create_task(share.enter("a", time.monotonic() + 5, ride=ride)) for ride in rides
+        ]
+        await asyncio.sleep(0)
+        # at most the share's size taken and waiting at once, the oldest first
+        taken = share.take_rides()
+        assert taken == [rides[0]] and share.take_rides() == []
+        # refused by admission while waiting: the refusal ends its wait, and frees room
+        share.ride_answered(rides[0], GatewayError("RATE_LIMIT_EXCEEDED", "no", status=429))
+        with pytest.raises(GatewayError) as refused:
+            await waits[0]
+        assert refused.value.status == 429
+        assert share.take_rides() == [rides[1]]
+        # admitted while waiting: served before the older request not admitted yet
+        share.ride_answered(rides[1], "admission")
+        share.leave("a")
+        await asyncio.sleep(0)
+        assert waits[1].done() and not waits[2].done()
+        assert rides[1].admission is not None and rides[1].admission.result() == "admission"
+        # handed a slot before its statement answered: it reads the answer itself
+        assert share.take_rides() == [rides[2]]
+        share.leave("a")
+        await waits[2]
+        assert rides[2].admission is not None and not rides[2].admission.done()
+        share.ride_answered(rides[2], "late")
+        assert rides[2].admission.result() == "late"
+        share.leave("a")
         assert share.held("a") == 0
 
     asyncio.run(scenario())

@@ -46,7 +46,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,12 +214,18 @@ class Coalescer:
             batch = [self._queue.popleft() for _ in range(min(self.batch_max, len(self._queue)))]
             # the most recent arrival's connection, an open one if any; passengers alone
             # (no connection among them) wait for a request that has one
-            carrier = next(
-                (w for w in reversed(batch) if w.conn is not None and not w.conn.closed), None
-            ) or next((w for w in reversed(batch) if w.conn is not None), None)
+            carrier = _carrier(batch)
             if carrier is None:
-                self._queue.extendleft(reversed(batch))
-                return
+                # more passengers queued than a statement holds: a request with a
+                # connection further back carries this batch
+                carrier = _carrier(self._queue)
+                if carrier is None:
+                    self._queue.extendleft(reversed(batch))
+                    return
+                self._queue.remove(carrier)
+                if len(batch) >= self.batch_max:
+                    self._queue.appendleft(batch.pop())
+                batch.append(carrier)
             for w in batch:
                 w.state = "sent"
             carrier.state = "carrier"
@@ -273,6 +279,17 @@ class Coalescer:
                 carrier.future.set_exception(service_unavailable("Admission was interrupted"))
             else:
                 carrier.future.set_exception(exc)
+
+
+def _carrier(waiters: Iterable[_Waiter]) -> _Waiter | None:
+    """The most recent arrival with a connection, an open one if any."""
+    last_closed = None
+    for w in reversed(list(waiters)):
+        if w.conn is not None:
+            if not w.conn.closed:
+                return w
+            last_closed = last_closed or w
+    return last_closed
 
 
 def _telling(tell: Callable[[Any], None], timer: asyncio.TimerHandle) -> Callable[[Any], None]:

@@ -415,6 +415,11 @@ class Pipeline:
             if coalescer is not None and ride.passenger is not None:
                 coalescer.drop(ride.passenger)  # its connection goes back to the pool
             raise
+        except psycopg.OperationalError:
+            # it carried the statement and the connection broke: when the retry on a
+            # fresh connection is safe (nothing applied), it admits the request anew
+            ride.admission = None
+            raise
 
     @staticmethod
     def failed(out: Outcome, error: GatewayError) -> Outcome:

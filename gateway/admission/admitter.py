@@ -207,10 +207,7 @@ class Admitter:
             else:
                 row = await self.statement.admit(conn, key_hash, cost, grows, session_hash)
         except BaseException as error:
-            if isinstance(error, GatewayError) and error.status == 503:
-                # counted once per request (one coalesced statement answers many)
-                self._stats["unavailable"] += 1
-            self.local.probe_failed(key_hash)  # the next request probes again
+            self._unanswered(error, key_hash)
             raise
         if not self.enabled:
             return self._key_only(row)
@@ -221,14 +218,19 @@ class Admitter:
         request that waited for its project's share of the pool) decided as ``admit``
         decides its own: the ``Admission``, or the exception that refuses the request."""
         if isinstance(answer, BaseException):
-            if isinstance(answer, GatewayError) and answer.status == 503:
-                self._stats["unavailable"] += 1
-            self.local.probe_failed(key_hash)
+            self._unanswered(answer, key_hash)
             return answer
         try:
             return self._decide(answer, key_hash, sent_at, cost=cost, grows=grows)
         except GatewayError as error:
             return error
+
+    def _unanswered(self, error: BaseException, key_hash: str) -> None:
+        """The statement gave this request no row (timeout, lost database, cancel)."""
+        if isinstance(error, GatewayError) and error.status == 503:
+            # counted once per request (one coalesced statement answers many)
+            self._stats["unavailable"] += 1
+        self.local.probe_failed(key_hash)  # the next request probes again
 
     # --- decisions ----------------------------------------------------------------------
 
